@@ -1,0 +1,91 @@
+"""AITER's Triton kernels: the Sage kernel (``aiter_sage``, int8 Q/K + fp8 V, ROCm) and the Triton MHA
+(``aiter_triton``, experimental: ROCm, and NVIDIA through Triton with the packaging work-arounds below).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+from .aiter import AITER, ROCM_ATTENTION_ARCHES
+from .base import HALF_DTYPES, Backend, Capabilities, import_first
+
+# The Sage entry point moved between aiter releases; both paths are tried, newest first.
+SAGE_MODULES = ("aiter.ops.triton.attention.fav3_sage", "aiter.ops.triton.fav3_sage")
+MHA_MODULES = ("aiter.ops.triton.attention.mha", "aiter.ops.triton.mha")
+
+# aiter ships Triton configs keyed by AMD device with the AMD-only launch option waves_per_eu; on NVIDIA
+# an explicit config is passed instead (values measured to run on H100/H200, see README).
+NVIDIA_MHA_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 64, "PRELOAD_V": False, "num_warps": 4, "num_stages": 2,
+                     "num_ctas": 1}
+
+
+def _load_triton_only(module_names, platform_vendor):
+    """Import an ``aiter.ops.triton`` module without running ``aiter/__init__.py`` on NVIDIA.
+
+    ``import aiter`` probes ROCm tools, which fail on NVIDIA; newer releases skip the probes with
+    AITER_TRITON_ONLY=1. For older ones the parent packages are registered as bare namespace modules
+    pointing at the installed folders, so only the Triton subtree is executed.
+    """
+    if platform_vendor == "nvidia" and "aiter" not in sys.modules:
+        os.environ.setdefault("AITER_TRITON_ONLY", "1")
+        spec = importlib.util.find_spec("aiter")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("aiter is not installed")
+        root = list(spec.submodule_search_locations)[0]
+        for name, path in (("aiter", root), ("aiter.ops", os.path.join(root, "ops"))):
+            module = types.ModuleType(name)
+            module.__path__ = [path]
+            sys.modules[name] = module
+        _patch_nvidia_arch()
+    return import_first(*module_names)
+
+
+def _patch_nvidia_arch():
+    """aiter's arch helper asks for an AMD arch name (and 0.1.7 compares an int to a str at import)."""
+    try:
+        arch_info = importlib.import_module("aiter.ops.triton.utils._triton.arch_info")
+    except ImportError:
+        return
+    if hasattr(arch_info, "get_arch"):
+        arch_info.get_arch = lambda: "gfx942"
+
+
+def aiter_sage(q, k, v, *, scale, causal=False, return_lse=False):
+    module = import_first(*SAGE_MODULES)
+    return module.fav3_sage_wrapper_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=False,
+                                         layout="bshd")
+
+
+def aiter_triton(q, k, v, *, scale, causal=False, return_lse=False, config=None):
+    from ..platform import current_platform
+
+    vendor = current_platform().vendor
+    module = _load_triton_only(MHA_MODULES, vendor)
+    if config is None and vendor == "nvidia":
+        config = NVIDIA_MHA_CONFIG
+    extra = {"config": dict(config)} if config is not None else {}
+    result = module.flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
+                                    return_lse=return_lse, **extra)
+    if not return_lse:
+        return result[0] if isinstance(result, tuple) else result
+    return result[0], result[1].float()
+
+
+BACKENDS = [
+    Backend("aiter_sage", aiter_sage,
+            Capabilities(vendors=frozenset({"amd"}), arches={"amd": ("gfx942", "gfx950")},
+                         dtypes=HALF_DTYPES, head_dims=(64, 128), quantised=True),
+            "AITER's Sage kernel: Q,K int8 per block (K mean-smoothed), V fp8; quantised. Its LSE is not "
+            "exposed: releases before mid-2026 returned one uncorrected for the K smoothing",
+            requires=(AITER,)),
+    Backend("aiter_triton", aiter_triton,
+            Capabilities(vendors=frozenset({"amd", "nvidia"}),
+                         arches={"amd": ROCM_ATTENTION_ARCHES, "nvidia": ("sm_80+",)},
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, experimental=True),
+            "AITER's Triton MHA (experimental; on NVIDIA runs through Triton with an explicit config)",
+            requires=(AITER,), options={"config": None}),
+]

@@ -1,0 +1,187 @@
+"""The contract every attention backend follows, and the capability checks they share.
+
+A backend is a function ``fn(q, k, v, *, scale, causal, return_lse, **options)`` taking and returning
+``[batch, seq, heads, head_dim]`` tensors, plus its capabilities as data. When ``return_lse`` is true it
+returns ``(out, lse)`` with ``lse`` the natural-log log-sum-exp, float32, ``[batch, heads, seq_q]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..platform import Platform
+
+FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run, as data a reader can scan."""
+
+    vendors: frozenset[str] = frozenset({"nvidia", "amd", "cpu"})
+    # Arch requirement per vendor: a predicate name from ARCH_RULES or None for "any arch of that vendor".
+    arches: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    dtypes: frozenset[torch.dtype] = FLOAT_DTYPES
+    head_dims: tuple[int, ...] | None = None  # exact list, or None with max_head_dim
+    max_head_dim: int = 1024
+    gqa: bool = True
+    causal: bool = True
+    returns_lse: bool = False
+    quantised: bool = False  # low-precision arithmetic inside (int8/fp8): judged against its own budget
+    needs_cudnn_attention: bool = False
+    experimental: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """A Python package a backend imports, with the command that installs it."""
+
+    module: str  # import name, e.g. "flash_attn.cute"
+    distribution: str  # for the version, e.g. "flash-attn-4"
+    install: str  # e.g. "pip install 'flash-attn-4>=4.0.0b1'"
+    min_version: str | None = None
+
+    def missing_reason(self) -> str | None:
+        try:
+            found = importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):  # a parent package missing or broken
+            found = False
+        if not found:
+            return f"Python package '{self.distribution}' (module {self.module}) is not installed: {self.install}"
+        if self.min_version:
+            have = self.version()
+            if have and _version_tuple(have) < _version_tuple(self.min_version):
+                return (f"'{self.distribution}' {have} is installed but >= {self.min_version} is needed: "
+                        f"{self.install}")
+        return None
+
+    def version(self) -> str | None:
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for piece in version.replace("+", ".").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def arch_matches(platform: Platform, allowed: tuple[str, ...]) -> bool:
+    """Arch rules are exact names ("gfx942") or NVIDIA minimums written "sm_80+"."""
+    for rule in allowed:
+        if rule.endswith("+") and platform.sm is not None:
+            if platform.sm >= int(rule[3:-1]):
+                return True
+        elif platform.arch == rule:
+            return True
+    return False
+
+
+@dataclasses.dataclass
+class Backend:
+    """One attention kernel behind fluxlab's contract."""
+
+    name: str
+    fn: Callable[..., Any]
+    caps: Capabilities
+    description: str = ""
+    requires: tuple[Requirement, ...] = ()
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # tunables and their defaults
+    extra_checks: Callable[..., list[str]] | None = None  # backend-specific reasons
+    builtin: bool = True
+
+    @property
+    def version(self) -> str | None:
+        versions = [r.version() for r in self.requires]
+        if not self.requires:
+            return torch.__version__.split("+")[0] if self.builtin else None
+        return versions[0]
+
+    def missing_packages(self) -> list[str]:
+        return [reason for req in self.requires if (reason := req.missing_reason())]
+
+    def platform_reasons(self, platform: Platform) -> list[str]:
+        """Reasons that depend only on the machine and the installed packages."""
+        caps = self.caps
+        reasons = []
+        if platform.vendor not in caps.vendors:
+            where = ", ".join(sorted(caps.vendors))
+            reasons.append(f"{self.name} runs on {where}, not on {platform.vendor} "
+                           f"({platform.device_name})")
+        elif platform.vendor in caps.arches and not arch_matches(platform, caps.arches[platform.vendor]):
+            reasons.append(f"{self.name} needs arch {' or '.join(caps.arches[platform.vendor])} on "
+                           f"{platform.vendor}; this device is {platform.arch}")
+        if caps.needs_cudnn_attention and not platform.cudnn_attention and platform.vendor != "cpu":
+            why = ("ROCm has no cuDNN" if platform.vendor == "amd"
+                   else f"cuDNN {platform.cudnn_version} on {platform.arch} has no fused attention "
+                        "(needs cuDNN 9 and sm_80+)")
+            reasons.append(f"{self.name} needs cuDNN attention: {why}")
+        reasons.extend(self.missing_packages())
+        return reasons
+
+    def input_reasons(self, q: torch.Tensor, k: torch.Tensor, platform: Platform, *,
+                      causal: bool, return_lse: bool) -> list[str]:
+        """Reasons that depend on the inputs' dtype, head dim, device and the requested features."""
+        caps = self.caps
+        reasons = []
+        if platform.is_gpu and q.device.type not in ("cuda", "meta"):
+            reasons.append(f"inputs are on {q.device.type}; {self.name} runs on GPU tensors (move them with .cuda())")
+        if not platform.is_gpu and q.device.type not in ("cpu", "meta"):
+            reasons.append(f"inputs are on {q.device.type} but the platform is {platform.vendor}")
+        if q.dtype not in caps.dtypes:
+            names = ", ".join(sorted(str(d).replace("torch.", "") for d in caps.dtypes))
+            reasons.append(f"dtype {str(q.dtype).replace('torch.', '')} is not supported by {self.name} "
+                           f"(supports {names})")
+        head_dim = q.shape[-1]
+        if caps.head_dims is not None and head_dim not in caps.head_dims:
+            reasons.append(f"head_dim {head_dim} is not supported by {self.name} "
+                           f"(supports {', '.join(map(str, caps.head_dims))})")
+        elif head_dim > caps.max_head_dim:
+            reasons.append(f"head_dim {head_dim} exceeds {self.name}'s maximum of {caps.max_head_dim}")
+        if q.shape[2] != k.shape[2] and not caps.gqa:
+            reasons.append(f"{self.name} does not support grouped-query attention "
+                           f"({q.shape[2]} query heads, {k.shape[2]} key/value heads)")
+        if causal and not caps.causal:
+            reasons.append(f"{self.name} does not support causal attention")
+        if return_lse and not caps.returns_lse:
+            reasons.append(f"{self.name} does not return the log-sum-exp (needed e.g. for ring attention)")
+        if self.extra_checks is not None:
+            reasons.extend(self.extra_checks(q, k, platform))
+        return reasons
+
+    def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              platform: Platform, *, causal: bool = False,
+                              return_lse: bool = False) -> list[str]:
+        """Every reason this backend cannot run these inputs on ``platform``; empty means it can."""
+        return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
+                                                                    return_lse=return_lse)
+
+
+def to_bhsd(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[B, S, H, D] -> [B, H, S, D] views (no copy), for kernels that want heads first."""
+    return tuple(t.transpose(1, 2) for t in tensors)
+
+
+def import_first(*module_names: str):
+    """Import the first module that exists (libraries move their entry points between releases)."""
+    errors = []
+    for name in module_names:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise ImportError("none of these modules could be imported: " + "; ".join(errors))

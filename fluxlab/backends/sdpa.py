@@ -1,0 +1,143 @@
+"""PyTorch's scaled_dot_product_attention: torch's own pick, or one of its kernels forced.
+
+Forced kernels use ``torch.nn.attention.sdpa_kernel``; where the log-sum-exp is asked for, the kernel's
+own ATen op is called (it computes the LSE anyway) and its LSE is returned in fluxlab's convention.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..platform import Platform
+from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, to_bhsd
+
+_GPU = frozenset({"nvidia", "amd"})
+
+
+def _expand_kv_heads(q, k, v):
+    """The private ATen ops take no ``enable_gqa``: repeat K/V heads (dim 1 in [B, H, S, D])."""
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def _sdpa(q, k, v, *, scale, causal, return_lse, kernel=None):
+    if return_lse:  # only reached for the kernels that declare returns_lse
+        return _sdpa_with_lse(q, k, v, scale=scale, causal=causal, kernel=kernel)
+    qh, kh, vh = to_bhsd(q, k, v)
+    gqa = {"enable_gqa": True} if qh.shape[1] != kh.shape[1] else {}
+    if kernel is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa)
+    else:
+        with sdpa_kernel(kernel):
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa)
+    return out.transpose(1, 2)
+
+
+def _sdpa_with_lse(q, k, v, *, scale, causal, kernel):
+    qh, kh, vh = to_bhsd(q, k, v)
+    kh, vh = _expand_kv_heads(qh, kh, vh)
+    aten = torch.ops.aten
+    if kernel is SDPBackend.FLASH_ATTENTION and q.device.type == "cpu":
+        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, 0.0, causal, scale=scale)
+    elif kernel is SDPBackend.FLASH_ATTENTION:
+        out, lse = aten._scaled_dot_product_flash_attention(qh, kh, vh, 0.0, causal, False, scale=scale)[:2]
+    elif kernel is SDPBackend.EFFICIENT_ATTENTION:
+        out, lse = aten._scaled_dot_product_efficient_attention(qh, kh, vh, None, True, 0.0, causal,
+                                                                scale=scale)[:2]
+    elif kernel is SDPBackend.CUDNN_ATTENTION:
+        out, lse = aten._scaled_dot_product_cudnn_attention(qh, kh, vh, None, True, 0.0, causal, False,
+                                                            scale=scale)[:2]
+    else:
+        raise ValueError(f"no log-sum-exp path for {kernel}")
+    seq_q = qh.shape[2]
+    # mem-efficient pads the LSE's sequence dim to a multiple of 32; cuDNN may add a trailing 1.
+    lse = lse.reshape(lse.shape[0], lse.shape[1], -1)[..., :seq_q]
+    return out.transpose(1, 2), lse.float()
+
+
+def _torch_says_no(check, q, k) -> list[str]:
+    """Ask torch's own kernel-eligibility check on real CUDA tensors, keeping its explanation."""
+    if q.device.type != "cuda":
+        return []
+    qh, kh = q.transpose(1, 2), k.transpose(1, 2)
+    params = torch.backends.cuda.SDPAParams(qh, kh, kh, None, 0.0, False, qh.shape[1] != kh.shape[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = check(params, debug=True)
+    if ok:
+        return []
+    detail = "; ".join(str(w.message).strip() for w in caught) or "no detail given"
+    return [f"torch's own check rejects these inputs: {detail}"]
+
+
+def _half_only_on_gpu(name):
+    def check(q, k, platform: Platform):
+        if platform.is_gpu and q.dtype not in HALF_DTYPES:
+            return [f"{name} on GPU runs float16/bfloat16 only, got {str(q.dtype).replace('torch.', '')}"]
+        return []
+    return check
+
+
+def _flash_checks(q, k, platform):
+    reasons = _half_only_on_gpu("sdpa_flash")(q, k, platform)
+    return reasons or _torch_says_no(torch.backends.cuda.can_use_flash_attention, q, k)
+
+
+def _efficient_checks(q, k, platform):
+    return _torch_says_no(torch.backends.cuda.can_use_efficient_attention, q, k)
+
+
+def _cudnn_checks(q, k, platform):
+    return _torch_says_no(torch.backends.cuda.can_use_cudnn_attention, q, k)
+
+
+BACKENDS = [
+    Backend(
+        "sdpa",
+        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
+            q, k, v, scale=scale, causal=causal, return_lse=return_lse),
+        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
+        "torch.nn.functional.scaled_dot_product_attention; torch picks the kernel (version-dependent)",
+    ),
+    Backend(
+        "sdpa_math",
+        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
+            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.MATH),
+        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
+        "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)",
+    ),
+    Backend(
+        "sdpa_flash",
+        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
+            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.FLASH_ATTENTION),
+        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), arches={"nvidia": ("sm_80+",)},
+                     dtypes=FLOAT_DTYPES, max_head_dim=256, returns_lse=True),
+        "SDPA's FlashAttention-2 kernel (CUDA/ROCm) or its CPU flash kernel",
+        extra_checks=_flash_checks,
+    ),
+    Backend(
+        "sdpa_efficient",
+        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
+            q, k, v, scale=scale, causal=causal, return_lse=return_lse,
+            kernel=SDPBackend.EFFICIENT_ATTENTION),
+        Capabilities(vendors=_GPU, dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+                     returns_lse=True),
+        "SDPA's memory-efficient (xformers/cutlass) kernel",
+        extra_checks=_efficient_checks,
+    ),
+    Backend(
+        "sdpa_cudnn",
+        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
+            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.CUDNN_ATTENTION),
+        Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
+                     max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
+        "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
+        extra_checks=_cudnn_checks,
+    ),
+]

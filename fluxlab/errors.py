@@ -1,0 +1,42 @@
+"""Errors fluxlab raises. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class FluxlabError(Exception):
+    """Base class for fluxlab's own errors."""
+
+
+class InvalidInputError(FluxlabError, ValueError):
+    """The attention inputs break the [batch, seq, heads, head_dim] contract."""
+
+
+class UnknownBackendError(FluxlabError, KeyError):
+    """No backend of that name (the message suggests the closest)."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BackendUnavailableError(FluxlabError, RuntimeError):
+    """The requested backend cannot run these inputs here; ``reasons`` says why."""
+
+    def __init__(self, message: str, reasons: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
+class BackendNotAllowedError(BackendUnavailableError):
+    """The backend is outside the set the model allows; fluxlab refuses rather than substitute."""
+
+
+class NoBackendError(BackendUnavailableError):
+    """Nothing qualifies; ``reasons`` maps every backend to why it was not picked."""
+
+
+class BackendOutputError(FluxlabError, RuntimeError):
+    """A backend returned something that breaks the contract (shape, dtype, missing LSE)."""
+
+
+class FallbackWarning(UserWarning):
+    """The caller opted into fallback and a different backend than requested ran."""
