@@ -1,0 +1,40 @@
+"""One attention call's inputs and outputs: what capture produces, comparisons consume and records store."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class AttentionRecord:
+    """q/k/v as the kernel received them ([B, S, H, D], post-QK-norm, post-RoPE, text tokens first)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    out: torch.Tensor | None = None  # what the backend returned, [B, S, H, D]
+    lse: torch.Tensor | None = None  # natural log, float32, [B, H, S], where the backend gives it
+    causal: bool = False
+    layer: str = ""  # e.g. "transformer_blocks.0.attn"
+    step: int | None = None  # denoising step index
+    branch: str | None = None  # CFG branch: "cond" / "uncond" (None without CFG)
+    backend: str | None = None  # the backend that produced ``out``
+    text_tokens: int | None = None  # how many leading tokens are text
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        parts = [self.layer or "attention"]
+        if self.step is not None:
+            parts.append(f"step{self.step}")
+        if self.branch:
+            parts.append(self.branch)
+        return "/".join(parts)
+
+    def to(self, device) -> AttentionRecord:
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
