@@ -1,8 +1,8 @@
 """fluxlab: which attention kernel to trust for FLUX.2, and how fast each one is."""
 
 from .backends.base import Backend, Capabilities, Requirement
-from .dispatch import (BackendChoice, attention, default_backend, select_backend, selected_backend, use_backend,
-                       validate_inputs)
+from .dispatch import (BackendChoice, attention, default_backend, reset_backend_choice, select_backend,
+                       selected_backend, use_backend, validate_inputs)
 from .doctor import BackendStatus, backends, doctor_text
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
                      FluxlabError, InvalidInputError, NoBackendError, UnknownBackendError)
@@ -15,6 +15,6 @@ __all__ = [
     "Backend", "BackendChoice", "BackendNotAllowedError", "BackendOutputError", "BackendStatus",
     "BackendUnavailableError", "Capabilities", "FallbackWarning", "FluxlabError", "InvalidInputError",
     "NoBackendError", "Platform", "Requirement", "UnknownBackendError", "attention", "backends",
-    "current_platform", "default_backend", "doctor_text", "get_backend", "register_backend",
+    "current_platform", "default_backend", "doctor_text", "get_backend", "register_backend", "reset_backend_choice",
     "select_backend", "selected_backend", "unregister_backend", "use_backend", "validate_inputs",
 ]

@@ -72,35 +72,39 @@ def _literal(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-_selected: list[tuple[BackendChoice, bool]] = []  # use_backend stack: (choice, fallback)
+_UNSET = object()
+_current = {"choice": _UNSET, "fallback": False}  # what use_backend set; _UNSET: not used (env applies)
 
 
 class use_backend:
     """Choose the backend for every ``fluxlab.attention`` call: ``with use_backend("fa4"): ...`` or,
-    as a plain setter, ``use_backend("fa4")`` (``use_backend(None)`` returns to automatic choice).
+    as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
+    overrides the environment variable); leaving a ``with`` block restores what was there before.
     Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
     """
 
     def __init__(self, name: str | None, *, fallback: bool = False, **options):
-        choice = BackendChoice.parse(name, **options) if name is not None else None
-        self._depth = len(_selected)
-        self.choice = choice
-        _selected.append((choice, fallback))
+        self.choice = BackendChoice.parse(name, **options) if name is not None else None
+        self._previous = dict(_current)
+        _current.update(choice=self.choice, fallback=fallback)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        del _selected[self._depth:]
+        _current.update(self._previous)
         return False
+
+
+def reset_backend_choice() -> None:
+    """Forget every ``use_backend`` setting: the environment variable and priority list apply again."""
+    _current.update(choice=_UNSET, fallback=False)
 
 
 def selected_backend() -> BackendChoice | None:
     """What ``use_backend`` or the environment currently asks for (None: automatic)."""
-    if _selected and _selected[-1][0] is not None:
-        return _selected[-1][0]
-    if _selected:  # an explicit use_backend(None) overrides the environment
-        return None
+    if _current["choice"] is not _UNSET:
+        return _current["choice"]
     env = os.environ.get(ENV_BACKEND, "").strip()
     return BackendChoice.parse(env) if env else None
 
@@ -229,8 +233,7 @@ def select_backend(q, k, v, *, backend=None, causal=False, return_lse=False, all
     fallback_default = False
     if backend is None:
         choice = selected_backend()
-        if _selected:
-            fallback_default = _selected[-1][1]
+        fallback_default = _current["fallback"] if _current["choice"] is not _UNSET else False
     else:
         choice = BackendChoice.parse(backend)
     fallback = fallback_default if fallback is None else fallback
