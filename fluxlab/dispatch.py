@@ -226,6 +226,11 @@ def _everything_refused(q, k, v, platform, causal, return_lse, allowed, headline
 _cache: dict = {}
 
 
+def clear_caches() -> None:
+    """Forget cached backend decisions (call after installing a kernel package into a running session)."""
+    _cache.clear()
+
+
 def select_backend(q, k, v, *, backend=None, causal=False, return_lse=False, allowed=None, fallback=None,
                    platform: Platform | None = None) -> Selection:
     """Decide which backend would run these inputs, without running it. Raises with reasons."""

@@ -11,6 +11,7 @@ import sys
 import types
 
 from .aiter import AITER, ROCM_ATTENTION_ARCHES
+from ..errors import BackendUnavailableError
 from .base import HALF_DTYPES, Backend, Capabilities, import_first
 
 # The Sage entry point moved between aiter releases; both paths are tried, newest first.
@@ -45,19 +46,24 @@ def _load_triton_only(module_names, platform_vendor):
 
 
 def _patch_nvidia_arch():
-    """aiter's arch helper asks for an AMD arch name (and 0.1.7 compares an int to a str at import)."""
+    """aiter's arch helper must return an AMD arch name: on CUDA Triton reports the int 90, and
+    0.1.7's ``utils/types.py`` tests ``get_arch() in ("gfx950")`` (a string) at import, which raises."""
     try:
         arch_info = importlib.import_module("aiter.ops.triton.utils._triton.arch_info")
     except ImportError:
         return
-    if hasattr(arch_info, "get_arch"):
-        arch_info.get_arch = lambda: "gfx942"
+    # gfx950 selects the OCP fp8 dtypes (float8_e4m3fn/e5m2), the ones NVIDIA uses.
+    arch_info.get_arch = lambda: "gfx950"
 
 
 def aiter_sage(q, k, v, *, scale, causal=False, return_lse=False):
     module = import_first(*SAGE_MODULES)
-    return module.fav3_sage_wrapper_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=False,
-                                         layout="bshd")
+    if module.__name__ == SAGE_MODULES[-1] and abs(scale - q.shape[-1] ** -0.5) > 1e-12 * scale:
+        # The older entry point accepts softmax_scale but ignores it: refuse rather than be silently wrong.
+        raise BackendUnavailableError(
+            f"{SAGE_MODULES[-1]} ignores softmax_scale, and {scale} is not head_dim ** -0.5; upgrade aiter "
+            f"to a release with {SAGE_MODULES[0]}")
+    return module.fav3_sage_wrapper_func(q, k, v, softmax_scale=scale, causal=causal, layout="bshd")
 
 
 def aiter_triton(q, k, v, *, scale, causal=False, return_lse=False, config=None):

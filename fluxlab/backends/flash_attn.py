@@ -43,8 +43,15 @@ def fa3(q, k, v, *, scale, causal=False, return_lse=False):
 def fa4(q, k, v, *, scale, causal=False, return_lse=False):
     from flash_attn.cute import flash_attn_func
 
+    # Always returns (out, lse); lse is None under no_grad unless return_lse=True.
     result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=return_lse)
     return _split_lse(result, return_lse)
+
+
+def _multiple_of_8(name):
+    def check(q, k, platform):
+        return [] if q.shape[-1] % 8 == 0 else [f"{name} needs head_dim a multiple of 8, got {q.shape[-1]}"]
+    return check
 
 
 FA2 = Requirement("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation "
@@ -65,9 +72,9 @@ BACKENDS = [
             "FlashAttention-3, Hopper only (flash_attn_interface.flash_attn_func)", requires=(FA3,)),
     Backend("fa4", fa4,
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90", "sm_100", "sm_103")},
-                         dtypes=HALF_DTYPES, head_dims=(64, 96, 128), returns_lse=True),
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
             "FlashAttention-4, CuTe DSL (flash_attn.cute.flash_attn_func), Hopper and Blackwell",
-            requires=(FA4,)),
+            requires=(FA4,), extra_checks=_multiple_of_8("fa4")),
 ]
 
 # Which generation ``fa`` means, best first, per arch (FA4 measured fastest on H100/H200: README).

@@ -15,6 +15,12 @@ def _flex_fn(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
     if compiled:
+        # One specialised kernel per shape; past dynamo's default recompile limit (8) flex would silently
+        # drop to the unfused path, so the limit is raised for sweeps over many FLUX shapes.
+        import torch._dynamo.config as dynamo_config
+
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
         return torch.compile(flex_attention, dynamic=False)
 
     # Without torch.compile flex runs an unfused path (S x S scores): chosen deliberately on CPU, where

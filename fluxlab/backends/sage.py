@@ -1,6 +1,7 @@
 """SageAttention (``sageattention.sageattn``, >= 1.0.6): INT8 Q·K, half-precision P·V. Quantised.
 
-Called with ``tensor_layout="NHD"`` (= ``[B, S, H, D]``) and an explicit ``sm_scale``.
+Called with ``tensor_layout="NHD"`` (= ``[B, S, H, D]``) and an explicit ``sm_scale``. It returns no
+log-sum-exp (and silently ignores unknown keywords, so none is asked for).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ SAGE = Requirement("sageattention", "sageattention", "pip install 'sageattention
 def sage(q, k, v, *, scale, causal=False, return_lse=False):
     from sageattention import sageattn
 
-    return sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=scale)
+    # With smooth_k (its default) sageattn 1.0.6 subtracts K's mean from the caller's tensor in place:
+    # hand it a copy, or the caller's K (e.g. a captured record) silently changes.
+    return sageattn(q, k.clone(), v, tensor_layout="NHD", is_causal=causal, sm_scale=scale, smooth_k=True)
 
 
 BACKENDS = [

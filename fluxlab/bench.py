@@ -1,0 +1,247 @@
+"""``fluxlab bench``: TFLOP/s and error vs float64 of every available backend at FLUX.2 shapes (GPU).
+
+Median of many timed runs after warm-up (``triton.testing.do_bench``, CUDA events otherwise), fresh random
+inputs per shape, the card's measured bf16 GEMM rate as the ceiling, and each backend's raw library call
+beside ``fluxlab.attention`` to measure the dispatcher's tax.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import platform as host
+import statistics
+import subprocess
+import time
+
+import torch
+
+FLUX_SHAPES = [  # (batch, seq, heads, head_dim): FLUX.2 [dev] at 1024^2 (S 4608) and 2048^2 (S 16896)
+    (b, s, h, 128) for b, s, h in itertools.product((1, 2), (4608, 16896), (24, 48))
+]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def attention_flops(batch, seq, heads, head_dim) -> float:
+    return 4.0 * batch * heads * seq * seq * head_dim  # QK^T and PV, non-causal
+
+
+def time_ms(fn, *, warmup=25, rep=200) -> float:
+    """Median milliseconds of ``fn()`` on the GPU."""
+    try:
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    except ImportError:
+        for _ in range(10):
+            fn()
+        times = []
+        for _ in range(50):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times)
+
+
+def gemm_tflops(dtype=torch.bfloat16, n=8192) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    return 2 * n**3 / (time_ms(lambda: a @ b) * 1e-3) / 1e12
+
+
+def raw_calls() -> dict:
+    """Each backend's library call with no fluxlab in between (same layout work the adapter must do)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa_forced(kernel):
+        def call(q, k, v, scale):
+            with sdpa_kernel(kernel):
+                return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                      scale=scale).transpose(1, 2)
+        return call
+
+    def fa4(q, k, v, scale):
+        from flash_attn.cute import flash_attn_func
+
+        return flash_attn_func(q, k, v, softmax_scale=scale)
+
+    def sdpa(q, k, v, scale):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              scale=scale).transpose(1, 2)
+
+    return {"sdpa": sdpa, "sdpa_cudnn": sdpa_forced(SDPBackend.CUDNN_ATTENTION),
+            "sdpa_flash": sdpa_forced(SDPBackend.FLASH_ATTENTION),
+            "sdpa_efficient": sdpa_forced(SDPBackend.EFFICIENT_ATTENTION), "fa4": fa4}
+
+
+def machine_info() -> dict:
+    import fluxlab
+
+    plat = fluxlab.current_platform()
+    info = {"platform": plat.as_dict(), "python": host.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    try:
+        info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                        capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = None
+    info["backend_versions"] = {s.name: s.version for s in fluxlab.backends() if s.available}
+    return info
+
+
+def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000) -> dict:
+    """Wall-clock microseconds per call at a tiny shape, where the kernel is launch-bound."""
+    import fluxlab
+
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    scale = shape[-1] ** -0.5
+
+    def per_call(fn):
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / calls * 1e6)
+        return best
+
+    raw_us = per_call(lambda: raw(q, k, v, scale))
+    ours_us = per_call(lambda: fluxlab.attention(q, k, v, backend=backend, scale=scale))
+    return {"backend": backend, "shape": list(shape), "raw_us": raw_us, "fluxlab_us": ours_us,
+            "added_us": ours_us - raw_us}
+
+
+def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=False, progress=True) -> dict:
+    import fluxlab
+    from fluxlab.backends.reference import reference_attention
+
+    available = [s.name for s in fluxlab.backends() if s.available and s.name not in ("reference", "fa")]
+    names = [b for b in (backends or available)]
+    raws = raw_calls()
+    shapes = shapes or FLUX_SHAPES
+    results = {"machine": machine_info(), "gemm_bf16_tflops": gemm_tflops(), "rows": [], "overhead": []}
+    configs = list(itertools.product(shapes, dtypes))
+    try:
+        from tqdm import tqdm
+        configs = tqdm(configs, desc="bench", disable=not progress)
+    except ImportError:
+        pass
+    for shape, dtype_name in configs:
+        dtype = DTYPES[dtype_name]
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+        scale = shape[-1] ** -0.5
+        want_error = error_for_all or (shape[0] == 1 and dtype_name == "bf16")
+        exact = reference_attention(q, k, v, scale=scale) if want_error else None
+        flops = attention_flops(*shape)
+        for name in names:
+            row = {"backend": name, "shape": list(shape), "dtype": dtype_name}
+            reasons = fluxlab.get_backend(name).not_supported_reasons(q, k, v, fluxlab.current_platform())
+            if reasons:
+                results["rows"].append(row | {"status": "refused", "reasons": reasons})
+                continue
+            try:
+                out = fluxlab.attention(q, k, v, backend=name, scale=scale)  # also compiles / warms up
+                ms = time_ms(lambda: fluxlab.attention(q, k, v, backend=name, scale=scale))
+                row |= {"status": "ran", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
+                if name in raws:
+                    raw_ms = time_ms(lambda: raws[name](q, k, v, scale))
+                    row |= {"raw_ms": raw_ms, "raw_tflops": flops / (raw_ms * 1e-3) / 1e12}
+                if exact is not None:
+                    row["rel_l2_vs_fp64"] = ((out.double() - exact).norm() / exact.norm()).item()
+            except Exception as exc:  # a kernel that fails is a result, not a crash of the sweep
+                row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}
+            results["rows"].append(row)
+        del q, k, v, exact
+        torch.cuda.empty_cache()
+    for name, raw in raws.items():
+        if name in names:
+            try:
+                results["overhead"].append(dispatch_overhead_us(name, raw))
+            except Exception as exc:
+                results["overhead"].append({"backend": name, "error": str(exc)[:300]})
+    results["default_pick"] = fluxlab.default_backend()
+    return results
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("status") == "ran" and r["dtype"] == "bf16" and r["shape"][0] == 1]
+    shapes = sorted({tuple(r["shape"]) for r in rows})
+    names = sorted({r["backend"] for r in rows})
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(shapes), 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [next((r["tflops"] for r in rows if r["backend"] == name and tuple(r["shape"]) == s), 0)
+                  for s in shapes]
+        ax.bar([j + i * width for j in range(len(shapes))], values, width, label=name)
+    ax.axhline(results["gemm_bf16_tflops"], color="k", linestyle="--", label="bf16 GEMM (measured)")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+    ax.set_xticklabels([f"S={s[1]}\nH={s[2]}" for s in shapes])
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title(f"attention forward, bf16, D=128, batch 1 — {results['machine']['platform']['device_name']}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary(results: dict) -> str:
+    lines = [f"card: {results['machine']['platform']['device_name']}; bf16 GEMM "
+             f"{results['gemm_bf16_tflops']:.0f} TFLOP/s; default pick: {results['default_pick']}",
+             "| backend | shape (B,S,H,D) | dtype | TFLOP/s | raw TFLOP/s | rel-L2 vs fp64 |", "|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if r.get("status") != "ran":
+            continue
+        raw = f"{r['raw_tflops']:.0f}" if "raw_tflops" in r else "-"
+        err = f"{r['rel_l2_vs_fp64']:.2e}" if "rel_l2_vs_fp64" in r else "-"
+        lines.append(f"| {r['backend']} | {tuple(r['shape'])} | {r['dtype']} | {r['tflops']:.0f} | {raw} | {err} |")
+    for o in results["overhead"]:
+        if "added_us" in o:
+            lines.append(f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
+                         f"(+{o['added_us']:.1f} us) at {tuple(o['shape'])}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    if not torch.cuda.is_available():
+        print("fluxlab bench needs a GPU (it measures kernels); run it on a CUDA or ROCm machine.")
+        return 2
+    shapes = None
+    if args.quick:
+        shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)]
+    results = run(args.backends.split(",") if args.backends else None, shapes,
+                  tuple(args.dtypes.split(",")))
+    stem = args.out.rstrip("/") + "/attention"
+    import os
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, stem + ".png")
+    text = summary(results)
+    with open(stem + ".md", "w") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
+
+
+def add_subcommand(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="attention TFLOP/s and error per backend at FLUX.2 shapes (GPU)")
+    parser.add_argument("--backends", help="comma-separated names (default: every available backend)")
+    parser.add_argument("--dtypes", default="bf16,fp16")
+    parser.add_argument("--quick", action="store_true", help="two shapes instead of the full FLUX set")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for attention.json/.png/.md")
+    parser.set_defaults(func=main)

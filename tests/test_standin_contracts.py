@@ -1,0 +1,160 @@
+"""Call contracts of the adapters whose libraries cannot run here (AITER: ROCm only; FA2/FA3: no build).
+
+The modules under tests/standins are STAND-INS with the real libraries' signatures and return rules
+(see tests/standins/README.md). Passing here shows fluxlab calls them correctly — argument names,
+[B, S, H, D] layout, explicit softmax_scale, tuple unpacking — not that the kernels run.
+"""
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+import torch
+
+import fluxlab
+from fluxlab import Platform
+from fluxlab.backends.reference import reference_attention
+from fluxlab.dispatch import run_backend, select_backend
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _use_standins(monkeypatch, folder="standins"):
+    for name in [m for m in sys.modules if m.split(".")[0] in ("aiter", "flash_attn", "flash_attn_interface")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(HERE / folder))
+    importlib.invalidate_caches()
+    fluxlab.clear_caches()  # which packages are installed changed under the dispatcher
+
+
+@pytest.fixture
+def standins(monkeypatch):
+    _use_standins(monkeypatch)
+    yield
+    for name in [m for m in sys.modules if m.split(".")[0] in ("aiter", "flash_attn", "flash_attn_interface")]:
+        sys.modules.pop(name)
+    fluxlab.clear_caches()
+
+
+def _inputs(heads=4, kv_heads=4, dtype=torch.bfloat16, seq=40, head_dim=128):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, seq, heads, head_dim, generator=gen).to(dtype)
+    k = torch.randn(2, seq, kv_heads, head_dim, generator=gen).to(dtype)
+    v = torch.randn(2, seq, kv_heads, head_dim, generator=gen).to(dtype)
+    return q, k, v
+
+
+def _exact(q, k, v, scale):
+    return reference_attention(q, k, v, scale=scale, return_lse=True)
+
+
+@pytest.mark.parametrize("rounding", [0, 1, 2])
+def test_aiter_contract(standins, rounding):
+    import aiter
+
+    q, k, v = _inputs(heads=8, kv_heads=2)
+    out, lse = run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.05, return_lse=True,
+                           how_v3_bf16_cvt=rounding)
+    call = aiter.CALLS[-1]
+    assert call["shapes"] == [(2, 40, 8, 128), (2, 40, 2, 128), (2, 40, 2, 128)]  # [B,S,H,D], GQA as is
+    assert call["softmax_scale"] == 0.05  # passed, not left to aiter's D**-0.5 default
+    assert call["return_lse"] is True and call["return_attn_probs"] is False and call["dropout_p"] == 0.0
+    assert call["how_v3_bf16_cvt"] == rounding
+    exact_out, exact_lse = _exact(q, k, v, 0.05)
+    torch.testing.assert_close(lse, exact_lse, atol=1e-4, rtol=1e-4)
+    assert lse.shape == (2, 8, 40) and lse.dtype == torch.float32
+    assert (out.double() - exact_out).abs().max() < 2e-2
+
+
+def test_aiter_without_lse_returns_tensor(standins):
+    import aiter
+
+    q, k, v = _inputs()
+    out = run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.1)
+    assert isinstance(out, torch.Tensor) and aiter.CALLS[-1]["return_lse"] is False
+
+
+def test_aiter_rounding_mode_validated(standins):
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match="how_v3_bf16_cvt must be one of \\[0, 1, 2\\]"):
+        run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.1, how_v3_bf16_cvt=3)
+
+
+def test_aiter_rounding_mode_through_backend_spec(standins):
+    import aiter
+
+    q, k, v = (t.to("meta") for t in _inputs())
+    selection = select_backend(q, k, v, backend="aiter:how_v3_bf16_cvt=2", platform=Platform.mi300x())
+    assert selection.backend.name == "aiter" and selection.options == {"how_v3_bf16_cvt": 2}
+    real = _inputs()
+    run_backend(selection.backend, *real, scale=0.1, **selection.options)
+    assert aiter.CALLS[-1]["how_v3_bf16_cvt"] == 2
+
+
+def test_mi300x_picks_aiter_when_installed(standins):
+    q, k, v = (t.to("meta") for t in _inputs())
+    assert select_backend(q, k, v, platform=Platform.mi300x()).backend.name == "aiter"
+    # ... and on an H100 the same installed package is refused for the platform, with the reason
+    with pytest.raises(fluxlab.BackendUnavailableError, match="aiter runs on amd, not on nvidia"):
+        select_backend(q, k, v, backend="aiter", platform=Platform.h100())
+
+
+def test_aiter_sage_current_entry_point(standins):
+    from aiter.ops.triton.attention import fav3_sage
+
+    q, k, v = _inputs()
+    out = run_backend(fluxlab.get_backend("aiter_sage"), q, k, v, scale=0.07)
+    call = fav3_sage.CALLS[-1]
+    assert call["layout"] == "bshd" and call["softmax_scale"] == 0.07
+    assert call["shapes"][0] == (2, 40, 4, 128)
+    assert (out.double() - _exact(q, k, v, 0.07)[0]).abs().max() < 2e-2
+
+
+def test_aiter_sage_older_entry_point_refuses_a_scale_it_would_ignore(monkeypatch):
+    _use_standins(monkeypatch, "standins_old_sage")
+    try:
+        q, k, v = _inputs()
+        backend = fluxlab.get_backend("aiter_sage")
+        out = run_backend(backend, q, k, v, scale=128 ** -0.5)  # the default scale: fine
+        assert (out.double() - _exact(q, k, v, 128 ** -0.5)[0]).abs().max() < 2e-2
+        with pytest.raises(fluxlab.BackendUnavailableError, match="ignores softmax_scale"):
+            run_backend(backend, q, k, v, scale=0.05)
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "aiter"]:
+            sys.modules.pop(name)
+
+
+def test_aiter_triton_contract(standins):
+    from aiter.ops.triton import mha
+
+    q, k, v = _inputs()
+    out, lse = run_backend(fluxlab.get_backend("aiter_triton"), q, k, v, scale=0.09, return_lse=True)
+    call = mha.CALLS[-1]
+    assert call["softmax_scale"] == 0.09 and call["return_lse"] is True
+    assert call["shapes"][0] == (2, 40, 4, 128)
+    torch.testing.assert_close(lse, _exact(q, k, v, 0.09)[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, module", [("fa2", "flash_attn"), ("fa3", "flash_attn_interface")])
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_flash_attention_contract(standins, name, module, return_lse):
+    lib = importlib.import_module(module)
+    q, k, v = _inputs(heads=6, kv_heads=3)
+    result = run_backend(fluxlab.get_backend(name), q, k, v, scale=0.06, return_lse=return_lse)
+    call = lib.CALLS[-1]
+    assert call["softmax_scale"] == 0.06 and call["return_attn_probs"] is return_lse
+    assert call["shapes"] == [(2, 40, 6, 128), (2, 40, 3, 128), (2, 40, 3, 128)]
+    exact_out, exact_lse = _exact(q, k, v, 0.06)
+    out = result[0] if return_lse else result
+    assert (out.double() - exact_out).abs().max() < 2e-2
+    if return_lse:
+        torch.testing.assert_close(result[1], exact_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_fa_resolves_to_best_installed_generation(standins):
+    q, k, v = (t.to("meta") for t in _inputs())
+    fa = fluxlab.get_backend("fa")
+    assert fa.resolve(q, k, Platform.h100()).name == "fa3"  # fa4 not installed here, fa3 (stand-in) is
+    assert fa.resolve(q, k, Platform.a100()).name == "fa2"  # fa3 is Hopper-only
+    assert fa.resolve(q.float(), k.float(), Platform.h100()) is None  # no generation runs fp32
