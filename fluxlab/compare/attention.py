@@ -1,0 +1,284 @@
+"""``compare_attention``: every backend on every input against float64, judged against torch's own error.
+
+A backend that raises, returns NaN/inf or the wrong shape becomes a failed row with its error; the sweep
+always finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import torch
+
+from .. import registry
+from ..backends.reference import reference_attention
+from ..dispatch import run_backend
+from ..errors import UnknownBackendError
+from ..platform import platform_for_device
+from ..record import AttentionRecord
+from .baseline import BASELINE_NAME, baseline_attention
+from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases
+from .metrics import ErrorStats, error_map, error_stats
+from .report import ComparisonReport, ComparisonRow
+from .specs import BackendSpec, parse_backends
+from .tolerances import FAIL, SKIP, judge_exact, judge_lse, judge_quantised, worst
+
+DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+               "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+GPU_TIMING_REPEATS = 5
+
+
+def parse_dtype(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPE_NAMES[str(value).lower().replace("torch.", "")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {value!r}; use one of {', '.join(sorted(DTYPE_NAMES))}") from None
+
+
+def compare_attention(inputs=None, backends=None, reference: str = "reference", *, dtype=torch.bfloat16,
+                      dtypes: Iterable | None = None, seeds: Iterable[int] = (0,), device=None,
+                      progress: bool = True, timing_repeats: int | None = None,
+                      error_maps: bool = True) -> ComparisonReport:
+    """Compare attention backends with the exact (float64) answer, input by input.
+
+    inputs: None (the default synthetic set for this machine: ``inputs.default_inputs``), a list of
+        ``InputSpec`` / ``AttentionRecord`` / ``AttentionCase``, or a folder written by ``save_records``.
+        Records keep their own dtype; where a record holds the output of the run it was captured from, that
+        output is judged too (row "recorded:<backend>") and every backend's ``rel_l2_vs_recorded`` is filled.
+    backends: None (every backend that runs on this machine, except the reference), or specs such as
+        ``["sdpa", "flex", "aiter:how_v3_bf16_cvt=0", "sdpa:cudnn=0"]`` (see ``specs.KNOBS``).
+    reference: "reference" (fluxlab's chunked float64 attention) or another backend, run on float64 copies.
+    dtype / dtypes: the dtype(s) synthetic inputs are drawn in (``dtypes=("bf16", "fp16")`` is an axis).
+
+    Each row carries max_abs, mean_abs, rel_l2 and cosine against float64, the same numbers for torch's
+    SDPA math kernel in the same dtype (the yardstick), their ratio, the LSE error where the backend returns
+    one, the time, the worst head and token, and a verdict (rules: ``tolerances.RULE_TEXT``).
+    """
+    if inputs is None:
+        inputs = default_inputs(_device_type(device))
+    elif isinstance(inputs, (str, os.PathLike)):
+        from .records import load_records
+
+        inputs, _ = load_records(inputs)
+    elif isinstance(inputs, (InputSpec, AttentionRecord, AttentionCase)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    dtypes = tuple(parse_dtype(d) for d in (dtypes if dtypes is not None else (dtype,)))
+    seeds = tuple(seeds)
+    device = torch.device(device) if device is not None else torch.device(_device_type(None))
+    platform = platform_for_device(device)
+    specs = parse_backends(backends, platform)
+    reference_fn = _reference_fn(reference)
+
+    total = count_cases(inputs, len(dtypes), len(seeds))
+    bar = _progress(total * (len(specs) + 1), progress)
+    rows: list[ComparisonRow] = []
+    try:
+        for case in iter_cases(inputs, dtypes, seeds, device):
+            case = _on_device(case, device)
+            bar.set_postfix_str(f"{case.name} {case.dtype_name}: reference")
+            rows.extend(_compare_case(case, specs, reference_fn, platform, timing_repeats, error_maps, bar))
+            bar.update(1)
+    finally:
+        bar.close()
+    return ComparisonReport(rows, reference=reference if reference != "reference" else "fluxlab reference_attention",
+                            baseline=BASELINE_NAME, platform=platform.as_dict(),
+                            meta={"dtypes": [str(d).replace("torch.", "") for d in dtypes], "seeds": list(seeds),
+                                  "backends": [s.label for s in specs], "device": str(device)})
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _device_type(device) -> str:
+    if device is not None:
+        return torch.device(device).type
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _on_device(case: AttentionCase, device) -> AttentionCase:
+    if case.q.device == device or (device.index is None and case.q.device.type == device.type):
+        return case
+    import dataclasses
+
+    moved = {name: getattr(case, name).to(device) for name in ("q", "k", "v", "recorded_out", "recorded_lse")
+             if getattr(case, name) is not None}
+    return dataclasses.replace(case, **moved)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, text):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="compare_attention", unit="run", leave=False)
+
+
+def _reference_fn(reference: str):
+    if reference in ("reference", "float64"):
+        def exact(q, k, v, *, scale, causal):
+            return reference_attention(q, k, v, scale=scale, causal=causal, return_lse=True)
+        return exact
+    backend = registry.get_backend(reference)
+    if not backend.caps.returns_lse:
+        def other(q, k, v, *, scale, causal):
+            out = run_backend(backend, *(t.double() for t in (q, k, v)), scale=scale, causal=causal)
+            return out, None
+    else:
+        def other(q, k, v, *, scale, causal):
+            return run_backend(backend, *(t.double() for t in (q, k, v)), scale=scale, causal=causal,
+                               return_lse=True)
+    return other
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _yardstick(case, ref):
+    rounding = error_stats(ref.to(case.q.dtype), ref)
+    baseline = error_stats(baseline_attention(case.q, case.k, case.v, scale=case.scale, causal=case.causal), ref)
+    return baseline, rounding
+
+
+def _compare_case(case, specs, reference_fn, platform, timing_repeats, with_maps, bar) -> list[ComparisonRow]:
+    ref, ref_lse = reference_fn(case.q, case.k, case.v, scale=case.scale, causal=case.causal)
+    baseline, rounding = _yardstick(case, ref)
+    rows = []
+    if case.recorded_out is not None:
+        rows.append(_recorded_row(case, ref, baseline, rounding, with_maps))
+    for spec in specs:
+        bar.set_postfix_str(f"{case.name} {case.dtype_name}: {spec.label}")
+        rows.append(_run_one(spec, case, ref, ref_lse, baseline, rounding, platform, timing_repeats, with_maps))
+        bar.update(1)
+        if case.q.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _new_row(label, case, baseline: ErrorStats, rounding: ErrorStats, quantised=False, source=None):
+    return ComparisonRow(
+        backend=label, input=case.name, dtype=case.dtype_name, shape=case.shape, source=source or case.source,
+        seed=case.seed, quantised=quantised, baseline_max_abs=baseline.max_abs, baseline_mean_abs=baseline.mean_abs,
+        baseline_rel_l2=baseline.rel_l2, baseline_cosine=baseline.cosine, rounding_rel_l2=rounding.rel_l2,
+        rounding_max_abs=rounding.max_abs)
+
+
+def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
+    """Fill the error numbers and the verdict of ``row`` from ``out`` (and ``lse``)."""
+    if tuple(out.shape) != tuple(ref.shape):
+        row.verdict, row.error = FAIL, f"wrong output shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
+        return row
+    bad = (~torch.isfinite(out)).sum().item()
+    if bad:
+        nan = torch.isnan(out).sum().item()
+        row.verdict = FAIL
+        row.error = f"output has {nan} NaN and {bad - nan} inf values (of {out.numel()})"
+        return row
+    stats = error_stats(out, ref)
+    row.max_abs, row.mean_abs, row.rel_l2, row.cosine = stats.max_abs, stats.mean_abs, stats.rel_l2, stats.cosine
+    row.rel_l2_ratio = stats.rel_l2 / _floor(max(row.baseline_rel_l2, row.rounding_rel_l2))
+    row.max_abs_ratio = stats.max_abs / _floor(max(row.baseline_max_abs, row.rounding_max_abs))
+    if row.quantised:
+        verdict, note = judge_quantised(stats.rel_l2)
+    else:
+        verdict, note = judge_exact(row.rel_l2_ratio, row.max_abs_ratio)
+    verdicts, notes = [verdict], [note]
+    if lse is not None and ref_lse is not None:
+        row.lse_max_abs = (lse.double() - ref_lse.double()).abs().max().item()
+        lse_verdict, lse_note = judge_lse(row.lse_max_abs, case.dtype_name, row.quantised)
+        verdicts.append(lse_verdict)
+        notes.append(lse_note)
+    if case.recorded_out is not None and row.source != "recorded output":
+        row.rel_l2_vs_recorded = error_stats(out, case.recorded_out).rel_l2
+    if with_maps:
+        emap = error_map(out, ref, text_tokens=case.text_tokens)
+        row.error_map = emap
+        row.worst_head, row.worst_token = emap.worst_head, emap.worst_token
+        row.worst_head_rel_l2 = float(emap.per_head[emap.worst_head])
+        row.worst_token_rel_l2 = float(emap.per_token[emap.worst_token])
+        if worst(verdicts) != "pass":
+            notes.append(emap.summary())
+    row.verdict = worst(verdicts)
+    row.notes = "; ".join(notes)
+    return row
+
+
+def _floor(value: float) -> float:
+    return value if value > 0 else 1e-300
+
+
+def _recorded_row(case, ref, baseline, rounding, with_maps) -> ComparisonRow:
+    backend = case.recorded_backend or "unknown"
+    try:
+        quantised = registry.get_backend(backend).caps.quantised
+    except UnknownBackendError:
+        quantised = False
+    label = f"recorded:{backend}" + (f"@{case.recorded_on}" if case.recorded_on else "")
+    row = _new_row(label, case, baseline, rounding, quantised, source="recorded output")
+    out = case.recorded_out
+    if out.dtype != case.q.dtype:
+        out = out.to(case.q.dtype)
+    return _judge(row, case, out, ref, case.recorded_lse, None, with_maps)
+
+
+def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform, timing_repeats,
+             with_maps) -> ComparisonRow:
+    backend = registry.get_backend(spec.name)
+    row = _new_row(spec.label, case, baseline, rounding, backend.caps.quantised)
+    reasons = backend.not_supported_reasons(case.q, case.k, case.v, platform, causal=case.causal)
+    if reasons:
+        row.verdict, row.error = SKIP, "; ".join(reasons)
+        return row
+    want_lse = backend.caps.returns_lse
+    options = dict(backend.options) | spec.options
+    device = case.q.device
+    repeats = timing_repeats if timing_repeats is not None else (GPU_TIMING_REPEATS if device.type == "cuda" else 0)
+    try:
+        with spec.context():
+            _sync(device)
+            start = time.perf_counter()
+            result = run_backend(backend, case.q, case.k, case.v, scale=case.scale, causal=case.causal,
+                                 return_lse=want_lse, platform=platform, **options)
+            _sync(device)
+            times = [time.perf_counter() - start]
+            for _ in range(repeats):  # on GPU: the first call warmed up (compilation, autotuning)
+                start = time.perf_counter()
+                run_backend(backend, case.q, case.k, case.v, scale=case.scale, causal=case.causal,
+                            return_lse=want_lse, platform=platform, **options)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - any failure of a kernel is a failed row, the sweep goes on
+        row.verdict, row.error = FAIL, _error_text(exc)
+        return row
+    timed = times[1:] or times
+    row.time_ms = sorted(timed)[len(timed) // 2] * 1e3
+    out, lse = result if want_lse else (result, None)
+    return _judge(row, case, out, ref, lse, ref_lse, with_maps)
+
+
+def _error_text(exc: BaseException, limit: int = 400) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["compare_attention", "parse_dtype"]

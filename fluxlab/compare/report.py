@@ -1,0 +1,222 @@
+"""The result of a comparison: one row per backend and input, verdicts, and renderings (table, HTML, Markdown)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+
+from .metrics import ErrorMap
+from .tolerances import FAIL, PASS, RULE_TEXT, SEVERITY, SKIP, WARN, worst
+
+VERDICT_COLOURS = {PASS: "#c8e6c9", WARN: "#ffe0b2", FAIL: "#ffcdd2", SKIP: "#eeeeee"}
+
+
+@dataclasses.dataclass
+class ComparisonRow:
+    """One backend on one input. Errors are against the float64 answer; ``baseline_*`` are torch's own."""
+
+    backend: str  # the spec as written, e.g. "aiter:how_v3_bf16_cvt=0"
+    input: str
+    dtype: str
+    shape: tuple[int, ...]  # q's [B, S, H, D]
+    source: str = "synthetic"  # "synthetic" | "record" | "recorded output"
+    seed: int | None = None
+    quantised: bool = False
+    verdict: str = FAIL
+    max_abs: float = math.nan
+    mean_abs: float = math.nan
+    rel_l2: float = math.nan
+    cosine: float = math.nan
+    baseline_max_abs: float = math.nan
+    baseline_mean_abs: float = math.nan
+    baseline_rel_l2: float = math.nan
+    baseline_cosine: float = math.nan
+    rounding_rel_l2: float = math.nan  # the float64 answer rounded to the dtype: the least error possible
+    rounding_max_abs: float = math.nan
+    rel_l2_ratio: float = math.nan  # rel_l2 / yardstick (max of baseline and rounding)
+    max_abs_ratio: float = math.nan
+    lse_max_abs: float | None = None  # where the backend returns an LSE
+    rel_l2_vs_recorded: float | None = None  # vs the output recorded in a capture/record file
+    time_ms: float | None = None
+    worst_head: int | None = None
+    worst_head_rel_l2: float | None = None
+    worst_token: int | None = None
+    worst_token_rel_l2: float | None = None
+    error: str | None = None  # exception text, NaN count, or why it was skipped
+    notes: str = ""  # why this verdict
+    error_map: ErrorMap | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error_map"}
+        data["shape"] = "x".join(map(str, self.shape))
+        return data
+
+
+def _fmt(value, spec=".2e") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return format(value, spec)
+    return str(value)
+
+
+@dataclasses.dataclass
+class ComparisonReport:
+    """``verdicts``: backend -> worst verdict over all inputs; ``rows``: the full table."""
+
+    rows: list[ComparisonRow]
+    reference: str = "reference"
+    baseline: str = ""
+    platform: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """backend -> "pass" / "warn" / "fail" (worst over inputs); backends that never ran are left out."""
+        by_backend: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.verdict != SKIP:
+                by_backend.setdefault(row.backend, []).append(row.verdict)
+        return {name: worst(v) for name, v in by_backend.items()}
+
+    @property
+    def skipped(self) -> dict[str, list[str]]:
+        """backend -> why it could not run (for inputs where it did not)."""
+        out: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.verdict == SKIP and row.error and row.error not in out.setdefault(row.backend, []):
+                out[row.backend].append(row.error)
+        return out
+
+    @property
+    def failed(self) -> bool:
+        return FAIL in self.verdicts.values()
+
+    def rows_for(self, backend: str) -> list[ComparisonRow]:
+        return [r for r in self.rows if r.backend == backend]
+
+    def worst(self, backend: str | None = None) -> ComparisonRow | None:
+        """The worst row (by verdict, then by rel_l2 ratio or budget use), overall or for one backend."""
+        rows = [r for r in self.rows if r.verdict != SKIP and (backend is None or r.backend == backend)]
+        if not rows:
+            return None
+
+        def badness(row):
+            ratio = row.rel_l2_ratio if not row.quantised else row.rel_l2 / 0.05
+            return SEVERITY[row.verdict], row.error is not None, -math.inf if math.isnan(ratio) else ratio
+
+        return max(rows, key=badness)
+
+    def summary_rows(self) -> list[dict]:
+        """One line per backend: its verdict and its worst input."""
+        lines = []
+        for name, verdict in self.verdicts.items():
+            row = self.worst(name)
+            runs = [r for r in self.rows_for(name) if r.verdict != SKIP]
+            times = [r.time_ms for r in runs if r.time_ms is not None]
+            lines.append({
+                "backend": name, "verdict": verdict, "quantised": row.quantised, "inputs": len(runs),
+                "worst input": f"{row.input} {row.dtype}" + (f" seed {row.seed}" if row.seed is not None else ""),
+                "rel_l2": row.rel_l2, "x yardstick": row.rel_l2_ratio, "max_abs x": row.max_abs_ratio,
+                "median ms": sorted(times)[len(times) // 2] if times else None,
+                "note": row.error or (row.notes if verdict != PASS else ""),
+            })
+        for name, reasons in self.skipped.items():
+            if name not in self.verdicts:
+                lines.append({"backend": name, "verdict": SKIP, "quantised": False, "inputs": 0, "worst input": "",
+                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "median ms": None,
+                              "note": "; ".join(reasons)})
+        return lines
+
+    # ------------------------------------------------------------------------------------------ renderings
+
+    TABLE_COLUMNS = ("backend", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
+                     "max_abs", "baseline_max_abs", "max_abs_ratio", "mean_abs", "cosine", "lse_max_abs",
+                     "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token", "notes")
+
+    def to_dataframe(self):
+        """All rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("ComparisonReport.to_dataframe() needs pandas: pip install pandas "
+                              "(report.rows has the same data as dataclasses)") from exc
+        return pd.DataFrame([r.as_dict() for r in self.rows])
+
+    def _table(self, columns=TABLE_COLUMNS):
+        header = list(columns)
+        body = []
+        for row in self.rows:
+            data = row.as_dict()
+            if row.error:
+                data["notes"] = row.error
+            body.append([_cell(c, data[c]) for c in columns])
+        return header, body
+
+    def to_markdown(self, *, details: bool = True) -> str:
+        lines = [f"Reference: float64 ({self.reference}); yardstick: {self.baseline}.", ""]
+        summary = self.summary_rows()
+        if summary:
+            keys = list(summary[0])
+            lines += [_md_row(keys), _md_row(["---"] * len(keys))]
+            lines += [_md_row([_cell(k, s[k]) for k in keys]) for s in summary]
+        if details:
+            header, body = self._table()
+            lines += ["", _md_row(header), _md_row(["---"] * len(header))] + [_md_row(b) for b in body]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self, *, details: bool = True) -> str:
+        def table(keys, rows, verdict_key="verdict"):
+            head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+            out = []
+            for values in rows:
+                cells = []
+                for key, value in zip(keys, values):
+                    style = ""
+                    if key == verdict_key:
+                        style = f' style="background:{VERDICT_COLOURS.get(value, "#fff")};font-weight:bold"'
+                    cells.append(f"<td{style}>{html.escape(str(value))}</td>")
+                out.append("<tr>" + "".join(cells) + "</tr>")
+            return (f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
+                    f"<tbody>{''.join(out)}</tbody></table>")
+
+        summary = self.summary_rows()
+        parts = [f"<p>Reference: float64 ({html.escape(self.reference)}); yardstick: "
+                 f"{html.escape(self.baseline)}.</p>"]
+        if summary:
+            keys = list(summary[0])
+            parts.append(table(keys, [[_cell(k, s[k]) for k in keys] for s in summary]))
+        if details:
+            header, body = self._table()
+            parts.append("<details><summary>every input</summary>" + table(header, body) + "</details>")
+        return "\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def __repr__(self):
+        verdicts = ", ".join(f"{k}: {v}" for k, v in self.verdicts.items())
+        return f"<ComparisonReport {len(self.rows)} rows; {verdicts}>"
+
+    @staticmethod
+    def rule_text() -> str:
+        return RULE_TEXT
+
+
+def _cell(key, value) -> str:
+    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x") and isinstance(value, float):
+        return _fmt(value, ".2f")
+    if key in ("time_ms", "median ms") and isinstance(value, float):
+        return _fmt(value, ".2f")
+    if key == "cosine" and isinstance(value, float):
+        return _fmt(value, ".6f")
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    return _fmt(value)
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"

@@ -1,0 +1,119 @@
+"""The verdict rules as data: how far from float64 a kernel may land before it is flagged, and why.
+
+Exact kernels are judged against torch's own error in the same dtype; quantised ones against a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+SEVERITY = {SKIP: -1, PASS: 0, WARN: 1, FAIL: 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactRule:
+    """An exact kernel may be at most a small multiple worse than torch's own low-precision error.
+
+    The yardstick ("baseline") is torch's SDPA math kernel in the same dtype, computed on the same inputs;
+    it upcasts to float32 inside, so its error is essentially the rounding of the exact answer to the dtype.
+    The yardstick never drops below that rounding error itself (``rounding_*``: the float64 answer cast to
+    the dtype), so an unusually lucky baseline cannot make the rule unfair.
+    """
+
+    pass_rel_l2: float = 2.0  # rel_l2 <= 2 x yardstick
+    warn_rel_l2: float = 4.0
+    pass_max_abs: float = 3.0  # max_abs <= 3 x yardstick (an extreme value: noisier than rel_l2)
+    warn_max_abs: float = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantisedBudget:
+    """Quantised kernels (int8/fp8 inside) have their own absolute budget, whatever the dtype."""
+
+    pass_rel_l2: float = 0.05  # cosine >= ~0.9987
+    warn_rel_l2: float = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class LseTolerance:
+    """Max |lse - lse_float64| (natural log). In ring attention an LSE error e scales merged outputs by
+    exp(e) ~ 1 + e, so for half dtypes it must stay below the output's own rounding (bf16: 1.7e-3 rel-L2)."""
+
+    pass_max_abs: float
+    warn_max_abs: float
+
+
+EXACT_RULE = ExactRule()
+QUANTISED_BUDGET = QuantisedBudget()
+# LSE is float32 in every kernel and scores are accumulated in float32, so the dtype matters little;
+# measured worst (CPU, torch 2.13): sdpa_flash 6.9e-5, flex 1.5e-5, at S 256-1024 with outlier channels.
+LSE_TOLERANCE = {
+    "bfloat16": LseTolerance(1e-3, 4e-3),
+    "float16": LseTolerance(1e-3, 4e-3),
+    "float32": LseTolerance(2e-4, 1e-3),
+    "float64": LseTolerance(2e-4, 1e-3),
+}
+QUANTISED_LSE_TOLERANCE = LseTolerance(2e-2, 5e-2)  # not measured here: no quantised kernel returns an LSE yet
+
+# The table README and reports print (one row per rule).
+RULE_TABLE = [
+    ("exact kernel", "rel_l2 <= 2 x yardstick and max_abs <= 3 x yardstick",
+     "rel_l2 <= 4 x and max_abs <= 6 x", "beyond warn"),
+    ("quantised kernel (caps.quantised)", f"rel_l2 <= {QUANTISED_BUDGET.pass_rel_l2}",
+     f"rel_l2 <= {QUANTISED_BUDGET.warn_rel_l2}", "beyond warn"),
+    ("LSE, where returned", "max |lse - lse_fp64| <= 1e-3 (half dtypes), 2e-4 (fp32)", "<= 4e-3 / 1e-3",
+     "beyond warn"),
+    ("any kernel", "-", "-", "exception, NaN/inf, wrong shape or dtype"),
+]
+
+RULE_TEXT = """\
+Verdicts (per backend and input; a backend's verdict is its worst over all inputs):
+
+| kernel | pass | warn | fail |
+|---|---|---|---|
+""" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in RULE_TABLE) + """
+
+yardstick = max(torch SDPA math in the same dtype, float64 answer rounded to the dtype), measured on the
+same inputs. Why these numbers (CPU, torch 2.13, S 256-1024, D 128, normal/outlier/peaky inputs): every
+exact kernel lands at 1.0-1.42 x the yardstick in rel_l2 and 0.66-1.77 x in max_abs (GPU, torch 2.11: FA4,
+cuDNN, FA2, flex, mem-efficient all at 2.27e-3 vs math's 1.66e-3 = 1.37 x). A kernel that rounds the scores
+to bf16 lands at 3.3-3.5 x on normal inputs (warn) and 15-22 x with outlier channels (fail); broken
+kernels (wrong scale, swapped layout, a dropped head, shifted keys) land at 100 x or more. Quantised:
+SageAttention 1.0.6 measures rel_l2 1.33e-2 at S 4608 on H100, 4 x inside the 0.05 budget.
+"""
+
+
+def worst(verdicts) -> str:
+    """The most severe of some verdicts (fail > warn > pass > skip)."""
+    verdicts = list(verdicts)
+    return max(verdicts, key=SEVERITY.__getitem__) if verdicts else SKIP
+
+
+def _grade(value: float, pass_limit: float, warn_limit: float) -> str:
+    if not math.isfinite(value):
+        return FAIL
+    return PASS if value <= pass_limit else WARN if value <= warn_limit else FAIL
+
+
+def judge_exact(rel_l2_ratio: float, max_abs_ratio: float, rule: ExactRule = EXACT_RULE) -> tuple[str, str]:
+    """Verdict and the reason, from the two ratios to the yardstick."""
+    by_rel = _grade(rel_l2_ratio, rule.pass_rel_l2, rule.warn_rel_l2)
+    by_max = _grade(max_abs_ratio, rule.pass_max_abs, rule.warn_max_abs)
+    verdict = worst([by_rel, by_max])
+    note = (f"rel_l2 {rel_l2_ratio:.2f}x yardstick (pass <= {rule.pass_rel_l2:g}x, warn <= {rule.warn_rel_l2:g}x); "
+            f"max_abs {max_abs_ratio:.2f}x (pass <= {rule.pass_max_abs:g}x, warn <= {rule.warn_max_abs:g}x)")
+    return verdict, note
+
+
+def judge_quantised(rel_l2: float, budget: QuantisedBudget = QUANTISED_BUDGET) -> tuple[str, str]:
+    verdict = _grade(rel_l2, budget.pass_rel_l2, budget.warn_rel_l2)
+    return verdict, (f"quantised: rel_l2 {rel_l2:.3g} against its budget (pass <= {budget.pass_rel_l2:g}, "
+                     f"warn <= {budget.warn_rel_l2:g})")
+
+
+def judge_lse(lse_max_abs: float, dtype_name: str, quantised: bool) -> tuple[str, str]:
+    tol = QUANTISED_LSE_TOLERANCE if quantised else LSE_TOLERANCE.get(dtype_name, LSE_TOLERANCE["float32"])
+    verdict = _grade(lse_max_abs, tol.pass_max_abs, tol.warn_max_abs)
+    return verdict, f"lse max_abs {lse_max_abs:.2g} (pass <= {tol.pass_max_abs:g}, warn <= {tol.warn_max_abs:g})"
