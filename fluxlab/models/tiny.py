@@ -17,6 +17,13 @@ import torch
 
 VARIANTS = ("dev", "klein")
 
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose one of {VARIANTS}.")
+    return variant
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizers: a byte-level vocabulary (every byte is one token, no merges) plus the special tokens each chat
 # template writes. Text-only: FLUX.2 [dev] ships a PixtralProcessor, which needs torchvision; for text prompts
@@ -73,8 +80,8 @@ TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
 
 
 def _byte_characters() -> list[str]:
-    """The 256 printable characters that byte-level BPE (GPT-2, Qwen, Tekken) uses for bytes 0..255, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    """The characters byte-level BPE writes for bytes 0..255 (the GPT-2 / ``tokenizers`` ByteLevel convention)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     chars, shift = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -90,6 +97,10 @@ def _byte_vocab(special_tokens: Sequence[str]) -> dict[str, int]:
     for char in _byte_characters():
         vocab[char] = len(vocab)
     return vocab
+
+
+def _token_id(variant: str, token: str) -> int:
+    return TOKENIZER_SPECS[variant]["special_tokens"].index(token)
 
 
 def tiny_vocab_size(variant: str) -> int:
@@ -182,7 +193,7 @@ _SCHEDULER = {
 # no tiny-model-specific arguments. Each layer costs microseconds at this width.
 _MISTRAL_TEXT = {
     "model_type": "mistral",
-    "vocab_size": len(TOKENIZER_SPECS["dev"]["special_tokens"]) + 256,
+    "vocab_size": tiny_vocab_size("dev"),
     "hidden_size": _TEXT_HIDDEN,
     "intermediate_size": 16,
     "num_hidden_layers": 30,
@@ -194,9 +205,9 @@ _MISTRAL_TEXT = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 1e9},
     "sliding_window": None,
     "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 3,
+    "bos_token_id": _token_id("dev", "<s>"),
+    "eos_token_id": _token_id("dev", "</s>"),
+    "pad_token_id": _token_id("dev", "<pad>"),
 }
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -216,7 +227,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                 "patch_size": 14,
                 "num_channels": 3,
             },
-            "image_token_index": 8,  # the id of "[IMG]" in the tiny vocabulary
+            "image_token_index": _token_id("dev", "[IMG]"),
             "spatial_merge_size": 2,
             "projector_hidden_act": "gelu",
             "vision_feature_layer": -1,
@@ -231,7 +242,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vae": _VAE,
         "scheduler": _SCHEDULER,
         "text_encoder": {  # Qwen3Config
-            "vocab_size": len(TOKENIZER_SPECS["klein"]["special_tokens"]) + 256,
+            "vocab_size": tiny_vocab_size("klein"),
             "hidden_size": _TEXT_HIDDEN,
             "intermediate_size": 16,
             "num_hidden_layers": 27,
@@ -243,8 +254,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
             "tie_word_embeddings": False,
             "bos_token_id": None,
-            "eos_token_id": 0,
-            "pad_token_id": 0,
+            "eos_token_id": _token_id("klein", "<|endoftext|>"),
+            "pad_token_id": _token_id("klein", "<|endoftext|>"),
         },
         "text_encoder_out_layers": (9, 18, 27),
         "is_distilled": False,  # False = the base model: guidance_scale > 1 runs two transformer passes per step
@@ -339,10 +350,13 @@ def validate_flux2_config(
         )
     if tf.get("patch_size", 1) != 1:
         reasons.append(
-            f"patch_size ({tf['patch_size']}) must be 1: the pipelines patchify latents 2x2 themselves; set patch_size=1."
+            f"patch_size ({tf['patch_size']}) must be 1: the pipelines patchify latents 2x2 themselves; "
+            f"set patch_size=1."
         )
     if tuple(vae.get("patch_size", (2, 2))) != (2, 2):
-        reasons.append(f"the VAE patch_size {tuple(vae['patch_size'])} must be (2, 2): the pipelines hard-code 2x2 packing.")
+        reasons.append(
+            f"the VAE patch_size {tuple(vae['patch_size'])} must be (2, 2): the pipelines hard-code 2x2 packing."
+        )
 
     groups = vae.get("norm_num_groups", 32)
     channels = tuple(vae.get("block_out_channels", (128, 256, 512, 512)))
@@ -368,12 +382,6 @@ def validate_flux2_config(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose one of {VARIANTS}.")
-    return variant
-
-
 def _pipeline_class(variant: str):
     import diffusers
 
@@ -393,6 +401,15 @@ def _build_text_encoder(variant: str, config: dict[str, Any]):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     return Qwen3ForCausalLM(Qwen3Config(**copy.deepcopy(config)))
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast weights to ``dtype`` and switch to eval mode.
+
+    Uses ``torch.nn.Module.to`` directly: diffusers' ``ModelMixin.to(dtype)`` warns about float32-only modules even
+    when a model has none (diffusers 0.42.1), which would print on every tiny build.
+    """
+    return torch.nn.Module.to(model, dtype=dtype).eval()
 
 
 def build_tiny_pipeline(variant: str = "dev", *, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -427,13 +444,29 @@ def build_tiny_pipeline(variant: str = "dev", *, seed: int = 0, dtype: torch.dty
 
     components = {
         "scheduler": FlowMatchEulerDiscreteScheduler(**copy.deepcopy(configs["scheduler"])),
-        "vae": vae.to(dtype).eval(),
-        "text_encoder": text_encoder.to(dtype).eval(),
+        "vae": _cast(vae, dtype),
+        "text_encoder": _cast(text_encoder, dtype),
         "tokenizer": build_tiny_tokenizer(variant),
-        "transformer": transformer.to(dtype).eval(),
+        "transformer": _cast(transformer, dtype),
     }
     if configs["is_distilled"] is not None:
         components["is_distilled"] = configs["is_distilled"]
     pipe = pipeline_class(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def realign_weights(pipe) -> None:
+    """Copy every weight and buffer of ``pipe``'s models into freshly allocated tensors, in place.
+
+    ``from_pretrained`` on CPU leaves weights as views of the memory-mapped safetensors file, at addresses that are
+    not 64-byte aligned, and CPU matmul kernels round the last bit differently for such operands (measured: a
+    ``[1, 256] x [256, 32]`` linear in the timestep embedder). After this copy a loaded tiny pipeline reproduces the
+    pipeline it was saved from bit for bit. Not needed on GPU: moving a model there copies it anyway.
+    """
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        with torch.no_grad():
+            for tensor in [*component.parameters(), *component.buffers()]:
+                tensor.data = tensor.data.clone()
