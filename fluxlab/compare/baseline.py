@@ -26,8 +26,9 @@ def _full_precision_math():
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
 
 
-def baseline_attention(q, k, v, *, scale, causal=False, budget_elements=BUDGET_ELEMENTS):
+def baseline_attention(q, k, v, *, scale, causal=False, budget_elements=None):
     """``[B, S, H, D]`` attention by torch's math kernel in ``q.dtype``; one query chunk at a time."""
+    budget_elements = BUDGET_ELEMENTS if budget_elements is None else budget_elements
     batch, seq_q, heads, _ = q.shape
     seq_k = k.shape[1]
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))

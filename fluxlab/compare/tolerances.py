@@ -24,8 +24,8 @@ class ExactRule:
 
     pass_rel_l2: float = 2.0  # rel_l2 <= 2 x yardstick
     warn_rel_l2: float = 4.0
-    pass_max_abs: float = 3.0  # max_abs <= 3 x yardstick (an extreme value: noisier than rel_l2)
-    warn_max_abs: float = 6.0
+    pass_max_abs: float = 4.0  # max_abs <= 4 x yardstick (an extreme value: noisier than rel_l2)
+    warn_max_abs: float = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,8 @@ QUANTISED_LSE_TOLERANCE = LseTolerance(2e-2, 5e-2)  # not measured here: no quan
 
 # The table README and reports print (one row per rule).
 RULE_TABLE = [
-    ("exact kernel", "rel_l2 <= 2 x yardstick and max_abs <= 3 x yardstick",
-     "rel_l2 <= 4 x and max_abs <= 6 x", "beyond warn"),
+    ("exact kernel", "rel_l2 <= 2 x yardstick and max_abs <= 4 x yardstick",
+     "rel_l2 <= 4 x and max_abs <= 8 x", "beyond warn"),
     ("quantised kernel (caps.quantised)", f"rel_l2 <= {QUANTISED_BUDGET.pass_rel_l2}",
      f"rel_l2 <= {QUANTISED_BUDGET.warn_rel_l2}", "beyond warn"),
     ("LSE, where returned", "max |lse - lse_fp64| <= 1e-3 (half dtypes), 2e-4 (fp32)", "<= 4e-3 / 1e-3",
