@@ -23,6 +23,19 @@ from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
+# os.environ.get costs ~2 us (key encoding); the mapping's own dict is read on the hot path instead.
+_ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+
+_ENV_BACKEND_KEY = ENV_BACKEND.encode()
+_ENV_CHECK_FINITE_KEY = ENV_CHECK_FINITE.encode()
+
+
+def _env_raw(key: bytes, name: str):
+    """Undecoded value for cache keys and flags (bytes on POSIX)."""
+    return _ENV_DATA.get(key) if _ENV_DATA is not None else os.environ.get(name)
+
+
 # No model has more heads than this; a larger dim 2 means the tensor is [B, H, S, D].
 MAX_PLAUSIBLE_HEADS = 256
 
@@ -229,6 +242,7 @@ _cache: dict = {}
 def clear_caches() -> None:
     """Forget cached backend decisions (call after installing a kernel package into a running session)."""
     _cache.clear()
+    _plans.clear()
 
 
 def select_backend(q, k, v, *, backend=None, causal=False, return_lse=False, allowed=None, fallback=None,
@@ -287,23 +301,73 @@ def _select_uncached(q, k, v, choice, causal, return_lse, allowed, fallback, pla
 # ------------------------------------------------------------------------------------------- calling
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything decided for one kind of call; reused while shapes, dtypes, devices and choice repeat."""
+
+    fn: object
+    options: dict
+    scale: float
+    out_shape: tuple
+    backend_name: str
+    warning: str | None
+
+
+_plans: dict = {}
+_MAX_PLANS = 4096
+
+
+def _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform) -> _Plan:
+    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
+    selection = select_backend(q, k, v, backend=backend, causal=causal, return_lse=return_lse,
+                               allowed=allowed, fallback=fallback, platform=platform)
+    chosen = selection.backend
+    resolve = getattr(chosen, "resolve", None)
+    if resolve is not None:  # "fa": the best concrete generation
+        chosen = resolve(q, k, platform or platform_for_device(q.device), causal=causal, return_lse=return_lse)
+    warning = None
+    if selection.substituted_reasons:
+        warning = (f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)}); "
+                   f"using '{chosen.name}' instead (fallback=True)")
+    return _Plan(chosen.fn, selection.options, float(scale), (*q.shape[:3], v.shape[3]), chosen.name, warning)
+
+
 def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None,
               fallback=None, heads=None, check_finite=None, platform=None):
     """Attention over ``[batch, seq, heads, head_dim]`` tensors; returns ``[batch, seq, heads, head_dim]``.
 
     ``scale`` defaults to ``head_dim ** -0.5`` and is always passed to the kernel explicitly. With
     ``return_lse=True`` returns ``(out, lse)``: natural-log log-sum-exp, float32, ``[batch, heads, seq]``.
+    Decisions are cached per call signature, so a model's repeated calls pay a dictionary lookup.
     """
-    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=check_finite)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
-    selection = select_backend(q, k, v, backend=backend, causal=causal, return_lse=return_lse,
-                               allowed=allowed, fallback=fallback, platform=platform)
-    if selection.substituted_reasons:
-        warnings.warn(f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)}); "
-                      f"using '{selection.backend.name}' instead (fallback=True)", FallbackWarning, stacklevel=2)
-    return run_backend(selection.backend, q, k, v, scale=scale, causal=causal, return_lse=return_lse,
-                       platform=platform, **selection.options)
+    if allowed is not None and type(allowed) is not frozenset:
+        allowed = frozenset(allowed)
+    try:
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend,
+               scale, causal, return_lse, allowed, fallback, heads, platform, _current["choice"],
+               _current["fallback"], _env_raw(_ENV_BACKEND_KEY, ENV_BACKEND), registry._generation)
+        plan = _plans.get(key)
+    except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path explains
+        key = plan = None
+    first_call = plan is None
+    if first_call:
+        plan = _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform)
+        if key is not None:
+            if len(_plans) >= _MAX_PLANS:
+                _plans.clear()
+            _plans[key] = plan
+    if check_finite or (check_finite is None and _env_raw(_ENV_CHECK_FINITE_KEY, ENV_CHECK_FINITE)
+                        not in (None, b"", b"0", b"false", "", "0", "false")):
+        validate_inputs(q, k, v, scale=plan.scale, causal=causal, check_finite=True)
+    if plan.warning:
+        warnings.warn(plan.warning, FallbackWarning, stacklevel=2)
+    result = plan.fn(q, k, v, scale=plan.scale, causal=causal, return_lse=return_lse, **plan.options)
+    out = result[0] if return_lse and isinstance(result, tuple) else result
+    if first_call or getattr(out, "shape", None) != plan.out_shape or out.dtype != q.dtype:
+        check_output(result, q, v, return_lse=return_lse, backend_name=plan.backend_name)
+    return result
 
 
 def run_backend(backend: Backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):

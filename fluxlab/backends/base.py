@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +51,19 @@ class Requirement:
     min_version: str | None = None
 
     def missing_reason(self) -> str | None:
+        if self.module in sys.modules:
+            return None
         try:
-            found = importlib.util.find_spec(self.module) is not None
+            spec = importlib.util.find_spec(self.module)
         except (ImportError, ValueError):  # a parent package missing or broken
-            found = False
-        if not found:
+            spec = None
+        if spec is None:
             return f"Python package '{self.distribution}' (module {self.module}) is not installed: {self.install}"
+        if spec.origin in (None, "namespace") and "." not in self.module:
+            # e.g. FlashAttention-4 installs flash_attn/cute without flash_attn/__init__.py: the folder
+            # exists as a namespace package, but FlashAttention-2 is not there.
+            return (f"only a namespace folder '{self.module}' exists (left by another package), not "
+                    f"'{self.distribution}': {self.install}")
         if self.min_version:
             have = self.version()
             if have and _version_tuple(have) < _version_tuple(self.min_version):

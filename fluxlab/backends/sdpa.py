@@ -27,38 +27,47 @@ def _expand_kv_heads(q, k, v):
 
 
 def _sdpa(q, k, v, *, scale, causal, return_lse, kernel=None):
-    if return_lse:  # only reached for the kernels that declare returns_lse
-        return _sdpa_with_lse(q, k, v, scale=scale, causal=causal, kernel=kernel)
+    qh, kh, vh = to_bhsd(q, k, v)
+    gqa = qh.shape[1] != kh.shape[1]
+    if kernel is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
+                                             **({"enable_gqa": True} if gqa else {}))
+        return out.transpose(1, 2)
+    if not return_lse and (gqa or q.shape[-1] % 8):
+        # Shapes the kernel's own op does not take directly (GQA, padded head dims): let SDPA adapt them.
+        with sdpa_kernel(kernel):
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
+                                                 **({"enable_gqa": True} if gqa else {}))
+        return out.transpose(1, 2)
+    # The kernel's ATen op, which SDPA itself calls once it has chosen: no per-call sdpa_kernel() context
+    # switch, and the log-sum-exp is there for free.
+    kh, vh = _expand_kv_heads(qh, kh, vh)
+    out, lse = _KERNEL_OPS[(kernel, q.device.type == "cpu")](qh, kh, vh, causal, scale)
+    if not return_lse:
+        return out.transpose(1, 2)
+    # mem-efficient pads the LSE's sequence dim to a multiple of 32; cuDNN may add a trailing 1.
+    lse = lse.reshape(lse.shape[0], lse.shape[1], -1)[..., :qh.shape[2]]
+    return out.transpose(1, 2), lse.float()
+
+
+_aten = torch.ops.aten
+_KERNEL_OPS = {  # (kernel, on CPU) -> op(q, k, v, causal, scale) -> (out, lse) in [B, H, S, D] / [B, H, S]
+    (SDPBackend.FLASH_ATTENTION, True): lambda q, k, v, causal, scale:
+        _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale),
+    (SDPBackend.FLASH_ATTENTION, False): lambda q, k, v, causal, scale:
+        _aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2],
+    (SDPBackend.EFFICIENT_ATTENTION, False): lambda q, k, v, causal, scale:
+        _aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)[:2],
+    (SDPBackend.CUDNN_ATTENTION, False): lambda q, k, v, causal, scale:
+        _aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[:2],
+}
+
+
+def _math(q, k, v, *, scale, causal, return_lse):
     qh, kh, vh = to_bhsd(q, k, v)
     gqa = {"enable_gqa": True} if qh.shape[1] != kh.shape[1] else {}
-    if kernel is None:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa)
-    else:
-        with sdpa_kernel(kernel):
-            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa)
-    return out.transpose(1, 2)
-
-
-def _sdpa_with_lse(q, k, v, *, scale, causal, kernel):
-    qh, kh, vh = to_bhsd(q, k, v)
-    kh, vh = _expand_kv_heads(qh, kh, vh)
-    aten = torch.ops.aten
-    if kernel is SDPBackend.FLASH_ATTENTION and q.device.type == "cpu":
-        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, 0.0, causal, scale=scale)
-    elif kernel is SDPBackend.FLASH_ATTENTION:
-        out, lse = aten._scaled_dot_product_flash_attention(qh, kh, vh, 0.0, causal, False, scale=scale)[:2]
-    elif kernel is SDPBackend.EFFICIENT_ATTENTION:
-        out, lse = aten._scaled_dot_product_efficient_attention(qh, kh, vh, None, True, 0.0, causal,
-                                                                scale=scale)[:2]
-    elif kernel is SDPBackend.CUDNN_ATTENTION:
-        out, lse = aten._scaled_dot_product_cudnn_attention(qh, kh, vh, None, True, 0.0, causal, False,
-                                                            scale=scale)[:2]
-    else:
-        raise ValueError(f"no log-sum-exp path for {kernel}")
-    seq_q = qh.shape[2]
-    # mem-efficient pads the LSE's sequence dim to a multiple of 32; cuDNN may add a trailing 1.
-    lse = lse.reshape(lse.shape[0], lse.shape[1], -1)[..., :seq_q]
-    return out.transpose(1, 2), lse.float()
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa).transpose(1, 2)
 
 
 def _torch_says_no(check, q, k) -> list[str]:
@@ -72,8 +81,9 @@ def _torch_says_no(check, q, k) -> list[str]:
         ok = check(params, debug=True)
     if ok:
         return []
-    detail = "; ".join(str(w.message).strip() for w in caught) or "no detail given"
-    return [f"torch's own check rejects these inputs: {detail}"]
+    detail = "; ".join(str(w.message).strip() for w in caught)
+    return [f"torch's own check (torch.backends.cuda.{check.__name__}) rejects these inputs"
+            + (f": {detail}" if detail else "")]
 
 
 def _half_only_on_gpu(name):
@@ -107,8 +117,7 @@ BACKENDS = [
     ),
     Backend(
         "sdpa_math",
-        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
-            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.MATH),
+        _math,
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
         "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)",
     ),
@@ -127,7 +136,7 @@ BACKENDS = [
             q, k, v, scale=scale, causal=causal, return_lse=return_lse,
             kernel=SDPBackend.EFFICIENT_ATTENTION),
         Capabilities(vendors=_GPU, dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
-                     returns_lse=True),
+                     gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
         "SDPA's memory-efficient (xformers/cutlass) kernel",
         extra_checks=_efficient_checks,
     ),
