@@ -47,6 +47,15 @@ def time_ms(fn, *, warmup=25, rep=200) -> float:
         return statistics.median(times)
 
 
+def paired_ms(fn_a, fn_b, rounds=5) -> tuple[float, float]:
+    """Median of interleaved measurements of two callables: clock and thermal drift hit both alike."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(time_ms(fn_a, rep=60))
+        b.append(time_ms(fn_b, rep=60))
+    return statistics.median(a), statistics.median(b)
+
+
 def gemm_tflops(dtype=torch.bfloat16, n=8192) -> float:
     a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
     return 2 * n**3 / (time_ms(lambda: a @ b) * 1e-3) / 1e12
@@ -150,11 +159,14 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
                 continue
             try:
                 out = fluxlab.attention(q, k, v, backend=name, scale=scale)  # also compiles / warms up
-                ms = time_ms(lambda: fluxlab.attention(q, k, v, backend=name, scale=scale))
-                row |= {"status": "ran", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
+                ours = lambda: fluxlab.attention(q, k, v, backend=name, scale=scale)  # noqa: E731
                 if name in raws:
-                    raw_ms = time_ms(lambda: raws[name](q, k, v, scale))
+                    raw = lambda: raws[name](q, k, v, scale)  # noqa: E731
+                    ms, raw_ms = paired_ms(ours, raw)
                     row |= {"raw_ms": raw_ms, "raw_tflops": flops / (raw_ms * 1e-3) / 1e12}
+                else:
+                    ms = time_ms(ours)
+                row |= {"status": "ran", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
                 if exact is not None:
                     row["rel_l2_vs_fp64"] = ((out.double() - exact).norm() / exact.norm()).item()
             except Exception as exc:  # a kernel that fails is a result, not a crash of the sweep
@@ -181,7 +193,7 @@ def plot(results: dict, path: str) -> None:
     rows = [r for r in results["rows"] if r.get("status") == "ran" and r["dtype"] == "bf16" and r["shape"][0] == 1]
     shapes = sorted({tuple(r["shape"]) for r in rows})
     names = sorted({r["backend"] for r in rows})
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(shapes), 4.5))
+    fig, ax = plt.subplots(figsize=(4 + 1.6 * len(shapes), 4.5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [next((r["tflops"] for r in rows if r["backend"] == name and tuple(r["shape"]) == s), 0)
@@ -192,10 +204,29 @@ def plot(results: dict, path: str) -> None:
     ax.set_xticklabels([f"S={s[1]}\nH={s[2]}" for s in shapes])
     ax.set_ylabel("TFLOP/s")
     ax.set_title(f"attention forward, bf16, D=128, batch 1 — {results['machine']['platform']['device_name']}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue-6 targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
+    pick = results["default_pick"]
+    ran = [r for r in results["rows"] if r.get("status") == "ran"]
+    figures = []
+    for key in sorted({(tuple(r["shape"]), r["dtype"]) for r in ran}):
+        group = [r for r in ran if (tuple(r["shape"]), r["dtype"]) == key]
+        fastest = max(group, key=lambda r: r["tflops"])
+        chosen = next((r for r in group if r["backend"] == pick), None)
+        if chosen is None:
+            continue
+        figures.append({"shape": list(key[0]), "dtype": key[1], "default": pick, "default_tflops": chosen["tflops"],
+                        "fastest": fastest["backend"], "fastest_tflops": fastest["tflops"],
+                        "default_vs_fastest": chosen["tflops"] / fastest["tflops"],
+                        "default_vs_gemm": chosen["tflops"] / results["gemm_bf16_tflops"],
+                        "dispatch_tax": chosen["tflops"] / chosen["raw_tflops"] if "raw_tflops" in chosen else None})
+    return figures
 
 
 def summary(results: dict) -> str:
@@ -208,6 +239,13 @@ def summary(results: dict) -> str:
         raw = f"{r['raw_tflops']:.0f}" if "raw_tflops" in r else "-"
         err = f"{r['rel_l2_vs_fp64']:.2e}" if "rel_l2_vs_fp64" in r else "-"
         lines.append(f"| {r['backend']} | {tuple(r['shape'])} | {r['dtype']} | {r['tflops']:.0f} | {raw} | {err} |")
+    lines += ["", "| shape | dtype | default | fastest | default/fastest | default/GEMM | fluxlab/raw |",
+              "|---|---|---|---|---|---|---|"]
+    for t in targets(results):
+        tax = f"{t['dispatch_tax']:.3f}" if t["dispatch_tax"] else "-"
+        lines.append(f"| {tuple(t['shape'])} | {t['dtype']} | {t['default']} {t['default_tflops']:.0f} | "
+                     f"{t['fastest']} {t['fastest_tflops']:.0f} | {t['default_vs_fastest']:.3f} | "
+                     f"{t['default_vs_gemm']:.2f} | {tax} |")
     for o in results["overhead"]:
         if "added_us" in o:
             lines.append(f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
