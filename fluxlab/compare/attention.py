@@ -19,7 +19,7 @@ from ..errors import UnknownBackendError
 from ..platform import platform_for_device
 from ..record import AttentionRecord
 from .baseline import BASELINE_NAME, baseline_attention
-from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases
+from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases, record_case
 from .metrics import ErrorStats, error_map, error_stats
 from .report import ComparisonReport, ComparisonRow
 from .specs import BackendSpec, parse_backends
@@ -65,7 +65,8 @@ def compare_attention(inputs=None, backends=None, reference: str = "reference", 
     elif isinstance(inputs, (str, os.PathLike)):
         from .records import load_records
 
-        inputs, _ = load_records(inputs)
+        records, manifest = load_records(inputs)
+        inputs = [record_case(r, i, recorded_on=manifest.get("platform_description")) for i, r in enumerate(records)]
     elif isinstance(inputs, (InputSpec, AttentionRecord, AttentionCase)):
         inputs = [inputs]
     inputs = list(inputs)
