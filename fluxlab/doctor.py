@@ -7,6 +7,15 @@ import dataclasses
 from . import registry
 from .dispatch import default_backend
 from .platform import Platform, current_platform
+from .priority import priority_for
+
+
+def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str:
+    if name in order and pick in order and order.index(name) > order.index(pick):
+        return f"ranked below {pick} in this platform's priority list (fluxlab/priority.py)"
+    if name in order:
+        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here"
+    return "never picked automatically (quantised, experimental or for debugging): choose it explicitly"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,19 +30,22 @@ class BackendStatus:
     quantised: bool
     experimental: bool
     builtin: bool
+    not_default_because: str | None = None  # for available backends that automatic choice does not pick
 
 
 def backends(platform: Platform | None = None) -> list[BackendStatus]:
     """Every registered backend as a record, judged for ``platform`` (default: this machine)."""
     platform = platform or current_platform()
     pick = default_backend(platform=platform)
+    order = priority_for(platform)
     rows = []
     for backend in registry.all_backends():
         reasons = backend.platform_reasons(platform)
         caps = backend.caps
         rows.append(BackendStatus(backend.name, not reasons, tuple(reasons), backend.version,
                                   backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
-                                  caps.experimental, backend.builtin))
+                                  caps.experimental, backend.builtin,
+                                  None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order)))
     return rows
 
 
@@ -51,6 +63,8 @@ def doctor_text(platform: Platform | None = None) -> str:
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
                                 ("lse", r.returns_lse), ("user", not r.builtin)) if on]
         note = "; ".join(r.reasons) if r.reasons else r.description
+        if r.not_default_because:
+            note += f" — not default: {r.not_default_because}"
         if tags:
             note = f"[{', '.join(tags)}] {note}"
         lines.append(f"{r.name:<{width}}{status:<12}{(r.version or '-'):<14}{note}")

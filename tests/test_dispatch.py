@@ -189,6 +189,10 @@ def test_doctor_lists_every_backend_with_honest_reasons():
     assert not rows["sdpa_cudnn"].available and "not on cpu" in rows["sdpa_cudnn"].reasons[0]
     assert any("pip install 'flash-attn-4>=4.0.0b1'" in r for r in rows["fa4"].reasons)
     assert rows["sdpa"].version == torch.__version__.split("+")[0]
+    # every backend that could run but was not picked says why not
+    assert "ranked below sdpa" in rows["sdpa_flash"].not_default_because
+    assert "never picked automatically" in rows["flex"].not_default_because
+    assert rows["sdpa"].not_default_because is None and rows["fa4"].not_default_because is None
     text = fluxlab.doctor_text()
     assert "DEFAULT" in text and "aiter" in text
 
