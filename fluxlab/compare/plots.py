@@ -113,9 +113,12 @@ def plot_image_comparison(comparison, *, path=None):
         if row.latent_drift and row.backend != comparison.reference:
             drift.plot(range(1, len(row.latent_drift) + 1), np.maximum(row.latent_drift, 1e-12), marker="o",
                        label=row.backend)
+    from matplotlib.ticker import MaxNLocator
+
     drift.set_yscale("log")
+    drift.xaxis.set_major_locator(MaxNLocator(integer=True))
     drift.set_xlabel("denoising step")
-    drift.set_ylabel("latent rel. L2 vs reference")
+    drift.set_ylabel("latent rel. L2 vs reference\n(identical drawn at 1e-12)", fontsize=8)
     if drift.get_legend_handles_labels()[0]:
         drift.legend(fontsize=8)
     if path is not None:

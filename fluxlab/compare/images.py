@@ -1,0 +1,245 @@
+"""``compare_images``: one generation per backend from identical noise; PSNR/SSIM, latent drift, a figure.
+
+PSNR and SSIM come from scikit-image (``skimage.metrics``); latents are collected per step through
+diffusers' ``callback_on_step_end``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from .. import registry
+from ..dispatch import use_backend
+from .specs import BackendSpec
+
+
+@dataclasses.dataclass
+class ImageRow:
+    """One backend's generation against the reference backend's."""
+
+    backend: str
+    psnr: float = math.nan  # dB; inf where the images are identical
+    ssim: float = math.nan  # 1.0 where identical
+    max_abs_pixel: float = math.nan  # pixels in [0, 1]
+    mean_abs_pixel: float = math.nan
+    final_latent_rel_l2: float = math.nan
+    latent_drift: list[float] = dataclasses.field(default_factory=list)  # rel. L2 vs reference, per step
+    attention_calls: int | None = None  # how often the pipeline called this backend
+    time_s: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ImageComparison:
+    """Images, per-backend metrics against ``reference``, and the settings they were made with."""
+
+    reference: str
+    rows: list[ImageRow]
+    images: dict[str, np.ndarray]  # backend -> [H, W, 3] float in [0, 1]
+    latents: dict[str, list[torch.Tensor]]  # backend -> latents after each step (CPU, float32)
+    settings: dict
+
+    @property
+    def metrics(self) -> dict[str, ImageRow]:
+        return {row.backend: row for row in self.rows}
+
+    def figure(self, path=None):
+        from .plots import plot_image_comparison
+
+        return plot_image_comparison(self, path=path)
+
+    def to_dataframe(self):
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("ImageComparison.to_dataframe() needs pandas: pip install pandas") from exc
+        return pd.DataFrame([r.as_dict() for r in self.rows])
+
+    def to_markdown(self) -> str:
+        s = self.settings
+        lines = [f"Prompt {s['prompt']!r}, seed {s['seed']}, {s['steps']} steps, {s['height']}x{s['width']}; "
+                 f"reference backend: {self.reference}.", "",
+                 "| backend | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | attention calls | time (s) | error |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.backend} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} | {_num(r.max_abs_pixel, '.3g')} "
+                         f"| {_num(r.final_latent_rel_l2, '.3g')} | {r.attention_calls if r.attention_calls is not None else ''} "
+                         f"| {_num(r.time_s, '.2f')} | {r.error or ''} |")
+        return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        from .plots import figure_png
+
+        rows = "".join(
+            f"<tr><td>{html.escape(r.backend)}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
+            f"<td>{_num(r.max_abs_pixel, '.3g')}</td><td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
+            f"<td>{html.escape(r.error or '')}</td></tr>" for r in self.rows)
+        table = ("<table><thead><tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
+                 f"<th>latent rel-L2</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+        try:
+            png = base64.b64encode(figure_png(self.figure())).decode()
+            picture = f'<img src="data:image/png;base64,{png}"/>'
+        except (ImportError, ValueError) as exc:
+            picture = f"<p>(no figure: {html.escape(str(exc))})</p>"
+        return table + picture
+
+
+def _num(value, spec) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
+
+
+class _CallCounter:
+    """Counts calls of one backend's function while active, to prove the pipeline routes attention through it.
+
+    The dispatcher caches each call signature's function; registering and removing a throw-away backend (public
+    API) bumps the registry's generation, so cached plans are rebuilt around the counting wrapper and again
+    after it is removed.
+    """
+
+    def __init__(self, name: str):
+        self.backend = registry.get_backend(name)
+        self.calls = 0
+
+    def __enter__(self):
+        original = self._original = self.backend.fn
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        self.backend.fn = counted
+        _drop_cached_plans()
+        return self
+
+    def __exit__(self, *exc):
+        self.backend.fn = self._original
+        _drop_cached_plans()
+        return False
+
+
+def _drop_cached_plans():
+    registry.register_backend("compare_cache_refresh", lambda q, k, v, **kw: None, replace=True)
+    registry.unregister_backend("compare_cache_refresh")
+
+
+def _to_image(output) -> np.ndarray:
+    images = output.images if hasattr(output, "images") else output[0]
+    if isinstance(images, torch.Tensor):
+        images = images.float().cpu().numpy()
+    images = np.asarray(images, dtype=np.float64)
+    return images[0] if images.ndim == 4 else images
+
+
+def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_kwargs):
+    latents = []
+
+    def collect(pipeline, step, timestep, callback_kwargs):
+        latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
+        return callback_kwargs
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on every device
+    counter = _CallCounter(spec.name)
+    has_resolver = getattr(counter.backend, "resolve", None) is not None
+    with use_backend(spec.name, **spec.options), spec.context(), \
+            (contextlib.nullcontext() if has_resolver else counter):
+        start = time.perf_counter()
+        output = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
+                      output_type="np", callback_on_step_end=collect,
+                      callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
+        elapsed = time.perf_counter() - start
+    return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a64, b64 = a.double(), b.double()
+    return ((a64 - b64).norm() / b64.norm().clamp_min(1e-300)).item()
+
+
+def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
+                   height: int = 64, width: int = 64, *, reference: str | None = None,
+                   require_routing: bool = True, **pipe_kwargs) -> ImageComparison:
+    """Generate one image per backend from the same noise and compare each with the reference backend's.
+
+    ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
+    inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first).
+    The pipeline must route attention through fluxlab (``fluxlab.load_flux2`` does); with
+    ``require_routing`` a generation in which the backend was never called raises instead of reporting
+    a meaningless "identical". Extra keyword arguments go to the pipeline call.
+    """
+    try:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    except ImportError as exc:
+        raise ImportError("compare_images needs scikit-image for PSNR/SSIM: pip install scikit-image "
+                          "(or fluxlab[compare])") from exc
+    if isinstance(backends, str):
+        backends = [b.strip() for b in backends.split(",") if b.strip()]
+    specs = [BackendSpec.parse(b) for b in backends]
+    if not specs:
+        raise ValueError("compare_images needs at least one backend")
+    labels = _unique_labels(specs)
+    ref_label = labels[0] if reference is None else _find_reference(reference, labels)
+
+    rows, images, latents = {}, {}, {}
+    for label, spec in zip(labels, specs):
+        row = rows[label] = ImageRow(label)
+        try:
+            image, steps_latents, calls, elapsed = _generate(pipe, spec, prompt, seed, steps, height, width,
+                                                             pipe_kwargs)
+        except Exception as exc:  # noqa: BLE001 - one backend failing must not end the comparison
+            row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+            continue
+        row.attention_calls, row.time_s = calls, elapsed
+        if require_routing and calls == 0:
+            raise RuntimeError(
+                f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention does "
+                "not go through fluxlab, so every backend would give the same image. Load it with "
+                "fluxlab.load_flux2(...) (or attach fluxlab to it) first.")
+        images[label], latents[label] = image, steps_latents
+    if ref_label not in images:
+        raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
+    ref_image, ref_latents = images[ref_label], latents[ref_label]
+    for label, row in rows.items():
+        if label not in images:
+            continue
+        image = images[label]
+        diff = np.abs(image - ref_image)
+        row.max_abs_pixel, row.mean_abs_pixel = float(diff.max()), float(diff.mean())
+        with np.errstate(divide="ignore"):
+            row.psnr = float(peak_signal_noise_ratio(ref_image, image, data_range=1.0))
+        row.ssim = float(structural_similarity(ref_image, image, channel_axis=-1, data_range=1.0))
+        row.latent_drift = [_rel_l2(a, b) for a, b in zip(latents[label], ref_latents)]
+        row.final_latent_rel_l2 = row.latent_drift[-1] if row.latent_drift else math.nan
+    settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width,
+                "pipeline": type(pipe).__name__, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    return ImageComparison(ref_label, list(rows.values()), images, latents, settings)
+
+
+def _unique_labels(specs) -> list[str]:
+    labels, seen = [], {}
+    for spec in specs:
+        seen[spec.label] = seen.get(spec.label, 0) + 1
+        labels.append(spec.label if seen[spec.label] == 1 else f"{spec.label}#{seen[spec.label]}")
+    return labels
+
+
+def _find_reference(reference: str, labels: list[str]) -> str:
+    label = BackendSpec.parse(reference).label
+    if label not in labels:
+        raise ValueError(f"reference backend {reference!r} is not among the compared backends ({', '.join(labels)})")
+    return label

@@ -1,0 +1,75 @@
+"""compare_images on the tiny FLUX.2 model: identical noise, PSNR/SSIM from scikit-image, latent drift, a figure."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fluxlab
+from fluxlab.compare.images import compare_images
+
+from _compare_kernels import head_dropped, raises
+
+needs_model = pytest.mark.skipif(
+    not hasattr(fluxlab, "load_flux2"),
+    reason="fluxlab.load_flux2 (the tiny FLUX.2 pipeline routed through fluxlab) has not landed yet")
+
+
+def test_pipeline_that_bypasses_fluxlab_is_refused():
+    from fluxlab.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("dev")  # plain diffusers: attention never reaches fluxlab
+    with pytest.raises(RuntimeError, match="never called fluxlab's 'sdpa' backend"):
+        compare_images(pipe, ["sdpa", "sdpa_math"], steps=1, text_encoder_out_layers=(1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return fluxlab.load_flux2("tiny", variant="dev")
+
+
+@needs_model
+def test_identical_backends_give_psnr_inf_and_ssim_one(tiny_pipe):
+    result = compare_images(tiny_pipe, ["sdpa", "sdpa"], prompt="a fox", seed=3, steps=3)
+    ref, again = result.rows
+    assert (ref.backend, again.backend) == ("sdpa", "sdpa#2")
+    assert math.isinf(again.psnr) and again.psnr > 0
+    assert again.ssim == 1.0
+    assert again.max_abs_pixel == 0.0 and again.latent_drift == [0.0, 0.0, 0.0]
+    assert again.attention_calls > 0
+    image = result.images["sdpa"]
+    assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0
+
+
+@needs_model
+def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe):
+    fluxlab.register_backend("image_broken_head", head_dropped)
+    fluxlab.register_backend("image_raises", raises)
+    try:
+        result = compare_images(tiny_pipe, ["sdpa", "sdpa_math", "image_broken_head", "image_raises"], seed=0,
+                                steps=4)
+    finally:
+        fluxlab.unregister_backend("image_broken_head")
+        fluxlab.unregister_backend("image_raises")
+    rows = result.metrics
+    assert 60 < rows["sdpa_math"].psnr < math.inf and rows["sdpa_math"].ssim > 0.999
+    assert len(rows["sdpa_math"].latent_drift) == 4 and 0 < rows["sdpa_math"].final_latent_rel_l2 < 1e-4
+    assert rows["image_broken_head"].psnr < rows["sdpa_math"].psnr - 20
+    assert rows["image_broken_head"].final_latent_rel_l2 > 1e-3
+    assert "kernel exploded" in rows["image_raises"].error and "image_raises" not in result.images
+    fig = result.figure()
+    assert len(fig.axes) >= 2 * 3 + 1  # images, differences, drift (+ colour bar)
+    html = result._repr_html_()
+    assert "data:image/png;base64," in html and "image_broken_head" in html
+    assert "| sdpa_math |" in result.to_markdown()
+
+
+@needs_model
+def test_same_noise_for_every_backend(tiny_pipe):
+    first = compare_images(tiny_pipe, ["sdpa"], seed=11, steps=2)
+    second = compare_images(tiny_pipe, ["sdpa"], seed=11, steps=2)
+    other = compare_images(tiny_pipe, ["sdpa"], seed=12, steps=2)
+    assert np.array_equal(first.images["sdpa"], second.images["sdpa"])
+    assert not np.array_equal(first.images["sdpa"], other.images["sdpa"])
+    assert torch.equal(first.latents["sdpa"][0], second.latents["sdpa"][0])
