@@ -1,0 +1,11 @@
+"""Notebook widgets (ipywidgets 8 + matplotlib): backend picker, live backend toggle, comparison panel, gallery.
+
+Every handler catches what goes wrong and shows it in the widget: nothing here raises into the kernel.
+"""
+
+from .comparison import ComparisonPanel
+from .gallery import ImageGallery
+from .picker import BackendPicker
+from .toggle import BackendToggleDemo, generate_image
+
+__all__ = ["BackendPicker", "BackendToggleDemo", "ComparisonPanel", "ImageGallery", "generate_image"]

@@ -1,0 +1,209 @@
+"""``ImageGallery``: one image per backend from the same noise, side by side, with difference maps and metrics."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
+                      error_text, figure_png, hbox_with_message, message_html, png_bytes, set_message, widgets)
+from .picker import BackendPicker
+
+
+def _num(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
+
+
+def difference_png(image, reference, vmax: float) -> bytes:
+    """|image - reference| averaged over colour channels, as an inferno heat map scaled to ``vmax``."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    diff = np.abs(np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
+    if diff.ndim == 3:
+        diff = diff.mean(axis=-1)
+    rgba = colormaps["inferno"](np.clip(diff / max(vmax, 1e-12), 0.0, 1.0))
+    return png_bytes(rgba[..., :3])
+
+
+def drift_figure(comparison):
+    """Latent drift per denoising step (relative L2 vs the reference backend's latents), log scale."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 2.6), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for row in comparison.rows:
+        if row.latent_drift and row.backend != comparison.reference:
+            steps = range(1, len(row.latent_drift) + 1)
+            ax.plot(steps, np.maximum(row.latent_drift, 1e-12), marker="o", label=row.backend)
+            drawn = True
+    ax.set_yscale("log")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("latent rel. L2")
+    ax.set_title(f"latent drift vs {comparison.reference}", fontsize=9, loc="left")
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no other backend to compare", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+class ImageGallery(widgets.VBox):
+    """Generate with ``pipe`` on every picked backend from identical noise and show the images side by side.
+
+    Under each image: its difference map to the reference backend's image (one colour scale for all), PSNR,
+    SSIM and the generation time; below, the per-step latent drift. Uses ``fluxlab.compare.compare_images``
+    (``compare=`` replaces it: same arguments, same result type). A backend that fails shows its error in its
+    place; invalid settings show a message next to their control.
+    """
+
+    def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
+                 prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
+                 height: int = 64, width: int = 64, run_on_start: bool = False, compare: Callable | None = None,
+                 image_width: int = 192):
+        self.pipe = pipe
+        self._compare = compare
+        self.comparison = None
+        self.last_error: str | None = None
+        self.image_width = image_width
+        self.picker = BackendPicker(statuses, multiple=True, description="backends")
+        self.picker.value = tuple(backends) if backends is not None else tuple(self.picker.available)
+        picker_row, self.picker_message = hbox_with_message(self.picker)
+        self.reference = widgets.Dropdown(description="reference", layout=widgets.Layout(width="260px"))
+        self._reference_wanted = reference
+        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
+        small = widgets.Layout(width="170px")
+        self.seed = widgets.IntText(value=seed, description="seed", layout=small)
+        self.steps = widgets.IntText(value=steps, description="steps", layout=small)
+        self.height = widgets.IntText(value=height, description="height", layout=small)
+        self.width = widgets.IntText(value=width, description="width", layout=small)
+        prompt_row, self.prompt_message = hbox_with_message(self.prompt)
+        self.settings_message = widgets.HTML("")
+        self.settings_message.add_class("fluxlab-message")
+        self.button = widgets.Button(description="Generate all", button_style="primary", icon="th")
+        self.button.add_class("fluxlab-generate")
+        self.status = widgets.HTML(message_html("not run yet"))
+        self.status.add_class("fluxlab-result")
+        self.cards = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.cards.add_class("fluxlab-gallery")
+        self.drift = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+        self.table = widgets.HTML("")
+        self.table.add_class("fluxlab-metrics")
+
+        self._update_reference_options()
+        self.picker.on_change(lambda _: self._update_reference_options())
+        self.button.on_click(lambda _: self.run())
+        super().__init__([picker_row, self.reference, prompt_row,
+                          widgets.HBox([self.seed, self.steps, self.height, self.width, self.settings_message]),
+                          widgets.HBox([self.button, self.status]), self.cards, self.table, self.drift])
+        self.add_class("fluxlab-image-gallery")
+        if run_on_start:
+            self.run()
+
+    def _update_reference_options(self):
+        options = list(self.picker.value or ())
+        wanted = self._reference_wanted if self._reference_wanted in options else self.reference.value
+        self.reference.options = options
+        if options:
+            self.reference.value = wanted if wanted in options else options[0]
+
+    def _compare_fn(self):
+        if self._compare is not None:
+            return self._compare
+        from .. import compare
+
+        fn = getattr(compare, "compare_images", None)
+        if fn is None:
+            raise ImportError("this fluxlab has no fluxlab.compare.compare_images yet")
+        return fn
+
+    def check(self) -> bool:
+        problems = {
+            self.picker_message: None if self.picker.value else "pick at least one backend",
+            self.prompt_message: check_prompt(self.prompt.value),
+            self.settings_message: (check_seed(self.seed.value) or check_steps(self.steps.value)
+                                    or check_side(self.height.value, "height") or check_side(self.width.value, "width")),
+        }
+        for label, problem in problems.items():
+            set_message(label, problem or "")
+        return not any(problems.values())
+
+    def run(self):
+        """Generate on every picked backend and show the gallery; returns the comparison, or None."""
+        self.last_error = None
+        if not self.check():
+            self.status.value = message_html("fix the marked settings, then generate again", ERROR_STYLE)
+            return None
+        backends = list(self.picker.value)
+        self._reference_wanted = self.reference.value
+        self.status.value = message_html(f"generating on {', '.join(backends)} ...")
+        self.button.disabled = True
+        try:
+            comparison = self._compare_fn()(self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value,
+                                            steps=self.steps.value, height=self.height.value, width=self.width.value,
+                                            reference=self.reference.value)
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the kernel
+            self.last_error = error_text(exc)
+            self.status.value = message_html(f"generation failed: {self.last_error}", ERROR_STYLE)
+            return None
+        finally:
+            self.button.disabled = False
+        self.comparison = comparison
+        self.show(comparison)
+        return comparison
+
+    def show(self, comparison) -> None:
+        import numpy as np
+
+        ref_image = comparison.images.get(comparison.reference)
+        diffs = {}
+        if ref_image is not None:
+            for label, image in comparison.images.items():
+                diff = np.abs(np.asarray(image, dtype=np.float64) - ref_image)
+                diffs[label] = diff.mean(axis=-1) if diff.ndim == 3 else diff
+        vmax = max([float(d.max()) for d in diffs.values()] + [1e-6])
+        cards = []
+        for row in comparison.rows:
+            title = f"<b><code>{html.escape(row.backend)}</code></b>"
+            if row.error:
+                body = [widgets.HTML(f'{title}<br><span style="{ERROR_STYLE};font-size:85%">'
+                                     f"{html.escape(row.error)}</span>",
+                                     layout=widgets.Layout(width=f"{self.image_width}px"))]
+            else:
+                is_ref = row.backend == comparison.reference
+                timing = f"{row.time_s * 1e3:.0f} ms" if row.time_s is not None else ""
+                metrics = ("reference" if is_ref else f"PSNR {_num(row.psnr, '.1f')} dB, SSIM {_num(row.ssim, '.4f')}")
+                body = [widgets.HTML(f"{title} <span style='{MUTED_STYLE}'>{timing}</span><br>"
+                                     f"<span style='font-size:85%'>{metrics}</span>"),
+                        widgets.Image(value=png_bytes(comparison.images[row.backend]), format="png",
+                                      layout=widgets.Layout(width=f"{self.image_width}px")),
+                        widgets.Image(value=difference_png(comparison.images[row.backend], ref_image, vmax),
+                                      format="png", layout=widgets.Layout(width=f"{self.image_width}px")),
+                        widgets.HTML(f"<span style='font-size:80%;{MUTED_STYLE}'>|diff| max "
+                                     f"{float(diffs[row.backend].max()):.3g} (scale 0-{vmax:.3g})</span>")]
+            card = widgets.VBox(body, layout=widgets.Layout(margin="4px 10px 4px 0"))
+            card.add_class("fluxlab-gallery-card")
+            cards.append(card)
+        self.cards.children = cards
+        header = ("<tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th><th>final latent rel-L2</th>"
+                  "<th>time ms</th><th>error</th></tr>")
+        body = "".join(
+            f"<tr><td><code>{html.escape(r.backend)}</code>{' (reference)' if r.backend == comparison.reference else ''}"
+            f"</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td><td>{_num(r.max_abs_pixel, '.3g')}</td>"
+            f"<td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
+            f"<td>{_num(r.time_s * 1e3 if r.time_s is not None else None, '.1f')}</td>"
+            f"<td>{html.escape(r.error or '')}</td></tr>" for r in comparison.rows)
+        self.table.value = f'<table style="font-size:90%">{header}{body}</table>'
+        self.drift.value = figure_png(drift_figure(comparison))
+        failed = [r.backend for r in comparison.rows if r.error]
+        ok = len(comparison.rows) - len(failed)
+        self.status.value = message_html(
+            f"{ok} image(s) vs {comparison.reference}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+            ERROR_STYLE if failed else OK_STYLE)

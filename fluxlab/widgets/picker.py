@@ -1,0 +1,189 @@
+"""``BackendPicker``: one button per registered backend; unavailable ones disabled, their reasons as tooltips."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable
+
+import traitlets
+
+from ._common import widgets
+
+DEFAULT_MARK = " \u2605"  # shown after the default backend's name
+
+
+def _status_tooltip(status) -> str:
+    if not status.available:
+        return "unavailable here: " + "; ".join(status.reasons)
+    text = status.description
+    if status.version:
+        text += f" (version {status.version})"
+    if status.default:
+        text = "default pick on this machine. " + text
+    return text
+
+
+class BackendPicker(widgets.VBox):
+    """Pick one backend (``multiple=False``, ``value`` is a name) or several (``value`` is a tuple of names).
+
+    Built from ``fluxlab.backends()`` (or the ``statuses`` given, e.g. ``fluxlab.backends(Platform.h100())``):
+    every backend gets a button; one that cannot run here is disabled and its tooltip gives the reasons; the
+    machine's default pick carries a star. ``on_change(fn)`` calls ``fn(value)`` after every change;
+    ``observe(fn, names="value")`` works as for any widget.
+    """
+
+    value = traitlets.Any(allow_none=True)
+
+    def __init__(self, statuses: Iterable | None = None, *, multiple: bool = False, value=None,
+                 include: Iterable[str] | None = None, exclude: Iterable[str] = (), description: str = "backend"):
+        self.multiple = multiple
+        self._include = None if include is None else list(include)
+        self._exclude = set(exclude)
+        self._given_statuses = None if statuses is None else list(statuses)
+        self._callbacks: list[Callable] = []
+        self._syncing = False
+        self.buttons: dict[str, widgets.ToggleButton] = {}
+        self.statuses = {}
+        self._label = widgets.HTML(f"<b>{html.escape(description)}</b>",
+                                   layout=widgets.Layout(width="auto", margin="0 8px 0 0"))
+        self._row = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        self._why = widgets.HTML()
+        super().__init__([self._row, self._why])
+        self.add_class("fluxlab-backend-picker")
+        self._build(value)
+        self.observe(self._on_value, names="value")
+
+    # ---------------------------------------------------------------------------------------- building
+
+    def _load_statuses(self):
+        if self._given_statuses is not None:
+            return self._given_statuses
+        from ..doctor import backends
+
+        return backends()
+
+    def _build(self, value=None):
+        statuses = [s for s in self._load_statuses() if s.name not in self._exclude
+                    and (self._include is None or s.name in self._include)]
+        if self._include is not None:
+            order = {name: i for i, name in enumerate(self._include)}
+            statuses.sort(key=lambda s: order[s.name])
+        self.statuses = {s.name: s for s in statuses}
+        self.buttons = {}
+        for status in statuses:
+            button = widgets.ToggleButton(
+                value=False, description=status.name + (DEFAULT_MARK if status.default else ""),
+                disabled=not status.available, tooltip=_status_tooltip(status),
+                button_style="info" if status.default and status.available else "",
+                layout=widgets.Layout(width="auto", margin="2px"))
+            button.add_class("fluxlab-backend")
+            button.add_class(f"fluxlab-backend-{status.name}")
+            button.observe(self._on_button(status.name), names="value")
+            self.buttons[status.name] = button
+        self._row.children = [self._label, *self.buttons.values()]
+        unavailable = [s for s in statuses if not s.available]
+        if unavailable:
+            items = "".join(f"<li><code>{html.escape(s.name)}</code>: {html.escape('; '.join(s.reasons))}</li>"
+                            for s in unavailable)
+            self._why.value = (f'<details style="font-size:85%;color:#616161"><summary>why {len(unavailable)} '
+                               f"backend{'s are' if len(unavailable) > 1 else ' is'} greyed out</summary>"
+                               f"<ul>{items}</ul></details>")
+        else:
+            self._why.value = ""
+        if value is None:
+            value = self._initial_value()
+        with self.hold_trait_notifications():
+            self.value = self._validated(value)
+        self._sync_buttons()
+
+    def _initial_value(self):
+        available = [s.name for s in self.statuses.values() if s.available]
+        default = [s.name for s in self.statuses.values() if s.default and s.available]
+        if self.multiple:
+            return tuple(default or available[:1])
+        return (default or available or [None])[0]
+
+    def refresh(self) -> None:
+        """Re-read the registry (e.g. after ``fluxlab.register_backend``), keeping the current choice if valid."""
+        current = self.value
+        try:
+            self._build(current)
+        except (ValueError, traitlets.TraitError):  # the chosen backend went away
+            self._build(None)
+
+    # ------------------------------------------------------------------------------------------ value
+
+    @property
+    def available(self) -> list[str]:
+        return [name for name, s in self.statuses.items() if s.available]
+
+    def _validated(self, value):
+        names = () if value is None else ((value,) if isinstance(value, str) else tuple(value))
+        for name in names:
+            if name not in self.statuses:
+                raise ValueError(f"backend {name!r} is not in this picker; choose from {', '.join(self.statuses)}")
+            status = self.statuses[name]
+            if not status.available:
+                raise ValueError(f"backend {name!r} cannot run here: {'; '.join(status.reasons)}")
+        if self.multiple:
+            chosen = set(names)
+            return tuple(name for name in self.statuses if name in chosen)
+        if len(names) > 1:
+            raise ValueError(f"this picker holds one backend; got {names} (use multiple=True for several)")
+        return names[0] if names else None
+
+    @traitlets.validate("value")
+    def _validate_value(self, proposal):
+        if not self.statuses:
+            return proposal["value"]
+        try:
+            return self._validated(proposal["value"])
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
+
+    def _selected(self) -> set[str]:
+        if self.value is None:
+            return set()
+        return {self.value} if isinstance(self.value, str) else set(self.value)
+
+    def _sync_buttons(self):
+        self._syncing = True
+        try:
+            chosen = self._selected()
+            for name, button in self.buttons.items():
+                button.value = name in chosen
+        finally:
+            self._syncing = False
+
+    def _on_button(self, name):
+        def handler(change):
+            if self._syncing:
+                return
+            if self.multiple:
+                chosen = self._selected()
+                chosen = chosen | {name} if change["new"] else chosen - {name}
+                self.value = tuple(n for n in self.statuses if n in chosen)
+            elif change["new"]:
+                self.value = name
+            else:  # single choice: pressing the pressed button again keeps it pressed
+                self._sync_buttons()
+        return handler
+
+    def _on_value(self, change):
+        self._sync_buttons()
+        for callback in list(self._callbacks):
+            callback(change["new"])
+
+    def on_change(self, callback: Callable, remove: bool = False) -> None:
+        """Call ``callback(value)`` after every change of the choice (``remove=True`` unregisters it)."""
+        if remove:
+            self._callbacks.remove(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def click(self, name: str) -> None:
+        """What a user's click on ``name``'s button does (disabled buttons ignore clicks, as in the browser)."""
+        button = self.buttons[name]
+        if button.disabled:
+            return
+        button.value = not button.value if self.multiple else True

@@ -1,0 +1,152 @@
+"""``BackendToggleDemo``: a live FLUX.2 pipeline, a backend picker and generation controls; image and timing."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
+                      error_text, hbox_with_message, message_html, png_bytes, set_message, widgets)
+from .picker import BackendPicker
+
+
+def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, height: int, width: int):
+    """One image from ``pipe`` with every attention call on ``backend``; the noise depends on ``seed`` only.
+
+    Uses the per-pipeline setter ``fluxlab.set_backend`` where the pipeline has fluxlab attached, inside
+    ``fluxlab.use_backend`` (a backend that cannot run is refused with its reasons, never replaced).
+    """
+    import torch
+
+    import fluxlab
+
+    set_backend = getattr(fluxlab, "set_backend", None)
+    if set_backend is not None:
+        set_backend(pipe, backend)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with fluxlab.use_backend(backend):
+        result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator)
+    images = getattr(result, "images", result)
+    return images[0] if isinstance(images, (list, tuple)) else images
+
+
+class BackendToggleDemo(widgets.VBox):
+    """Generate with ``pipe`` on the picked backend; clicking another backend generates again.
+
+    Shows the image, which backend ran and how long the generation took, and a history of runs. A backend that
+    fails shows its error here (the kernel and the rest of the panel keep working); an invalid prompt, size,
+    seed or step count shows a message next to its control and nothing is generated.
+
+    ``generate(pipe, backend, prompt=, seed=, steps=, height=, width=)`` -> image replaces the default
+    :func:`generate_image` (e.g. to add pipeline arguments).
+    """
+
+    def __init__(self, pipe, *, prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
+                 height: int = 64, width: int = 64, backends=None, statuses=None, auto_run: bool = True,
+                 run_on_start: bool = True, generate: Callable | None = None, image_width: int = 256):
+        self.pipe = pipe
+        self._generate = generate or generate_image
+        self.auto_run = auto_run
+        self.history: list[dict] = []
+        self.last_error: str | None = None
+
+        self.picker = BackendPicker(statuses, include=backends, description="attention backend")
+        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
+        self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
+        self.steps = widgets.IntText(value=steps, description="steps", layout=widgets.Layout(width="180px"))
+        self.height = widgets.IntText(value=height, description="height", layout=widgets.Layout(width="180px"))
+        self.width = widgets.IntText(value=width, description="width", layout=widgets.Layout(width="180px"))
+        prompt_row, self.prompt_message = hbox_with_message(self.prompt)
+        seed_row, self.seed_message = hbox_with_message(self.seed)
+        steps_row, self.steps_message = hbox_with_message(self.steps)
+        self.size_message = widgets.HTML("", layout=widgets.Layout(margin="0 0 0 8px"))
+        self.size_message.add_class("fluxlab-message")
+        size_row = widgets.HBox([self.height, self.width, self.size_message])
+
+        self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.button.add_class("fluxlab-generate")
+        self.result = widgets.HTML(message_html("not run yet"))
+        self.result.add_class("fluxlab-result")
+        self.error = widgets.HTML("")
+        self.error.add_class("fluxlab-error")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{image_width}px"))
+        self.image.add_class("fluxlab-image")
+        self.table = widgets.HTML("")
+
+        self.button.on_click(lambda _: self.run())
+        self.picker.on_change(self._on_backend)
+        super().__init__([self.picker, prompt_row, widgets.HBox([seed_row, steps_row]), size_row,
+                          widgets.HBox([self.button, self.result]), self.error,
+                          widgets.HBox([self.image, self.table])])
+        self.add_class("fluxlab-toggle-demo")
+        if run_on_start and self.picker.value is not None:
+            self.run()
+
+    # --------------------------------------------------------------------------------------------- logic
+
+    @property
+    def backend(self) -> str | None:
+        return self.picker.value
+
+    def _on_backend(self, _value):
+        if self.auto_run:
+            self.run()
+
+    def check(self) -> bool:
+        """Show a message next to every invalid control; True when all are valid."""
+        problems = {
+            self.prompt_message: check_prompt(self.prompt.value),
+            self.seed_message: check_seed(self.seed.value),
+            self.steps_message: check_steps(self.steps.value),
+            self.size_message: check_side(self.height.value, "height") or check_side(self.width.value, "width"),
+        }
+        for label, problem in problems.items():
+            set_message(label, problem or "")
+        return not any(problems.values())
+
+    def run(self):
+        """Generate once with the current settings; returns the image, or None (the reason is shown)."""
+        self.error.value = ""
+        if not self.check():
+            self.result.value = message_html("fix the marked settings, then generate again", ERROR_STYLE)
+            return None
+        backend = self.backend
+        if backend is None:
+            self.result.value = message_html("pick a backend: none can run here", ERROR_STYLE)
+            return None
+        settings = dict(prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
+                        height=self.height.value, width=self.width.value)
+        self.result.value = message_html(f"running on {backend} ...")
+        self.button.disabled = True
+        start = time.perf_counter()
+        try:
+            image = self._generate(self.pipe, backend, **settings)
+            self.image.value = png_bytes(image)
+        except Exception as exc:  # noqa: BLE001 - a failing backend is shown, never raised into the kernel
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            self.last_error = error_text(exc)
+            self.history.append({"backend": backend, "ms": elapsed_ms, "ok": False, **settings})
+            self.result.value = message_html(f"{backend} failed after {elapsed_ms:.0f} ms", ERROR_STYLE)
+            self.error.value = (f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">'
+                                f"{html.escape(self.last_error)}</pre>")
+            self._render_history()
+            return None
+        finally:
+            self.button.disabled = False
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        self.last_error = None
+        self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, **settings})
+        self.result.value = message_html(
+            f"ran on {backend}: {elapsed_ms:.1f} ms ({settings['width']}x{settings['height']}, "
+            f"{settings['steps']} steps, seed {settings['seed']}; run {len(self.history)})", OK_STYLE)
+        self._render_history()
+        return image
+
+    def _render_history(self, last: int = 8):
+        rows = "".join(
+            f"<tr><td>{len(self.history) - i}</td><td><code>{html.escape(h['backend'])}</code></td>"
+            f"<td style='text-align:right'>{h['ms']:.1f}</td><td>{'ok' if h['ok'] else 'failed'}</td></tr>"
+            for i, h in enumerate(reversed(self.history[-last:])))
+        self.table.value = (f'<table style="font-size:85%;margin-left:12px;{MUTED_STYLE}"><thead><tr><th>run</th>'
+                            f"<th>backend</th><th>ms</th><th></th></tr></thead><tbody>{rows}</tbody></table>")

@@ -1,0 +1,301 @@
+"""The notebook widgets, driven as a user would from Python: set values, click, read what is displayed."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets", reason="the widgets need the notebooks extra: pip install -e '.[notebooks]'")
+
+import fluxlab  # noqa: E402
+from fluxlab.doctor import BackendStatus  # noqa: E402
+from fluxlab.widgets import BackendPicker, BackendToggleDemo, ComparisonPanel, ImageGallery  # noqa: E402
+
+
+def status(name, available=True, default=False, reasons=()):
+    return BackendStatus(name, available, tuple(reasons), "1.0", default, f"{name} kernel", False, False, False, True)
+
+
+def is_png(value) -> bool:
+    return bytes(value[:8]) == b"\x89PNG\r\n\x1a\n"
+
+
+STATUSES = [status("sdpa", default=True), status("flex"),
+            status("fa4", available=False, reasons=("fa4 runs on nvidia, not on cpu",)),
+            status("reference")]
+
+
+class AttentionPipe:
+    """A stand-in pipeline whose pixels come from a real ``fluxlab.attention`` call on the current backend."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *, prompt, height, width, num_inference_steps, generator, **kwargs):
+        gen = torch.Generator().manual_seed(generator.initial_seed())
+        q, k, v = (torch.randn(1, height * width // 16, 2, 16, generator=gen) for _ in range(3))
+        out = fluxlab.attention(q, k, v)
+        self.calls.append(fluxlab.selected_backend())
+        pixels = torch.sigmoid(out[0, :, 0, :3]).reshape(height // 4, width // 4, 3).numpy()
+        pixels = np.kron(pixels, np.ones((4, 4, 1)))
+        return types.SimpleNamespace(images=[(pixels * 255).astype(np.uint8)])
+
+
+@pytest.fixture
+def broken_backend():
+    def broken(q, k, v, *, scale, causal=False, return_lse=False, **_):
+        raise RuntimeError("kernel exploded on purpose")
+
+    fluxlab.register_backend("widget_broken", broken, description="raises on every call")
+    yield "widget_broken"
+    fluxlab.unregister_backend("widget_broken")
+
+
+# ----------------------------------------------------------------------------------------------- picker
+
+
+def test_picker_lists_every_backend_with_reasons_and_default():
+    picker = BackendPicker(STATUSES)
+    assert list(picker.buttons) == ["sdpa", "flex", "fa4", "reference"]
+    assert picker.value == "sdpa"
+    assert picker.buttons["sdpa"].value and picker.buttons["sdpa"].description.endswith("\u2605")
+    assert "default" in picker.buttons["sdpa"].tooltip
+    assert picker.buttons["fa4"].disabled
+    assert "fa4 runs on nvidia, not on cpu" in picker.buttons["fa4"].tooltip
+    assert "fa4 runs on nvidia" in picker._why.value
+    assert not picker.buttons["flex"].disabled and "flex kernel" in picker.buttons["flex"].tooltip
+
+
+def test_picker_built_from_this_machines_registry():
+    rows = fluxlab.backends()
+    picker = BackendPicker()
+    assert set(picker.buttons) == {r.name for r in rows}
+    for row in rows:
+        assert picker.buttons[row.name].disabled == (not row.available)
+        for reason in row.reasons:
+            assert reason in picker.buttons[row.name].tooltip
+    assert picker.value == fluxlab.default_backend()
+
+
+def test_picker_single_choice_click_and_callbacks():
+    picker = BackendPicker(STATUSES)
+    seen = []
+    picker.on_change(seen.append)
+    picker.click("flex")
+    assert picker.value == "flex" and seen == ["flex"]
+    assert picker.buttons["flex"].value and not picker.buttons["sdpa"].value
+    picker.buttons["flex"].value = False  # pressing the pressed button: stays chosen
+    assert picker.value == "flex" and picker.buttons["flex"].value
+    picker.click("fa4")  # disabled: ignored
+    assert picker.value == "flex" and seen == ["flex"]
+    picker.value = "reference"
+    assert picker.buttons["reference"].value and seen == ["flex", "reference"]
+
+
+def test_picker_refuses_unavailable_and_unknown_values():
+    picker = BackendPicker(STATUSES)
+    with pytest.raises(Exception, match="fa4 runs on nvidia"):
+        picker.value = "fa4"
+    with pytest.raises(Exception, match="not in this picker"):
+        picker.value = "nope"
+    assert picker.value == "sdpa"
+
+
+def test_picker_multiple():
+    picker = BackendPicker(STATUSES, multiple=True)
+    assert picker.value == ("sdpa",)
+    picker.click("reference")
+    picker.click("flex")
+    assert picker.value == ("sdpa", "flex", "reference")  # registry order
+    picker.click("sdpa")
+    assert picker.value == ("flex", "reference") and not picker.buttons["sdpa"].value
+
+
+def test_picker_refresh_sees_a_new_backend(broken_backend):
+    picker = BackendPicker(exclude=("reference",))
+    assert broken_backend in picker.buttons  # registered before the picker was built
+    fluxlab.unregister_backend(broken_backend)
+    try:
+        picker.refresh()
+        assert broken_backend not in picker.buttons
+    finally:
+        fluxlab.register_backend(broken_backend, lambda q, k, v, **kw: q)
+
+
+# ------------------------------------------------------------------------------------------ toggle demo
+
+
+def test_toggle_demo_generates_and_switches_backend():
+    pipe = AttentionPipe()
+    demo = BackendToggleDemo(pipe, statuses=STATUSES)
+    assert is_png(demo.image.value)
+    assert "ran on sdpa" in demo.result.value and " ms " in demo.result.value
+    demo.picker.click("reference")  # auto-run on click
+    assert pipe.calls[-1].name == "reference"
+    assert "ran on reference" in demo.result.value and "run 2" in demo.result.value
+    assert is_png(demo.image.value)
+    assert [h["backend"] for h in demo.history] == ["sdpa", "reference"]
+    assert "reference" in demo.table.value
+
+
+def test_toggle_demo_shows_a_failing_backend_inline_and_recovers(broken_backend):
+    pipe = AttentionPipe()
+    demo = BackendToggleDemo(pipe, backends=["sdpa", broken_backend])
+    image = demo.image.value
+    demo.picker.click(broken_backend)
+    assert "failed" in demo.result.value
+    assert "kernel exploded on purpose" in demo.error.value
+    assert demo.image.value == image  # the last good image stays
+    demo.picker.click("sdpa")
+    assert demo.error.value == "" and "ran on sdpa" in demo.result.value
+    assert [h["ok"] for h in demo.history] == [True, False, True]
+
+
+@pytest.mark.parametrize("control, value, message", [
+    ("prompt", "   ", "enter a prompt"),
+    ("height", 60, "multiple of 16"),
+    ("width", 8, "between 16 and"),
+    ("steps", 0, "steps must be"),
+    ("seed", -1, "seed must be"),
+])
+def test_toggle_demo_bad_settings_show_a_message_next_to_the_control(control, value, message):
+    pipe = AttentionPipe()
+    demo = BackendToggleDemo(pipe, statuses=STATUSES)
+    calls = len(pipe.calls)
+    getattr(demo, control).value = value
+    assert demo.run() is None
+    assert len(pipe.calls) == calls  # nothing generated
+    label = {"height": demo.size_message, "width": demo.size_message}.get(control) or getattr(demo, f"{control}_message")
+    assert message in label.value
+    assert "fix the marked settings" in demo.result.value
+    getattr(demo, control).value = {"prompt": "a cat", "height": 64, "width": 64, "steps": 2, "seed": 3}[control]
+    demo.button.click()
+    assert label.value == "" and "ran on sdpa" in demo.result.value
+
+
+def test_toggle_demo_with_no_runnable_backend():
+    only = [status("fa4", available=False, reasons=("not here",))]
+    demo = BackendToggleDemo(AttentionPipe(), statuses=only)
+    assert demo.run() is None and "none can run here" in demo.result.value
+
+
+# ------------------------------------------------------------------------------------- comparison panel
+
+
+def test_comparison_panel_synthetic_shape(broken_backend):
+    panel = ComparisonPanel(backends=["sdpa", "sdpa_math", broken_backend], seq=64, heads=2, head_dim=32)
+    report = panel.run()
+    assert report is not None and panel.report is report
+    assert report.verdicts["sdpa"] == "pass" and report.verdicts[broken_backend] == "fail"
+    assert "PASS" in panel.verdicts.value and "FAIL" in panel.verdicts.value
+    assert "FAIL for widget_broken" in panel.status.value
+    assert "<table" in panel.table.value and "rel_l2" in panel.table.value
+    assert is_png(panel.heatmap.value)
+
+
+def test_comparison_panel_captured_layer():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 40, 2, 16, generator=gen).to(torch.bfloat16) for _ in range(3))
+    out = fluxlab.attention(q, k, v, backend="sdpa")
+    record = fluxlab.record.AttentionRecord(q, k, v, scale=16**-0.5, out=out, layer="transformer_blocks.0.attn",
+                                            step=0, backend="sdpa", text_tokens=8)
+    panel = ComparisonPanel([record], backends=["sdpa", "flex"])
+    assert panel.source.value == "captured layer"
+    assert "transformer_blocks.0.attn/step0" in panel.layer.options[0][0]
+    report = panel.run()
+    assert set(report.verdicts) >= {"sdpa", "flex"}
+    assert any(r.backend.startswith("recorded:") for r in report.rows)
+    assert "transformer_blocks.0.attn" in panel.table.value
+
+
+def test_comparison_panel_bad_settings():
+    panel = ComparisonPanel(backends=["sdpa"], seq=0)
+    assert panel.run() is None and "seq must be" in panel.shape_message.value
+    panel.seq.value = 32
+    panel.picker.value = ()
+    assert panel.run() is None and "pick at least one backend" in panel.picker_message.value
+    panel.picker.value = ("sdpa",)
+    panel.source.value = "captured layer"  # no records given
+    assert panel.run() is None and "no captured layer" in panel.layer_message.value
+    panel.source.value = "synthetic shape"
+    panel.head_dim.value = 16
+    panel.heads.value = 2
+    assert panel.run() is not None and panel.shape_message.value == ""
+
+
+def test_comparison_panel_reports_a_crashing_comparison():
+    panel = ComparisonPanel(backends=["sdpa"], seq=32, heads=2, head_dim=16)
+    panel.dtype.value = "float16"
+    panel.picker.value = ("sdpa",)
+    import fluxlab.compare as compare_module
+
+    original = compare_module.compare_attention
+    compare_module.compare_attention = lambda **kw: (_ for _ in ()).throw(MemoryError("out of memory"))
+    try:
+        assert panel.run() is None
+    finally:
+        compare_module.compare_attention = original
+    assert "MemoryError: out of memory" in panel.status.value
+    assert panel.run() is not None
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+
+
+def fake_compare_images(pipe, backends, prompt, seed, steps, height, width, reference=None):
+    """The result type of fluxlab.compare.compare_images, computed from AttentionPipe images."""
+    from fluxlab.compare.images import ImageComparison, ImageRow
+
+    reference = reference or backends[0]
+    rows, images = [], {}
+    for name in backends:
+        row = ImageRow(name)
+        try:
+            with fluxlab.use_backend(name):
+                out = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps,
+                           generator=torch.Generator().manual_seed(seed))
+            images[name] = out.images[0] / 255.0
+            row.time_s, row.latent_drift = 0.01, [1e-7 * (i + 1) for i in range(steps)]
+        except Exception as exc:  # noqa: BLE001
+            row.error = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    for row in rows:
+        if row.backend in images:
+            diff = np.abs(images[row.backend] - images[reference])
+            row.max_abs_pixel = float(diff.max())
+            row.psnr = float("inf") if row.max_abs_pixel == 0 else 10 * np.log10(1 / float((diff**2).mean()))
+            row.ssim = 1.0
+    return ImageComparison(reference, rows, images, {}, {"prompt": prompt})
+
+
+def test_gallery_side_by_side_with_diffs(broken_backend):
+    pytest.importorskip("fluxlab.compare.images")
+    gallery = ImageGallery(AttentionPipe(), backends=["sdpa", "reference", broken_backend],
+                           compare=fake_compare_images)
+    assert gallery.reference.options == ("sdpa", "reference", broken_backend)
+    comparison = gallery.run()
+    assert comparison is not None
+    cards = gallery.cards.children
+    assert len(cards) == 3
+    assert all(isinstance(w, type(gallery.drift)) for w in cards[0].children[1:3])  # image + difference map
+    assert "reference" in cards[0].children[0].value and "PSNR" in cards[1].children[0].value
+    assert "kernel exploded on purpose" in cards[2].children[0].value
+    assert "failed: widget_broken" in gallery.status.value
+    assert "PSNR dB" in gallery.table.value
+    assert is_png(gallery.drift.value)
+
+
+def test_gallery_bad_settings_and_errors():
+    def exploding(*args, **kwargs):
+        raise RuntimeError("the pipeline never called fluxlab")
+
+    gallery = ImageGallery(AttentionPipe(), statuses=STATUSES, compare=exploding)
+    gallery.height.value = 50
+    assert gallery.run() is None and "multiple of 16" in gallery.settings_message.value
+    gallery.height.value = 64
+    assert gallery.run() is None and "the pipeline never called fluxlab" in gallery.status.value
+    gallery.picker.value = ()
+    assert gallery.run() is None and "pick at least one" in gallery.picker_message.value
