@@ -1,0 +1,151 @@
+"""``fluxlab.capture``: record what each FLUX.2 attention call received and returned, within a memory bound."""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import torch
+
+from ..dispatch import BackendChoice, attention, select_backend, validate_inputs
+from ..errors import FallbackWarning
+from ..platform import platform_for_device
+from ..record import AttentionRecord
+from .attach import state_of
+from .errors import AttachError, CaptureError, CaptureLimitError
+from .schedule import as_step_set, layer_matches, step_matches
+
+
+def _nbytes(*shapes_and_dtypes) -> int:
+    return sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in shapes_and_dtypes)
+
+
+class Capture:
+    """The records of one ``with fluxlab.capture(pipe) as cap:`` block: ``cap.records`` (``AttentionRecord``s).
+
+    Each record holds q, k, v exactly as the kernel received them ([B, S, H, D], post-QK-norm, post-RoPE, text
+    first), the output, the LSE where the backend returns one, and layer / step / branch / backend / text_tokens.
+    """
+
+    def __init__(self, state, layers: list[str], steps: frozenset[int] | None, to, max_bytes: int | None,
+                 lse: bool):
+        self._state = state
+        self.layers = layers
+        self._layer_set = frozenset(layers)
+        self.steps = steps
+        self.device = torch.device(to)
+        self.max_bytes = max_bytes
+        self.lse = lse
+        self.records: list[AttentionRecord] = []
+        self.nbytes = 0
+
+    # -- context manager -----------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Capture:
+        if self._state.capture is not None:
+            raise AttachError("another fluxlab.capture is already recording this model; nest no captures")
+        self._state.capture = self
+        return self
+
+    def __exit__(self, *exc):
+        self._state.capture = None
+        return False
+
+    # -- results -------------------------------------------------------------------------------------------------
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, index):
+        return self.records[index]
+
+    def backends_used(self) -> dict[str, int]:
+        """How many recorded calls each backend served (proof of what actually ran)."""
+        return dict(collections.Counter(r.backend for r in self.records))
+
+    def __repr__(self):
+        return (f"Capture({len(self.records)} records, {self.nbytes / 2**20:.1f} MiB on {self.device}, "
+                f"backends {self.backends_used()})")
+
+    # -- called by the attached model ----------------------------------------------------------------------------
+
+    def selects(self, layer: str, position) -> bool:
+        return layer in self._layer_set and step_matches(position.step, position.num_steps, self.steps)
+
+    def record(self, state, layer, q, k, v, *, scale, causal, backend):
+        validate_inputs(q, k, v, scale=scale, causal=causal)
+        selection = select_backend(q, k, v, backend=backend, causal=causal, allowed=state.allowed)
+        if selection.substituted_reasons:
+            warnings.warn(f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)});"
+                          f" using '{selection.backend.name}' instead (fallback=True)", FallbackWarning,
+                          stacklevel=2)
+        chosen = selection.backend
+        want_lse = self.lse and chosen.caps.returns_lse  # never ask a backend for what it cannot give
+
+        out_shape = (*q.shape[:3], v.shape[3])
+        need = 0 if self.device.type == "meta" else _nbytes(
+            (q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype), (out_shape, q.dtype),
+            *([((q.shape[0], q.shape[2], q.shape[1]), torch.float32)] if want_lse else []))
+        if self.max_bytes is not None and self.nbytes + need > self.max_bytes:
+            raise CaptureLimitError(
+                f"capturing {layer} (step {state.position.step}) would take {need:,} more bytes, past max_bytes="
+                f"{self.max_bytes:,} ({self.nbytes:,} bytes in {len(self.records)} records so far). Select fewer "
+                "layers (layers=['single_transformer_blocks.0.attn', ...]) or steps (steps=[0, -1]), raise "
+                "max_bytes, or use to='meta' to keep shapes only.")
+
+        # Pin the selected backend, so the record names exactly the kernel that produced the output.
+        pinned = BackendChoice(chosen.name, tuple(sorted(selection.options.items())))
+        result = attention(q, k, v, backend=pinned, scale=scale, causal=causal, return_lse=want_lse,
+                           allowed=state.allowed)
+        out, lse = result if want_lse else (result, None)
+        name = chosen.name
+        resolve = getattr(chosen, "resolve", None)
+        if resolve is not None:  # "fa" runs a concrete generation (fa4 / fa3 / fa2): record that one
+            concrete = resolve(q, k, platform_for_device(q.device), causal=causal, return_lse=want_lse)
+            name = concrete.name if concrete is not None else name
+
+        def keep(t):
+            return None if t is None else t.detach().to(self.device, copy=True)
+
+        position = state.position
+        self.records.append(AttentionRecord(
+            q=keep(q), k=keep(k), v=keep(v), scale=scale, out=keep(out), lse=keep(lse), causal=causal,
+            layer=layer, step=position.step, branch=position.branch, backend=name,
+            text_tokens=position.text_tokens,
+            meta={"num_steps": position.num_steps, "call_in_layer": state.calls_in_layer,
+                  "requested": str(backend) if backend is not None else None}))
+        self.nbytes += need
+        return out
+
+
+def capture(pipe, layers=None, steps=None, to="cpu", max_bytes: int | None = None, lse: bool = True) -> Capture:
+    """Record FLUX.2 attention calls: ``with fluxlab.capture(pipe, layers=[...], steps=[0, -1]) as cap: pipe(...)``.
+
+    ``layers``: names or glob patterns ("single_transformer_blocks.*"; a block prefix such as
+    "transformer_blocks.0" selects its attention); None: every layer. ``steps``: denoising step indices, negative
+    from the end; None: every step (calls outside a pipeline's loop have step None and are kept only then).
+    ``to``: where copies go ("cpu"; "meta" keeps shapes only, no memory). ``max_bytes``: a CaptureLimitError is
+    raised before a record would exceed it. ``lse``: ask for the LSE where the backend returns one.
+    """
+    state = state_of(pipe)
+    names = state.layer_names
+    if layers is None:
+        selected = list(names)
+    else:
+        patterns = [layers] if isinstance(layers, str) else list(layers)
+        unmatched = [p for p in patterns if not any(layer_matches(n, p) for n in names)]
+        selected = [n for n in names if any(layer_matches(n, p) for p in patterns)]
+        if unmatched or not selected:
+            raise CaptureError(f"capture layers {unmatched or patterns} match no attention layer of this model, so "
+                               f"nothing would be recorded. Its layers: {', '.join(names)} (glob patterns such as "
+                               "'single_transformer_blocks.*' work).")
+    step_set = as_step_set(steps)
+    if step_set is not None and not step_set:
+        raise CaptureError("capture steps=[] selects no denoising step, so nothing would be recorded; pass step "
+                           "indices (e.g. steps=[0, -1]) or None for every step")
+    if max_bytes is not None and max_bytes <= 0:
+        raise CaptureError(f"max_bytes must be a positive number of bytes, got {max_bytes}")
+    return Capture(state, selected, step_set, to, max_bytes, lse)

@@ -1,0 +1,29 @@
+"""Errors of the FLUX.2 integration (attach, capture, loading); each message names the problem and the fix."""
+
+from __future__ import annotations
+
+from ..errors import FluxlabError
+
+
+class AttachError(FluxlabError, RuntimeError):
+    """fluxlab is already attached to this model, or not attached where it must be."""
+
+
+class UnsupportedAttentionCallError(FluxlabError, ValueError):
+    """diffusers made an attention call fluxlab's kernels cannot serve faithfully (mask, dropout, context parallel)."""
+
+
+class CaptureError(FluxlabError, ValueError):
+    """A capture selects nothing, or selects something that does not exist."""
+
+
+class CaptureLimitError(FluxlabError, MemoryError):
+    """Recording the next attention call would exceed the capture's ``max_bytes``."""
+
+
+class ModelSourceError(FluxlabError, FileNotFoundError):
+    """``load_flux2`` cannot find or read the model it was pointed at."""
+
+
+class InvalidSizeError(FluxlabError, ValueError):
+    """An image size FLUX.2 cannot generate (not a positive multiple of 16)."""
