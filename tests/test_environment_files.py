@@ -1,0 +1,191 @@
+"""environment-cuda.yml / environment-rocm.yml agree with pyproject.toml: same packages, compatible bounds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the test extra")
+from packaging.requirements import Requirement  # noqa: E402
+from packaging.specifiers import SpecifierSet  # noqa: E402
+from packaging.utils import canonicalize_name  # noqa: E402
+from packaging.version import InvalidVersion, Version  # noqa: E402
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_FILES = {"cuda": ROOT / "environment-cuda.yml", "rocm": ROOT / "environment-rocm.yml"}
+# conda package names that provide a PyPI distribution under another name
+CONDA_TO_PYPI = {"pytorch": "torch", "pytorch-gpu": "torch", "pytorch-cpu": "torch"}
+# pyproject extras each environment must carry (beyond the core dependencies and the notebooks extra)
+EXTRAS_PER_ENV = {"cuda": ("notebooks", "cuda"), "rocm": ("notebooks",)}
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def project_requirements(extras=()) -> dict[str, Requirement]:
+    project = pyproject()
+    lines = list(project["dependencies"])
+    for extra in extras:
+        lines += project["optional-dependencies"][extra]
+    reqs = {}
+    for line in lines:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        if name in reqs:  # the same package in two lists: both bounds apply
+            req = Requirement(f"{req.name}{reqs[name].specifier & req.specifier}")
+        reqs[name] = req
+    return reqs
+
+
+def conda_spec(text: str) -> tuple[str, SpecifierSet]:
+    """``python=3.12`` (conda: 3.12.*), ``pytorch-gpu>=2.5``, ``numpy>=1.24,<3`` -> (PyPI name, specifiers)."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*(.*?)\s*", text)
+    assert match, f"cannot read conda dependency {text!r}"
+    name, version = match.groups()
+    parts = []
+    for part in filter(None, (p.strip() for p in version.split(","))):
+        if re.fullmatch(r"=[^=].*", part):
+            part = "==" + part[1:].removesuffix("*").removesuffix(".") + ".*"
+        elif re.fullmatch(r"[0-9].*", part):
+            part = "==" + part
+        parts.append(part)
+    return canonicalize_name(CONDA_TO_PYPI.get(name, name)), SpecifierSet(",".join(parts))
+
+
+def environment(kind: str) -> dict:
+    """{"conda": {name: spec}, "pip": {name: Requirement}, "pip_options": [...], "editable": [...], "text": ...}"""
+    text = ENV_FILES[kind].read_text()
+    data = yaml.safe_load(text)
+    env = {"name": data.get("name"), "channels": data.get("channels", []), "conda": {}, "pip": {},
+           "pip_options": [], "editable": [], "text": text}
+    for item in data["dependencies"]:
+        if isinstance(item, dict):
+            for line in item.get("pip", []):
+                if line.startswith("-e ") or line.startswith("--editable"):
+                    env["editable"].append(line.split(None, 1)[1])
+                elif line.startswith("-"):
+                    env["pip_options"].append(line)
+                else:
+                    req = Requirement(line)
+                    env["pip"][canonicalize_name(req.name)] = req.specifier
+        else:
+            name, spec = conda_spec(item)
+            assert name not in env["conda"], f"{kind}: {name} listed twice in conda dependencies"
+            env["conda"][name] = spec
+    twice = set(env["conda"]) & set(env["pip"])
+    assert not twice, f"{ENV_FILES[kind].name}: {sorted(twice)} come from both conda and pip; keep one source"
+    return env
+
+
+def candidate_versions(*specs: SpecifierSet) -> list[Version]:
+    """Versions at and around every bound of ``specs``: enough to tell whether one range lies inside another."""
+    out = {Version("0"), Version("9999")}
+    for spec in specs:
+        for s in spec:
+            try:
+                v = Version(s.version.replace(".*", ""))
+            except InvalidVersion:
+                continue
+            release = list(v.release) + [0] * (3 - len(v.release))
+            out.add(v)
+            out.add(Version(v.public))
+            for i in range(3):
+                up = release[:i] + [release[i] + 1] + [0] * (2 - i)
+                out.add(Version(".".join(map(str, up))))
+                if release[i] > 0:
+                    down = release[:i] + [release[i] - 1] + [99] * (2 - i)
+                    out.add(Version(".".join(map(str, down))))
+            if not v.is_prerelease and not v.is_devrelease:
+                for pre in ("a0", "b1", "rc1", ".dev0"):
+                    out.add(Version(f"{v.public}{pre}"))
+    return sorted(out)
+
+
+def within(env_spec: SpecifierSet, project_spec: SpecifierSet) -> tuple[bool, str]:
+    """True when every version the environment admits is one the project admits, and it admits some."""
+    candidates = candidate_versions(env_spec, project_spec)
+    admitted = [v for v in candidates if env_spec.contains(v, prereleases=True)]
+    if not admitted:
+        return False, f"'{env_spec}' admits no version at all"
+    outside = [v for v in admitted if not project_spec.contains(v, prereleases=True)]
+    if outside:
+        return False, f"'{env_spec}' admits {outside[0]}, outside pyproject's '{project_spec}'"
+    return True, ""
+
+
+@pytest.mark.parametrize("kind", sorted(ENV_FILES))
+def test_environment_carries_every_dependency_with_compatible_bounds(kind):
+    env = environment(kind)
+    packages = env["conda"] | env["pip"]
+    required = project_requirements(EXTRAS_PER_ENV[kind])
+    problems = []
+    for name, req in required.items():
+        if name not in packages:
+            problems.append(f"{name} (pyproject: '{req}') is missing")
+            continue
+        ok, why = within(packages[name], req.specifier)
+        if not ok:
+            problems.append(f"{name}: {why}")
+    # Anything else the file pins that pyproject also names (test/compare extras) must agree too.
+    everything = project_requirements(pyproject()["optional-dependencies"])
+    for name, spec in packages.items():
+        if name in everything and name not in required:
+            ok, why = within(spec, everything[name].specifier)
+            if not ok:
+                problems.append(f"{name}: {why}")
+    assert not problems, f"{ENV_FILES[kind].name} disagrees with pyproject.toml:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("kind", sorted(ENV_FILES))
+def test_environment_python_and_fluxlab_itself(kind):
+    env = environment(kind)
+    assert env["editable"] == ["."], f"{ENV_FILES[kind].name} must install fluxlab itself with '-e .' in its pip list"
+    assert "python" in env["conda"], "pin python in the conda dependencies"
+    ok, why = within(env["conda"]["python"], SpecifierSet(pyproject()["requires-python"]))
+    assert ok, f"python: {why}"
+    assert "pip" in env["conda"], "conda needs pip in the dependencies to run the pip section"
+
+
+def test_cuda_environment_takes_a_cuda_pytorch():
+    env = environment("cuda")
+    assert "torch" in env["conda"], "CUDA PyTorch should come from conda (conda-forge's pytorch-gpu)"
+    assert re.search(r"^\s*-\s*pytorch-gpu", env["text"], re.M), "use conda-forge's CUDA build: pytorch-gpu"
+    assert "flash-attn-4" in env["pip"]
+
+
+def test_rocm_environment_takes_a_rocm_pytorch_and_documents_aiter():
+    env = environment("rocm")
+    torch_spec = env["pip"].get("torch")
+    assert torch_spec is not None, "ROCm PyTorch comes from PyTorch's ROCm wheel index via pip"
+    pins = [s for s in torch_spec if s.operator == "=="]
+    assert pins, "pin torch with its +rocmX.Y local version so pip cannot take PyPI's CUDA wheel"
+    local = Version(pins[0].version).local
+    assert local and local.startswith("rocm"), f"torch pin {pins[0]} is not a ROCm build"
+    index = [o for o in env["pip_options"] if o.startswith("--index-url")]
+    assert index and index[0].rstrip("/").endswith("/whl/" + local), \
+        f"--index-url must be PyTorch's {local} index (got {index})"
+    assert "amd-aiter" not in env["pip"], "PyPI's amd-aiter lacks the compiled kernels: build aiter from source"
+    text = env["text"]
+    assert "github.com/ROCm/aiter" in text and "setup.py develop" in text, \
+        "document the aiter build step (clone ROCm's aiter repository, python3 setup.py develop)"
+
+
+def test_checker_catches_disagreement():
+    assert within(SpecifierSet(">=0.42.1,<0.43"), SpecifierSet(">=0.42.1,<0.43"))[0]
+    assert not within(SpecifierSet(">=0.40"), SpecifierSet(">=0.42.1,<0.43"))[0]
+    assert not within(SpecifierSet(">=0.42.1"), SpecifierSet(">=0.42.1,<0.43"))[0]  # no upper bound
+    assert within(SpecifierSet("==2.9.1+rocm6.4"), SpecifierSet(">=2.5"))[0]
+    assert not within(SpecifierSet("==2.4.0"), SpecifierSet(">=2.5"))[0]
+    assert within(SpecifierSet("==3.12.*"), SpecifierSet(">=3.10"))[0]
+    assert not within(SpecifierSet("==3.9.*"), SpecifierSet(">=3.10"))[0]
+    assert within(SpecifierSet(">=4.0.0b1"), SpecifierSet(">=4.0.0b1"))[0]
+    assert conda_spec("python=3.12") == ("python", SpecifierSet("==3.12.*"))
+    assert conda_spec("pytorch-gpu>=2.5")[0] == "torch"
