@@ -1,14 +1,22 @@
 """Numerical equivalence of attention backends: against float64, judged by torch's own error; images; records."""
 
 from .attention import compare_attention, parse_dtype
-from .inputs import CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, AttentionCase, InputSpec, default_inputs, synthetic_qkv
+from .images import ImageComparison, ImageRow, compare_images
+from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
+                     synthetic_qkv)
 from .metrics import ErrorMap, ErrorStats, error_map, error_stats
+from .plots import plot_error_maps, plot_image_comparison
+from .records import RecordIntegrityError, load_records, save_records
+from .replay import replay
 from .report import ComparisonReport, ComparisonRow
 from .specs import KNOBS, BackendSpec
-from .tolerances import EXACT_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TEXT
+from .sweep import run_compare
+from .tolerances import EXACT_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TABLE, RULE_TEXT
 
 __all__ = [
     "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_RULE", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
-    "RULE_TEXT", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow", "ErrorMap", "ErrorStats",
-    "InputSpec", "compare_attention", "default_inputs", "error_map", "error_stats", "parse_dtype", "synthetic_qkv",
+    "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",
+    "ErrorMap", "ErrorStats", "ImageComparison", "ImageRow", "InputSpec", "RecordIntegrityError", "compare_attention",
+    "compare_images", "default_inputs", "error_map", "error_stats", "load_records", "parse_dtype", "plot_error_maps",
+    "plot_image_comparison", "replay", "run_compare", "save_records", "synthetic_qkv",
 ]

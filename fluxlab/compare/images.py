@@ -76,18 +76,24 @@ class ImageComparison:
                          f"| {_num(r.time_s, '.2f')} | {r.error or ''} |")
         return "\n".join(lines) + "\n"
 
+    def to_html(self) -> str:
+        """The metrics table (``_repr_html_`` adds the figure)."""
+        import html
+
+        rows = "".join(
+            f"<tr><td>{html.escape(r.backend)}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
+            f"<td>{_num(r.max_abs_pixel, '.3g')}</td><td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
+            f"<td>{html.escape(r.error or '')}</td></tr>" for r in self.rows)
+        return ("<table><thead><tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
+                f"<th>latent rel-L2</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+
     def _repr_html_(self) -> str:
         import base64
         import html
 
         from .plots import figure_png
 
-        rows = "".join(
-            f"<tr><td>{html.escape(r.backend)}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
-            f"<td>{_num(r.max_abs_pixel, '.3g')}</td><td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
-            f"<td>{html.escape(r.error or '')}</td></tr>" for r in self.rows)
-        table = ("<table><thead><tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
-                 f"<th>latent rel-L2</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+        table = self.to_html()
         try:
             png = base64.b64encode(figure_png(self.figure())).decode()
             picture = f'<img src="data:image/png;base64,{png}"/>'

@@ -114,6 +114,8 @@ CPU_INPUTS = (
     *(InputSpec(1024, 4, distribution=d) for d in DISTRIBUTIONS),
 )
 
+SMOKE_INPUTS = tuple(InputSpec(192, 2, 64, distribution=d) for d in DISTRIBUTIONS)  # seconds, for checks
+
 
 def default_inputs(device_type: str | None = None) -> tuple[InputSpec, ...]:
     """The synthetic set for this machine: FLUX shapes on a GPU, CPU_INPUTS on CPU."""

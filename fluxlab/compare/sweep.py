@@ -1,0 +1,142 @@
+"""The whole ``fluxlab compare`` run as a function: synthetic sweep, tiny FLUX.2 captures, images, replays, report.
+
+Returns which parts ran, their reports, and whether any backend failed; the CLI turns that into an exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import fluxlab
+
+from ..platform import current_platform
+from .attention import compare_attention, parse_dtype
+from .document import Section, write_document
+from .inputs import CPU_INPUTS, FLUX_INPUTS, SMOKE_INPUTS, default_inputs
+from .records import _versions, git_revision, save_records
+
+INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
+DEFAULT_PROMPT = "a red fox in the snow"
+
+
+@dataclasses.dataclass
+class CompareRun:
+    report_path: Path
+    reports: dict  # section title -> ComparisonReport / ImageComparison
+    notes: list[str]  # parts that were skipped, and why
+    failed: bool  # some backend got "fail" somewhere
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "default", dtypes=("bf16",),
+                seeds=(0,), model: str = "tiny", variant: str = "dev", images: bool = True, records=(),
+                fmt: str = "md", steps: int = 4, prompt: str = DEFAULT_PROMPT, seed: int = 0,
+                save_captures: bool = False, progress: bool = True, command: str | None = None,
+                log=print) -> CompareRun:
+    """Run every part of the comparison that this machine and this fluxlab can, and write the report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtypes = [parse_dtype(d) for d in dtypes]
+    sections, reports, notes = [], {}, []
+
+    if inputs not in INPUT_SETS:
+        raise ValueError(f"unknown input set {inputs!r}; choose one of {sorted(INPUT_SETS)}")
+    specs = default_inputs() if inputs == "default" else INPUT_SETS[inputs]
+    if specs:
+        log(f"synthetic inputs: {len(specs)} shapes x {len(dtypes)} dtypes x {len(seeds)} seeds")
+        report = compare_attention(specs, backends, dtypes=dtypes, seeds=seeds, progress=progress)
+        _add_attention_section(sections, reports, report, out, "Synthetic FLUX-shaped inputs", "synthetic",
+                               "q/k/v drawn from three distributions (normal, outlier channels, peaky attention); "
+                               "see fluxlab.compare.inputs.DISTRIBUTIONS.")
+
+    pipe = None
+    if model != "none":
+        missing = [name for name in ("load_flux2", "capture") if not hasattr(fluxlab, name)]
+        if missing:
+            notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
+        else:
+            pipe = fluxlab.load_flux2(model, variant=variant)
+            last = max(steps - 1, 0)
+            with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:
+                pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
+                     generator=_generator(seed))
+            captured = list(captured)
+            log(f"captured {len(captured)} attention calls from the {model} FLUX.2 [{variant}] model")
+            report = compare_attention(captured, backends, progress=progress)
+            _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
+                                   "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
+                                   f"{steps}-step 64x64 generation, prompt {prompt!r}, seed {seed}; the row "
+                                   "'recorded:...' judges the output the model's own backend produced.")
+            if save_captures:
+                save_records(out / "records", captured, results=report, extra={"command": command})
+                notes.append(f"captured records saved to {out / 'records'}")
+
+    for path in records:
+        from .replay import replay
+
+        report = replay(path, backends, progress=progress)
+        where = report.meta["recorded"].get("platform_description") or "elsewhere"
+        _add_attention_section(sections, reports, report, out, f"Replayed records from {where} ({path})",
+                               f"replay{len([t for t in reports if t.startswith('Replayed')])}",
+                               "Outputs recorded on that machine are rows named 'recorded:<backend>@<machine>'; "
+                               "rel_l2_vs_recorded compares this machine's backends with them.")
+
+    if images and pipe is not None:
+        from .images import compare_images
+
+        image_backends = _image_backends(backends)
+        log(f"images: {', '.join(image_backends)}")
+        result = compare_images(pipe, image_backends, prompt=prompt, seed=seed, steps=steps)
+        result.figure(path=out / "images.png")
+        reports["images"] = result
+        sections.append(Section("Images from identical noise", "PSNR and SSIM from scikit-image against the first "
+                                "backend; latent drift = relative L2 of the latents after each step.", result,
+                                ["images.png"]))
+    elif images and model != "none" and pipe is None:
+        notes.append("image comparison skipped: no tiny FLUX.2 model (fluxlab.load_flux2) in this fluxlab")
+
+    if notes:
+        sections.append(Section("Not run", "\n".join(f"- {n}" for n in notes)))
+    platform = current_platform()
+    versions = _versions()
+    git = git_revision()
+    meta = {"platform": platform.describe(), "torch": versions.get("torch"), "diffusers": versions.get("diffusers"),
+            "fluxlab": versions.get("fluxlab"),
+            "git": f"{git['commit'][:12]}{' (local changes)' if git['dirty'] else ''}" if git else None,
+            "command": command}
+    path = write_document(out, sections, meta, fmt)
+    failed = any(getattr(r, "failed", False) for r in reports.values())
+    return CompareRun(path, reports, notes, failed)
+
+
+def _generator(seed):
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _image_backends(backends) -> list[str]:
+    """The machine's default backend first (the reference image), then the others that run here."""
+    from .specs import parse_backends
+
+    specs = [s.label for s in parse_backends(backends, current_platform())]
+    first = fluxlab.default_backend() or "sdpa"
+    return [first] + [s for s in specs if s != first]
+
+
+def _add_attention_section(sections, reports, report, out: Path, title: str, stem: str, text: str):
+    from .plots import plot_error_maps
+
+    reports[title] = report
+    pictures = []
+    try:
+        fig = plot_error_maps(report)
+        fig.savefig(out / f"error_maps_{stem}.png", dpi=100)
+        pictures.append(f"error_maps_{stem}.png")
+    except ValueError as exc:  # nothing ran: the tables say why
+        text += f" (no error maps: {exc})"
+    sections.append(Section(title, text, report, pictures))

@@ -1,0 +1,75 @@
+"""``fluxlab compare``: writes a report with verdicts and pictures; exit code 1 when any backend fails."""
+
+import pytest
+
+import fluxlab
+from fluxlab.cli import main
+
+from _compare_kernels import kv_swapped
+
+FAST = ["--inputs", "smoke", "--model", "none", "--no-progress"]
+
+
+def test_compare_writes_markdown_report_with_pictures(tmp_path, capsys):
+    code = main(["compare", "--out", str(tmp_path), "--backends", "sdpa,sdpa_math", "--dtypes", "bf16,fp16", *FAST])
+    assert code == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| sdpa | pass |" in text and "| sdpa_math | pass |" in text
+    assert "float16" in text and "bfloat16" in text
+    assert "![error_maps_synthetic.png](error_maps_synthetic.png)" in text
+    assert (tmp_path / "error_maps_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Verdict rule" in text and "rel_l2 <= 2 x yardstick" in text
+    assert "**platform**: cpu" in text
+    assert "Synthetic FLUX-shaped inputs: sdpa pass, sdpa_math pass" in capsys.readouterr().out
+
+
+def test_compare_exits_1_when_a_backend_fails(tmp_path, capsys):
+    fluxlab.register_backend("cli_kv_swapped", kv_swapped)
+    try:
+        code = main(["compare", "--out", str(tmp_path), "--backends", "sdpa,cli_kv_swapped", "--format", "html",
+                     *FAST])
+    finally:
+        fluxlab.unregister_backend("cli_kv_swapped")
+    assert code == 1
+    html = (tmp_path / "report.html").read_text()
+    assert "cli_kv_swapped" in html and "#ffcdd2" in html  # the fail colour
+    assert '<img src="error_maps_synthetic.png"' in html
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_knob_specs_reach_the_sweep(tmp_path):
+    code = main(["compare", "--out", str(tmp_path), "--backends", "sdpa_math,sdpa_math:lowp_reduction=1", *FAST])
+    text = (tmp_path / "report.md").read_text()
+    assert "| sdpa_math:lowp_reduction=1 | fail |" in text or "| sdpa_math:lowp_reduction=1 | warn |" in text
+    assert code == (1 if "lowp_reduction=1 | fail" in text else 0)
+
+
+def test_replayed_records_are_a_section(tmp_path):
+    from fluxlab.compare import save_records
+    from fluxlab.record import AttentionRecord
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 64, 2, 32, generator=gen).bfloat16() for _ in range(3))
+    out = fluxlab.attention(q, k, v, backend="sdpa_math")
+    save_records(tmp_path / "rec", [AttentionRecord(q, k, v, scale=32**-0.5, out=out, backend="sdpa_math")])
+    code = main(["compare", "--out", str(tmp_path / "out"), "--backends", "sdpa", "--inputs", "none",
+                 "--records", str(tmp_path / "rec"), "--model", "none", "--no-progress"])
+    assert code == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Replayed records from cpu" in text and "recorded:sdpa_math@cpu" in text
+
+
+@pytest.mark.slow
+def test_default_compare_on_this_machine(tmp_path):
+    """What `fluxlab compare` does with no options: the CPU set (+ tiny FLUX.2 captures and images once they exist)."""
+    code = main(["compare", "--out", str(tmp_path), "--no-progress"])
+    text = (tmp_path / "report.md").read_text()
+    assert code == 0, text
+    for name in ("sdpa", "sdpa_math", "sdpa_flash", "flex"):
+        assert f"| {name} | pass |" in text
+    if hasattr(fluxlab, "load_flux2") and hasattr(fluxlab, "capture"):
+        assert "## Captured from the tiny FLUX.2 [dev] model" in text
+        assert (tmp_path / "images.png").exists() and "PSNR" in text
+    else:
+        assert "tiny FLUX.2 model skipped" in text
