@@ -299,3 +299,31 @@ def test_gallery_bad_settings_and_errors():
     assert gallery.run() is None and "the pipeline never called fluxlab" in gallery.status.value
     gallery.picker.value = ()
     assert gallery.run() is None and "pick at least one" in gallery.picker_message.value
+
+
+# ------------------------------------------------------------------------------- a real tiny FLUX.2 pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    if hasattr(fluxlab, "load_flux2"):
+        return fluxlab.load_flux2("tiny", variant="dev")
+    from fluxlab.models.attach import attach
+    from fluxlab.models.tiny import build_tiny_pipeline
+
+    return attach(build_tiny_pipeline("dev"))
+
+
+def test_toggle_demo_on_the_tiny_flux2_pipeline(tiny_pipe, broken_backend):
+    demo = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=2)
+    assert demo.picker.value == fluxlab.default_backend()
+    assert is_png(demo.image.value)
+    calls = demo.history[-1]["ran"]
+    assert calls and set(calls) == {demo.picker.value}  # the capture saw who served the attention calls
+    assert "attention calls" in demo.result.value
+    demo.picker.click("reference")
+    assert demo.history[-1]["ran"] == {"reference": sum(calls.values())}
+    assert "ran on reference" in demo.result.value
+    # a registered backend is outside FLUX.2's allowed set until the user widens it: shown disabled, with why
+    assert demo.picker.buttons[broken_backend].disabled
+    assert "allowed set" in demo.picker.buttons[broken_backend].tooltip

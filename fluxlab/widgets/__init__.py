@@ -6,6 +6,8 @@ Every handler catches what goes wrong and shows it in the widget: nothing here r
 from .comparison import ComparisonPanel
 from .gallery import ImageGallery
 from .picker import BackendPicker
+from .settings import NotebookSettings, settings_for
 from .toggle import BackendToggleDemo, generate_image
 
-__all__ = ["BackendPicker", "BackendToggleDemo", "ComparisonPanel", "ImageGallery", "generate_image"]
+__all__ = ["BackendPicker", "BackendToggleDemo", "ComparisonPanel", "ImageGallery", "NotebookSettings", "generate_image",
+           "settings_for"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import html
 import time
 from collections.abc import Callable
@@ -14,21 +16,66 @@ from .picker import BackendPicker
 def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, height: int, width: int):
     """One image from ``pipe`` with every attention call on ``backend``; the noise depends on ``seed`` only.
 
-    Uses the per-pipeline setter ``fluxlab.set_backend`` where the pipeline has fluxlab attached, inside
-    ``fluxlab.use_backend`` (a backend that cannot run is refused with its reasons, never replaced).
+    A pipeline with fluxlab attached gets ``backend`` as its own (``fluxlab.set_backend``: it stays after this
+    call); any pipeline runs inside ``fluxlab.use_backend``. A backend that cannot run is refused with its
+    reasons, never replaced.
     """
     import torch
 
-    import fluxlab
+    from ..dispatch import use_backend
 
-    set_backend = getattr(fluxlab, "set_backend", None)
-    if set_backend is not None:
+    if _attached_state(pipe) is not None:
+        from ..models.attach import set_backend
+
         set_backend(pipe, backend)
     generator = torch.Generator("cpu").manual_seed(seed)
-    with fluxlab.use_backend(backend):
+    with use_backend(backend):
         result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator)
     images = getattr(result, "images", result)
     return images[0] if isinstance(images, (list, tuple)) else images
+
+
+def _attached_state(pipe):
+    """fluxlab's state for an attached FLUX.2 pipeline, or None (not attached, not a FLUX.2 pipeline)."""
+    try:
+        from ..models.attach import is_attached, state_of
+    except ImportError:
+        return None
+    try:
+        return state_of(pipe) if is_attached(pipe) else None
+    except (TypeError, AttributeError, ImportError):
+        return None
+
+
+def model_statuses(pipe, statuses=None) -> list:
+    """``fluxlab.backends()`` with the backends outside an attached model's allowed set marked unavailable."""
+    if statuses is None:
+        from ..doctor import backends
+
+        statuses = backends()
+    state = _attached_state(pipe)
+    if state is None:
+        return list(statuses)
+    out = []
+    for status in statuses:
+        if status.available and status.name not in state.allowed:
+            reason = ("outside this FLUX.2 model's allowed set; widen it with fluxlab.attach(pipe, "
+                      f"allowed=fluxlab.FLUX2_BACKENDS | {{'{status.name}'}})")
+            status = dataclasses.replace(status, available=False, reasons=(reason,), default=False)
+        out.append(status)
+    return out
+
+
+def _route_counter(pipe):
+    """A ``fluxlab.capture`` that keeps shapes only (device "meta"): it tells which backend served each call."""
+    if _attached_state(pipe) is None:
+        return contextlib.nullcontext()
+    from ..models.capture import capture
+
+    try:
+        return capture(pipe, to="meta", lse=False)
+    except Exception:  # noqa: BLE001 - counting is a bonus; generation must not depend on it
+        return contextlib.nullcontext()
 
 
 class BackendToggleDemo(widgets.VBox):
@@ -39,7 +86,10 @@ class BackendToggleDemo(widgets.VBox):
     seed or step count shows a message next to its control and nothing is generated.
 
     ``generate(pipe, backend, prompt=, seed=, steps=, height=, width=)`` -> image replaces the default
-    :func:`generate_image` (e.g. to add pipeline arguments).
+    :func:`generate_image` (e.g. to add pipeline arguments). When fluxlab is attached to ``pipe`` (as
+    ``fluxlab.load_flux2`` does), backends outside the model's allowed set are shown disabled, and every
+    generation is watched with a shapes-only ``fluxlab.capture``: the label says which backend served how many
+    attention calls, not only which one was asked for.
     """
 
     def __init__(self, pipe, *, prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
@@ -51,7 +101,7 @@ class BackendToggleDemo(widgets.VBox):
         self.history: list[dict] = []
         self.last_error: str | None = None
 
-        self.picker = BackendPicker(statuses, include=backends, description="attention backend")
+        self.picker = BackendPicker(model_statuses(pipe, statuses), include=backends, description="attention backend")
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
         self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
         self.steps = widgets.IntText(value=steps, description="steps", layout=widgets.Layout(width="180px"))
@@ -120,8 +170,11 @@ class BackendToggleDemo(widgets.VBox):
         self.result.value = message_html(f"running on {backend} ...")
         self.button.disabled = True
         start = time.perf_counter()
+        ran = None
         try:
-            image = self._generate(self.pipe, backend, **settings)
+            with _route_counter(self.pipe) as watch:
+                image = self._generate(self.pipe, backend, **settings)
+            ran = watch.backends_used() if watch is not None else None
             self.image.value = png_bytes(image)
         except Exception as exc:  # noqa: BLE001 - a failing backend is shown, never raised into the kernel
             elapsed_ms = (time.perf_counter() - start) * 1e3
@@ -136,10 +189,13 @@ class BackendToggleDemo(widgets.VBox):
             self.button.disabled = False
         elapsed_ms = (time.perf_counter() - start) * 1e3
         self.last_error = None
-        self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, **settings})
+        self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, "ran": ran, **settings})
+        served = ""
+        if ran:
+            served = " [" + ", ".join(f"{name}: {calls} attention calls" for name, calls in ran.items()) + "]"
         self.result.value = message_html(
             f"ran on {backend}: {elapsed_ms:.1f} ms ({settings['width']}x{settings['height']}, "
-            f"{settings['steps']} steps, seed {settings['seed']}; run {len(self.history)})", OK_STYLE)
+            f"{settings['steps']} steps, seed {settings['seed']}; run {len(self.history)}){served}", OK_STYLE)
         self._render_history()
         return image
 
