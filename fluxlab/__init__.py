@@ -11,10 +11,40 @@ from .registry import get_backend, register_backend, unregister_backend
 
 __version__ = "0.1.0"
 
+# The FLUX.2 integration imports diffusers (seconds); it loads on first use so `import fluxlab` stays light.
+_LAZY = {
+    "FLUX2_BACKENDS": "fluxlab.models.supported",
+    "load_flux2": "fluxlab.models.load",
+    "attach": "fluxlab.models.attach",
+    "detach": "fluxlab.models.attach",
+    "set_backend": "fluxlab.models.attach",
+    "set_schedule": "fluxlab.models.attach",
+    "Schedule": "fluxlab.models.schedule",
+    "Rule": "fluxlab.models.schedule",
+    "capture": "fluxlab.models.capture",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fluxlab' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "Backend", "BackendChoice", "BackendNotAllowedError", "BackendOutputError", "BackendStatus",
     "BackendUnavailableError", "Capabilities", "FallbackWarning", "FluxlabError", "InvalidInputError",
     "NoBackendError", "Platform", "Requirement", "UnknownBackendError", "attention", "backends", "clear_caches",
     "current_platform", "default_backend", "doctor_text", "get_backend", "register_backend", "reset_backend_choice",
     "select_backend", "selected_backend", "unregister_backend", "use_backend", "validate_inputs",
+    *_LAZY,
 ]

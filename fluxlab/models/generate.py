@@ -1,0 +1,229 @@
+"""Generate the same image once per attention backend: PNGs and a manifest each, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform as host
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import InvalidSizeError
+
+AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
+# FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.
+SIZE_MULTIPLE = 16
+
+
+def parse_size(text: str | int) -> tuple[int, int]:
+    """``"64"`` -> (64, 64); ``"64x96"`` -> width 64, height 96. Raises InvalidSizeError with the nearest sizes."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        if len(parts) not in (1, 2):
+            raise ValueError
+        width, height = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise InvalidSizeError(f"size {text!r} must be one number (square) or WIDTHxHEIGHT, e.g. 64 or 64x96") from None
+    check_size(width, height)
+    return width, height
+
+
+def check_size(width: int, height: int) -> None:
+    for side, value in (("width", width), ("height", height)):
+        if value <= 0 or value % SIZE_MULTIPLE:
+            lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            raise InvalidSizeError(
+                f"image {side} {value} is not a positive multiple of {SIZE_MULTIPLE} (FLUX.2 latents are 1/8 of the "
+                f"image, packed in 2x2 patches; diffusers would silently resize). Use {lower} or "
+                f"{lower + SIZE_MULTIPLE}.")
+
+
+def parse_backends(text: str) -> list[str]:
+    """``"sdpa,reference"`` -> canonical names; ``auto`` means automatic choice. Unknown names raise."""
+    from ..dispatch import BackendChoice
+
+    names = [n.strip() for n in text.split(",") if n.strip()] if isinstance(text, str) else list(text)
+    if not names:
+        raise ValueError("no backend given; e.g. --backend sdpa,reference (or 'auto')")
+    return [AUTO if n == AUTO else str(BackendChoice.parse(n)) for n in names]
+
+
+def unavailable_reasons(backends: list[str], device) -> dict[str, list[str]]:
+    """Backends that cannot run on ``device``'s platform at all (missing package, wrong vendor), with reasons."""
+    import torch
+
+    from ..dispatch import BackendChoice
+    from ..platform import platform_for_device
+    from ..registry import get_backend
+
+    platform = platform_for_device(torch.device(device or "cpu"))
+    found = {}
+    for name in backends:
+        if name != AUTO:
+            reasons = get_backend(BackendChoice.parse(name).name).platform_reasons(platform)
+            if reasons:
+                found[name] = reasons
+    return found
+
+
+# -- files ---------------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def folder_name(backend: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", backend)
+
+
+def environment() -> dict:
+    """Versions and machine, for manifests."""
+    import diffusers
+    import torch
+    import transformers
+
+    from .. import __version__
+    from ..platform import current_platform
+
+    return {"platform": current_platform().as_dict(),
+            "versions": {"fluxlab": __version__, "python": host.python_version(), "torch": torch.__version__,
+                         "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+            "host": {"machine": host.machine(), "cpu_count": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads()}}
+
+
+# -- generation ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Generated:
+    backend: str
+    image: object  # PIL.Image
+    manifest: dict
+
+
+def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, width: int = 64, height: int = 64,
+             out_dir=None, guidance_scale: float | None = None, progress: bool = True, model_info: dict | None = None,
+             **pipe_kwargs) -> list[Generated]:
+    """Run ``pipe`` once per backend with the same prompt and seed; returns image and manifest per backend.
+
+    With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically). Each manifest
+    records which backend actually served the attention calls (``attention_calls``), seed, steps, size, timings,
+    platform and versions. The pipeline's backend is restored afterwards.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import get_backend
+    from .attach import set_backend, state_of
+    from .capture import capture
+
+    check_size(width, height)
+    backends = parse_backends(backends)
+    state = state_of(pipe)
+    previous = state.backend
+    env = environment()
+    device = pipe.transformer.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results = []
+    # One bar for the whole run instead of diffusers' per-call bar; the pipeline's own setting comes back after.
+    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**bar_config, "disable": True})
+    bar = tqdm(total=len(backends) * steps, unit="step", desc="fluxlab generate", disable=not progress,
+               file=sys.stderr, leave=False)
+    try:
+        for name in backends:
+            set_backend(pipe, None if name == AUTO else name)
+            bar.set_postfix_str(name)
+            step_ends = []
+
+            def on_step(_pipe, _i, _t, _tensors):
+                sync()  # so the step's time is the GPU's, not the launch queue's
+                step_ends.append(time.perf_counter())
+                bar.update(1)
+                return {}
+
+            kwargs = dict(prompt=prompt, height=height, width=width, num_inference_steps=steps,
+                          generator=torch.Generator().manual_seed(seed), output_type="pil",
+                          callback_on_step_end=on_step, **pipe_kwargs)
+            if guidance_scale is not None:
+                kwargs["guidance_scale"] = guidance_scale
+            # Capturing to "meta" keeps no tensors, only which backend served each call.
+            with capture(pipe, to="meta", lse=False) as cap:
+                sync()
+                start = time.perf_counter()
+                image = pipe(**kwargs).images[0]
+                sync()
+                total = time.perf_counter() - start
+            steps_s = [b - a for a, b in zip([start, *step_ends], step_ends)]
+            ran = cap.backends_used()
+            manifest = {
+                "backend": name,
+                "attention_calls": ran,
+                "backend_versions": {b: get_backend(b).version for b in ran},
+                "prompt": prompt, "seed": seed, "steps": steps, "size": {"width": width, "height": height},
+                "guidance_scale": guidance_scale,
+                "model": {"pipeline": type(pipe).__name__, "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+                          "device": str(device), **(model_info or {})},
+                "timings": {"generate_s": round(total, 4), "steps_s": [round(s, 4) for s in steps_s],
+                            "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
+                **env,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "image": "image.png",
+            }
+            if out_dir is not None:
+                folder = Path(out_dir) / folder_name(name)
+                manifest["image_sha256"] = write_png(folder / "image.png", image)
+                write_json(folder / "manifest.json", manifest)
+            results.append(Generated(name, image, manifest))
+    finally:
+        bar.close()
+        pipe._progress_bar_config = bar_config
+        state.backend = previous
+    return results
+
+
+def image_grid(images, labels, *, scale: int = 3, pad: int = 4, label_height: int = 14):
+    """Side by side, each scaled up ``scale``x (nearest: no smoothing hides differences), labelled below."""
+    from PIL import Image, ImageDraw
+
+    tiles = [im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
+    width = sum(t.width for t in tiles) + pad * (len(tiles) + 1)
+    height = max(t.height for t in tiles) + label_height + 2 * pad
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    x = pad
+    for tile, label in zip(tiles, labels):
+        grid.paste(tile, (x, pad))
+        draw.text((x, pad + tile.height + 2), label, fill="black")
+        x += tile.width + pad
+    return grid

@@ -1,0 +1,144 @@
+"""``fluxlab.load_flux2``: a FLUX.2 pipeline from the tiny offline model, a local folder or the Hub, attached."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .attach import attach, check_allowed
+from .errors import ModelSourceError
+from .supported import resolve_allowed
+
+# Where issue 8's trained FLUX.2-architecture model ships (diffusers layout, model_index.json at the top).
+EMBEDDED_DIR = Path(__file__).with_name("embedded")
+
+# diffusers pipeline class -> variant; the variant picks the class when loading from the Hub.
+PIPELINE_VARIANTS = {
+    "Flux2Pipeline": "dev",
+    "Flux2KleinPipeline": "klein",
+    "Flux2KleinKVPipeline": "klein",
+    "Flux2KleinInpaintPipeline": "klein",
+}
+VARIANT_PIPELINES = {"dev": "Flux2Pipeline", "klein": "Flux2KleinPipeline"}
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dtype=None, backend=None,
+               allowed=None):
+    """A FLUX.2 pipeline with fluxlab attached.
+
+    ``source``: ``"tiny"`` (random weights, built offline in well under a second; ``variant`` "dev" or "klein"),
+    a local folder written by ``save_pretrained`` (model_index.json inside), a Hugging Face Hub id, or
+    ``"embedded"`` (the trained model fluxlab ships, once it does). ``variant`` for folders and Hub ids is read from
+    model_index.json; passing one that disagrees raises. ``backend`` / ``allowed``: as for ``fluxlab.attach``,
+    checked before any weights load.
+    """
+    import torch
+
+    allowed_set = resolve_allowed(allowed)
+    check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
+    if variant is not None and variant not in VARIANT_PIPELINES:
+        raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose 'dev' or 'klein' (or None to read it from "
+                         "the model folder)")
+    source = os.fspath(source)
+    if source == "tiny":
+        from .tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(variant or "dev", dtype=dtype or torch.float32)
+    elif source == "embedded":
+        if not (EMBEDDED_DIR / "model_index.json").is_file():
+            raise NotImplementedError(
+                f"the embedded FLUX.2 model is not in this install (expected a diffusers folder at {EMBEDDED_DIR}; "
+                "it ships with the trained model, issue 8). Use source='tiny' (random weights, offline) or a local "
+                "folder written by pipe.save_pretrained(...).")
+        pipe = _from_folder(EMBEDDED_DIR, variant, dtype)
+    elif Path(source).expanduser().exists():
+        pipe = _from_folder(Path(source).expanduser(), variant, dtype)
+    elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")):
+        pipe = _from_hub(source, variant, dtype)
+    else:
+        raise ModelSourceError(
+            f"no FLUX.2 model at '{source}': that folder does not exist. Pass a diffusers pipeline folder (with "
+            "model_index.json, as pipe.save_pretrained(folder) writes), a Hugging Face Hub id such as "
+            "'black-forest-labs/FLUX.2-dev', or 'tiny' for the offline random-weight model.")
+    if device is not None:
+        pipe.to(device)
+    if source != "tiny" and pipe.transformer.device.type == "cpu":
+        # Loaded weights stay views of the mmap'd file, where CPU kernels round differently; see realign_weights.
+        from .tiny import realign_weights
+
+        realign_weights(pipe)
+    return attach(pipe, backend=backend, allowed=allowed_set)
+
+
+def _pipeline_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _check_variant(class_name: str, variant: str | None, where) -> None:
+    found = PIPELINE_VARIANTS.get(class_name)
+    if found is None:
+        raise ModelSourceError(f"{where} holds a {class_name}, not a FLUX.2 pipeline ({', '.join(PIPELINE_VARIANTS)})")
+    if variant is not None and variant != found:
+        raise ValueError(f"{where} holds a {class_name} (FLUX.2 [{found}]) but variant={variant!r} was asked for; "
+                         f"pass variant={found!r} or leave it out")
+
+
+def _read_json(path: Path) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _validate_folder_configs(folder: Path, class_name: str) -> None:
+    """Check the component configs fit together before loading weights: a clear message, not a shape error."""
+    from .tiny import _default_out_layers, validate_flux2_config
+
+    files = {name: folder / name / "config.json" for name in ("transformer", "vae", "text_encoder")}
+    if not all(f.is_file() for f in files.values()):
+        return  # diffusers will name the missing component itself
+    configs = {name: _read_json(f) for name, f in files.items()}
+    validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
+                          text_encoder_out_layers=_default_out_layers(_pipeline_class(class_name)))
+
+
+def _from_folder(folder: Path, variant: str | None, dtype):
+    if not folder.is_dir():
+        raise ModelSourceError(f"'{folder}' is a file; load_flux2 expects a diffusers pipeline folder containing "
+                               "model_index.json (as pipe.save_pretrained(folder) writes)")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        inside = sorted(p.name for p in folder.iterdir())[:10]
+        raise ModelSourceError(f"'{folder}' has no model_index.json, so it is not a diffusers pipeline folder "
+                               f"(it contains: {', '.join(inside) or 'nothing'}). Point load_flux2 at the folder "
+                               "pipe.save_pretrained(folder) wrote, or at a downloaded FLUX.2 checkpoint.")
+    class_name = _read_json(index).get("_class_name", "?")
+    _check_variant(class_name, variant, f"'{folder}'")
+    _validate_folder_configs(folder, class_name)
+    return _pipeline_class(class_name).from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _from_hub(repo_id: str, variant: str | None, dtype):
+    import diffusers
+
+    cls = _pipeline_class(VARIANT_PIPELINES[variant]) if variant else diffusers.DiffusionPipeline
+    try:
+        # HF_HUB_OFFLINE is read here, per call, so setting it after import is honoured too.
+        pipe = cls.from_pretrained(repo_id, torch_dtype=dtype, local_files_only=_offline())
+    except OSError as exc:
+        why = "HF_HUB_OFFLINE is set" if _offline() else "no network, or no such repository"
+        raise ModelSourceError(
+            f"could not load '{repo_id}' from the Hugging Face Hub ({why}; there is no local folder of that name "
+            f"either). Download it where there is network (`huggingface-cli download {repo_id} --local-dir DIR`), "
+            f"copy DIR here and pass the folder: fluxlab.load_flux2('DIR'). Hub said: "
+            f"{str(exc).strip().splitlines()[0][:300]}") from exc
+    _check_variant(type(pipe).__name__, variant, f"'{repo_id}'")
+    return pipe
