@@ -42,16 +42,27 @@ def test_identical_backends_give_psnr_inf_and_ssim_one(tiny_pipe):
     assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0
 
 
-@needs_model
-def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe):
+@pytest.fixture
+def broken_kernels_allowed(tiny_pipe):
+    """Two user kernels registered and allowed on the tiny model (user backends need the model's opt-in)."""
+    from fluxlab.models.attach import attach, detach, state_of
+    from fluxlab.models.supported import FLUX2_BACKENDS
+
     fluxlab.register_backend("image_broken_head", head_dropped)
     fluxlab.register_backend("image_raises", raises)
-    try:
-        result = compare_images(tiny_pipe, ["sdpa", "sdpa_math", "image_broken_head", "image_raises"], seed=0,
-                                steps=4)
-    finally:
-        fluxlab.unregister_backend("image_broken_head")
-        fluxlab.unregister_backend("image_raises")
+    previous = state_of(tiny_pipe).allowed
+    detach(tiny_pipe)
+    attach(tiny_pipe, allowed=FLUX2_BACKENDS | {"image_broken_head", "image_raises"})
+    yield
+    detach(tiny_pipe)
+    attach(tiny_pipe, allowed=previous)
+    fluxlab.unregister_backend("image_broken_head")
+    fluxlab.unregister_backend("image_raises")
+
+
+@needs_model
+def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe, broken_kernels_allowed):
+    result = compare_images(tiny_pipe, ["sdpa", "sdpa_math", "image_broken_head", "image_raises"], seed=0, steps=4)
     rows = result.metrics
     assert 60 < rows["sdpa_math"].psnr < math.inf and rows["sdpa_math"].ssim > 0.999
     assert len(rows["sdpa_math"].latent_drift) == 4 and 0 < rows["sdpa_math"].final_latent_rel_l2 < 1e-4
@@ -63,6 +74,16 @@ def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe):
     html = result._repr_html_()
     assert "data:image/png;base64," in html and "image_broken_head" in html
     assert "| sdpa_math |" in result.to_markdown()
+
+
+@needs_model
+def test_backend_outside_the_models_allowed_set_is_an_error_row(tiny_pipe):
+    fluxlab.register_backend("image_not_allowed", head_dropped)
+    try:
+        result = compare_images(tiny_pipe, ["sdpa", "image_not_allowed"], steps=1)
+    finally:
+        fluxlab.unregister_backend("image_not_allowed")
+    assert "outside this FLUX.2 model's allowed set" in result.metrics["image_not_allowed"].error
 
 
 @needs_model

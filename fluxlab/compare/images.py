@@ -152,6 +152,36 @@ def _to_image(output) -> np.ndarray:
     return images[0] if images.ndim == 4 else images
 
 
+@contextlib.contextmanager
+def _backend_for(pipe, spec: BackendSpec):
+    """Make ``pipe`` use ``spec``: the model's own backend when fluxlab is attached to it (a schedule is set aside
+    for the generation), else ``use_backend``; the previous setting comes back afterwards."""
+    try:
+        from ..models.attach import is_attached, set_backend, set_schedule, state_of
+    except ImportError:  # a fluxlab without model attachment
+        is_attached = None
+    if is_attached is not None and _safe_is_attached(is_attached, pipe):
+        state = state_of(pipe)
+        backend, schedule = state.backend, state.schedule
+        set_backend(pipe, spec.choice)  # refuses a backend outside the model's allowed set
+        set_schedule(pipe, None)
+        try:
+            with use_backend(spec.name, **spec.options):
+                yield
+        finally:
+            state.backend, state.schedule = backend, schedule
+    else:
+        with use_backend(spec.name, **spec.options):
+            yield
+
+
+def _safe_is_attached(is_attached, pipe) -> bool:
+    try:
+        return is_attached(pipe)
+    except TypeError:  # not a FLUX.2 pipeline
+        return False
+
+
 def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_kwargs):
     latents = []
 
@@ -162,8 +192,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     generator = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on every device
     counter = _CallCounter(spec.name)
     has_resolver = getattr(counter.backend, "resolve", None) is not None
-    with use_backend(spec.name, **spec.options), spec.context(), \
-            (contextlib.nullcontext() if has_resolver else counter):
+    with _backend_for(pipe, spec), spec.context(), (contextlib.nullcontext() if has_resolver else counter):
         start = time.perf_counter()
         output = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
                       output_type="np", callback_on_step_end=collect,
