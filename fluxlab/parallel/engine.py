@@ -1,0 +1,223 @@
+"""fluxlab backends inside diffusers' context parallelism: registered into its attention registry, run by its
+Ulysses/ring templates.
+
+diffusers 0.42 splits the sequence across ranks (``enable_parallelism``) and runs the all-to-all (Ulysses) or the
+K/V all-gather + log-sum-exp merge (ring) in ``_templated_context_parallel_attention``; the per-rank kernel is a
+``forward_op`` it calls with ``return_lse=True`` under ring and expects ``lse`` as ``[B, S, H]``. Here that op is
+``fluxlab.attention(..., return_lse=True)`` with its ``[B, H, S]`` LSE transposed. Each fluxlab backend becomes one
+member of diffusers' (closed) ``AttentionBackendName`` enum, value ``"fluxlab:<backend>"``, registered with
+``supports_context_parallel=True``. This uses private diffusers API; ``engine_problems()`` checks every piece this
+module relies on, and the package pins ``diffusers>=0.42.1,<0.43``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..dispatch import BackendChoice, attention
+
+PREFIX = "fluxlab:"
+
+# Every private name of diffusers this module touches, with what it must look like (checked by engine_problems).
+_TEMPLATE_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
+                  "return_lse", "forward_op", "backward_op", "_parallel_config")
+_REGISTRY_ATTRS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel")
+_ENUM_ATTRS = ("_member_map_", "_value2member_map_", "_member_names_")
+
+# The arguments diffusers' dispatcher may pass to a registered backend (it drops the others by name).
+_ENTRY_ARGS = frozenset({"query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
+                         "return_lse", "_parallel_config"})
+
+
+def _dispatch_module():
+    from diffusers.models import attention_dispatch
+
+    return attention_dispatch
+
+
+def engine_problems() -> list[str]:
+    """What is missing from the installed diffusers for this bridge (empty: it works). Each item names the API."""
+    try:
+        ad = _dispatch_module()
+    except ImportError as exc:
+        return [f"diffusers is not importable ({exc}): pip install 'diffusers>=0.42.1,<0.43'"]
+    problems = []
+    registry = getattr(ad, "_AttentionBackendRegistry", None)
+    if registry is None:
+        problems.append("diffusers.models.attention_dispatch._AttentionBackendRegistry is gone")
+    else:
+        problems += [f"_AttentionBackendRegistry.{a} is gone" for a in _REGISTRY_ATTRS if not hasattr(registry, a)]
+    enum_cls = getattr(ad, "AttentionBackendName", None)
+    if enum_cls is None:
+        problems.append("diffusers.models.attention_dispatch.AttentionBackendName is gone")
+    else:
+        problems += [f"AttentionBackendName.{a} is gone (Python enum internals)" for a in _ENUM_ATTRS
+                     if not hasattr(enum_cls, a)]
+    template = getattr(ad, "_templated_context_parallel_attention", None)
+    if template is None:
+        problems.append("diffusers.models.attention_dispatch._templated_context_parallel_attention is gone")
+    else:
+        params = tuple(inspect.signature(template).parameters)
+        if params != _TEMPLATE_ARGS:
+            problems.append(f"_templated_context_parallel_attention takes {params}, expected {_TEMPLATE_ARGS}")
+    if problems:
+        import diffusers
+
+        problems.append(f"(diffusers {diffusers.__version__}; fluxlab.parallel is written against 0.42.x)")
+    return problems
+
+
+def _require_engine() -> None:
+    problems = engine_problems()
+    if problems:
+        raise RuntimeError("fluxlab cannot plug its backends into diffusers' context parallelism:\n  - "
+                           + "\n  - ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ the per-rank op
+
+
+class MaskNotSupportedError(ValueError):
+    """fluxlab's attention takes no mask, dropout or causal flag inside diffusers' context parallelism."""
+
+
+def _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa) -> None:
+    if attn_mask is not None:
+        raise MaskNotSupportedError(
+            "fluxlab backends take no attention mask; FLUX.2 pipelines pass none. Drop attention_kwargs="
+            "{'attention_mask': ...} or use a diffusers backend that masks.")
+    if dropout_p:
+        raise MaskNotSupportedError(f"fluxlab backends run inference only; dropout_p={dropout_p} must be 0")
+    if is_causal:
+        raise MaskNotSupportedError("diffusers' context-parallel templates do not support causal attention")
+    if enable_gqa:
+        raise MaskNotSupportedError("diffusers' context-parallel templates do not support grouped-query attention")
+
+
+def _lse_to_diffusers(lse: torch.Tensor) -> torch.Tensor:
+    """fluxlab's LSE is float32 ``[B, H, S]``; diffusers' templates want ``[B, S, H]``."""
+    return lse.transpose(1, 2).contiguous()
+
+
+def make_forward_op(choice: BackendChoice):
+    """The op diffusers' Ulysses/ring templates call on each rank's shard: ``fluxlab.attention`` with ``choice``."""
+    backend = str(choice)
+
+    def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+        _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa)
+        if not return_lse:
+            return attention(query, key, value, backend=backend, scale=scale)
+        out, lse = attention(query, key, value, backend=backend, scale=scale, return_lse=True)
+        return out, _lse_to_diffusers(lse)
+
+    forward_op.__name__ = f"fluxlab_{choice.name}_forward_op"
+    return forward_op
+
+
+def _backward_op(ctx, grad_out, *args, **kwargs):
+    raise NotImplementedError("fluxlab's context-parallel attention is forward-only (inference); run the model "
+                              "under torch.no_grad() or torch.inference_mode().")
+
+
+def make_entry(choice: BackendChoice):
+    """The function registered in diffusers' attention registry for ``choice``: plain attention without a parallel
+    config, diffusers' Ulysses/ring template with fluxlab's op inside when one is set."""
+    forward_op = make_forward_op(choice)
+
+    def entry(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+              return_lse=False, _parallel_config=None):
+        if _parallel_config is None:
+            return forward_op(None, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                              return_lse)
+        _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa)
+        return _dispatch_module()._templated_context_parallel_attention(
+            query, key, value, None, 0.0, False, scale, False, return_lse,
+            forward_op=forward_op, backward_op=_backward_op, _parallel_config=_parallel_config)
+
+    entry.__name__ = f"fluxlab_{choice.name}_attention"
+    return entry
+
+
+# ------------------------------------------------------------------------------------------ registration
+
+
+def diffusers_name(backend: str | BackendChoice) -> str:
+    """The diffusers backend name (enum value) that runs fluxlab backend ``backend``: ``"fluxlab:sdpa"``."""
+    return PREFIX + str(BackendChoice.parse(backend))
+
+
+def _add_enum_member(enum_cls, value: str):
+    """Add ``value`` to a closed ``str`` Enum (Python 3.11-3.13 internals; checked by engine_problems)."""
+    existing = enum_cls._value2member_map_.get(value)
+    if existing is not None:
+        return existing
+    name = "FLUXLAB_" + "".join(ch if ch.isalnum() else "_" for ch in value[len(PREFIX):]).upper()
+    member = str.__new__(enum_cls, value)
+    member._name_ = name
+    member._value_ = value
+    member.__objclass__ = enum_cls
+    member._sort_order_ = len(enum_cls._member_names_)
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+    return member
+
+
+def register_in_diffusers(backend: str | BackendChoice):
+    """Make fluxlab backend ``backend`` a context-parallel-capable diffusers attention backend; returns its
+    ``AttentionBackendName`` member (idempotent)."""
+    _require_engine()
+    ad = _dispatch_module()
+    choice = BackendChoice.parse(backend)
+    member = _add_enum_member(ad.AttentionBackendName, diffusers_name(choice))
+    registry = ad._AttentionBackendRegistry
+    if member not in registry._backends:
+        registry._backends[member] = make_entry(choice)
+        registry._constraints[member] = []
+        registry._supported_arg_names[member] = set(_ENTRY_ARGS)
+        registry._supports_context_parallel.add(member.value)
+    return member
+
+
+def registered_choice(member) -> BackendChoice | None:
+    """The fluxlab backend behind a diffusers backend name or member, or None if it is not one of fluxlab's."""
+    value = getattr(member, "value", member)
+    if not isinstance(value, str) or not value.startswith(PREFIX):
+        return None
+    return BackendChoice.parse(value[len(PREFIX):])
+
+
+def attention_processors(model) -> list:
+    """Every attention processor of a diffusers model that takes a backend (``_attention_backend``)."""
+    from diffusers.models.attention import AttentionModuleMixin
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, AttentionModuleMixin):
+            processor = getattr(module, "processor", None)
+            if processor is not None and hasattr(processor, "_attention_backend"):
+                found.append(processor)
+    return found
+
+
+def set_model_backend(model, backend: str | BackendChoice | None) -> None:
+    """Run every attention processor of ``model`` on fluxlab backend ``backend`` (None: diffusers' default again).
+
+    Sets each processor's backend, like ``AttentionModuleMixin.set_attention_backend``; unlike
+    ``ModelMixin.set_attention_backend`` it leaves diffusers' process-global active backend alone.
+    """
+    member = register_in_diffusers(backend) if backend is not None else None
+    processors = attention_processors(model)
+    if not processors:
+        raise ValueError(f"{type(model).__name__} has no diffusers attention processors to route")
+    for processor in processors:
+        processor._attention_backend = member
+
+
+def model_backend(model) -> BackendChoice | None:
+    """The fluxlab backend ``model``'s processors run (None if they run a diffusers backend or disagree)."""
+    choices = {registered_choice(p._attention_backend) for p in attention_processors(model)}
+    return choices.pop() if len(choices) == 1 else None

@@ -1,0 +1,237 @@
+"""Process groups and switching a FLUX.2 transformer in and out of diffusers' context parallelism.
+
+``init_distributed()`` joins the job torchrun started (NCCL on GPUs, gloo on CPU). ``enable_sequence_parallel``
+checks first (``checks.py``), then routes attention to the fluxlab backend and calls diffusers'
+``enable_parallelism``; ``disable_sequence_parallel`` undoes it so one model can run several modes. ``spawn`` starts
+N local ranks for tests and ``compare_parallel`` without torchrun (file rendezvous: no port to collide on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+
+from . import engine
+from .checks import ParallelRefusedError, ParallelSpec, check_parallel, sequence_reasons
+
+DEFAULT_TIMEOUT_S = 120
+
+
+def init_distributed(backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     init_method: str | None = None, rank: int | None = None,
+                     world_size: int | None = None) -> tuple[int, int, torch.device]:
+    """Join (or create) the default process group; returns ``(rank, world_size, device)``.
+
+    NCCL when CUDA GPUs are present (each rank on ``cuda:LOCAL_RANK``), gloo otherwise. Without arguments it
+    reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+    """
+    use_cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank if rank is not None else os.environ.get("RANK", 0)))
+    device = torch.device("cuda", local_rank) if use_cuda and backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)}
+        if init_method is not None:
+            kwargs.update(init_method=init_method, rank=rank, world_size=world_size)
+        if device.type == "cuda":
+            kwargs["device_id"] = device
+        dist.init_process_group(backend, **kwargs)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _heads(transformer) -> int:
+    return int(transformer.config.num_attention_heads)
+
+
+@contextlib.contextmanager
+def _cpu_only_device_count():
+    """diffusers 0.42.1's ``_resolve_parallel_config`` computes ``rank % torch.accelerator.device_count()``, which
+    divides by zero on a machine without an accelerator (gloo on CPU). Answer 1 there while it runs."""
+    if torch.accelerator.device_count() > 0:
+        yield
+        return
+    original = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original
+
+
+_meshes: dict = {}
+
+
+def _mesh(spec: ParallelSpec):
+    """One device mesh per (ring, ulysses) shape, reused: diffusers would build new process groups every time."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    key = (device_type, spec.ring, spec.ulysses, dist.get_world_size())
+    if key not in _meshes:
+        _meshes[key] = init_device_mesh(device_type, (spec.ring, spec.ulysses), mesh_dim_names=("ring", "ulysses"))
+    return _meshes[key]
+
+
+def enable_sequence_parallel(transformer, backend: str, parallel: str | ParallelSpec, *,
+                             seq_lens: dict[str, int] | None = None, dtype: torch.dtype | None = None):
+    """Split ``transformer``'s sequence over the ranks of the default process group with diffusers' context
+    parallelism, attention served by fluxlab backend ``backend``. Raises :class:`ParallelRefusedError` first.
+
+    ``parallel``: ``"ulysses=2"``, ``"ring=2"`` or ``"ulysses=2,ring=2"``. Every rank calls this with the same
+    arguments, then runs the same forward on the same full inputs; the output comes back whole on every rank.
+    """
+    from diffusers import ContextParallelConfig
+
+    spec = ParallelSpec.parse(parallel)
+    if not dist.is_initialized():
+        raise ParallelRefusedError(["torch.distributed is not initialised: launch with torchrun and call "
+                                    "fluxlab.parallel.init_distributed() first"], f"{spec}")
+    reasons = check_parallel(backend, spec, heads=_heads(transformer), seq_lens=seq_lens,
+                             head_dim=int(transformer.config.attention_head_dim),
+                             dtype=dtype or next(transformer.parameters()).dtype,
+                             world_size=dist.get_world_size())
+    if reasons:
+        raise ParallelRefusedError(reasons, f"{spec} with backend '{backend}'")
+    problems = engine.engine_problems()
+    if problems:
+        raise ParallelRefusedError(problems, f"{spec}: the diffusers engine")
+    if getattr(transformer, "_parallel_config", None) is not None:
+        raise ParallelRefusedError(["this transformer is already parallel: call disable_sequence_parallel(...) "
+                                    "first"], f"{spec}")
+    engine.set_model_backend(transformer, backend)
+    config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=_mesh(spec))
+    with _cpu_only_device_count():
+        transformer.enable_parallelism(config=config)
+    install_sequence_guard(transformer, spec)
+    return config
+
+
+def disable_sequence_parallel(transformer) -> None:
+    """Undo ``enable_sequence_parallel``: remove diffusers' split/gather hooks and the processors' parallel config
+    (the fluxlab backend stays set). diffusers 0.42 has no public inverse of ``enable_parallelism``."""
+    from diffusers.hooks.context_parallel import remove_context_parallel
+
+    config = getattr(transformer, "_parallel_config", None)
+    if config is None:
+        return
+    remove_context_parallel(transformer, transformer._cp_plan)
+    for processor in engine.attention_processors(transformer):
+        if hasattr(processor, "_parallel_config"):
+            processor._parallel_config = None
+    transformer._parallel_config = None
+    handle = getattr(transformer, "_fluxlab_sequence_guard", None)
+    if handle is not None:
+        handle.remove()
+        transformer._fluxlab_sequence_guard = None
+
+
+def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
+    """Refuse, with a sentence, inputs whose text or image length does not divide by the ranks (diffusers would
+    stop at a bare assert inside its sharder)."""
+    def guard(module, args, kwargs):
+        lens = {}
+        for name, label in (("encoder_hidden_states", "text"), ("hidden_states", "image")):
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() == 3:
+                lens[label] = value.shape[1]
+        reasons = sequence_reasons(spec, lens)
+        if reasons:
+            raise ParallelRefusedError(reasons, f"this forward under {spec}")
+
+    old = getattr(transformer, "_fluxlab_sequence_guard", None)
+    if old is not None:
+        old.remove()
+    transformer._fluxlab_sequence_guard = transformer.register_forward_pre_hook(guard, with_kwargs=True)
+
+
+# ------------------------------------------------------------------------------------------ local ranks
+
+
+def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, payload, queue) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # local ranks talk over loopback
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    if not torch.cuda.is_available():  # ranks share the CPU: no thread oversubscription
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    try:
+        init_distributed(init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+        module_name, _, fn_name = target.partition(":")
+        import importlib
+
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        result = fn(payload)
+        queue.put((rank, "ok", result))
+    except BaseException as exc:  # every failure goes back to the parent, with its traceback
+        queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class SpawnError(RuntimeError):
+    """A spawned rank failed or timed out; the message carries each rank's traceback."""
+
+
+def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:
+    """Run ``target(payload)`` (``"module:function"``) on ``nprocs`` local ranks; returns each rank's result.
+
+    Ranks rendezvous through a file (no TCP port to race for), use gloo on CPU or NCCL with one GPU each, and are
+    terminated if they outlive ``timeout_s`` or a peer fails.
+    """
+    import queue as queue_mod
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results: dict[int, object] = {}
+    errors: dict[int, str] = {}
+    with tempfile.TemporaryDirectory(prefix="fluxlab-spawn-") as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_spawned_rank, args=(r, nprocs, init_file, target, payload, queue), daemon=True)
+                 for r in range(nprocs)]
+        for p in procs:
+            p.start()
+        deadline = _now() + timeout_s
+        try:
+            while len(results) + len(errors) < nprocs and _now() < deadline:
+                try:
+                    rank, status, value = queue.get(timeout=0.5)
+                except queue_mod.Empty:
+                    if errors or any(p.exitcode not in (None, 0) for p in procs):
+                        break  # a peer died: the others would wait on a collective until the timeout
+                    continue
+                (results if status == "ok" else errors)[rank] = value
+                if errors:
+                    break
+        finally:
+            for p in procs:
+                p.join(timeout=5 if not errors and len(results) == nprocs else 0.1)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    if errors or len(results) < nprocs:
+        missing = [r for r in range(nprocs) if r not in results and r not in errors]
+        detail = "\n".join(f"rank {r}: {text}" for r, text in sorted(errors.items()))
+        if missing:
+            codes = {r: procs[r].exitcode for r in missing}
+            detail += f"\nranks {missing} gave no result (exit codes {codes}; timeout {timeout_s} s)"
+        raise SpawnError(f"{target} on {nprocs} ranks failed:\n{detail}")
+    return [results[r] for r in range(nprocs)]
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
