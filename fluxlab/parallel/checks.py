@@ -142,8 +142,8 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
     platform_reasons = chosen.platform_reasons(platform)
     reasons += [f"'{chosen.name}' cannot run here: {r}" for r in platform_reasons]
     if not platform_reasons and heads is not None and head_dim is not None and dtype is not None:
-        reasons += [f"'{chosen.name}' cannot run each rank's share ({_rank_shape(spec, heads, head_dim, seq_lens, batch)}"
-                    f" [batch, seq, heads, head_dim], {str(dtype).replace('torch.', '')}): {r}"
+        share = _share_text(spec, heads, head_dim, seq_lens, batch)
+        reasons += [f"'{chosen.name}' cannot run each rank's share (q {share}, {str(dtype).replace('torch.', '')}): {r}"
                     for r in _rank_input_reasons(chosen, spec, heads, head_dim, dtype, seq_lens, batch, platform)]
     return reasons
 
@@ -167,6 +167,15 @@ def _rank_shape(spec: ParallelSpec, heads: int, head_dim: int, seq_lens, batch: 
     """The q shape each rank's kernel sees: Ulysses has all tokens and heads/u; ring has tokens/r and its heads."""
     total = sum((seq_lens or {}).values()) or 4608
     return (batch, total // spec.ring, max(1, heads // spec.ulysses), head_dim)
+
+
+def _share_text(spec, heads, head_dim, seq_lens, batch) -> str:
+    """``[1, 2304, 48, 128]`` with the sequence known, ``[1, seq/2, 48, 128]`` without."""
+    if seq_lens:
+        seq = str(sum(seq_lens.values()) // spec.ring)
+    else:
+        seq = f"seq/{spec.ring}" if spec.ring > 1 else "seq"
+    return f"[{batch}, {seq}, {max(1, heads // spec.ulysses)}, {head_dim}]"
 
 
 def _rank_input_reasons(chosen, spec, heads, head_dim, dtype, seq_lens, batch, platform) -> list[str]:

@@ -116,7 +116,7 @@ def _shape(size: str, target: str, height, width, text_tokens):
         if size != "tiny":
             raise ValueError("target='generate' runs fluxlab's tiny offline pipeline; use size='tiny' (or "
                              "target='forward' for the [dev]-size transformer)")
-        return height or 64, width or 64, TEXT_TOKENS  # the pipeline pads every prompt to 512 tokens
+        return height or 64, width or 64, text_tokens or TEXT_TOKENS  # = the pipeline's max_sequence_length
     if size == "tiny":
         return height or 128, width or 128, text_tokens or 32
     return height or 1024, width or 1024, text_tokens or TEXT_TOKENS
@@ -137,43 +137,65 @@ def plan_reasons(cases, *, size, height, width, text_tokens, dtype, world_size=N
     return reasons
 
 
-def compare_parallel(parallel="ulysses=2", backends="sdpa", *, size: str = "tiny", target: str = "forward",
-                     height: int | None = None, width: int | None = None, text_tokens: int | None = None,
-                     dtype=None, steps: int = 4, seed: int = 0, repeats: int | None = None,
-                     warmup: int | None = None, timeout_s: float = 600) -> ParallelComparison:
+def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size: str = "tiny",
+                     target: str = "forward", height: int | None = None, width: int | None = None,
+                     text_tokens: int | None = None, dtype=None, steps: int = 4, seed: int = 0,
+                     repeats: int | None = None, warmup: int | None = None, setup: str | None = None,
+                     timeout_s: float = 600) -> ParallelComparison:
     """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the difference.
 
     ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list; ``backends``: a fluxlab backend
-    name or a list (every mode runs with every backend). ``target``: ``"forward"`` (one transformer step, random
-    weights; ``size`` "tiny" or "dev") or ``"generate"`` (the tiny offline pipeline, ``steps`` steps, the image
-    compared). Inside a torchrun job every rank calls this and it runs in place; otherwise it spawns the ranks
-    itself (gloo on CPU, NCCL with one GPU per rank). Refusals raise :class:`ParallelRefusedError` before launch.
+    name or a list; every mode runs with every backend, unless ``cases`` lists the ``(mode, backend)`` pairs.
+    ``target``: ``"forward"`` (one transformer step with random weights; ``size`` "tiny" or "dev") or
+    ``"generate"`` (the tiny offline pipeline, ``steps`` steps; the decoded image is compared). ``setup``:
+    ``"module:function"`` each process calls first (e.g. to ``fluxlab.register_backend`` your kernel in the ranks
+    too); it must tolerate being called twice in one process.
+    Inside a torch.distributed job every rank calls this and it runs in place; otherwise it starts the ranks itself
+    (gloo on CPU, NCCL with one GPU per rank). Refusals raise :class:`ParallelRefusedError` before anything runs.
     """
+    payload = plan(parallel, backends, cases=cases, size=size, target=target, height=height, width=width,
+                   text_tokens=text_tokens, dtype=dtype, steps=steps, seed=seed, repeats=repeats, warmup=warmup,
+                   setup=setup)
+    if dist.is_available() and dist.is_initialized():
+        result = run_cases({**payload, "setup": None})  # plan() already ran it in this process
+    else:
+        from .launch import spawn
+
+        result = spawn("fluxlab.parallel.compare:run_cases", payload, payload["ranks"], timeout_s=timeout_s)[0]
+    return ParallelComparison([ParallelRow(**row) for row in result["rows"]], result["meta"])
+
+
+def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", target="forward", height=None,
+         width=None, text_tokens=None, dtype=None, steps=4, seed=0, repeats=None, warmup=None, setup=None) -> dict:
+    """Check every case and return the payload each rank runs (``run_cases``); raises with every refusal."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    cases = _cases(parallel, backends)
+    if setup is not None:
+        _call(setup)
+    pairs = ([(ParallelSpec.parse(p), b) for p, b in cases] if cases is not None else _cases(parallel, backends))
     gpu = torch.cuda.is_available()
     dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or (torch.bfloat16 if gpu else torch.float32))
     height, width, text_tokens = _shape(size, target, height, width, text_tokens)
     inside = dist.is_available() and dist.is_initialized()
-    reasons = plan_reasons(cases, size=size, height=height, width=width, text_tokens=text_tokens, dtype=dtype,
+    reasons = plan_reasons(pairs, size=size, height=height, width=width, text_tokens=text_tokens, dtype=dtype,
                            world_size=dist.get_world_size() if inside else None)
-    degrees = sorted({spec.degree for spec, _ in cases})
+    degrees = sorted({spec.degree for spec, _ in pairs})
     if len(degrees) > 1:
         reasons.append(f"modes with different rank counts ({', '.join(map(str, degrees))}) cannot share one job: "
                        "compare them in separate calls")
     if reasons:
         raise ParallelRefusedError(reasons, "this parallel comparison")
-    payload = {"cases": [(str(spec), backend) for spec, backend in cases], "size": size, "target": target,
-               "height": height, "width": width, "text_tokens": text_tokens, "dtype": str(dtype).split(".")[-1],
-               "steps": steps, "seed": seed, "repeats": repeats, "warmup": warmup}
-    if inside:
-        result = run_cases(payload)
-    else:
-        from .launch import spawn
+    return {"cases": [(str(spec), backend) for spec, backend in pairs], "ranks": degrees[0], "size": size,
+            "target": target, "height": height, "width": width, "text_tokens": text_tokens,
+            "dtype": str(dtype).split(".")[-1], "steps": steps, "seed": seed, "repeats": repeats, "warmup": warmup,
+            "setup": setup}
 
-        result = spawn("fluxlab.parallel.compare:run_cases", payload, degrees[0], timeout_s=timeout_s)[0]
-    return ParallelComparison([ParallelRow(**row) for row in result["rows"]], result["meta"])
+
+def _call(target: str):
+    import importlib
+
+    module_name, _, fn_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), fn_name)()
 
 
 # ------------------------------------------------------------------------------------------ on each rank
@@ -234,6 +256,8 @@ def run_cases(payload: dict) -> dict:
     gpu = device.type == "cuda"
     repeats = payload["repeats"] if payload["repeats"] is not None else (3 if gpu else 1)
     warmup = payload["warmup"] if payload["warmup"] is not None else (1 if gpu else 0)
+    if payload.get("setup"):
+        _call(payload["setup"])
     cases = [(ParallelSpec.parse(p), b) for p, b in payload["cases"]]
     backends = list(dict.fromkeys([b for _, b in cases]))
     exact_partner = _default_exact(device)
@@ -275,6 +299,7 @@ def run_cases(payload: dict) -> dict:
             time_single_ms=single_ms[backend], time_parallel_ms=ms)))
     engine.set_model_backend(transformer, None)
     meta = _meta(payload, device, world_size, runner, build_s, exact_partner)
+    meta["engine_problems"] = engine.engine_problems()
     return {"rows": rows, "meta": meta, "rank": rank}
 
 
@@ -328,20 +353,21 @@ class _GenerateRunner:
 
     def __init__(self, payload, device, dtype):
         from ..models.tiny import build_tiny_pipeline
-        from .model import TEXT_TOKENS, image_tokens
+        from .model import image_tokens
 
         self.pipe = build_tiny_pipeline("dev", seed=payload["seed"], dtype=dtype).to(device)
         self.transformer = self.pipe.transformer
         self.payload = payload
         self.device = device
-        self.seq_lens = {"text": TEXT_TOKENS, "image": image_tokens(payload["height"], payload["width"])}
+        self.seq_lens = {"text": payload["text_tokens"], "image": image_tokens(payload["height"], payload["width"])}
 
     def run(self) -> torch.Tensor:
         p = self.payload
         generator = torch.Generator("cpu").manual_seed(p["seed"])
         with torch.no_grad():
             return self.pipe(prompt=self.PROMPT, height=p["height"], width=p["width"],
-                             num_inference_steps=p["steps"], generator=generator, output_type="pt").images
+                             num_inference_steps=p["steps"], max_sequence_length=p["text_tokens"],
+                             generator=generator, output_type="pt").images
 
 
 def summarise(rows: Iterable[ParallelRow]) -> str:

@@ -88,12 +88,12 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     ``parallel``: ``"ulysses=2"``, ``"ring=2"`` or ``"ulysses=2,ring=2"``. Every rank calls this with the same
     arguments, then runs the same forward on the same full inputs; the output comes back whole on every rank.
     """
-    from diffusers import ContextParallelConfig
-
     spec = ParallelSpec.parse(parallel)
     if not dist.is_initialized():
         raise ParallelRefusedError(["torch.distributed is not initialised: launch with torchrun and call "
                                     "fluxlab.parallel.init_distributed() first"], f"{spec}")
+    from diffusers import ContextParallelConfig
+
     reasons = check_parallel(backend, spec, heads=_heads(transformer), seq_lens=seq_lens,
                              head_dim=int(transformer.config.attention_head_dim),
                              dtype=dtype or next(transformer.parameters()).dtype,
@@ -175,6 +175,11 @@ def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, paylo
             dist.destroy_process_group()
 
 
+# Imported once by the fork server (a fresh interpreter, no threads or CUDA yet), inherited by every rank.
+FORKSERVER_PRELOAD = ("fluxlab.parallel.compare", "fluxlab.parallel.model",
+                      "diffusers.models.transformers.transformer_flux2", "diffusers.hooks.context_parallel")
+
+
 class SpawnError(RuntimeError):
     """A spawned rank failed or timed out; the message carries each rank's traceback."""
 
@@ -183,13 +188,18 @@ def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:
     """Run ``target(payload)`` (``"module:function"``) on ``nprocs`` local ranks; returns each rank's result.
 
     Ranks rendezvous through a file (no TCP port to race for), use gloo on CPU or NCCL with one GPU each, and are
-    terminated if they outlive ``timeout_s`` or a peer fails.
+    terminated if they outlive ``timeout_s`` or a peer fails. On Linux they fork from a fresh "forkserver" process
+    that has imported diffusers once (importing it takes seconds per process); elsewhere they are spawned.
     """
     import queue as queue_mod
 
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # no effect once this process's server runs
+    else:
+        ctx = mp.get_context("spawn")
     results: dict[int, object] = {}
     errors: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="fluxlab-spawn-") as tmp:

@@ -1,0 +1,41 @@
+"""Run by tests/test_parallel.py inside 2 spawned gloo ranks (module-level so spawned processes can import it)."""
+
+from __future__ import annotations
+
+import fluxlab
+from fluxlab.parallel import compare_parallel
+from fluxlab.registry import all_backends
+
+BROKEN = "lse_log2"
+
+
+def _lse_in_log2(q, k, v, *, scale, causal=False, return_lse=False):
+    """sdpa_flash, but its LSE in base 2: single-rank outputs are untouched, ring's merge is not."""
+    result = fluxlab.get_backend("sdpa_flash").fn(q, k, v, scale=scale, causal=causal, return_lse=return_lse)
+    if not return_lse:
+        return result
+    out, lse = result
+    return out, lse / 0.6931471805599453
+
+
+def register_broken_lse():
+    if BROKEN not in {b.name for b in all_backends()}:
+        fluxlab.register_backend(BROKEN, _lse_in_log2, vendors={"cpu"}, returns_lse=True,
+                                 description="sdpa_flash with a base-2 LSE (a broken adapter, for tests)")
+
+
+FORWARD_CASES = [("ulysses=2", "sdpa"), ("ring=2", "reference"), ("ring=2", "sdpa_flash"), ("ring=2", BROKEN)]
+GENERATE_CASES = [("ulysses=2", "sdpa"), ("ring=2", "sdpa_flash")]
+
+
+def forward_and_generate(_payload):
+    """Both targets in one process group (process start-up and imports dominate the test's time)."""
+    forward = compare_parallel(cases=FORWARD_CASES, setup="_parallel_jobs:register_broken_lse")
+    generate = compare_parallel(cases=GENERATE_CASES, target="generate", steps=2, text_tokens=64)
+    return forward.as_dict(), generate.as_dict()
+
+
+def fail_on_rank_1(_payload):
+    import torch.distributed as dist
+
+    return 1 // (1 - dist.get_rank())
