@@ -22,6 +22,9 @@ _LAZY = {
     "Schedule": "fluxlab.models.schedule",
     "Rule": "fluxlab.models.schedule",
     "capture": "fluxlab.models.capture",
+    # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
+    "compare_attention": "fluxlab.compare",
+    "compare_images": "fluxlab.compare",
 }
 
 

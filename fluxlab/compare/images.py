@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..dispatch import use_backend
+from ..dispatch import clear_caches, use_backend
 from .specs import BackendSpec
 
 
@@ -113,9 +113,8 @@ def _num(value, spec) -> str:
 class _CallCounter:
     """Counts calls of one backend's function while active, to prove the pipeline routes attention through it.
 
-    The dispatcher caches each call signature's function; registering and removing a throw-away backend (public
-    API) bumps the registry's generation, so cached plans are rebuilt around the counting wrapper and again
-    after it is removed.
+    The dispatcher caches each call signature's function: its caches are cleared on entry and exit, so plans
+    are rebuilt around the counting wrapper and again after it is removed.
     """
 
     def __init__(self, name: str):
@@ -130,18 +129,13 @@ class _CallCounter:
             return original(*args, **kwargs)
 
         self.backend.fn = counted
-        _drop_cached_plans()
+        clear_caches()
         return self
 
     def __exit__(self, *exc):
         self.backend.fn = self._original
-        _drop_cached_plans()
+        clear_caches()
         return False
-
-
-def _drop_cached_plans():
-    registry.register_backend("compare_cache_refresh", lambda q, k, v, **kw: None, replace=True)
-    registry.unregister_backend("compare_cache_refresh")
 
 
 def _to_image(output) -> np.ndarray:

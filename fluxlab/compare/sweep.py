@@ -59,7 +59,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         if missing:
             notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
         else:
-            pipe = fluxlab.load_flux2(model, variant=variant)
+            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0])
             last = max(steps - 1, 0)
             with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:
                 pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
@@ -69,8 +69,9 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
             report = compare_attention(captured, backends, progress=progress)
             _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
                                    "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
-                                   f"{steps}-step 64x64 generation, prompt {prompt!r}, seed {seed}; the row "
-                                   "'recorded:...' judges the output the model's own backend produced.")
+                                   f"{steps}-step 64x64 generation in {str(dtypes[0]).replace('torch.', '')}, "
+                                   f"prompt {prompt!r}, seed {seed}; the row 'recorded:...' judges the output the "
+                                   "model's own backend produced.")
             if save_captures:
                 save_records(out / "records", captured, results=report, extra={"command": command})
                 notes.append(f"captured records saved to {out / 'records'}")
