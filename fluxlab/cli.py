@@ -43,7 +43,7 @@ def _subcommand_modules():
     import importlib
 
     found = []
-    for name in ("fluxlab.models.cli", "fluxlab.compare.cli", "fluxlab.bench"):
+    for name in ("fluxlab.models.cli", "fluxlab.compare.cli", "fluxlab.bench", "fluxlab.parallel.cli"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -66,6 +66,19 @@ def _cpu_only_device_count():
         torch.accelerator.device_count = original
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    import logging
+
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 _meshes: dict = {}
 
 
@@ -108,7 +121,7 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
                                     "first"], f"{spec}")
     engine.set_model_backend(transformer, backend)
     config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=_mesh(spec))
-    with _cpu_only_device_count():
+    with _cpu_only_device_count(), _quiet("diffusers.models.modeling_utils"):  # "experimental feature" warning
         transformer.enable_parallelism(config=config)
     install_sequence_guard(transformer, spec)
     return config
@@ -158,6 +171,10 @@ def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
 def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, payload, queue) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # local ranks talk over loopback
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    import warnings
+
+    # diffusers 0.42's templates call a functional collective torch 2.13 deprecates; say it once, not per call
+    warnings.filterwarnings("ignore", message=".*all_gather_tensor.*is deprecated", category=FutureWarning)
     if not torch.cuda.is_available():  # ranks share the CPU: no thread oversubscription
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
