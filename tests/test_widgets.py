@@ -224,6 +224,7 @@ def test_comparison_panel_bad_settings():
     panel.head_dim.value = 16
     panel.heads.value = 2
     assert panel.run() is not None and panel.shape_message.value == ""
+    assert "application/vnd.jupyter.widget-view+json" in panel._repr_mimebundle_() and repr(panel)
 
 
 def test_comparison_panel_reports_a_crashing_comparison():
@@ -286,6 +287,7 @@ def test_gallery_side_by_side_with_diffs(broken_backend):
     assert "failed: widget_broken" in gallery.status.value
     assert "PSNR dB" in gallery.table.value
     assert is_png(gallery.drift.value)
+    assert "application/vnd.jupyter.widget-view+json" in gallery._repr_mimebundle_()
 
 
 def test_gallery_bad_settings_and_errors():
@@ -321,6 +323,8 @@ def test_toggle_demo_on_the_tiny_flux2_pipeline(tiny_pipe, broken_backend):
     calls = demo.history[-1]["ran"]
     assert calls and set(calls) == {demo.picker.value}  # the capture saw who served the attention calls
     assert "attention calls" in demo.result.value
+    for widget in (demo, demo.picker):  # what the notebook displays
+        assert "application/vnd.jupyter.widget-view+json" in widget._repr_mimebundle_() and repr(widget)
     demo.picker.click("reference")
     assert demo.history[-1]["ran"] == {"reference": sum(calls.values())}
     assert "ran on reference" in demo.result.value

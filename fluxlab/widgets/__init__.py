@@ -7,7 +7,7 @@ from .comparison import ComparisonPanel
 from .gallery import ImageGallery
 from .picker import BackendPicker
 from .settings import NotebookSettings, settings_for
-from .toggle import BackendToggleDemo, generate_image
+from .toggle import BackendToggleDemo, generate_image, model_backends, model_statuses
 
 __all__ = ["BackendPicker", "BackendToggleDemo", "ComparisonPanel", "ImageGallery", "NotebookSettings", "generate_image",
-           "settings_for"]
+           "model_backends", "model_statuses", "settings_for"]

@@ -69,7 +69,7 @@ class ImageGallery(widgets.VBox):
                  height: int = 64, width: int = 64, run_on_start: bool = False, compare: Callable | None = None,
                  image_width: int = 192):
         self.pipe = pipe
-        self._compare = compare
+        self._compare_override = compare
         self.comparison = None
         self.last_error: str | None = None
         self.image_width = image_width
@@ -115,8 +115,8 @@ class ImageGallery(widgets.VBox):
             self.reference.value = wanted if wanted in options else options[0]
 
     def _compare_fn(self):
-        if self._compare is not None:
-            return self._compare
+        if self._compare_override is not None:
+            return self._compare_override
         from .. import compare
 
         fn = getattr(compare, "compare_images", None)

@@ -1,8 +1,17 @@
-"""What the notebooks generate with, per model: image size, steps, prompt and the backends worth comparing."""
+"""What the notebooks load and generate with, per model: device, dtype, image size, steps, prompt, reference."""
 
 from __future__ import annotations
 
 import dataclasses
+
+PROMPT = "a red circle at the top left on a blue background"
+# Offline models built or shipped with fluxlab run on the CPU in seconds; anything else is a local folder or a hub
+# id with real weights, loaded in bfloat16 onto the GPU.
+OFFLINE_MODELS = {
+    "tiny": dict(height=64, width=64, steps=4),  # random weights: noise, but every code path of FLUX.2
+    "embedded": dict(height=64, width=64, steps=8),  # trained in this repository on procedural scenes
+}
+REAL_WEIGHTS = dict(height=1024, width=1024, steps=28)  # FLUX.2 [dev]'s usual size; Klein: steps=4 is enough
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,28 +20,58 @@ class NotebookSettings:
     height: int
     width: int
     steps: int
-    prompt: str
-    small: bool  # runs on CPU in seconds: the notebooks compare every available backend
+    prompt: str = PROMPT
+    variant: str | None = None  # "dev" / "klein" for "tiny"; read from the model folder otherwise
+    small: bool = True  # an offline model on the CPU: compare every backend, float64 as the image reference
+
+    @property
+    def device(self) -> str | None:
+        if self.small:
+            return None  # stays where it was built (CPU)
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def dtype(self):
+        import torch
+
+        return None if self.small else torch.bfloat16
+
+    @property
+    def image_reference(self) -> str:
+        """The backend images are compared against: exact float64 on small models, the default pick otherwise."""
+        if self.small:
+            return "reference"
+        from ..dispatch import default_backend
+
+        return default_backend() or "sdpa"
+
+    def load_kwargs(self) -> dict:
+        """Keyword arguments of ``fluxlab.load_flux2(MODEL, ...)``."""
+        kwargs = {"device": self.device, "dtype": self.dtype}
+        if self.variant is not None:
+            kwargs["variant"] = self.variant
+        return kwargs
 
     def generation(self) -> dict:
-        """The keyword arguments of a pipeline call (and of ``compare_images``), less the seed."""
+        """Keyword arguments of the widgets and ``fluxlab.compare_images`` (less backends and seed)."""
         return {"prompt": self.prompt, "height": self.height, "width": self.width, "steps": self.steps}
 
-
-PROMPT = "a red circle at the top left on a blue background"
-# Offline models built or shipped with fluxlab; anything else is a local folder or hub id with real weights.
-OFFLINE_MODELS = {
-    "tiny": dict(height=64, width=64, steps=4),  # random weights: noise, but every code path of FLUX.2
-    "embedded": dict(height=64, width=64, steps=8),  # trained in this repository on procedural scenes
-}
-REAL_WEIGHTS = dict(height=1024, width=1024, steps=28)  # FLUX.2 [dev]'s usual size; Klein: steps=4 works too
+    def pipe_kwargs(self) -> dict:
+        """Keyword arguments of a diffusers pipeline call (less the generator)."""
+        return {"prompt": self.prompt, "height": self.height, "width": self.width, "num_inference_steps": self.steps}
 
 
-def settings_for(model: str, **overrides) -> NotebookSettings:
-    """Settings for ``MODEL`` as set in a notebook's first cell; keyword arguments override any field."""
+def settings_for(model: str, variant: str | None = "dev", **overrides) -> NotebookSettings:
+    """Settings for ``MODEL`` as set in a notebook's first cell; keyword arguments override any field.
+
+    ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is).
+    """
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"MODEL must be 'tiny', 'embedded', a local folder or a hub id; got {model!r}")
-    base = OFFLINE_MODELS.get(model, REAL_WEIGHTS)
-    values = dict(model=model, prompt=PROMPT, small=model in OFFLINE_MODELS, **base)
+    small = model in OFFLINE_MODELS
+    values = dict(model=model, small=small, variant=variant if model == "tiny" else None,
+                  **(OFFLINE_MODELS[model] if small else REAL_WEIGHTS))
     values.update(overrides)
     return NotebookSettings(**values)

@@ -66,6 +66,11 @@ def model_statuses(pipe, statuses=None) -> list:
     return out
 
 
+def model_backends(pipe, exclude=()) -> list[str]:
+    """Names of the backends that can run ``pipe``'s attention here (available, and in its allowed set)."""
+    return [s.name for s in model_statuses(pipe) if s.available and s.name not in set(exclude)]
+
+
 def _route_counter(pipe):
     """A ``fluxlab.capture`` that keeps shapes only (device "meta"): it tells which backend served each call."""
     if _attached_state(pipe) is None:
