@@ -174,7 +174,7 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
     transformer, pipe = split_target(pipe_or_transformer)
     if transformer in _ATTACHED:
         raise AttachError("fluxlab is already attached to this FLUX.2 model; call fluxlab.detach(pipe) first, or "
-                          "switch backends with fluxlab.set_backend(pipe, name)")
+                          "use fluxlab.set_backend(pipe, name) to switch backends")
     allowed = resolve_allowed(allowed)
     choice = check_allowed(backend, allowed)
     _, attention_classes = _flux2_classes()

@@ -23,6 +23,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--variant", choices=("dev", "klein"), default=None,
                         help="FLUX.2 variant (tiny: default dev; folders: read from model_index.json)")
     parser.add_argument("--source", default="tiny", help="'tiny', a local pipeline folder, or a Hub id")
+    parser.add_argument("--max-sequence-length", type=int, default=512,
+                        help="text tokens the prompt is padded to (the pipelines' default 512)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads (cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32 for tiny, else as saved")
@@ -70,7 +72,7 @@ def _run(args) -> int:
     load_s = time.perf_counter() - start
     results = generate(pipe, backends, prompt=args.prompt, seed=args.seed, steps=args.steps, width=width,
                        height=height, out_dir=args.out, guidance_scale=args.guidance_scale,
-                       progress=not args.no_progress,
+                       progress=not args.no_progress, max_sequence_length=args.max_sequence_length,
                        model_info={"source": args.source, "variant": args.variant, "load_s": round(load_s, 3)})
     print(f"{type(pipe).__name__} from {args.source!r}, loaded in {load_s:.1f} s; {width}x{height}, "
           f"{args.steps} steps, seed {args.seed}")

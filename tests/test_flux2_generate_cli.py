@@ -1,0 +1,57 @@
+"""`fluxlab generate`: a PNG and a manifest per backend, atomically written; bad input refused before loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from fluxlab.cli import main  # noqa: E402
+from fluxlab.models.errors import InvalidSizeError  # noqa: E402
+from fluxlab.models.generate import parse_size  # noqa: E402
+
+
+def test_generate_writes_images_and_manifests(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["generate", "--prompt", "a red circle", "--seed", "3", "--steps", "2", "--size", "64x32",
+               "--backend", "sdpa,reference", "--out", str(out), "--variant", "klein", "--source", "tiny",
+               "--max-sequence-length", "64", "--no-progress"])
+    assert rc == 0
+    for backend in ("sdpa", "reference"):
+        image = Image.open(out / backend / "image.png")
+        assert image.size == (64, 32)
+        manifest = json.loads((out / backend / "manifest.json").read_text())
+        assert manifest["backend"] == backend
+        assert manifest["attention_calls"] == {backend: 4 * 2 * 2}  # layers x steps x CFG branches
+        assert manifest["seed"] == 3 and manifest["steps"] == 2
+        assert manifest["size"] == {"width": 64, "height": 32}
+        assert manifest["platform"]["vendor"] == "cpu"
+        assert set(manifest["versions"]) >= {"torch", "diffusers", "transformers", "fluxlab", "python"}
+        assert len(manifest["timings"]["steps_s"]) == 2 and manifest["timings"]["generate_s"] > 0
+        assert manifest["model"]["pipeline"] == "Flux2KleinPipeline"
+    assert not list(out.rglob(".*.tmp"))  # no temporary files left behind
+    assert "reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", ["65", "64x100", "0", "big"])
+def test_size_not_a_multiple_of_16_is_refused_before_generating(size, tmp_path, capsys):
+    assert main(["generate", "--size", size, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "multiple of 16" in err or "WIDTHxHEIGHT" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_parse_size():
+    assert parse_size("64") == (64, 64) and parse_size("64x96") == (64, 96) and parse_size(128) == (128, 128)
+    with pytest.raises(InvalidSizeError, match="Use 96 or 112"):
+        parse_size("100")
+
+
+def test_unknown_or_unavailable_backend_is_refused_before_loading(tmp_path, capsys):
+    assert main(["generate", "--backend", "sdpa,sdpa_flsh", "--out", str(tmp_path)]) == 2
+    assert "Did you mean 'sdpa_flash'" in capsys.readouterr().err
+    assert main(["generate", "--backend", "aiter", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "aiter runs on amd" in capsys.readouterr().err
