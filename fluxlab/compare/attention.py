@@ -1,7 +1,7 @@
 """``compare_attention``: every backend on every input against float64, judged against torch's own error.
 
-A backend that raises, returns NaN/inf or the wrong shape becomes a failed row with its error; the sweep
-always finishes.
+A backend that raises, returns NaN/inf or the wrong shape becomes a failed row with its error (running out
+of memory is a skipped row: a capacity limit, not a numerical verdict); the sweep always finishes.
 """
 
 from __future__ import annotations
@@ -270,6 +270,11 @@ def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform
                             return_lse=want_lse, platform=platform, **options)
                 _sync(device)
                 times.append(time.perf_counter() - start)
+    except torch.OutOfMemoryError as exc:  # a capacity limit at this shape, not a numerical verdict
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        row.verdict, row.error = SKIP, "out of memory at this shape: " + _error_text(exc, 200)
+        return row
     except Exception as exc:  # noqa: BLE001 - any failure of a kernel is a failed row, the sweep goes on
         row.verdict, row.error = FAIL, _error_text(exc)
         return row

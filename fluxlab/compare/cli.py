@@ -41,6 +41,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--records", action="append", default=[], metavar="DIR",
                         help="replay records saved elsewhere (repeatable)")
     parser.add_argument("--save-captures", action="store_true", help="save the captured records under OUT/records")
+    parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run)
 
@@ -53,6 +54,7 @@ def _run(args) -> int:
         dtypes=_csv(args.dtypes), seeds=[int(s) for s in _csv(args.seeds)], model=args.model,
         variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format, steps=args.steps,
         prompt=args.prompt, seed=args.seed, save_captures=args.save_captures, progress=not args.no_progress,
+        device=args.device,
         command="fluxlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"]
         else "fluxlab compare")
     for title, report in run.reports.items():

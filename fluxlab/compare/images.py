@@ -206,7 +206,8 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     """Generate one image per backend from the same noise and compare each with the reference backend's.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
-    inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first).
+    inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first one that
+    generated an image; a backend that fails becomes a row with its error).
     The pipeline must route attention through fluxlab (``fluxlab.load_flux2`` does); with
     ``require_routing`` a generation in which the backend was never called raises instead of reporting
     a meaningless "identical". Extra keyword arguments go to the pipeline call.
@@ -241,7 +242,9 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
                 "fluxlab.load_flux2(...) (or attach fluxlab to it) first.")
         images[label], latents[label] = image, steps_latents
     if ref_label not in images:
-        raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
+        if reference is not None or not images:
+            raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
+        ref_label = next(label for label in labels if label in images)  # the first backend that ran
     ref_image, ref_latents = images[ref_label], latents[ref_label]
     for label, row in rows.items():
         if label not in images:

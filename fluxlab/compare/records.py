@@ -182,6 +182,9 @@ def save_records(path, records, results=None, *, extra: dict | None = None) -> P
 def _temp_name(folder: Path, final: str) -> Path:
     handle, name = tempfile.mkstemp(prefix=f".{final}.", suffix=".tmp", dir=folder)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; the final files get ordinary permissions
     return Path(name)
 
 

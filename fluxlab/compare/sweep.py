@@ -36,8 +36,12 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
                 seeds=(0,), model: str = "tiny", variant: str = "dev", images: bool = True, records=(),
                 fmt: str = "md", steps: int = 4, prompt: str = DEFAULT_PROMPT, seed: int = 0,
                 save_captures: bool = False, progress: bool = True, command: str | None = None,
-                log=print) -> CompareRun:
-    """Run every part of the comparison that this machine and this fluxlab can, and write the report."""
+                device=None, log=print) -> CompareRun:
+    """Run every part of the comparison that this machine and this fluxlab can, and write the report
+    (``report.md``/``.html``, PNGs, and ``results.json`` with every row)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtypes = [parse_dtype(d) for d in dtypes]
@@ -48,7 +52,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
     specs = default_inputs() if inputs == "default" else INPUT_SETS[inputs]
     if specs:
         log(f"synthetic inputs: {len(specs)} shapes x {len(dtypes)} dtypes x {len(seeds)} seeds")
-        report = compare_attention(specs, backends, dtypes=dtypes, seeds=seeds, progress=progress)
+        report = compare_attention(specs, backends, dtypes=dtypes, seeds=seeds, progress=progress, device=device)
         _add_attention_section(sections, reports, report, out, "Synthetic FLUX-shaped inputs", "synthetic",
                                "q/k/v drawn from three distributions (normal, outlier channels, peaky attention); "
                                "see fluxlab.compare.inputs.DISTRIBUTIONS.")
@@ -59,14 +63,14 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         if missing:
             notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
         else:
-            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0])
+            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0], device=device)
             last = max(steps - 1, 0)
             with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:
                 pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
                      generator=_generator(seed))
             captured = list(captured)
             log(f"captured {len(captured)} attention calls from the {model} FLUX.2 [{variant}] model")
-            report = compare_attention(captured, backends, progress=progress)
+            report = compare_attention(captured, backends, progress=progress, device=device)
             _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
                                    "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
                                    f"{steps}-step 64x64 generation in {str(dtypes[0]).replace('torch.', '')}, "
@@ -79,7 +83,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
     for path in records:
         from .replay import replay
 
-        report = replay(path, backends, progress=progress)
+        report = replay(path, backends, progress=progress, device=device)
         where = report.meta["recorded"].get("platform_description") or "elsewhere"
         _add_attention_section(sections, reports, report, out, f"Replayed records from {where} ({path})",
                                f"replay{len([t for t in reports if t.startswith('Replayed')])}",
@@ -91,12 +95,16 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
 
         image_backends = _image_backends(backends)
         log(f"images: {', '.join(image_backends)}")
-        result = compare_images(pipe, image_backends, prompt=prompt, seed=seed, steps=steps)
-        result.figure(path=out / "images.png")
-        reports["images"] = result
-        sections.append(Section("Images from identical noise", "PSNR and SSIM from scikit-image against the first "
-                                "backend; latent drift = relative L2 of the latents after each step.", result,
-                                ["images.png"]))
+        try:
+            result = compare_images(pipe, image_backends, prompt=prompt, seed=seed, steps=steps)
+        except (RuntimeError, ImportError) as exc:  # every backend failed, or no scikit-image here
+            notes.append(f"image comparison failed: {exc}")
+        else:
+            result.figure(path=out / "images.png")
+            reports["images"] = result
+            sections.append(Section("Images from identical noise", "PSNR and SSIM from scikit-image against the "
+                                    f"reference backend ({result.reference}); latent drift = relative L2 of the "
+                                    "latents after each step.", result, ["images.png"]))
     elif images and model != "none" and pipe is None:
         notes.append("image comparison skipped: no tiny FLUX.2 model (fluxlab.load_flux2) in this fluxlab")
 
@@ -110,8 +118,26 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
             "git": f"{git['commit'][:12]}{' (local changes)' if git['dirty'] else ''}" if git else None,
             "command": command}
     path = write_document(out, sections, meta, fmt)
+    _write_results(out / "results.json", reports, meta)
     failed = any(getattr(r, "failed", False) for r in reports.values())
     return CompareRun(path, reports, notes, failed)
+
+
+def _write_results(path: Path, reports: dict, meta: dict) -> None:
+    """Every row of every section as plain JSON, for numbers to be committed and compared later."""
+    import json
+    import os
+
+    from .records import _jsonable
+
+    data = {"meta": meta, "platform": current_platform().as_dict(), "sections": {}}
+    for title, report in reports.items():
+        rows = [row.as_dict() for row in report.rows]
+        data["sections"][title] = {"verdicts": getattr(report, "verdicts", None), "rows": rows,
+                                   "settings": getattr(report, "settings", None) or getattr(report, "meta", None)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1))
+    os.replace(tmp, path)
 
 
 def _generator(seed):
