@@ -55,3 +55,20 @@ def test_unknown_or_unavailable_backend_is_refused_before_loading(tmp_path, caps
     assert "Did you mean 'sdpa_flash'" in capsys.readouterr().err
     assert main(["generate", "--backend", "aiter", "--out", str(tmp_path), "--device", "cpu"]) == 2
     assert "aiter runs on amd" in capsys.readouterr().err
+
+
+def test_demo_side_by_side_writes_grid_and_manifest(tmp_path):
+    from fluxlab.demo import exact_backends, flux2_side_by_side
+
+    names = exact_backends("cpu")
+    assert names[0] == "sdpa" and {"sdpa_flash", "reference"} <= set(names)
+    assert not {"sage", "aiter_sage"} & set(names)  # quantised kernels are not "exact"
+    rows = flux2_side_by_side(tmp_path, steps=1, progress=False)
+    assert [r["backend"] for r in rows] == names
+    assert all(r["attention_calls"] == {r["backend"]: 4} for r in rows)
+    assert all(r["max_abs_diff_vs_first"] <= 2 for r in rows)  # exact kernels: at most rounding, in 8-bit pixels
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.width > len(names) * 64
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["backend"] for r in manifest["backends"]] == names
+    assert all((tmp_path / path).is_file() for path in manifest["images"].values())
