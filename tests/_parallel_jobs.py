@@ -29,10 +29,36 @@ GENERATE_CASES = [("ulysses=2", "sdpa"), ("ring=2", "sdpa_flash")]
 
 
 def forward_and_generate(_payload):
-    """Both targets in one process group (process start-up and imports dominate the test's time)."""
+    """Both targets and the in-rank refusals in one process group (start-up and imports dominate the time)."""
     forward = compare_parallel(cases=FORWARD_CASES, setup="_parallel_jobs:register_broken_lse")
     generate = compare_parallel(cases=GENERATE_CASES, target="generate", steps=2, text_tokens=64)
-    return forward.as_dict(), generate.as_dict()
+    return forward.as_dict(), generate.as_dict(), refusals_in_a_rank()
+
+
+def refusals_in_a_rank() -> dict:
+    """What enable_sequence_parallel and a forward say when the run cannot be parallel."""
+    from fluxlab.parallel import ParallelRefusedError, disable_sequence_parallel, enable_sequence_parallel
+    from fluxlab.parallel.model import build_transformer, run_transformer, transformer_inputs
+
+    messages = {}
+    transformer = build_transformer("tiny")
+    try:
+        enable_sequence_parallel(transformer, "sage", "ring=2")
+    except ParallelRefusedError as exc:
+        messages["sage"] = str(exc)
+    enable_sequence_parallel(transformer, "sdpa", "ulysses=2")
+    try:
+        run_transformer(transformer, transformer_inputs(transformer, height=128, width=128, text_tokens=33))
+    except ParallelRefusedError as exc:
+        messages["odd_text"] = str(exc)
+    try:
+        enable_sequence_parallel(transformer, "sdpa", "ulysses=2")
+    except ParallelRefusedError as exc:
+        messages["twice"] = str(exc)
+    disable_sequence_parallel(transformer)
+    out = run_transformer(transformer, transformer_inputs(transformer, height=128, width=128, text_tokens=33))
+    messages["after_disable_shape"] = tuple(out.shape)
+    return messages
 
 
 def fail_on_rank_1(_payload):

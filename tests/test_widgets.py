@@ -87,6 +87,7 @@ def test_picker_single_choice_click_and_callbacks():
     picker.click("flex")
     assert picker.value == "flex" and seen == ["flex"]
     assert picker.buttons["flex"].value and not picker.buttons["sdpa"].value
+    assert picker.buttons["flex"].button_style == "info" and picker.buttons["sdpa"].button_style == ""
     picker.buttons["flex"].value = False  # pressing the pressed button: stays chosen
     assert picker.value == "flex" and picker.buttons["flex"].value
     picker.click("fa4")  # disabled: ignored

@@ -233,7 +233,7 @@ def _check_same_weights(model, device) -> None:
     """Each rank built its own copy from the same seed; make sure they really are the same."""
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for i, p in enumerate(model.parameters()):
-        total[i % 2] += p.detach().double().sum()
+        total[i % 2] += p.detach().sum(dtype=torch.float64)
     if not _all_ranks_equal(total):
         raise RuntimeError("the ranks built different weights from the same seed (non-deterministic init on this "
                            "device?); fluxlab.parallel.model.build_transformer must give identical copies")

@@ -101,6 +101,16 @@ def _lse_to_diffusers(lse: torch.Tensor) -> torch.Tensor:
     return lse.transpose(1, 2).contiguous()
 
 
+def _settled(t: torch.Tensor) -> torch.Tensor:
+    """diffusers' ring hands K/V over as views of a functional all-gather (an ``AsyncCollectiveTensor``) that waits
+    only when an ATen op touches it. Kernels that read raw pointers (Triton, CuTe DSL, other libraries) would not
+    trigger that wait: settle it here, explicitly."""
+    if type(t) is torch.Tensor:
+        return t
+    wait = getattr(t, "wait", None)
+    return wait() if callable(wait) else t
+
+
 def make_forward_op(choice: BackendChoice):
     """The op diffusers' Ulysses/ring templates call on each rank's shard: ``fluxlab.attention`` with ``choice``."""
     backend = str(choice)
@@ -108,6 +118,7 @@ def make_forward_op(choice: BackendChoice):
     def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
         _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa)
+        query, key, value = _settled(query), _settled(key), _settled(value)
         if not return_lse:
             return attention(query, key, value, backend=backend, scale=scale)
         out, lse = attention(query, key, value, backend=backend, scale=scale, return_lse=True)

@@ -13,6 +13,7 @@ import datetime
 import os
 import tempfile
 import traceback
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -119,6 +120,8 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     if getattr(transformer, "_parallel_config", None) is not None:
         raise ParallelRefusedError(["this transformer is already parallel: call disable_sequence_parallel(...) "
                                     "first"], f"{spec}")
+    # diffusers 0.42's templates call a functional collective that torch 2.13 deprecates, once per layer and step
+    warnings.filterwarnings("ignore", message=".*all_gather_tensor.*is deprecated", category=FutureWarning)
     engine.set_model_backend(transformer, backend)
     config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=_mesh(spec))
     with _cpu_only_device_count(), _quiet("diffusers.models.modeling_utils"):  # "experimental feature" warning
@@ -171,10 +174,6 @@ def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
 def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, payload, queue) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # local ranks talk over loopback
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    import warnings
-
-    # diffusers 0.42's templates call a functional collective torch 2.13 deprecates; say it once, not per call
-    warnings.filterwarnings("ignore", message=".*all_gather_tensor.*is deprecated", category=FutureWarning)
     if not torch.cuda.is_available():  # ranks share the CPU: no thread oversubscription
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:

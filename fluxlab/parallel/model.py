@@ -122,6 +122,12 @@ def transformer_inputs(transformer, *, height: int = 1024, width: int = 1024, te
 
 
 def run_transformer(transformer, inputs: TransformerInputs) -> torch.Tensor:
-    """One forward without autograd; the velocity prediction ``[batch, image_tokens, in_channels]``."""
+    """One forward without autograd; the velocity prediction ``[batch, image_tokens, in_channels]``.
+
+    Under context parallelism diffusers returns the all-gathered output as an ``AsyncCollectiveTensor``; it is
+    waited for here, so a discarded output (timing loops) leaves no collective unwaited.
+    """
+    from .engine import _settled
+
     with torch.no_grad():
-        return transformer(**inputs.kwargs)[0]
+        return _settled(transformer(**inputs.kwargs)[0])
