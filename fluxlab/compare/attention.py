@@ -63,10 +63,10 @@ def compare_attention(inputs=None, backends=None, reference: str = "reference", 
     if inputs is None:
         inputs = default_inputs(_device_type(device))
     elif isinstance(inputs, (str, os.PathLike)):
-        from .records import load_records
+        from .records import load_records, recorded_on
 
         records, manifest = load_records(inputs)
-        inputs = [record_case(r, i, recorded_on=manifest.get("platform_description")) for i, r in enumerate(records)]
+        inputs = [record_case(r, i, recorded_on=recorded_on(manifest)) for i, r in enumerate(records)]
     elif isinstance(inputs, (InputSpec, AttentionRecord, AttentionCase)):
         inputs = [inputs]
     inputs = list(inputs)

@@ -208,6 +208,12 @@ def read_manifest(path) -> dict:
     return manifest
 
 
+def recorded_on(manifest: dict) -> str | None:
+    """A short name for the machine a record was made on: its device name (e.g. "NVIDIA H100 80GB HBM3")."""
+    platform = manifest.get("platform") or {}
+    return platform.get("device_name") or manifest.get("platform_description")
+
+
 def load_records(path) -> tuple[list[AttentionRecord], dict]:
     """Read a folder written by ``save_records``: (records, manifest). The tensor file's SHA-256 is checked
     against the manifest first; a mismatch raises RecordIntegrityError naming the file and both hashes."""

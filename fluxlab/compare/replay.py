@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .attention import compare_attention
 from .inputs import record_case
-from .records import load_records
+from .records import load_records, recorded_on
 
 
 def replay(path, backends=None, **compare_kwargs):
@@ -19,7 +19,7 @@ def replay(path, backends=None, **compare_kwargs):
     the other machine's platform, versions and git revision from the manifest.
     """
     records, manifest = load_records(path)
-    where = manifest.get("platform_description")
+    where = recorded_on(manifest)
     cases = [record_case(record, i, recorded_on=where) for i, record in enumerate(records)]
     report = compare_attention(cases, backends=backends, **compare_kwargs)
     report.meta["recorded"] = {key: manifest.get(key) for key in

@@ -109,7 +109,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         notes.append("image comparison skipped: no tiny FLUX.2 model (fluxlab.load_flux2) in this fluxlab")
 
     if notes:
-        sections.append(Section("Not run", "\n".join(f"- {n}" for n in notes)))
+        sections.append(Section("Notes", "\n".join(f"- {n}" for n in notes)))
     platform = current_platform()
     versions = _versions()
     git = git_revision()
