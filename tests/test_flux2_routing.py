@@ -159,3 +159,13 @@ def test_context_parallel_is_refused(variant):
         processor._parallel_config = ContextParallelConfig(ring_degree=2)
         with pytest.raises(UnsupportedAttentionCallError, match="context parallel"):
             generate(pipe, steps=1)
+
+
+def test_dropout_and_diffusers_kwargs_are_refused():
+    """No stock FLUX.2 call passes them; the router refuses rather than drop them silently."""
+    with pytest.raises(UnsupportedAttentionCallError, match="dropout_p=0.1"):
+        router.refuse_unsupported("x", attn_mask=None, dropout_p=0.1, attention_kwargs=None, parallel_config=None)
+    with pytest.raises(UnsupportedAttentionCallError, match="window_size"):
+        router.refuse_unsupported("x", attn_mask=None, dropout_p=0.0, attention_kwargs={"window_size": 8},
+                                  parallel_config=None)
+    router.refuse_unsupported("x", attn_mask=None, dropout_p=0.0, attention_kwargs={}, parallel_config=None)

@@ -4,7 +4,10 @@ Attaching adds forward hooks (nothing else) to the transformer and to each of it
 the router (``router.py``); detaching removes them, so the model behaves exactly as before. Hooks sit on the
 modules, not on the processors, so they survive ``Flux2KleinKVPipeline`` swapping in its KV processors.
 Per call, the backend is: the schedule's answer > the model's ``set_backend`` > ``fluxlab.use_backend`` >
-``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set.
+``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set; while
+attached, diffusers' own ``set_attention_backend`` choice is not used. Masks, dropout and context-parallel calls
+are refused with an error (router.py), never run wrongly. Not routed: the VAE's and the text encoders' attention
+(they are not FLUX.2 transformer attention). One generation at a time per model (the loop position is per model).
 """
 
 from __future__ import annotations
@@ -182,8 +185,8 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
         if isinstance(module, attention_classes) and getattr(module.processor, "_parallel_config", None) is not None:
             raise UnsupportedAttentionCallError(
                 f"{name} runs context parallel (transformer.enable_parallelism): its calls need diffusers' "
-                "Ulysses/ring exchange, which fluxlab's single-device kernels do not do. Attach before enabling "
-                "parallelism is not supported either; run context-parallel models without fluxlab.")
+                "Ulysses/ring exchange, which fluxlab's single-device kernels do not do. Run context-parallel "
+                "models without fluxlab attached.")
     state = AttachedModel(transformer, pipe, allowed, choice)
     router.acquire()
     try:
