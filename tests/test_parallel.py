@@ -168,3 +168,30 @@ def test_refusals_inside_the_ranks(two_rank_results):
     assert "the text sequence (33 tokens) does not divide by the 2 ranks" in messages["odd_text"]
     assert "already parallel" in messages["twice"]
     assert messages["after_disable_shape"] == (1, 64, 16)  # one rank again: odd lengths are fine
+
+
+def test_report_markdown_from_the_rows(two_rank_results):
+    from fluxlab.parallel import ParallelComparison, ParallelRow
+
+    forward = two_rank_results[0][0]
+    text = ParallelComparison([ParallelRow(**r) for r in forward["rows"]], forward["meta"]).markdown()
+    assert "| ring=2 | lse_log2 |" in text and "**fail**" in text and "2 ranks (gloo)" in text
+
+
+def test_cli_check_prints_every_reason_and_exits_1(capsys):
+    from fluxlab.cli import main
+
+    assert main(["parallel", "check", "--parallel", "ring=2", "--backends", "reference,sdpa"]) == 1
+    out = capsys.readouterr().out
+    assert "reference: ok" in out
+    assert "sdpa: refused" in out and "'sdpa' does not return it" in out
+    assert main(["parallel", "check", "--parallel", "ulysses=2", "--backends", "sdpa", "--height", "2048",
+                 "--width", "2048"]) == 0
+    assert "512 text + 16384 image tokens" in capsys.readouterr().out
+
+
+def test_cli_compare_refuses_before_launch(capsys):
+    from fluxlab.cli import main
+
+    assert main(["parallel", "compare", "--parallel", "ring=2", "--backends", "sdpa"]) == 1
+    assert "ring=2 / sdpa: ring attention merges partial results" in capsys.readouterr().err

@@ -82,6 +82,27 @@ class ParallelComparison:
             json.dump(self.as_dict(), f, indent=2)
             f.write("\n")
 
+    def markdown(self) -> str:
+        """A section for a report: what ran, the rule, one table row per (mode, backend)."""
+        m = self.meta
+        ms = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
+        lines = [f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
+                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
+                 f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.",
+                 "",
+                 f"Verdict: rel-L2 vs the 1-rank output of the same backend <= max({FACTOR:g} x the backend's own "
+                 f"error vs float64 attention, {m['floor']:g}); every rank must get the same output.",
+                 "",
+                 "| parallel | backend | rel-L2 vs 1 rank | max abs | own error | tolerance | 1 rank ms | "
+                 "N ranks ms | speedup | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.parallel} | {r.backend} | {r.rel_l2:.2e} | {r.max_abs:.2e} | {r.own_error:.2e} | "
+                         f"{r.tolerance:.2e} | {ms(r.time_single_ms)} | {ms(r.time_parallel_ms)} | "
+                         f"{f'{r.speedup:.2f}' if r.speedup else '–'} | **{r.verdict}**"
+                         + ("" if r.ranks_agree else " (ranks disagree)") + " |")
+        return "\n".join(lines)
+
     def table(self) -> str:
         """A plain-text table, one row per (mode, backend)."""
         m = self.meta
