@@ -233,3 +233,40 @@ def test_case_objects_are_accepted_as_is():
     report = compare_attention(case, backends=["sdpa"], progress=False)
     assert report.rows[0].input == "mine" and report.rows[0].dtype == "float32"
     assert report.verdicts == {"sdpa": "pass"}
+
+
+def test_error_map_figure_names_the_worst_head(registered, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fluxlab.compare import plot_error_maps
+
+    registered("broken_head", BROKEN["broken_head"])
+    report = compare_attention(SMALL[:1], backends=["sdpa", "broken_head"], progress=False)
+    fig = plot_error_maps(report, path=tmp_path / "maps.png")
+    assert (tmp_path / "maps.png").read_bytes()[:4] == b"\x89PNG"
+    titles = [ax.get_title(loc="left") + ax.get_title() for ax in fig.axes]
+    assert any("broken_head [fail]" in t for t in titles)
+    assert any("per head (worst 1)" in t for t in titles)
+    with pytest.raises(ValueError, match="no row has an error map"):
+        plot_error_maps(compare_attention(SMALL[:1], backends=["sdpa"], progress=False, error_maps=False))
+
+
+def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch):
+    import sys
+
+    report = compare_attention(SMALL[:1], backends=["sdpa"], progress=False)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        report.to_dataframe()
+    assert report.rows[0].as_dict()["backend"] == "sdpa"  # the rows need no pandas
+
+
+def test_another_backend_can_be_the_reference():
+    """reference= runs that backend on float64 copies: torch's math kernel in float64 is as good as exact."""
+    exact = compare_attention(SMALL[:1], backends=["sdpa_flash"], progress=False)
+    by_math = compare_attention(SMALL[:1], backends=["sdpa_flash"], reference="sdpa_math", progress=False)
+    assert by_math.verdicts == {"sdpa_flash": "pass"}
+    assert by_math.rows[0].rel_l2 == pytest.approx(exact.rows[0].rel_l2, rel=1e-6)
+    assert exact.rows[0].lse_max_abs < 1e-4
+    assert by_math.rows[0].lse_max_abs is None  # sdpa_math gives no LSE to compare the kernel's with

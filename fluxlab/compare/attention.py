@@ -1,7 +1,5 @@
 """``compare_attention``: every backend on every input against float64, judged against torch's own error.
-
-A backend that raises, returns NaN/inf or the wrong shape becomes a failed row with its error (running out
-of memory is a skipped row: a capacity limit, not a numerical verdict); the sweep always finishes.
+A kernel that raises or returns NaN/inf/wrong shapes is a failed row (out of memory: skipped); the sweep finishes.
 """
 
 from __future__ import annotations

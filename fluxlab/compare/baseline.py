@@ -1,7 +1,5 @@
-"""The yardstick: torch's own SDPA math kernel in the inputs' dtype, chunked over queries so it fits any S.
-
-Queries are independent, so chunking changes nothing but memory. The math kernel upcasts half dtypes to
-float32 inside (unless ``allow_fp16_bf16_reduction_math_sdp`` is on, which is switched off here).
+"""The yardstick: torch's SDPA math kernel in the inputs' dtype (float32 inside), chunked over queries.
+Queries are independent, so chunking changes nothing but memory; half-precision reductions are switched off.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """``compare_images``: one generation per backend from identical noise; PSNR/SSIM, latent drift, a figure.
-
-PSNR and SSIM come from scikit-image (``skimage.metrics``); latents are collected per step through
-diffusers' ``callback_on_step_end``.
+PSNR and SSIM come from scikit-image; latents are collected per step through diffusers' ``callback_on_step_end``.
 """
 
 from __future__ import annotations
@@ -68,11 +66,12 @@ class ImageComparison:
         s = self.settings
         lines = [f"Prompt {s['prompt']!r}, seed {s['seed']}, {s['steps']} steps, {s['height']}x{s['width']}; "
                  f"reference backend: {self.reference}.", "",
-                 "| backend | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | attention calls | time (s) | error |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| backend | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | attention calls | time (s) "
+                 "| error |", "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
-            lines.append(f"| {r.backend} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} | {_num(r.max_abs_pixel, '.3g')} "
-                         f"| {_num(r.final_latent_rel_l2, '.3g')} | {r.attention_calls if r.attention_calls is not None else ''} "
+            calls = r.attention_calls if r.attention_calls is not None else ""
+            lines.append(f"| {r.backend} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} "
+                         f"| {_num(r.max_abs_pixel, '.3g')} | {_num(r.final_latent_rel_l2, '.3g')} | {calls} "
                          f"| {_num(r.time_s, '.2f')} | {r.error or ''} |")
         return "\n".join(lines) + "\n"
 

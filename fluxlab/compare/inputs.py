@@ -1,5 +1,4 @@
 """Inputs for comparisons: synthetic FLUX-shaped q/k/v in three distributions, or captured records.
-
 ``default_inputs()`` sizes the set for the machine: the real FLUX.2 shapes on a GPU, small ones on CPU.
 """
 

@@ -1,7 +1,5 @@
-"""Records on disk: attention inputs/outputs as safetensors plus a JSON manifest, atomic, hash-verified, no pickle.
-
-A record folder holds ``attention-<hash>.safetensors`` (every tensor) and ``manifest.json`` (where and how
-they were produced, the tensor file's name and SHA-256, per-record metadata, optional comparison results).
+"""Records on disk: safetensors + a JSON manifest (machine, versions, git, SHA-256), atomic, hash-verified.
+A record folder holds ``attention-<hash>.safetensors`` and ``manifest.json``; nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -109,8 +107,8 @@ def save_records(path, records, results=None, *, extra: dict | None = None) -> P
     """Write ``records`` (AttentionRecord list) to the folder ``path``; returns the manifest's path.
 
     Files are written under temporary names in that folder and moved into place with ``os.replace``, the
-    manifest last: a failure leaves the previous save intact (or nothing) and no partial file. ``results`` (a ComparisonReport or
-    rows) are stored in the manifest as plain data.
+    manifest last: a failure leaves the previous save intact (or nothing) and no partial file. ``results``
+    (a ComparisonReport or rows) are stored in the manifest as plain data.
     """
     from safetensors.torch import save_file
 

@@ -1,5 +1,4 @@
 """Replay: run this machine's backends on q/k/v recorded elsewhere and compare with the outputs recorded there.
-
 This is how an AITER run on an MI300X is compared with FA4 on an H100: record there, replay here.
 """
 

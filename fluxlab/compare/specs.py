@@ -1,7 +1,5 @@
-"""Backends as comparison axes: a name with its options and torch numerics knobs, e.g. ``"sdpa:cudnn=0"``.
-
-Backend options (``"aiter:how_v3_bf16_cvt=0"``) go to the kernel through ``BackendChoice``; the knobs in
-``KNOBS`` are torch settings held around the call and restored afterwards.
+"""Backends as comparison axes: a name with options and torch knobs, e.g. ``"aiter:how_v3_bf16_cvt=0"``.
+Backend options go to the kernel through ``BackendChoice``; ``KNOBS`` are torch settings held around the call.
 """
 
 from __future__ import annotations

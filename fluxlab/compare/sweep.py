@@ -1,6 +1,5 @@
-"""The whole ``fluxlab compare`` run as a function: synthetic sweep, tiny FLUX.2 captures, images, replays, report.
-
-Returns which parts ran, their reports, and whether any backend failed; the CLI turns that into an exit code.
+"""The whole ``fluxlab compare`` run as a function: synthetic sweep, tiny FLUX.2 captures, replays, images.
+Returns the reports and whether any backend failed; the CLI turns that into an exit code.
 """
 
 from __future__ import annotations

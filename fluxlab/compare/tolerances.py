@@ -1,5 +1,4 @@
 """The verdict rules as data: how far from float64 a kernel may land before it is flagged, and why.
-
 Exact kernels are judged against torch's own error in the same dtype; quantised ones against a budget.
 """
 
