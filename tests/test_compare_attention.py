@@ -270,3 +270,20 @@ def test_another_backend_can_be_the_reference():
     assert by_math.rows[0].rel_l2 == pytest.approx(exact.rows[0].rel_l2, rel=1e-6)
     assert exact.rows[0].lse_max_abs < 1e-4
     assert by_math.rows[0].lse_max_abs is None  # sdpa_math gives no LSE to compare the kernel's with
+
+
+def test_backend_specs_parse_options_and_knobs():
+    from fluxlab.compare import BackendSpec
+
+    aiter = BackendSpec.parse("aiter:how_v3_bf16_cvt=0")
+    assert (aiter.name, aiter.options, aiter.knobs, aiter.label) == ("aiter", {"how_v3_bf16_cvt": 0}, (),
+                                                                      "aiter:how_v3_bf16_cvt=0")
+    knob = BackendSpec.parse("native:cudnn=off")  # diffusers' alias
+    assert (knob.name, knob.options, knob.knobs, knob.label) == ("sdpa", {}, (("cudnn", False),), "sdpa:cudnn=0")
+    with pytest.raises(ValueError, match="has no option"):
+        BackendSpec.parse("sdpa:how_v3_bf16_cvt=0")
+    with pytest.raises(ValueError, match="takes 0 or 1"):
+        BackendSpec.parse("sdpa:cudnn=maybe")
+    report = compare_attention(SMALL[:1], backends="sdpa,aiter:how_v3_bf16_cvt=0", progress=False)
+    assert report.verdicts == {"sdpa": "pass"}  # aiter cannot run on this CPU: skipped with its reasons
+    assert "aiter:how_v3_bf16_cvt=0" in report.skipped
