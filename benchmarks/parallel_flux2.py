@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                        seed=args.seed, repeats=args.repeats, warmup=args.warmup)
         result = run_cases(payload)
     if rank == 0:
-        from fluxlab.parallel.compare import ParallelComparison, ParallelRow
+        from fluxlab.parallel.compare import ParallelComparison
 
         report = {
             "command": "torchrun --standalone --nproc_per_node 2 benchmarks/parallel_flux2.py "
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         if result["rows"]:
-            print(ParallelComparison([ParallelRow(**r) for r in result["rows"]], result["meta"]).table(), flush=True)
+            print(ParallelComparison.from_dict(result).table(), flush=True)
         print(f"wrote {args.out}", flush=True)
     dist.barrier()
     dist.destroy_process_group()

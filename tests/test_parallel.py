@@ -171,10 +171,9 @@ def test_refusals_inside_the_ranks(two_rank_results):
 
 
 def test_report_markdown_from_the_rows(two_rank_results):
-    from fluxlab.parallel import ParallelComparison, ParallelRow
+    from fluxlab.parallel import ParallelComparison
 
-    forward = two_rank_results[0][0]
-    text = ParallelComparison([ParallelRow(**r) for r in forward["rows"]], forward["meta"]).markdown()
+    text = ParallelComparison.from_dict(two_rank_results[0][0]).markdown()
     assert "| ring=2 | lse_log2 |" in text and "**fail**" in text and "2 ranks (gloo)" in text
 
 

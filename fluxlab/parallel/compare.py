@@ -64,6 +64,12 @@ class ParallelRow:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self) | {"speedup": self.speedup}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ParallelRow:
+        """Back from ``as_dict`` / JSON (derived keys such as ``speedup`` are dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 @dataclasses.dataclass
 class ParallelComparison:
@@ -76,6 +82,11 @@ class ParallelComparison:
 
     def as_dict(self) -> dict:
         return {"meta": self.meta, "rows": [row.as_dict() for row in self.rows], "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ParallelComparison:
+        """Back from ``as_dict``, a JSON file written by ``to_json`` or by benchmarks/parallel_flux2.py."""
+        return cls([ParallelRow.from_dict(row) for row in data["rows"]], data["meta"])
 
     def to_json(self, path) -> None:
         with open(path, "w") as f:
@@ -183,7 +194,7 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
         from .launch import spawn
 
         result = spawn("fluxlab.parallel.compare:run_cases", payload, payload["ranks"], timeout_s=timeout_s)[0]
-    return ParallelComparison([ParallelRow(**row) for row in result["rows"]], result["meta"])
+    return ParallelComparison.from_dict(result)
 
 
 def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", target="forward", height=None,
