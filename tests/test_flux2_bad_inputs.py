@@ -41,7 +41,8 @@ def test_flux2_set_covers_the_seed_and_every_builtin():
 def test_attaching_twice(pipe):
     fluxlab.attach(pipe)
     try:
-        with pytest.raises(AttachError, match=r"already attached to this FLUX.2 model; call fluxlab.detach\(pipe\) first, or use fluxlab.set_backend"):
+        message = r"already attached to this FLUX.2 model; call fluxlab.detach\(pipe\) first, or use fluxlab.set_backend"
+        with pytest.raises(AttachError, match=message):
             fluxlab.attach(pipe.transformer)  # the same model through its transformer
     finally:
         fluxlab.detach(pipe)

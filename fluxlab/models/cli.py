@@ -55,7 +55,8 @@ def _run(args) -> int:
     if outside:
         from ..errors import BackendNotAllowedError
 
-        raise BackendNotAllowedError(f"{outside} are outside FLUX.2's backend set ({', '.join(sorted(FLUX2_BACKENDS))})")
+        raise BackendNotAllowedError(f"{outside} are outside FLUX.2's backend set "
+                                     f"({', '.join(sorted(FLUX2_BACKENDS))})")
     unavailable = unavailable_reasons(backends, args.device)
     if unavailable:
         lines = "\n".join(f"  {name}: {'; '.join(reasons)}" for name, reasons in unavailable.items())
