@@ -289,6 +289,10 @@ def test_gallery_side_by_side_with_diffs(broken_backend):
     assert "PSNR dB" in gallery.table.value
     assert is_png(gallery.drift.value)
     assert "application/vnd.jupyter.widget-view+json" in gallery._repr_mimebundle_()
+    gallery.reference.value = "reference"  # the reference's card comes first, whatever the picker order
+    comparison = gallery.run()
+    assert comparison.reference == "reference" and [r.backend for r in comparison.rows][0] == "reference"
+    assert "(reference)" in gallery.table.value.split("</tr>")[1]
 
 
 def test_gallery_bad_settings_and_errors():

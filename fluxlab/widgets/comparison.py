@@ -100,7 +100,7 @@ class ComparisonPanel(widgets.VBox):
         self.verdicts = widgets.HTML("")
         self.table = widgets.HTML("")
         self.table.add_class("fluxlab-metrics")
-        self.heatmap = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.heatmap = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none"))
         self.heatmap.add_class("fluxlab-heatmap")
 
         self.button.on_click(lambda _: self.run())
@@ -192,11 +192,13 @@ class ComparisonPanel(widgets.VBox):
         self.status.value = message_html(text, style)
         self.verdicts.value = verdict_badges(verdicts, report.skipped)
         self.table.value = report.to_html(details=True)
-        self.heatmap.value = b""
+        png = b""
         if self.heatmaps:
             try:
                 from ..compare.plots import plot_error_maps
 
-                self.heatmap.value = figure_png(plot_error_maps(report))
+                png = figure_png(plot_error_maps(report))
             except ValueError as exc:  # nothing to draw (every backend failed or was skipped)
                 self.table.value += f'<p style="{MUTED_STYLE}">{html.escape(str(exc))}</p>'
+        self.heatmap.value = png
+        self.heatmap.layout.display = None if png else "none"  # no broken-image icon while there is nothing

@@ -93,7 +93,7 @@ class ImageGallery(widgets.VBox):
         self.status.add_class("fluxlab-result")
         self.cards = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.cards.add_class("fluxlab-gallery")
-        self.drift = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+        self.drift = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
         self.table = widgets.HTML("")
         self.table.add_class("fluxlab-metrics")
 
@@ -141,8 +141,8 @@ class ImageGallery(widgets.VBox):
         if not self.check():
             self.status.value = message_html("fix the marked settings, then generate again", ERROR_STYLE)
             return None
-        backends = list(self.picker.value)
-        self._reference_wanted = self.reference.value
+        self._reference_wanted = reference = self.reference.value
+        backends = [reference] + [b for b in self.picker.value if b != reference]  # the reference's card first
         self.status.value = message_html(f"generating on {', '.join(backends)} ...")
         self.button.disabled = True
         try:
@@ -202,6 +202,7 @@ class ImageGallery(widgets.VBox):
             f"<td>{html.escape(r.error or '')}</td></tr>" for r in comparison.rows)
         self.table.value = f'<table style="font-size:90%">{header}{body}</table>'
         self.drift.value = figure_png(drift_figure(comparison))
+        self.drift.layout.display = None
         failed = [r.backend for r in comparison.rows if r.error]
         ok = len(comparison.rows) - len(failed)
         self.status.value = message_html(

@@ -74,7 +74,6 @@ class BackendPicker(widgets.VBox):
             button = widgets.ToggleButton(
                 value=False, description=status.name + (DEFAULT_MARK if status.default else ""),
                 disabled=not status.available, tooltip=_status_tooltip(status),
-                button_style="info" if status.default and status.available else "",
                 layout=widgets.Layout(width="auto", margin="2px"))
             button.add_class("fluxlab-backend")
             button.add_class(f"fluxlab-backend-{status.name}")
@@ -152,6 +151,7 @@ class BackendPicker(widgets.VBox):
             chosen = self._selected()
             for name, button in self.buttons.items():
                 button.value = name in chosen
+                button.button_style = "info" if name in chosen else ""  # the choice stands out, not the default
         finally:
             self._syncing = False
 
