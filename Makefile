@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: demo test test-gpu venv browser-deps clean
+.PHONY: demo test test-gpu venv browser-deps lab clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ browser-deps:
 
 test: venv browser-deps
 	$(PY) -m pytest -m "not gpu" -q
+
+# JupyterLab on the notebooks (as root, e.g. in a container: make lab LAB_FLAGS=--allow-root).
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_FLAGS)
 
 # On a GPU machine: the backend tests for every kernel that can run there.
 test-gpu:
