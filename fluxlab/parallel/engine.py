@@ -101,7 +101,7 @@ def _lse_to_diffusers(lse: torch.Tensor) -> torch.Tensor:
     return lse.transpose(1, 2).contiguous()
 
 
-def _settled(t: torch.Tensor) -> torch.Tensor:
+def wait_collective(t: torch.Tensor) -> torch.Tensor:
     """diffusers' ring hands K/V over as views of a functional all-gather (an ``AsyncCollectiveTensor``) that waits
     only when an ATen op touches it. Kernels that read raw pointers (Triton, CuTe DSL, other libraries) would not
     trigger that wait: settle it here, explicitly."""
@@ -118,7 +118,7 @@ def make_forward_op(choice: BackendChoice):
     def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
         _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa)
-        query, key, value = _settled(query), _settled(key), _settled(value)
+        query, key, value = wait_collective(query), wait_collective(key), wait_collective(value)
         if not return_lse:
             return attention(query, key, value, backend=backend, scale=scale)
         out, lse = attention(query, key, value, backend=backend, scale=scale, return_lse=True)

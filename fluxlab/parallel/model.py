@@ -127,7 +127,7 @@ def run_transformer(transformer, inputs: TransformerInputs) -> torch.Tensor:
     Under context parallelism diffusers returns the all-gathered output as an ``AsyncCollectiveTensor``; it is
     waited for here, so a discarded output (timing loops) leaves no collective unwaited.
     """
-    from .engine import _settled
+    from .engine import wait_collective
 
     with torch.no_grad():
-        return _settled(transformer(**inputs.kwargs)[0])
+        return wait_collective(transformer(**inputs.kwargs)[0])
