@@ -54,7 +54,9 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
                 f"the embedded FLUX.2 model is not in this install (expected a diffusers folder at {EMBEDDED_DIR}; "
                 "it ships with the trained model, issue 8). Use source='tiny' (random weights, offline) or a local "
                 "folder written by pipe.save_pretrained(...).")
-        pipe = _from_folder(EMBEDDED_DIR, variant, dtype)
+        from .embedded import load_embedded  # issue 8's loader: 64x64 defaults, offline
+
+        pipe = load_embedded(dtype=dtype, variant=variant)
     elif Path(source).expanduser().exists():
         pipe = _from_folder(Path(source).expanduser(), variant, dtype)
     elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")):
