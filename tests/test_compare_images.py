@@ -11,6 +11,9 @@ from fluxlab.compare.images import compare_images
 
 from _compare_kernels import head_dropped, raises
 
+# Each test runs whole (tiny) generations: 1-3 s on a quiet 2-core machine, 5-25 s when it is shared.
+pytestmark = pytest.mark.slow
+
 needs_model = pytest.mark.skipif(
     not hasattr(fluxlab, "load_flux2"),
     reason="fluxlab.load_flux2 (the tiny FLUX.2 pipeline routed through fluxlab) has not landed yet")
