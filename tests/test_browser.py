@@ -29,8 +29,9 @@ OPEN_S, KERNEL_S, RUN_ALL_S, CLICK_S, SAVE_S = 90, 120, 300, 120, 30
 def chromium_executable() -> str:
     path = os.environ.get("FLUXLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).is_file():
-        pytest.fail("Debian's Chromium is not installed (no `chromium` on PATH, no /usr/bin/chromium): run "
-                    "`make browser-deps` (apt-get install chromium); `make test` does it for you.", pytrace=False)
+        pytest.fail(f"Debian's Chromium is not installed (looked for {path}): run `make browser-deps` (apt-get "
+                    "install chromium); `make test` does it for you. FLUXLAB_CHROMIUM=/path picks another binary.",
+                    pytrace=False)
     return path
 
 
@@ -176,6 +177,15 @@ def click_tour(nb: Notebook):
     before = nb.wait_text(f"{demo} .fluxlab-result", lambda t: t.startswith("ran on "), "the demo's first generation")
     assert "reference" not in before.split(":")[0]
     image_before = nb.widget(f"{demo} .fluxlab-image").get_attribute("src")
+    # a bad size is flagged next to its box, nothing runs, and the panel keeps working
+    height = nb.widget(f"{demo} .fluxlab-height input")
+    height.fill("60")
+    height.press("Enter")
+    nb.widget(f"{demo} .fluxlab-generate").click()
+    nb.wait_text(f"{demo} .fluxlab-size-message", lambda t: "multiple of 16" in t,
+                 "the size message next to the height box")
+    height.fill("64")
+    height.press("Enter")
     nb.widget(f"{demo} .fluxlab-backend-reference").click()
     after = nb.wait_text(f"{demo} .fluxlab-result", lambda t: t.startswith("ran on reference"),
                          "the label to say the demo ran on reference after the click")
@@ -235,7 +245,7 @@ def test_every_notebook_has_a_browser_scenario():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_in_jupyterlab(name, lab, browser):
+def test_notebook_in_jupyterlab(name, browser, lab):
     nb = Notebook(lab, browser, name)
     try:
         start = time.perf_counter()

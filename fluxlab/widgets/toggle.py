@@ -112,11 +112,14 @@ class BackendToggleDemo(widgets.VBox):
         self.steps = widgets.IntText(value=steps, description="steps", layout=widgets.Layout(width="180px"))
         self.height = widgets.IntText(value=height, description="height", layout=widgets.Layout(width="180px"))
         self.width = widgets.IntText(value=width, description="width", layout=widgets.Layout(width="180px"))
+        for name in ("prompt", "seed", "steps", "height", "width"):
+            getattr(self, name).add_class(f"fluxlab-{name}")  # stable hooks for browser tests
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
         seed_row, self.seed_message = hbox_with_message(self.seed)
         steps_row, self.steps_message = hbox_with_message(self.steps)
         self.size_message = widgets.HTML("", layout=widgets.Layout(margin="0 0 0 8px"))
         self.size_message.add_class("fluxlab-message")
+        self.size_message.add_class("fluxlab-size-message")
         size_row = widgets.HBox([self.height, self.width, self.size_message])
 
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
