@@ -158,3 +158,21 @@ def test_fa_resolves_to_best_installed_generation(standins):
     assert fa.resolve(q, k, Platform.h100()).name == "fa3"  # fa4 not installed here, fa3 (stand-in) is
     assert fa.resolve(q, k, Platform.a100()).name == "fa2"  # fa3 is Hopper-only
     assert fa.resolve(q.float(), k.float(), Platform.h100()) is None  # no generation runs fp32
+
+
+def test_namespace_folder_is_not_flash_attention_2(tmp_path, monkeypatch):
+    """FA4 installs flash_attn/cute without flash_attn/__init__.py; importing it must not make fa2 'installed'."""
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
+    for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    importlib.import_module("flash_attn.cute")  # as fa4's availability check or first call does
+    try:
+        reasons = fluxlab.get_backend("fa2").platform_reasons(Platform.h100())
+        assert any("only a namespace folder 'flash_attn' exists" in r for r in reasons)
+        assert not [r for r in fluxlab.get_backend("fa4").platform_reasons(Platform.h100()) if "flash-attn-4" in r]
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
+            sys.modules.pop(name)

@@ -1,10 +1,11 @@
-# Device machine, call 2+: `source benchmarks/device/env.sh` joins the wheel, unpacks the carried wheels into
-# /tmp/site once, and sets PYTHONPATH (the machine's own torch 2.11 + cu130 is used).
+# Device machine, after staging: `source benchmarks/device/env.sh` joins the cutlass wheel from /tmp/parts,
+# unpacks it and the carried .whl wheels into /tmp/site once, and sets PYTHONPATH (the machine's torch is used).
 if [ ! -f /tmp/site/.ready ]; then
-  if [ -d .fa4b ] && [ -f /tmp/part.aa ]; then
-    cat /tmp/part.aa .fa4b/part.ab > "/tmp/$(cat .fa4b/WHEEL_NAME)"
-    (cd /tmp && sha256sum -c "$OLDPWD/.fa4b/SHA256" >/dev/null) || echo "WARNING: cutlass wheel hash mismatch"
-    python3 -m zipfile -e "/tmp/$(cat .fa4b/WHEEL_NAME)" /tmp/site
+  if [ -f /tmp/parts/WHEEL_NAME ]; then
+    wheel="/tmp/$(cat /tmp/parts/WHEEL_NAME)"
+    cat /tmp/parts/part.* > "$wheel"
+    (cd /tmp && sha256sum -c /tmp/parts/SHA256 >/dev/null) || echo "WARNING: cutlass wheel hash mismatch"
+    python3 -m zipfile -e "$wheel" /tmp/site
   fi
   for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/site; done
   touch /tmp/site/.ready

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Device machine, call 1 of 2 (see shared device notes): park the first half of the 92 MB cutlass wheel and
-# aiter's Triton subtree in /tmp, which survives while the machine stays warm.
+# Device machine, staging calls: the 92 MB cutlass wheel travels in 23 MB parts (.fa4p1..4, one per call, so the
+# working tree + carried folders stay under the 64 MiB limit); parts and aiter's Triton subtree are parked in
+# /tmp, which survives while the machine stays warm (30 s between calls).
 set -e
-cp .fa4a/part.aa /tmp/part.aa
-rm -rf /tmp/aiter_site && cp -r .aiter/site /tmp/aiter_site
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+mkdir -p /tmp/parts
+for d in .fa4p*; do [ -d "$d" ] && cp "$d"/part.* /tmp/parts/ 2>/dev/null || true; done
+[ -f .fa4p4/WHEEL_NAME ] && cp .fa4p4/WHEEL_NAME .fa4p4/SHA256 /tmp/parts/
+if [ -d .aiter ]; then rm -rf /tmp/aiter_site && cp -r .aiter/site /tmp/aiter_site; fi
+ls /tmp/parts

@@ -41,7 +41,8 @@ def _load_triton_only(module_names, platform_vendor):
         for name, path in (("aiter", root), ("aiter.ops", os.path.join(root, "ops"))):
             module = types.ModuleType(name)
             module.__path__ = [path]
-            module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=os.path.join(path, "__init__.py"),
+                                                             is_package=True)
             module.__spec__.submodule_search_locations = [path]
             sys.modules[name] = module
         _patch_nvidia_arch()

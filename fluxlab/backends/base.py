@@ -51,17 +51,19 @@ class Requirement:
     min_version: str | None = None
 
     def missing_reason(self) -> str | None:
-        if self.module in sys.modules:
-            return None
-        try:
-            spec = importlib.util.find_spec(self.module)
-        except (ImportError, ValueError):  # a parent package missing or broken
-            spec = None
+        module = sys.modules.get(self.module)
+        if module is not None:
+            spec = getattr(module, "__spec__", None)
+        else:
+            try:
+                spec = importlib.util.find_spec(self.module)
+            except (ImportError, ValueError):  # a parent package missing or broken
+                spec = None
         if spec is None:
             return f"Python package '{self.distribution}' (module {self.module}) is not installed: {self.install}"
         if spec.origin in (None, "namespace") and "." not in self.module:
             # e.g. FlashAttention-4 installs flash_attn/cute without flash_attn/__init__.py: the folder
-            # exists as a namespace package, but FlashAttention-2 is not there.
+            # exists as a namespace package (imported as soon as flash_attn.cute is), but FA2 is not there.
             return (f"only a namespace folder '{self.module}' exists (left by another package), not "
                     f"'{self.distribution}': {self.install}")
         if self.min_version:
