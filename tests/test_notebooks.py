@@ -108,7 +108,7 @@ def test_notebooks_are_generated_and_stripped():
         assert [c.source for c in committed.cells] == [c.source for c in expected.cells], \
             f"{name} differs from notebooks/make_notebooks.py; run it and commit the result"
         first_code = next(c for c in committed.cells if c.cell_type == "code")
-        assert 'MODEL = "tiny"' in first_code.source, f"{name}: the first code cell must hold MODEL"
+        assert f'MODEL = "{module.DEFAULT_MODEL}"' in first_code.source, f"{name}: the first code cell must hold MODEL"
     assert (ROOT / "notebooks" / "make_notebooks.py").is_file()
 
 
