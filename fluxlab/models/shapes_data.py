@@ -138,36 +138,47 @@ def cell_centre(position: int) -> tuple[float, float]:
     return (column + 0.5) * CELL, (row + 0.5) * CELL
 
 
-def _palette(device=None) -> torch.Tensor:
-    return torch.tensor(list(COLOURS.values()), dtype=torch.float32, device=device) / 127.5 - 1.0
+def _palette() -> torch.Tensor:
+    return torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 127.5 - 1.0
+
+
+def _upload(array: np.ndarray, device) -> torch.Tensor:
+    """A CPU array onto ``device``; to a GPU through pinned memory, so the copy does not wait for queued kernels."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if device is not None and torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device) if device is not None else tensor
 
 
 def render(scenes: Sequence[Scene], device=None) -> torch.Tensor:
     """Images of ``scenes`` as a float32 tensor [N, 3, 64, 64] in [-1, 1] (the VAE's input range)."""
     n = len(scenes)
-    palette = _palette(device)
+    slots = max((len(s.shapes) for s in scenes), default=0)
+    palette = _palette().numpy()
+    # One array of every parameter, one upload: background RGB, then per slot present, RGB, kind, cx, cy, r.
+    params = np.zeros((n, 3 + 8 * slots), dtype=np.float32)
+    for i, scene in enumerate(scenes):
+        params[i, :3] = palette[scene.background]
+        for k, shape in enumerate(scene.shapes):
+            x, y = cell_centre(shape.position)
+            params[i, 3 + 8 * k: 3 + 8 * (k + 1)] = (1.0, *palette[shape.colour], shape.shape, x + shape.dx,
+                                                     y + shape.dy, shape.size)
+    params = _upload(params, device)
     size = IMAGE_SIZE * SUPERSAMPLE
-    coords = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / SUPERSAMPLE
+    coords = (torch.arange(size, dtype=torch.float32, device=params.device) + 0.5) / SUPERSAMPLE
     ys, xs = coords.view(1, size, 1), coords.view(1, 1, size)
-    background = torch.tensor([s.background for s in scenes], device=device)
-    image = palette[background].view(n, 3, 1, 1).expand(n, 3, size, size).clone()
-    for slot in range(max((len(s.shapes) for s in scenes), default=0)):
-        present = torch.tensor([len(s.shapes) > slot for s in scenes], device=device)
-        params = [s.shapes[slot] if len(s.shapes) > slot else Shape(0, 0, 0) for s in scenes]
-        centres = [cell_centre(p.position) for p in params]
-        cx = torch.tensor([c[0] + p.dx for c, p in zip(centres, params)], device=device).view(n, 1, 1)
-        cy = torch.tensor([c[1] + p.dy for c, p in zip(centres, params)], device=device).view(n, 1, 1)
-        r = torch.tensor([p.size for p in params], device=device).view(n, 1, 1)
-        kind = torch.tensor([p.shape for p in params], device=device).view(n, 1, 1)
+    image = params[:, :3].view(n, 3, 1, 1).expand(n, 3, size, size)
+    for k in range(slots):
+        present, colour, kind, cx, cy, r = params[:, 3 + 8 * k: 3 + 8 * (k + 1)].split([1, 3, 1, 1, 1, 1], dim=1)
+        present, kind, cx, cy, r = (t.view(n, 1, 1) for t in (present, kind, cx, cy, r))
         dx, dy = xs - cx, ys - cy
         circle = dx ** 2 + dy ** 2 <= r ** 2
         square = (dx.abs() <= r) & (dy.abs() <= r)
         # Upright triangle: apex 1.1 r above the centre, base 0.9 r below it, half-width at the base 1.1 r.
         top = -1.1 * r
         triangle = (dy >= top) & (dy <= 0.9 * r) & (dx.abs() <= 1.1 * r * (dy - top) / (2.0 * r))
-        mask = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle)) & present.view(n, 1, 1)
-        colour = palette[torch.tensor([p.colour for p in params], device=device)].view(n, 3, 1, 1)
-        image = torch.where(mask.unsqueeze(1), colour, image)
+        mask = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle)) & (present > 0)
+        image = torch.where(mask.unsqueeze(1), colour.view(n, 3, 1, 1), image)
     return torch.nn.functional.avg_pool2d(image, SUPERSAMPLE)
 
 
