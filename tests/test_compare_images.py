@@ -14,9 +14,6 @@ from _compare_kernels import head_dropped, raises
 # Each test runs whole (tiny) generations: 1-3 s on a quiet 2-core machine, 5-25 s when it is shared.
 pytestmark = pytest.mark.slow
 
-needs_model = pytest.mark.skipif(
-    not hasattr(fluxlab, "load_flux2"),
-    reason="fluxlab.load_flux2 (the tiny FLUX.2 pipeline routed through fluxlab) has not landed yet")
 
 
 def test_pipeline_that_bypasses_fluxlab_is_refused():
@@ -32,7 +29,6 @@ def tiny_pipe():
     return fluxlab.load_flux2("tiny", variant="dev")
 
 
-@needs_model
 def test_identical_backends_give_psnr_inf_and_ssim_one(tiny_pipe):
     result = compare_images(tiny_pipe, ["sdpa", "sdpa"], prompt="a fox", seed=3, steps=3)
     ref, again = result.rows
@@ -63,7 +59,6 @@ def broken_kernels_allowed(tiny_pipe):
     fluxlab.unregister_backend("image_raises")
 
 
-@needs_model
 def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe, broken_kernels_allowed):
     result = compare_images(tiny_pipe, ["sdpa", "sdpa_math", "image_broken_head", "image_raises"], seed=0, steps=4)
     rows = result.metrics
@@ -79,7 +74,6 @@ def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe, brok
     assert "| sdpa_math |" in result.to_markdown()
 
 
-@needs_model
 def test_backend_outside_the_models_allowed_set_is_an_error_row(tiny_pipe):
     fluxlab.register_backend("image_not_allowed", head_dropped)
     try:
@@ -89,7 +83,6 @@ def test_backend_outside_the_models_allowed_set_is_an_error_row(tiny_pipe):
     assert "outside this FLUX.2 model's allowed set" in result.metrics["image_not_allowed"].error
 
 
-@needs_model
 def test_same_noise_for_every_backend(tiny_pipe):
     first = compare_images(tiny_pipe, ["sdpa"], seed=11, steps=2)
     second = compare_images(tiny_pipe, ["sdpa"], seed=11, steps=2)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+import diffusers  # noqa: E402
+import transformers  # noqa: E402,F401
 
 from fluxlab.models import quality, shapes_data  # noqa: E402
 from fluxlab.models.embedded import EMBEDDED_DIR, load_embedded  # noqa: E402

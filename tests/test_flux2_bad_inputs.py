@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
 from fluxlab.models.errors import AttachError  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
 from fluxlab.models.errors import AttachError, CaptureError, CaptureLimitError  # noqa: E402

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401
 
 from fluxlab.cli import main  # noqa: E402
 from fluxlab.models.errors import InvalidSizeError  # noqa: E402

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402
 
 import fluxlab  # noqa: E402
 from fluxlab.models import load as load_module  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401
 
 from fluxlab.registry import all_backends  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
 from fluxlab.models.tiny import build_tiny_pipeline  # noqa: E402

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+import diffusers  # noqa: E402
+import transformers  # noqa: E402,F401
 
 from fluxlab.models import tiny  # noqa: E402
 from fluxlab.models.tiny import TINY_CONFIGS, build_tiny_pipeline, realign_weights, validate_flux2_config  # noqa: E402
