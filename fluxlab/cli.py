@@ -18,7 +18,7 @@ def _doctor(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(out_dir=args.out)
+    return run_demo(out_dir=args.out, source=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_doctor)
     demo = sub.add_parser("demo", help="the offline demo: doctor, then backends compared on this machine")
     demo.add_argument("--out", default="fluxlab-demo", help="folder for the demo's outputs")
+    demo.add_argument("--model", default="embedded", help="embedded (trained, draws shapes), tiny (random "
+                      "weights), or a local FLUX.2 folder")
     demo.set_defaults(func=_demo)
     for register in _subcommand_modules():
         register(sub)

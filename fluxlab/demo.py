@@ -12,7 +12,7 @@ from .dispatch import attention
 from .doctor import backends, doctor_text
 from .errors import FluxlabError
 
-DEMO_PROMPT = "a red circle on a blue background"
+DEMO_PROMPT = "a red circle at the top left and a yellow square at the bottom right on a blue background"
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -48,19 +48,23 @@ def exact_backends(device="cpu") -> list[str]:
     return sorted(names, key=lambda name: (name != "sdpa", name))
 
 
-def flux2_side_by_side(out_dir=None, *, variant: str = "dev", steps: int = 4, size: int = 64, seed: int = 0,
-                       progress: bool = True) -> list:
-    """The tiny FLUX.2 model (offline, random weights) once per exact backend; grid + manifests in ``out_dir``."""
+def flux2_side_by_side(out_dir=None, *, source: str = "embedded", variant: str | None = None, steps: int = 8,
+                       size: int = 64, seed: int = 0, progress: bool = True) -> list:
+    """A shipped FLUX.2 model (offline) once per exact backend from the same noise; grid + manifests in ``out_dir``.
+
+    ``source="embedded"``: the small model trained in this repository (draws shapes); ``"tiny"``: random weights.
+    """
     from .models.generate import environment, generate, image_grid, write_json, write_png
     from .models.load import load_flux2
 
     start = time.perf_counter()
-    pipe = load_flux2("tiny", variant=variant)
+    pipe = load_flux2(source, variant=variant)
+    variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
     load_s = time.perf_counter() - start
     names = exact_backends(pipe.transformer.device)
     results = generate(pipe, names, prompt=DEMO_PROMPT, seed=seed, steps=steps, width=size, height=size,
                        out_dir=Path(out_dir) if out_dir else None, progress=progress,
-                       model_info={"source": "tiny", "variant": variant, "load_s": round(load_s, 3)})
+                       model_info={"source": source, "variant": variant, "load_s": round(load_s, 3)})
     first = torch.from_numpy(_pixels(results[0].image))
     rows = []
     for result in results:
@@ -71,7 +75,7 @@ def flux2_side_by_side(out_dir=None, *, variant: str = "dev", steps: int = 4, si
     if out_dir:
         out = Path(out_dir)
         write_png(out / "grid.png", image_grid([r.image for r in results], [r.backend for r in results]))
-        write_json(out / "manifest.json", {"demo": "FLUX.2 tiny side by side", "variant": variant, "steps": steps,
+        write_json(out / "manifest.json", {"demo": f"FLUX.2 {source} side by side", "source": source, "variant": variant, "steps": steps,
                                            "size": size, "seed": seed, "prompt": DEMO_PROMPT, "load_s": load_s,
                                            "backends": rows, "reference_backend": results[0].backend,
                                            "images": {r.backend: f"{r.backend}/image.png" for r in results},
@@ -85,7 +89,7 @@ def _pixels(image):
     return np.asarray(image, dtype=np.int16)
 
 
-def run_demo(out_dir: str | None = None) -> int:
+def run_demo(out_dir: str | None = None, source: str = "embedded") -> int:
     start = time.perf_counter()
     print(doctor_text())
     print("\nEvery available backend vs float64 (bf16, [1, 512, 4, 128]):")
@@ -93,9 +97,11 @@ def run_demo(out_dir: str | None = None) -> int:
         timing = f"{ms:8.1f} ms" if isinstance(ms, float) else ms
         print(f"  {name:<14} rel-L2 {rel_l2:.2e}  {timing}")
 
-    print(f"\nFLUX.2 [dev], tiny random-weight model (offline), 64x64, 4 steps, \"{DEMO_PROMPT}\": the same seed "
-          "on every exact backend here")
-    rows = flux2_side_by_side(out_dir)
+    described = {"embedded": "the embedded model trained in this repository", "tiny": "random weights"}
+    steps = 8 if source == "embedded" else 4
+    print(f"\nFLUX.2, {described.get(source, source)} (offline), 64x64, {steps} steps, \"{DEMO_PROMPT}\": "
+          "the same seed on every exact backend here")
+    rows = flux2_side_by_side(out_dir, source=source, steps=steps)
     first = rows[0]["backend"]
     for row in rows:
         calls = ", ".join(f"{b} x{n}" for b, n in row["attention_calls"].items())

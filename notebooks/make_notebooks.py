@@ -1,8 +1,9 @@
 """Writes the three notebooks (outputs stripped): ``python notebooks/make_notebooks.py``.
 
 Cells are thin: they call fluxlab's public API; anything worth testing lives in the package. The first code cell
-of each notebook holds ``MODEL``: "tiny" (offline, CPU, seconds) or a local folder / hub id with real FLUX.2
-weights (GPU). That one line is the only edit needed to switch.
+of each notebook holds ``MODEL``: "embedded" (the small model trained in this repository: offline, CPU, real
+pictures), "tiny" (random weights, fastest) or a local folder / hub id with real FLUX.2 weights (GPU). That one
+line is the only edit needed to switch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 # The model every notebook opens with; "embedded" (issue 8's trained model) once it ships: edit here, rerun.
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "embedded"
 
 MODEL_CELL = '''\
 # The FLUX.2 model: "tiny" (random weights, built offline in seconds, runs on the CPU), "embedded" (trained
