@@ -47,25 +47,9 @@ TINY_SIZES = (128, 256)
 
 def build_transformer(config: dict, device, dtype, seed: int = 0):
     """Random-weight Flux2Transformer2DModel built on meta, materialised on ``device`` and initialised there."""
-    from diffusers import Flux2Transformer2DModel
+    from fluxlab.models.random_weights import random_transformer
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = Flux2Transformer2DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.to_empty(device=device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():  # every parameter of this model belongs to a module with reset_parameters
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    uninitialised = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if uninitialised:
-        raise RuntimeError(f"parameters left uninitialised after to_empty: {uninitialised[:5]}")
-    return model.eval()
+    return random_transformer(config, device=device, dtype=dtype, seed=seed)
 
 
 def step_inputs(config: dict, size: int, device, dtype, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> dict:

@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from ..models.random_weights import random_transformer
 from ..models.tiny import TINY_CONFIGS
 
 TEXT_TOKENS = 512  # FLUX.2 pipelines pad every prompt to max_sequence_length=512
@@ -46,32 +47,10 @@ def build_transformer(size: str = "tiny", *, device="cpu", dtype: torch.dtype = 
 
     Same ``seed``, device type and dtype give bit-identical weights on every rank (each rank builds its own copy).
     """
-    from diffusers import Flux2Transformer2DModel
-
     if size not in TRANSFORMER_CONFIGS:
         raise ValueError(f"unknown transformer size {size!r}; choose one of {sorted(TRANSFORMER_CONFIGS)}")
     config = {**copy.deepcopy(TRANSFORMER_CONFIGS[size]), **overrides}
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = Flux2Transformer2DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to_empty(device=device)
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        for module in model.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if reset is not None and any(True for _ in module.parameters(recurse=False)):
-                reset()
-    uninitialised = [name for name, module in model.named_modules()
-                     if any(True for _ in module.parameters(recurse=False)) and not hasattr(module, "reset_parameters")]
-    if uninitialised or any(True for _ in model.buffers()):
-        raise RuntimeError(f"cannot initialise {uninitialised or 'buffers'} after to_empty: this diffusers version "
-                           "added parameters without reset_parameters(); extend fluxlab.parallel.model")
-    return model.eval().requires_grad_(False)
+    return random_transformer(config, device=device, dtype=dtype, seed=seed)
 
 
 @dataclasses.dataclass
