@@ -74,3 +74,20 @@ def test_default_compare_on_this_machine(tmp_path):
         assert (tmp_path / "images.png").exists() and "PSNR" in text
     else:
         assert "tiny FLUX.2 model skipped" in text
+
+
+def test_compare_parallel_refuses_ring_without_lse(tmp_path, capsys):
+    from fluxlab.cli import main
+
+    assert main(["compare", "--parallel", "ring=2", "--backends", "sage", "--out", str(tmp_path)]) == 1
+    assert "ring attention merges partial results with the log-sum-exp; 'sage' does not return it" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_parallel_ulysses_matches_one_rank(tmp_path, capsys):
+    from fluxlab.cli import main
+
+    assert main(["compare", "--parallel", "ulysses=2", "--backends", "sdpa", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "parallel.md").read_text()
+    assert "| ulysses=2 | sdpa |" in report and "**pass**" in report

@@ -43,10 +43,36 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--save-captures", action="store_true", help="save the captured records under OUT/records")
     parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
+                        help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
+                             "--parallel ulysses=2 --parallel ring=2 (repeatable; see `fluxlab parallel`)")
     parser.set_defaults(func=_run)
 
 
+def _run_parallel(args) -> int:
+    from pathlib import Path
+
+    from ..parallel import ParallelRefusedError, compare_parallel
+
+    try:
+        result = compare_parallel(args.parallel, _csv(args.backends) if args.backends else ["sdpa"],
+                                  seed=args.seed)
+    except ParallelRefusedError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parallel.md").write_text(result.markdown() + "\n")
+    print(result.markdown())
+    print(f"report: {out / 'parallel.md'}")
+    if not result.passed:
+        print("some parallel run FAILED (exit code 1)")
+    return 0 if result.passed else 1
+
+
 def _run(args) -> int:
+    if args.parallel:
+        return _run_parallel(args)
     from .sweep import run_compare
 
     run = run_compare(
