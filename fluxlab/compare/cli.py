@@ -33,7 +33,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds for synthetic inputs")
     parser.add_argument("--model", default="tiny", help="model to capture attention from and generate images "
                         "with ('none' to skip)")
-    parser.add_argument("--variant", default="dev", choices=("dev", "klein"))
+    parser.add_argument("--variant", choices=("dev", "klein"),
+                        help="for --model tiny (default dev); a saved or embedded model knows its own")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--prompt", default="a red fox in the snow")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image generation")

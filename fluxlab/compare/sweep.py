@@ -32,7 +32,7 @@ class CompareRun:
 
 
 def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "default", dtypes=("bf16",),
-                seeds=(0,), model: str = "tiny", variant: str = "dev", images: bool = True, records=(),
+                seeds=(0,), model: str = "tiny", variant: str | None = None, images: bool = True, records=(),
                 fmt: str = "md", steps: int = 4, prompt: str = DEFAULT_PROMPT, seed: int = 0,
                 save_captures: bool = False, progress: bool = True, command: str | None = None,
                 device=None, log=print) -> CompareRun:
@@ -63,6 +63,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
             notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
         else:
             pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0], device=device)
+            variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
             last = max(steps - 1, 0)
             with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:
                 pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
