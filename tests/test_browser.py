@@ -23,7 +23,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 1000}
 # Bounded waits (seconds). Measured on 2 shared cores: server ready 3-9 s, notebook open 5-10 s, kernel 2-4 s,
 # run all 10-40 s, a click's regeneration under 2 s.
-OPEN_S, KERNEL_S, RUN_ALL_S, CLICK_S, SAVE_S = 90, 120, 300, 120, 30
+OPEN_S, KERNEL_S, RUN_ALL_S, CLICK_S, SAVE_S = 90, 120, 300, 120, 90
 
 
 def chromium_executable() -> str:
@@ -122,10 +122,11 @@ class Notebook:
 
     def save_and_read(self) -> dict:
         """Save from the browser (Ctrl+S) and read the notebook back from the server: the outputs as stored."""
-        before = self.lab.api(f"/api/contents/{self.name}")["last_modified"]
+        # content=0: metadata only, so polling does not re-read a notebook full of image outputs
+        before = self.lab.api(f"/api/contents/{self.name}?content=0")["last_modified"]
         self.page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
         self.page.keyboard.press("Control+s")
-        wait_for(lambda: self.lab.api(f"/api/contents/{self.name}")["last_modified"] != before, SAVE_S,
+        wait_for(lambda: self.lab.api(f"/api/contents/{self.name}?content=0")["last_modified"] != before, SAVE_S,
                  f"{self.name} to be saved from the browser", detail=self.detail)
         return self.lab.notebook(self.name)
 
