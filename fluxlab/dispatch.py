@@ -347,7 +347,9 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     try:
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend,
                scale, causal, return_lse, allowed, fallback, heads, platform, _current["choice"],
-               _current["fallback"], _env_raw(_ENV_BACKEND_KEY, ENV_BACKEND), registry._generation)
+               _current["fallback"],
+               _ENV_DATA.get(_ENV_BACKEND_KEY) if _ENV_DATA is not None else os.environ.get(ENV_BACKEND),
+               registry._generation)
         plan = _plans.get(key)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path explains
         key = plan = None

@@ -6,6 +6,7 @@ own ATen op is called (it computes the LSE anyway) and its LSE is returned in fl
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -26,13 +27,13 @@ def _expand_kv_heads(q, k, v):
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
-def _sdpa(q, k, v, *, scale, causal, return_lse, kernel=None):
-    qh, kh, vh = to_bhsd(q, k, v)
+def _sdpa(q, k, v, *, scale, causal=False, return_lse=False, kernel=None):
+    # This is the hot path of every FLUX.2 attention call: plain transposes, no helper calls.
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = qh.shape[1] != kh.shape[1]
     if kernel is None:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
-                                             **({"enable_gqa": True} if gqa else {}))
-        return out.transpose(1, 2)
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
+                                              enable_gqa=gqa).transpose(1, 2)
     if not return_lse and (gqa or q.shape[-1] % 8):
         # Shapes the kernel's own op does not take directly (GQA, padded head dims): let SDPA adapt them.
         with sdpa_kernel(kernel):
@@ -110,8 +111,7 @@ def _cudnn_checks(q, k, platform):
 BACKENDS = [
     Backend(
         "sdpa",
-        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
-            q, k, v, scale=scale, causal=causal, return_lse=return_lse),
+        _sdpa,
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
         "torch.nn.functional.scaled_dot_product_attention; torch picks the kernel (version-dependent)",
     ),
@@ -123,8 +123,7 @@ BACKENDS = [
     ),
     Backend(
         "sdpa_flash",
-        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
-            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.FLASH_ATTENTION),
+        functools.partial(_sdpa, kernel=SDPBackend.FLASH_ATTENTION),
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), arches={"nvidia": ("sm_80+",)},
                      dtypes=FLOAT_DTYPES, max_head_dim=256, returns_lse=True),
         "SDPA's FlashAttention-2 kernel (CUDA/ROCm) or its CPU flash kernel",
@@ -132,9 +131,7 @@ BACKENDS = [
     ),
     Backend(
         "sdpa_efficient",
-        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
-            q, k, v, scale=scale, causal=causal, return_lse=return_lse,
-            kernel=SDPBackend.EFFICIENT_ATTENTION),
+        functools.partial(_sdpa, kernel=SDPBackend.EFFICIENT_ATTENTION),
         Capabilities(vendors=_GPU, dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
                      gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
         "SDPA's memory-efficient (xformers/cutlass) kernel",
@@ -142,8 +139,7 @@ BACKENDS = [
     ),
     Backend(
         "sdpa_cudnn",
-        lambda q, k, v, *, scale, causal=False, return_lse=False: _sdpa(
-            q, k, v, scale=scale, causal=causal, return_lse=return_lse, kernel=SDPBackend.CUDNN_ATTENTION),
+        functools.partial(_sdpa, kernel=SDPBackend.CUDNN_ATTENTION),
         Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                      max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
         "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
