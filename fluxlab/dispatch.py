@@ -36,6 +36,23 @@ def _env_raw(key: bytes, name: str):
     return _ENV_DATA.get(key) if _ENV_DATA is not None else os.environ.get(name)
 
 
+def _finite_checks_on(check_finite: bool | None) -> bool:
+    """The caller's choice, else $FLUXLAB_CHECK_FINITE (off unless set to something other than 0/false)."""
+    if check_finite is not None:
+        return check_finite
+    return _env_raw(_ENV_CHECK_FINITE_KEY, ENV_CHECK_FINITE) not in (None, b"", b"0", b"false", "", "0", "false")
+
+
+def _check_finite(q, k, v) -> None:
+    if q.device.type == "meta":
+        return
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            raise InvalidInputError(f"{name} contains {bad} NaN/inf values; attention over them is "
+                                    "meaningless. Find where they appear (e.g. fp16 overflow upstream).")
+
+
 # No model has more heads than this; a larger dim 2 means the tensor is [B, H, S, D].
 MAX_PLAUSIBLE_HEADS = 256
 
@@ -186,14 +203,8 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
         raise InvalidInputError(
             f"causal attention with seq_q {q.shape[1]} != seq_k {k.shape[1]} is ambiguous (kernels align the "
             "mask top-left or bottom-right); fluxlab supports causal only for equal lengths")
-    if check_finite is None:
-        check_finite = os.environ.get(ENV_CHECK_FINITE, "") not in ("", "0", "false")
-    if check_finite and q.device.type != "meta":
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not torch.isfinite(t).all():
-                bad = (~torch.isfinite(t)).sum().item()
-                raise InvalidInputError(f"{name} contains {bad} NaN/inf values; attention over them is "
-                                        "meaningless. Find where they appear (e.g. fp16 overflow upstream).")
+    if _finite_checks_on(check_finite):
+        _check_finite(q, k, v)
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -323,10 +334,7 @@ def _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, h
         scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
     selection = select_backend(q, k, v, backend=backend, causal=causal, return_lse=return_lse,
                                allowed=allowed, fallback=fallback, platform=platform)
-    chosen = selection.backend
-    resolve = getattr(chosen, "resolve", None)
-    if resolve is not None:  # "fa": the best concrete generation
-        chosen = resolve(q, k, platform or platform_for_device(q.device), causal=causal, return_lse=return_lse)
+    chosen = _concrete(selection.backend, q, k, platform, causal, return_lse)
     warning = None
     if selection.substituted_reasons:
         warning = (f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)}); "
@@ -360,9 +368,8 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
             _plans[key] = plan
-    if check_finite or (check_finite is None and _env_raw(_ENV_CHECK_FINITE_KEY, ENV_CHECK_FINITE)
-                        not in (None, b"", b"0", b"false", "", "0", "false")):
-        validate_inputs(q, k, v, scale=plan.scale, causal=causal, check_finite=True)
+    if _finite_checks_on(check_finite):  # data-dependent, so never part of the cached plan
+        _check_finite(q, k, v)
     if plan.warning:
         warnings.warn(plan.warning, FallbackWarning, stacklevel=2)
     result = plan.fn(q, k, v, scale=plan.scale, causal=causal, return_lse=return_lse, **plan.options)
@@ -372,14 +379,20 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     return result
 
 
+def _concrete(backend: Backend, q, k, platform, causal, return_lse) -> Backend:
+    """``fa`` stands for the best FlashAttention generation that runs these inputs; others are themselves."""
+    resolve = getattr(backend, "resolve", None)
+    if resolve is None:
+        return backend
+    concrete = resolve(q, k, platform or platform_for_device(q.device), causal=causal, return_lse=return_lse)
+    if concrete is None:
+        raise BackendUnavailableError(f"backend '{backend.name}' has no runnable generation here")
+    return concrete
+
+
 def run_backend(backend: Backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):
     """Call one backend and check what it returns against the contract."""
-    resolve = getattr(backend, "resolve", None)
-    if resolve is not None:  # "fa": the best concrete generation
-        concrete = resolve(q, k, platform or platform_for_device(q.device), causal=causal, return_lse=return_lse)
-        if concrete is None:
-            raise BackendUnavailableError(f"backend '{backend.name}' has no runnable generation here")
-        backend = concrete
+    backend = _concrete(backend, q, k, platform, causal, return_lse)
     result = backend.fn(q, k, v, scale=scale, causal=causal, return_lse=return_lse, **options)
     check_output(result, q, v, return_lse=return_lse, backend_name=backend.name)
     return result
