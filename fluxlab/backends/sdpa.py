@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..platform import Platform
-from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, to_bhsd
+from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities
 
 _GPU = frozenset({"nvidia", "amd"})
 
@@ -34,16 +34,17 @@ def _sdpa(q, k, v, *, scale, causal=False, return_lse=False, kernel=None):
     if kernel is None:
         return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
                                               enable_gqa=gqa).transpose(1, 2)
-    if not return_lse and (gqa or q.shape[-1] % 8):
-        # Shapes the kernel's own op does not take directly (GQA, padded head dims): let SDPA adapt them.
+    op = _KERNEL_OPS.get((kernel, q.device.type == "cpu"))
+    if op is None or (not return_lse and (gqa or q.shape[-1] % 8)):
+        # The math kernel (no op of its own here) and shapes the kernel's op does not take directly (GQA,
+        # padded head dims): let SDPA adapt them, with only this kernel allowed.
         with sdpa_kernel(kernel):
-            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale,
-                                                 **({"enable_gqa": True} if gqa else {}))
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, enable_gqa=gqa)
         return out.transpose(1, 2)
     # The kernel's ATen op, which SDPA itself calls once it has chosen: no per-call sdpa_kernel() context
     # switch, and the log-sum-exp is there for free.
     kh, vh = _expand_kv_heads(qh, kh, vh)
-    out, lse = _KERNEL_OPS[(kernel, q.device.type == "cpu")](qh, kh, vh, causal, scale)
+    out, lse = op(qh, kh, vh, causal, scale)
     if not return_lse:
         return out.transpose(1, 2)
     # mem-efficient pads the LSE's sequence dim to a multiple of 32; cuDNN may add a trailing 1.
@@ -62,13 +63,6 @@ _KERNEL_OPS = {  # (kernel, on CPU) -> op(q, k, v, causal, scale) -> (out, lse) 
     (SDPBackend.CUDNN_ATTENTION, False): lambda q, k, v, causal, scale:
         _aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[:2],
 }
-
-
-def _math(q, k, v, *, scale, causal, return_lse):
-    qh, kh, vh = to_bhsd(q, k, v)
-    gqa = {"enable_gqa": True} if qh.shape[1] != kh.shape[1] else {}
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **gqa).transpose(1, 2)
 
 
 def _torch_says_no(check, q, k) -> list[str]:
@@ -117,7 +111,7 @@ BACKENDS = [
     ),
     Backend(
         "sdpa_math",
-        _math,
+        functools.partial(_sdpa, kernel=SDPBackend.MATH),
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
         "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)",
     ),
