@@ -34,6 +34,21 @@ def set_message(label: widgets.HTML, text: str = "", style: str = ERROR_STYLE) -
     label.value = message_html(text, style)
 
 
+def run_shown(panel, status: widgets.HTML, action: str, fn):
+    """Run ``fn()`` with ``panel.button`` disabled; a failure is shown in ``status`` ("<action> failed: ...")
+    and kept in ``panel.last_error``, never raised into the kernel. Returns ``fn()``'s result, or None."""
+    panel.last_error = None
+    panel.button.disabled = True
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the kernel
+        panel.last_error = error_text(exc)
+        status.value = message_html(f"{action} failed: {panel.last_error}", ERROR_STYLE)
+        return None
+    finally:
+        panel.button.disabled = False
+
+
 def png_bytes(image) -> bytes:
     """PNG bytes of a PIL image, a float array in [0, 1] (H, W, 3) or a uint8 array."""
     import numpy as np

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 import os
 
-from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_seed, error_text, figure_png, hbox_with_message,
-                      message_html, set_message, widgets)
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_seed, figure_png, hbox_with_message,
+                      message_html, run_shown, set_message, widgets)
 from .picker import BackendPicker
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -166,16 +166,11 @@ class ComparisonPanel(widgets.VBox):
             return None
         inputs, dtype = prepared
         self.status.value = message_html(f"comparing {', '.join(self.picker.value)} against float64 ...")
-        self.button.disabled = True
-        try:
-            kwargs = {"dtype": dtype, "seeds": (self.seed.value,)} if dtype else {}
-            report = compare_attention(inputs=inputs, backends=list(self.picker.value), progress=False, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the kernel
-            self.last_error = error_text(exc)
-            self.status.value = message_html(f"comparison failed: {self.last_error}", ERROR_STYLE)
+        kwargs = {"dtype": dtype, "seeds": (self.seed.value,)} if dtype else {}
+        report = run_shown(self, self.status, "comparison", lambda: compare_attention(
+            inputs=inputs, backends=list(self.picker.value), progress=False, **kwargs))
+        if report is None:
             return None
-        finally:
-            self.button.disabled = False
         self.report = report
         self.show(report)
         return report

@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable
 
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
-                      error_text, figure_png, hbox_with_message, message_html, png_bytes, set_message, widgets)
+                      figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
+                      widgets)
 from .picker import BackendPicker
 
 
@@ -144,17 +145,11 @@ class ImageGallery(widgets.VBox):
         self._reference_wanted = reference = self.reference.value
         backends = [reference] + [b for b in self.picker.value if b != reference]  # the reference's card first
         self.status.value = message_html(f"generating on {', '.join(backends)} ...")
-        self.button.disabled = True
-        try:
-            comparison = self._compare_fn()(self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value,
-                                            steps=self.steps.value, height=self.height.value, width=self.width.value,
-                                            reference=self.reference.value)
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the kernel
-            self.last_error = error_text(exc)
-            self.status.value = message_html(f"generation failed: {self.last_error}", ERROR_STYLE)
+        comparison = run_shown(self, self.status, "generation", lambda: self._compare_fn()(
+            self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
+            height=self.height.value, width=self.width.value, reference=self.reference.value))
+        if comparison is None:
             return None
-        finally:
-            self.button.disabled = False
         self.comparison = comparison
         self.show(comparison)
         return comparison
