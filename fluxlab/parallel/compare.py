@@ -281,7 +281,7 @@ def _default_exact(device) -> str:
 def run_cases(payload: dict) -> dict:
     """Per-rank body of ``compare_parallel`` (and of benchmarks/parallel_flux2.py); every rank of the default
     process group calls it with the same payload. Returns rows and metadata (identical on every rank)."""
-    from . import engine, launch, model
+    from . import engine, launch
 
     rank, world_size, device = dist.get_rank(), dist.get_world_size(), _rank_device()
     dtype = DTYPES[payload["dtype"]]
