@@ -15,6 +15,19 @@ from fluxlab.doctor import BackendStatus  # noqa: E402
 from fluxlab.widgets import BackendPicker, BackendToggleDemo, ComparisonPanel, ImageGallery  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def close_widgets():
+    """ipywidgets keeps every open widget (and the pipeline it holds, still attached) alive in a registry:
+    close them after this module so the models, and fluxlab's router, are released for the tests after it."""
+    yield
+    import gc
+
+    import ipywidgets
+
+    ipywidgets.Widget.close_all()
+    gc.collect()
+
+
 def status(name, available=True, default=False, reasons=()):
     return BackendStatus(name, available, tuple(reasons), "1.0", default, f"{name} kernel", False, False, False, True)
 
