@@ -1,5 +1,5 @@
 # Device machine, after staging: `source benchmarks/device/env.sh` joins the cutlass wheel from /tmp/parts,
-# unpacks it and the carried .whl wheels into /tmp/site once, and sets PYTHONPATH (the machine's torch is used).
+# unpacks it and the staged wheels (/tmp/stage_whl) into /tmp/site once, and sets PYTHONPATH (the machine's torch).
 if [ ! -f /tmp/site/.ready ]; then
   if [ -f /tmp/parts/WHEEL_NAME ]; then
     wheel="/tmp/$(cat /tmp/parts/WHEEL_NAME)"
@@ -7,7 +7,7 @@ if [ ! -f /tmp/site/.ready ]; then
     (cd /tmp && sha256sum -c /tmp/parts/SHA256 >/dev/null) || echo "WARNING: cutlass wheel hash mismatch"
     python3 -m zipfile -e "$wheel" /tmp/site
   fi
-  for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/site; done
+  for w in /tmp/stage_whl/*.whl .whl/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/site; done
   touch /tmp/site/.ready
 fi
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/aiter_site:$PWD
