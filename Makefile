@@ -5,12 +5,26 @@ PY := $(VENV)/bin/python
 # GPU machines: `make CONSTRAINTS= demo` keeps your CUDA/ROCm torch instead of the CPU pin.
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+# PyPI's torch wheel is the CUDA build (GBs); PyTorch's CPU wheels live on its own index. With the CPU pin, the venv
+# takes torch from TORCH_INDEX when that index answers within 3 s; otherwise (a network that reaches only PyPI or a
+# mirror) pip takes the pinned torch from its configured sources, and says so. `make TORCH_INDEX= demo` skips it.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_PROBE := import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=3)
 
 .PHONY: demo test test-gpu venv browser-deps lab clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+ifneq ($(and $(CONSTRAINTS),$(TORCH_INDEX)),)
+	@if $(PY) -c '$(TORCH_INDEX_PROBE)' '$(TORCH_INDEX)' 2>/dev/null; then \
+		echo "torch: the CPU build from $(TORCH_INDEX)"; \
+		$(PY) -m pip install -q -c $(CONSTRAINTS) --extra-index-url '$(TORCH_INDEX)' torch; \
+	else \
+		echo "torch: $(TORCH_INDEX) did not answer; pip takes the pinned torch from its configured sources" \
+			"(PyPI alone serves the CUDA build)"; \
+	fi
+endif
 	$(PY) -m pip install -q $(PIP_FLAGS) -e '.[notebooks,test]'
 	touch $@
 
@@ -23,8 +37,9 @@ demo: venv
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# --durations: the slowest tests are listed on every run (speed is watched here, never asserted in a test).
 test: venv browser-deps
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q --durations=20
 
 # JupyterLab on the notebooks (as root, e.g. in a container: make lab LAB_FLAGS=--allow-root).
 lab: venv
