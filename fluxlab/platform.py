@@ -85,7 +85,8 @@ class Platform:
 
     @classmethod
     def mi300x(cls) -> Platform:
-        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.0",
+        # torch and HIP as environment-rocm.yml installs them (torch==2.11.0+rocm7.1); a test keeps the two in step.
+        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.1",
                    cudnn_attention=False, fp8=True, device_count=1)
 
     @classmethod

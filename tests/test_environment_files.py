@@ -172,20 +172,54 @@ def test_rocm_environment_takes_a_rocm_pytorch_and_documents_aiter():
     index = [o for o in env["pip_options"] if o.startswith("--index-url")]
     assert index and index[0].rstrip("/").endswith("/whl/" + local), \
         f"--index-url must be PyTorch's {local} index (got {index})"
-    assert "amd-aiter" not in env["pip"], "PyPI's amd-aiter lacks the compiled kernels: build aiter from source"
+    assert "amd-aiter" not in env["pip"], \
+        "the file builds aiter from source (the build with the Sage kernel); PyPI's amd-aiter would shadow it"
     text = env["text"]
     assert "github.com/ROCm/aiter" in text and "setup.py develop" in text, \
         "document the aiter build step (clone ROCm's aiter repository, python3 setup.py develop)"
+    assert "AITER_USE_SYSTEM_TRITON=1" in text, "aiter's setup replaces triton unless AITER_USE_SYSTEM_TRITON=1"
 
 
-def test_checker_catches_disagreement():
-    assert within(SpecifierSet(">=0.42.1,<0.43"), SpecifierSet(">=0.42.1,<0.43"))[0]
-    assert not within(SpecifierSet(">=0.40"), SpecifierSet(">=0.42.1,<0.43"))[0]
-    assert not within(SpecifierSet(">=0.42.1"), SpecifierSet(">=0.42.1,<0.43"))[0]  # no upper bound
-    assert within(SpecifierSet("==2.9.1+rocm6.4"), SpecifierSet(">=2.5"))[0]
-    assert not within(SpecifierSet("==2.4.0"), SpecifierSet(">=2.5"))[0]
-    assert within(SpecifierSet("==3.12.*"), SpecifierSet(">=3.10"))[0]
-    assert not within(SpecifierSet("==3.9.*"), SpecifierSet(">=3.10"))[0]
-    assert within(SpecifierSet(">=4.0.0b1"), SpecifierSet(">=4.0.0b1"))[0]
-    assert conda_spec("python=3.12") == ("python", SpecifierSet("==3.12.*"))
-    assert conda_spec("pytorch-gpu>=2.5")[0] == "torch"
+def rocm_pin() -> tuple[str, str]:
+    """(torch version, ROCm release) of environment-rocm.yml's torch pin: ``==2.11.0+rocm7.1`` -> ("2.11.0", "7.1")."""
+    pins = [s for s in environment("rocm")["pip"]["torch"] if s.operator == "=="]
+    version = Version(pins[0].version)
+    return version.public, version.local.removeprefix("rocm")
+
+
+def test_one_rocm_version_story_across_env_file_profile_and_readme():
+    """environment-rocm.yml, Platform.mi300x() (doctor --profile mi300x) and README name one torch and one ROCm."""
+    from fluxlab.platform import Platform
+
+    torch_version, rocm = rocm_pin()
+    profile = Platform.mi300x()
+    assert (profile.torch_version, profile.hip_version) == (torch_version, rocm), \
+        f"Platform.mi300x() says torch {profile.torch_version} / HIP {profile.hip_version}; " \
+        f"environment-rocm.yml installs torch {torch_version}+rocm{rocm}"
+    for path in (ENV_FILES["rocm"], ROOT / "README.md", ROOT / "pyproject.toml"):
+        text = path.read_text()
+        named = set(re.findall(r"ROCm (\d+\.\d+)", text)) | set(re.findall(r"rocm(\d+\.\d+)", text))
+        assert named <= {rocm}, f"{path.name} names ROCm {sorted(named - {rocm})}; the story is ROCm {rocm}"
+        torches = set(re.findall(r"torch==(\d+\.\d+\.\d+)\+rocm", text))
+        assert torches <= {torch_version}, f"{path.name} pins torch {sorted(torches)} for ROCm; the story is " \
+                                           f"{torch_version}"
+    readme = (ROOT / "README.md").read_text()
+    assert f"torch=={torch_version}+rocm{rocm}" in readme, "README's AMD section must name the ROCm torch pin"
+
+
+def test_cuda_environment_header_matches_its_lines():
+    """A line the header tells the reader to edit (cuda-version) is there to edit."""
+    text = environment("cuda")["text"]
+    if "cuda-version" in text:
+        assert re.search(r"^\s*#?\s*-\s*cuda-version[=<>]", text, re.M), "the header names a cuda-version line"
+
+
+def test_readme_install_commands_match_the_extras():
+    """flash-attn builds against the installed torch; the aiter wheel is not called pure Python (it ships kernels)."""
+    readme = (ROOT / "README.md").read_text()
+    assert "--no-build-isolation" in readme and "[flash2]" in readme
+    for path in (ROOT / "README.md", ENV_FILES["rocm"], ROOT / "pyproject.toml"):
+        prose = re.sub(r"\s*\n\s*#?\s*", " ", path.read_text()).lower()
+        wrong = [s for s in re.split(r"(?<=[.;:])\s", prose)
+                 if "aiter" in s and "pure python" in s and "not pure python" not in s]
+        assert not wrong, f"{path.name}: amd-aiter ships compiled kernels, it is not pure Python: {wrong[0]!r}"
