@@ -139,7 +139,7 @@ def _from_hub(repo_id: str, variant: str | None, dtype):
         why = "HF_HUB_OFFLINE is set" if _offline() else "no network, or no such repository"
         raise ModelSourceError(
             f"could not load '{repo_id}' from the Hugging Face Hub ({why}; there is no local folder of that name "
-            f"either). Download it where there is network (`huggingface-cli download {repo_id} --local-dir DIR`), "
+            f"either). Download it where there is network (`hf download {repo_id} --local-dir DIR`), "
             f"copy DIR here and pass the folder: fluxlab.load_flux2('DIR'). Hub said: "
             f"{str(exc).strip().splitlines()[0][:300]}") from exc
     _check_variant(type(pipe).__name__, variant, f"'{repo_id}'")
