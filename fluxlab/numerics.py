@@ -1,0 +1,136 @@
+"""Bit-exact low-precision arithmetic in float32: bf16 roundings (aiter's three ``how_v3_bf16_cvt`` modes),
+int8 per-block and fp8 per-channel quantisers as the Sage kernels define them. Used by the emulators.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# aiter's how_v3_bf16_cvt values, and the same modes by name.
+RTNE, RTNA, RTZ = 0, 1, 2
+BF16_MODES = {"rtne": RTNE, "rtna": RTNA, "rtz": RTZ}
+BF16_MODE_NAMES = {RTNE: "round to nearest, ties to even", RTNA: "round to nearest, ties away from zero",
+                   RTZ: "round toward zero (truncate)"}
+
+_SIGN = -(2**31)  # 0x80000000 as an int32
+_MAGNITUDE = 0x7FFFFFFF
+_BF16_KEEP = 0x7FFF0000  # magnitude bits a bf16 keeps (exponent + 7 mantissa bits)
+_QUIET_NAN = 0x7FC00000
+
+FP8_FORMATS = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+
+
+def bf16_mode(mode) -> int:
+    """0/1/2 or 'rtne'/'rtna'/'rtz' -> 0/1/2, with an error that lists the choices."""
+    if isinstance(mode, str) and mode.strip().lower() in BF16_MODES:
+        return BF16_MODES[mode.strip().lower()]
+    if isinstance(mode, (int, str)) and str(mode).strip() in ("0", "1", "2"):
+        return int(mode)
+    raise ValueError(f"bf16 rounding mode {mode!r} is not one of 0 (rtne), 1 (rtna), 2 (rtz)")
+
+
+def round_bf16(x: torch.Tensor, mode=RTNE, *, fast: bool = True) -> torch.Tensor:
+    """``x`` (float32) rounded to the nearest bf16 by ``mode``, returned as float32 holding bf16 values.
+
+    Works on the bit pattern: the low 16 bits of the magnitude decide, the sign is kept, so every mode is
+    symmetric around zero; a carry out of the mantissa bumps the exponent (overflow to inf for 0 and 1,
+    never for RTZ); subnormals round like normals; inf stays inf and NaN stays a (quiet) NaN.
+    ``fast=False`` forces the bit path for RTNE too (otherwise torch's cast, which is the same rounding).
+    """
+    mode = bf16_mode(mode)
+    if x.dtype != torch.float32:
+        raise TypeError(f"round_bf16 takes float32 (got {x.dtype}); convert with .float() first")
+    if mode == RTNE and fast:  # torch's own cast is RTNE (tests check it bit for bit against the bit path)
+        return x.to(torch.bfloat16).to(torch.float32)
+    bits = x.contiguous().view(torch.int32)
+    sign = bits & _SIGN
+    magnitude = bits & _MAGNITUDE
+    if mode == RTNE:
+        # half of the dropped range minus one, plus the kept LSB: ties go to the even neighbour
+        magnitude = magnitude + (0x7FFF + ((magnitude >> 16) & 1))
+    elif mode == RTNA:
+        magnitude = magnitude + 0x8000  # ties (low bits == 0x8000) carry: away from zero
+    rounded = (magnitude & _BF16_KEEP) | sign
+    rounded = torch.where(torch.isnan(x), sign | _QUIET_NAN, rounded)  # truncating a NaN could give inf
+    return rounded.view(torch.float32)
+
+
+def to_bf16(x: torch.Tensor, mode=RTNE) -> torch.Tensor:
+    """``x`` converted to a torch.bfloat16 tensor with ``mode`` (exact: the values are already bf16)."""
+    return round_bf16(x.float(), mode).to(torch.bfloat16)
+
+
+def round_fp16(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> nearest fp16 (ties to even, IEEE) -> float32."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+def round_fp8(x: torch.Tensor, fmt: str = "e4m3fn") -> torch.Tensor:
+    """float32 -> fp8 (torch's cast: nearest, ties to even) -> float32. ``fmt``: e4m3fn (OCP, NVIDIA and
+    gfx950) or e4m3fnuz (gfx942/MI300)."""
+    return x.to(fp8_dtype(fmt)).to(torch.float32)
+
+
+def fp8_dtype(fmt: str) -> torch.dtype:
+    try:
+        return FP8_FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"fp8 format {fmt!r} is not one of {sorted(FP8_FORMATS)}") from None
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """Nearest integer, ties away from zero: what ``x + 0.5 * sign(x)`` then truncation to int8 does in
+    both Sage kernels (SageAttention 1.0.6 ``quant_per_block.py``, aiter ``_general_quant_kernel``)."""
+    return torch.trunc(x + torch.where(x >= 0, 0.5, -0.5))
+
+
+def quantise_int8_per_block(x: torch.Tensor, block: int, *, multiplier: float = 1.0,
+                            rounding: str = "half_away") -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per block of ``block`` tokens: ``x`` [B, H, S, D] -> (integers as float32, scales).
+
+    As the Sage kernels do it, in float32: ``x *= multiplier``; per block ``scale = amax(|x|) / 127``;
+    ``q = round(x / scale)`` (ties away from zero, or ``rounding="half_even"``). ``scales`` is
+    [B, H, ceil(S / block)]; a block of zeros gets scale 0 and integers 0 (the real kernels divide by zero
+    there). Returned integers are float32 so exact products can use float matmuls.
+    """
+    if block < 1:
+        raise ValueError(f"int8 block size must be >= 1, got {block}")
+    x = x.float() * multiplier if multiplier != 1.0 else x.float()
+    batch, heads, seq, dim = x.shape
+    blocks = -(-seq // block)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, blocks * block - seq)) if blocks * block != seq else x
+    tiles = padded.reshape(batch, heads, blocks, block * dim)
+    scales = tiles.abs().amax(dim=-1) / 127.0
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    ratio = tiles / safe[..., None]
+    if rounding == "half_away":
+        ints = round_half_away(ratio)
+    elif rounding == "half_even":
+        ints = torch.round(ratio)
+    else:
+        raise ValueError(f"rounding {rounding!r} is not 'half_away' or 'half_even'")
+    ints = ints.reshape(batch, heads, blocks * block, dim)[:, :, :seq]
+    return ints, scales
+
+
+def expand_block_scales(scales: torch.Tensor, block: int, seq: int) -> torch.Tensor:
+    """[B, H, nblocks] per-block scales -> [B, H, seq] per-token scales."""
+    return scales.repeat_interleave(block, dim=-1)[..., :seq]
+
+
+def quantise_fp8_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
+    """aiter's V quantiser: ``v`` [B, H, S, D] -> (fp8 values as float32, scales [B, H, D]).
+
+    ``scale = amax over the sequence of |v| / fp8_max`` per channel; values ``fp8(v / scale)``. A channel of
+    zeros gets scale 1 (its values stay 0).
+    """
+    v = v.float()
+    fp8_max = torch.finfo(fp8_dtype(fmt)).max
+    scales = v.abs().amax(dim=-2) / fp8_max
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    return round_fp8(v / safe[..., None, :], fmt), safe
+
+
+__all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode",
+           "expand_block_scales", "fp8_dtype", "quantise_fp8_per_channel", "quantise_int8_per_block",
+           "round_bf16", "round_fp16", "round_fp8", "round_half_away", "to_bf16"]
