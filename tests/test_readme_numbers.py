@@ -1,0 +1,122 @@
+"""README's measured numbers equal what benchmarks/readme_numbers.py renders from the committed result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+# A key that names a source revision, and what a real one looks like: a hex commit id, maybe with a note after it.
+REVISION_KEY = re.compile(r"git|commit|revision", re.I)
+REVISION = re.compile(r"[0-9a-f]{7,40}\b")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "benchmarks" / "readme_numbers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    return load_script()
+
+
+def test_readme_blocks_equal_the_scripts_output(numbers):
+    stale = numbers.stale_blocks((ROOT / "README.md").read_text())
+    assert not stale, (f"README.md blocks {stale} differ from the committed results: run "
+                       "`python benchmarks/readme_numbers.py --write` (never edit the numbers by hand)")
+
+
+def test_every_block_sits_in_readme_once_and_every_marker_is_known(numbers):
+    text = (ROOT / "README.md").read_text()
+    names = [m["name"] for m in numbers.MARKER.finditer(text)]
+    assert sorted(names) == sorted(numbers.BLOCKS), \
+        f"README markers {sorted(names)} vs the script's blocks {sorted(numbers.BLOCKS)}"
+    assert text.count("<!-- generated:") == text.count("<!-- /generated -->") == len(names), \
+        "an unmatched generated-block marker in README.md"
+
+
+def test_a_changed_result_file_makes_its_block_stale(numbers, tmp_path):
+    """The check is real: edit one measured number in a copy of the results and README no longer agrees."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("*.png", "*.safetensors"))
+    path = results / "h100" / "attention.json"
+    data = json.loads(path.read_text())
+    row = next(r for r in data["rows"] if r["backend"] == data["default_pick"] and r.get("status") == "ran"
+               and r["dtype"] == "bf16" and r["shape"][0] == 1)
+    row["tflops"] = 123.0
+    path.write_text(json.dumps(data))
+    readme = (ROOT / "README.md").read_text()
+    assert "attention-table" in numbers.stale_blocks(readme, results)
+    assert "**123**" in numbers.rewrite(readme, results)
+
+
+def test_write_mode_repairs_a_hand_edited_number(numbers, tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    original = (ROOT / "README.md").read_text()
+    readme.write_text(original.replace("1.80–1.84×", "1.95×", 1))
+    assert readme.read_text() != original, "the parallel speed-up should be in README"
+    monkeypatch.setattr(numbers, "README", readme)
+    assert numbers.main(["--check"]) == 1
+    assert "parallel-speedup" in capsys.readouterr().out
+    assert numbers.main(["--write"]) == 0
+    assert readme.read_text() == original
+
+
+def test_a_missing_results_file_is_named(numbers, tmp_path):
+    with pytest.raises(FileNotFoundError, match="flux2_step.json"):
+        numbers.render("flux2-step", tmp_path)
+    with pytest.raises(KeyError, match="does not know"):
+        numbers.render("no-such-block")
+
+
+def _revisions(value, key=""):
+    """Every (key, string) under a key that names a git revision, anywhere in a JSON document."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _revisions(v, k)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _revisions(item, key)
+    elif isinstance(value, str) and REVISION_KEY.search(key):
+        yield key, value
+
+
+def _documents(path: Path):
+    if path.suffix == ".json":
+        yield json.loads(path.read_text())
+    elif path.suffix == ".jsonl":
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def test_every_results_file_carries_a_real_git_revision_or_none():
+    """'HEAD' (or any name that moves) is no revision: a results file records a commit id, or null."""
+    files = sorted(p for p in RESULTS.rglob("*") if p.suffix in (".json", ".jsonl", ".md", ".log", ".txt"))
+    assert files, "no result files found under benchmarks/results"
+    problems = []
+    for path in files:
+        where = path.relative_to(ROOT)
+        if re.search(r"\b(git[_ ]?(commit|revision|rev)?|commit|revision)\W{1,4}HEAD\b", path.read_text(), re.I):
+            problems.append(f"{where}: records HEAD as its revision")
+        for document in _documents(path):
+            for key, value in _revisions(document):
+                match = REVISION.match(value)
+                if not match:
+                    problems.append(f"{where}: {key} = {value!r} is not a commit id (write one, or null)")
+                    continue
+                known = subprocess.run(["git", "cat-file", "-e", f"{match.group()}^{{commit}}"], cwd=ROOT,
+                                       capture_output=True).returncode == 0
+                if not known:
+                    problems.append(f"{where}: {key} = {value!r} is no commit of this repository")
+    assert not problems, "\n".join(problems)
