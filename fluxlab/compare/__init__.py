@@ -1,6 +1,7 @@
 """Numerical equivalence of attention backends: against float64, judged by torch's own error; images; records."""
 
 from .attention import compare_attention, parse_dtype
+from .image_rule import EXACT_IMAGE_RULE, FIDELITY_BUDGET, IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
 from .images import ImageComparison, ImageRow, compare_images
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)
@@ -14,7 +15,8 @@ from .sweep import run_compare
 from .tolerances import EXACT_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TABLE, RULE_TEXT
 
 __all__ = [
-    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_RULE", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
+    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "IMAGE_RULE_TEXT",
+    "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
     "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",
     "ErrorMap", "ErrorStats", "ImageComparison", "ImageRow", "InputSpec", "RecordIntegrityError", "compare_attention",
     "compare_images", "default_inputs", "error_map", "error_stats", "load_records", "parse_dtype", "plot_error_maps",

@@ -31,6 +31,14 @@ class ImageRow:
     attention_calls: int | None = None  # how often the pipeline called this backend
     time_s: float | None = None
     error: str | None = None
+    # The verdict (image_rule.IMAGE_RULE_TEXT) and its reason; with several seeds the fields above are means and
+    # the *_worst ones the worst seed's.
+    verdict: str | None = None
+    verdict_note: str = ""
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    psnr_worst: float = math.nan
+    ssim_worst: float = math.nan
+    final_latent_rel_l2_worst: float = math.nan
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,10 +53,16 @@ class ImageComparison:
     images: dict[str, np.ndarray]  # backend -> [H, W, 3] float in [0, 1]
     latents: dict[str, list[torch.Tensor]]  # backend -> latents after each step (CPU, float32)
     settings: dict
+    spread: float = math.nan  # largest final-latent rel-L2 between two exact yardstick kernels (worst seed)
 
     @property
     def metrics(self) -> dict[str, ImageRow]:
         return {row.backend: row for row in self.rows}
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """backend -> "pass" / "warn" / "fail" (rule: ``fluxlab.compare.IMAGE_RULE_TEXT``)."""
+        return {row.backend: row.verdict for row in self.rows if row.verdict is not None}
 
     def figure(self, path=None):
         from .plots import plot_image_comparison
@@ -64,14 +78,17 @@ class ImageComparison:
 
     def to_markdown(self) -> str:
         s = self.settings
-        lines = [f"Prompt {s['prompt']!r}, seed {s['seed']}, {s['steps']} steps, {s['height']}x{s['width']}; "
-                 f"reference backend: {self.reference}.", "",
-                 "| backend | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | attention calls | time (s) "
-                 "| error |", "|---|---|---|---|---|---|---|---|"]
+        seeds = s.get("seeds", [s["seed"]])
+        lines = [f"Prompt {s['prompt']!r}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
+                 f"{s['steps']} steps, {s['height']}x{s['width']}; reference backend: {self.reference}; "
+                 f"exact-kernel spread {_num(self.spread, '.3g')}.", "",
+                 "| backend | verdict | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | worst seed rel-L2 "
+                 "| attention calls | time (s) | error |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             calls = r.attention_calls if r.attention_calls is not None else ""
-            lines.append(f"| {r.backend} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} "
-                         f"| {_num(r.max_abs_pixel, '.3g')} | {_num(r.final_latent_rel_l2, '.3g')} | {calls} "
+            lines.append(f"| {r.backend} | {r.verdict or ''} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} "
+                         f"| {_num(r.max_abs_pixel, '.3g')} | {_num(r.final_latent_rel_l2, '.3g')} "
+                         f"| {_num(r.final_latent_rel_l2_worst, '.3g')} | {calls} "
                          f"| {_num(r.time_s, '.2f')} | {r.error or ''} |")
         return "\n".join(lines) + "\n"
 
@@ -80,10 +97,10 @@ class ImageComparison:
         import html
 
         rows = "".join(
-            f"<tr><td>{html.escape(r.backend)}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
+            f"<tr><td>{html.escape(r.backend)}</td><td>{r.verdict or ''}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
             f"<td>{_num(r.max_abs_pixel, '.3g')}</td><td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
             f"<td>{html.escape(r.error or '')}</td></tr>" for r in self.rows)
-        return ("<table><thead><tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
+        return ("<table><thead><tr><th>backend</th><th>verdict</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
                 f"<th>latent rel-L2</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
 
     def _repr_html_(self) -> str:
@@ -200,13 +217,19 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
-                   height: int = 64, width: int = 64, *, reference: str | None = None,
-                   require_routing: bool = True, **pipe_kwargs) -> ImageComparison:
-    """Generate one image per backend from the same noise and compare each with the reference backend's.
+                   height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
+                   yardstick: bool = True, require_routing: bool = True, **pipe_kwargs) -> ImageComparison:
+    """Generate one image per backend from the same noise, compare each with the reference backend's, judge it.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
     inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first one that
-    generated an image; a backend that fails becomes a row with its error).
+    generated an image; a backend that fails becomes a row with its error and verdict "fail").
+    ``seeds``: several seeds instead of ``seed``: PSNR/SSIM/latent numbers are means over the seeds, the
+    ``*_worst`` fields and the verdict the worst seed's; images and latents kept are the first seed's.
+    Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
+    the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
+    those not among ``backends`` are generated too (up to 3 more generations per seed); else only those
+    present count. Quantised and emulated kernels against the fidelity budget.
     The pipeline must route attention through fluxlab (``fluxlab.load_flux2`` does); with
     ``require_routing`` a generation in which the backend was never called raises instead of reporting
     a meaningless "identical". Extra keyword arguments go to the pipeline call.
@@ -221,44 +244,118 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     specs = [BackendSpec.parse(b) for b in backends]
     if not specs:
         raise ValueError("compare_images needs at least one backend")
+    seed_list = [seed] if seeds is None else [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
+    if not seed_list:
+        raise ValueError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
     labels = _unique_labels(specs)
     ref_label = labels[0] if reference is None else _find_reference(reference, labels)
 
-    rows, images, latents = {}, {}, {}
-    for label, spec in zip(labels, specs):
-        row = rows[label] = ImageRow(label)
-        try:
-            image, steps_latents, calls, elapsed = _generate(pipe, spec, prompt, seed, steps, height, width,
-                                                             pipe_kwargs)
-        except Exception as exc:  # noqa: BLE001 - one backend failing must not end the comparison
-            row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-            continue
-        row.attention_calls, row.time_s = calls, elapsed
-        if require_routing and calls == 0:
-            raise RuntimeError(
-                f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention does "
-                "not go through fluxlab, so every backend would give the same image. Load it with "
-                "fluxlab.load_flux2(...) (or attach fluxlab to it) first.")
-        images[label], latents[label] = image, steps_latents
-    if ref_label not in images:
-        if reference is not None or not images:
-            raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
-        ref_label = next(label for label in labels if label in images)  # the first backend that ran
-    ref_image, ref_latents = images[ref_label], latents[ref_label]
-    for label, row in rows.items():
-        if label not in images:
-            continue
-        image = images[label]
+    def generate(spec, seed_value):
+        return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs)
+
+    def metrics_of(image, steps_latents, ref_image, ref_latents) -> dict:
         diff = np.abs(image - ref_image)
-        row.max_abs_pixel, row.mean_abs_pixel = float(diff.max()), float(diff.mean())
+        drift = [_rel_l2(a, b) for a, b in zip(steps_latents, ref_latents)]
         with np.errstate(divide="ignore"):
-            row.psnr = float(peak_signal_noise_ratio(ref_image, image, data_range=1.0))
-        row.ssim = float(structural_similarity(ref_image, image, channel_axis=-1, data_range=1.0))
-        row.latent_drift = [_rel_l2(a, b) for a, b in zip(latents[label], ref_latents)]
-        row.final_latent_rel_l2 = row.latent_drift[-1] if row.latent_drift else math.nan
-    settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width,
-                "pipeline": type(pipe).__name__, **{k: repr(v) for k, v in pipe_kwargs.items()}}
-    return ImageComparison(ref_label, list(rows.values()), images, latents, settings)
+            psnr = float(peak_signal_noise_ratio(ref_image, image, data_range=1.0))
+        finite = bool(np.isfinite(image).all())
+        return {"psnr": psnr if finite else math.nan,
+                "ssim": float(structural_similarity(ref_image, image, channel_axis=-1, data_range=1.0))
+                if finite else math.nan,
+                "max_abs_pixel": float(diff.max()), "mean_abs_pixel": float(diff.mean()),
+                "latent_drift": drift, "final_latent_rel_l2": drift[-1] if drift else math.nan}
+
+    rows = {label: ImageRow(label, seeds=list(seed_list)) for label in labels}
+    per_seed: dict[str, list[dict]] = {label: [] for label in labels}
+    images, latents, spreads = None, None, []
+    for seed_value in seed_list:
+        got_images, got_latents = {}, {}
+        for label, spec in zip(labels, specs):
+            row = rows[label]
+            if row.error is not None:
+                continue
+            try:
+                image, steps_latents, calls, elapsed = generate(spec, seed_value)
+            except Exception as exc:  # noqa: BLE001 - one backend failing must not end the comparison
+                row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+                continue
+            row.attention_calls, row.time_s = calls, elapsed
+            if require_routing and calls == 0:
+                raise RuntimeError(
+                    f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention "
+                    "does not go through fluxlab, so every backend would give the same image. Load it with "
+                    "fluxlab.load_flux2(...) (or attach fluxlab to it) first.")
+            got_images[label], got_latents[label] = image, steps_latents
+        if images is None:  # the first seed fixes the reference
+            if ref_label not in got_images:
+                if reference is not None or not got_images:
+                    raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
+                ref_label = next(label for label in labels if label in got_images)  # the first backend that ran
+            images, latents = got_images, got_latents
+        if ref_label not in got_images:
+            raise RuntimeError(f"the reference backend '{ref_label}' failed at seed {seed_value}: "
+                               f"{rows[ref_label].error}")
+        for label in got_images:
+            per_seed[label].append(metrics_of(got_images[label], got_latents[label], got_images[ref_label],
+                                              got_latents[ref_label]))
+        spreads.append(_exact_spread(specs, labels, got_latents, yardstick, lambda spec: generate(spec, seed_value)))
+    finite_spreads = [v for v in spreads if math.isfinite(v)]
+    spread = max(finite_spreads) if finite_spreads else math.nan
+    for label, spec in zip(labels, specs):
+        _summarise(rows[label], per_seed[label])
+        rows[label].verdict, rows[label].verdict_note = _verdict(rows[label], spec, spread, label == ref_label)
+    settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
+                "width": width, "pipeline": type(pipe).__name__, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread)
+
+
+def _exact_spread(specs, labels, got_latents, generate_more: bool, generate) -> float:
+    """The largest final-latent rel-L2 between two yardstick kernels at one seed (NaN with fewer than two)."""
+    from .image_rule import YARDSTICK_BACKENDS
+
+    finals = {}
+    for name in YARDSTICK_BACKENDS:
+        present = [label for label, spec in zip(labels, specs)
+                   if spec.name == name and not spec.options and not spec.knobs and label in got_latents]
+        if present:
+            finals[name] = got_latents[present[0]][-1]
+        elif generate_more:
+            try:
+                finals[name] = generate(BackendSpec.parse(name))[1][-1]
+            except Exception:  # noqa: BLE001 - a kernel the model does not allow is simply not part of the spread
+                continue
+    values = [_rel_l2(finals[a], finals[b]) for a in finals for b in finals if a < b]
+    return max(values) if values else math.nan
+
+
+def _summarise(row: ImageRow, seeds_metrics: list[dict]) -> None:
+    """Means over seeds into the row's fields, the worst seed into the *_worst ones."""
+    if not seeds_metrics:
+        return
+    with np.errstate(invalid="ignore"):
+        for key in ("psnr", "ssim", "max_abs_pixel", "mean_abs_pixel", "final_latent_rel_l2"):
+            setattr(row, key, float(np.mean([m[key] for m in seeds_metrics])))
+    row.latent_drift = seeds_metrics[0]["latent_drift"]
+    row.psnr_worst = min((m["psnr"] for m in seeds_metrics), key=lambda v: -math.inf if math.isnan(v) else v)
+    row.ssim_worst = min((m["ssim"] for m in seeds_metrics), key=lambda v: -math.inf if math.isnan(v) else v)
+    row.final_latent_rel_l2_worst = max((m["final_latent_rel_l2"] for m in seeds_metrics),
+                                        key=lambda v: math.inf if math.isnan(v) else v)
+
+
+def _verdict(row: ImageRow, spec: BackendSpec, spread: float, is_reference: bool) -> tuple[str, str]:
+    from .image_rule import is_approximate, judge_budget, judge_exact_image
+    from .tolerances import FAIL, PASS
+
+    if row.error is not None:
+        return FAIL, "generation failed: " + row.error
+    if is_reference:
+        return PASS, "the reference"
+    latent = row.final_latent_rel_l2_worst
+    if not math.isfinite(latent) or any(not math.isfinite(d) for d in row.latent_drift):
+        return FAIL, "NaN/inf in the latents or the image"
+    if is_approximate(registry.get_backend(spec.name)):
+        return judge_budget(row.ssim_worst, row.psnr_worst, latent)
+    return judge_exact_image(latent, spread)
 
 
 def _unique_labels(specs) -> list[str]:
