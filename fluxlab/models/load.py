@@ -27,7 +27,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dtype=None, backend=None,
-               allowed=None):
+               allowed=None, offload=None, *, height: int = 1024, width: int = 1024, memory_budget=None):
     """A FLUX.2 pipeline with fluxlab attached.
 
     ``source``: ``"tiny"`` (random weights, built offline in well under a second; ``variant`` "dev" or "klein"),
@@ -35,8 +35,18 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
     ``"embedded"`` (the trained model fluxlab ships, once it does). ``variant`` for folders and Hub ids is read from
     model_index.json; passing one that disagrees raises. ``backend`` / ``allowed``: as for ``fluxlab.attach``,
     checked before any weights load.
+
+    ``offload``: None (weights on ``device``), ``"model"`` (each component moves to the accelerator when it runs),
+    ``"sequential"`` (each layer does: least memory, slowest) or ``"auto"`` (the first of those that fits the free
+    accelerator memory; none on a machine without one; ``device`` defaults to the accelerator). Before any weight
+    loads, the pipeline's memory at ``height`` x ``width`` is estimated (safetensors headers or configs, plus
+    activations) and a run that cannot fit is refused with ``MemoryBudgetError``, naming the estimate.
+    ``memory_budget``: bytes (or a function of the device) to use instead of the accelerator's free memory.
+    What was chosen and why: ``pipe.fluxlab_offload`` (an ``OffloadPlan``; also logged).
     """
     import torch
+
+    from .offload import apply_offload, plan_offload, resolve_device
 
     allowed_set = resolve_allowed(allowed)
     check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
@@ -44,6 +54,11 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
         raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose 'dev' or 'klein' (or None to read it from "
                          "the model folder)")
     source = os.fspath(source)
+    target = resolve_device(offload, device)  # refuses unknown values, and offloading without an accelerator
+    estimate = None
+    if offload is not None or memory_budget is not None or (target is not None and target.type != "cpu"):
+        estimate = estimate_source(source, variant, dtype, height, width)
+    plan = plan_offload(estimate, offload, device, memory_budget)  # refuses here, before any weight loads
     if source == "tiny":
         from .tiny import build_tiny_pipeline
 
@@ -66,14 +81,46 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
             f"no FLUX.2 model at '{source}': that folder does not exist. Pass a diffusers pipeline folder (with "
             "model_index.json, as pipe.save_pretrained(folder) writes), a Hugging Face Hub id such as "
             "'black-forest-labs/FLUX.2-dev', or 'tiny' for the offline random-weight model.")
-    if device is not None:
-        pipe.to(device)
-    if source != "tiny" and pipe.transformer.device.type == "cpu":
+    apply_offload(pipe, plan)
+    if source != "tiny" and plan.mode is None and pipe.transformer.device.type == "cpu":
         # Loaded weights stay views of the mmap'd file, where CPU kernels round differently; see realign_weights.
         from .tiny import realign_weights
 
         realign_weights(pipe)
     return attach(pipe, backend=backend, allowed=allowed_set)
+
+
+def estimate_source(source: str, variant: str | None, dtype, height: int = 1024, width: int = 1024):
+    """The memory estimate of what ``load_flux2(source, ...)`` would load, from headers or configs, loading nothing;
+    None when ``source`` is no model (loading then says what is wrong)."""
+    import torch
+
+    from .memory import estimate_folder, estimate_pipeline
+
+    if source == "tiny":
+        from .tiny import build_tiny_pipeline
+
+        with torch.device("meta"):  # the real classes at the tiny configs, allocating nothing
+            pipe = build_tiny_pipeline(variant or "dev", dtype=dtype or torch.float32)
+        return estimate_pipeline(pipe, dtype=dtype or torch.float32, height=height, width=width)
+    if source == "embedded":
+        return estimate_folder(EMBEDDED_DIR, dtype=dtype, height=height, width=width)
+    folder = Path(source).expanduser()
+    if folder.is_dir() and (folder / "model_index.json").is_file():
+        return estimate_folder(folder, dtype=dtype, height=height, width=width)
+    if _HUB_ID.fullmatch(source) and not folder.exists() and not source.startswith((".", "~")):
+        return estimate_folder(_hub_configs(source), dtype=dtype, height=height, width=width)
+    return None
+
+
+def _hub_configs(repo_id: str) -> Path:
+    """A snapshot of a Hub repository's JSON configs only (safetensors headers are used if already cached)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json"], local_files_only=_offline()))
+    except Exception as exc:  # noqa: BLE001 - the same advice as a failed load
+        raise _hub_error(repo_id, exc) from exc
 
 
 def _pipeline_class(name: str):
@@ -136,11 +183,15 @@ def _from_hub(repo_id: str, variant: str | None, dtype):
         # HF_HUB_OFFLINE is read here, per call, so setting it after import is honoured too.
         pipe = cls.from_pretrained(repo_id, torch_dtype=dtype, local_files_only=_offline())
     except OSError as exc:
-        why = "HF_HUB_OFFLINE is set" if _offline() else "no network, or no such repository"
-        raise ModelSourceError(
-            f"could not load '{repo_id}' from the Hugging Face Hub ({why}; there is no local folder of that name "
-            f"either). Download it where there is network (`hf download {repo_id} --local-dir DIR`), "
-            f"copy DIR here and pass the folder: fluxlab.load_flux2('DIR'). Hub said: "
-            f"{str(exc).strip().splitlines()[0][:300]}") from exc
+        raise _hub_error(repo_id, exc) from exc
     _check_variant(type(pipe).__name__, variant, f"'{repo_id}'")
     return pipe
+
+
+def _hub_error(repo_id: str, exc: Exception) -> ModelSourceError:
+    why = "HF_HUB_OFFLINE is set" if _offline() else "no network, or no such repository"
+    said = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ModelSourceError(
+        f"could not load '{repo_id}' from the Hugging Face Hub ({why}; there is no local folder of that name "
+        f"either). Download it where there is network (`hf download {repo_id} --local-dir DIR`), "
+        f"copy DIR here and pass the folder: fluxlab.load_flux2('DIR'). Hub said: {said}")
