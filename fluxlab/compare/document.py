@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import html
-import os
 from pathlib import Path
 
+from ..util import atomic_write, utc_now
 from .tolerances import RULE_TEXT
 
 
@@ -19,29 +18,19 @@ class Section:
     pictures: list[str] = dataclasses.field(default_factory=list)  # PNG file names in the output folder
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _header(meta: dict) -> list[tuple[str, str]]:
     return [(key, str(value)) for key, value in meta.items() if value not in (None, "")]
 
 
 def write_document(out_dir, sections: list[Section], meta: dict, fmt: str = "md") -> Path:
     """Write ``report.md`` (or ``report.html``) into ``out_dir``; returns its path."""
+    if fmt not in ("md", "html"):  # checked before anything is created
+        raise ValueError(f"unknown report format {fmt!r}: use 'md' or 'html'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"written (UTC)": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **meta}
-    if fmt == "html":
-        path = out / "report.html"
-        _atomic_write(path, _html(sections, meta))
-    elif fmt == "md":
-        path = out / "report.md"
-        _atomic_write(path, _markdown(sections, meta))
-    else:
-        raise ValueError(f"unknown report format {fmt!r}: use 'md' or 'html'")
+    meta = {"written (UTC)": utc_now(), **meta}
+    path = out / f"report.{fmt}"
+    atomic_write(path, _html(sections, meta) if fmt == "html" else _markdown(sections, meta))
     return path
 
 

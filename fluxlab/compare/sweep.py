@@ -13,7 +13,8 @@ from ..platform import current_platform
 from .attention import compare_attention, parse_dtype
 from .document import Section, write_document
 from .inputs import CPU_INPUTS, FLUX_INPUTS, SMOKE_INPUTS, default_inputs
-from .records import _versions, git_revision, save_records
+from ..util import atomic_path, atomic_write, git_revision, versions
+from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
 DEFAULT_PROMPT = "a red fox in the snow"
@@ -111,11 +112,12 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
     if notes:
         sections.append(Section("Notes", "\n".join(f"- {n}" for n in notes)))
     platform = current_platform()
-    versions = _versions()
+    found = versions()
     git = git_revision()
-    meta = {"platform": platform.describe(), "torch": versions.get("torch"), "diffusers": versions.get("diffusers"),
-            "fluxlab": versions.get("fluxlab"),
-            "git": f"{git['commit'][:12]}{' (local changes)' if git['dirty'] else ''}" if git else None,
+    meta = {"platform": platform.describe(), "torch": found.get("torch"), "diffusers": found.get("diffusers"),
+            "fluxlab": found.get("fluxlab"),
+            "git": git["commit"] if git else None,
+            "git_local_changes": git["dirty"] if git else None,
             "command": command}
     path = write_document(out, sections, meta, fmt)
     _write_results(out / "results.json", reports, meta)
@@ -126,7 +128,6 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
 def _write_results(path: Path, reports: dict, meta: dict) -> None:
     """Every row of every section as plain JSON, for numbers to be committed and compared later."""
     import json
-    import os
 
     from .records import _jsonable
 
@@ -135,9 +136,7 @@ def _write_results(path: Path, reports: dict, meta: dict) -> None:
         rows = [row.as_dict() for row in report.rows]
         data["sections"][title] = {"verdicts": getattr(report, "verdicts", None), "rows": rows,
                                    "settings": getattr(report, "settings", None) or getattr(report, "meta", None)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_jsonable(data), indent=1))
 
 
 def _generator(seed):
@@ -162,7 +161,8 @@ def _add_attention_section(sections, reports, report, out: Path, title: str, ste
     pictures = []
     try:
         fig = plot_error_maps(report)
-        fig.savefig(out / f"error_maps_{stem}.png", dpi=100)
+        with atomic_path(out / f"error_maps_{stem}.png") as temporary:
+            fig.savefig(temporary, dpi=100, format="png")
         pictures.append(f"error_maps_{stem}.png")
     except ValueError as exc:  # nothing ran: the tables say why
         text += f" (no error maps: {exc})"

@@ -1,0 +1,243 @@
+"""Helpers every part of fluxlab shares: atomic file writes, provenance, rel-L2, GPU-aware timing, dtype names.
+One copy of each, so results files, records and reports are written, dated and measured the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import platform as _host
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import FluxlabError
+
+# -- files ---------------------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which would race
+    with other threads creating files); falls back to set-and-restore where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """For writers that need a file name (safetensors ``save_file``, PIL ``Image.save``, ``savefig``): yields a
+    temporary path beside ``path``; when the block ends without an error the file gets the mode an ordinary
+    ``open(path, "w")`` would (0644 under umask 022), is flushed to disk and renamed onto ``path`` in one step.
+    On any error the temporary file is removed and ``path`` is left as it was: a reader never sees half a file.
+    """
+    final = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        # mkstemp makes the file 0600, and some writers (safetensors) recreate it: set the mode once they are done.
+        os.chmod(temporary, 0o666 & ~_umask())
+        with open(temporary, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path, data: bytes | str, *, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` atomically (see ``atomic_path``); returns it."""
+    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(payload)
+    return Path(path)
+
+
+# -- provenance ----------------------------------------------------------------------------------------------------
+
+_COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # SHA-1, or SHA-256 object names
+GIT_COMMIT_ENV = "FLUXLAB_GIT_COMMIT"  # where there is no checkout (a copied tree on a GPU machine): say it here
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC to the second, e.g. ``2026-11-29T16:40:00+00:00``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_revision() -> dict | None:
+    """The fluxlab checkout's commit and whether it has local changes: ``{"commit": <hex>, "dirty": bool}``.
+
+    None when it cannot be known: fluxlab installed outside a git checkout, a repository without commits (where
+    ``git rev-parse HEAD`` prints the word "HEAD"), or no git. Only a checkout whose top level is fluxlab's own
+    source tree counts (a git repository around site-packages is someone else's). Where the tree was copied
+    without its history, ``FLUXLAB_GIT_COMMIT=<hex>`` names the commit (``dirty`` is then unknown: None).
+    """
+    root = Path(__file__).resolve().parents[1]
+    commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=root)
+    top = _git("rev-parse", "--show-toplevel", cwd=root)
+    if commit and top and Path(top).resolve() == root and _COMMIT.fullmatch(commit):
+        status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
+        return {"commit": commit, "dirty": None if status is None else bool(status)}
+    declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
+    if _COMMIT.fullmatch(declared):
+        return {"commit": declared, "dirty": None}
+    return None
+
+
+def git_commit() -> str | None:
+    """Just the commit hash of ``git_revision()`` (a real 40/64-hex object name), or None."""
+    revision = git_revision()
+    return revision["commit"] if revision else None
+
+
+def versions() -> dict:
+    """Versions of Python, torch and the libraries fluxlab results depend on (None where not installed)."""
+    import importlib.metadata
+
+    found = {"python": _host.python_version(), "torch": torch.__version__}
+    for dist in ("diffusers", "transformers", "safetensors", "fluxlab"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    if found["fluxlab"] is None:
+        from . import __version__
+
+        found["fluxlab"] = __version__
+    return found
+
+
+def provenance() -> dict:
+    """Where and when a result was made: ``date`` (UTC), ``platform`` (fluxlab's view of the machine),
+    ``versions`` and ``git`` (``git_revision()``: a real commit or None). Every results file carries this."""
+    from .platform import current_platform
+
+    return {"date": utc_now(), "platform": current_platform().as_dict(), "versions": versions(),
+            "git": git_revision()}
+
+
+# -- numbers -------------------------------------------------------------------------------------------------------
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64. An all-zero ``ref`` gives 0.0 when ``out`` equals it, else inf."""
+    out64, ref64 = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
+    if out64.shape != ref64.shape:
+        raise ValueError(f"rel_l2 needs equal shapes, got {tuple(out64.shape)} and {tuple(ref64.shape)} "
+                         "(broadcasting would compare the wrong elements)")
+    diff, norm = (out64 - ref64).norm().item(), ref64.norm().item()
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / norm
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+    """Milliseconds of each timed call, and the last call's return value."""
+
+    times_ms: list[float]
+    result: object = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms)
+
+
+def _synchronizer(device) -> Callable[[], None]:
+    device = torch.device(device) if device is not None else None
+    if device is None:
+        on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+        return torch.cuda.synchronize if on_gpu else (lambda: None)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, device=None,
+               before_each: Callable[[], None] | None = None) -> Timing:
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock, ms each).
+
+    On a GPU (``device`` of type cuda, or None once CUDA is in use) the device is synchronised before the clock
+    starts and before it stops, so a time is the kernels' work, not the launch queue's. ``before_each`` runs
+    untimed before every timed call (e.g. a barrier so all ranks start together).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = _synchronizer(device)
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        if before_each is not None:
+            before_each()
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return Timing(times, result)
+
+
+# -- dtype names ---------------------------------------------------------------------------------------------------
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+SHORT_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+class UnknownDtypeError(FluxlabError, ValueError):
+    """A dtype name fluxlab does not know (the message lists the names it takes)."""
+
+
+def parse_dtype(value) -> torch.dtype:
+    """``"bf16"`` / ``"bfloat16"`` / ``"torch.bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16``."""
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPES[str(value).lower().replace("torch.", "")]
+    except KeyError:
+        raise UnknownDtypeError(f"unknown dtype {value!r}; use one of {', '.join(sorted(DTYPES))}") from None
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``"bf16"`` (the short names the CLI and benchmark files use)."""
+    dtype = parse_dtype(dtype)
+    return SHORT_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def torch_dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the names manifests and reports use; ``getattr(torch, name)``)."""
+    return str(parse_dtype(dtype)).replace("torch.", "")
