@@ -15,7 +15,8 @@ def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str
         return f"ranked below {pick} in this platform's priority list (fluxlab/priority.py)"
     if name in order:
         return "in the priority list, but cannot run FLUX-shaped bf16 inputs here"
-    return "never picked automatically (quantised, experimental or for debugging): choose it explicitly"
+    return ("never picked automatically (quantised, experimental, emulated or for debugging): choose it "
+            "explicitly")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,8 @@ class BackendStatus:
     experimental: bool
     builtin: bool
     not_default_because: str | None = None  # for available backends that automatic choice does not pick
+    emulated: bool = False  # a float32 emulation of another kernel's numerics (backends/emulated.py)
+    emulates: str | None = None  # the real backend it models
 
 
 def backends(platform: Platform | None = None) -> list[BackendStatus]:
@@ -45,7 +48,8 @@ def backends(platform: Platform | None = None) -> list[BackendStatus]:
         rows.append(BackendStatus(backend.name, not reasons, tuple(reasons), backend.version,
                                   backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
                                   caps.experimental, backend.builtin,
-                                  None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order)))
+                                  None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order),
+                                  emulated=caps.emulated, emulates=caps.emulates))
     return rows
 
 
@@ -61,7 +65,8 @@ def doctor_text(platform: Platform | None = None) -> str:
     for r in rows:
         status = "DEFAULT" if r.default else ("available" if r.available else "no")
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
-                                ("lse", r.returns_lse), ("user", not r.builtin)) if on]
+                                ("lse", r.returns_lse), ("user", not r.builtin),
+                                (f"emulated: emulates {r.emulates}", r.emulated)) if on]
         note = "; ".join(r.reasons) if r.reasons else r.description
         if r.not_default_because:
             note += f" — not default: {r.not_default_because}"

@@ -13,8 +13,7 @@ BF16_MODE_NAMES = {RTNE: "round to nearest, ties to even", RTNA: "round to neare
                    RTZ: "round toward zero (truncate)"}
 
 _SIGN = -(2**31)  # 0x80000000 as an int32
-_MAGNITUDE = 0x7FFFFFFF
-_BF16_KEEP = 0x7FFF0000  # magnitude bits a bf16 keeps (exponent + 7 mantissa bits)
+_KEEP_HIGH = -(2**16)  # 0xFFFF0000 as an int32: the bits a bf16 keeps (sign, exponent, 7 mantissa bits)
 _QUIET_NAN = 0x7FC00000
 
 FP8_FORMATS = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
@@ -43,15 +42,19 @@ def round_bf16(x: torch.Tensor, mode=RTNE, *, fast: bool = True) -> torch.Tensor
     if mode == RTNE and fast:  # torch's own cast is RTNE (tests check it bit for bit against the bit path)
         return x.to(torch.bfloat16).to(torch.float32)
     bits = x.contiguous().view(torch.int32)
-    sign = bits & _SIGN
-    magnitude = bits & _MAGNITUDE
+    # On the raw bits (sign-magnitude): adding to the low bits rounds the magnitude, and the carry can reach
+    # the sign bit only from a NaN pattern, which is replaced below.
     if mode == RTNE:
         # half of the dropped range minus one, plus the kept LSB: ties go to the even neighbour
-        magnitude = magnitude + (0x7FFF + ((magnitude >> 16) & 1))
+        rounded = bits + 0x7FFF + ((bits >> 16) & 1)
     elif mode == RTNA:
-        magnitude = magnitude + 0x8000  # ties (low bits == 0x8000) carry: away from zero
-    rounded = (magnitude & _BF16_KEEP) | sign
-    rounded = torch.where(torch.isnan(x), sign | _QUIET_NAN, rounded)  # truncating a NaN could give inf
+        rounded = bits + 0x8000  # ties (low bits == 0x8000) carry: away from zero
+    else:
+        rounded = bits.clone()
+    rounded.bitwise_and_(_KEEP_HIGH)
+    nan = torch.isnan(x)
+    if nan.any():  # truncating a NaN's bits could give inf
+        rounded = torch.where(nan, (bits & _SIGN) | _QUIET_NAN, rounded)
     return rounded.view(torch.float32)
 
 

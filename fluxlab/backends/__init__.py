@@ -1,6 +1,6 @@
 """One adapter per attention library, all behind the [batch, seq, heads, head_dim] contract (base.py)."""
 
-from . import aiter, aiter_triton, flash_attn, flex, reference, sage, sdpa
+from . import aiter, aiter_triton, emulated, flash_attn, flex, reference, sage, sdpa
 from .base import Backend, Capabilities, Requirement
 
 BUILTIN_BACKENDS = [
@@ -11,6 +11,7 @@ BUILTIN_BACKENDS = [
     *sage.BACKENDS,
     *flex.BACKENDS,
     *reference.BACKENDS,
+    *emulated.BACKENDS,  # never picked automatically: not in any priority list
 ]
 
 __all__ = ["BUILTIN_BACKENDS", "Backend", "Capabilities", "Requirement"]

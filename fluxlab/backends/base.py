@@ -39,6 +39,10 @@ class Capabilities:
     quantised: bool = False  # low-precision arithmetic inside (int8/fp8): judged against its own budget
     needs_cudnn_attention: bool = False
     experimental: bool = False
+    # A float32 emulation of another kernel's rounding/quantisation points (fluxlab/backends/emulated.py):
+    # never picked automatically; ``emulates`` names the real backend it models, e.g. "sage".
+    emulated: bool = False
+    emulates: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -246,6 +246,7 @@ def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform
              with_maps) -> ComparisonRow:
     backend = registry.get_backend(spec.name)
     row = _new_row(spec.label, case, baseline, rounding, backend.caps.quantised)
+    row.emulates = backend.caps.emulates  # an emulator's row names the real kernel it models
     reasons = backend.not_supported_reasons(case.q, case.k, case.v, platform, causal=case.causal)
     if reasons:
         row.verdict, row.error = SKIP, "; ".join(reasons)

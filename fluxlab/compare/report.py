@@ -23,6 +23,7 @@ class ComparisonRow:
     source: str = "synthetic"  # "synthetic" | "record" | "recorded output"
     seed: int | None = None
     quantised: bool = False
+    emulates: str | None = None  # for an emulated backend: the real kernel it models (backends/emulated.py)
     verdict: str = FAIL
     max_abs: float = math.nan
     mean_abs: float = math.nan
@@ -118,7 +119,8 @@ class ComparisonReport:
             runs = [r for r in self.rows_for(name) if r.verdict != SKIP]
             times = [r.time_ms for r in runs if r.time_ms is not None]
             lines.append({
-                "backend": name, "verdict": verdict, "quantised": row.quantised, "inputs": len(runs),
+                "backend": name, "verdict": verdict, "quantised": row.quantised, "emulates": row.emulates,
+                "inputs": len(runs),
                 "worst input": f"{row.input} {row.dtype}" + (f" seed {row.seed}" if row.seed is not None else ""),
                 "rel_l2": row.rel_l2, "x yardstick": row.rel_l2_ratio, "max_abs x": row.max_abs_ratio,
                 "median ms": sorted(times)[len(times) // 2] if times else None,
@@ -126,14 +128,15 @@ class ComparisonReport:
             })
         for name, reasons in self.skipped.items():
             if name not in self.verdicts:
-                lines.append({"backend": name, "verdict": SKIP, "quantised": False, "inputs": 0, "worst input": "",
+                lines.append({"backend": name, "verdict": SKIP, "quantised": False, "emulates": None, "inputs": 0,
+                              "worst input": "",
                               "rel_l2": None, "x yardstick": None, "max_abs x": None, "median ms": None,
                               "note": "; ".join(reasons)})
         return lines
 
     # ------------------------------------------------------------------------------------------ renderings
 
-    TABLE_COLUMNS = ("backend", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
+    TABLE_COLUMNS = ("backend", "emulates", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
                      "max_abs", "baseline_max_abs", "max_abs_ratio", "mean_abs", "cosine", "lse_max_abs",
                      "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token", "notes")
 

@@ -1,0 +1,163 @@
+"""The emulated kernels (fluxlab/backends/emulated.py): registered as emulated, never picked automatically,
+judged by their own verdict class, bf16 outputs in the input dtype, and still catching a planted bug."""
+
+import pytest
+import torch
+
+import fluxlab
+from fluxlab import numerics, registry
+from fluxlab.backends import emulated
+from fluxlab.backends.reference import reference_attention
+from fluxlab.compare import compare_attention
+from fluxlab.compare.inputs import CPU_INPUTS, synthetic_qkv
+from fluxlab.platform import current_platform
+from fluxlab.priority import PRIORITY
+
+EMULATORS = ("emu_bf16", "emu_aiter", "emu_sage", "emu_aiter_sage")
+SCALE = 128**-0.5
+
+
+def qkv(seq=256, heads=2, dist="normal", dtype=torch.bfloat16, seed=0, kv_heads=None):
+    q, k, v = synthetic_qkv(1, seq, heads, 128, dist, seed)
+    if kv_heads:
+        k, v = k[:, :, :kv_heads].contiguous(), v[:, :, :kv_heads].contiguous()
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def rel_l2(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def test_emulators_are_registered_as_emulated_and_name_a_real_backend():
+    for name in EMULATORS:
+        caps = registry.get_backend(name).caps
+        assert caps.emulated and caps.emulates
+        registry.get_backend(caps.emulates)  # the modelled kernel is a registered backend
+    assert registry.get_backend("emu_sage").caps.quantised and registry.get_backend("emu_aiter_sage").caps.quantised
+    assert not registry.get_backend("emu_bf16").caps.quantised
+    assert not any(b.caps.emulated for b in registry.all_backends() if not b.name.startswith("emu_"))
+
+
+def test_emulators_are_never_picked_automatically():
+    for order in PRIORITY.values():
+        assert not any(name.startswith("emu_") for name in order)
+    assert fluxlab.default_backend() not in EMULATORS
+    q, k, v = qkv(64, 2, dtype=torch.float32)
+    assert fluxlab.default_backend(q) not in EMULATORS
+
+
+def test_doctor_marks_emulators():
+    rows = {r.name: r for r in fluxlab.backends()}
+    assert rows["emu_sage"].emulated and rows["emu_sage"].emulates == "sage" and not rows["sdpa"].emulated
+    text = fluxlab.doctor_text()
+    line = next(line for line in text.splitlines() if line.startswith("emu_aiter_sage "))
+    assert "emulates aiter_sage" in line
+
+
+@pytest.mark.parametrize("name", EMULATORS)
+def test_float32_inputs_give_the_bf16_kernels_values_in_float32(name):
+    q, k, v = qkv(192, 2, dtype=torch.float32)
+    fn = registry.get_backend(name).fn
+    out32 = fn(q, k, v, scale=SCALE)
+    out16 = fn(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=SCALE)
+    assert out32.dtype == torch.float32 and out16.dtype == torch.bfloat16
+    assert torch.equal(out32, out32.bfloat16().float())  # every value is a bf16 value
+    assert torch.equal(out32, out16.float())  # float32 inputs are rounded to bf16 first, as a bf16 pipeline would
+
+
+def test_each_emulator_passes_its_own_verdict_class_on_the_default_cpu_inputs():
+    report = compare_attention(list(CPU_INPUTS), backends=list(EMULATORS), progress=False, error_maps=False)
+    assert report.verdicts == {name: "pass" for name in EMULATORS}
+    for row in report.rows:
+        assert row.emulates == registry.get_backend(row.backend).caps.emulates
+        assert row.quantised == registry.get_backend(row.backend).caps.quantised
+        if row.quantised:  # int8/fp8 inside: clearly worse than bf16 rounding, inside the quantised budget
+            assert row.rel_l2 > 1.5 * row.rounding_rel_l2
+        else:
+            assert row.rel_l2_ratio <= 2.0
+
+
+def test_aiter_modes_rtne_is_emu_bf16_and_rtz_never_rounds_away_from_zero():
+    q, k, v = qkv(256, 2, "outliers")
+    fn = emulated.emu_aiter
+    assert torch.equal(fn(q, k, v, scale=SCALE, how_v3_bf16_cvt=0), emulated.emu_bf16(q, k, v, scale=SCALE))
+    # With P rounded the same way, the modes differ only in the output conversion of the same float32 values.
+    rtne, rtna, rtz = (fn(q, k, v, scale=SCALE, how_v3_bf16_cvt=m, cvt_probs=0).float() for m in (0, 1, 2))
+    assert (rtz.abs() <= rtne.abs()).all() and (rtz.abs() <= rtna.abs()).all()
+    assert 0.2 < (rtz == rtne).float().mean().item() < 0.8
+    ref = reference_attention(q, k, v, scale=SCALE)
+    # Truncation is biased toward zero: measurably worse than either round-to-nearest.
+    assert rel_l2(rtz, ref) > 1.5 * rel_l2(rtne, ref)
+    assert rel_l2(fn(q, k, v, scale=SCALE, how_v3_bf16_cvt=2), ref) > 1.5 * rel_l2(rtne, ref)
+    with pytest.raises(ValueError, match="rtne"):
+        fn(q, k, v, scale=SCALE, how_v3_bf16_cvt=3)
+
+
+def test_probabilities_in_fp32_and_tiling_stay_exact_kernels():
+    q, k, v = qkv(256, 2)
+    ref = reference_attention(q, k, v, scale=SCALE)
+    rounding = rel_l2(ref.to(torch.bfloat16), ref)
+    for options in ({"probs": "fp32"}, {"block_n": 64}, {"block_n": 100}):
+        out = emulated.emu_bf16(q, k, v, scale=SCALE, **options)
+        assert rel_l2(out, ref) < 1.5 * rounding, options
+    assert not torch.equal(emulated.emu_bf16(q, k, v, scale=SCALE, block_n=64), emulated.emu_bf16(q, k, v, scale=SCALE))
+
+
+def test_lse_causal_and_gqa():
+    q, k, v = qkv(160, 4, kv_heads=2)
+    ref, ref_lse = reference_attention(q, k, v, scale=SCALE, causal=True, return_lse=True)
+    out, lse = emulated.emu_bf16(q, k, v, scale=SCALE, causal=True, return_lse=True, block_n=64)
+    assert rel_l2(out, ref) < 4e-3 and (lse - ref_lse).abs().max().item() < 1e-4
+    for fn in (emulated.emu_sage, emulated.emu_aiter_sage):
+        assert rel_l2(fn(q, k, v, scale=SCALE, causal=True), ref) < 0.05
+
+
+def test_sage_emulator_models_the_quantisation_not_just_rounding():
+    q, k, v = qkv(512, 2)
+    ref = reference_attention(q, k, v, scale=SCALE)
+    assert emulated.SAGE_BLOCKS == {"q": 128, "k": 64}
+    assert 128 * 127 * 127 < 2**24  # Q.K of int8 at head_dim 128 is exact in float32
+    sage = rel_l2(emulated.emu_sage(q, k, v, scale=SCALE), ref)
+    assert 5e-3 < sage < 0.03  # SageAttention 1.0.6 on an H100 measures 1.3e-2 on these inputs at S 4608
+    # K smoothing matters: a large shared key offset (softmax-invariant) is removed before quantising.
+    offset = k + 8.0
+    shifted = rel_l2(emulated.emu_sage(q, offset, v, scale=SCALE), ref)
+    assert shifted < 2 * sage
+    # pv_chunk=64 (one fp16 rounding per 64-key block) is a different, also valid, assumption.
+    assert not torch.equal(emulated.emu_sage(q, k, v, scale=SCALE, pv_chunk=64), emulated.emu_sage(q, k, v, scale=SCALE))
+
+
+def test_aiter_sage_fp8_formats_differ_and_bad_options_are_refused():
+    q, k, v = qkv(256, 2)
+    a = emulated.emu_aiter_sage(q, k, v, scale=SCALE)
+    b = emulated.emu_aiter_sage(q, k, v, scale=SCALE, fp8="e4m3fn")
+    assert a.dtype == torch.bfloat16 and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="e4m3fn"):
+        emulated.emu_aiter_sage(q, k, v, scale=SCALE, fp8="e5m2")
+    with pytest.raises(ValueError, match="probs"):
+        emulated.emu_bf16(q, k, v, scale=SCALE, probs="fp8")
+    with pytest.raises(ValueError, match="no option"):
+        fluxlab.BackendChoice.parse("emu_sage:how_v3_bf16_cvt=1")
+
+
+@pytest.mark.parametrize("base,quantised", [("emu_bf16", False), ("emu_sage", True)])
+def test_a_planted_wrong_scale_still_fails_through_an_emulator(base, quantised):
+    fn = registry.get_backend(base).fn
+
+    def planted(q, k, v, *, scale, causal=False, return_lse=False):
+        return fn(q, k, v, scale=scale * 1.1, causal=causal)
+
+    name = f"planted_{base}"
+    fluxlab.register_backend(name, planted, quantised=quantised, replace=True)
+    try:
+        report = compare_attention(list(CPU_INPUTS[:1]), backends=[base, name], progress=False, error_maps=False)
+    finally:
+        fluxlab.unregister_backend(name)
+    assert report.verdicts == {base: "pass", name: "fail"}
+
+
+def test_emulators_run_on_this_platform():
+    platform = current_platform()
+    for name in EMULATORS:
+        assert registry.get_backend(name).platform_reasons(platform) == []
+    assert numerics.RTNE == 0
