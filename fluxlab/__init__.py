@@ -1,11 +1,12 @@
 """fluxlab: which attention kernel to trust for FLUX.2, and how fast each one is."""
 
 from .backends.base import Backend, Capabilities, Requirement
-from .dispatch import (BackendChoice, attention, clear_caches, default_backend, reset_backend_choice, select_backend,
+from .dispatch import (BackendChoice, Plan, attention, clear_caches, default_backend, plan, reset_backend_choice,
                        selected_backend, use_backend, validate_inputs)
 from .doctor import BackendStatus, backends, doctor_text
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
-                     FluxlabError, InvalidInputError, NoBackendError, UnknownBackendError)
+                     FluxlabError, FluxlabWarning, InvalidBackendSpecError, InvalidInputError, NoBackendError,
+                     UnknownBackendError)
 from .platform import Platform, current_platform
 from .registry import get_backend, register_backend, unregister_backend
 
@@ -25,6 +26,9 @@ _LAZY = {
     # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
     "compare_attention": "fluxlab.compare",
     "compare_images": "fluxlab.compare",
+    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune (issue 14).
+    "locate_drift": "fluxlab.decide",
+    "DriftMap": "fluxlab.decide",
 }
 
 
@@ -45,9 +49,10 @@ def __dir__():
 
 __all__ = [
     "Backend", "BackendChoice", "BackendNotAllowedError", "BackendOutputError", "BackendStatus",
-    "BackendUnavailableError", "Capabilities", "FallbackWarning", "FluxlabError", "InvalidInputError",
-    "NoBackendError", "Platform", "Requirement", "UnknownBackendError", "attention", "backends", "clear_caches",
-    "current_platform", "default_backend", "doctor_text", "get_backend", "register_backend", "reset_backend_choice",
-    "select_backend", "selected_backend", "unregister_backend", "use_backend", "validate_inputs",
+    "BackendUnavailableError", "Capabilities", "FallbackWarning", "FluxlabError", "FluxlabWarning",
+    "InvalidBackendSpecError", "InvalidInputError", "NoBackendError", "Plan", "Platform", "Requirement",
+    "UnknownBackendError", "attention", "backends", "clear_caches", "current_platform", "default_backend",
+    "doctor_text", "get_backend", "plan", "register_backend", "reset_backend_choice", "selected_backend",
+    "unregister_backend", "use_backend", "validate_inputs",
     *_LAZY,
 ]

@@ -1,0 +1,248 @@
+"""``fluxlab.locate_drift``: which attention layers x denoising steps make an image drift, found coarse to fine.
+
+A region of the (layer x step) grid is scored by switching only it from ``good`` to ``bad`` and measuring how far
+the final latents move from the all-good run (rel-L2). Regions are halved (layers first, then steps) and only the
+``beam`` strongest of each level are split further, so a grid of N layers x T steps costs at most
+``2 + 2 * beam * (ceil(log2 N) + ceil(log2 T))`` generations instead of N * T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .runs import CellSchedule, Cells, DecideInputError, Runner, as_schedule, describe, rel_l2
+
+# A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
+LOCALISED_SHARE = 0.5
+DEFAULT_BEAM = 2
+
+
+def generation_bound(layers: int, steps: int, beam: int = DEFAULT_BEAM) -> int:
+    """The most generations locate_drift runs for a grid of ``layers`` x ``steps``: the two end runs, then two
+    halves for each of at most ``beam`` regions per level, over ceil(log2 N) + ceil(log2 T) levels."""
+    levels = math.ceil(math.log2(max(layers, 1))) + math.ceil(math.log2(max(steps, 1)))
+    return 2 + 2 * beam * levels
+
+
+@dataclasses.dataclass(frozen=True)
+class Culprit:
+    """One region found by locate_drift: ``layer`` (a name, or "first..last (n layers)" for an unsplit group),
+    ``steps`` (0-based), and ``contribution``: final-latent rel-L2 when only it is switched to ``bad``."""
+
+    layer: str
+    steps: tuple[int, ...]
+    contribution: float
+    layers: tuple[str, ...] = ()
+
+    def __str__(self):
+        return f"{self.layer} at step{'s' if len(self.steps) > 1 else ''} {_steps_text(self.steps)}: " \
+               f"{self.contribution:.3g}"
+
+
+def _steps_text(steps) -> str:
+    steps = list(steps)
+    if len(steps) > 2 and steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}-{steps[-1]}"
+    return ", ".join(map(str, steps))
+
+
+def _group_label(layers: tuple[str, ...]) -> str:
+    return layers[0] if len(layers) == 1 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
+
+
+@dataclasses.dataclass
+class DriftMap:
+    """Where switching ``good`` -> ``bad`` makes the final latents drift: culprits, grid, all-bad drift, figure."""
+
+    good: str
+    bad: str
+    layers: list[str]
+    steps: int
+    culprits: list[Culprit]  # the search's leaves (regions scored, not split further), strongest first
+    grid: np.ndarray  # [layers, steps]: single-cell contributions; NaN where the search did not split that far
+    all_bad_drift: float  # final-latent rel-L2 with bad everywhere
+    drift_per_step: dict[str, list[float]]  # "all bad" / the top culprit -> rel-L2 vs all-good after each step
+    generations: int
+    bound: int
+    complete: bool  # the strongest regions were split down to single cells within the budget
+    note: str = ""
+    settings: dict = dataclasses.field(default_factory=dict)
+    regions: list[Culprit] = dataclasses.field(default_factory=list)  # every region scored, in search order
+
+    @property
+    def top(self) -> Culprit | None:
+        return self.culprits[0] if self.culprits else None
+
+    @property
+    def share(self) -> float:
+        """Strongest single region's contribution / the all-bad drift (>= LOCALISED_SHARE: localised)."""
+        if not self.culprits or not self.all_bad_drift or not math.isfinite(self.all_bad_drift):
+            return math.nan
+        return self.culprits[0].contribution / self.all_bad_drift
+
+    @property
+    def localised(self) -> bool:
+        return bool(self.share >= LOCALISED_SHARE)
+
+    @property
+    def kind(self) -> str:
+        if not self.all_bad_drift:
+            return "none (bad gives the same latents as good)"
+        return "localised" if self.localised else "diffuse"
+
+    def cells(self, n: int = 5) -> list[Culprit]:
+        """The strongest single-cell (one layer, one step) culprits."""
+        return [c for c in self.culprits if len(c.layers) == 1 and len(c.steps) == 1][:n]
+
+    def to_markdown(self, n: int = 8) -> str:
+        lines = [f"Drift of `{self.bad}` against `{self.good}`: final-latent rel-L2 with `{self.bad}` everywhere "
+                 f"{self.all_bad_drift:.3g}; the strongest region alone gives {self.share:.0%} of it: "
+                 f"**{self.kind}**. {self.generations} generations (bound {self.bound}).", ""]
+        if self.note:
+            lines += [self.note, ""]
+        lines += ["| rank | layer | steps | contribution (final-latent rel-L2) | share of all-bad |",
+                  "|---|---|---|---|---|"]
+        for i, c in enumerate(self.culprits[:n], 1):
+            share = c.contribution / self.all_bad_drift if self.all_bad_drift else math.nan
+            lines.append(f"| {i} | {c.layer} | {_steps_text(c.steps)} | {c.contribution:.3g} | {share:.0%} |")
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict:
+        return {"good": self.good, "bad": self.bad, "layers": self.layers, "steps": self.steps,
+                "all_bad_drift": self.all_bad_drift, "share": self.share, "kind": self.kind,
+                "generations": self.generations, "bound": self.bound, "complete": self.complete, "note": self.note,
+                "culprits": [{"layer": c.layer, "layers": list(c.layers), "steps": list(c.steps),
+                              "contribution": c.contribution} for c in self.culprits],
+                "grid": [[None if math.isnan(v) else v for v in row] for row in self.grid.tolist()],
+                "drift_per_step": self.drift_per_step, "settings": self.settings}
+
+    def figure(self, path=None):
+        """Heatmap of single-cell contributions (layers x steps) beside the per-step drift of the latents."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, (heat, curve) = plt.subplots(1, 2, figsize=(11, 0.35 * len(self.layers) + 2.2),
+                                          gridspec_kw={"width_ratios": [1.2, 1]})
+        shown = np.ma.masked_invalid(self.grid)
+        image = heat.imshow(shown, aspect="auto", cmap="magma", interpolation="nearest", vmin=0)
+        heat.set_yticks(range(len(self.layers)), [n.removesuffix(".attn") for n in self.layers], fontsize=8)
+        heat.set_xticks(range(self.steps))
+        heat.set_xlabel("denoising step")
+        heat.set_title("bad in one cell only (blank: not split)", fontsize=9)
+        fig.colorbar(image, ax=heat, label="final-latent rel-L2")
+        for label, values in self.drift_per_step.items():
+            curve.plot(range(len(values)), values, marker="o", label=label)
+        curve.set_yscale("symlog", linthresh=1e-6)
+        curve.set_xlabel("denoising step")
+        curve.set_ylabel(f"latent rel-L2 vs {self.good}")
+        curve.set_title(f"cumulative drift ({self.kind})", fontsize=9)
+        curve.legend(fontsize=8)
+        fig.suptitle(f"good: {self.good}   bad: {self.bad}", fontsize=9)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+
+def _halves(region: Cells) -> list[Cells]:
+    """Split the layers first; a single layer's steps next."""
+    if len(region.layers) > 1:
+        mid = len(region.layers) // 2
+        return [Cells(region.layers[:mid], region.steps), Cells(region.layers[mid:], region.steps)]
+    mid = len(region.steps) // 2
+    return [Cells(region.layers, region.steps[:mid]), Cells(region.layers, region.steps[mid:])]
+
+
+def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, height: int | None = None,
+                 width: int | None = None, beam: int = DEFAULT_BEAM, budget: int | None = None,
+                 progress: bool = False, **pipe_kwargs) -> DriftMap:
+    """Find the (attention layer x denoising steps) cells that, switched alone from ``good`` to ``bad``, move the
+    final latents most.
+
+    ``good`` / ``bad``: backend names or ``fluxlab.Schedule``s (checked against the model's allowed set before any
+    generation). ``beam``: regions split further per level. ``budget``: a cap on generations (the default is the
+    bound, :func:`generation_bound`); when it stops the search early, ``DriftMap.note`` says so and the culprits
+    are regions. Extra keyword arguments go to the pipeline call (e.g. ``max_sequence_length``).
+    """
+    if not isinstance(beam, int) or beam < 1:
+        raise DecideInputError(f"beam={beam!r} must be a positive integer (regions split per level); e.g. beam=2")
+    good_schedule = as_schedule(pipe, good, "good")
+    bad_schedule = as_schedule(pipe, bad, "bad")
+    bar = _bar(progress, "locate-drift")
+    runner = Runner(pipe, prompt=prompt, seed=seed, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs,
+                    progress=bar.update if bar else None)
+    layers = runner.layer_names
+    bound = generation_bound(len(layers), steps, beam)
+    budget = bound if budget is None else budget
+    if not isinstance(budget, int) or budget < 2:
+        raise DecideInputError(f"budget={budget!r}: locate_drift needs at least 2 generations (all-good and "
+                               f"all-bad); the full search here takes at most {bound}")
+    if bar:
+        bar.total = min(budget, bound)
+    try:
+        good_run = runner.run(CellSchedule(good_schedule, bad_schedule, None))
+        whole = Cells(tuple(layers), tuple(range(steps)))
+        bad_run = runner.run(CellSchedule(good_schedule, bad_schedule, whole))
+        all_bad = rel_l2(bad_run.final, good_run.final)
+        scored: dict[Cells, float] = {whole: all_bad}
+        runs = {whole: bad_run}
+        frontier, note, split = [whole], "", {whole}
+        while frontier:
+            children = [child for region in frontier if region.size > 1 for child in _halves(region)]
+            if not children:
+                break
+            if runner.count + len(children) > budget:
+                note = (f"budget of {budget} generations too small to split further: {len(children)} more were "
+                        f"needed after {runner.count}; the culprits below are regions, not single cells (pass "
+                        f"budget={bound} or more for single cells).")
+                break
+            split.update(r for r in frontier if r.size > 1)
+            for child in children:
+                run = runner.run(CellSchedule(good_schedule, bad_schedule, child))
+                scored[child], runs[child] = rel_l2(run.final, good_run.final), run
+            strongest = sorted(children, key=lambda c: -_key(scored[c]))
+            frontier = [c for c in strongest[:beam] if scored[c] > 0]
+    finally:
+        if bar:
+            bar.close()
+
+    # The culprits are the leaves of the search: regions scored but not split (single cells where it got there).
+    culprits = sorted((Culprit(_group_label(r.layers), r.steps, v, r.layers) for r, v in scored.items()
+                       if r not in split), key=lambda c: (-_key(c.contribution), len(c.layers) * len(c.steps)))
+    regions = [Culprit(_group_label(r.layers), r.steps, v, r.layers) for r, v in scored.items()]
+    grid = np.full((len(layers), steps), np.nan)
+    index = {name: i for i, name in enumerate(layers)}
+    for region, value in scored.items():
+        if region.size == 1:
+            grid[index[region.layers[0]], region.steps[0]] = value
+    per_step = {"bad everywhere": [rel_l2(a, b) for a, b in zip(bad_run.latents, good_run.latents)]}
+    if culprits:
+        top = next(r for r in scored if r.layers == culprits[0].layers and r.steps == culprits[0].steps)
+        per_step[f"only {culprits[0].layer.removesuffix('.attn')} @ {_steps_text(top.steps)}"] = [
+            rel_l2(a, b) for a, b in zip(runs[top].latents, good_run.latents)]
+    complete = not note and bool(culprits) and len(culprits[0].layers) == 1 and len(culprits[0].steps) == 1
+    settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
+                "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count, bound,
+                    complete, note, settings, regions)
+
+
+def _key(value: float) -> float:
+    return math.inf if math.isnan(value) else value  # NaN latents are the strongest drift there is
+
+
+def _bar(enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None, desc=desc, unit="gen", leave=False)

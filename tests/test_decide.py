@@ -1,0 +1,144 @@
+"""fluxlab.decide on the embedded model (CPU): image verdicts, drift localisation, frontier, verdict-gated autotune."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import fluxlab
+from fluxlab import Rule, Schedule
+from fluxlab.compare import IMAGE_RULE_TEXT, compare_images
+from fluxlab.decide import DecideInputError, generation_bound, locate_drift
+
+PROMPT = "a red circle at the top left on a blue background"
+STEPS = 4
+# A short text sequence keeps each generation well under a second on one core; the model still sees a real prompt.
+FAST = {"max_sequence_length": 32}
+PLANTED = "decide_scale_bug"  # sdpa with the softmax scale 10 % too large: plausible images, wrong latents
+SLOW_CORRECT = "decide_slow_correct"  # exact, but sleeps: autotune must take it over a fast wrong kernel
+
+
+def _scale_bug(q, k, v, *, scale, causal=False, return_lse=False, **options):
+    return fluxlab.attention(q, k, v, backend="sdpa", scale=scale * 1.1, causal=causal, return_lse=return_lse)
+
+
+def _slow_correct(q, k, v, *, scale, causal=False, return_lse=False, **options):
+    import time
+
+    time.sleep(0.004)
+    return fluxlab.attention(q, k, v, backend="sdpa_math", scale=scale, causal=causal, return_lse=return_lse)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    fluxlab.register_backend(PLANTED, _scale_bug, replace=True, description="planted: softmax scale x1.1")
+    fluxlab.register_backend(SLOW_CORRECT, _slow_correct, replace=True, description="exact but slow")
+    allowed = {"sdpa", "sdpa_math", "reference", "flex", PLANTED, SLOW_CORRECT}
+    pipeline = fluxlab.load_flux2("embedded", allowed=allowed)
+    yield pipeline
+    fluxlab.detach(pipeline)
+    fluxlab.unregister_backend(PLANTED)
+    fluxlab.unregister_backend(SLOW_CORRECT)
+
+
+class ForwardCounter:
+    """Counts transformer forwards independently of locate_drift's own count (2 per step: true CFG)."""
+
+    def __init__(self, pipeline):
+        self.forwards = 0
+        self.handle = pipeline.transformer.register_forward_pre_hook(self._count)
+
+    def _count(self, *args):
+        self.forwards += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# -- image verdicts ------------------------------------------------------------------------------------------------
+
+
+def test_image_verdicts_identical_pass_planted_fails(pipe):
+    result = compare_images(pipe, ["sdpa", "sdpa", "flex", PLANTED], prompt=PROMPT, steps=3, seeds=(0, 1), **FAST)
+    verdicts = result.verdicts
+    assert verdicts["sdpa"] == "pass" and verdicts["sdpa#2"] == "pass"
+    assert verdicts["flex"] == "pass", result.metrics["flex"].verdict_note
+    assert verdicts[PLANTED] == "fail", result.metrics[PLANTED].verdict_note
+    # the exact-kernel spread was measured (sdpa vs sdpa_math vs float64), and it is rounding-sized on CPU fp32
+    assert 0 < result.spread < 1e-4
+    planted = result.metrics[PLANTED]
+    assert planted.seeds == [0, 1] and planted.final_latent_rel_l2_worst >= planted.final_latent_rel_l2 > 0
+    assert "| verdict |" in result.to_markdown()
+
+
+def test_quantised_kernel_is_judged_by_the_budget_whose_latent_term_catches_what_ssim_misses(pipe):
+    from fluxlab.compare.image_rule import judge_budget
+
+    # The planted bug's image metrics, judged as if it were a quantised kernel: SSIM/PSNR alone would pass it.
+    result = compare_images(pipe, ["sdpa", PLANTED], prompt=PROMPT, steps=3, yardstick=False, **FAST)
+    row = result.metrics[PLANTED]
+    verdict, note = judge_budget(row.ssim_worst, row.psnr_worst, row.final_latent_rel_l2_worst)
+    assert verdict != "pass", note
+    assert "0.98" in IMAGE_RULE_TEXT and "spread" in IMAGE_RULE_TEXT
+
+
+# -- locate_drift --------------------------------------------------------------------------------------------------
+
+PLACEMENTS = [
+    ("transformer_blocks.1.attn", (1, 2)),  # a double-stream block, middle steps
+    ("single_transformer_blocks.2.attn", (1, 2)),  # a single-stream block
+    ("transformer_blocks.0.attn", (0, 1)),  # the first step
+    ("single_transformer_blocks.3.attn", (2, 3)),  # the last step
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer,steps", PLACEMENTS)
+def test_locate_drift_names_the_planted_layer_and_steps_first(pipe, layer, steps):
+    bad = Schedule(default="sdpa", rules=[Rule(PLANTED, layers=(layer,), steps=steps)])
+    with ForwardCounter(pipe) as counter:
+        drift = locate_drift(pipe, "sdpa", bad, prompt=PROMPT, steps=STEPS, **FAST)
+    first_two = drift.culprits[:2]
+    assert all(c.layer == layer and len(c.steps) == 1 for c in first_two), drift.to_markdown()
+    assert {c.steps[0] for c in first_two} == set(steps), drift.to_markdown()
+    assert all(c.contribution > 0 for c in first_two)
+    assert all(c.contribution == 0 for c in drift.culprits[2:]), "drift outside the planted cells"
+    # counted, not timed: every generation is 2 forwards per step (true CFG), and the bound holds
+    assert counter.forwards == drift.generations * STEPS * 2
+    assert drift.generations <= drift.bound == generation_bound(8, STEPS)
+    assert drift.localised and drift.complete
+    row = drift.layers.index(layer)
+    assert all(drift.grid[row, s] > 0 for s in steps)
+    assert math.isnan(drift.grid[(row + 1) % 8, 0]), "cells never split must be NaN"
+
+
+@pytest.mark.slow
+def test_diffuse_drift_stays_within_the_bound_and_a_small_budget_says_so(pipe):
+    with ForwardCounter(pipe) as counter:
+        drift = locate_drift(pipe, "sdpa", PLANTED, prompt=PROMPT, steps=STEPS, **FAST)
+    assert counter.forwards == drift.generations * STEPS * 2
+    assert drift.generations <= generation_bound(8, STEPS, beam=2)
+    assert drift.all_bad_drift > 0 and drift.culprits
+    small = locate_drift(pipe, "sdpa", PLANTED, prompt=PROMPT, steps=STEPS, budget=4, **FAST)
+    assert small.generations <= 4 and not small.complete
+    assert "too small to split further" in small.note and "too small" in small.to_markdown()
+
+
+def test_bad_arguments_are_refused_before_any_generation(pipe):
+    with ForwardCounter(pipe) as counter:
+        with pytest.raises(fluxlab.UnknownBackendError, match="sdpx"):
+            locate_drift(pipe, "sdpa", "sdpx", prompt=PROMPT, steps=STEPS)
+        with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="allowed"):
+            locate_drift(pipe, "sdpa", "sdpa_flash", prompt=PROMPT, steps=STEPS)
+        with pytest.raises(DecideInputError, match="layer patterns"):
+            locate_drift(pipe, "sdpa", Schedule(rules=[Rule(PLANTED, layers=("nope.*",))]), prompt=PROMPT,
+                         steps=STEPS)
+        with pytest.raises(DecideInputError, match="at least 2 denoising steps"):
+            locate_drift(pipe, "sdpa", PLANTED, prompt=PROMPT, steps=1)
+        with pytest.raises(DecideInputError, match="non-empty"):
+            locate_drift(pipe, "sdpa", PLANTED, prompt="  ", steps=STEPS)
+    assert counter.forwards == 0
