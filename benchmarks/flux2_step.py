@@ -18,10 +18,8 @@ The 32 B-parameter transformer is built on the meta device with bf16 as the defa
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
-import platform as host
 import statistics
 import sys
 import time
@@ -74,33 +72,16 @@ def step_inputs(config: dict, size: int, device, dtype, text_tokens: int = TEXT_
 
 
 def time_ms(fn, device, *, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls after ``warmup`` (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return times
+    """Milliseconds of each of ``repeats`` calls after ``warmup`` (``fluxlab.util.time_calls``: the GPU is
+    synchronised before and after each call)."""
+    from fluxlab.util import time_calls
+
+    return time_calls(fn, warmup=warmup, repeats=repeats, device=device).times_ms
 
 
 def _free(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _rel_l2(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def _error(exc) -> str:
@@ -226,14 +207,14 @@ def _fluxlab_backends(device, dtype, requested) -> tuple[list[str], dict[str, st
 
 
 def environment(device) -> dict:
-    import diffusers
-
     import fluxlab
+    from fluxlab.util import provenance
 
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "python": host.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "fluxlab": fluxlab.__version__, "platform": fluxlab.current_platform().as_dict(),
+    made = provenance()
+    found = made["versions"]
+    info = {"date": made["date"], "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "python": found["python"], "torch": found["torch"], "diffusers": found["diffusers"],
+            "fluxlab": found["fluxlab"], "platform": made["platform"], "git": made["git"],
             "backend_versions": {s.name: s.version for s in fluxlab.backends() if s.available}}
     if device.type == "cuda":
         info["card"] = torch.cuda.get_device_name(device)
@@ -252,6 +233,7 @@ def run(args) -> dict:
     import fluxlab
     from fluxlab.backends.base import FLOAT_DTYPES
     from fluxlab.registry import canonical_name
+    from fluxlab.util import rel_l2
 
     if args.tiny:
         from fluxlab.models.tiny import TINY_CONFIGS
@@ -303,7 +285,7 @@ def run(args) -> dict:
                     continue
                 row["ms_median"] = statistics.median(row["ms"])
                 if native is not None and out is not None:
-                    row["rel_l2_vs_native"] = _rel_l2(out, native)
+                    row["rel_l2_vs_native"] = rel_l2(out, native)
                 if noop_ms is not None:
                     row["attention_share_vs_noop"] = (row["ms_median"] - noop_ms) / row["ms_median"]
                 kernel = canonical_name(next(iter(row.get("ran", {})), row["backend"]))  # native -> sdpa, ...

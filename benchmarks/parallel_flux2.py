@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,14 +57,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -74,6 +65,7 @@ def main(argv=None) -> int:
     from fluxlab.parallel import init_distributed
     from fluxlab.parallel.checks import ParallelSpec
     from fluxlab.parallel.compare import plan, plan_reasons, run_cases
+    from fluxlab.util import atomic_write, git_commit
 
     rank, world_size, device = init_distributed(backend="gloo" if args.tiny else None)
     if not args.tiny and device.type != "cuda":
@@ -112,7 +104,7 @@ def main(argv=None) -> int:
             "command": "torchrun --standalone --nproc_per_node 2 benchmarks/parallel_flux2.py "
                        + " ".join(sys.argv[1:]),
             "environment": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")},
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),  # a real commit hash, or None (never the word "HEAD")
             "wall_s": round(time.perf_counter() - started, 1),
             "refused": refused,
             **result,
@@ -120,7 +112,7 @@ def main(argv=None) -> int:
                                 if device.type == "cuda" else None),
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(Path(args.out), json.dumps(report, indent=2) + "\n")
         if result["rows"]:
             print(ParallelComparison.from_dict(result).table(), flush=True)
         print(f"wrote {args.out}", flush=True)

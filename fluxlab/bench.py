@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-import platform as host
 import statistics
 import subprocess
-import time
+from pathlib import Path
 
 import torch
+
+from .util import atomic_path, atomic_write, parse_dtype, provenance, rel_l2, time_calls
 
 FLUX_SHAPES = [  # (batch, seq, heads, head_dim): FLUX.2 [dev] at 1024^2 (S 4608) and 2048^2 (S 16896)
     (b, s, h, 128) for b, s, h in itertools.product((1, 2), (4608, 16896), (24, 48))
 ]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def attention_flops(batch, seq, heads, head_dim) -> float:
@@ -34,17 +33,7 @@ def time_ms(fn, *, warmup=25, rep=200) -> float:
 
         return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
     except ImportError:
-        for _ in range(10):
-            fn()
-        times = []
-        for _ in range(50):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        return statistics.median(times)
+        return time_calls(fn, warmup=10, repeats=50, device="cuda").median_ms
 
 
 def paired_ms(fn_a, fn_b, rounds=5) -> tuple[float, float]:
@@ -90,9 +79,9 @@ def raw_calls() -> dict:
 def machine_info() -> dict:
     import fluxlab
 
-    plat = fluxlab.current_platform()
-    info = {"platform": plat.as_dict(), "python": host.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    made = provenance()
+    info = {"platform": made["platform"], "python": made["versions"]["python"], "torch": made["versions"]["torch"],
+            "date": made["date"], "versions": made["versions"], "git": made["git"]}
     try:
         info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                         capture_output=True, text=True, timeout=20).stdout.strip()
@@ -109,18 +98,12 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     scale = shape[-1] ** -0.5
 
-    def per_call(fn):
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        best = math.inf
-        for _ in range(5):
-            start = time.perf_counter()
+    def per_call(fn):  # the best of 5 rounds of ``calls`` back-to-back calls, after one round of warm-up
+        def round_of_calls():
             for _ in range(calls):
                 fn()
-            torch.cuda.synchronize()
-            best = min(best, (time.perf_counter() - start) / calls * 1e6)
-        return best
+
+        return time_calls(round_of_calls, warmup=1, repeats=5, device="cuda").min_ms * 1e3 / calls
 
     raw_us = per_call(lambda: raw(q, k, v, scale))
     ours_us = per_call(lambda: fluxlab.attention(q, k, v, backend=backend, scale=scale))
@@ -144,7 +127,7 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
     except ImportError:
         pass
     for shape, dtype_name in configs:
-        dtype = DTYPES[dtype_name]
+        dtype = parse_dtype(dtype_name)
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
         scale = shape[-1] ** -0.5
@@ -168,7 +151,7 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
                     ms = time_ms(ours)
                 row |= {"status": "ran", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
                 if exact is not None:
-                    row["rel_l2_vs_fp64"] = ((out.double() - exact).norm() / exact.norm()).item()
+                    row["rel_l2_vs_fp64"] = rel_l2(out, exact)
             except Exception as exc:  # a kernel that fails is a result, not a crash of the sweep
                 row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}
             results["rows"].append(row)
@@ -206,7 +189,8 @@ def plot(results: dict, path: str) -> None:
     ax.set_title(f"attention forward, bf16, D=128, batch 1 — {results['machine']['platform']['device_name']}")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -262,16 +246,12 @@ def main(args) -> int:
         shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)]
     results = run(args.backends.split(",") if args.backends else None, shapes,
                   tuple(args.dtypes.split(",")))
-    stem = args.out.rstrip("/") + "/attention"
-    import os
-
-    os.makedirs(args.out, exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    plot(results, stem + ".png")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "attention.json", json.dumps(results, indent=1))
+    plot(results, out / "attention.png")
     text = summary(results)
-    with open(stem + ".md", "w") as f:
-        f.write(text + "\n")
+    atomic_write(out / "attention.md", text + "\n")
     print(text)
     return 0
 

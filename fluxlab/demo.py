@@ -11,12 +11,9 @@ from .backends.reference import reference_attention
 from .dispatch import attention
 from .doctor import backends, doctor_text
 from .errors import FluxlabError
+from .util import rel_l2, time_calls
 
 DEMO_PROMPT = "a red circle at the top left and a yellow square at the bottom right on a blue background"
-
-
-def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 def attention_smoke(seq: int = 512, heads: int = 4, head_dim: int = 128, dtype=torch.bfloat16, seed: int = 0):
@@ -29,9 +26,8 @@ def attention_smoke(seq: int = 512, heads: int = 4, head_dim: int = 128, dtype=t
         if not status.available or status.name == "reference":
             continue
         try:
-            start = time.perf_counter()
-            out = attention(q, k, v, backend=status.name)
-            rows.append((status.name, _rel_l2(out, ref), (time.perf_counter() - start) * 1e3))
+            timed = time_calls(lambda: attention(q, k, v, backend=status.name), warmup=0, repeats=1)
+            rows.append((status.name, rel_l2(timed.result, ref), timed.times_ms[0]))
         except FluxlabError as exc:
             rows.append((status.name, float("nan"), str(exc).splitlines()[0]))
     return rows

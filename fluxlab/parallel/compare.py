@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform as _host
-import statistics
 import time
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 
+from .. import util
 from ..compare.metrics import error_stats
 from ..platform import current_platform
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel
@@ -29,8 +29,7 @@ FACTOR = 2.0
 FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 EXACT = "reference"  # float64 attention: the yardstick's other end
 TARGETS = ("forward", "generate")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = util.DTYPES  # "bf16" / "bfloat16" / ... -> torch dtype (one table for all of fluxlab)
 
 
 def tolerance_for(own_error: float, dtype: torch.dtype) -> float:
@@ -89,9 +88,7 @@ class ParallelComparison:
         return cls([ParallelRow.from_dict(row) for row in data["rows"]], data["meta"])
 
     def to_json(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.as_dict(), f, indent=2)
-            f.write("\n")
+        util.atomic_write(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
     def markdown(self) -> str:
         """A section for a report: what ran, the rule, one table row per (mode, backend)."""
@@ -206,7 +203,7 @@ def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", targ
         _call(setup)
     pairs = ([(ParallelSpec.parse(p), b) for p, b in cases] if cases is not None else _cases(parallel, backends))
     gpu = torch.cuda.is_available()
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or (torch.bfloat16 if gpu else torch.float32))
+    dtype = util.parse_dtype(dtype) if dtype is not None else (torch.bfloat16 if gpu else torch.float32)
     height, width, text_tokens = _shape(size, target, height, width, text_tokens)
     inside = dist.is_available() and dist.is_initialized()
     reasons = plan_reasons(pairs, size=size, height=height, width=width, text_tokens=text_tokens, dtype=dtype,
@@ -233,26 +230,11 @@ def _call(target: str):
 # ------------------------------------------------------------------------------------------ on each rank
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device, repeats: int, warmup: int):
     """``fn()``'s last output and the median wall time of ``repeats`` runs (ms), all ranks starting together."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        if dist.is_initialized():
-            dist.barrier()
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return out, statistics.median(times)
+    barrier = dist.barrier if dist.is_initialized() else None
+    timing = util.time_calls(fn, warmup=warmup, repeats=max(1, repeats), device=device, before_each=barrier)
+    return timing.result, timing.median_ms
 
 
 def _all_ranks_equal(tensor: torch.Tensor) -> bool:
