@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FLUX2_BACKENDS": "fluxlab.models.supported",
     "load_flux2": "fluxlab.models.load",
+    "generate": "fluxlab.models.generate",
     "attach": "fluxlab.models.attach",
     "detach": "fluxlab.models.attach",
     "set_backend": "fluxlab.models.attach",
@@ -29,6 +30,8 @@ _LAZY = {
     # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune (issue 14).
     "locate_drift": "fluxlab.decide",
     "DriftMap": "fluxlab.decide",
+    "autotune": "fluxlab.decide",
+    "AutotunePlan": "fluxlab.decide",
 }
 
 

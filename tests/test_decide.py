@@ -142,3 +142,64 @@ def test_bad_arguments_are_refused_before_any_generation(pipe):
         with pytest.raises(DecideInputError, match="non-empty"):
             locate_drift(pipe, "sdpa", PLANTED, prompt="  ", steps=STEPS)
     assert counter.forwards == 0
+
+
+# -- autotune ------------------------------------------------------------------------------------------------------
+
+
+def _nan_kernel(q, k, v, *, scale, causal=False, return_lse=False, **options):
+    return fluxlab.attention(q, k, v, backend="sdpa", scale=scale, causal=causal) * math.nan
+
+
+def _raising_kernel(q, k, v, **options):
+    raise RuntimeError("kernel exploded")
+
+
+def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path):
+    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.models.attach import state_of
+
+    state = state_of(pipe)
+    fluxlab.register_backend("decide_nan", _nan_kernel, replace=True)
+    fluxlab.register_backend("decide_raises", _raising_kernel, replace=True)
+    allowed = state.allowed
+    state.allowed = allowed | {"decide_nan", "decide_raises"}
+    try:
+        plan = autotune(pipe, candidates=[PLANTED, SLOW_CORRECT, "decide_nan", "decide_raises"], prompt=PROMPT,
+                        steps=3, repeats=2, **FAST)
+    finally:
+        state.allowed = allowed
+        fluxlab.unregister_backend("decide_nan")
+        fluxlab.unregister_backend("decide_raises")
+    assert set(plan.choices) == set(state.layer_names)
+    assert set(plan.choices.values()) == {SLOW_CORRECT}, plan.to_markdown()
+    # the planted kernel is faster than the sleeping one, and still never chosen
+    fast = [m for m in plan.measurements if m.backend == PLANTED]
+    slow = {m.layer: m.time_ms for m in plan.measurements if m.backend == SLOW_CORRECT}
+    assert all(m.verdict == "fail" for m in fast) and all(m.time_ms < slow[m.layer] for m in fast)
+    assert "yardstick" in plan.reasons[PLANTED]
+    assert "NaN" in plan.reasons["decide_nan"] and "kernel exploded" in plan.reasons["decide_raises"]
+    assert plan.schedule(state.layer_names[0], 0, 3) == SLOW_CORRECT
+    # saved and loaded; a plan from another machine is refused unless allowed
+    path = plan.save(tmp_path / "plan.json")
+    assert AutotunePlan.load(path).choices == plan.choices
+    import json
+
+    data = json.loads(path.read_text())
+    data["platform"]["device_name"] = "NVIDIA H200"
+    data["versions"]["torch"] = "2.11.0+cu130"
+    path.write_text(json.dumps(data))
+    with pytest.raises(fluxlab.decide.PlanMismatchError, match="H200.*run fluxlab.autotune again"):
+        AutotunePlan.load(path)
+    assert AutotunePlan.load(path, allow_mismatch=True).notes
+
+
+def test_autotune_refuses_unknown_candidates_before_generating(pipe):
+    from fluxlab.decide import autotune
+
+    with ForwardCounter(pipe) as counter:
+        with pytest.raises(fluxlab.UnknownBackendError):
+            autotune(pipe, candidates=["sdpa", "flesh"], prompt=PROMPT, steps=3)
+        with pytest.raises(DecideInputError, match="nothing to choose"):
+            autotune(pipe, candidates=[], prompt=PROMPT, steps=3)
+    assert counter.forwards == 0

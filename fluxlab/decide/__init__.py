@@ -1,6 +1,7 @@
 """Decide, not only measure: where image drift is born, which schedule buys what, and a verdict-gated autotune."""
 
+from .autotune import AutotunePlan, Measurement, PlanMismatchError, autotune
 from .drift import Culprit, DriftMap, generation_bound, locate_drift
 from .runs import DecideInputError
 
-__all__ = ["Culprit", "DecideInputError", "DriftMap", "generation_bound", "locate_drift"]
+__all__ = ["AutotunePlan", "Measurement", "PlanMismatchError", "autotune", "Culprit", "DecideInputError", "DriftMap", "generation_bound", "locate_drift"]

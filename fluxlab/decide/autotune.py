@@ -1,0 +1,340 @@
+"""``fluxlab.autotune``: per attention layer, the fastest kernel whose verdict on that layer's real inputs is pass.
+
+q/k/v are captured from a real generation at every layer; each candidate is timed on them and judged by
+``compare_attention`` (float64 answer, torch's own error as yardstick). Unlike a gate relative to the incumbent
+kernel, a wrong kernel cannot pass by being close to another wrong one. Quantised and emulated kernels take part
+only with ``allow_quantised=True``, and then the whole plan must also pass the image verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from pathlib import Path
+
+from .. import registry
+from ..compare.image_rule import is_approximate
+from ..errors import FluxlabError, UnknownBackendError
+from ..models.attach import check_allowed, state_of
+from ..models.schedule import Schedule
+from .runs import DecideInputError, check_generation_args
+
+PLAN_FORMAT = "fluxlab-autotune/1"
+
+
+class PlanMismatchError(FluxlabError, RuntimeError):
+    """A saved plan was measured on another platform or with other versions."""
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One candidate on one layer: median time over the captured inputs' calls, worst verdict, why."""
+
+    layer: str
+    backend: str
+    verdict: str  # pass / warn / fail / skip
+    time_ms: float = math.nan
+    rel_l2: float = math.nan  # worst over the layer's inputs, vs float64
+    rel_l2_ratio: float = math.nan  # to the yardstick
+    quantised: bool = False
+    error: str | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass
+class AutotunePlan:
+    """Per-layer backend choices with every measurement behind them; ``schedule`` goes to ``fluxlab.set_schedule``."""
+
+    choices: dict[str, str]  # layer -> backend
+    measurements: list[Measurement]
+    reasons: dict[str, str]  # backend -> why it was never chosen (raised, NaN, failed, quantised not allowed...)
+    platform: dict
+    versions: dict
+    settings: dict
+    automatic: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> what the automatic choice ran
+    image_verdict: str | None = None
+    image_note: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.by_layer(dict(self.choices))
+
+    def per_layer(self, layer: str) -> list[Measurement]:
+        return sorted((m for m in self.measurements if m.layer == layer),
+                      key=lambda m: (m.time_ms if math.isfinite(m.time_ms) else math.inf))
+
+    def to_markdown(self) -> str:
+        lines = [f"Autotune on {self.platform.get('device_name')} ({self.platform.get('vendor')}), torch "
+                 f"{self.versions.get('torch')}: per layer the fastest candidate whose attention verdict is pass "
+                 f"(times in ms: median of the timed calls per captured input, averaged over the layer's inputs).", ""]
+        candidates = list(dict.fromkeys(m.backend for m in self.measurements))
+        lines += ["| layer | chosen | automatic | " + " | ".join(candidates) + " |",
+                  "|---|---|---|" + "---|" * len(candidates)]
+        for layer in dict.fromkeys(m.layer for m in self.measurements):
+            cells = {m.backend: m for m in self.measurements if m.layer == layer}
+            row = [f"{_ms(cells[c].time_ms)} {cells[c].verdict}" if c in cells else "" for c in candidates]
+            lines.append(f"| {layer} | **{self.choices.get(layer, 'automatic')}** | {self.automatic.get(layer, '')} "
+                         f"| " + " | ".join(row) + " |")
+        if self.reasons:
+            lines += ["", "Never chosen:", ""] + [f"- `{b}`: {why}" for b, why in self.reasons.items()]
+        if self.image_verdict is not None:
+            lines += ["", f"Image verdict of the whole plan: **{self.image_verdict}** ({self.image_note})"]
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def as_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "choices": self.choices, "automatic": self.automatic,
+                "reasons": self.reasons, "platform": self.platform, "versions": self.versions,
+                "settings": self.settings, "image_verdict": self.image_verdict, "image_note": self.image_note,
+                "notes": self.notes, "measurements": [_finite(dataclasses.asdict(m)) for m in self.measurements],
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    def save(self, path) -> Path:
+        """JSON with platform, versions and every measurement (written atomically)."""
+        from ..models.generate import write_json
+
+        path = Path(path)
+        write_json(path, self.as_dict())
+        return path
+
+    @classmethod
+    def load(cls, path, *, allow_mismatch: bool = False) -> AutotunePlan:
+        """A saved plan; refuses one measured on another platform or with other versions unless allowed."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no autotune plan at {path}; write one with plan.save(path) or "
+                                    "`fluxlab autotune --out DIR`") from None
+        except json.JSONDecodeError as exc:
+            raise PlanMismatchError(f"{path} is not a JSON autotune plan ({exc}); write it again with "
+                                    "plan.save(path)") from None
+        if data.get("format") != PLAN_FORMAT:
+            raise PlanMismatchError(f"{path} is not a {PLAN_FORMAT} plan (format {data.get('format')!r}); write it "
+                                    "again with this fluxlab's plan.save(path)")
+        platform, versions = current_identity()
+        differences = _differences("platform", data["platform"], platform, PLATFORM_KEYS) + \
+            _differences("version", data["versions"], versions, tuple(data["versions"]))
+        if differences and not allow_mismatch:
+            raise PlanMismatchError(
+                f"the plan in {path} was measured elsewhere: {'; '.join(differences)}. Its timings and verdicts may "
+                "not hold here: run fluxlab.autotune again on this machine, or pass allow_mismatch=True to use it "
+                "anyway.")
+        measurements = [Measurement(**{k: (math.nan if v is None and k in _FLOAT_FIELDS else v)
+                                       for k, v in m.items()}) for m in data["measurements"]]
+        plan = cls(dict(data["choices"]), measurements, dict(data["reasons"]), data["platform"], data["versions"],
+                   data["settings"], dict(data.get("automatic", {})), data.get("image_verdict"),
+                   data.get("image_note", ""), list(data.get("notes", [])))
+        if differences:
+            plan.notes.append("loaded despite: " + "; ".join(differences))
+        return plan
+
+
+_FLOAT_FIELDS = {"time_ms", "rel_l2", "rel_l2_ratio"}
+PLATFORM_KEYS = ("vendor", "arch", "device_name", "torch_version", "cuda_version", "hip_version")
+
+
+def _finite(record: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else "-"
+
+
+def _differences(kind: str, saved: dict, here: dict, keys) -> list[str]:
+    return [f"{kind} {key} {saved.get(key)!r} there, {here.get(key)!r} here" for key in keys
+            if saved.get(key) != here.get(key)]
+
+
+def current_identity(backends=()) -> tuple[dict, dict]:
+    import diffusers
+    import torch
+
+    from .. import __version__
+    from ..platform import current_platform
+
+    versions = {"fluxlab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    for name in backends:
+        try:
+            versions[f"backend:{name}"] = registry.get_backend(name).version
+        except UnknownBackendError:
+            versions[f"backend:{name}"] = None
+    return current_platform().as_dict(), versions
+
+
+def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], dict[str, str]]:
+    """Candidate names (checked now, before any generation) and reasons for those left out."""
+    from ..doctor import backends as statuses
+
+    left_out = {}
+    if candidates is None:
+        names = [s.name for s in statuses() if s.available and s.name in state.allowed and s.name != "reference"]
+    else:
+        names = [candidates] if isinstance(candidates, str) else list(candidates)
+        if not names:
+            raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names, e.g. "
+                                   "candidates=['sdpa', 'flex'], or None for every allowed one")
+        names = [check_allowed(n, state.allowed).name for n in names]  # unknown / disallowed names raise here
+    chosen = []
+    for name in dict.fromkeys(names):
+        if is_approximate(registry.get_backend(name)) and not allow_quantised:
+            left_out[name] = "quantised or emulated: taken only with allow_quantised=True"
+        else:
+            chosen.append(name)
+    if not chosen:
+        raise DecideInputError(f"no candidate left to time: {left_out}")
+    return chosen, left_out
+
+
+def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allow_quantised: bool = False,
+             capture_step: int | None = None, repeats: int = 5, height: int | None = None, width: int | None = None,
+             progress: bool = False, **pipe_kwargs) -> AutotunePlan:
+    """Choose per attention layer the fastest candidate whose verdict on that layer's captured inputs is pass.
+
+    ``candidates``: backend names (None: every backend the model allows that runs here, less the float64
+    reference). A candidate that raises, returns NaN/inf or fails the verdict on a layer is never chosen there,
+    and ``plan.reasons`` says why. ``capture_step``: the denoising step captured (default: the middle one; true
+    CFG gives two calls per layer). ``repeats``: timed calls per input after one warm-up call.
+    With ``allow_quantised`` quantised/emulated kernels compete too; the plan is then generated for every seed
+    and must pass the image verdict (fidelity budget) against the automatic choice, or its quantised choices
+    are dropped (``plan.notes`` says so).
+    """
+    import torch
+
+    from ..compare.attention import compare_attention
+    from ..models.capture import capture
+
+    check_generation_args(prompt, steps)
+    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
+    if not seeds:
+        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed calls")
+    state = state_of(pipe)
+    names, reasons = _candidates(state, candidates, allow_quantised)
+    step = steps // 2 if capture_step is None else capture_step
+    if not -steps <= step < steps:
+        raise DecideInputError(f"capture_step={capture_step} is outside the {steps} steps (0..{steps - 1}, or "
+                               "negative from the end)")
+    call = dict(prompt=prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seeds[0]),
+                output_type="latent", **pipe_kwargs)
+    if height is not None:
+        call["height"] = height
+    if width is not None:
+        call["width"] = width
+    with capture(pipe, steps=[step]) as cap:
+        pipe(**call)
+    by_layer: dict[str, list] = {}
+    for record in cap.records:
+        by_layer.setdefault(record.layer, []).append(record)
+    bar = _bar(progress, len(by_layer))
+    measurements, automatic = [], {}
+    try:
+        for layer, records in by_layer.items():
+            automatic[layer] = records[0].backend
+            report = compare_attention(records, backends=names, progress=False, timing_repeats=repeats,
+                                       error_maps=False)
+            measurements += _measure(layer, report.rows, names)
+            if bar:
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+    choices = _choose(by_layer, measurements, allow_quantised=True)
+    platform, versions = current_identity(sorted(set(names)))
+    settings = {"prompt": prompt, "steps": steps, "seeds": seeds, "capture_step": step, "repeats": repeats,
+                "candidates": names, "allow_quantised": allow_quantised, "height": height, "width": width,
+                **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    plan = AutotunePlan(choices, measurements, {}, platform, versions, settings, automatic)
+    plan.reasons = {**reasons, **_never_chosen(measurements, choices)}
+    if any(is_approximate(registry.get_backend(b)) for b in choices.values()):
+        _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
+    return plan
+
+
+def _measure(layer: str, rows, names) -> list[Measurement]:
+    """One Measurement per candidate from compare_attention's rows (the layer's inputs: cond and uncond)."""
+    from ..compare.tolerances import worst
+
+    found = []
+    for name in names:
+        mine = [r for r in rows if r.backend == name]
+        if not mine:
+            continue
+        verdict = worst(r.verdict for r in mine)
+        times = [r.time_ms for r in mine if r.time_ms is not None and math.isfinite(r.time_ms)]
+        errors = [r.error for r in mine if r.error]
+        rels = [r.rel_l2 for r in mine if r.rel_l2 is not None]
+        ratios = [r.rel_l2_ratio for r in mine if r.rel_l2_ratio is not None]
+        found.append(Measurement(
+            layer, name, verdict, time_ms=sum(times) / len(times) if times else math.nan,
+            rel_l2=max(rels) if rels else math.nan, rel_l2_ratio=max(ratios) if ratios else math.nan,
+            quantised=any(r.quantised for r in mine), error=errors[0] if errors else None,
+            note=next((r.notes for r in mine if r.verdict == verdict and r.notes), "")))
+    return found
+
+
+def _choose(by_layer, measurements, *, allow_quantised: bool) -> dict[str, str]:
+    choices = {}
+    for layer in by_layer:
+        passing = [m for m in measurements if m.layer == layer and m.verdict == "pass" and math.isfinite(m.time_ms)
+                   and (allow_quantised or not is_approximate(registry.get_backend(m.backend)))]
+        if passing:
+            choices[layer] = min(passing, key=lambda m: m.time_ms).backend
+    return choices
+
+
+def _never_chosen(measurements, choices) -> dict[str, str]:
+    chosen = set(choices.values())
+    reasons = {}
+    for m in measurements:
+        if m.backend in chosen or m.backend in reasons:
+            continue
+        if m.error:
+            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.error}"
+        elif m.verdict != "pass":
+            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.note}"
+        else:
+            reasons[m.backend] = "passes, but slower than the chosen kernel on every layer"
+    return reasons
+
+
+def _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs) -> None:
+    """A plan with quantised layers must pass the image verdict against the automatic choice, else loses them."""
+    from ..compare.image_rule import judge_budget
+    from ..compare.tolerances import worst
+    from .fidelity import fidelity
+    from .runs import Runner
+
+    runner = Runner(pipe, prompt=prompt, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
+    verdicts, notes = [], []
+    for seed in seeds:
+        exact = runner.run(None, seed=seed, image=True)
+        planned = runner.run(plan.schedule, seed=seed, image=True)
+        numbers = fidelity(planned, exact)
+        verdict, note = judge_budget(numbers["ssim"], numbers["psnr"], numbers["final_latent_rel_l2"])
+        verdicts.append(verdict)
+        notes.append(f"seed {seed}: {note}")
+    plan.image_verdict, plan.image_note = worst(verdicts), "; ".join(notes)
+    if plan.image_verdict != "pass":
+        dropped = sorted({b for b in plan.choices.values() if is_approximate(registry.get_backend(b))})
+        plan.choices = _choose(by_layer, plan.measurements, allow_quantised=False)
+        for name in dropped:
+            plan.reasons[name] = f"the plan with it failed the image verdict ({plan.image_verdict}): {plan.image_note}"
+        plan.notes.append(f"quantised choices {dropped} dropped: the whole plan did not pass the image verdict; "
+                          "exact kernels chosen instead")
+
+
+def _bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="autotune", unit="layer", leave=False)
