@@ -14,6 +14,7 @@ import torch
 
 from .. import registry
 from ..dispatch import clear_caches, use_backend
+from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
 
@@ -29,7 +30,9 @@ class ImageRow:
     final_latent_rel_l2: float = math.nan
     latent_drift: list[float] = dataclasses.field(default_factory=list)  # rel. L2 vs reference, per step
     attention_calls: int | None = None  # how often the pipeline called this backend
-    time_s: float | None = None
+    time_s: float | None = None  # after any warm-up (see ImageComparison.settings["warm_up"])
+    peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the timed run; None on the CPU
+    warmup_s: float | None = None  # the 1-step warm-up run of a backend that compiles on first use
     error: str | None = None
     # The verdict (image_rule.IMAGE_RULE_TEXT) and its reason; with several seeds the fields above are means and
     # the *_worst ones the worst seed's.
@@ -83,13 +86,14 @@ class ImageComparison:
                  f"{s['steps']} steps, {s['height']}x{s['width']}; reference backend: {self.reference}; "
                  f"exact-kernel spread {_num(self.spread, '.3g')}.", "",
                  "| backend | verdict | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | worst seed rel-L2 "
-                 "| attention calls | time (s) | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| attention calls | time (s) | peak GPU memory | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             calls = r.attention_calls if r.attention_calls is not None else ""
             lines.append(f"| {r.backend} | {r.verdict or ''} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} "
                          f"| {_num(r.max_abs_pixel, '.3g')} | {_num(r.final_latent_rel_l2, '.3g')} "
                          f"| {_num(r.final_latent_rel_l2_worst, '.3g')} | {calls} "
-                         f"| {_num(r.time_s, '.2f')} | {r.error or ''} |")
+                         f"| {_num(r.time_s, '.2f')} | {_memory(r.peak_memory_bytes)} | {r.error or ''} |")
+        lines.append(f"\nTimes: {s.get('warm_up', 'no warm-up')}. Peak memory: {s.get('peak_memory', '')}.")
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
@@ -192,7 +196,17 @@ def _safe_is_attached(is_attached, pipe) -> bool:
         return False
 
 
-def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_kwargs):
+def _memory(value) -> str:
+    from ..models.memory import gib
+
+    return "" if value is None else gib(value)
+
+
+def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_kwargs, control=None, count=True):
+    """(image, latents per step, attention calls, seconds, peak GPU bytes or None) of one generation."""
+    from ..models.memory import PeakMemory
+    from ..models.offload import execution_device
+
     latents = []
 
     def collect(pipeline, step, timestep, callback_kwargs):
@@ -202,23 +216,21 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     generator = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on every device
     counter = _CallCounter(spec.name)
     has_resolver = getattr(counter.backend, "resolve", None) is not None
-    with _backend_for(pipe, spec), spec.context(), (contextlib.nullcontext() if has_resolver else counter):
+    on_step = collect if control is None else control.callback(collect, count=count)
+    with _backend_for(pipe, spec), spec.context(), (contextlib.nullcontext() if has_resolver else counter), \
+            PeakMemory(execution_device(pipe)) as peak:
         start = time.perf_counter()
         output = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
-                      output_type="np", callback_on_step_end=collect,
+                      output_type="np", callback_on_step_end=on_step,
                       callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
         elapsed = time.perf_counter() - start
-    return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed
-
-
-def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a64, b64 = a.double(), b.double()
-    return ((a64 - b64).norm() / b64.norm().clamp_min(1e-300)).item()
+    return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
 def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
-                   yardstick: bool = True, require_routing: bool = True, **pipe_kwargs) -> ImageComparison:
+                   yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
+                   **pipe_kwargs) -> ImageComparison:
     """Generate one image per backend from the same noise, compare each with the reference backend's, judge it.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
@@ -233,6 +245,12 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     The pipeline must route attention through fluxlab (``fluxlab.load_flux2`` does); with
     ``require_routing`` a generation in which the backend was never called raises instead of reporting
     a meaningless "identical". Extra keyword arguments go to the pipeline call.
+    ``warmup``: backends that compile on first use ("auto": fa4, flex, sage, aiter's Triton ones on a GPU; True:
+    all; False: none; or names) run 1 step at this size once per process before the timed runs, so ``time_s``
+    does not include compiling; ``settings["warm_up"]`` says which. ``peak_memory_bytes`` per row:
+    ``torch.cuda.max_memory_allocated`` during the timed run (None on the CPU). ``control``: a
+    ``fluxlab.models.progress.StepControl`` that sees every step and can cancel between steps
+    (``GenerationCancelled``).
     """
     try:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -250,8 +268,8 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     labels = _unique_labels(specs)
     ref_label = labels[0] if reference is None else _find_reference(reference, labels)
 
-    def generate(spec, seed_value):
-        return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs)
+    def generate(spec, seed_value, count=True):
+        return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs, control, count)
 
     def metrics_of(image, steps_latents, ref_image, ref_latents) -> dict:
         diff = np.abs(image - ref_image)
@@ -266,6 +284,13 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
                 "latent_drift": drift, "final_latent_rel_l2": drift[-1] if drift else math.nan}
 
     rows = {label: ImageRow(label, seeds=list(seed_list)) for label in labels}
+    if control is not None:
+        control.start(len(labels) * len(seed_list) * steps)  # warm-up steps are not counted, but can be cancelled
+    warm_up = _warm_up(pipe, labels, specs, rows, warmup, height, width, pipe_kwargs.get("max_sequence_length"),
+                       lambda spec: _generate(pipe, spec, prompt, seed_list[0], 1, height, width, pipe_kwargs,
+                                              control, count=False))
+    if control is not None:
+        control.check()
     per_seed: dict[str, list[dict]] = {label: [] for label in labels}
     images, latents, spreads = None, None, []
     for seed_value in seed_list:
@@ -275,11 +300,14 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
             if row.error is not None:
                 continue
             try:
-                image, steps_latents, calls, elapsed = generate(spec, seed_value)
+                image, steps_latents, calls, elapsed, peak = generate(spec, seed_value)
             except Exception as exc:  # noqa: BLE001 - one backend failing must not end the comparison
                 row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
                 continue
+            if control is not None:
+                control.check()  # cancelled: stop here, between two steps
             row.attention_calls, row.time_s = calls, elapsed
+            row.peak_memory_bytes = peak if row.peak_memory_bytes is None else max(row.peak_memory_bytes, peak)
             if require_routing and calls == 0:
                 raise RuntimeError(
                     f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention "
@@ -298,15 +326,52 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
         for label in got_images:
             per_seed[label].append(metrics_of(got_images[label], got_latents[label], got_images[ref_label],
                                               got_latents[ref_label]))
-        spreads.append(_exact_spread(specs, labels, got_latents, yardstick, lambda spec: generate(spec, seed_value)))
+        spreads.append(_exact_spread(specs, labels, got_latents, yardstick,
+                                     lambda spec: generate(spec, seed_value, count=False)))
+        if control is not None:
+            control.check()
     finite_spreads = [v for v in spreads if math.isfinite(v)]
     spread = max(finite_spreads) if finite_spreads else math.nan
     for label, spec in zip(labels, specs):
         _summarise(rows[label], per_seed[label])
         rows[label].verdict, rows[label].verdict_note = _verdict(rows[label], spec, spread, label == ref_label)
     settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
-                "width": width, "pipeline": type(pipe).__name__, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+                "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
+                "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread)
+
+
+def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:
+    """Run 1 step on each backend that compiles on first use and is not warm yet; the label timings carry."""
+    from ..models.offload import execution_device
+    from ..models.warmup import is_warm, mark_warm, to_warm, warmup_note
+
+    device = execution_device(pipe)
+    transformer = pipe.transformer
+    chosen = set(to_warm([spec.name for spec in specs], device, warmup))
+    warmed, already = {}, []
+    for label, spec in zip(labels, specs):
+        if spec.name not in chosen or label in warmed or label in already:
+            continue
+        if is_warm(transformer, spec.label, device, height, width, text_tokens):
+            already.append(label)
+            continue
+        start = time.perf_counter()
+        try:
+            run_one_step(spec)
+        except Exception:  # noqa: BLE001 - the timed run reports this backend's error
+            continue
+        warmed[label] = rows[label].warmup_s = time.perf_counter() - start
+        mark_warm(transformer, spec.label, device, height, width, text_tokens)
+    return warmup_note(warmed, already, height, width)
+
+
+def _peak_note(pipe) -> str:
+    from ..models.offload import execution_device
+
+    if execution_device(pipe).type == "cuda":
+        return "torch.cuda.max_memory_allocated per backend's timed run, reset before it"
+    return "n/a on CPU"
 
 
 def _exact_spread(specs, labels, got_latents, generate_more: bool, generate) -> float:
