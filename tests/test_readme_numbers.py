@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # A key that names a source revision, and what a real one looks like: a hex commit id, maybe with a note after it.
-REVISION_KEY = re.compile(r"git|commit|revision", re.I)
+REVISION_KEY = re.compile(r"(git|git_?commit|git_?rev(ision)?|commit|revision)", re.I)  # not "git_commit_note"
 REVISION = re.compile(r"[0-9a-f]{7,40}\b")
 
 
@@ -87,7 +87,7 @@ def _revisions(value, key=""):
     elif isinstance(value, list):
         for item in value:
             yield from _revisions(item, key)
-    elif isinstance(value, str) and REVISION_KEY.search(key):
+    elif isinstance(value, str) and REVISION_KEY.fullmatch(key):
         yield key, value
 
 
