@@ -1,12 +1,18 @@
-"""``fluxlab.attention``: validate the inputs, choose a backend (and say why not the others), call it.
+"""``fluxlab.plan`` and ``fluxlab.attention``: validate the inputs, decide what runs, run it.
 
-Choice order: the ``backend=`` argument > ``use_backend(...)`` > ``$FLUXLAB_ATTENTION_BACKEND`` > the
-platform's priority list. A model may restrict the set (``allowed=``): a choice outside it is refused,
-never replaced. Fallback to another backend happens only when the caller opts in, with a warning.
+A ``Plan`` is the one answer to "what runs": the concrete backend (a group such as ``fa`` resolved to its
+member), its version, platform, options, scale, warnings and, on request, why the other backends were not
+picked. Its kernel is bound when the plan is made (libraries imported once), so calling it costs no lookups.
+
+Choice order: the ``backend=`` argument > ``use_backend(...)`` (context-local: per thread and per asyncio
+task) > ``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list. A model may restrict the set
+(``allowed=``): a choice outside it is refused, never replaced. Fallback to another backend happens only when
+the caller opts in, with a warning.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import os
@@ -16,17 +22,16 @@ import torch
 
 from . import registry
 from .backends.base import Backend
+from .choice import BackendChoice
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
-                     InvalidInputError, NoBackendError)
+                     InvalidBackendSpecError, InvalidInputError, NoBackendError, UnknownBackendError)
 from .platform import Platform, current_platform, platform_for_device
-from .priority import priority_for
+from .priority import GROUPS, priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
 # os.environ.get costs ~2 us (key encoding); the mapping's own dict is read on the hot path instead.
 _ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
-
-
 _ENV_BACKEND_KEY = ENV_BACKEND.encode()
 _ENV_CHECK_FINITE_KEY = ENV_CHECK_FINITE.encode()
 
@@ -57,86 +62,92 @@ def _check_finite(q, k, v) -> None:
 MAX_PLAUSIBLE_HEADS = 256
 
 
-# --------------------------------------------------------------------------------------------- choice
+# ------------------------------------------------------------------------------- choice (context-local)
 
 
-@dataclasses.dataclass(frozen=True)
-class BackendChoice:
-    """A backend name with options, e.g. parsed from ``"aiter:how_v3_bf16_cvt=2"``."""
-
-    name: str
-    options: tuple[tuple[str, object], ...] = ()
-
-    @classmethod
-    def parse(cls, spec: str | BackendChoice, **options) -> BackendChoice:
-        if isinstance(spec, BackendChoice):
-            merged = dict(spec.options) | options
-            return cls(spec.name, tuple(sorted(merged.items())))
-        name, _, rest = str(spec).partition(":")
-        parsed = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"backend option {item!r} in {spec!r} must be written key=value, "
-                                 "e.g. 'aiter:how_v3_bf16_cvt=2'")
-            parsed[key.strip()] = _literal(value.strip())
-        parsed.update(options)
-        backend = registry.get_backend(name)
-        unknown = set(parsed) - set(backend.options)
-        if unknown:
-            valid = ", ".join(sorted(backend.options)) or "none"
-            raise ValueError(f"backend '{backend.name}' has no option {sorted(unknown)}; its options: {valid}")
-        return cls(backend.name, tuple(sorted(parsed.items())))
-
-    def __str__(self):
-        opts = ",".join(f"{k}={v}" for k, v in self.options)
-        return f"{self.name}:{opts}" if opts else self.name
-
-
-def _literal(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-_UNSET = object()
-_current = {"choice": _UNSET, "fallback": False}  # what use_backend set; _UNSET: not used (env applies)
+_SETTINGS: contextvars.ContextVar[tuple] = contextvars.ContextVar("fluxlab_use_backend", default=())
 
 
 class use_backend:
-    """Choose the backend for every ``fluxlab.attention`` call: ``with use_backend("fa4"): ...`` or,
-    as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
-    overrides the environment variable); leaving a ``with`` block restores what was there before.
-    Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
+    """Choose the backend for ``fluxlab.attention`` calls in this thread / task: ``with use_backend("fa4"): ...``
+    or, as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
+    overrides the environment variable). Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
+
+    The setting is context-local (a ``contextvars.ContextVar``): another thread's ``with`` block never serves
+    this thread, and a new thread starts with no setting (the environment variable and priority list apply).
+    Each ``with`` block removes exactly its own entry on exit, so interleaved exits (two generators, two
+    tasks) restore correctly; a plain setter replaces the plain setter before it.
     """
 
-    def __init__(self, name: str | None, *, fallback: bool = False, **options):
+    def __init__(self, name: str | BackendChoice | None, *, fallback: bool = False, **options):
         self.choice = BackendChoice.parse(name, **options) if name is not None else None
-        self._previous = dict(_current)
-        _current.update(choice=self.choice, fallback=fallback)
+        self.fallback = bool(fallback)
+        self.key = (self.choice, self.fallback)  # what plan caches are keyed on
+        self._scoped = False
+        _SETTINGS.set((*_compacted(_SETTINGS.get()), self))
 
     def __enter__(self):
+        self._scoped = True
         return self
 
     def __exit__(self, *exc):
-        _current.update(self._previous)
+        _SETTINGS.set(tuple(s for s in _SETTINGS.get() if s is not self))
         return False
+
+    def __repr__(self):
+        return f"use_backend({str(self.choice) if self.choice else None!r}, fallback={self.fallback})"
+
+
+def _compacted(stack: tuple) -> list:
+    """Consecutive plain-setter entries (never entered as ``with`` blocks): only the latest counts."""
+    kept: list = []
+    for entry in stack:
+        if kept and not entry._scoped and not kept[-1]._scoped:
+            kept[-1] = entry
+        else:
+            kept.append(entry)
+    return kept
 
 
 def reset_backend_choice() -> None:
-    """Forget every ``use_backend`` setting: the environment variable and priority list apply again."""
-    _current.update(choice=_UNSET, fallback=False)
+    """Forget every ``use_backend`` setting of this context: the environment variable and priority list apply."""
+    _SETTINGS.set(())
+
+
+_env_choices: dict = {}
+
+
+def _env_choice() -> BackendChoice | None:
+    """$FLUXLAB_ATTENTION_BACKEND parsed (once per value); a bad value raises naming the variable."""
+    raw = _env_raw(_ENV_BACKEND_KEY, ENV_BACKEND)
+    if raw in _env_choices:
+        return _env_choices[raw]
+    text = (raw.decode() if isinstance(raw, bytes) else raw or "").strip()
+    try:
+        choice = BackendChoice.parse(text) if text else None
+    except (UnknownBackendError, InvalidBackendSpecError) as exc:
+        raise InvalidBackendSpecError(
+            f"environment variable {ENV_BACKEND}={text!r} is not a valid backend choice: {exc} Fix or unset it "
+            f"(e.g. `export {ENV_BACKEND}=sdpa`, or `unset {ENV_BACKEND}` for automatic choice).") from None
+    _env_choices[raw] = choice
+    return choice
 
 
 def selected_backend() -> BackendChoice | None:
-    """What ``use_backend`` or the environment currently asks for (None: automatic)."""
-    if _current["choice"] is not _UNSET:
-        return _current["choice"]
-    env = os.environ.get(ENV_BACKEND, "").strip()
-    return BackendChoice.parse(env) if env else None
+    """What ``use_backend`` (in this context) or the environment currently asks for (None: automatic)."""
+    stack = _SETTINGS.get()
+    return stack[-1].choice if stack else _env_choice()
+
+
+def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
+    """The choice that applies (argument > use_backend > environment) and whether fallback is allowed."""
+    if backend is not None:
+        return BackendChoice.parse(backend), bool(fallback)
+    stack = _SETTINGS.get()
+    if stack:
+        top = stack[-1]
+        return top.choice, top.fallback if fallback is None else bool(fallback)
+    return _env_choice(), bool(fallback)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -148,7 +159,13 @@ def _shape(t) -> str:
 
 def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = None,
                     check_finite: bool | None = None) -> None:
-    """Raise InvalidInputError naming the problem and the fix, or return None."""
+    """Raise InvalidInputError naming the problem and the fix, or return None.
+
+    The layout check cannot always tell ``[B, S, H, D]`` from ``[B, H, S, D]``: both are 4-D with the same
+    dims. Without ``heads=`` it fires only when dim 2 exceeds ``MAX_PLAUSIBLE_HEADS`` (256), so a transposed
+    tensor with a short sequence (S <= 256, e.g. 1x24x77x128 read as 77 heads) passes and is computed wrongly.
+    Pass ``heads=`` (the model's query-head count; FLUX.2's router does) and any mismatch is refused.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -207,15 +224,42 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
         _check_finite(q, k, v)
 
 
+def check_scale_fits(q, k, scale: float) -> None:
+    """Refuse a scale with which the scores ``scale * q.k`` can overflow (the softmax of inf is NaN).
+
+    Rule (sound, one reduction per tensor, run when a plan is made): kernels hold scores in float32 (float64 for
+    float64 inputs), and ``|scale * q.k| <= scale * head_dim * max|q| * max|k|``; that bound must stay below the
+    accumulator's largest finite value. Kernels that pre-scale q and k by ``sqrt(scale)`` in the input dtype
+    (SDPA's math kernel) also need ``sqrt(scale) * max(max|q|, max|k|)`` to fit the input dtype.
+    """
+    accumulator = torch.float64 if q.dtype == torch.float64 else torch.float32
+    limit = torch.finfo(accumulator).max
+    usual = f"the usual scale is head_dim ** -0.5 = {q.shape[-1] ** -0.5:.6g}"
+    if scale > limit:
+        raise InvalidInputError(f"scale {scale:g} is beyond {accumulator}'s largest value {limit:.3g}, so every "
+                                f"score overflows; {usual}")
+    if q.device.type == "meta":
+        return
+    q_max, k_max = q.detach().abs().amax().item(), k.detach().abs().amax().item()
+    if not math.isfinite(q_max * k_max):
+        return  # NaN/inf inputs: the finite check (check_finite=True) names them
+    bound = scale * q.shape[-1] * q_max * k_max
+    if bound > limit:
+        raise InvalidInputError(
+            f"scale {scale:g} can overflow the attention scores: |scale * q.k| <= scale x head_dim x max|q| x "
+            f"max|k| = {scale:g} x {q.shape[-1]} x {q_max:.3g} x {k_max:.3g} = {bound:.3g}, beyond "
+            f"{str(accumulator).replace('torch.', '')}'s largest value {limit:.3g} (kernels hold scores in it); "
+            f"the softmax of inf scores is NaN. Use a smaller scale ({usual}) or rescale q and k.")
+    dtype_limit = torch.finfo(q.dtype).max
+    if math.sqrt(scale) * max(q_max, k_max) > dtype_limit:
+        raise InvalidInputError(
+            f"scale {scale:g} overflows {str(q.dtype).replace('torch.', '')} when q and k are pre-scaled by "
+            f"sqrt(scale) (as SDPA's math kernel does): sqrt(scale) x max(|q|, |k|) = "
+            f"{math.sqrt(scale) * max(q_max, k_max):.3g} > {dtype_limit:.3g}. Use a smaller scale ({usual}), "
+            "rescale q and k, or use float32 inputs.")
+
+
 # ------------------------------------------------------------------------------------------ selection
-
-
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    backend: Backend
-    options: dict
-    requested: str | None  # what the caller asked for (None = automatic)
-    substituted_reasons: tuple[str, ...] = ()  # non-empty when fallback replaced the request
 
 
 def _describe_inputs(q, k, v, causal, return_lse) -> str:
@@ -223,23 +267,24 @@ def _describe_inputs(q, k, v, causal, return_lse) -> str:
             f"{str(q.dtype).replace('torch.', '')}, device {q.device}, causal={causal}, return_lse={return_lse}")
 
 
-def _reasons_for(backend: Backend, q, k, v, platform, causal, return_lse, allowed) -> list[str]:
+def _reasons_for(backend, q, k, v, platform, causal, return_lse, lse_grad, allowed) -> list[str]:
     reasons = []
     if allowed is not None and backend.name not in allowed:
         reasons.append(f"outside the model's allowed set ({', '.join(sorted(allowed))})")
-    return reasons + backend.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse)
+    return reasons + backend.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse,
+                                                   lse_grad=lse_grad)
 
 
-def _auto(q, k, v, platform, causal, return_lse, allowed) -> Backend | None:
+def _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed) -> Backend | None:
     for name in priority_for(platform):
         backend = registry.get_backend(name)
-        if not _reasons_for(backend, q, k, v, platform, causal, return_lse, allowed):
+        if not _reasons_for(backend, q, k, v, platform, causal, return_lse, lse_grad, allowed):
             return backend
     return None
 
 
-def _everything_refused(q, k, v, platform, causal, return_lse, allowed, headline) -> NoBackendError:
-    reasons = {b.name: _reasons_for(b, q, k, v, platform, causal, return_lse, allowed)
+def _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed, headline) -> NoBackendError:
+    reasons = {b.name: _reasons_for(b, q, k, v, platform, causal, return_lse, lse_grad, allowed)
                for b in registry.all_backends()}
     lines = [f"  {name}: {'; '.join(r) if r else 'could run, but is not on the priority list'}"
              for name, r in reasons.items()]
@@ -247,99 +292,225 @@ def _everything_refused(q, k, v, platform, causal, return_lse, allowed, headline
                           f"{platform.describe()}.\nEvery backend:\n" + "\n".join(lines), reasons)
 
 
-_cache: dict = {}
+def _canonical_allowed(allowed) -> frozenset[str] | None:
+    """Canonical names; a group (``fa``) allows its members too."""
+    if allowed is None:
+        return None
+    names = {registry.canonical_name(n) for n in allowed}
+    for group in names & set(GROUPS):
+        names.update(member for row in GROUPS[group].values() for member in row)
+    return frozenset(names)
 
 
-def clear_caches() -> None:
-    """Forget cached backend decisions (call after installing a kernel package into a running session)."""
-    _cache.clear()
-    _plans.clear()
-
-
-def select_backend(q, k, v, *, backend=None, causal=False, return_lse=False, allowed=None, fallback=None,
-                   platform: Platform | None = None) -> Selection:
-    """Decide which backend would run these inputs, without running it. Raises with reasons."""
-    platform = platform or platform_for_device(q.device)
-    fallback_default = False
-    if backend is None:
-        choice = selected_backend()
-        fallback_default = _current["fallback"] if _current["choice"] is not _UNSET else False
-    else:
-        choice = BackendChoice.parse(backend)
-    fallback = fallback_default if fallback is None else fallback
-    allowed = frozenset(registry.canonical_name(n) for n in allowed) if allowed is not None else None
-    key = (choice, fallback, allowed, platform, q.dtype, q.device.type, q.shape[2], k.shape[2], q.shape[3],
-           v.shape[3], causal, return_lse, registry.generation())
-    hit = _cache.get(key)
-    if hit is not None:
-        return hit
-    selection = _select_uncached(q, k, v, choice, causal, return_lse, allowed, fallback, platform)
-    if q.device.type != "cuda" or not selection.backend.extra_checks:
-        _cache[key] = selection  # torch's CUDA checks can depend on sequence length: not cached
-    return selection
-
-
-def _select_uncached(q, k, v, choice, causal, return_lse, allowed, fallback, platform) -> Selection:
+def _select(q, k, v, choice, causal, return_lse, lse_grad, allowed, fallback, platform):
+    """-> (backend or group, options, warning or None). Raises with every reason when nothing may run."""
     if choice is None:
-        backend = _auto(q, k, v, platform, causal, return_lse, allowed)
+        backend = _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed)
         if backend is None:
-            raise _everything_refused(q, k, v, platform, causal, return_lse, allowed,
+            raise _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed,
                                       "No attention backend can run these inputs.")
-        return Selection(backend, {}, None)
+        return backend, {}, None
     requested = registry.get_backend(choice.name)
-    options = dict(requested.options) | dict(choice.options)
     if allowed is not None and requested.name not in allowed:
         raise BackendNotAllowedError(
             f"backend '{requested.name}' is outside this model's allowed set "
             f"({', '.join(sorted(allowed))}); fluxlab refuses instead of falling back to another kernel. "
             "Widen the set (fluxlab.attach(..., allowed=...)) or choose one of those.",
             {requested.name: ["outside the model's allowed set"]})
-    reasons = requested.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse)
+    reasons = requested.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse,
+                                              lse_grad=lse_grad)
     if not reasons:
-        return Selection(requested, options, requested.name)
+        return requested, dict(requested.options) | dict(choice.options), None
     message = (f"backend '{requested.name}' cannot run here:\n  - " + "\n  - ".join(reasons) +
                f"\nInputs: {_describe_inputs(q, k, v, causal, return_lse)}; platform: {platform.describe()}.")
     if not fallback:
         raise BackendUnavailableError(message + "\nChoose another backend (fluxlab doctor lists them) or opt "
                                       "into fallback=True.", {requested.name: reasons})
-    substitute = _auto(q, k, v, platform, causal, return_lse, allowed)
+    substitute = _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed)
     if substitute is None:
-        raise _everything_refused(q, k, v, platform, causal, return_lse, allowed,
+        raise _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed,
                                   message + "\nFallback was allowed, but nothing else can run either.")
-    return dataclasses.replace(Selection(substitute, {}, requested.name), substituted_reasons=tuple(reasons))
+    warning = (f"fluxlab: '{requested.name}' cannot run ({'; '.join(reasons)}); using '{substitute.name}' "
+               "instead (fallback=True)")
+    return substitute, {}, warning
+
+
+def _concrete(backend, q, k, platform, causal, return_lse, lse_grad=False) -> Backend:
+    """A group (``fa``) stands for its best member that runs these inputs; a backend is itself."""
+    resolve = getattr(backend, "resolve", None)
+    if resolve is None:
+        return backend
+    member = resolve(q, k, platform, causal=causal, return_lse=return_lse, lse_grad=lse_grad)
+    if member is None:
+        raise BackendUnavailableError(f"group '{backend.name}' has no member that can run these inputs here: "
+                                      + "; ".join(backend.not_supported_reasons(q, k, k, platform, causal=causal,
+                                                                                 return_lse=return_lse)),
+                                      {backend.name: ["no runnable member"]})
+    return member
+
+
+def _bind(backend: Backend, choice: BackendChoice | None):
+    """The backend's kernel with its library imported now; with torch knobs held around each call."""
+    try:
+        kernel = backend.kernel()
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend '{backend.name}' is installed but its library failed to import: "
+                                      f"{exc}", {backend.name: [f"import failed: {exc}"]}) from exc
+    if choice is None or not choice.knobs:
+        return kernel
+
+    def with_knobs(q, k, v, **kwargs):
+        with choice.knob_context():
+            return kernel(q, k, v, **kwargs)
+    return with_knobs
+
+
+# ----------------------------------------------------------------------------------------------- plans
+
+
+@dataclasses.dataclass(eq=False)
+class Plan:
+    """What runs for one kind of call: ``plan(q, k, v)`` runs it. Made by ``fluxlab.plan``.
+
+    ``backend`` is the concrete kernel that runs (a group such as ``fa`` resolved to its member), ``requested``
+    what the caller asked for (None: automatic), ``warnings`` what the caller must know (e.g. a fallback).
+    ``reasons_for_others()`` says why each other backend was not picked.
+    """
+
+    backend: str
+    version: str | None
+    platform: Platform
+    options: dict
+    knobs: tuple
+    scale: float
+    causal: bool
+    return_lse: bool
+    requested: str | None
+    warnings: tuple[str, ...]
+    q_shape: torch.Size
+    k_shape: torch.Size
+    v_shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    fn: object = dataclasses.field(repr=False)
+    allowed: frozenset | None = dataclasses.field(default=None, repr=False)
+    lse_grad: bool = dataclasses.field(default=False, repr=False)
+    _checked: bool = dataclasses.field(default=False, repr=False)
+
+    @property
+    def out_shape(self) -> tuple:
+        return (*self.q_shape[:3], self.v_shape[3])
+
+    def __call__(self, q, k, v):
+        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``."""
+        if (q.shape != self.q_shape or k.shape != self.k_shape or v.shape != self.v_shape or q.dtype != self.dtype
+                or q.device != self.device):
+            raise InvalidInputError(
+                f"this plan was made for q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
+                f"{str(self.dtype).replace('torch.', '')} on {self.device}; got q {_shape(q)}, k {_shape(k)}, "
+                f"v {_shape(v)} {str(q.dtype).replace('torch.', '')} on {q.device}. Make a plan for these inputs: "
+                "fluxlab.plan(q, k, v, ...)")
+        for warning in self.warnings:
+            warnings.warn(warning, FallbackWarning, stacklevel=2)
+        result = self.fn(q, k, v, scale=self.scale, causal=self.causal, return_lse=self.return_lse, **self.options)
+        out = result[0] if self.return_lse and isinstance(result, tuple) else result
+        if not self._checked or getattr(out, "shape", None) != self.out_shape or out.dtype != q.dtype:
+            check_output(result, q, v, return_lse=self.return_lse, backend_name=self.backend)
+            self._checked = True
+        return result
+
+    run = __call__
+
+    def reasons_for_others(self) -> dict[str, list[str]]:
+        """Every other backend with why it was not picked (judged on the planned shapes and dtype)."""
+        q, k, v = (torch.empty(s, dtype=self.dtype, device="meta") for s in (self.q_shape, self.k_shape, self.v_shape))
+        order = priority_for(self.platform)
+        rank = order.index(self.backend) if self.backend in order else None
+        answer = {}
+        for other in registry.all_backends():
+            if other.name == self.backend:
+                continue
+            reasons = _reasons_for(other, q, k, v, self.platform, self.causal, self.return_lse, self.lse_grad,
+                                   self.allowed)
+            if not reasons:
+                if self.requested is not None:
+                    reasons = [f"could run, but '{self.requested}' was asked for"]
+                elif other.name in order and rank is not None and order.index(other.name) > rank:
+                    reasons = [f"could run, but ranked below {self.backend} (fluxlab/priority.py)"]
+                else:
+                    reasons = ["could run, but is never picked automatically: choose it explicitly"]
+            answer[other.name] = reasons
+        return answer
+
+    def describe(self) -> str:
+        """A few lines a user can read: what runs, where, with what, and any warnings."""
+        options = ", ".join(f"{k}={v}" for k, v in self.options.items()) or "defaults"
+        knobs = ", ".join(f"{k}={int(v)}" for k, v in self.knobs)
+        lines = [f"runs: {self.backend} {self.version or ''}".rstrip() +
+                 f" (requested: {self.requested or 'automatic'}) on {self.platform.describe()}",
+                 f"inputs: q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
+                 f"{str(self.dtype).replace('torch.', '')} on {self.device}",
+                 f"scale {self.scale:.6g}, causal={self.causal}, return_lse={self.return_lse}; options: {options}"
+                 + (f"; torch knobs: {knobs}" if knobs else "")]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _dims(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _lse_grad(q, k, v) -> bool:
+    """The LSE's gradient could be needed: grad mode is on and an input requires grad."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
+def plan(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None, fallback=None,
+         heads=None, platform=None) -> Plan:
+    """Decide what runs these inputs, without running it: a ``Plan`` (call it with ``q, k, v`` to run).
+
+    Arguments as for ``attention``. Refusals raise with every reason (``BackendUnavailableError``,
+    ``BackendNotAllowedError``, ``NoBackendError``); bad inputs raise ``InvalidInputError``. ``heads``: the
+    model's query-head count, which lets the layout check catch a ``[B, H, S, D]`` tensor it cannot otherwise
+    tell apart (see ``validate_inputs``).
+    """
+    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
+    lse_grad = bool(return_lse) and _lse_grad(q, k, v)
+    return _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad,
+                      validated=True)
+
+
+def _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad,
+               validated=False) -> Plan:
+    if not validated:
+        validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
+    check_scale_fits(q, k, float(scale))
+    platform = platform or platform_for_device(q.device)
+    choice, fallback = _requested(backend, fallback)
+    allowed = _canonical_allowed(allowed)
+    picked, options, warning = _select(q, k, v, choice, causal, return_lse, lse_grad, allowed, fallback, platform)
+    concrete = _concrete(picked, q, k, platform, causal, return_lse, lse_grad)
+    knobs = choice.knobs if choice is not None and picked.name == choice.name else ()
+    fn = _bind(concrete, choice if knobs else None)
+    return Plan(concrete.name, concrete.version, platform, options, knobs, float(scale), bool(causal),
+                bool(return_lse), str(choice) if choice is not None else None, (warning,) if warning else (),
+                q.shape, k.shape, v.shape, q.dtype, q.device, fn, allowed, lse_grad)
 
 
 # ------------------------------------------------------------------------------------------- calling
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Everything decided for one kind of call; reused while shapes, dtypes, devices and choice repeat."""
-
-    fn: object
-    options: dict
-    scale: float
-    out_shape: tuple
-    backend_name: str
-    warning: str | None
-
-
 _plans: dict = {}
 _MAX_PLANS = 4096
+_is_compiling = torch.compiler.is_compiling  # bound once: the check is on the hot path
 
 
-def _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform) -> _Plan:
-    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
-    selection = select_backend(q, k, v, backend=backend, causal=causal, return_lse=return_lse,
-                               allowed=allowed, fallback=fallback, platform=platform)
-    chosen = _concrete(selection.backend, q, k, platform, causal, return_lse)
-    warning = None
-    if selection.substituted_reasons:
-        warning = (f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)}); "
-                   f"using '{chosen.name}' instead (fallback=True)")
-    return _Plan(chosen.fn, selection.options, float(scale), (*q.shape[:3], v.shape[3]), chosen.name, warning)
+def clear_caches() -> None:
+    """Forget cached plans (call after installing a kernel package into a running session)."""
+    _plans.clear()
+    _env_choices.clear()
 
 
 def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None,
@@ -347,53 +518,62 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     """Attention over ``[batch, seq, heads, head_dim]`` tensors; returns ``[batch, seq, heads, head_dim]``.
 
     ``scale`` defaults to ``head_dim ** -0.5`` and is always passed to the kernel explicitly. With
-    ``return_lse=True`` returns ``(out, lse)``: natural-log log-sum-exp, float32, ``[batch, heads, seq]``.
-    Decisions are cached per call signature, so a model's repeated calls pay a dictionary lookup.
+    ``return_lse=True`` returns ``(out, lse)``: natural-log log-sum-exp, float32, ``[batch, heads, seq]``;
+    where the inputs require grad, only a backend whose LSE carries a gradient is used (else refused).
+    ``heads``: the model's query-head count (strengthens the layout check). ``backend`` takes a spec such as
+    ``"aiter:how_v3_bf16_cvt=2"`` or ``"sdpa:cudnn=0"`` (``BackendChoice.parse``). The decision is a
+    ``Plan`` (``fluxlab.plan``) cached per call signature, so a model's repeated calls pay a dictionary lookup.
+    Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
     """
+    if _is_compiling():  # dynamo is tracing: give it one opaque op; this dispatcher runs inside it at run time
+        from .ops import compiled_attention
+
+        return compiled_attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
+                                  allowed=allowed, fallback=fallback, heads=heads, check_finite=check_finite,
+                                  platform=platform)
     if allowed is not None and type(allowed) is not frozenset:
         allowed = frozenset(allowed)
+    stack = _SETTINGS.get()
     try:
+        lse_grad = return_lse and _lse_grad(q, k, v)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend,
-               scale, causal, return_lse, allowed, fallback, heads, platform, _current["choice"],
-               _current["fallback"],
+               scale, causal, return_lse, lse_grad, allowed, fallback, heads, platform,
+               stack[-1].key if stack else None,
                _ENV_DATA.get(_ENV_BACKEND_KEY) if _ENV_DATA is not None else os.environ.get(ENV_BACKEND),
                registry._generation)
-        plan = _plans.get(key)
+        plan_ = _plans.get(key)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path explains
-        key = plan = None
-    first_call = plan is None
+        key = plan_ = None
+        lse_grad = False
+    first_call = plan_ is None
     if first_call:
-        plan = _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform)
+        plan_ = _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform,
+                           lse_grad)
         if key is not None:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
-            _plans[key] = plan
+            _plans[key] = plan_
     if _finite_checks_on(check_finite):  # data-dependent, so never part of the cached plan
         _check_finite(q, k, v)
-    if plan.warning:
-        warnings.warn(plan.warning, FallbackWarning, stacklevel=2)
-    result = plan.fn(q, k, v, scale=plan.scale, causal=causal, return_lse=return_lse, **plan.options)
+        if not first_call:
+            check_scale_fits(q, k, plan_.scale)
+    if plan_.warnings:
+        for warning in plan_.warnings:
+            warnings.warn(warning, FallbackWarning, stacklevel=2)
+    result = plan_.fn(q, k, v, scale=plan_.scale, causal=causal, return_lse=return_lse, **plan_.options)
     out = result[0] if return_lse and isinstance(result, tuple) else result
-    if first_call or getattr(out, "shape", None) != plan.out_shape or out.dtype != q.dtype:
-        check_output(result, q, v, return_lse=return_lse, backend_name=plan.backend_name)
+    if first_call or getattr(out, "shape", None) != plan_.out_shape or out.dtype != q.dtype:
+        check_output(result, q, v, return_lse=return_lse, backend_name=plan_.backend)
     return result
 
 
-def _concrete(backend: Backend, q, k, platform, causal, return_lse) -> Backend:
-    """``fa`` stands for the best FlashAttention generation that runs these inputs; others are themselves."""
-    resolve = getattr(backend, "resolve", None)
-    if resolve is None:
-        return backend
-    concrete = resolve(q, k, platform or platform_for_device(q.device), causal=causal, return_lse=return_lse)
-    if concrete is None:
-        raise BackendUnavailableError(f"backend '{backend.name}' has no runnable generation here")
-    return concrete
-
-
-def run_backend(backend: Backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):
-    """Call one backend and check what it returns against the contract."""
-    backend = _concrete(backend, q, k, platform, causal, return_lse)
-    result = backend.fn(q, k, v, scale=scale, causal=causal, return_lse=return_lse, **options)
+def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):
+    """Call one backend's kernel directly, skipping selection and capability checks, and check what it returns
+    against the contract. For adapter authors and stand-in contract tests; everything else uses ``plan``."""
+    if isinstance(backend, str):
+        backend = registry.get_backend(backend)
+    backend = _concrete(backend, q, k, platform or platform_for_device(q.device), causal, return_lse)
+    result = backend.kernel()(q, k, v, scale=scale, causal=causal, return_lse=return_lse, **options)
     check_output(result, q, v, return_lse=return_lse, backend_name=backend.name)
     return result
 
@@ -427,5 +607,5 @@ def default_backend(q=None, *, platform: Platform | None = None) -> str | None:
     if q is None:
         dtype = torch.bfloat16 if platform.bf16 else torch.float16
         q = torch.empty(1, 4608, 24, 128, dtype=dtype, device="meta")
-    backend = _auto(q, q, q, platform, False, False, None)
+    backend = _auto(q, q, q, platform, False, False, False, None)
     return backend.name if backend else None

@@ -32,6 +32,9 @@ class BackendStatus:
     experimental: bool
     builtin: bool
     not_default_because: str | None = None  # for available backends that automatic choice does not pick
+    # Proven against a stand-in with the library's signature only (call contract tested, kernel never run here).
+    stand_in_only: bool = False
+    group_members: tuple[str, ...] = ()  # for a priority group (``fa``): its members on this platform, best first
     emulated: bool = False  # a float32 emulation of another kernel's numerics (backends/emulated.py)
     emulates: str | None = None  # the real backend it models
 
@@ -49,7 +52,15 @@ def backends(platform: Platform | None = None) -> list[BackendStatus]:
                                   backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
                                   caps.experimental, backend.builtin,
                                   None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order),
-                                  emulated=caps.emulated, emulates=caps.emulates))
+                                  stand_in_only=caps.stand_in_only, emulated=caps.emulated,
+                                  emulates=caps.emulates))
+    for group in registry.all_groups():
+        reasons = group.platform_reasons(platform)
+        members = tuple(m.name for m in group.members(platform))
+        rows.append(BackendStatus(group.name, not reasons, tuple(reasons), None, False,
+                                  f"group: {group.description}; here tries {' > '.join(members)}", True, False, False,
+                                  True, None if reasons else "a group: names its best runnable member, never picked "
+                                  "automatically itself", group_members=members))
     return rows
 
 
@@ -66,6 +77,7 @@ def doctor_text(platform: Platform | None = None) -> str:
         status = "DEFAULT" if r.default else ("available" if r.available else "no")
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
                                 ("lse", r.returns_lse), ("user", not r.builtin),
+                                ("proven on a stand-in only", r.stand_in_only),
                                 (f"emulated: emulates {r.emulates}", r.emulated)) if on]
         note = "; ".join(r.reasons) if r.reasons else r.description
         if r.not_default_because:

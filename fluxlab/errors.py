@@ -34,9 +34,17 @@ class NoBackendError(BackendUnavailableError):
     """Nothing qualifies; ``reasons`` maps every backend to why it was not picked."""
 
 
+class InvalidBackendSpecError(FluxlabError, ValueError):
+    """A backend spec ("name:option=value,knob=value") names an option or a value the backend does not take."""
+
+
 class BackendOutputError(FluxlabError, RuntimeError):
     """A backend returned something that breaks the contract (shape, dtype, missing LSE)."""
 
 
-class FallbackWarning(UserWarning):
+class FluxlabWarning(UserWarning):
+    """Base class for fluxlab's warnings (filter them all with ``warnings.filterwarnings(..., FluxlabWarning)``)."""
+
+
+class FallbackWarning(FluxlabWarning):
     """The caller opted into fallback and a different backend than requested ran."""

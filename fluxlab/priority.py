@@ -1,9 +1,12 @@
-"""Which exact backend runs when nobody chose: one row per vendor/arch, best first.
+"""Which exact backend runs when nobody chose: one row per vendor/arch, best first; and the priority groups.
 
-Measured on H100 and H200 at FLUX.2 shapes (bf16, D 128; README "Performance"): FA4 and SDPA's cuDNN
-kernel run at ~1.8x SDPA's flash (FA2) kernel. Quantised kernels (sage, aiter_sage) are never picked
-automatically: a researcher opts into them. Rows are tried most specific first: (vendor, arch), then
-(vendor, None).
+Measured on an H100 at FLUX.2 shapes (bf16, D 128; benchmarks/results/h100/attention.json): FA4 and SDPA's
+cuDNN kernel run at ~1.8x SDPA's flash (FA2) kernel. fa2 and fa3 are proven on stand-ins only (their call
+contract, tests/test_standin_contracts.py; no build of either has run on a GPU here), so their ranks are the
+upstream projects' published ordering, not our measurement: fa3 stays on the Hopper row below the measured
+kernels (fa4, cuDNN), so it is only picked on a machine that has it and lacks both. Quantised kernels (sage,
+aiter_sage) are never picked automatically: a researcher opts into them. Rows are tried most specific first:
+(vendor, arch), then (vendor, None).
 """
 
 from __future__ import annotations
@@ -24,5 +27,18 @@ PRIORITY: dict[tuple[str, str | None], tuple[str, ...]] = {
 }
 
 
+# Priority groups: a name that stands for the best member that can run the inputs, tried in this order.
+# ``fa`` is the best FlashAttention generation (fa4 measured fastest on H100; fa3/fa2 stand-in-tested).
+GROUPS: dict[str, dict[str | None, tuple[str, ...]]] = {
+    "fa": {"sm_90": ("fa4", "fa3", "fa2"), "sm_100": ("fa4", "fa2"), "sm_103": ("fa4", "fa2"), None: ("fa2",)},
+}
+
+
 def priority_for(platform: Platform) -> tuple[str, ...]:
     return PRIORITY.get((platform.vendor, platform.arch)) or PRIORITY[(platform.vendor, None)]
+
+
+def group_members(group: str, platform: Platform) -> tuple[str, ...]:
+    """The backends a priority group tries on ``platform``, best first."""
+    rows = GROUPS[group]
+    return rows.get(platform.arch) or rows[None]

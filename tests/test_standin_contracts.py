@@ -15,7 +15,7 @@ import torch
 import fluxlab
 from fluxlab import Platform
 from fluxlab.backends.reference import reference_attention
-from fluxlab.dispatch import run_backend, select_backend
+from fluxlab.dispatch import plan, run_backend
 
 HERE = pathlib.Path(__file__).parent
 
@@ -85,19 +85,19 @@ def test_aiter_rounding_mode_through_backend_spec(standins):
     import aiter
 
     q, k, v = (t.to("meta") for t in _inputs())
-    selection = select_backend(q, k, v, backend="aiter:how_v3_bf16_cvt=2", platform=Platform.mi300x())
-    assert selection.backend.name == "aiter" and selection.options == {"how_v3_bf16_cvt": 2}
+    planned = plan(q, k, v, backend="aiter:how_v3_bf16_cvt=2", platform=Platform.mi300x())
+    assert planned.backend == "aiter" and planned.options == {"how_v3_bf16_cvt": 2}
     real = _inputs()
-    run_backend(selection.backend, *real, scale=0.1, **selection.options)
+    run_backend(planned.backend, *real, scale=0.1, **planned.options)
     assert aiter.CALLS[-1]["how_v3_bf16_cvt"] == 2
 
 
 def test_mi300x_picks_aiter_when_installed(standins):
     q, k, v = (t.to("meta") for t in _inputs())
-    assert select_backend(q, k, v, platform=Platform.mi300x()).backend.name == "aiter"
+    assert plan(q, k, v, platform=Platform.mi300x()).backend == "aiter"
     # ... and on an H100 the same installed package is refused for the platform, with the reason
     with pytest.raises(fluxlab.BackendUnavailableError, match="aiter runs on amd, not on nvidia"):
-        select_backend(q, k, v, backend="aiter", platform=Platform.h100())
+        plan(q, k, v, backend="aiter", platform=Platform.h100())
 
 
 def test_aiter_sage_current_entry_point(standins):

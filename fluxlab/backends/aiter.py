@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .base import HALF_DTYPES, Backend, Capabilities, Requirement
 
-BF16_ROUNDING_MODES = {0: "round-to-nearest-even", 1: "round-to-nearest-away (aiter default)",
-                       2: "round-toward-zero"}
+BF16_ROUNDING_MODES = {0: "RTNE, round-to-nearest-even", 1: "RTNA, round-to-nearest-away (aiter default)",
+                       2: "RTZ, round-toward-zero"}
 
 AITER = Requirement("aiter", "amd-aiter",
                     "build aiter on a ROCm machine from ROCm's aiter repository (see README: AMD); "
@@ -37,7 +37,8 @@ def aiter_attention(q, k, v, *, scale, causal=False, return_lse=False, how_v3_bf
 BACKENDS = [
     Backend("aiter", aiter_attention,
             Capabilities(vendors=frozenset({"amd"}), arches={"amd": ROCM_ATTENTION_ARCHES},
-                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
             "AMD AITER flash attention (CK / hand-written assembly on MI300), ROCm only",
-            requires=(AITER,), options={"how_v3_bf16_cvt": 1}),
+            requires=(AITER,), options={"how_v3_bf16_cvt": 1},
+            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES}),
 ]

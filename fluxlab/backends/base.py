@@ -36,9 +36,13 @@ class Capabilities:
     gqa: bool = True
     causal: bool = True
     returns_lse: bool = False
+    lse_grad: bool = False  # the returned LSE carries a gradient (a loss may use it); else refused with grad inputs
     quantised: bool = False  # low-precision arithmetic inside (int8/fp8): judged against its own budget
     needs_cudnn_attention: bool = False
     experimental: bool = False
+    # Proven only against a stand-in with the library's signature (tests/standins), never run on real hardware
+    # here: the call contract is tested, the kernel's numbers and speed are not.
+    stand_in_only: bool = False
     # A float32 emulation of another kernel's rounding/quantisation points (fluxlab/backends/emulated.py):
     # never picked automatically; ``emulates`` names the real backend it models, e.g. "sage".
     emulated: bool = False
@@ -117,6 +121,14 @@ class Backend:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # tunables and their defaults
     extra_checks: Callable[..., list[str]] | None = None  # backend-specific reasons
     builtin: bool = True
+    # option -> {valid value: what it means}; a spec with another value is refused when parsed.
+    option_values: dict[str, dict[Any, str]] = dataclasses.field(default_factory=dict)
+    # Returns the kernel with its library already imported (called once, when a plan is made); None: ``fn``.
+    binder: Callable[[], Callable[..., Any]] | None = None
+
+    def kernel(self) -> Callable[..., Any]:
+        """The callable a plan runs: imports resolved now, so no call pays for them."""
+        return self.binder() if self.binder is not None else self.fn
 
     @property
     def version(self) -> str | None:
@@ -148,7 +160,7 @@ class Backend:
         return reasons
 
     def input_reasons(self, q: torch.Tensor, k: torch.Tensor, platform: Platform, *,
-                      causal: bool, return_lse: bool) -> list[str]:
+                      causal: bool, return_lse: bool, lse_grad: bool = False) -> list[str]:
         """Reasons that depend on the inputs' dtype, head dim, device and the requested features."""
         caps = self.caps
         reasons = []
@@ -173,16 +185,22 @@ class Backend:
             reasons.append(f"{self.name} does not support causal attention")
         if return_lse and not caps.returns_lse:
             reasons.append(f"{self.name} does not return the log-sum-exp (needed e.g. for ring attention)")
+        elif return_lse and lse_grad and not caps.lse_grad:
+            reasons.append(f"{self.name}'s log-sum-exp carries no gradient, and the inputs require grad: a loss "
+                           "that uses the LSE would get a wrong q/k grad. Use backend='reference' (its LSE has a "
+                           "backward), "
+                           "or detach the inputs / run under torch.no_grad()")
         if self.extra_checks is not None:
             reasons.extend(self.extra_checks(q, k, platform))
         return reasons
 
     def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              platform: Platform, *, causal: bool = False,
-                              return_lse: bool = False) -> list[str]:
-        """Every reason this backend cannot run these inputs on ``platform``; empty means it can."""
+                              platform: Platform, *, causal: bool = False, return_lse: bool = False,
+                              lse_grad: bool = False) -> list[str]:
+        """Every reason this backend cannot run these inputs on ``platform``; empty means it can.
+        ``lse_grad``: the LSE is asked for and the inputs require grad (its backward must exist)."""
         return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
-                                                                    return_lse=return_lse)
+                                                                    return_lse=return_lse, lse_grad=lse_grad)
 
 
 def to_bhsd(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,10 +1,9 @@
-"""FlashAttention 2 (``flash_attn``), 3 (``flash_attn_interface``) and 4 (``flash_attn.cute``), plus ``fa``:
-the best generation installed for this arch. All take ``[B, S, H, D]`` natively: no layout change.
+"""FlashAttention 2 (``flash_attn``), 3 (``flash_attn_interface``) and 4 (``flash_attn.cute``); ``fa``, the best
+generation for the inputs, is a priority group (priority.GROUPS). All take ``[B, S, H, D]``: no layout change.
 """
 
 from __future__ import annotations
 
-from ..platform import Platform
 from .base import HALF_DTYPES, Backend, Capabilities, Requirement
 
 
@@ -21,31 +20,59 @@ def _split_lse(result, return_lse: bool):
     return out, lse.float()
 
 
-def fa2(q, k, v, *, scale, causal=False, return_lse=False):
+def _fa2_call(flash_attn_func):
+    def fa2(q, k, v, *, scale, causal=False, return_lse=False):
+        result = flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
+                                 return_attn_probs=return_lse)  # -> (out, softmax_lse, S_dmask)
+        return _split_lse(result, return_lse)
+    return fa2
+
+
+def _fa3_call(flash_attn_func):
+    def fa3(q, k, v, *, scale, causal=False, return_lse=False):
+        # Early FA3 releases always return (out, lse); later ones only with return_attn_probs=True.
+        try:
+            result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=return_lse)
+        except TypeError:
+            result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
+        return _split_lse(result, return_lse)
+    return fa3
+
+
+def _fa4_call(flash_attn_func):
+    def fa4(q, k, v, *, scale, causal=False, return_lse=False):
+        # Returns (out, lse); lse is None under no_grad unless return_lse=True. The hot path: no helper call.
+        result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=return_lse)
+        if not return_lse:
+            return result[0] if type(result) is tuple else result
+        return _split_lse(result, True)
+    return fa4
+
+
+# Binders: import the library once, when a plan is made, and return the adapter around its function.
+def bind_fa2():
     from flash_attn import flash_attn_func
 
-    result = flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
-                             return_attn_probs=return_lse)  # -> (out, softmax_lse, S_dmask)
-    return _split_lse(result, return_lse)
+    return _fa2_call(flash_attn_func)
 
 
-def fa3(q, k, v, *, scale, causal=False, return_lse=False):
+def bind_fa3():
     from flash_attn_interface import flash_attn_func
 
-    # Early FA3 releases always return (out, lse); later ones only with return_attn_probs=True.
-    try:
-        result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=return_lse)
-    except TypeError:
-        result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
-    return _split_lse(result, return_lse)
+    return _fa3_call(flash_attn_func)
 
 
-def fa4(q, k, v, *, scale, causal=False, return_lse=False):
+def bind_fa4():
     from flash_attn.cute import flash_attn_func
 
-    # Always returns (out, lse); lse is None under no_grad unless return_lse=True.
-    result = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=return_lse)
-    return _split_lse(result, return_lse)
+    return _fa4_call(flash_attn_func)
+
+
+def _unbound(binder):
+    """For callers that use ``backend.fn`` directly: binds on every call (plans bind once)."""
+    def call(q, k, v, **kwargs):
+        return binder()(q, k, v, **kwargs)
+    return call
 
 
 def _multiple_of_8(name):
@@ -61,68 +88,19 @@ FA3 = Requirement("flash_attn_interface", "flash-attn-3",
 FA4 = Requirement("flash_attn.cute", "flash-attn-4", "pip install 'flash-attn-4>=4.0.0b1'")
 
 BACKENDS = [
-    Backend("fa2", fa2,
+    Backend("fa2", _unbound(bind_fa2),
             Capabilities(vendors=frozenset({"nvidia", "amd"}),
                          arches={"nvidia": ("sm_80+",), "amd": ("gfx90a", "gfx942", "gfx950")},
-                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
-            "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,)),
-    Backend("fa3", fa3,
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
+            "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,), binder=bind_fa2),
+    Backend("fa3", _unbound(bind_fa3),
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90",)},
-                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
-            "FlashAttention-3, Hopper only (flash_attn_interface.flash_attn_func)", requires=(FA3,)),
-    Backend("fa4", fa4,
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
+            "FlashAttention-3, Hopper only (flash_attn_interface.flash_attn_func)", requires=(FA3,),
+            binder=bind_fa3),
+    Backend("fa4", _unbound(bind_fa4),
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90", "sm_100", "sm_103")},
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
             "FlashAttention-4, CuTe DSL (flash_attn.cute.flash_attn_func), Hopper and Blackwell",
-            requires=(FA4,), extra_checks=_multiple_of_8("fa4")),
+            requires=(FA4,), extra_checks=_multiple_of_8("fa4"), binder=bind_fa4),
 ]
-
-# Which generation ``fa`` means, best first, per arch (FA4 measured fastest on H100/H200: README).
-FA_PREFERENCE = {"sm_90": ("fa4", "fa3", "fa2"), "sm_100": ("fa4", "fa2"), "sm_103": ("fa4", "fa2")}
-FA_DEFAULT_PREFERENCE = ("fa2",)
-
-
-class BestFlashAttention(Backend):
-    """``fa``: resolves to the best FlashAttention generation that can run the inputs."""
-
-    def _candidates(self, platform: Platform) -> list[Backend]:
-        from ..registry import get_backend
-
-        names = FA_PREFERENCE.get(platform.arch, FA_DEFAULT_PREFERENCE)
-        return [get_backend(name) for name in names]
-
-    def resolve(self, q, k, platform: Platform, *, causal=False, return_lse=False) -> Backend | None:
-        for candidate in self._candidates(platform):
-            if not candidate.not_supported_reasons(q, k, k, platform, causal=causal, return_lse=return_lse):
-                return candidate
-        return None
-
-    def not_supported_reasons(self, q, k, v, platform, *, causal=False, return_lse=False) -> list[str]:
-        if self.resolve(q, k, platform, causal=causal, return_lse=return_lse):
-            return []
-        details = []
-        for candidate in self._candidates(platform):
-            reasons = candidate.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse)
-            details.append(f"{candidate.name}: {'; '.join(reasons)}")
-        return ["no FlashAttention generation can run here (" + " | ".join(details) + ")"]
-
-    def platform_reasons(self, platform: Platform) -> list[str]:
-        per_gen = [(c.name, c.platform_reasons(platform)) for c in self._candidates(platform)]
-        if any(not reasons for _, reasons in per_gen):
-            return []
-        return ["no FlashAttention generation is usable here (" +
-                " | ".join(f"{name}: {'; '.join(r)}" for name, r in per_gen) + ")"]
-
-    @property
-    def version(self):
-        return None
-
-
-def _fa_dispatch(q, k, v, *, scale, causal=False, return_lse=False):
-    raise RuntimeError("fa is resolved to a concrete generation by the dispatcher")
-
-
-BACKENDS.append(BestFlashAttention(
-    "fa", _fa_dispatch,
-    Capabilities(vendors=frozenset({"nvidia", "amd"}), dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
-    "the best FlashAttention generation installed for this arch (fa4 > fa3 > fa2 on Hopper)"))

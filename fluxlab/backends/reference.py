@@ -53,7 +53,7 @@ BACKENDS = [
         "reference",
         _reference_backend,
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"}), dtypes=FLOAT_DTYPES,
-                     returns_lse=True),
+                     returns_lse=True, lse_grad=True),  # plain torch ops: autograd differentiates the LSE
         "exact float64 attention, chunked over queries (slow; the yardstick for every comparison)",
     ),
 ]

@@ -11,17 +11,24 @@ from .base import HALF_DTYPES, Backend, Capabilities, Requirement
 SAGE = Requirement("sageattention", "sageattention", "pip install 'sageattention>=1.0.6'", min_version="1.0.6")
 
 
-def sage(q, k, v, *, scale, causal=False, return_lse=False):
+def bind_sage():
+    """Import sageattention once (when a plan is made) and return the adapter around ``sageattn``."""
     from sageattention import sageattn
 
-    # With smooth_k (its default) sageattn 1.0.6 subtracts K's mean from the caller's tensor in place:
-    # hand it a copy, or the caller's K (e.g. a captured record) silently changes.
-    return sageattn(q, k.clone(), v, tensor_layout="NHD", is_causal=causal, sm_scale=scale, smooth_k=True)
+    def sage(q, k, v, *, scale, causal=False, return_lse=False):
+        # With smooth_k (its default) sageattn 1.0.6 subtracts K's mean from the caller's tensor in place:
+        # hand it a copy, or the caller's K (e.g. a captured record) silently changes.
+        return sageattn(q, k.clone(), v, tensor_layout="NHD", is_causal=causal, sm_scale=scale, smooth_k=True)
+    return sage
+
+
+def sage(q, k, v, **kwargs):
+    return bind_sage()(q, k, v, **kwargs)
 
 
 BACKENDS = [
     Backend("sage", sage,
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                          head_dims=(64, 96, 128), gqa=False, quantised=True),
-            "SageAttention (int8 QK^T with K smoothing; quantised)", requires=(SAGE,)),
+            "SageAttention (int8 QK^T with K smoothing; quantised)", requires=(SAGE,), binder=bind_sage),
 ]

@@ -1,69 +1,27 @@
-"""Backends as comparison axes: a name with options and torch knobs, e.g. ``"aiter:how_v3_bf16_cvt=0"``.
-Backend options go to the kernel through ``BackendChoice``; ``KNOBS`` are torch settings held around the call.
+"""Backends as comparison axes: a spec such as ``"aiter:how_v3_bf16_cvt=0"`` or ``"sdpa:cudnn=0"``.
+The grammar, option validation and torch knobs are ``fluxlab.choice`` (the same parser ``attention`` uses).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
-import torch
-
 from .. import registry
-from ..dispatch import BackendChoice
+from ..choice import KNOBS, BackendChoice  # noqa: F401  (KNOBS re-exported for compare.cli)
 from ..platform import Platform
-
-
-def _cudnn_sdp(on):
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(bool(on))
-    return lambda: torch.backends.cuda.enable_cudnn_sdp(before)
-
-
-def _lowp_reduction(on):
-    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bool(on))
-    return lambda: torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
-
-
-@dataclasses.dataclass(frozen=True)
-class Knob:
-    description: str
-    apply: object  # value -> undo callable
-
-
-KNOBS = {
-    "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
-                  _cudnn_sdp),
-    "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
-                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)", _lowp_reduction),
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class BackendSpec:
-    """One column of a comparison: a backend, its options, and torch knobs around the call."""
+    """One column of a comparison: a parsed ``BackendChoice`` (name, kernel options, torch knobs)."""
 
     choice: BackendChoice
-    knobs: tuple[tuple[str, object], ...] = ()
 
     @classmethod
     def parse(cls, spec) -> BackendSpec:
         if isinstance(spec, BackendSpec):
             return spec
-        if isinstance(spec, BackendChoice):
-            return cls(spec)
-        name, _, rest = str(spec).partition(":")
-        backend = registry.get_backend(name)
-        options, knobs = [], {}
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, _, value = item.partition("=")
-            if key.strip() in KNOBS and key.strip() not in backend.options:
-                knobs[key.strip()] = _flag(value.strip(), item, spec)
-            else:
-                options.append(item)
-        choice = BackendChoice.parse(backend.name + (":" + ",".join(options) if options else ""))
-        return cls(choice, tuple(sorted(knobs.items())))
+        return cls(BackendChoice.parse(spec))
 
     @property
     def name(self) -> str:
@@ -74,41 +32,29 @@ class BackendSpec:
         return dict(self.choice.options)
 
     @property
+    def knobs(self) -> tuple:
+        return self.choice.knobs
+
+    @property
     def label(self) -> str:
-        extra = ",".join(f"{k}={int(v)}" for k, v in self.knobs)
-        base = str(self.choice)
-        return base + ("," if ":" in base else ":") + extra if extra else base
+        return str(self.choice)
 
     def __str__(self):
         return self.label
 
-    @contextlib.contextmanager
     def context(self):
-        undo = []
-        try:
-            for key, value in self.knobs:
-                undo.append(KNOBS[key].apply(value))
-            yield
-        finally:
-            for restore in reversed(undo):
-                restore()
-
-
-def _flag(value: str, item: str, spec) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "on", "yes"):
-        return True
-    if lowered in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"knob {item!r} in {spec!r} takes 0 or 1, e.g. 'sdpa:cudnn=0'")
+        """Hold the spec's torch knobs around a call (plans made from ``choice`` hold them themselves)."""
+        return self.choice.knob_context()
 
 
 def parse_backends(backends, platform: Platform) -> list[BackendSpec]:
-    """None: every backend that runs on ``platform`` except the float64 reference; a comma-separated string
-    or a list of names/specs otherwise (duplicates dropped, order kept)."""
+    """None: every backend that runs on ``platform`` except the float64 reference (emulated kernels only on a
+    CPU, where they stand in for the GPU kernels); a comma-separated string or a list of names/specs otherwise
+    (duplicates dropped, order kept)."""
     if backends is None:
         names = [b.name for b in registry.all_backends()
-                 if b.name != "reference" and not b.platform_reasons(platform)]
+                 if b.name != "reference" and not b.platform_reasons(platform)
+                 and (platform.vendor == "cpu" or not b.caps.emulated)]
         return [BackendSpec.parse(n) for n in names]
     if isinstance(backends, (str, BackendChoice, BackendSpec)):
         backends = [backends] if not isinstance(backends, str) else _split_specs(backends)

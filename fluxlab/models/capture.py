@@ -7,9 +7,9 @@ import warnings
 
 import torch
 
-from ..dispatch import BackendChoice, attention, select_backend, validate_inputs
+from .. import registry
+from ..dispatch import BackendChoice, plan
 from ..errors import FallbackWarning
-from ..platform import platform_for_device
 from ..record import AttentionRecord
 from .attach import state_of
 from .errors import AttachError, CaptureError, CaptureLimitError
@@ -75,15 +75,16 @@ class Capture:
     def selects(self, layer: str, position) -> bool:
         return layer in self._layer_set and step_matches(position.step, position.num_steps, self.steps)
 
-    def record(self, state, layer, q, k, v, *, scale, causal, backend):
-        validate_inputs(q, k, v, scale=scale, causal=causal)
-        selection = select_backend(q, k, v, backend=backend, causal=causal, allowed=state.allowed)
-        if selection.substituted_reasons:
-            warnings.warn(f"fluxlab: '{selection.requested}' cannot run ({'; '.join(selection.substituted_reasons)});"
-                          f" using '{selection.backend.name}' instead (fallback=True)", FallbackWarning,
-                          stacklevel=2)
-        chosen = selection.backend
-        want_lse = self.lse and chosen.caps.returns_lse  # never ask a backend for what it cannot give
+    def record(self, state, layer, q, k, v, *, scale, causal, backend, heads=None):
+        # The same plan fluxlab.attention makes: it names exactly the kernel that produces the output ("fa" is
+        # resolved to fa4 / fa3 / fa2 there).
+        run = plan(q, k, v, backend=backend, scale=scale, causal=causal, allowed=state.allowed, heads=heads)
+        for warning in run.warnings:
+            warnings.warn(warning, FallbackWarning, stacklevel=2)
+        caps = registry.get_backend(run.backend).caps
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        # Never ask a backend for what it cannot give (an LSE, or one with a gradient).
+        want_lse = self.lse and caps.returns_lse and (caps.lse_grad or not grad)
 
         out_shape = (*q.shape[:3], v.shape[3])
         need = 0 if self.device.type == "meta" else _nbytes(
@@ -96,16 +97,13 @@ class Capture:
                 "layers (layers=['single_transformer_blocks.0.attn', ...]) or steps (steps=[0, -1]), raise "
                 "max_bytes, or use to='meta' to keep shapes only.")
 
-        # Pin the selected backend, so the record names exactly the kernel that produced the output.
-        pinned = BackendChoice(chosen.name, tuple(sorted(selection.options.items())))
-        result = attention(q, k, v, backend=pinned, scale=scale, causal=causal, return_lse=want_lse,
-                           allowed=state.allowed)
+        if want_lse:  # the planned kernel, pinned, now asked for its LSE too
+            pinned = BackendChoice(run.backend, tuple(sorted(run.options.items())), run.knobs)
+            run = plan(q, k, v, backend=pinned, scale=run.scale, causal=causal, return_lse=True,
+                       allowed=state.allowed, heads=heads)
+        result = run(q, k, v)
         out, lse = result if want_lse else (result, None)
-        name = chosen.name
-        resolve = getattr(chosen, "resolve", None)
-        if resolve is not None:  # "fa" runs a concrete generation (fa4 / fa3 / fa2): record that one
-            concrete = resolve(q, k, platform_for_device(q.device), causal=causal, return_lse=want_lse)
-            name = concrete.name if concrete is not None else name
+        name = run.backend
 
         def keep(t):
             return None if t is None else t.detach().to(self.device, copy=True)

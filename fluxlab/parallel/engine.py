@@ -17,6 +17,7 @@ import inspect
 import torch
 
 from ..dispatch import BackendChoice, attention
+from ..errors import FluxlabError
 
 PREFIX = "fluxlab:"
 
@@ -79,7 +80,7 @@ def _require_engine() -> None:
 # ------------------------------------------------------------------------------------------ the per-rank op
 
 
-class MaskNotSupportedError(ValueError):
+class MaskNotSupportedError(FluxlabError, ValueError):
     """fluxlab's attention takes no mask, dropout or causal flag inside diffusers' context parallelism."""
 
 
@@ -193,14 +194,6 @@ def register_in_diffusers(backend: str | BackendChoice):
     return member
 
 
-def registered_choice(member) -> BackendChoice | None:
-    """The fluxlab backend behind a diffusers backend name or member, or None if it is not one of fluxlab's."""
-    value = getattr(member, "value", member)
-    if not isinstance(value, str) or not value.startswith(PREFIX):
-        return None
-    return BackendChoice.parse(value[len(PREFIX):])
-
-
 def attention_processors(model) -> list:
     """Every attention processor of a diffusers model that takes a backend (``_attention_backend``)."""
     from diffusers.models.attention import AttentionModuleMixin
@@ -227,8 +220,3 @@ def set_model_backend(model, backend: str | BackendChoice | None) -> None:
     for processor in processors:
         processor._attention_backend = member
 
-
-def model_backend(model) -> BackendChoice | None:
-    """The fluxlab backend ``model``'s processors run (None if they run a diffusers backend or disagree)."""
-    choices = {registered_choice(p._attention_backend) for p in attention_processors(model)}
-    return choices.pop() if len(choices) == 1 else None

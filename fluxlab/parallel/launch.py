@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from ..errors import FluxlabError
 from . import engine
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel, sequence_reasons
 
@@ -196,7 +197,7 @@ FORKSERVER_PRELOAD = ("fluxlab.parallel.compare", "fluxlab.parallel.model",
                       "diffusers.models.transformers.transformer_flux2", "diffusers.hooks.context_parallel")
 
 
-class SpawnError(RuntimeError):
+class SpawnError(FluxlabError, RuntimeError):
     """A spawned rank failed or timed out; the message carries each rank's traceback."""
 
 

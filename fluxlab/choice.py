@@ -1,0 +1,117 @@
+"""One grammar for backend specs, ``"name:option=value,knob=value"``, parsed and validated in one place for
+``fluxlab.attention``, ``use_backend``, ``$FLUXLAB_ATTENTION_BACKEND``, models and comparisons.
+
+Options go to the kernel (``aiter:how_v3_bf16_cvt=0``) and are checked against the backend's option table;
+knobs (``KNOBS``) are torch settings held around the call (``sdpa:cudnn=0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+from . import registry
+from .errors import InvalidBackendSpecError
+
+
+def _cudnn_sdp(on):
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(bool(on))
+    return lambda: torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def _lowp_reduction(on):
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bool(on))
+    return lambda: torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    description: str
+    apply: object  # value -> undo callable
+
+
+KNOBS = {
+    "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
+                  _cudnn_sdp),
+    "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
+                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)", _lowp_reduction),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendChoice:
+    """A backend (or group) name with kernel options and torch knobs, e.g. ``"aiter:how_v3_bf16_cvt=2"``."""
+
+    name: str
+    options: tuple[tuple[str, object], ...] = ()
+    knobs: tuple[tuple[str, bool], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | BackendChoice, **options) -> BackendChoice:
+        """Parse and validate; unknown names, options, values and knob values raise with the valid ones."""
+        if isinstance(spec, BackendChoice):
+            items = dict(spec.options) | dict(spec.knobs) | options
+            name = spec.name
+        else:
+            name, _, rest = str(spec).partition(":")
+            items = {}
+            for item in filter(None, (part.strip() for part in rest.split(","))):
+                key, eq, value = item.partition("=")
+                if not eq:
+                    raise InvalidBackendSpecError(f"backend option {item!r} in {spec!r} must be written key=value, "
+                                                  "e.g. 'aiter:how_v3_bf16_cvt=2' or 'sdpa:cudnn=0'")
+                items[key.strip()] = _literal(value.strip())
+            items.update(options)
+        backend = registry.get_backend(name)  # unknown names raise UnknownBackendError with a suggestion
+        knobs = {k: _flag(v, k, spec) for k, v in items.items() if k in KNOBS and k not in backend.options}
+        opts = {k: v for k, v in items.items() if k not in knobs}
+        unknown = set(opts) - set(backend.options)
+        if unknown:
+            valid = ", ".join(sorted(backend.options)) or "none"
+            raise InvalidBackendSpecError(f"backend '{backend.name}' has no option {sorted(unknown)}; its options: "
+                                          f"{valid}; torch knobs: {', '.join(sorted(KNOBS))}")
+        for key, value in opts.items():
+            valid_values = backend.option_values.get(key)
+            if valid_values is not None and value not in valid_values:
+                listed = ", ".join(f"{v!r} ({meaning})" for v, meaning in valid_values.items())
+                raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid; "
+                                              f"valid values: {listed}")
+        return cls(backend.name, tuple(sorted(opts.items())), tuple(sorted(knobs.items())))
+
+    def __str__(self):
+        parts = [f"{k}={v}" for k, v in self.options] + [f"{k}={int(v)}" for k, v in self.knobs]
+        return f"{self.name}:{','.join(parts)}" if parts else self.name
+
+    @contextlib.contextmanager
+    def knob_context(self):
+        """Hold this choice's torch knobs (none: nothing) and restore them afterwards."""
+        undo = []
+        try:
+            for key, value in self.knobs:
+                undo.append(KNOBS[key].apply(value))
+            yield
+        finally:
+            for restore in reversed(undo):
+                restore()
+
+
+def _literal(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _flag(value, key: str, spec) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "on", "yes"):
+        return True
+    if lowered in ("0", "false", "off", "no"):
+        return False
+    raise InvalidBackendSpecError(f"knob '{key}={value}' in {str(spec)!r} takes 0 or 1, e.g. 'sdpa:cudnn=0'")
