@@ -1,10 +1,10 @@
 """README's measured numbers, rendered from the committed result files under benchmarks/results (never typed).
 
     python benchmarks/readme_numbers.py            # print every block
-    python benchmarks/readme_numbers.py --check    # exit 1 and name the blocks that README has stale
-    python benchmarks/readme_numbers.py --write    # rewrite README's generated blocks in place
+    python benchmarks/readme_numbers.py --check    # exit 1 and name the stale blocks
+    python benchmarks/readme_numbers.py --write    # rewrite the generated blocks in place
 
-In README.md a block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated -->``. NAME is a function below
+In README.md (and docs/parallel.md: DOCUMENTS) a block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated -->``. NAME is a function below
 registered with ``@block("NAME")``: adding a number to README is one such function and one marker pair.
 tests/test_readme_numbers.py checks that README's blocks equal this script's output.
 """
@@ -22,6 +22,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# Every document with generated blocks; a block name is rendered in one place only.
+DOCUMENTS = (README, ROOT / "docs" / "parallel.md")
 RESULTS = ROOT / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- generated:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /generated -->", re.S)
 
@@ -271,6 +273,21 @@ def parallel_speedup(results: Path) -> str:
             f"pass; `{Path('benchmarks/results') / PARALLEL}`).")
 
 
+@block("parallel-table")
+def parallel_table(results: Path) -> str:
+    data = load(results, PARALLEL)
+    meta = data["meta"]
+    lines = [f"| mode | backend | rel-L2 vs 1 rank | own error vs float64 | tolerance | 1 GPU ms | {meta['world_size']} "
+             "GPUs ms | speed-up | verdict |", "|---" * 9 + "|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['parallel']} | {r['backend']} | {r['rel_l2']:.2e} | {r['own_error']:.2e} | "
+                     f"{r['tolerance']:.2e} | {r['time_single_ms']:.1f} | {r['time_parallel_ms']:.1f} | "
+                     f"{r['time_single_ms'] / r['time_parallel_ms']:.2f}× | {r['verdict']} |")
+    if "peak_memory_gib" in data:
+        lines += ["", f"Peak memory {data['peak_memory_gib']:.1f} GiB per GPU (`{Path('benchmarks/results') / PARALLEL}`)."]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------- equivalence on the H100
 
 COMPARE = ("h100/compare/flux/results.json", "h100/compare/flux_seeds/results.json")
@@ -365,25 +382,29 @@ def stale_blocks(text: str, results: Path = RESULTS) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite README.md's generated blocks")
-    mode.add_argument("--check", action="store_true", help="exit 1 if README.md's blocks differ from the results")
+    mode.add_argument("--write", action="store_true", help="rewrite the documents' generated blocks")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a document's blocks differ from the results")
     args = parser.parse_args(argv)
-    text = README.read_text()
-    if args.write:
-        new = rewrite(text)
-        if new != text:
-            README.write_text(new)
-        print(f"README.md: {len(MARKER.findall(new))} generated blocks, "
-              f"{'rewritten' if new != text else 'already up to date'}")
+    if not (args.write or args.check):
+        for name in BLOCKS:
+            print(f"<!-- generated:{name} -->\n{render(name)}\n<!-- /generated -->\n")
         return 0
-    if args.check:
-        stale = stale_blocks(text)
-        print("README.md is up to date" if not stale else f"README.md has stale blocks: {', '.join(stale)} "
-              f"(python {Path(__file__).relative_to(ROOT)} --write)")
-        return 1 if stale else 0
-    for name in BLOCKS:
-        print(f"<!-- generated:{name} -->\n{render(name)}\n<!-- /generated -->\n")
-    return 0
+    stale_anywhere = False
+    for document in DOCUMENTS:
+        text = document.read_text()
+        where = document.relative_to(ROOT) if document.is_relative_to(ROOT) else document
+        if args.write:
+            new = rewrite(text)
+            if new != text:
+                document.write_text(new)
+            print(f"{where}: {len(MARKER.findall(new))} generated blocks, "
+                  f"{'rewritten' if new != text else 'already up to date'}")
+        else:
+            stale = stale_blocks(text)
+            stale_anywhere = stale_anywhere or bool(stale)
+            print(f"{where}: up to date" if not stale else f"{where} has stale blocks: {', '.join(stale)} "
+                  f"(python {Path(__file__).relative_to(ROOT)} --write)")
+    return 1 if stale_anywhere else 0
 
 
 if __name__ == "__main__":
