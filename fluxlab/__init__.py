@@ -32,6 +32,8 @@ _LAZY = {
     "DriftMap": "fluxlab.decide",
     "autotune": "fluxlab.decide",
     "AutotunePlan": "fluxlab.decide",
+    "frontier": "fluxlab.decide",
+    "Frontier": "fluxlab.decide",
 }
 
 

@@ -203,3 +203,38 @@ def test_autotune_refuses_unknown_candidates_before_generating(pipe):
         with pytest.raises(DecideInputError, match="nothing to choose"):
             autotune(pipe, candidates=[], prompt=PROMPT, steps=3)
     assert counter.forwards == 0
+
+
+# -- frontier ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_frontier_measures_every_schedule_marks_pareto_and_keeps_failing_candidates_as_rows(pipe):
+    from fluxlab.decide import frontier
+    from fluxlab.models.attach import state_of
+
+    state = state_of(pipe)
+    fluxlab.register_backend("decide_raises", _raising_kernel, replace=True)
+    allowed = state.allowed
+    state.allowed = allowed | {"decide_raises"}
+    try:
+        result = frontier(pipe, [PLANTED, "decide_raises"], prompt=PROMPT, steps=STEPS, repeats=1, **FAST)
+    finally:
+        state.allowed = allowed
+        fluxlab.unregister_backend("decide_raises")
+    names = [r.name for r in result.rows]
+    assert names[0] == "sdpa (exact)" and f"{PLANTED} everywhere" in names
+    assert f"{PLANTED}, sdpa at 1 first+last" in names
+    assert any(n.startswith(f"{PLANTED} except") for n in names), names
+    exact = result.rows[0]
+    assert exact.final_latent_rel_l2 == 0 and exact.verdict == "pass" and exact.pareto
+    everywhere = next(r for r in result.rows if r.name == f"{PLANTED} everywhere")
+    ends = next(r for r in result.rows if r.name == f"{PLANTED}, sdpa at 1 first+last")
+    # the planted kernel drifts with or without exact ends (drift need not shrink with them: the dynamics are
+    # not linear); timings are measured, never compared with a budget
+    assert ends.final_latent_rel_l2 > 0 and everywhere.verdict == "fail"
+    assert all(math.isfinite(r.step_ms) and r.step_ms > 0 for r in result.rows if r.error is None)
+    failing = [r for r in result.rows if r.candidate == "decide_raises"]
+    assert failing and all("kernel exploded" in r.error and r.verdict == "fail" and not r.pareto for r in failing)
+    assert "Pareto" in result.to_markdown() and result.pareto
+    assert PLANTED in result.drift_maps

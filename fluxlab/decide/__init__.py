@@ -2,6 +2,7 @@
 
 from .autotune import AutotunePlan, Measurement, PlanMismatchError, autotune
 from .drift import Culprit, DriftMap, generation_bound, locate_drift
+from .frontier import Frontier, FrontierRow, frontier
 from .runs import DecideInputError
 
-__all__ = ["AutotunePlan", "Measurement", "PlanMismatchError", "autotune", "Culprit", "DecideInputError", "DriftMap", "generation_bound", "locate_drift"]
+__all__ = ["AutotunePlan", "Measurement", "PlanMismatchError", "autotune", "Culprit", "DecideInputError", "DriftMap", "Frontier", "FrontierRow", "frontier", "generation_bound", "locate_drift"]

@@ -1,0 +1,234 @@
+"""``fluxlab.frontier``: what each schedule of a fast kernel buys in step time and costs in fidelity, Pareto set marked.
+
+Per candidate the schedules are: the candidate everywhere, exact ends (``Schedule.exact_ends(exact, fast,
+first=k, last=k)``, k = 1..3 while steps remain in between) and, with ``locate``, the candidate everywhere except
+the culprit cells ``locate_drift`` finds. Step time: the transformer's time per denoising step, median of
+``repeats`` timed generations after a warm-up one. Fidelity: the image-verdict metrics against the exact kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+from ..compare.image_rule import judge_budget
+from ..compare.tolerances import FAIL, PASS, worst
+from ..models.attach import check_allowed, state_of
+from ..models.schedule import Rule, Schedule
+from .fidelity import fidelity
+from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe
+
+CULPRIT_SHARE = 0.25  # culprit cells kept exact: those with at least this share of the strongest one's drift
+MAX_CULPRITS = 4
+
+
+@dataclasses.dataclass
+class FrontierRow:
+    name: str
+    candidate: str | None  # None for the exact reference row and user schedules
+    schedule: str
+    step_ms: float = math.nan
+    speedup: float = math.nan  # exact step time / this step time
+    final_latent_rel_l2: float = math.nan  # worst seed
+    ssim: float = math.nan  # worst seed
+    psnr: float = math.nan  # worst seed, dB
+    verdict: str = ""  # the fidelity budget (image_rule.FidelityBudget)
+    pareto: bool = False
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Frontier:
+    rows: list[FrontierRow]
+    exact: str
+    settings: dict
+    drift_maps: dict = dataclasses.field(default_factory=dict)  # candidate -> DriftMap (with locate)
+
+    @property
+    def pareto(self) -> list[FrontierRow]:
+        return sorted((r for r in self.rows if r.pareto), key=lambda r: r.step_ms)
+
+    def to_markdown(self) -> str:
+        s = self.settings
+        lines = [f"Frontier against `{self.exact}` (prompt {s['prompt']!r}, seeds {s['seeds']}, {s['steps']} steps): "
+                 f"step time is the transformer's per denoising step (median of {s['repeats']} after a warm-up); "
+                 "fidelity is the worst seed's. **P** marks the Pareto set.", "",
+                 "| schedule | step (ms) | speed-up (x) | final-latent rel-L2 | SSIM | PSNR (dB) | verdict | Pareto | error |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.name} | {_f(r.step_ms, '.2f')} | {_f(r.speedup, '.2f')} | "
+                         f"{_f(r.final_latent_rel_l2, '.3g')} | {_f(r.ssim, '.4f')} | {_f(r.psnr, '.1f')} | "
+                         f"{r.verdict} | {'P' if r.pareto else ''} | {r.error or ''} |")
+        return "\n".join(lines) + "\n"
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def as_dict(self) -> dict:
+        return {"exact": self.exact, "settings": self.settings,
+                "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                          for k, v in dataclasses.asdict(r).items()} for r in self.rows],
+                "drift_maps": {k: v.as_dict() for k, v in self.drift_maps.items()}}
+
+    def figure(self, path=None):
+        """Step time against final-latent rel-L2 (log), the Pareto line through the best rows."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        ok = [r for r in self.rows if r.error is None and math.isfinite(r.step_ms)]
+        floor = min([r.final_latent_rel_l2 for r in ok if r.final_latent_rel_l2 > 0] or [1e-7]) / 10
+        y = lambda r: max(r.final_latent_rel_l2, floor)  # noqa: E731 - the exact row sits at 0: drawn at the floor
+        for r in ok:
+            colour = {"pass": "tab:green", "warn": "tab:orange"}.get(r.verdict, "tab:red")
+            ax.scatter(r.step_ms, y(r), color=colour, s=40, zorder=3)
+            ax.annotate(r.name, (r.step_ms, y(r)), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = self.pareto
+        ax.plot([r.step_ms for r in front], [y(r) for r in front], "k--", lw=1, label="Pareto set")
+        ax.set_yscale("log")
+        ax.set_xlabel("transformer time per step (ms, median)")
+        ax.set_ylabel(f"final-latent rel-L2 vs {self.exact} (worst seed)")
+        ax.set_title("speed vs fidelity (green pass, orange warn, red fail)", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
+
+def _f(value, spec) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+def default_schedules(exact: str, candidate: str, steps: int) -> dict[str, Schedule]:
+    found = {f"{candidate} everywhere": Schedule(default=candidate)}
+    for k in range(1, 4):
+        if 2 * k < steps:
+            found[f"{candidate}, {exact} at {k} first+last"] = Schedule.exact_ends(exact, candidate, first=k, last=k)
+    return found
+
+
+def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
+    """The candidate everywhere except the strongest culprit cells of a DriftMap, which stay exact."""
+    cells = [c for c in drift.culprits if c.contribution > 0]
+    if not cells:
+        return None
+    strongest = cells[0].contribution
+    kept = [c for c in cells if c.contribution >= CULPRIT_SHARE * strongest][:MAX_CULPRITS]
+    return Schedule(default=candidate, rules=tuple(Rule(exact, layers=c.layers, steps=c.steps) for c in kept))
+
+
+def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
+             height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
+             progress: bool = False, **pipe_kwargs) -> Frontier:
+    """Step time and fidelity of each candidate under each schedule, against the exact kernel; Pareto set marked.
+
+    ``candidates``: fast backend names. ``schedules``: None (per candidate: everywhere, exact ends k = 1..3, and
+    with ``locate`` everywhere-but-the-culprits from ``fluxlab.locate_drift``), or a dict name -> Schedule /
+    list of Schedules to measure as well. ``exact``: the reference kernel (default: the automatic pick).
+    Names are checked before any generation; a schedule whose generation fails becomes a row with its error.
+    """
+    from ..dispatch import default_backend
+    from .drift import locate_drift
+
+    check_generation_args(prompt, steps)
+    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
+    if not seeds:
+        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed generations")
+    state = state_of(pipe)
+    exact = exact or default_backend() or "sdpa"
+    check_allowed(exact, state.allowed)
+    candidates = [candidates] if isinstance(candidates, str) else list(candidates or [])
+    for name in candidates:
+        check_allowed(name, state.allowed)  # unknown or disallowed names raise here, before any generation
+    plans: list[tuple[str, str | None, Schedule]] = [(f"{exact} (exact)", None, Schedule(default=exact))]
+    for name in candidates:
+        if schedules is None:
+            plans += [(label, name, s) for label, s in default_schedules(exact, name, steps).items()]
+    if schedules is not None:
+        named = schedules.items() if isinstance(schedules, dict) else ((describe(s), s) for s in schedules)
+        plans += [(label, None, as_schedule(pipe, s, f"schedule {label!r}")) for label, s in named]
+    if not candidates and schedules is None:
+        raise DecideInputError("frontier needs candidates (fast backend names) or schedules to measure")
+
+    bar = _bar(progress)
+    runner = Runner(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width,
+                    pipe_kwargs=pipe_kwargs, progress=bar.update if bar else None)
+    drift_maps = {}
+    try:
+        if locate and schedules is None:
+            for name in candidates:
+                try:
+                    drift = locate_drift(pipe, exact, name, prompt=prompt, seed=seeds[0], steps=steps, height=height,
+                                         width=width, beam=1, **pipe_kwargs)
+                except Exception as exc:  # noqa: BLE001 - a failing candidate is a row, the frontier goes on
+                    plans.append((f"{name} except culprits", name, None, ))
+                    drift_maps[name] = exc
+                    continue
+                drift_maps[name] = drift
+                schedule = except_culprits(exact, name, drift)
+                if schedule is not None:
+                    plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
+        references = {seed: runner.run(plans[0][2], seed=seed, image=True) for seed in seeds}
+        rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps)
+                for label, candidate, schedule in plans]
+    finally:
+        if bar:
+            bar.close()
+    exact_ms = rows[0].step_ms
+    for row in rows:
+        row.speedup = exact_ms / row.step_ms if row.step_ms else math.nan
+    _mark_pareto(rows)
+    settings = {"prompt": prompt, "seeds": seeds, "steps": steps, "height": height, "width": width,
+                "repeats": repeats, "candidates": candidates, "generations": runner.count,
+                **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    return Frontier(rows, exact, settings, {k: v for k, v in drift_maps.items() if not isinstance(v, Exception)})
+
+
+def _measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps) -> FrontierRow:
+    row = FrontierRow(label, candidate, describe(schedule) if schedule is not None else "")
+    if schedule is None:
+        exc = drift_maps.get(candidate)
+        row.verdict, row.error = FAIL, _error_text(exc) if isinstance(exc, Exception) else "no schedule"
+        return row
+    try:
+        numbers = [fidelity(runner.run(schedule, seed=seed, image=True), references[seed]) for seed in seeds]
+        times = [runner.run(schedule).transformer_s / runner.steps for _ in range(repeats)]
+    except Exception as exc:  # noqa: BLE001 - a failing candidate is a row with its error; the frontier goes on
+        row.verdict, row.error = FAIL, _error_text(exc)
+        return row
+    row.step_ms = statistics.median(times) * 1e3
+    row.final_latent_rel_l2 = max(n["final_latent_rel_l2"] for n in numbers)
+    row.ssim = min(n["ssim"] for n in numbers)
+    row.psnr = min(n["psnr"] for n in numbers)
+    verdicts = [judge_budget(n["ssim"], n["psnr"], n["final_latent_rel_l2"])[0] for n in numbers]
+    row.verdict = PASS if row.final_latent_rel_l2 == 0 else worst(verdicts)
+    return row
+
+
+def _mark_pareto(rows) -> None:
+    """Pareto: no other row is at least as fast and as faithful, and strictly better in one of the two."""
+    ok = [r for r in rows if r.error is None and math.isfinite(r.step_ms) and math.isfinite(r.final_latent_rel_l2)]
+    for r in ok:
+        r.pareto = not any(o is not r and o.step_ms <= r.step_ms and o.final_latent_rel_l2 <= r.final_latent_rel_l2
+                           and (o.step_ms < r.step_ms or o.final_latent_rel_l2 < r.final_latent_rel_l2) for o in ok)
+
+
+def _error_text(exc) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _bar(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None, desc="frontier", unit="gen", leave=False)
