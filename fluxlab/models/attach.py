@@ -1,23 +1,30 @@
 """``fluxlab.attach`` / ``detach`` / ``set_backend`` / ``set_schedule``: route a live FLUX.2 model's attention.
 
-Attaching adds forward hooks (nothing else) to the transformer and to each of its attention modules and joins
-the router (``router.py``); detaching removes them, so the model behaves exactly as before. Hooks sit on the
-modules, not on the processors, so they survive ``Flux2KleinKVPipeline`` swapping in its KV processors.
+Attaching puts a route (model, layer) in each attention processor as its ``_attention_backend``, adds one forward
+pre-hook to the transformer (where the denoising loop is), shadows diffusers' setters on the model's instances
+(``interop.py``) and joins the router (``router.py``); detaching removes all of it and puts diffusers' settings
+back, so the model behaves exactly as before. Processors swapped in later through ``set_processor`` (as
+``Flux2KleinKVPipeline`` does) get their layer's route too.
 Per call, the backend is: the schedule's answer > the model's ``set_backend`` > ``fluxlab.use_backend`` >
-``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set; while
-attached, diffusers' own ``set_attention_backend`` choice is not used. Masks, dropout and context-parallel calls
-are refused with an error (router.py), never run wrongly. Not routed: the VAE's and the text encoders' attention
-(they are not FLUX.2 transformer attention). One generation at a time per model (the loop position is per model).
+``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set, and decided
+when the call runs, also inside a compiled graph (no recompile on a switch). Masks, dropout and context-parallel
+calls are refused with an error (router.py), never run wrongly. Not routed: the VAE's and the text encoders'
+attention (they are not FLUX.2 transformer attention). One generation at a time per model (the loop position is
+per model).
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import functools
 import weakref
 
+import torch
+
+from .. import ops
 from ..dispatch import BackendChoice, attention
 from ..errors import BackendNotAllowedError
-from . import router
+from . import interop, router
 from .errors import AttachError, UnsupportedAttentionCallError
 from .schedule import Schedule
 from .steps import OUTSIDE_LOOP, StepTracker
@@ -33,16 +40,26 @@ def _flux2_classes():
     return tf2.Flux2Transformer2DModel, (tf2.Flux2Attention, tf2.Flux2ParallelSelfAttention)
 
 
+def _unwrapped(obj):
+    """The module inside a ``torch.compile(module)`` wrapper (OptimizedModule keeps it as ``_orig_mod``)."""
+    inner = getattr(obj, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else obj
+
+
 def split_target(obj):
-    """``(transformer, pipeline or None)`` for a FLUX.2 pipeline or its ``Flux2Transformer2DModel``."""
+    """``(transformer, pipeline or None)`` for a FLUX.2 pipeline or its ``Flux2Transformer2DModel``; either may
+    hold the transformer wrapped by ``torch.compile`` (routing lives in the wrapped module, which the wrapper runs).
+    """
     transformer_cls, _ = _flux2_classes()
-    if isinstance(obj, transformer_cls):
-        return obj, None
-    transformer = getattr(obj, "transformer", None)
+    if isinstance(_unwrapped(obj), transformer_cls):
+        return _unwrapped(obj), None
+    transformer = _unwrapped(getattr(obj, "transformer", None))
     if isinstance(transformer, transformer_cls):
         return transformer, obj
+    inner = getattr(obj, "transformer", None)
+    held = f" (its .transformer is a {type(inner).__name__})" if inner is not None else ""
     raise TypeError(f"expected a FLUX.2 pipeline (diffusers.Flux2Pipeline, Flux2KleinPipeline, Flux2KleinKVPipeline, "
-                    f"...) or its Flux2Transformer2DModel, got {type(obj).__name__}")
+                    f"...) or its Flux2Transformer2DModel (torch.compile'd or not), got {type(obj).__name__}{held}")
 
 
 def check_allowed(name, allowed: frozenset[str]) -> BackendChoice | None:
@@ -72,12 +89,24 @@ class AttachedModel:
         self.position = OUTSIDE_LOOP  # of the transformer forward now running
         self._tracker = StepTracker()
         self._parsed: dict[str, BackendChoice] = {}  # schedule answers, parsed once
-        self._tokens: list = []
         self._handles: list = []
         self.calls_in_layer = 0  # attention calls in the running module (the KV extract step makes two)
+        self._last_layer = _UNPOSITIONED  # layer of the previous call; None: a forward hook just positioned us
         _, attention_classes = _flux2_classes()
         self.layer_names = [name for name, module in transformer.named_modules()
                             if isinstance(module, attention_classes)]
+        # Each attention module's head count, passed as heads= so a [B, H, S, D] tensor is refused even at short
+        # sequences, where the layout check alone cannot decide (dispatch.validate_inputs).
+        self.heads = {name: getattr(transformer.get_submodule(name), "heads", None) for name in self.layer_names}
+        self.serial = ops.register_model(self)
+        self.routes = {name: router.Route(self, name, self.serial, index)
+                       for index, name in enumerate(self.layer_names)}
+        self._restore: dict[str, tuple] = {}  # layer -> (processor, its own _attention_backend before fluxlab)
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        self._diffusers = _AttentionBackendRegistry
+        self.active_seen = None  # diffusers' process-wide backend when last looked at (interop.py)
+        self.active_warned: set[str] = set()
 
     @property
     def transformer(self):
@@ -90,36 +119,63 @@ class AttachedModel:
     def set_pipe(self, pipe) -> None:
         self._pipe = weakref.ref(pipe)
 
-    # -- hooks ---------------------------------------------------------------------------------------------------
+    # -- routes and hooks ----------------------------------------------------------------------------------------
 
-    def install_hooks(self) -> None:
+    def install(self) -> None:
         transformer = self.transformer
-        _, attention_classes = _flux2_classes()
         self._handles.append(transformer.register_forward_pre_hook(self._on_forward, with_kwargs=True))
-        for name, module in transformer.named_modules():
-            if isinstance(module, attention_classes):
-                self._handles.append(module.register_forward_pre_hook(self._enter_hook(name)))
-                # always_call: the context variable is reset even when the attention raises.
-                self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        for name in self.layer_names:
+            module = transformer.get_submodule(name)
+            self._route(name, module)
+            # Processors swapped later (Flux2KleinKVPipeline does it in __init__) get the layer's route too.
+            module.set_processor = functools.partial(self._set_processor, name, module)
+        interop.install_setters(self)
 
-    def remove_hooks(self) -> None:
+    def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        transformer = self.transformer
+        interop.remove_setters(self)
+        for name in self.layer_names:
+            module = transformer.get_submodule(name)
+            module.__dict__.pop("set_processor", None)
+            processor = module.processor
+            if processor.__dict__.get("_attention_backend") is self.routes[name]:
+                _restore_backend(processor, self._restore[name][1])
+        self._restore.clear()
+        ops.unregister_model(self.serial)
+
+    def _route(self, name: str, module) -> None:
+        """Put this layer's Route in the module's processor (a processor shared by layers is copied first)."""
+        processor = module.processor
+        if not hasattr(processor, "_attention_backend"):
+            raise AttachError(f"{name}'s processor {type(processor).__name__} has no _attention_backend, so it does "
+                              "not pass diffusers' FLUX.2 routing information; fluxlab routes diffusers' FLUX.2 "
+                              "processors (and subclasses of them)")
+        own = processor.__dict__.get("_attention_backend", _CLASS_DEFAULT)
+        if type(own) is router.Route:
+            if own is self.routes[name]:
+                return
+            # Another layer's (or model's) route: one processor object serves several layers. diffusers' FLUX.2
+            # processors keep no per-call state, so this layer gets its own copy and its own route.
+            own = own.model._restore[own.layer][1]
+            processor = copy.copy(processor)
+            type(module).set_processor(module, processor)
+        self._restore[name] = (processor, own)
+        processor._attention_backend = self.routes[name]
+
+    def _set_processor(self, name: str, module, processor) -> None:
+        type(module).set_processor(module, processor)  # diffusers' own
+        self._route(name, module)
 
     def _on_forward(self, module, args, kwargs):
+        if torch.compiler.is_compiling():
+            return  # the whole transformer is compiled: run_attention locates the forward at its first call
         context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         text_tokens = context.shape[1] if context is not None else None
         self.position = self._tracker.position(self.pipe, text_tokens)
-
-    def _enter_hook(self, name):
-        def enter(module, args):
-            self.calls_in_layer = 0
-            self._tokens.append(router.CURRENT_CALL.set((self, name)))
-        return enter
-
-    def _leave(self, module, args, output):
-        router.CURRENT_CALL.reset(self._tokens.pop())
+        self._last_layer = None
 
     # -- per call ------------------------------------------------------------------------------------------------
 
@@ -132,22 +188,40 @@ class AttachedModel:
                 return self._parsed[answer]
         return self.backend
 
-    def run_attention(self, layer: str, q, k, v, *, scale=None, causal=False):
-        if scale is None:
-            # The number torch's SDPA computes for scale=None, passed explicitly: keeps `sdpa` bit-identical to
-            # diffusers' `native` (head_dim ** -0.5 can differ from 1/sqrt(head_dim) in the last bit).
-            scale = 1.0 / math.sqrt(q.shape[-1])
-        backend = self.backend_for(layer)
+    def run_attention(self, layer: str, q, k, v, *, scale, causal=False):
+        """One attention call of ``layer`` (eagerly from the router, or from inside the compiled graph's op)."""
+        if layer != self._last_layer:
+            if self._last_layer is not None and layer == self.layer_names[0]:
+                # A forward no eager hook announced (whole-model compile): locate it in the loop now. The text
+                # length is only known to the hook, so records of such forwards have text_tokens=None.
+                self.position = self._tracker.position(self.pipe, None)
+            self.calls_in_layer = 0
+            self._last_layer = layer
         self.calls_in_layer += 1
+        if self._diffusers._active_backend is not self.active_seen:
+            interop.note_active_change(self, self._diffusers._active_backend)
+        backend = self.backend_for(layer)
+        heads = self.heads.get(layer)
         capture = self.capture
         if capture is not None and capture.selects(layer, self.position):
-            return capture.record(self, layer, q, k, v, scale=scale, causal=causal, backend=backend)
-        return attention(q, k, v, backend=backend, scale=scale, causal=causal, allowed=self.allowed)
+            return capture.record(self, layer, q, k, v, scale=scale, causal=causal, backend=backend, heads=heads)
+        return attention(q, k, v, backend=backend, scale=scale, causal=causal, allowed=self.allowed, heads=heads)
 
     def __repr__(self):
         schedule = f", schedule={self.schedule!r}" if self.schedule is not None else ""
         return (f"AttachedModel(backend={str(self.backend) if self.backend else 'automatic'}, "
                 f"allowed={sorted(self.allowed)}, layers={len(self.layer_names)}{schedule})")
+
+
+_UNPOSITIONED = object()
+_CLASS_DEFAULT = object()  # the processor had no _attention_backend of its own (its class's None applied)
+
+
+def _restore_backend(processor, value) -> None:
+    if value is _CLASS_DEFAULT:
+        del processor._attention_backend
+    else:
+        processor._attention_backend = value
 
 
 def state_of(obj) -> AttachedModel:
@@ -188,11 +262,12 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
                 "Ulysses/ring exchange, which fluxlab's single-device kernels do not do. Run context-parallel "
                 "models without fluxlab attached.")
     state = AttachedModel(transformer, pipe, allowed, choice)
+    interop.warn_at_attach(state)  # before the routes replace what diffusers had set
     router.acquire()
     try:
-        state.install_hooks()
+        state.install()
     except BaseException:
-        state.remove_hooks()
+        state.remove()
         router.release()
         raise
     # If the user drops the model without detaching, its share of the router is released with it.
@@ -202,7 +277,8 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
 
 
 def detach(pipe_or_transformer):
-    """Undo ``attach``: remove fluxlab's hooks; with no model left attached, diffusers' function comes back."""
+    """Undo ``attach``: remove fluxlab's routes and hooks, put diffusers' settings back; with no model left attached,
+    diffusers' function comes back."""
     transformer, _ = split_target(pipe_or_transformer)
     state = _ATTACHED.get(transformer)
     if state is None:
@@ -210,7 +286,7 @@ def detach(pipe_or_transformer):
     if state.capture is not None:
         raise AttachError("a fluxlab.capture is still recording this model; leave its `with` block before "
                           "detaching")
-    state.remove_hooks()
+    state.remove()
     del _ATTACHED[transformer]
     state.finalizer.detach()
     router.release()

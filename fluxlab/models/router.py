@@ -1,23 +1,28 @@
 """The one hook into diffusers: FLUX.2's module-level ``dispatch_attention_fn``, swapped for a router.
 
 diffusers' FLUX.2 processors (double, single and both Klein KV ones) look ``dispatch_attention_fn`` up in
-``diffusers.models.transformers.transformer_flux2``'s namespace at call time, so replacing that one name reaches
-every FLUX.2 attention call without copying any processor code (processor subclasses would have to re-implement
-each ``__call__``; diffusers' backend registry is a closed enum). The swap is process-wide, but routing is per
-model: the router sends a call to fluxlab only while an attached model's attention module is running (a context
-variable set by that module's forward hooks); every other call goes to diffusers' original function unchanged.
-The router is installed with the first attached model and removed with the last.
+``diffusers.models.transformers.transformer_flux2``'s namespace at call time and pass it their own
+``_attention_backend``, so replacing that one name reaches every FLUX.2 attention call without copying any
+processor code (processor subclasses would have to re-implement each ``__call__``; diffusers' backend registry is
+a closed enum). The swap is process-wide, but routing is per model: attaching puts a :class:`Route` (model, layer)
+in each of the model's processors as its ``_attention_backend``; a call carrying a Route goes to fluxlab, every
+other call to diffusers' original function unchanged. The router is installed with the first attached model and
+removed with the last.
+
+Under ``torch.compile`` the router is traced like the rest of the block: the Route's type is a guard, and the call
+becomes one ``fluxlab::flux2_attention`` op (``fluxlab/ops.py``) whose route tensor is a graph input, so one compiled
+block serves every layer and the backend is chosen when the op runs (no recompile on a switch).
 """
 
 from __future__ import annotations
 
-import contextvars
 import inspect
+import math
 
+import torch
+
+from .. import ops  # noqa: F401  (registers the fluxlab:: custom ops the compiled path calls)
 from .errors import AttachError, UnsupportedAttentionCallError
-
-# (attached model state, layer name) while an attached FLUX.2 attention module runs; None otherwise.
-CURRENT_CALL: contextvars.ContextVar = contextvars.ContextVar("fluxlab_flux2_call", default=None)
 
 # The parameters of diffusers 0.42's dispatch_attention_fn, which the router must accept exactly.
 _EXPECTED_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
@@ -26,6 +31,25 @@ _EXPECTED_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_c
 # original: diffusers' function; stuck: our router could not be removed (another patch wraps it) and stays
 # in the chain as a pass-through.
 _state = {"original": None, "users": 0, "stuck": False}
+_is_compiling = torch.compiler.is_compiling  # bound once: checked on every call
+
+
+class Route:
+    """What an attached model's processor carries as ``_attention_backend``: its model and layer.
+
+    ``ids`` (int64 ``[model serial, layer index]``) is what compiled graphs pass to the op; eager calls use
+    ``model`` and ``layer`` directly.
+    """
+
+    __slots__ = ("model", "layer", "ids", "__weakref__")
+
+    def __init__(self, model, layer: str, serial: int, layer_index: int):
+        self.model = model
+        self.layer = layer
+        self.ids = torch.tensor([serial, layer_index], dtype=torch.int64)
+
+    def __repr__(self):
+        return f"fluxlab.Route({self.layer!r})"
 
 
 def _module():
@@ -37,15 +61,19 @@ def _module():
 def router(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
            attention_kwargs=None, *, backend=None, parallel_config=None):
     """Stands in for diffusers' ``dispatch_attention_fn``; same signature, same [B, S, H, D] in and out."""
-    call = CURRENT_CALL.get()
-    if call is None:  # not an attached model: diffusers' own behaviour, untouched
+    if type(backend) is not Route:  # not an attached model: diffusers' own behaviour, untouched
         return _state["original"](query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                   attention_kwargs, backend=backend, parallel_config=parallel_config)
-    model, layer = call
-    refuse_unsupported(layer, attn_mask=attn_mask, dropout_p=dropout_p, attention_kwargs=attention_kwargs,
+    refuse_unsupported(backend.layer, attn_mask=attn_mask, dropout_p=dropout_p, attention_kwargs=attention_kwargs,
                        parallel_config=parallel_config)
+    if scale is None:
+        # The number torch's SDPA computes for scale=None, passed explicitly: keeps `sdpa` bit-identical to
+        # diffusers' `native` (head_dim ** -0.5 can differ from 1/sqrt(head_dim) in the last bit).
+        scale = 1.0 / math.sqrt(query.shape[-1])
     # enable_gqa needs nothing: fluxlab serves grouped-query attention whenever the head counts divide.
-    return model.run_attention(layer, query, key, value, scale=scale, causal=bool(is_causal))
+    if _is_compiling():
+        return torch.ops.fluxlab.flux2_attention(query, key, value, backend.ids, scale, bool(is_causal))
+    return backend.model.run_attention(backend.layer, query, key, value, scale=scale, causal=bool(is_causal))
 
 
 def refuse_unsupported(layer, *, attn_mask, dropout_p, attention_kwargs, parallel_config) -> None:

@@ -1,0 +1,120 @@
+"""fluxlab's attention as ``torch.library`` custom ops: one opaque node per call for ``torch.compile``.
+
+Dynamo never traces fluxlab's dispatcher (dictionaries keyed by shapes, environment reads, Python-side kernel
+choice): it sees ``fluxlab::attention`` (``fluxlab.attention`` under compile) or ``fluxlab::flux2_attention`` (an
+attached FLUX.2 model's call), with fake implementations that give the output's (and LSE's) shape. The backend is
+chosen inside the op when it runs, so ``set_backend`` / ``use_backend`` / schedules change what runs without a
+recompile. Outputs are contiguous ``[B, S, H, D]`` (what the fake promises); nothing returned aliases an input.
+"""
+
+# No ``from __future__ import annotations``: torch.library reads the annotations to build the op schemas.
+
+import weakref
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# serial -> the attached FLUX.2 model's state (models/attach.py), for fluxlab::flux2_attention.
+_models: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_next_serial = [0]
+
+
+def register_model(state) -> int:
+    """Make an attached model reachable from compiled graphs; returns its serial (part of each layer's route)."""
+    _next_serial[0] += 1
+    _models[_next_serial[0]] = state
+    return _next_serial[0]
+
+
+def unregister_model(serial: int) -> None:
+    _models.pop(serial, None)
+
+
+def _owned(result: Tensor, *inputs: Tensor) -> Tensor:
+    """Contiguous and not sharing storage with an input (a custom op's output may not alias its inputs)."""
+    result = result.contiguous()
+    pointer = result.untyped_storage().data_ptr()
+    if any(t.untyped_storage().data_ptr() == pointer for t in inputs):
+        result = result.clone()
+    return result
+
+
+def _out_like(q: Tensor, v: Tensor) -> Tensor:
+    return q.new_empty((*q.shape[:3], v.shape[3]))
+
+
+def _lse_like(q: Tensor) -> Tensor:
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+
+# -- fluxlab.attention -------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fluxlab::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float],
+                 causal: bool) -> Tensor:
+    """``fluxlab.attention(q, k, v, backend=..., scale=..., causal=...)`` as one op."""
+    from .dispatch import attention
+
+    return _owned(attention(q, k, v, backend=backend, scale=scale, causal=causal), q, k, v)
+
+
+@attention_op.register_fake
+def _(q, k, v, backend, scale, causal):
+    return _out_like(q, v)
+
+
+@torch.library.custom_op("fluxlab::attention_lse", mutates_args=())
+def attention_lse_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float],
+                     causal: bool) -> tuple[Tensor, Tensor]:
+    """``fluxlab.attention(..., return_lse=True)`` as one op: ``(out, lse)``, lse float32 ``[B, H, S]``."""
+    from .dispatch import attention
+
+    out, lse = attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=True)
+    return _owned(out, q, k, v), _owned(lse, q, k, v)
+
+
+@attention_lse_op.register_fake
+def _(q, k, v, backend, scale, causal):
+    return _out_like(q, v), _lse_like(q)
+
+
+def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, **unsupported):
+    """What ``fluxlab.attention`` calls while dynamo traces it: the custom op, with the same arguments."""
+    given = {name: value for name, value in unsupported.items() if value is not None}
+    if given:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"fluxlab.attention under torch.compile takes backend, scale, causal and return_lse; {sorted(given)} "
+            "need the eager dispatcher. Call it outside the compiled function, or attach the model "
+            "(fluxlab.attach), whose allowed set is applied inside the op.")
+    spec = None if backend is None else str(backend)  # a BackendChoice prints as "name:option=value"
+    scale = None if scale is None else float(scale)
+    if return_lse:
+        return torch.ops.fluxlab.attention_lse(q, k, v, spec, scale, bool(causal))
+    return torch.ops.fluxlab.attention(q, k, v, spec, scale, bool(causal))
+
+
+# -- an attached FLUX.2 model's call --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fluxlab::flux2_attention", mutates_args=())
+def flux2_attention_op(q: Tensor, k: Tensor, v: Tensor, route: Tensor, scale: float, causal: bool) -> Tensor:
+    """One attention call of an attached FLUX.2 model. ``route`` = int64 ``[model serial, layer index]``: a tensor,
+    so one compiled block serves every layer (an int constant would recompile per layer)."""
+    serial, layer_index = route.tolist()
+    state = _models.get(serial)
+    if state is None:
+        from .models.errors import AttachError
+
+        raise AttachError("a compiled graph called fluxlab for a FLUX.2 model that is no longer attached; "
+                          "re-run the model (detaching restores diffusers' attention and recompiles)")
+    out = state.run_attention(state.layer_names[layer_index], q, k, v, scale=scale, causal=causal)
+    return _owned(out, q, k, v)
+
+
+@flux2_attention_op.register_fake
+def _(q, k, v, route, scale, causal):
+    return _out_like(q, v)
