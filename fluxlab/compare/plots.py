@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+
+from ..util import atomic_path
 
 
 def _figure(width, height):
@@ -79,7 +82,7 @@ def plot_error_maps(source, backends=None, *, path=None, max_rows: int = 12):
             line.axvspan(0, emap.text_tokens, color="cyan", alpha=0.15, label="text")
         line.set_title(f"per token (worst: {emap.describe_token(emap.worst_token)})", fontsize=8)
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -122,7 +125,7 @@ def plot_image_comparison(comparison, *, path=None):
     if drift.get_legend_handles_labels()[0]:
         drift.legend(fontsize=8)
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -132,3 +135,10 @@ def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
+
+
+def save_figure(fig, path, **savefig_kwargs) -> None:
+    """``fig.savefig`` through ``fluxlab.util.atomic_path`` (format from the file name's suffix, PNG by default)."""
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, format=suffix, **savefig_kwargs)

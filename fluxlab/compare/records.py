@@ -145,7 +145,7 @@ def _results_json(results):
 
 
 def _entries(records) -> tuple[dict, list, list]:
-    tensors, entries, backends = {}, [], []
+    tensors, entries, backends, storages = {}, [], [], set()
     for i, record in enumerate(records):
         if not isinstance(record, AttentionRecord):
             raise TypeError(f"records[{i}] is a {type(record).__name__}, not an AttentionRecord")
@@ -161,7 +161,11 @@ def _entries(records) -> tuple[dict, list, list]:
             tensor = getattr(record, name)
             if tensor is not None:
                 key = f"{i}.{name}"
-                tensors[key] = _owned(tensor)
+                owned = _owned(tensor)
+                if owned.untyped_storage().data_ptr() in storages:  # the same tensor in two records (or fields)
+                    owned = owned.clone()
+                storages.add(owned.untyped_storage().data_ptr())
+                tensors[key] = owned
                 entry["tensors"][name] = {"key": key, "dtype": str(tensor.dtype).replace("torch.", ""),
                                           "shape": list(tensor.shape)}
         entries.append(entry)

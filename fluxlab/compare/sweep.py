@@ -13,7 +13,7 @@ from ..platform import current_platform
 from .attention import compare_attention, parse_dtype
 from .document import Section, write_document
 from .inputs import CPU_INPUTS, FLUX_INPUTS, SMOKE_INPUTS, default_inputs
-from ..util import atomic_path, atomic_write, git_revision, versions
+from ..util import atomic_write, git_revision, versions
 from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
@@ -155,14 +155,13 @@ def _image_backends(backends) -> list[str]:
 
 
 def _add_attention_section(sections, reports, report, out: Path, title: str, stem: str, text: str):
-    from .plots import plot_error_maps
+    from .plots import plot_error_maps, save_figure
 
     reports[title] = report
     pictures = []
     try:
         fig = plot_error_maps(report)
-        with atomic_path(out / f"error_maps_{stem}.png") as temporary:
-            fig.savefig(temporary, dpi=100, format="png")
+        save_figure(fig, out / f"error_maps_{stem}.png", dpi=100)
         pictures.append(f"error_maps_{stem}.png")
     except ValueError as exc:  # nothing ran: the tables say why
         text += f" (no error maps: {exc})"
