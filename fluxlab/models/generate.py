@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import io
 import json
@@ -11,10 +10,10 @@ import os
 import platform as host
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from ..util import atomic_write, utc_now
 from .errors import InvalidSizeError
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
@@ -77,16 +76,10 @@ def unavailable_reasons(backends: list[str], device) -> dict[str, list[str]]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    """``fluxlab.util.atomic_write`` into ``path``'s folder, created if missing (a reader never sees half a file;
+    the file gets the umask's mode, 0644 under 022)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def write_png(path: Path, image) -> str:
@@ -106,19 +99,15 @@ def folder_name(backend: str) -> str:
 
 
 def environment() -> dict:
-    """Versions and machine, for manifests."""
-    import diffusers
+    """Machine, versions and git revision (``fluxlab.util.provenance``, less its date), for manifests."""
     import torch
-    import transformers
 
-    from .. import __version__
-    from ..platform import current_platform
+    from ..util import provenance
 
-    return {"platform": current_platform().as_dict(),
-            "versions": {"fluxlab": __version__, "python": host.python_version(), "torch": torch.__version__,
-                         "diffusers": diffusers.__version__, "transformers": transformers.__version__},
-            "host": {"machine": host.machine(), "cpu_count": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads()}}
+    info = provenance()
+    info.pop("date")
+    return {**info, "host": {"machine": host.machine(), "cpu_count": os.cpu_count(),
+                             "torch_threads": torch.get_num_threads()}}
 
 
 # -- generation ----------------------------------------------------------------------------------------------------
@@ -197,7 +186,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                 "timings": {"generate_s": round(total, 4), "steps_s": [round(s, 4) for s in steps_s],
                             "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
                 **env,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "created": utc_now(),
                 "image": "image.png",
             }
             if out_dir is not None:
