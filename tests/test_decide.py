@@ -26,7 +26,7 @@ def _scale_bug(q, k, v, *, scale, causal=False, return_lse=False, **options):
 def _slow_correct(q, k, v, *, scale, causal=False, return_lse=False, **options):
     import time
 
-    time.sleep(0.004)
+    time.sleep(0.02)  # 20 ms a call: far slower than sdpa at these sizes
     return fluxlab.attention(q, k, v, backend="sdpa_math", scale=scale, causal=causal, return_lse=return_lse)
 
 
@@ -173,10 +173,9 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
         fluxlab.unregister_backend("decide_raises")
     assert set(plan.choices) == set(state.layer_names)
     assert set(plan.choices.values()) == {SLOW_CORRECT}, plan.to_markdown()
-    # the planted kernel is faster than the sleeping one, and still never chosen
-    fast = [m for m in plan.measurements if m.backend == PLANTED]
-    slow = {m.layer: m.time_ms for m in plan.measurements if m.backend == SLOW_CORRECT}
-    assert all(m.verdict == "fail" for m in fast) and all(m.time_ms < slow[m.layer] for m in fast)
+    # the planted kernel (sdpa's speed) fails on every layer; the sleeping one passes (no timing is asserted)
+    assert all(m.verdict == "fail" for m in plan.measurements if m.backend == PLANTED)
+    assert all(m.verdict == "pass" for m in plan.measurements if m.backend == SLOW_CORRECT)
     assert "yardstick" in plan.reasons[PLANTED]
     assert "NaN" in plan.reasons["decide_nan"] and "kernel exploded" in plan.reasons["decide_raises"]
     assert plan.schedule(state.layer_names[0], 0, 3) == SLOW_CORRECT
@@ -238,3 +237,47 @@ def test_frontier_measures_every_schedule_marks_pareto_and_keeps_failing_candida
     assert failing and all("kernel exploded" in r.error and r.verdict == "fail" and not r.pareto for r in failing)
     assert "Pareto" in result.to_markdown() and result.pareto
     assert PLANTED in result.drift_maps
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+
+
+def _parse(argv):
+    import argparse
+
+    from fluxlab.decide import cli
+
+    parser = argparse.ArgumentParser(prog="fluxlab")
+    cli.add_subcommand(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["locate-drift", "--bad", "sdpx"], "sdpx"),
+    (["locate-drift", "--bad", "sdpa_math", "--steps", "1"], "at least 2 denoising steps"),
+    (["frontier", "--candidates", "sdpa_math", "--prompt", ""], "non-empty"),
+    (["frontier", "--candidates", "sdpa_math", "--seeds", "a,b"], "integers"),
+    (["autotune", "--candidates", "flesh"], "flesh"),
+    (["autotune", "--size", "65"], "multiples of 8"),
+])
+def test_cli_mistakes_are_refused_before_the_model_loads(argv, message, monkeypatch, tmp_path):
+    from fluxlab.decide import cli
+
+    monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model was loaded despite a usage mistake"))
+    args = _parse([*argv, "--out", str(tmp_path / "out")])
+    with pytest.raises((fluxlab.FluxlabError, ValueError), match=message):
+        args.func(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
+    from fluxlab.decide import AutotunePlan, cli
+
+    monkeypatch.setattr(cli, "_load", lambda *a: pipe)  # the module's pipeline: loading again costs seconds
+    args = _parse(["autotune", "--candidates", f"sdpa,{PLANTED}", "--steps", "2", "--repeats", "1",
+                   "--max-sequence-length", "32", "--no-progress", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "plan.md", "plan.png"]
+    plan = AutotunePlan.load(tmp_path / "plan.json")
+    assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
+    assert "plan.png" in (tmp_path / "plan.md").read_text()

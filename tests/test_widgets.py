@@ -349,3 +349,80 @@ def test_toggle_demo_on_the_tiny_flux2_pipeline(tiny_pipe, broken_backend):
     # a registered backend is outside FLUX.2's allowed set until the user widens it: shown disabled, with why
     assert demo.picker.buttons[broken_backend].disabled
     assert "allowed set" in demo.picker.buttons[broken_backend].tooltip
+
+
+# ------------------------------------------------------------ progress, cancel, warm-up and peak memory (issue 12)
+
+
+def test_toggle_demo_progress_bar_follows_the_steps(tiny_pipe):
+    demo = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=3, backends=["sdpa"], threaded=False)
+    values = []
+    demo.runner.progress.observe(lambda change: values.append(change["new"]), names="value")
+    demo.run()
+    assert values == [0, 1, 2, 3] and demo.runner.progress.max == 3
+    assert demo.runner.progress.description == "3/3 steps" and demo.runner.progress.bar_style == "success"
+    assert demo.runner.cancel_button.disabled and not demo.button.disabled
+    assert "peak GPU memory n/a on CPU" in demo.result.value  # no allocator counter on the CPU: not claimed
+
+
+def test_toggle_demo_cancel_stops_between_steps_and_stays_usable(tiny_pipe):
+    demo = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=3, backends=["sdpa", "reference"],
+                             threaded=False)
+    image = demo.image.value
+
+    def click_cancel_after_step_1(change):
+        if change["new"] == 1 and not demo.runner.cancel_button.disabled:
+            demo.runner.cancel_button.click()
+
+    demo.runner.progress.observe(click_cancel_after_step_1, names="value")
+    assert demo.run() is None
+    assert "cancelled after 1 of 3 steps" in demo.result.value and "the last image stays" in demo.result.value
+    assert demo.image.value == image and demo.history[-1]["cancelled"] and demo.error.value == ""
+    assert demo.runner.progress.bar_style == "warning" and demo.runner.cancel_button.disabled
+    demo.runner.progress.unobserve(click_cancel_after_step_1, names="value")
+    demo.picker.click("reference")  # usable again: the next click generates
+    assert "ran on reference" in demo.result.value and demo.runner.progress.description == "3/3 steps"
+
+
+def test_toggle_demo_warms_up_once_before_timing_and_says_so(tiny_pipe):
+    demo = BackendToggleDemo(tiny_pipe, height=32, width=48, steps=2, backends=["sdpa"], warmup=True,
+                             threaded=False)
+    assert "sdpa: warmed up once (1 step at 48x32" in demo.result.value and "before timing" in demo.result.value
+    demo.run()
+    assert "sdpa: already warm in this process" in demo.result.value
+    default = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=1, backends=["sdpa"], threaded=False)
+    assert "warm" not in default.result.value  # "auto" on the CPU: nothing here compiles on first use
+
+
+def test_gallery_progress_cancel_and_timing_labels_on_the_tiny_pipeline(tiny_pipe):
+    gallery = ImageGallery(tiny_pipe, backends=["sdpa", "reference"], reference="reference", steps=2, height=32,
+                           width=64, warmup=["sdpa"], threaded=False)
+    assert gallery.run() is not None
+    assert gallery.runner.progress.description == "4/4 steps" and gallery.runner.progress.bar_style == "success"
+    assert "sdpa: warmed up once (1 step at 64x32" in gallery.status.value
+    assert "peak GPU memory: n/a on CPU" in gallery.status.value
+    cards = gallery.cards.children
+
+    def click_cancel_after_step_1(change):
+        if change["new"] == 1 and not gallery.runner.cancel_button.disabled:
+            gallery.runner.cancel_button.click()
+
+    gallery.runner.progress.observe(click_cancel_after_step_1, names="value")
+    assert gallery.run() is None
+    assert "cancelled after 1 of 4 steps" in gallery.status.value and gallery.last_error is None
+    assert gallery.cards.children == cards and not gallery.button.disabled
+    gallery.runner.progress.unobserve(click_cancel_after_step_1, names="value")
+    assert gallery.run() is not None and "sdpa: already warm" in gallery.status.value
+
+
+def test_run_controls_run_clicks_in_a_thread_inside_a_kernel():
+    import threading
+
+    from fluxlab.widgets.running import RunControls, in_kernel
+
+    assert not in_kernel()  # pytest is no Jupyter kernel: clicks run inline (what the tests above rely on)
+    done, names = threading.Event(), []
+    RunControls(threaded=True).launch(lambda: (names.append(threading.current_thread().name), done.set()))
+    assert done.wait(120) and names == ["fluxlab-generate"]
+    RunControls().launch(lambda: names.append(threading.current_thread().name))
+    assert names[-1] == threading.main_thread().name

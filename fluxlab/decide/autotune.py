@@ -88,6 +88,36 @@ class AutotunePlan:
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
+    def figure(self, path=None):
+        """Per layer, each candidate's time (ms, log) marked by its verdict; the chosen one ringed."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        layers = list(dict.fromkeys(m.layer for m in self.measurements))
+        candidates = list(dict.fromkeys(m.backend for m in self.measurements))
+        fig, ax = plt.subplots(figsize=(8, 0.32 * len(layers) + 1.8))
+        markers = {"pass": "o", "warn": "s", "fail": "x", "skip": "."}
+        for j, name in enumerate(candidates):
+            for m in (m for m in self.measurements if m.backend == name and math.isfinite(m.time_ms)):
+                i = layers.index(m.layer)
+                ax.scatter(m.time_ms, i, marker=markers.get(m.verdict, "."), color=f"C{j % 10}",
+                           label=name if i == min(layers.index(x.layer) for x in self.measurements
+                                                  if x.backend == name and math.isfinite(x.time_ms)) else None)
+                if self.choices.get(m.layer) == name:
+                    ax.scatter(m.time_ms, i, s=160, facecolors="none", edgecolors="black")
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(layers)), [n.removesuffix(".attn") for n in layers], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("time per call (ms; o pass, s warn, x fail; ringed: chosen)")
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
     def as_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "choices": self.choices, "automatic": self.automatic,
                 "reasons": self.reasons, "platform": self.platform, "versions": self.versions,
@@ -97,11 +127,9 @@ class AutotunePlan:
 
     def save(self, path) -> Path:
         """JSON with platform, versions and every measurement (written atomically)."""
-        from ..models.generate import write_json
+        from .files import write_json
 
-        path = Path(path)
-        write_json(path, self.as_dict())
-        return path
+        return write_json(path, self.as_dict())
 
     @classmethod
     def load(cls, path, *, allow_mismatch: bool = False) -> AutotunePlan:
@@ -118,7 +146,8 @@ class AutotunePlan:
         if data.get("format") != PLAN_FORMAT:
             raise PlanMismatchError(f"{path} is not a {PLAN_FORMAT} plan (format {data.get('format')!r}); write it "
                                     "again with this fluxlab's plan.save(path)")
-        platform, versions = current_identity()
+        platform, versions = current_identity([k.removeprefix("backend:") for k in data["versions"]
+                                               if k.startswith("backend:")])
         differences = _differences("platform", data["platform"], platform, PLATFORM_KEYS) + \
             _differences("version", data["versions"], versions, tuple(data["versions"]))
         if differences and not allow_mismatch:
@@ -242,10 +271,10 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
             report = compare_attention(records, backends=names, progress=False, timing_repeats=repeats,
                                        error_maps=False)
             measurements += _measure(layer, report.rows, names)
-            if bar:
+            if bar is not None:
                 bar.update(1)
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     choices = _choose(by_layer, measurements, allow_quantised=True)
     platform, versions = current_identity(sorted(set(names)))

@@ -179,14 +179,14 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     bad_schedule = as_schedule(pipe, bad, "bad")
     bar = _bar(progress, "locate-drift")
     runner = Runner(pipe, prompt=prompt, seed=seed, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs,
-                    progress=bar.update if bar else None)
+                    progress=bar.update if bar is not None else None)
     layers = runner.layer_names
     bound = generation_bound(len(layers), steps, beam)
     budget = bound if budget is None else budget
     if not isinstance(budget, int) or budget < 2:
         raise DecideInputError(f"budget={budget!r}: locate_drift needs at least 2 generations (all-good and "
                                f"all-bad); the full search here takes at most {bound}")
-    if bar:
+    if bar is not None:
         bar.total = min(budget, bound)
     try:
         good_run = runner.run(CellSchedule(good_schedule, bad_schedule, None))
@@ -212,7 +212,7 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
             strongest = sorted(children, key=lambda c: -_key(scored[c]))
             frontier = [c for c in strongest[:beam] if scored[c] > 0]
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
 
     # The culprits are the leaves of the search: regions scored but not split (single cells where it got there).

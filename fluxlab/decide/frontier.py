@@ -161,7 +161,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
 
     bar = _bar(progress)
     runner = Runner(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width,
-                    pipe_kwargs=pipe_kwargs, progress=bar.update if bar else None)
+                    pipe_kwargs=pipe_kwargs, progress=bar.update if bar is not None else None)
     drift_maps = {}
     try:
         if locate and schedules is None:
@@ -181,7 +181,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
         rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps)
                 for label, candidate, schedule in plans]
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     exact_ms = rows[0].step_ms
     for row in rows:

@@ -10,6 +10,8 @@ from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_se
                       figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
                       widgets)
 from .picker import BackendPicker
+from ..models.memory import gib
+from .running import RunControls
 
 
 def _num(value, spec: str) -> str:
@@ -68,8 +70,10 @@ class ImageGallery(widgets.VBox):
     def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
                  prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, run_on_start: bool = False, compare: Callable | None = None,
-                 image_width: int = 192):
+                 image_width: int = 192, warmup="auto", threaded: bool | None = None):
         self.pipe = pipe
+        self.warmup = warmup  # compare_images' warm-up of backends that compile on first use
+        self.runner = RunControls(threaded)
         self._compare_override = compare
         self.comparison = None
         self.last_error: str | None = None
@@ -100,10 +104,11 @@ class ImageGallery(widgets.VBox):
 
         self._update_reference_options()
         self.picker.on_change(lambda _: self._update_reference_options())
-        self.button.on_click(lambda _: self.run())
+        self.button.on_click(lambda _: self.runner.launch(self.run))
         super().__init__([picker_row, self.reference, prompt_row,
                           widgets.HBox([self.seed, self.steps, self.height, self.width, self.settings_message]),
-                          widgets.HBox([self.button, self.status]), self.cards, self.table, self.drift])
+                          widgets.HBox([self.button, self.status]), self.runner.box, self.cards, self.table,
+                          self.drift])
         self.add_class("fluxlab-image-gallery")
         if run_on_start:
             self.run()
@@ -125,6 +130,24 @@ class ImageGallery(widgets.VBox):
             raise ImportError("this fluxlab has no fluxlab.compare.compare_images yet")
         return fn
 
+    def _run_compare(self, backends, cancelled: list):
+        """compare_images (or the override) with this panel's step control and warm-up, when it takes them."""
+        import inspect
+
+        from ..models.progress import GenerationCancelled
+
+        fn = self._compare_fn()
+        params = inspect.signature(fn).parameters
+        takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        extra = {k: v for k, v in (("control", self.runner.control), ("warmup", self.warmup))
+                 if takes or k in params}
+        try:
+            return fn(self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
+                      height=self.height.value, width=self.width.value, reference=self.reference.value, **extra)
+        except GenerationCancelled as exc:
+            cancelled.append(str(exc))
+            return None
+
     def check(self) -> bool:
         problems = {
             self.picker_message: None if self.picker.value else "pick at least one backend",
@@ -144,10 +167,19 @@ class ImageGallery(widgets.VBox):
             return None
         self._reference_wanted = reference = self.reference.value
         backends = [reference] + [b for b in self.picker.value if b != reference]  # the reference's card first
+        if self.runner.busy:  # a click while a background run is going
+            self.status.value = message_html("a generation is running: wait for it, or press Cancel", ERROR_STYLE)
+            return None
         self.status.value = message_html(f"generating on {', '.join(backends)} ...")
-        comparison = run_shown(self, self.status, "generation", lambda: self._compare_fn()(
-            self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
-            height=self.height.value, width=self.width.value, reference=self.reference.value))
+        cancelled = []
+        self.runner.begin()
+        comparison = None
+        try:
+            comparison = run_shown(self, self.status, "generation", lambda: self._run_compare(backends, cancelled))
+        finally:
+            self.runner.end("cancelled" if cancelled else "success" if comparison is not None else "failed")
+        if cancelled:
+            self.status.value = message_html(f"{cancelled[0]}; the last gallery stays", MUTED_STYLE)
         if comparison is None:
             return None
         self.comparison = comparison
@@ -174,6 +206,8 @@ class ImageGallery(widgets.VBox):
             else:
                 is_ref = row.backend == comparison.reference
                 timing = f"{row.time_s * 1e3:.0f} ms" if row.time_s is not None else ""
+                peak = getattr(row, "peak_memory_bytes", None)
+                timing += f", peak {gib(peak)}" if peak is not None else ""
                 metrics = ("reference" if is_ref else f"PSNR {_num(row.psnr, '.1f')} dB, SSIM {_num(row.ssim, '.4f')}")
                 body = [widgets.HTML(f"{title} <span style='{MUTED_STYLE}'>{timing}</span><br>"
                                      f"<span style='font-size:85%'>{metrics}</span>"),
@@ -200,6 +234,8 @@ class ImageGallery(widgets.VBox):
         self.drift.layout.display = None
         failed = [r.backend for r in comparison.rows if r.error]
         ok = len(comparison.rows) - len(failed)
+        timing_notes = [comparison.settings.get(key) for key in ("warm_up", "peak_memory")]
+        notes = "; ".join(f"{label}: {note}" for label, note in zip(("times", "peak GPU memory"), timing_notes) if note)
         self.status.value = message_html(
-            f"{ok} image(s) vs {comparison.reference}" + (f"; failed: {', '.join(failed)}" if failed else ""),
-            ERROR_STYLE if failed else OK_STYLE)
+            f"{ok} image(s) vs {comparison.reference}" + (f"; failed: {', '.join(failed)}" if failed else "")
+            + (f" ({notes})" if notes else ""), ERROR_STYLE if failed else OK_STYLE)

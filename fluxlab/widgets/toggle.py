@@ -11,14 +11,16 @@ from collections.abc import Callable
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
                       error_text, hbox_with_message, message_html, png_bytes, set_message, widgets)
 from .picker import BackendPicker
+from .running import RunControls
 
 
-def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, height: int, width: int):
+def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, height: int, width: int,
+                   control=None):
     """One image from ``pipe`` with every attention call on ``backend``; the noise depends on ``seed`` only.
 
     A pipeline with fluxlab attached gets ``backend`` as its own (``fluxlab.set_backend``: it stays after this
     call); any pipeline runs inside ``fluxlab.use_backend``. A backend that cannot run is refused with its
-    reasons, never replaced.
+    reasons, never replaced. ``control``: a ``StepControl`` that sees each step and can stop between steps.
     """
     import torch
 
@@ -29,10 +31,24 @@ def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, he
 
         set_backend(pipe, backend)
     generator = torch.Generator("cpu").manual_seed(seed)
+    extra = {} if control is None else {"callback_on_step_end": control.callback()}
     with use_backend(backend):
-        result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator)
+        result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
+                      **extra)
     images = getattr(result, "images", result)
     return images[0] if isinstance(images, (list, tuple)) else images
+
+
+def pipe_device(pipe):
+    """Where ``pipe`` computes (an offloaded pipeline's accelerator); the CPU for a stand-in without models."""
+    import torch
+
+    try:
+        from ..models.offload import execution_device
+
+        return execution_device(pipe)
+    except Exception:  # noqa: BLE001 - a pipeline-like object without diffusers' attributes
+        return torch.device("cpu")
 
 
 def _attached_state(pipe):
@@ -99,8 +115,11 @@ class BackendToggleDemo(widgets.VBox):
 
     def __init__(self, pipe, *, prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, backends=None, statuses=None, auto_run: bool = True,
-                 run_on_start: bool = True, generate: Callable | None = None, image_width: int = 256):
+                 run_on_start: bool = True, generate: Callable | None = None, image_width: int = 256,
+                 warmup="auto", threaded: bool | None = None):
         self.pipe = pipe
+        self.warmup = warmup  # as for compare_images: "auto" warms backends that compile on first use
+        self.runner = RunControls(threaded)
         self._generate = generate or generate_image
         self.auto_run = auto_run
         self.history: list[dict] = []
@@ -132,10 +151,10 @@ class BackendToggleDemo(widgets.VBox):
         self.image.add_class("fluxlab-image")
         self.table = widgets.HTML("")
 
-        self.button.on_click(lambda _: self.run())
+        self.button.on_click(lambda _: self.runner.launch(self.run))
         self.picker.on_change(self._on_backend)
         super().__init__([self.picker, prompt_row, widgets.HBox([seed_row, steps_row]), size_row,
-                          widgets.HBox([self.button, self.result]), self.error,
+                          widgets.HBox([self.button, self.result]), self.runner.box, self.error,
                           widgets.HBox([self.image, self.table])])
         self.add_class("fluxlab-toggle-demo")
         if run_on_start and self.picker.value is not None:
@@ -149,7 +168,7 @@ class BackendToggleDemo(widgets.VBox):
 
     def _on_backend(self, _value):
         if self.auto_run:
-            self.run()
+            self.runner.launch(self.run)
 
     def check(self) -> bool:
         """Show a message next to every invalid control; True when all are valid."""
@@ -175,15 +194,34 @@ class BackendToggleDemo(widgets.VBox):
             return None
         settings = dict(prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
                         height=self.height.value, width=self.width.value)
-        self.result.value = message_html(f"running on {backend} ...")
+        if self.runner.busy:  # a click while a background run is going
+            self.result.value = message_html("a generation is running: wait for it, or press Cancel", ERROR_STYLE)
+            return None
+        from ..models.memory import PeakMemory
+        from ..models.progress import GenerationCancelled
+
         self.button.disabled = True
-        start = time.perf_counter()
-        ran = None
+        self.runner.begin()
+        self.runner.control.start(settings["steps"])
+        outcome, ran, start = "failed", None, time.perf_counter()
         try:
-            with _route_counter(self.pipe) as watch:
-                image = self._generate(self.pipe, backend, **settings)
+            warmed = self._warm_up(backend, settings)
+            self.result.value = message_html(f"running on {backend} ...")
+            start = time.perf_counter()
+            with _route_counter(self.pipe) as watch, PeakMemory(pipe_device(self.pipe)) as peak:
+                image = self._call_generate(backend, settings, self.runner.control)
+            self.runner.control.check()
             ran = watch.backends_used() if watch is not None else None
             self.image.value = png_bytes(image)
+            outcome = "success"
+        except GenerationCancelled as exc:
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            outcome, self.last_error = "cancelled", None
+            self.history.append({"backend": backend, "ms": elapsed_ms, "ok": False, "cancelled": True, **settings})
+            self.result.value = message_html(f"{backend} {exc} ({elapsed_ms:.0f} ms); the last image stays",
+                                             MUTED_STYLE)
+            self._render_history()
+            return None
         except Exception as exc:  # noqa: BLE001 - a failing backend is shown, never raised into the kernel
             elapsed_ms = (time.perf_counter() - start) * 1e3
             self.last_error = error_text(exc)
@@ -195,17 +233,49 @@ class BackendToggleDemo(widgets.VBox):
             return None
         finally:
             self.button.disabled = False
+            self.runner.end(outcome)
         elapsed_ms = (time.perf_counter() - start) * 1e3
         self.last_error = None
-        self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, "ran": ran, **settings})
+        self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, "ran": ran,
+                             "peak_memory_bytes": peak.bytes, **settings})
         served = ""
         if ran:
             served = " [" + ", ".join(f"{name}: {calls} attention calls" for name, calls in ran.items()) + "]"
         self.result.value = message_html(
             f"ran on {backend}: {elapsed_ms:.1f} ms ({settings['width']}x{settings['height']}, "
-            f"{settings['steps']} steps, seed {settings['seed']}; run {len(self.history)}){served}", OK_STYLE)
+            f"{settings['steps']} steps, seed {settings['seed']}; run {len(self.history)}){served}; {peak.label}"
+            + (f"; {warmed}" if warmed else ""), OK_STYLE)
         self._render_history()
         return image
+
+    def _call_generate(self, backend: str, settings: dict, control):
+        """The generate function, given the step control when it takes one (a user's may not)."""
+        import inspect
+
+        try:
+            params = inspect.signature(self._generate).parameters
+        except (TypeError, ValueError):
+            params = {}
+        takes = "control" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return self._generate(self.pipe, backend, **settings, **({"control": control} if takes else {}))
+
+    def _warm_up(self, backend: str, settings: dict) -> str:
+        """One 1-step generation first if ``backend`` compiles on first use and is not warm at this size; the label
+        the timing then carries ("" when nothing needed warming)."""
+        from ..models.warmup import is_warm, jit_reason, mark_warm, to_warm, warmup_note
+
+        device = pipe_device(self.pipe)
+        if not to_warm([backend], device, self.warmup):
+            return ""
+        key, height, width = getattr(self.pipe, "transformer", self.pipe), settings["height"], settings["width"]
+        if is_warm(key, backend, device, height, width):
+            return warmup_note({}, [backend], height, width)
+        why = jit_reason(backend, device) or "asked for"
+        self.result.value = message_html(f"warming up {backend} before timing (1 step; {why}) ...")
+        start = time.perf_counter()
+        self._call_generate(backend, {**settings, "steps": 1}, None)
+        mark_warm(key, backend, device, height, width)
+        return warmup_note({backend: time.perf_counter() - start}, [], height, width)
 
     def _render_history(self, last: int = 8):
         rows = "".join(

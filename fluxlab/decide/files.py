@@ -1,0 +1,29 @@
+"""Result files of the decide tools, written atomically (temporary file beside, then rename): never half a file."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from ..util import atomic_write
+
+
+def write_atomic(path, data: bytes | str) -> Path:
+    """``fluxlab.util.atomic_write`` (the umask's mode, 0644 under 022), creating the folder if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, data)
+
+
+def write_json(path, payload: dict) -> Path:
+    return write_atomic(path, json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def write_figure(path, figure) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return write_atomic(path, buffer.getvalue())
