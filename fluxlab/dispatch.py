@@ -396,10 +396,10 @@ class Plan:
     allowed: frozenset | None = dataclasses.field(default=None, repr=False)
     lse_grad: bool = dataclasses.field(default=False, repr=False)
     _checked: bool = dataclasses.field(default=False, repr=False)
+    out_shape: torch.Size = dataclasses.field(init=False, repr=False)  # [B, S, H, D_v]: checked per call, cheaply
 
-    @property
-    def out_shape(self) -> tuple:
-        return (*self.q_shape[:3], self.v_shape[3])
+    def __post_init__(self):
+        self.out_shape = torch.Size((*self.q_shape[:3], self.v_shape[3]))
 
     def __call__(self, q, k, v):
         """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``."""

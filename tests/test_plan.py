@@ -287,3 +287,25 @@ def test_every_error_and_warning_class_is_fluxlabs():
     for module, name in found:
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, (FluxlabError, FluxlabWarning)), f"{module}.{name} is outside FluxlabError"
+
+
+# --- the FLUX.2 router passes heads= ------------------------------------------------------------------------------
+
+def test_flux2_router_passes_each_modules_head_count(monkeypatch):
+    from fluxlab.models import attach as attach_module
+    from fluxlab.models.tiny import build_tiny_pipeline
+
+    from _flux2 import attached, generate
+
+    seen = []
+    real_attention = attach_module.attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.shape[2], kwargs.get("heads")))
+        return real_attention(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attach_module, "attention", recording)
+    pipe = build_tiny_pipeline("dev")
+    with attached(pipe):
+        generate(pipe, steps=1)
+    assert seen and all(heads is not None and heads == q_heads for q_heads, heads in seen)

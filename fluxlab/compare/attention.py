@@ -5,38 +5,29 @@ A kernel that raises or returns NaN/inf/wrong shapes is a failed row (out of mem
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 import torch
 
 from .. import registry
 from ..backends.reference import reference_attention
-from ..dispatch import run_backend
-from ..errors import UnknownBackendError
+from ..dispatch import plan
+from ..errors import BackendUnavailableError, InvalidInputError, UnknownBackendError
 from ..platform import platform_for_device
 from ..record import AttentionRecord
+from ..util import DTYPES, parse_dtype, time_calls
 from .baseline import BASELINE_NAME, baseline_attention
 from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases, record_case
 from .metrics import ErrorStats, error_map, error_stats
 from .report import ComparisonReport, ComparisonRow
 from .specs import BackendSpec, parse_backends
-from .tolerances import FAIL, SKIP, judge_exact, judge_lse, judge_quantised, worst
+from .tolerances import FAIL, SKIP, judge_lse, judge_output, worst, yardstick_ratios
 
-DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-               "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+DTYPE_NAMES = DTYPES  # the one name -> dtype table (fluxlab.util); parse_dtype below comes from there too
 GPU_TIMING_REPEATS = 5
 # float64 scores held at once by the reference (read at call time; tests shrink it to prove the chunking).
 REFERENCE_BUDGET_ELEMENTS = 2**26
-
-
-def parse_dtype(value) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    try:
-        return DTYPE_NAMES[str(value).lower().replace("torch.", "")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {value!r}; use one of {', '.join(sorted(DTYPE_NAMES))}") from None
 
 
 def compare_attention(inputs=None, backends=None, reference: str = "reference", *, dtype=torch.bfloat16,
@@ -139,20 +130,13 @@ def _reference_fn(reference: str):
                                        budget_elements=REFERENCE_BUDGET_ELEMENTS)
         return exact
     backend = registry.get_backend(reference)
-    if not backend.caps.returns_lse:
-        def other(q, k, v, *, scale, causal):
-            out = run_backend(backend, *(t.double() for t in (q, k, v)), scale=scale, causal=causal)
-            return out, None
-    else:
-        def other(q, k, v, *, scale, causal):
-            return run_backend(backend, *(t.double() for t in (q, k, v)), scale=scale, causal=causal,
-                               return_lse=True)
+    with_lse = backend.caps.returns_lse
+
+    def other(q, k, v, *, scale, causal):
+        q, k, v = (t.double() for t in (q, k, v))
+        result = plan(q, k, v, backend=backend.name, scale=scale, causal=causal, return_lse=with_lse)(q, k, v)
+        return result if with_lse else (result, None)
     return other
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _yardstick(case, ref):
@@ -197,12 +181,10 @@ def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
         return row
     stats = error_stats(out, ref)
     row.max_abs, row.mean_abs, row.rel_l2, row.cosine = stats.max_abs, stats.mean_abs, stats.rel_l2, stats.cosine
-    row.rel_l2_ratio = stats.rel_l2 / _floor(max(row.baseline_rel_l2, row.rounding_rel_l2))
-    row.max_abs_ratio = stats.max_abs / _floor(max(row.baseline_max_abs, row.rounding_max_abs))
-    if row.quantised:
-        verdict, note = judge_quantised(stats.rel_l2)
-    else:
-        verdict, note = judge_exact(row.rel_l2_ratio, row.max_abs_ratio)
+    yardstick = SimpleNamespace(rel_l2=row.baseline_rel_l2, max_abs=row.baseline_max_abs)
+    rounding = SimpleNamespace(rel_l2=row.rounding_rel_l2, max_abs=row.rounding_max_abs)
+    row.rel_l2_ratio, row.max_abs_ratio = yardstick_ratios(stats, yardstick, rounding)
+    verdict, note = judge_output(stats, yardstick, rounding, quantised=row.quantised)  # the tests' rule too
     verdicts, notes = [verdict], [note]
     if lse is not None and ref_lse is not None:
         row.lse_max_abs = (lse.double() - ref_lse.double()).abs().max().item()
@@ -224,10 +206,6 @@ def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
     return row
 
 
-def _floor(value: float) -> float:
-    return value if value > 0 else 1e-300
-
-
 def _recorded_row(case, ref, baseline, rounding, with_maps) -> ComparisonRow:
     backend = case.recorded_backend or "unknown"
     try:
@@ -247,28 +225,25 @@ def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform
     backend = registry.get_backend(spec.name)
     row = _new_row(spec.label, case, baseline, rounding, backend.caps.quantised)
     row.emulates = backend.caps.emulates  # an emulator's row names the real kernel it models
-    reasons = backend.not_supported_reasons(case.q, case.k, case.v, platform, causal=case.causal)
-    if reasons:
+    want_lse = backend.caps.returns_lse
+    try:  # the same Plan fluxlab.attention would make: one answer to "what runs", kernel bound once
+        run = plan(case.q, case.k, case.v, backend=spec.choice, scale=case.scale, causal=case.causal,
+                   return_lse=want_lse, fallback=False, platform=platform)
+    except BackendUnavailableError as exc:
+        reasons = [r for rs in exc.reasons.values() for r in rs] or [str(exc)]
         row.verdict, row.error = SKIP, "; ".join(reasons)
         return row
-    want_lse = backend.caps.returns_lse
-    options = dict(backend.options) | spec.options
+    except InvalidInputError as exc:  # e.g. a scale that overflows: every kernel would be wrong
+        row.verdict, row.error = FAIL, _error_text(exc)
+        return row
     device = case.q.device
     repeats = timing_repeats if timing_repeats is not None else (GPU_TIMING_REPEATS if device.type == "cuda" else 0)
-    try:
-        with spec.context():
-            _sync(device)
-            start = time.perf_counter()
-            result = run_backend(backend, case.q, case.k, case.v, scale=case.scale, causal=case.causal,
-                                 return_lse=want_lse, platform=platform, **options)
-            _sync(device)
-            times = [time.perf_counter() - start]
-            for _ in range(repeats):  # on GPU: the first call warmed up (compilation, autotuning)
-                start = time.perf_counter()
-                run_backend(backend, case.q, case.k, case.v, scale=case.scale, causal=case.causal,
-                            return_lse=want_lse, platform=platform, **options)
-                _sync(device)
-                times.append(time.perf_counter() - start)
+    try:  # the plan holds the spec's torch knobs (e.g. cudnn=0) around each call itself
+        first = time_calls(lambda: run(case.q, case.k, case.v), warmup=0, repeats=1, device=device)
+        result, times_ms = first.result, first.times_ms
+        if repeats:  # on GPU: the first call warmed up (compilation, autotuning); time the repeats
+            times_ms = time_calls(lambda: run(case.q, case.k, case.v), warmup=0, repeats=repeats,
+                                  device=device).times_ms
     except torch.OutOfMemoryError as exc:  # a capacity limit at this shape, not a numerical verdict
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -277,8 +252,7 @@ def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform
     except Exception as exc:  # noqa: BLE001 - any failure of a kernel is a failed row, the sweep goes on
         row.verdict, row.error = FAIL, _error_text(exc)
         return row
-    timed = times[1:] or times
-    row.time_ms = sorted(timed)[len(timed) // 2] * 1e3
+    row.time_ms = sorted(times_ms)[len(times_ms) // 2]
     out, lse = result if want_lse else (result, None)
     return _judge(row, case, out, ref, lse, ref_lse, with_maps)
 

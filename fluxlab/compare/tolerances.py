@@ -111,6 +111,24 @@ def judge_exact(rel_l2_ratio: float, max_abs_ratio: float, rule: ExactRule = EXA
     return verdict, note
 
 
+def yardstick_ratios(stats, baseline, rounding) -> tuple[float, float]:
+    """rel_l2 and max_abs of a kernel over the yardstick: max(torch math in the dtype, float64 rounded to it).
+    Each argument has ``rel_l2`` and ``max_abs`` (``compare.metrics.ErrorStats``), all against float64."""
+    return (stats.rel_l2 / _floor(max(baseline.rel_l2, rounding.rel_l2)),
+            stats.max_abs / _floor(max(baseline.max_abs, rounding.max_abs)))
+
+
+def judge_output(stats, baseline, rounding, *, quantised: bool) -> tuple[str, str]:
+    """The one verdict rule for a kernel's output, used by the comparison engine and the GPU tests alike."""
+    if quantised:
+        return judge_quantised(stats.rel_l2)
+    return judge_exact(*yardstick_ratios(stats, baseline, rounding))
+
+
+def _floor(value: float) -> float:
+    return value if value > 0 else 1e-300
+
+
 def judge_quantised(rel_l2: float, budget: QuantisedBudget = QUANTISED_BUDGET) -> tuple[str, str]:
     verdict = _grade(rel_l2, budget.pass_rel_l2, budget.warn_rel_l2)
     return verdict, (f"quantised: rel_l2 {rel_l2:.3g} against its budget (pass <= {budget.pass_rel_l2:g}, "
