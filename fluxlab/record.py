@@ -1,4 +1,9 @@
-"""One attention call's inputs and outputs: what capture produces, comparisons consume and records store."""
+"""AttentionRecord: one attention call's inputs and outputs, as capture produces and comparisons consume them.
+
+Three words, three things: an *AttentionRecord* is one call (this module); a *records folder* is a list of them
+saved to disk (``fluxlab.compare.save_records`` / ``load_records``); a *recorded output* is the ``out`` a backend
+produced when the call was captured, which replay judges as its own row (``recorded:<backend>@<machine>``).
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, Atten
                      synthetic_qkv)
 from .metrics import ErrorMap, ErrorStats, error_map, error_stats
 from .plots import plot_error_maps, plot_image_comparison
-from .records import RecordIntegrityError, load_records, save_records
+from .records import RecordIntegrityError, RecordsFolderError, RecordsNotFoundError, load_records, save_records
 from .replay import replay
 from .report import ComparisonReport, ComparisonRow
 from .specs import KNOBS, BackendSpec
@@ -18,7 +18,8 @@ __all__ = [
     "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "IMAGE_RULE_TEXT",
     "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
     "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",
-    "ErrorMap", "ErrorStats", "ImageComparison", "ImageRow", "InputSpec", "RecordIntegrityError", "compare_attention",
+    "ErrorMap", "ErrorStats", "ImageComparison", "ImageRow", "InputSpec", "RecordIntegrityError",
+    "RecordsFolderError", "RecordsNotFoundError", "compare_attention",
     "compare_images", "default_inputs", "error_map", "error_stats", "load_records", "parse_dtype", "plot_error_maps",
     "plot_image_comparison", "replay", "run_compare", "save_records", "synthetic_qkv",
 ]

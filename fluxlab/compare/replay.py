@@ -16,6 +16,10 @@ def replay(path, backends=None, **compare_kwargs):
     its own row (``recorded:<backend>@<machine>``) judged by the same rule, and every local backend's
     ``rel_l2_vs_recorded`` says how far it lands from that output. The report's ``meta["recorded"]`` holds
     the other machine's platform, versions and git revision from the manifest.
+
+    ``path`` must be a records folder (``load_records``): a typo raises RecordsNotFoundError, and a damaged or
+    edited folder, or a record ``fluxlab.attention`` would refuse (scale <= 0, NaN, mismatched shapes), raises
+    RecordIntegrityError before anything runs: nothing is replayed as "pass" that a live call would refuse.
     """
     records, manifest = load_records(path)
     where = recorded_on(manifest)
