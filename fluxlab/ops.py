@@ -51,50 +51,56 @@ def _lse_like(q: Tensor) -> Tensor:
 # -- fluxlab.attention -------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fluxlab::attention", mutates_args=())
-def attention_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float],
-                 causal: bool) -> Tensor:
-    """``fluxlab.attention(q, k, v, backend=..., scale=..., causal=...)`` as one op."""
+def _eager(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, check_finite):
     from .dispatch import attention
 
-    return _owned(attention(q, k, v, backend=backend, scale=scale, causal=causal), q, k, v)
+    allowed = None if allowed is None else frozenset(filter(None, allowed.split(",")))
+    return attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
+                     fallback=fallback, heads=heads, check_finite=check_finite)
+
+
+@torch.library.custom_op("fluxlab::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float], causal: bool,
+                 allowed: Optional[str], fallback: Optional[bool], heads: Optional[int],
+                 check_finite: Optional[bool]) -> Tensor:
+    """``fluxlab.attention(q, k, v, ...)`` as one op; ``allowed`` is the set's names joined by commas."""
+    out = _eager(q, k, v, backend, scale, causal, False, allowed, fallback, heads, check_finite)
+    return _owned(out, q, k, v)
 
 
 @attention_op.register_fake
-def _(q, k, v, backend, scale, causal):
+def _(q, k, v, backend, scale, causal, allowed, fallback, heads, check_finite):
     return _out_like(q, v)
 
 
 @torch.library.custom_op("fluxlab::attention_lse", mutates_args=())
-def attention_lse_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float],
-                     causal: bool) -> tuple[Tensor, Tensor]:
+def attention_lse_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], scale: Optional[float], causal: bool,
+                     allowed: Optional[str], fallback: Optional[bool], heads: Optional[int],
+                     check_finite: Optional[bool]) -> tuple[Tensor, Tensor]:
     """``fluxlab.attention(..., return_lse=True)`` as one op: ``(out, lse)``, lse float32 ``[B, H, S]``."""
-    from .dispatch import attention
-
-    out, lse = attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=True)
+    out, lse = _eager(q, k, v, backend, scale, causal, True, allowed, fallback, heads, check_finite)
     return _owned(out, q, k, v), _owned(lse, q, k, v)
 
 
 @attention_lse_op.register_fake
-def _(q, k, v, backend, scale, causal):
+def _(q, k, v, backend, scale, causal, allowed, fallback, heads, check_finite):
     return _out_like(q, v), _lse_like(q)
 
 
-def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, **unsupported):
+def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None,
+                       fallback=None, heads=None, check_finite=None, platform=None):
     """What ``fluxlab.attention`` calls while dynamo traces it: the custom op, with the same arguments."""
-    given = {name: value for name, value in unsupported.items() if value is not None}
-    if given:
+    if platform is not None:
         from .errors import InvalidInputError
 
-        raise InvalidInputError(
-            f"fluxlab.attention under torch.compile takes backend, scale, causal and return_lse; {sorted(given)} "
-            "need the eager dispatcher. Call it outside the compiled function, or attach the model "
-            "(fluxlab.attach), whose allowed set is applied inside the op.")
+        raise InvalidInputError("fluxlab.attention(platform=...) is not available under torch.compile (a Platform "
+                                "cannot be an op argument); leave it out (the inputs' device decides) or call "
+                                "fluxlab.attention outside the compiled function.")
     spec = None if backend is None else str(backend)  # a BackendChoice prints as "name:option=value"
     scale = None if scale is None else float(scale)
-    if return_lse:
-        return torch.ops.fluxlab.attention_lse(q, k, v, spec, scale, bool(causal))
-    return torch.ops.fluxlab.attention(q, k, v, spec, scale, bool(causal))
+    names = None if allowed is None else ",".join(sorted(allowed))
+    op = torch.ops.fluxlab.attention_lse if return_lse else torch.ops.fluxlab.attention
+    return op(q, k, v, spec, scale, bool(causal), names, fallback, heads, check_finite)
 
 
 # -- an attached FLUX.2 model's call --------------------------------------------------------------------------------
