@@ -1,7 +1,9 @@
-"""The Makefile's install and test recipes: PyTorch's CPU index only when it answers, the slowest tests listed."""
+"""CI rules: the Makefile takes PyTorch's CPU index only when it answers, lists the slowest tests, and no test
+compares a wall-clock time with a budget (speed is measured in benchmarks/, never asserted in a test)."""
 
 from __future__ import annotations
 
+import ast
 import http.server
 import re
 import shutil
@@ -86,3 +88,58 @@ def test_probe_answers_yes_for_an_index_that_serves_torch_and_no_otherwise():
     finally:
         server.shutdown()
         server.server_close()
+
+
+# A name that holds a wall-clock reading (elapsed, took_s, time_ms, perf_counter(), ...).
+TIME_NAME = re.compile(r"(elapsed|duration|took|perf_counter|monotonic|wall|^time$|_time$|^time_|seconds|_s$|_ms$|_us$)")
+
+
+# The far end of a generous wait (`assert time.monotonic() < deadline`): a hang guard, not a speed budget.
+WAIT_NAMES = {"deadline", "timeout", "timeout_s"}
+
+
+def _names(node) -> set[str]:
+    return {sub.id if isinstance(sub, ast.Name) else sub.attr for sub in ast.walk(node)
+            if isinstance(sub, (ast.Name, ast.Attribute))}
+
+
+def _time_name(node) -> str | None:
+    for sub in ast.walk(node):
+        name = sub.id if isinstance(sub, ast.Name) else sub.attr if isinstance(sub, ast.Attribute) else None
+        if name and TIME_NAME.search(name):
+            return name
+    return None
+
+
+def time_budgets(source: str) -> list[str]:
+    """Asserts that bound a wall-clock reading from above by something that is not itself a reading."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assert):
+            continue
+        for compare in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
+            items = [compare.left, *compare.comparators]
+            for left, op, right in zip(items, compare.ops, items[1:]):
+                if isinstance(op, (ast.Gt, ast.GtE)):
+                    left, right = right, left
+                elif not isinstance(op, (ast.Lt, ast.LtE)):
+                    continue
+                if _time_name(left) and not _time_name(right) and not _names(right) & WAIT_NAMES:
+                    found.append(f"line {node.lineno}: {ast.unparse(compare)}")
+    return found
+
+
+def test_the_budget_finder_finds_budgets():
+    assert time_budgets("assert elapsed < BUDGET_S") == ["line 1: elapsed < BUDGET_S"]
+    assert time_budgets("assert 60 > time.perf_counter() - start")
+    assert time_budgets("assert result.took_s <= 2.5 and ok")
+    assert not time_budgets("assert timing.min_ms <= timing.median_ms")  # an invariant between two readings
+    assert not time_budgets("assert row.time_ms > 0")  # a time was recorded
+    assert not time_budgets("while time.monotonic() < deadline: pass")  # a wait, not an assertion
+    assert not time_budgets("assert time.monotonic() < deadline, 'hung'")  # a hang guard on a wait
+
+
+def test_no_test_asserts_a_wall_clock_budget():
+    found = {path.name: time_budgets(path.read_text()) for path in sorted(Path(__file__).parent.glob("test_*.py"))}
+    found = {name: lines for name, lines in found.items() if lines}
+    assert not found, f"tests that bound a wall-clock time (move speed checks to benchmarks/): {found}"
