@@ -148,3 +148,14 @@ def test_no_module_keeps_its_own_copy_of_a_helper():
             if needle in text:
                 offenders.append(f"{path.relative_to(root)}: {needle}")
     assert offenders == []
+
+
+if torch.cuda.is_available():  # defined only where it can run (as conftest does for GPU files): no green skip
+
+    @pytest.mark.gpu
+    def test_time_calls_waits_for_the_gpu():
+        """On a GPU the clock stops only after the device finished: the stream is idle when time_calls returns."""
+        a = torch.randn(4096, 4096, device="cuda")
+        timing = util.time_calls(lambda: a @ a, warmup=1, repeats=3, device="cuda")
+        assert torch.cuda.current_stream().query()  # nothing still queued: each call was synchronised
+        assert timing.result.is_cuda and len(timing.times_ms) == 3 and timing.min_ms > 0

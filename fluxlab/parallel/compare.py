@@ -324,8 +324,7 @@ def _rank_device() -> torch.device:
 
 
 def _meta(payload, device, world_size, runner, build_s, exact_partner) -> dict:
-    import diffusers
-
+    versions = util.versions()
     names = []
     if device.type == "cuda":
         names = [None] * world_size
@@ -336,7 +335,8 @@ def _meta(payload, device, world_size, runner, build_s, exact_partner) -> dict:
         "dtype": payload["dtype"], "steps": payload["steps"] if payload["target"] == "generate" else None,
         "seed": payload["seed"], "world_size": world_size, "device": names[0] if names else f"cpu ({_host.machine()})",
         "devices": names or ["cpu"] * world_size, "dist_backend": dist.get_backend(),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "platform": current_platform().describe(),
+        "torch": versions["torch"], "diffusers": versions["diffusers"], "platform": current_platform().describe(),
+        "versions": versions, "git": util.git_revision(),
         "build_s": round(build_s, 2), "exact_partner": exact_partner, "factor": FACTOR,
         "floor": FLOOR[DTYPES[payload["dtype"]]],
     }
