@@ -73,3 +73,23 @@ def test_cancel_stops_between_steps_and_the_pipeline_stays_usable(pipe):
     assert control.done == 1  # diffusers skipped the remaining step of that run; no other backend started
     result = compare_images(pipe, ["sdpa", "reference"], control=control, **SMALL)  # start() clears the cancel
     assert control.done == 4 and result.metrics["reference"].error is None
+
+
+def test_generate_reports_peak_memory_and_the_offload_choice(tmp_path):
+    import json
+
+    from fluxlab.models.generate import generate
+
+    pipe = fluxlab.load_flux2("tiny", offload="auto", device="cpu", height=32, width=32)
+    try:
+        (result,) = generate(pipe, "sdpa", prompt="a red circle", steps=1, width=32, height=32, out_dir=tmp_path,
+                             progress=False, max_sequence_length=16)
+    finally:
+        fluxlab.detach(pipe)
+    assert result.peak_memory_bytes is None  # no allocator counter on the CPU: not claimed
+    manifest = json.loads((tmp_path / "sdpa" / "manifest.json").read_text())
+    assert manifest["memory"] == {"peak_allocated_bytes": None, "device": "cpu",
+                                  "measured_by": "n/a on CPU (no allocator counter)"}
+    offload = manifest["model"]["offload"]
+    assert offload["requested"] == "auto" and offload["mode"] is None and "no accelerator" in offload["reason"]
+    assert offload["estimate"]["weight_bytes"] > 0
