@@ -17,6 +17,7 @@ _LAZY = {
     "FLUX2_BACKENDS": "fluxlab.models.supported",
     "load_flux2": "fluxlab.models.load",
     "generate": "fluxlab.models.generate",
+    "generate": "fluxlab.models.generate",
     "attach": "fluxlab.models.attach",
     "detach": "fluxlab.models.attach",
     "set_backend": "fluxlab.models.attach",

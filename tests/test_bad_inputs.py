@@ -114,3 +114,131 @@ def test_register_backend_rejects_bad_definitions():
         fluxlab.register_backend("my_k", lambda *a, **k: None, lse=True)
     with pytest.raises(ValueError, match="built in and cannot be unregistered"):
         fluxlab.unregister_backend("sdpa")
+
+
+# -- generation limits and Ctrl-C (fluxlab.generate, the widgets' settings) ----------------------------------------
+
+GENERATION_CASES = [  # (id, overrides of a valid request, error class name, message fragments)
+    ("16384-square", dict(width=16384, height=16384), "LimitExceededError",
+     ["16384x16384 is 1,048,576 image tokens", "bound of 16,384", "GiB of float32 scores", "force=True"]),
+    ("text-100000", dict(max_sequence_length=100000), "LimitExceededError",
+     ["max_sequence_length 100,000 is above fluxlab's bound of 512", "force=True"]),
+    ("side-beyond", dict(width=8192, height=16), "LimitExceededError", ["width 8192 is above", "4096"]),
+    ("steps-beyond", dict(steps=5000), "LimitExceededError", ["steps 5000 is above fluxlab's bound of 1000"]),
+    ("height-40", dict(height=40), "InvalidSizeError", ["height 40 is not a multiple of 16", "shrink it to 32",
+                                                         "use 32 or 48"]),
+    ("width-0", dict(width=0), "InvalidSizeError", ["width must be between 16 and 4096"]),
+    ("steps-0", dict(steps=0), "InvalidSettingError", ["steps must be a whole number >= 1, got 0"]),
+    ("steps-1.5", dict(steps=1.5), "InvalidSettingError", ["got 1.5"]),
+    ("seed-2**64", dict(seed=2**64), "InvalidSettingError", ["seed must be a whole number from 0 to 2**63 - 1"]),
+    ("seed-negative", dict(seed=-1), "InvalidSettingError", ["got -1"]),
+    ("text-0", dict(max_sequence_length=0), "InvalidSettingError", ["max_sequence_length must be"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return fluxlab.load_flux2("tiny")
+
+
+@pytest.mark.parametrize("case", GENERATION_CASES, ids=[c[0] for c in GENERATION_CASES])
+def test_generate_refuses_before_any_step(case, tiny_pipe, tmp_path):
+    from fluxlab.models import errors
+
+    _, overrides, error, fragments = case
+    request = dict(prompt="a red circle", steps=2, width=64, height=64, seed=0, max_sequence_length=16)
+    request.update(overrides)
+    with pytest.raises(getattr(errors, error)) as info:
+        fluxlab.generate(tiny_pipe, ["sdpa"], out_dir=tmp_path / "out", progress=False,
+                         on_step=lambda *_: pytest.fail("a step ran"), **request)
+    for fragment in fragments:
+        assert fragment in str(info.value), f"missing {fragment!r} in:\n{info.value}"
+    assert isinstance(info.value, fluxlab.FluxlabError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_force_lifts_only_the_bounds():
+    from fluxlab.models.errors import InvalidSizeError
+    from fluxlab.models.limits import BOUNDS, check_generation
+
+    huge = dict(width=16384, height=16384, steps=5000, seed=0, max_sequence_length=100000)
+    check_generation(**huge, force=True)  # beyond every forceable bound: allowed when forced
+    with pytest.raises(InvalidSizeError):
+        check_generation(**{**huge, "height": 16380}, force=True)  # malformed is never forced
+    assert {name for name, bound in BOUNDS.items() if not bound.forceable} == {"seed"}
+
+
+def test_size_multiple_follows_the_model(tiny_pipe):
+    """The tiny model's 8x VAE needs multiples of 16; the embedded model's 4x VAE multiples of 8."""
+    from fluxlab.models.limits import required_multiple, size_multiple_for
+
+    assert required_multiple(tiny_pipe) == 16 == size_multiple_for("tiny")
+    assert size_multiple_for("embedded") == 8
+
+
+def test_widget_settings_share_the_bounds():
+    from fluxlab.models.errors import InvalidSizeError, LimitExceededError
+    from fluxlab.widgets import settings_for
+    from fluxlab.widgets._common import check_seed, check_size, check_steps
+
+    with pytest.raises(LimitExceededError, match="force=True"):
+        settings_for("tiny", height=16384, width=16384)
+    assert settings_for("tiny", height=16384, width=16384, force=True).height == 16384
+    with pytest.raises(InvalidSizeError, match="use 32 or 48"):
+        settings_for("tiny", height=40)
+    assert settings_for("embedded", height=40, width=40).height == 40  # 8-pixel multiples on the embedded model
+    assert "1,048,576 image tokens" in check_size(16384, 16384)
+    assert "use 32 or 48" in check_size(40, 64)
+    assert check_size(64, 64) is None
+    assert "got 0" in check_steps(0) and "2**63 - 1" in check_seed(2**64)
+
+
+def test_keyboard_interrupt_between_steps_leaves_a_marked_partial_output(tiny_pipe, tmp_path):
+    import json
+
+    from fluxlab.models.errors import GenerationInterrupted
+
+    def interrupt_after_third_step(backend, index):
+        if index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(GenerationInterrupted) as info:
+        fluxlab.generate(tiny_pipe, ["sdpa", "reference"], prompt="a red circle", steps=8, out_dir=tmp_path,
+                         progress=False, max_sequence_length=16, on_step=interrupt_after_third_step)
+    assert isinstance(info.value, KeyboardInterrupt)  # Ctrl-C semantics kept for callers
+    assert (info.value.backend, info.value.completed_steps, info.value.steps) == ("sdpa", 3, 8)
+    assert "not run: reference" in str(info.value)
+    [result] = info.value.results
+    manifest = json.loads((tmp_path / "sdpa" / "manifest.json").read_text())
+    assert manifest == json.loads(json.dumps(result.manifest, default=str))
+    assert manifest["interrupted"] is True and manifest["completed_steps"] == 3
+    assert len(manifest["timings"]["steps_s"]) == 3
+    assert sorted(p.name for p in (tmp_path / "sdpa").iterdir()) == ["image.partial.png", "manifest.json"]
+    assert not (tmp_path / "reference").exists()
+    complete = fluxlab.generate(tiny_pipe, ["sdpa"], prompt="a red circle", steps=2, progress=False,
+                                max_sequence_length=16)
+    assert complete[0].manifest["interrupted"] is False and complete[0].manifest["completed_steps"] == 2
+
+
+def test_keyboard_interrupt_inside_a_step_writes_nothing_for_it(tiny_pipe, tmp_path):
+    from fluxlab.models.errors import GenerationInterrupted
+
+    calls = []
+    original = tiny_pipe.transformer.forward
+
+    def forward(*args, **kwargs):  # the second transformer call is interrupted mid-step
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    tiny_pipe.transformer.forward = forward
+    try:
+        with pytest.raises(GenerationInterrupted) as info:
+            fluxlab.generate(tiny_pipe, ["sdpa"], prompt="a red circle", steps=4, out_dir=tmp_path / "out",
+                             progress=False, max_sequence_length=16)
+    finally:
+        del tiny_pipe.transformer.forward
+    assert info.value.completed_steps == 1 and info.value.results == []
+    assert "nothing was written" in str(info.value)
+    assert not (tmp_path / "out").exists()  # no partial file, no empty folder

@@ -152,3 +152,28 @@ def test_fluxlab_attention_is_one_op_under_compile():
     with pytest.raises(fluxlab.BackendNotAllowedError, match="outside this model's allowed set"):
         torch.compile(lambda q: fluxlab.attention(q, q, q, backend="sdpa", allowed={"reference"}), fullgraph=True,
                       backend="aot_eager")(q)
+
+
+@pytest.mark.slow
+def test_the_compile_benchmark_dry_run_writes_its_rows(tmp_path):
+    """benchmarks/flux2_compile.py's code path on the tiny transformer (the GPU run measures [dev])."""
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "flux2_compile.py"
+    spec = importlib.util.spec_from_file_location("flux2_compile", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = ["diffusers_native_eager", "diffusers_native_compiled", "fluxlab_auto_compiled"]
+    assert bench.main(["--tiny", "--compile-backend", "aot_eager", "--sizes", "64", "--warmup", "0", "--repeats", "1",
+                       "--rows", *rows, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "flux2_compile.json").read_text())
+    block = results["sizes"]["64"]
+    assert [row["row"] for row in block["rows"]] == rows
+    compiled = [row for row in block["rows"] if row["mode"] == "compiled"]
+    assert all(row["graph_breaks"] == 0 and row["graphs_compiled"] == 2 for row in compiled)
+    assert all(row["rel_l2_vs_diffusers_native_eager"] == 0.0 for row in block["rows"])  # aot_eager: same kernels
+    assert block["targets"]["fluxlab_compiled_vs_diffusers_compiled"] > 0
+    assert results["provenance"]["versions"]["diffusers"].startswith("0.42.")
+    assert "fluxlab_auto_compiled" in (tmp_path / "flux2_compile.md").read_text()

@@ -27,3 +27,20 @@ class ModelSourceError(FluxlabError, FileNotFoundError):
 
 class InvalidSizeError(FluxlabError, ValueError):
     """An image size FLUX.2 cannot generate (not a positive multiple of 16)."""
+
+
+class InvalidSettingError(FluxlabError, ValueError):
+    """A generation setting no pipeline can run: steps below 1 or fractional, a seed outside 0..2**63-1."""
+
+
+class LimitExceededError(FluxlabError, ValueError):
+    """A generation beyond fluxlab's documented bounds (``fluxlab.models.limits.BOUNDS``); ``force=True`` runs it."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``generate`` between denoising steps. ``results`` holds what finished (the interrupted
+    backend's marked ``"interrupted": true`` with ``completed_steps``, or absent if it stopped mid-step)."""
+
+    def __init__(self, message: str, results: list, backend: str, completed_steps: int, steps: int):
+        super().__init__(message)
+        self.results, self.backend, self.completed_steps, self.steps = results, backend, completed_steps, steps

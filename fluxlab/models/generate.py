@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -9,19 +10,22 @@ import json
 import os
 import platform as host
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ..util import atomic_write, utc_now
-from .errors import InvalidSizeError
+from .errors import GenerationInterrupted, InvalidSizeError
+from .limits import DEFAULT_HEADS, DEFAULT_MULTIPLE, check_generation, required_multiple, side_problem
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
 # FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.
-SIZE_MULTIPLE = 16
+SIZE_MULTIPLE = DEFAULT_MULTIPLE
 
 
-def parse_size(text: str | int) -> tuple[int, int]:
+def parse_size(text: str | int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """``"64"`` -> (64, 64); ``"64x96"`` -> width 64, height 96. Raises InvalidSizeError with the nearest sizes."""
     parts = str(text).lower().replace("×", "x").split("x")
     try:
@@ -30,18 +34,16 @@ def parse_size(text: str | int) -> tuple[int, int]:
         width, height = int(parts[0]), int(parts[-1])
     except ValueError:
         raise InvalidSizeError(f"size {text!r} must be one number (square) or WIDTHxHEIGHT, e.g. 64 or 64x96") from None
-    check_size(width, height)
+    check_size(width, height, multiple)
     return width, height
 
 
-def check_size(width: int, height: int) -> None:
+def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> None:
+    """Raise InvalidSizeError naming the nearest valid sizes if a side is not a positive multiple of ``multiple``."""
     for side, value in (("width", width), ("height", height)):
-        if value <= 0 or value % SIZE_MULTIPLE:
-            lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
-            raise InvalidSizeError(
-                f"image {side} {value} is not a positive multiple of {SIZE_MULTIPLE} (FLUX.2 latents are 1/8 of the "
-                f"image, packed in 2x2 patches; diffusers would silently resize). Use {lower} or "
-                f"{lower + SIZE_MULTIPLE}.")
+        problem = side_problem(value, side, multiple, force=True)  # the shape only; bounds: limits.check_generation
+        if problem:
+            raise InvalidSizeError(problem)
 
 
 def parse_backends(text: str) -> list[str]:
@@ -113,6 +115,28 @@ def environment() -> dict:
 # -- generation ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops_after_step(stop: dict):
+    """In the main thread, the first Ctrl-C asks the generation to stop after the current denoising step (so the
+    output can be written whole, marked interrupted); a second Ctrl-C interrupts at once. Elsewhere (other threads,
+    a handler someone else installed) Ctrl-C keeps its behaviour and nothing half-written is left either."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def request_stop(_signum, _frame):
+        stop["requested"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nfluxlab: stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @dataclasses.dataclass
 class Generated:
     backend: str
@@ -123,12 +147,19 @@ class Generated:
 
 def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, width: int = 64, height: int = 64,
              out_dir=None, guidance_scale: float | None = None, progress: bool = True, model_info: dict | None = None,
-             **pipe_kwargs) -> list[Generated]:
+             force: bool = False, on_step=None, **pipe_kwargs) -> list[Generated]:
     """Run ``pipe`` once per backend with the same prompt and seed; returns image and manifest per backend.
 
     With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically). Each manifest
     records which backend actually served the attention calls (``attention_calls``), seed, steps, size, timings,
     platform and versions. The pipeline's backend is restored afterwards.
+
+    Requests beyond ``fluxlab.models.limits.BOUNDS`` (size, steps, ``max_sequence_length``) are refused before any
+    work unless ``force=True``; malformed ones (a side not a multiple of the model's 16, steps 0, seed -1) always.
+    ``on_step(backend, step_index)`` runs after every denoising step. Ctrl-C (or a KeyboardInterrupt raised by
+    ``on_step``) stops after the current step: that backend's image is written as ``image.partial.png`` with
+    ``"interrupted": true`` and ``completed_steps`` in its manifest, and ``GenerationInterrupted`` is raised with
+    the results so far.
     """
     import torch
     from tqdm.auto import tqdm
@@ -139,7 +170,10 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     from .memory import PeakMemory
     from .offload import execution_device
 
-    check_size(width, height)
+    config = getattr(pipe.transformer, "config", None)
+    check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
+                     max_sequence_length=pipe_kwargs.get("max_sequence_length", 512), force=force,
+                     heads=getattr(config, "num_attention_heads", DEFAULT_HEADS))
     backends = parse_backends(backends)
     state = state_of(pipe)
     previous = state.backend
@@ -152,30 +186,46 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     pipe.set_progress_bar_config(**{**bar_config, "disable": True})
     bar = tqdm(total=len(backends) * steps, unit="step", desc="fluxlab generate", disable=not progress,
                file=sys.stderr, leave=False)
+    stop = {"requested": False}
     try:
         for name in backends:
             set_backend(pipe, None if name == AUTO else name)
             bar.set_postfix_str(name)
             step_ends = []
 
-            def on_step(_pipe, _i, _t, _tensors):
+            def step_done(pipe_, i, _t, _tensors, name=name, step_ends=step_ends):
                 sync()  # so the step's time is the GPU's, not the launch queue's
                 step_ends.append(time.perf_counter())
                 bar.update(1)
+                if on_step is not None:
+                    try:
+                        on_step(name, i)
+                    except KeyboardInterrupt:
+                        stop["requested"] = True
+                if stop["requested"]:
+                    pipe_._interrupt = True  # diffusers skips the remaining steps, then decodes what there is
                 return {}
 
             kwargs = dict(prompt=prompt, height=height, width=width, num_inference_steps=steps,
                           generator=torch.Generator().manual_seed(seed), output_type="pil",
-                          callback_on_step_end=on_step, **pipe_kwargs)
+                          callback_on_step_end=step_done, **pipe_kwargs)
             if guidance_scale is not None:
                 kwargs["guidance_scale"] = guidance_scale
             # Capturing to "meta" keeps no tensors, only which backend served each call.
-            with capture(pipe, to="meta", lse=False) as cap, PeakMemory(device) as peak:
-                sync()
-                start = time.perf_counter()
-                image = pipe(**kwargs).images[0]
-                sync()
-                total = time.perf_counter() - start
+            try:
+                with _ctrl_c_stops_after_step(stop), capture(pipe, to="meta", lse=False) as cap, \
+                        PeakMemory(device) as peak:
+                    sync()
+                    start = time.perf_counter()
+                    image = pipe(**kwargs).images[0]
+                    sync()
+                    total = time.perf_counter() - start
+            except KeyboardInterrupt as exc:  # mid-step (a second Ctrl-C, or no handler of ours): nothing written
+                raise GenerationInterrupted(
+                    f"interrupted during step {len(step_ends) + 1} of {steps} on {name}; nothing was written for "
+                    "it", results, name, len(step_ends), steps) from exc
+            completed = len(step_ends)
+            interrupted = completed < steps
             steps_s = [b - a for a, b in zip([start, *step_ends], step_ends)]
             ran = cap.backends_used()
             manifest = {
@@ -191,13 +241,20 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                             "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
                 **env,
                 "created": utc_now(),
-                "image": "image.png",
+                "image": "image.partial.png" if interrupted else "image.png",
+                "interrupted": interrupted, "completed_steps": completed,
             }
             if out_dir is not None:
                 folder = Path(out_dir) / folder_name(name)
-                manifest["image_sha256"] = write_png(folder / "image.png", image)
+                manifest["image_sha256"] = write_png(folder / manifest["image"], image)
                 write_json(folder / "manifest.json", manifest)
             results.append(Generated(name, image, manifest, peak.bytes))
+            if stop["requested"]:
+                left = backends[backends.index(name) + 1:]
+                raise GenerationInterrupted(
+                    (f"interrupted after step {completed} of {steps} on {name} (its image is partial, marked "
+                     "\"interrupted\": true in its manifest)" if interrupted else f"interrupted after {name}")
+                    + (f"; not run: {', '.join(left)}" if left else ""), results, name, completed, steps)
     finally:
         bar.close()
         pipe._progress_bar_config = bar_config

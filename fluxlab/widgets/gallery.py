@@ -6,7 +6,7 @@ import html
 import math
 from collections.abc import Callable
 
-from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
                       widgets)
 from .picker import BackendPicker
@@ -153,7 +153,7 @@ class ImageGallery(widgets.VBox):
             self.picker_message: None if self.picker.value else "pick at least one backend",
             self.prompt_message: check_prompt(self.prompt.value),
             self.settings_message: (check_seed(self.seed.value) or check_steps(self.steps.value)
-                                    or check_side(self.height.value, "height") or check_side(self.width.value, "width")),
+                                    or check_size(self.height.value, self.width.value, self.pipe)),
         }
         for label, problem in problems.items():
             set_message(label, problem or "")

@@ -8,7 +8,7 @@ import html
 import time
 from collections.abc import Callable
 
-from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_side, check_steps,
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       error_text, hbox_with_message, message_html, png_bytes, set_message, widgets)
 from .picker import BackendPicker
 from .running import RunControls
@@ -176,7 +176,7 @@ class BackendToggleDemo(widgets.VBox):
             self.prompt_message: check_prompt(self.prompt.value),
             self.seed_message: check_seed(self.seed.value),
             self.steps_message: check_steps(self.steps.value),
-            self.size_message: check_side(self.height.value, "height") or check_side(self.width.value, "width"),
+            self.size_message: check_size(self.height.value, self.width.value, self.pipe),
         }
         for label, problem in problems.items():
             set_message(label, problem or "")

@@ -1,0 +1,129 @@
+"""How large a FLUX.2 generation fluxlab starts without ``force=True``: one table of bounds, and the checks.
+
+``fluxlab.generate``, ``fluxlab generate`` and the notebook widgets all ask these functions, so a 16384x16384
+request or ``max_sequence_length=100000`` is refused up front with the bound, an estimate and how to force it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .errors import InvalidSettingError, InvalidSizeError, LimitExceededError
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    low: int
+    high: int
+    forceable: bool  # above ``high`` runs with force=True / --force; below ``low`` never does
+    why: str
+
+
+# The documented bounds (README "Limits"). Image tokens are (height / m) x (width / m) for the model's multiple m.
+BOUNDS = {
+    "image_tokens": Bound(1, 16384, True, "2048x2048 on FLUX.2 [dev], about 4 MP, its largest documented size"),
+    "side": Bound(1, 4096, True, "a side beyond 4096 px is outside what FLUX.2 was trained on"),
+    "max_sequence_length": Bound(1, 512, True, "the FLUX.2 pipelines' default text length; every extra text "
+                                               "token is attended by every image token in every block"),
+    "steps": Bound(1, 1000, True, "the scheduler's 1000 training timesteps; FLUX.2 [dev] uses 28-50, Klein 4"),
+    "seed": Bound(0, 2**63 - 1, False, "torch.Generator seeds are 64-bit; fluxlab keeps them non-negative"),
+}
+DEFAULT_MULTIPLE = 16  # FLUX.2's 8x VAE and 2x2 latent patches; tiny VAEs with fewer levels allow less
+DEFAULT_HEADS = 48  # FLUX.2 [dev], for the memory estimate when no model is at hand
+FORCE_HINT = "pass force=True (fluxlab generate --force) to run it anyway"
+
+
+def required_multiple(pipe=None) -> int:
+    """Image sides must be multiples of this (the VAE's downscale x the 2x2 latent packing); 16 for FLUX.2."""
+    factor = getattr(pipe, "vae_scale_factor", None)
+    return int(factor) * 2 if isinstance(factor, int) and factor > 0 else DEFAULT_MULTIPLE
+
+
+def size_multiple_for(source: str) -> int:
+    """``required_multiple`` of a model before loading it: read from its VAE config (``"embedded"``, a local
+    folder); ``"tiny"`` and Hub ids: FLUX.2's 16."""
+    folder = Path(__file__).with_name("embedded") if source == "embedded" else Path(str(source)).expanduser()
+    try:
+        levels = len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_MULTIPLE
+    return 2 ** (levels - 1) * 2
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def side_problem(value, name: str, multiple: int = DEFAULT_MULTIPLE, force: bool = False) -> str | None:
+    """Why ``value`` cannot be an image side (with the nearest valid sizes), or None."""
+    if not _whole(value):
+        return f"{name} must be a whole number of pixels, got {value!r}"
+    bound = BOUNDS["side"]
+    if value < multiple:
+        return f"{name} must be between {multiple} and {bound.high} pixels, a multiple of {multiple} (got {value})"
+    if value % multiple:
+        lower = value // multiple * multiple
+        return (f"{name} {value} is not a multiple of {multiple} (this model's VAE scale x 2x2 latent patches; "
+                f"diffusers would silently shrink it to {lower}): use {lower} or {lower + multiple}")
+    if value > bound.high and not force:
+        return f"{name} {value} is above fluxlab's bound of {bound.high} px ({bound.why}); {FORCE_HINT}"
+    return None
+
+
+def tokens_problem(width: int, height: int, multiple: int = DEFAULT_MULTIPLE, text_tokens: int = 512,
+                   heads: int = DEFAULT_HEADS, force: bool = False) -> str | None:
+    """Why a width x height image is too much work without ``force``, with the token and memory estimate."""
+    bound = BOUNDS["image_tokens"]
+    tokens = (width // multiple) * (height // multiple)
+    if tokens <= bound.high or force:
+        return None
+    seq = tokens + text_tokens
+    scores_gib = heads * seq * seq * 4 / 2**30
+    return (f"{width}x{height} is {tokens:,} image tokens (+{text_tokens} text = {seq:,} per attention call), "
+            f"above fluxlab's bound of {bound.high:,} ({bound.why}): attention work per step is "
+            f"{(seq / (bound.high + 512)) ** 2:,.0f}x that of the bound, and an unfused kernel (reference, "
+            f"sdpa_math) would hold {scores_gib:,.0f} GiB of float32 scores per call; {FORCE_HINT}")
+
+
+def text_tokens_problem(value, force: bool = False) -> str | None:
+    bound = BOUNDS["max_sequence_length"]
+    if not _whole(value) or value < bound.low:
+        return f"max_sequence_length must be a whole number >= {bound.low}, got {value!r}"
+    if value > bound.high and not force:
+        return (f"max_sequence_length {value:,} is above fluxlab's bound of {bound.high} ({bound.why}): the text "
+                f"encoder and every attention call would process {value - bound.high:,} extra tokens; {FORCE_HINT}")
+    return None
+
+
+def steps_problem(value, force: bool = False) -> str | None:
+    bound = BOUNDS["steps"]
+    if not _whole(value) or value < bound.low:
+        return f"steps must be a whole number >= {bound.low}, got {value!r}"
+    if value > bound.high and not force:
+        return f"steps {value} is above fluxlab's bound of {bound.high} ({bound.why}); {FORCE_HINT}"
+    return None
+
+
+def seed_problem(value) -> str | None:
+    bound = BOUNDS["seed"]
+    if not _whole(value) or not bound.low <= value <= bound.high:
+        return f"seed must be a whole number from 0 to 2**63 - 1, got {value!r}"
+    return None
+
+
+def check_generation(*, width, height, steps, seed, max_sequence_length=512, multiple: int = DEFAULT_MULTIPLE,
+                     heads: int = DEFAULT_HEADS, force: bool = False) -> None:
+    """Raise before any work if the request is malformed (always) or beyond ``BOUNDS`` (unless ``force``)."""
+    malformed = [side_problem(width, "width", multiple, force=True), side_problem(height, "height", multiple, force=True)]
+    if any(malformed):
+        raise InvalidSizeError(next(p for p in malformed if p))
+    malformed = [steps_problem(steps, force=True), seed_problem(seed), text_tokens_problem(max_sequence_length, True)]
+    if any(malformed):
+        raise InvalidSettingError(next(p for p in malformed if p))
+    beyond = [tokens_problem(width, height, multiple, max_sequence_length, heads, force),
+              side_problem(width, "width", multiple, force), side_problem(height, "height", multiple, force),
+              steps_problem(steps, force), text_tokens_problem(max_sequence_length, force)]
+    if any(beyond):
+        raise LimitExceededError(next(p for p in beyond if p))
