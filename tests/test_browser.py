@@ -234,10 +234,22 @@ def click_side_by_side(nb: Notebook):
     return gallery
 
 
+def click_decide(nb: Notebook):
+    """04 (no widget to click): the drift map, the frontier and the autotune plan are rendered, with figures."""
+    rendered = ".jp-RenderedMarkdown"
+    wait_for(lambda: nb.page.locator(f"{rendered}:has-text('Drift of')").count() > 0, CLICK_S,
+             "the drift map's table", detail=nb.detail)
+    for text in ("Pareto", "Never chosen"):
+        assert nb.page.locator(f"{rendered}:has-text('{text}')").count() > 0, f"04 shows no {text!r} table"
+    assert nb.page.locator(".jp-OutputArea-output img").count() >= 2, "04's figures are missing"
+    return f"{rendered}:has-text('Drift of')"
+
+
 SCENARIOS = {
     "01_backends_tour.ipynb": click_tour,
     "02_attention_equivalence.ipynb": click_equivalence,
     "03_flux2_side_by_side.ipynb": click_side_by_side,
+    "04_decide.ipynb": click_decide,
 }
 
 

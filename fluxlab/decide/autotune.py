@@ -88,6 +88,19 @@ class AutotunePlan:
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
+    def __repr__(self):
+        chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
+        return f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
+
+    def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
+        """Generate with the plan's schedule and judge the image (``fidelity.image_verdict``); sets and returns
+        ``image_verdict`` (``image_note`` says why)."""
+        from .fidelity import image_verdict
+
+        self.image_verdict, self.image_note = image_verdict(pipe, self.schedule, prompt=prompt, steps=steps,
+                                                            seeds=seeds, exact=exact, **pipe_kwargs)
+        return self.image_verdict
+
     def figure(self, path=None):
         """Per layer, each candidate's time (ms, log) marked by its verdict; the chosen one ringed."""
         import matplotlib
@@ -167,6 +180,12 @@ class AutotunePlan:
 
 _FLOAT_FIELDS = {"time_ms", "rel_l2", "rel_l2_ratio"}
 PLATFORM_KEYS = ("vendor", "arch", "device_name", "torch_version", "cuda_version", "hip_version")
+
+
+def _count(values) -> dict:
+    import collections
+
+    return dict(collections.Counter(values))
 
 
 def _finite(record: dict) -> dict:
@@ -337,21 +356,10 @@ def _never_chosen(measurements, choices) -> dict[str, str]:
 
 def _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs) -> None:
     """A plan with quantised layers must pass the image verdict against the automatic choice, else loses them."""
-    from ..compare.image_rule import judge_budget
-    from ..compare.tolerances import worst
-    from .fidelity import fidelity
-    from .runs import Runner
+    from .fidelity import image_verdict
 
-    runner = Runner(pipe, prompt=prompt, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
-    verdicts, notes = [], []
-    for seed in seeds:
-        exact = runner.run(None, seed=seed, image=True)
-        planned = runner.run(plan.schedule, seed=seed, image=True)
-        numbers = fidelity(planned, exact)
-        verdict, note = judge_budget(numbers["ssim"], numbers["psnr"], numbers["final_latent_rel_l2"])
-        verdicts.append(verdict)
-        notes.append(f"seed {seed}: {note}")
-    plan.image_verdict, plan.image_note = worst(verdicts), "; ".join(notes)
+    plan.image_verdict, plan.image_note = image_verdict(pipe, plan.schedule, prompt=prompt, steps=steps, seeds=seeds,
+                                                        height=height, width=width, **pipe_kwargs)
     if plan.image_verdict != "pass":
         dropped = sorted({b for b in plan.choices.values() if is_approximate(registry.get_backend(b))})
         plan.choices = _choose(by_layer, plan.measurements, allow_quantised=False)

@@ -152,6 +152,10 @@ class DriftMap:
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
+    def __repr__(self):
+        top = f", top {self.top}" if self.top else ""
+        return f"DriftMap({self.bad} vs {self.good}: {self.kind}, {self.generations} generations{top})"
+
 
 def _halves(region: Cells) -> list[Cells]:
     """Split the layers first; a single layer's steps next."""

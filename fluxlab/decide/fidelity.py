@@ -27,3 +27,36 @@ def fidelity(run: Run, reference: Run) -> dict:
     numbers["ssim"] = float(structural_similarity(reference.image, run.image, channel_axis=-1, data_range=1.0))
     numbers["max_abs_pixel"] = float(np.abs(run.image - reference.image).max())
     return numbers
+
+
+def image_verdict(pipe, schedule, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None,
+                  height=None, width=None, **pipe_kwargs) -> tuple[str, str]:
+    """The image verdict of a whole schedule against ``exact`` everywhere (default: the pipeline's own choice).
+
+    A schedule with a quantised/emulated kernel is judged against the fidelity budget; an all-exact one against
+    the spread between the exact kernels sdpa, sdpa_math and float64 at the same seeds (``IMAGE_RULE_TEXT``).
+    """
+    from .. import registry
+    from ..compare.image_rule import YARDSTICK_BACKENDS, is_approximate, judge_budget, judge_exact_image
+    from ..compare.tolerances import worst
+    from ..models.schedule import Schedule
+    from .runs import Runner, as_schedule
+
+    schedule = as_schedule(pipe, schedule, "schedule")
+    reference = as_schedule(pipe, exact, "exact") if exact is not None else None
+    approximate = any(is_approximate(registry.get_backend(name.split(":")[0])) for name in schedule.backend_names())
+    runner = Runner(pipe, prompt=prompt, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
+    verdicts, notes = [], []
+    for seed in seeds:
+        base = runner.run(reference, seed=seed, image=True)
+        numbers = fidelity(runner.run(schedule, seed=seed, image=True), base)
+        if approximate:
+            verdict, note = judge_budget(numbers["ssim"], numbers["psnr"], numbers["final_latent_rel_l2"])
+        else:
+            finals = [runner.run(Schedule(default=name), seed=seed).final for name in YARDSTICK_BACKENDS
+                      if name in runner.state.allowed]
+            spread = max((rel_l2(a, b) for i, a in enumerate(finals) for b in finals[i + 1:]), default=math.nan)
+            verdict, note = judge_exact_image(numbers["final_latent_rel_l2"], spread)
+        verdicts.append(verdict)
+        notes.append(f"seed {seed}: {note}")
+    return worst(verdicts), "; ".join(notes)

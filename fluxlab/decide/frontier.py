@@ -65,6 +65,10 @@ class Frontier:
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
+    def __repr__(self):
+        return (f"Frontier({len(self.rows)} schedules against {self.exact}; Pareto: "
+                f"{', '.join(r.name for r in self.pareto)})")
+
     def as_dict(self) -> dict:
         return {"exact": self.exact, "settings": self.settings,
                 "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -126,12 +130,13 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
 
 def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
              height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
-             progress: bool = False, **pipe_kwargs) -> Frontier:
+             drift_maps: dict | None = None, progress: bool = False, **pipe_kwargs) -> Frontier:
     """Step time and fidelity of each candidate under each schedule, against the exact kernel; Pareto set marked.
 
     ``candidates``: fast backend names. ``schedules``: None (per candidate: everywhere, exact ends k = 1..3, and
     with ``locate`` everywhere-but-the-culprits from ``fluxlab.locate_drift``), or a dict name -> Schedule /
     list of Schedules to measure as well. ``exact``: the reference kernel (default: the automatic pick).
+    ``drift_maps``: candidate -> a DriftMap already found (same exact kernel and settings): reused, not located again.
     Names are checked before any generation; a schedule whose generation fails becomes a row with its error.
     """
     from ..dispatch import default_backend
@@ -162,10 +167,16 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     bar = _bar(progress)
     runner = Runner(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width,
                     pipe_kwargs=pipe_kwargs, progress=bar.update if bar is not None else None)
-    drift_maps = {}
+    known, drift_maps = dict(drift_maps or {}), {}
     try:
         if locate and schedules is None:
             for name in candidates:
+                if name in known:
+                    drift_maps[name] = known[name]
+                    schedule = except_culprits(exact, name, known[name])
+                    if schedule is not None:
+                        plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
+                    continue
                 try:
                     drift = locate_drift(pipe, exact, name, prompt=prompt, seed=seeds[0], steps=steps, height=height,
                                          width=width, beam=1, **pipe_kwargs)
