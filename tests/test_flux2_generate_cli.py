@@ -46,7 +46,7 @@ def test_size_not_a_multiple_of_16_is_refused_before_generating(size, tmp_path, 
 
 def test_parse_size():
     assert parse_size("64") == (64, 64) and parse_size("64x96") == (64, 96) and parse_size(128) == (128, 128)
-    with pytest.raises(InvalidSizeError, match="Use 96 or 112"):
+    with pytest.raises(InvalidSizeError, match="use 96 or 112"):
         parse_size("100")
 
 
