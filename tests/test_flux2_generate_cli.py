@@ -17,7 +17,7 @@ from fluxlab.models.generate import parse_size  # noqa: E402
 def test_generate_writes_images_and_manifests(tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["generate", "--prompt", "a red circle", "--seed", "3", "--steps", "2", "--size", "64x32",
-               "--backend", "sdpa,reference", "--out", str(out), "--variant", "klein", "--source", "tiny",
+               "--backends", "sdpa,reference", "--out", str(out), "--variant", "klein", "--model", "tiny",
                "--max-sequence-length", "64", "--no-progress"])
     assert rc == 0
     for backend in ("sdpa", "reference"):
@@ -51,9 +51,9 @@ def test_parse_size():
 
 
 def test_unknown_or_unavailable_backend_is_refused_before_loading(tmp_path, capsys):
-    assert main(["generate", "--backend", "sdpa,sdpa_flsh", "--out", str(tmp_path)]) == 2
+    assert main(["generate", "--backends", "sdpa,sdpa_flsh", "--out", str(tmp_path)]) == 2
     assert "Did you mean 'sdpa_flash'" in capsys.readouterr().err
-    assert main(["generate", "--backend", "aiter", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert main(["generate", "--backends", "aiter", "--out", str(tmp_path), "--device", "cpu"]) == 2
     assert "aiter runs on amd" in capsys.readouterr().err
 
 

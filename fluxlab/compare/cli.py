@@ -9,7 +9,7 @@ from .specs import KNOBS
 
 EPILOG = ("Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', "
           + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items())
-          + ". Exit code: 0 when no backend fails, 1 when any does.")
+          + ". Exit codes: 0 when no backend fails, 1 when any does, 2 for a usage mistake, 130 Ctrl-C.")
 
 
 def _csv(text: str) -> list[str]:
@@ -23,8 +23,11 @@ def add_subcommand(subparsers) -> None:
                     "the yardstick; captured FLUX.2 attention and images too where the tiny model is available.",
         epilog=EPILOG)
     parser.add_argument("--out", default="fluxlab-compare", help="folder for report.md/.html and PNGs")
-    parser.add_argument("--format", choices=("md", "html"), default="md", help="report format (default md)")
-    parser.add_argument("--backends", help="comma-separated backend specs (default: every backend that runs here)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out although it holds files fluxlab did not write")
+    parser.add_argument("--format", choices=("md", "html"), default="md", help="report format")
+    parser.add_argument("--backends", help="comma-separated backend specs (default: every backend that runs here; "
+                        "on a CPU that includes the emulated kernels emu_*, labelled in the report)")
     parser.add_argument("--inputs", choices=("default", "cpu", "flux", "smoke", "none"), default="default",
                         help="synthetic set: sized for this machine (default), the CPU set (S 512-1024), the FLUX.2 "
                              "shapes (S 4608/16896), a seconds-long smoke set (S 192), or none")
@@ -35,8 +38,8 @@ def add_subcommand(subparsers) -> None:
                         "with ('none' to skip)")
     parser.add_argument("--variant", choices=("dev", "klein"),
                         help="for --model tiny (default dev); a saved or embedded model knows its own")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--prompt", default="a red fox in the snow")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps of the image comparison")
+    parser.add_argument("--prompt", default="a red fox in the snow", help="prompt of the image comparison")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image generation")
     parser.add_argument("--no-images", action="store_true", help="skip the image comparison")
     parser.add_argument("--records", action="append", default=[], metavar="DIR",
@@ -50,9 +53,48 @@ def add_subcommand(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run_parallel(args) -> int:
+def _check(args) -> None:
+    """Every command-line mistake, found before any model loads or kernel runs (main() exits 2 with it)."""
     from pathlib import Path
 
+    from ..cli import UsageError
+    from ..models.cli import check_device, check_model_source
+    from ..models.limits import seed_problem, steps_problem
+    from ..outputs import check_output_folder
+    from ..platform import current_platform
+    from .attention import parse_dtype
+    from .records import MANIFEST_FILE
+    from .specs import parse_backends
+
+    for dtype in _csv(args.dtypes) or [""]:
+        parse_dtype(dtype)
+    for seed in _csv(args.seeds):
+        if not seed.isdigit() or seed_problem(int(seed)):
+            raise UsageError(f"--seeds {args.seeds!r}: {seed!r} is not a seed; give whole numbers from 0 to 2**63 - 1, "
+                             "comma-separated")
+    problem = steps_problem(args.steps) or seed_problem(args.seed)
+    if problem:
+        raise UsageError(problem)
+    if args.backends is not None:
+        if not parse_backends(args.backends, current_platform()):
+            raise UsageError("--backends is empty; give comma-separated backend specs, e.g. sdpa,sdpa_math")
+    if args.model != "none":
+        check_model_source(args.model)
+    check_device(args.device)
+    for folder in args.records:
+        if not (Path(folder) / MANIFEST_FILE).is_file():
+            raise UsageError(f"--records {folder}: no {MANIFEST_FILE} there, so it holds no records; pass the folder "
+                             "fluxlab.compare.save_records (or --save-captures) wrote")
+    if args.parallel:
+        from ..parallel.checks import ParallelSpec
+
+        for mode in args.parallel:
+            ParallelSpec.parse(mode)
+    check_output_folder(args.out, overwrite=args.overwrite)
+
+
+def _run_parallel(args, out) -> int:
+    from ..models.generate import write_atomic
     from ..parallel import ParallelRefusedError, compare_parallel
 
     try:
@@ -61,9 +103,7 @@ def _run_parallel(args) -> int:
     except ParallelRefusedError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "parallel.md").write_text(result.markdown() + "\n")
+    write_atomic(out / "parallel.md", (result.markdown() + "\n").encode())
     print(result.markdown())
     print(f"report: {out / 'parallel.md'}")
     if not result.passed:
@@ -72,12 +112,18 @@ def _run_parallel(args) -> int:
 
 
 def _run(args) -> int:
-    if args.parallel:
-        return _run_parallel(args)
+    from ..outputs import output_folder
+
+    _check(args)
+    with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
+        return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+
+
+def _sweep(args, out) -> int:
     from .sweep import run_compare
 
     run = run_compare(
-        args.out, backends=args.backends or None, inputs=args.inputs,
+        out, backends=args.backends or None, inputs=args.inputs,
         dtypes=_csv(args.dtypes), seeds=[int(s) for s in _csv(args.seeds)], model=args.model,
         variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format, steps=args.steps,
         prompt=args.prompt, seed=args.seed, save_captures=args.save_captures, progress=not args.no_progress,

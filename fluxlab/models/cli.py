@@ -4,79 +4,155 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-DTYPES = ("float32", "bfloat16", "float16")
+# The dtype names every verb takes (compare and parallel use the short ones).
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
 
 
 def add_subcommand(subparsers) -> None:
+    from ..cli import deprecated_alias
+    from .limits import BOUNDS
+
     parser = subparsers.add_parser(
         "generate", help="generate the same FLUX.2 image with each attention backend (PNG + manifest.json each)",
         description="Generate the same FLUX.2 image once per attention backend. Writes OUT/<backend>/image.png and "
-                    "OUT/<backend>/manifest.json (platform, versions, backend, seed, steps, size, timings).")
-    parser.add_argument("--prompt", default="a red circle on a blue background")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--size", default="64", help="N (square) or WIDTHxHEIGHT, multiples of 16 (default 64)")
-    parser.add_argument("--backend", default="auto",
+                    "OUT/<backend>/manifest.json (platform, versions, backend, seed, steps, size, timings). Ctrl-C "
+                    "stops after the current step: the image is written as image.partial.png, its manifest says "
+                    "\"interrupted\": true and how many steps completed; exit code 130.",
+        epilog=f"Bounds (--force runs beyond them): image tokens <= {BOUNDS['image_tokens'].high} (2048x2048), sides "
+               f"<= {BOUNDS['side'].high} px, steps <= {BOUNDS['steps'].high}, --max-sequence-length <= "
+               f"{BOUNDS['max_sequence_length'].high}. Exit codes: 0 done, 1 a backend failed, 2 a usage mistake, "
+               "130 Ctrl-C.")
+    parser.add_argument("--prompt", default="a red circle on a blue background", help="what to draw")
+    parser.add_argument("--seed", type=int, default=0, help="0 to 2**63 - 1")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps")
+    parser.add_argument("--size", default="64", help="N (square) or WIDTHxHEIGHT, multiples of 16 (8 for the "
+                        "embedded model)")
+    parser.add_argument("--backends", default="auto",
                         help="comma-separated backends, e.g. sdpa,reference; 'auto' = fluxlab's choice")
-    parser.add_argument("--out", required=True, help="output folder")
+    deprecated_alias(parser, "--backend", "--backends", "backends")
+    parser.add_argument("--out", default="fluxlab-generate", help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out although it holds files fluxlab did not write")
+    parser.add_argument("--model", default="tiny", help="'tiny' (random weights), 'embedded', a local pipeline "
+                        "folder, or a Hub id")
+    deprecated_alias(parser, "--source", "--model", "model")
     parser.add_argument("--variant", choices=("dev", "klein"), default=None,
                         help="FLUX.2 variant (tiny: default dev; folders: read from model_index.json)")
-    parser.add_argument("--source", default="tiny", help="'tiny', a local pipeline folder, or a Hub id")
     parser.add_argument("--max-sequence-length", type=int, default=512,
                         help="text tokens the prompt is padded to (the pipelines' default 512)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads (cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32 for tiny, else as saved")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, metavar="DTYPE",
+                        help="bf16, fp16 or fp32 (or bfloat16, float16, float32); default: float32 for tiny, else "
+                             "as saved")
+    parser.add_argument("--force", action="store_true", help="run beyond fluxlab's size/steps/text-length bounds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..errors import FluxlabError
+# -- checks made before any model loads (shared with the other verbs) ---------------------------------------------
+
+
+def check_model_source(source: str) -> None:
+    """Refuse a --model that names nothing loadable, without loading it."""
+    from .errors import ModelSourceError
+    from .load import _HUB_ID, EMBEDDED_DIR
+
+    if source in ("tiny", "embedded"):
+        if source == "embedded" and not (EMBEDDED_DIR / "model_index.json").is_file():
+            raise ModelSourceError(f"the embedded FLUX.2 model is not in this install ({EMBEDDED_DIR}); use "
+                                   "--model tiny or a local pipeline folder")
+        return
+    folder = Path(source).expanduser()
+    if folder.exists():
+        if not (folder / "model_index.json").is_file():
+            raise ModelSourceError(f"--model {source}: no model_index.json there, so it is not a diffusers pipeline "
+                                   "folder; pass the folder pipe.save_pretrained(...) wrote, 'tiny' or 'embedded'")
+        return
+    if not _HUB_ID.fullmatch(source) or source.startswith((".", "~")):
+        raise ModelSourceError(f"--model {source}: no such folder; pass 'tiny', 'embedded', a local pipeline folder "
+                               "or a Hugging Face Hub id such as black-forest-labs/FLUX.2-dev")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a --device torch cannot parse, or a GPU this machine does not have."""
+    if device is None:
+        return
+    import torch
+
+    from ..cli import UsageError
 
     try:
-        return _run(args)
-    except (FluxlabError, ValueError, NotImplementedError, FileNotFoundError) as exc:
-        print(f"fluxlab generate: error: {exc}", file=sys.stderr)
-        return 2
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is here)")
 
 
-def _run(args) -> int:
-    from .generate import parse_backends, parse_size, unavailable_reasons
+def check_backends(text: str, device) -> list[str]:
+    """Parsed --backends inside FLUX.2's set that can run on ``device``'s platform; else a usage error."""
+    from ..errors import BackendNotAllowedError
+    from .generate import parse_backends, unavailable_reasons
     from .supported import FLUX2_BACKENDS
 
-    # Everything that can be checked without the model is checked before it loads.
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    width, height = parse_size(args.size)
-    backends = parse_backends(args.backend)
+    backends = parse_backends(text)
     outside = [b for b in backends if b != "auto" and b.split(":")[0] not in FLUX2_BACKENDS]
     if outside:
-        from ..errors import BackendNotAllowedError
-
         raise BackendNotAllowedError(f"{outside} are outside FLUX.2's backend set "
                                      f"({', '.join(sorted(FLUX2_BACKENDS))})")
-    unavailable = unavailable_reasons(backends, args.device)
+    unavailable = unavailable_reasons(backends, device)
     if unavailable:
-        lines = "\n".join(f"  {name}: {'; '.join(reasons)}" for name, reasons in unavailable.items())
-        raise ValueError(f"these backends cannot run here (fluxlab doctor explains):\n{lines}")
+        why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in unavailable.items())
+        raise BackendNotAllowedError(f"these backends cannot run here (fluxlab doctor explains): {why}")
+    return backends
+
+
+# -- the verb ------------------------------------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    from ..errors import FluxlabError
+    from ..outputs import check_output_folder, output_folder
+    from .generate import parse_size
+    from .limits import check_generation, size_multiple_for
+
+    # Every mistake is found here, before the model loads: main() prints it in one line with exit code 2.
+    check_model_source(args.model)
+    multiple = size_multiple_for(args.model)
+    width, height = parse_size(args.size, multiple)
+    check_generation(width=width, height=height, steps=args.steps, seed=args.seed, multiple=multiple,
+                     max_sequence_length=args.max_sequence_length, force=args.force)
+    check_device(args.device)
+    backends = check_backends(args.backends, args.device)
+    check_output_folder(args.out, overwrite=args.overwrite)
 
     import torch
 
     from .generate import generate
     from .load import load_flux2
 
-    start = time.perf_counter()
-    pipe = load_flux2(args.source, variant=args.variant, device=args.device,
-                      dtype=getattr(torch, args.dtype) if args.dtype else None)
-    load_s = time.perf_counter() - start
-    results = generate(pipe, backends, prompt=args.prompt, seed=args.seed, steps=args.steps, width=width,
-                       height=height, out_dir=args.out, guidance_scale=args.guidance_scale,
-                       progress=not args.no_progress, max_sequence_length=args.max_sequence_length,
-                       model_info={"source": args.source, "variant": args.variant, "load_s": round(load_s, 3)})
-    print(f"{type(pipe).__name__} from {args.source!r}, loaded in {load_s:.1f} s; {width}x{height}, "
-          f"{args.steps} steps, seed {args.seed}")
+    with output_folder(args.out, verb="generate", overwrite=args.overwrite) as out:
+        start = time.perf_counter()
+        pipe = load_flux2(args.model, variant=args.variant, device=args.device,
+                          dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None)
+        load_s = time.perf_counter() - start
+        print(f"{type(pipe).__name__} from {args.model!r}, loaded in {load_s:.1f} s; {width}x{height}, "
+              f"{args.steps} steps, seed {args.seed}", flush=True)
+        try:
+            results = generate(pipe, backends, prompt=args.prompt, seed=args.seed, steps=args.steps, width=width,
+                               height=height, out_dir=out, guidance_scale=args.guidance_scale,
+                               progress=not args.no_progress, max_sequence_length=args.max_sequence_length,
+                               force=args.force,
+                               model_info={"source": args.model, "variant": args.variant, "load_s": round(load_s, 3)})
+        except FluxlabError as exc:  # the work failed, not the command line: exit code 1
+            from ..cli import one_line
+
+            print(f"fluxlab generate: failed: {one_line(exc)}", file=sys.stderr)
+            return 1
     for result in results:
         ran = ", ".join(f"{b} x{n}" for b, n in result.manifest["attention_calls"].items())
         print(f"  {result.backend:<16} {result.manifest['timings']['generate_s']:7.3f} s   attention: {ran}")

@@ -1,0 +1,96 @@
+"""Output folders of the CLI verbs: a file or someone else's folder is refused, fluxlab's own files from an
+earlier run are replaced, and a run that fails or writes nothing leaves no empty folder behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import FluxlabError
+
+# Lists the files a run wrote, so the next run into the same folder knows which ones are fluxlab's to replace.
+RUN_FILE = ".fluxlab-run.json"
+
+
+class OutputFolderError(FluxlabError, ValueError):
+    """``--out`` names a file, or a folder holding files fluxlab did not write (``--overwrite`` writes anyway)."""
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _own_files(folder: Path) -> set[str]:
+    try:
+        listed = json.loads((folder / RUN_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and ".." not in Path(name).parts}
+
+
+def check_output_folder(out, *, overwrite: bool = False) -> Path:
+    """Refuse ``out`` before any work if it cannot take this run's files; nothing is created or deleted here."""
+    out = Path(out).expanduser()
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"is inside {parent}, which is a file"
+            raise OutputFolderError(f"--out {out} {where}; pass a folder (it is created if missing)")
+        if parent.exists():
+            break
+    if out.is_dir() and not overwrite:
+        foreign = sorted(_files(out) - _own_files(out) - {RUN_FILE})
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputFolderError(
+                f"--out {out} already holds files fluxlab did not write in an earlier run ({shown}); choose "
+                "another folder, or pass --overwrite to write into it (files of the same name are replaced)")
+    return out
+
+
+def _remove_empty_folders(folder: Path, keep: set[Path]) -> None:
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if sub not in keep and not any(sub.iterdir()):
+            sub.rmdir()
+
+
+def _remove_previous_run(out: Path) -> None:
+    for name in _own_files(out):
+        path = out / name
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # the sub-folders that run made, once empty
+            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    (out / RUN_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_folder(out, *, verb: str, overwrite: bool = False) -> Iterator[Path]:
+    """The folder a verb writes into. The previous run's own files (listed in ``.fluxlab-run.json``) are removed
+    first; afterwards, even on failure or Ctrl-C, the files this run wrote are listed there. If it wrote none, the
+    folders this run created are removed again: no empty folder is left behind."""
+    out = check_output_folder(out, overwrite=overwrite)
+    created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)  # outermost new folder
+    if created is None:
+        _remove_previous_run(out)
+    folders_before = {p for p in out.rglob("*") if p.is_dir()} | {out} if created is None else set()
+    kept = _files(out) if created is None else set()
+    start = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    finally:
+        written = sorted(name for name in _files(out) - {RUN_FILE}
+                         if name not in kept or (out / name).lstat().st_mtime >= start)
+        if written:
+            (out / RUN_FILE).write_text(json.dumps({"verb": verb, "files": written}, indent=1) + "\n")
+        else:
+            _remove_empty_folders(out, folders_before)
+            for folder in (out, *out.parents) if created is not None else ():
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                if folder == created:
+                    break
