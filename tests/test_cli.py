@@ -265,3 +265,16 @@ def test_demo_rerun_into_its_own_folder(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, "grid.png"]
 
+
+
+def test_readme_limits_table_matches_the_bounds():
+    from fluxlab.models.limits import BOUNDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Limits, Ctrl-C and the command line")[1].split("\n#")[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| bound")}
+    assert rows == {"image tokens, (height/16) x (width/16)": str(BOUNDS["image_tokens"].high),
+                    "image side": f"{BOUNDS['side'].high} px",
+                    "`max_sequence_length`": str(BOUNDS["max_sequence_length"].high),
+                    "steps": str(BOUNDS["steps"].high)}
