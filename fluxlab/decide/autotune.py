@@ -256,7 +256,6 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     """
     import torch
 
-    from ..compare.attention import compare_attention
     from ..models.capture import capture
 
     check_generation_args(prompt, steps)
@@ -279,15 +278,42 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
         call["width"] = width
     with capture(pipe, steps=[step]) as cap:
         pipe(**call)
+    settings = {"prompt": prompt, "steps": steps, "seeds": seeds, "capture_step": step, "height": height,
+                "width": width, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    plan = autotune_records(cap.records, candidates=names, allow_quantised=True, repeats=repeats, progress=progress,
+                            settings=settings)
+    plan.settings["allow_quantised"] = allow_quantised
+    plan.reasons = {**reasons, **plan.reasons}
+    by_layer = {layer: None for layer in plan.automatic}
+    choices = plan.choices
+    if any(is_approximate(registry.get_backend(b)) for b in choices.values()):
+        _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
+    return plan
+
+
+def autotune_records(records, *, candidates, allow_quantised: bool = False, repeats: int = 5, progress: bool = False,
+                     settings: dict | None = None) -> AutotunePlan:
+    """The per-layer choice from captured ``AttentionRecord``s (``fluxlab.capture``; any model, e.g. a bare
+    transformer): each candidate timed and judged on each layer's records. No image gate (``autotune`` adds it)."""
+    from ..compare.attention import compare_attention
+
+    names = [candidates] if isinstance(candidates, str) else list(candidates)
+    if not names:
+        raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names")
+    for name in names:
+        registry.get_backend(name)  # unknown names raise here, with a suggestion
     by_layer: dict[str, list] = {}
-    for record in cap.records:
+    for record in records:
         by_layer.setdefault(record.layer, []).append(record)
+    if not by_layer:
+        raise DecideInputError("no captured attention calls to tune on: capture a generation first "
+                               "(with fluxlab.capture(pipe) as cap: pipe(...))")
     bar = _bar(progress, len(by_layer))
     measurements, automatic = [], {}
     try:
-        for layer, records in by_layer.items():
-            automatic[layer] = records[0].backend
-            report = compare_attention(records, backends=names, progress=False, timing_repeats=repeats,
+        for layer, layer_records in by_layer.items():
+            automatic[layer] = layer_records[0].backend
+            report = compare_attention(layer_records, backends=names, progress=False, timing_repeats=repeats,
                                        error_maps=False)
             measurements += _measure(layer, report.rows, names)
             if bar is not None:
@@ -295,15 +321,11 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     finally:
         if bar is not None:
             bar.close()
-    choices = _choose(by_layer, measurements, allow_quantised=True)
+    choices = _choose(by_layer, measurements, allow_quantised=allow_quantised)
     platform, versions = current_identity(sorted(set(names)))
-    settings = {"prompt": prompt, "steps": steps, "seeds": seeds, "capture_step": step, "repeats": repeats,
-                "candidates": names, "allow_quantised": allow_quantised, "height": height, "width": width,
-                **{k: repr(v) for k, v in pipe_kwargs.items()}}
+    settings = {**(settings or {}), "repeats": repeats, "candidates": names, "allow_quantised": allow_quantised}
     plan = AutotunePlan(choices, measurements, {}, platform, versions, settings, automatic)
-    plan.reasons = {**reasons, **_never_chosen(measurements, choices)}
-    if any(is_approximate(registry.get_backend(b)) for b in choices.values()):
-        _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
+    plan.reasons = _never_chosen(measurements, choices)
     return plan
 
 
