@@ -39,6 +39,24 @@ class AttentionRecord:
             parts.append(self.branch)
         return "/".join(parts)
 
+    def validate(self) -> None:
+        """Raise InvalidInputError unless this is a call ``fluxlab.attention`` would accept (the same checks: scale
+        finite and > 0, shapes that fit), with ``out`` [B, S, H, D_v] and ``lse`` [B, H, S] where present."""
+        from .dispatch import validate_inputs
+        from .errors import InvalidInputError
+
+        q, v = self.q, self.v
+        validate_inputs(q, self.k, v, scale=self.scale, causal=self.causal)
+        if self.out is not None and tuple(self.out.shape) != (*q.shape[:3], v.shape[3]):
+            raise InvalidInputError(f"out has shape {tuple(self.out.shape)}; for q {tuple(q.shape)} and v "
+                                    f"{tuple(v.shape)} it must be {(*q.shape[:3], v.shape[3])}")
+        if self.lse is not None and tuple(self.lse.shape) != (q.shape[0], q.shape[2], q.shape[1]):
+            raise InvalidInputError(f"lse has shape {tuple(self.lse.shape)}; for q {tuple(q.shape)} it must be "
+                                    f"[batch, heads, seq] = {(q.shape[0], q.shape[2], q.shape[1])}")
+        if self.text_tokens is not None and not 0 <= self.text_tokens <= q.shape[1]:
+            raise InvalidInputError(f"text_tokens is {self.text_tokens}; it must be between 0 and the sequence "
+                                    f"length {q.shape[1]}")
+
     def to(self, device) -> AttentionRecord:
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}

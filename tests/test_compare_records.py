@@ -383,3 +383,12 @@ def test_record_files_are_readable_by_others_under_umask_022(tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert len(modes) == 2 and set(modes.values()) == {0o644}, modes
+
+
+def test_an_invalid_record_in_memory_is_refused_by_compare_attention():
+    from fluxlab.compare import compare_attention
+
+    bad = _records()[2]
+    bad.scale = float("nan")
+    with pytest.raises(InvalidInputError, match=r"record 0 \(record0\) is not a valid attention call: scale must be"):
+        compare_attention([bad], backends=["sdpa"], progress=False)

@@ -124,7 +124,15 @@ def default_inputs(device_type: str | None = None) -> tuple[InputSpec, ...]:
 
 
 def record_case(record: AttentionRecord, index: int = 0, recorded_on: str | None = None) -> AttentionCase:
+    """A record as a comparison case, validated as a live ``fluxlab.attention`` call would be (InvalidInputError):
+    a scale of -5 or NaN, or shapes that do not fit, are refused instead of compared and judged "pass"."""
+    from ..errors import InvalidInputError
+
     name = record.name if record.layer else f"record{index}"
+    try:
+        record.validate()
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"record {index} ({name}) is not a valid attention call: {exc}") from None
     return AttentionCase(name=name, q=record.q, k=record.k, v=record.v, scale=float(record.scale),
                          causal=record.causal, text_tokens=record.text_tokens, source="record",
                          recorded_out=record.out, recorded_lse=record.lse, recorded_backend=record.backend,

@@ -150,7 +150,7 @@ def _entries(records) -> tuple[dict, list, list]:
         if not isinstance(record, AttentionRecord):
             raise TypeError(f"records[{i}] is a {type(record).__name__}, not an AttentionRecord")
         try:
-            check_record(record)
+            record.validate()
         except InvalidInputError as exc:
             raise InvalidInputError(f"records[{i}] ({record.name}) is not a valid attention call, so it is not "
                                     f"saved: {exc}") from None
@@ -400,29 +400,11 @@ def _record_from(entry: dict, i: int, tensors: dict, manifest_path: Path) -> Att
         step=entry.get("step"), branch=entry.get("branch"), backend=entry.get("backend"),
         text_tokens=entry.get("text_tokens"), meta=dict(entry.get("meta") or {}))
     try:
-        check_record(record)
+        record.validate()
     except InvalidInputError as exc:
         raise RecordIntegrityError(f"{manifest_path}: records[{i}] ({record.name}) is not a valid attention call: "
                                    f"{exc}") from None
     return record
-
-
-def check_record(record: AttentionRecord) -> None:
-    """Raise InvalidInputError unless ``record`` is an attention call ``fluxlab.attention`` would accept (the
-    same checks), with an output [B, S, H, D_v] and an LSE [B, H, S] of matching sizes where it has them."""
-    from ..dispatch import validate_inputs
-
-    q, v = record.q, record.v
-    validate_inputs(q, record.k, v, scale=record.scale, causal=record.causal)
-    if record.out is not None and tuple(record.out.shape) != (*q.shape[:3], v.shape[3]):
-        raise InvalidInputError(f"out has shape {tuple(record.out.shape)}; for q {tuple(q.shape)} and v "
-                                f"{tuple(v.shape)} it must be {(*q.shape[:3], v.shape[3])}")
-    if record.lse is not None and tuple(record.lse.shape) != (q.shape[0], q.shape[2], q.shape[1]):
-        raise InvalidInputError(f"lse has shape {tuple(record.lse.shape)}; for q {tuple(q.shape)} it must be "
-                                f"[batch, heads, seq] = {(q.shape[0], q.shape[2], q.shape[1])}")
-    if record.text_tokens is not None and not 0 <= record.text_tokens <= q.shape[1]:
-        raise InvalidInputError(f"text_tokens is {record.text_tokens}; it must be between 0 and the sequence "
-                                f"length {q.shape[1]}")
 
 
 def load_records(path) -> tuple[list[AttentionRecord], dict]:
