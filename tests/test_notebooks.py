@@ -34,11 +34,6 @@ EXPECTED = {
         ("result", "'reference'"), ("html", "PSNR"), ("widget", "ImageGallery"), ("state", "PSNR"),
         ("state", "image(s) vs reference"),
     ],
-    "04_decide.ipynb": [
-        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotunePlan("),
-        ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
-        ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
-    ],
 }
 
 
@@ -127,6 +122,10 @@ def test_switching_model_is_one_edit():
     assert not real.small and (real.height, real.width) == (1024, 1024) and real.dtype == torch.bfloat16
     assert "variant" not in real.load_kwargs()
     assert real.load_kwargs()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    # real weights: offload decided from free GPU memory and the model's size at 1024^2, before loading
+    assert {k: real.load_kwargs()[k] for k in ("offload", "height", "width")} == {"offload": "auto", "height": 1024,
+                                                                                  "width": 1024}
+    assert "offload" not in tiny.load_kwargs()
     assert settings_for("embedded").small
     with pytest.raises(ValueError, match="MODEL must be"):
         settings_for("")

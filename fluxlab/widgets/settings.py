@@ -48,8 +48,11 @@ class NotebookSettings:
         return default_backend() or "sdpa"
 
     def load_kwargs(self) -> dict:
-        """Keyword arguments of ``fluxlab.load_flux2(MODEL, ...)``."""
+        """Keyword arguments of ``fluxlab.load_flux2(MODEL, ...)``; real weights get ``offload="auto"`` (decided from
+        the free GPU memory and the model's size at this image size, before loading)."""
         kwargs = {"device": self.device, "dtype": self.dtype}
+        if not self.small:
+            kwargs.update(offload="auto", height=self.height, width=self.width)
         if self.variant is not None:
             kwargs["variant"] = self.variant
         return kwargs
@@ -63,11 +66,10 @@ class NotebookSettings:
         return {"prompt": self.prompt, "height": self.height, "width": self.width, "num_inference_steps": self.steps}
 
 
-def settings_for(model: str, variant: str | None = "dev", force: bool = False, **overrides) -> NotebookSettings:
+def settings_for(model: str, variant: str | None = "dev", **overrides) -> NotebookSettings:
     """Settings for ``MODEL`` as set in a notebook's first cell; keyword arguments override any field.
 
-    ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is). A size or step count
-    beyond ``fluxlab.models.limits.BOUNDS`` is refused unless ``force=True``; malformed ones always.
+    ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is).
     """
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"MODEL must be 'tiny', 'embedded', a local folder or a hub id; got {model!r}")
@@ -75,8 +77,4 @@ def settings_for(model: str, variant: str | None = "dev", force: bool = False, *
     values = dict(model=model, small=small, variant=variant if model == "tiny" else None,
                   **(OFFLINE_MODELS[model] if small else REAL_WEIGHTS))
     values.update(overrides)
-    from ..models.limits import check_generation, size_multiple_for
-
-    check_generation(width=values["width"], height=values["height"], steps=values["steps"], seed=0, force=force,
-                     multiple=size_multiple_for(model))
     return NotebookSettings(**values)
