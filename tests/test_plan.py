@@ -309,3 +309,32 @@ def test_flux2_router_passes_each_modules_head_count(monkeypatch):
     with attached(pipe):
         generate(pipe, steps=1)
     assert seen and all(heads is not None and heads == q_heads for q_heads, heads in seen)
+
+
+def test_widget_generation_thread_keeps_the_callers_backend_choice():
+    from fluxlab.widgets.running import RunControls
+
+    seen, done = [], threading.Event()
+
+    def generation():
+        seen.append(str(fluxlab.selected_backend()))
+        done.set()
+
+    with fluxlab.use_backend("sdpa_math"):
+        RunControls(threaded=True).launch(generation)  # a background thread, as in a Jupyter kernel
+        assert done.wait(10)
+    assert seen == ["sdpa_math"]
+
+
+def test_registered_backend_declares_its_option_values():
+    def kernel(q, k, v, *, scale, causal=False, return_lse=False, mode=0):
+        return fluxlab.attention(q, k, v, backend="sdpa", scale=scale)
+
+    fluxlab.register_backend("moded", kernel, options={"mode": 0}, option_values={"mode": {0: "plain", 1: "fast"}})
+    try:
+        q, k, v = cpu_inputs()
+        assert plan(q, k, v, backend="moded:mode=1").options == {"mode": 1}
+        with pytest.raises(InvalidBackendSpecError, match="mode=2 is not valid; valid values: 0 \\(plain\\), 1 \\(fast\\)"):
+            fluxlab.attention(q, k, v, backend="moded:mode=2")
+    finally:
+        fluxlab.unregister_backend("moded")

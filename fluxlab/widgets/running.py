@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 
@@ -60,6 +61,8 @@ class RunControls:
     def launch(self, fn: Callable[[], object]) -> None:
         threaded = in_kernel() if self.threaded is None else self.threaded
         if threaded:
-            threading.Thread(target=fn, name="fluxlab-generate", daemon=True).start()
+            # The caller's context travels with the work: fluxlab.use_backend is context-local (dispatch.py).
+            threading.Thread(target=contextvars.copy_context().run, args=(fn,), name="fluxlab-generate",
+                             daemon=True).start()
         else:
             fn()
