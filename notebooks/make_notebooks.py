@@ -1,4 +1,4 @@
-"""Writes the three notebooks (outputs stripped): ``python notebooks/make_notebooks.py``.
+"""Writes the notebooks (outputs stripped): ``python notebooks/make_notebooks.py``.
 
 Cells are thin: they call fluxlab's public API; anything worth testing lives in the package. The first code cell
 of each notebook holds ``MODEL``: "embedded" (the small model trained in this repository: offline, CPU, real
@@ -164,10 +164,83 @@ def side_by_side() -> list:
     ]
 
 
+def decide() -> list:
+    return [
+        new_markdown_cell(
+            "# 04 · Decide\n\n"
+            "Not only *how far* a fast kernel lands from the exact one, but *where* its image drift is born (which "
+            "attention layers at which denoising steps), which schedule buys how much speed for how much fidelity, "
+            "and a per-layer plan that is fastest while every layer still passes its verdict."),
+        new_code_cell(MODEL_CELL),
+        new_code_cell(
+            "%matplotlib inline\n"
+            "import fluxlab\n"
+            "from fluxlab.compare import IMAGE_RULE_TEXT\n"
+            "from fluxlab.widgets import settings_for\n\n"
+            "settings = settings_for(MODEL, variant=VARIANT)\n"
+            "print(fluxlab.current_platform().describe())"),
+        new_markdown_cell(
+            "## The candidates\n\n"
+            "On a GPU the candidate is a real fast kernel (`sage`). On the CPU it is `emu_bf16`, fluxlab's float32 "
+            "emulation of a bf16 kernel's rounding (the emulated Sage kernels need head_dim 64 or 128; the "
+            "embedded model's is 32). Beside it, a planted bug registered through the public API: sdpa with the "
+            "softmax scale 2 % too large — as fast as sdpa, and wrong."),
+        new_code_cell(
+            "def planted_scale_bug(q, k, v, *, scale, causal=False, return_lse=False, **options):\n"
+            "    return fluxlab.attention(q, k, v, backend=\"sdpa\", scale=scale * 1.02, causal=causal, "
+            "return_lse=return_lse)\n\n"
+            "fluxlab.register_backend(\"planted_scale_bug\", planted_scale_bug, replace=True,\n"
+            "                         description=\"sdpa with the softmax scale 2% too large (a planted bug)\")\n"
+            "EXACT, CANDIDATE = \"sdpa\", (\"emu_bf16\" if settings.small else \"sage\")\n"
+            "# Few steps and a short text sequence keep every generation under a second on the CPU.\n"
+            "RUN = dict(prompt=settings.prompt, steps=3, max_sequence_length=32) if settings.small else \\\n"
+            "    dict(prompt=settings.prompt, steps=settings.steps, height=settings.height, width=settings.width)\n"
+            "pipe = fluxlab.load_flux2(MODEL, allowed=fluxlab.FLUX2_BACKENDS | {\"planted_scale_bug\"},\n"
+            "                          **settings.load_kwargs())\n"
+            "CANDIDATE, RUN"),
+        new_markdown_cell(
+            "## Where is the drift born?\n\n"
+            "`locate_drift` switches regions of the (layer × step) grid from the exact kernel to the candidate, "
+            "coarse to fine, and scores each by how far the final latents move. Only the strongest region is "
+            "split (`beam=1`; the default 2 follows two), so the number of generations grows with log(layers × steps), not their product. Blank cells "
+            "were never split."),
+        new_code_cell(
+            "drift = fluxlab.locate_drift(pipe, EXACT, CANDIDATE, beam=1, **RUN)\n"
+            "drift.figure()\n"
+            "drift"),
+        new_markdown_cell(
+            "## Speed against fidelity\n\n"
+            "Each schedule of the candidate — everywhere, exact first and last step, everywhere but the culprit "
+            "cells found above — timed (the transformer only, median after a warm-up) and judged against the "
+            "exact kernel. The dashed line is the Pareto set. On the CPU the emulation is slower than sdpa: "
+            "this shows the method; the GPU run gives the real trade-off."),
+        new_code_cell(
+            "front = fluxlab.frontier(pipe, [CANDIDATE], exact=EXACT, repeats=2, drift_maps={CANDIDATE: drift}, **RUN)\n"
+            "front.figure()\n"
+            "front"),
+        new_markdown_cell(
+            "## Autotune, apply, judge\n\n"
+            "Per attention layer, every candidate is timed on that layer's captured q/k/v and judged against "
+            "float64; the fastest one that *passes* is chosen. The planted bug is as fast as sdpa and is never "
+            "chosen; the table says why."),
+        new_code_cell(
+            "plan = fluxlab.autotune(pipe, candidates=[EXACT, \"sdpa_math\", \"planted_scale_bug\", CANDIDATE],\n"
+            "                        allow_quantised=True, repeats=2, **RUN)\n"
+            "plan"),
+        new_code_cell(
+            "fluxlab.set_schedule(pipe, plan.schedule)  # apply: from the next generation on\n"
+            "print(\"image verdict of the plan:\", plan.verify(pipe, **RUN))\n"
+            "print(plan.image_note)\n"
+            "fluxlab.set_schedule(pipe, None)"),
+        new_code_cell("print(IMAGE_RULE_TEXT)"),
+    ]
+
+
 NOTEBOOKS = {
     "01_backends_tour.ipynb": tour,
     "02_attention_equivalence.ipynb": equivalence,
     "03_flux2_side_by_side.ipynb": side_by_side,
+    "04_decide.ipynb": decide,
 }
 
 

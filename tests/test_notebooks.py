@@ -34,6 +34,11 @@ EXPECTED = {
         ("result", "'reference'"), ("html", "PSNR"), ("widget", "ImageGallery"), ("state", "PSNR"),
         ("state", "image(s) vs reference"),
     ],
+    "04_decide.ipynb": [
+        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotunePlan("),
+        ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
+        ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
+    ],
 }
 
 

@@ -66,10 +66,11 @@ class NotebookSettings:
         return {"prompt": self.prompt, "height": self.height, "width": self.width, "num_inference_steps": self.steps}
 
 
-def settings_for(model: str, variant: str | None = "dev", **overrides) -> NotebookSettings:
+def settings_for(model: str, variant: str | None = "dev", force: bool = False, **overrides) -> NotebookSettings:
     """Settings for ``MODEL`` as set in a notebook's first cell; keyword arguments override any field.
 
-    ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is).
+    ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is). A size or step count
+    beyond ``fluxlab.models.limits.BOUNDS`` is refused unless ``force=True``; malformed ones always.
     """
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"MODEL must be 'tiny', 'embedded', a local folder or a hub id; got {model!r}")
@@ -77,4 +78,8 @@ def settings_for(model: str, variant: str | None = "dev", **overrides) -> Notebo
     values = dict(model=model, small=small, variant=variant if model == "tiny" else None,
                   **(OFFLINE_MODELS[model] if small else REAL_WEIGHTS))
     values.update(overrides)
+    from ..models.limits import check_generation, size_multiple_for
+
+    check_generation(width=values["width"], height=values["height"], steps=values["steps"], seed=0, force=force,
+                     multiple=size_multiple_for(model))
     return NotebookSettings(**values)
