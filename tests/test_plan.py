@@ -81,11 +81,12 @@ def test_plan_refuses_inputs_of_another_kind():
         p(q2, k2, v2)
 
 
-def test_kernel_is_bound_when_the_plan_is_made_nothing_imported_per_call(standins):
-    # fa3 on an H100 profile (its stand-in is installed here): the library is imported by plan(), not per call.
-    p = plan(*meta(shape=(2, 40, 4, 128)), backend="fa3", platform=Platform.h100())
-    assert p.backend == "fa3" and p.requested == "fa3"
-    import flash_attn_interface
+@pytest.mark.parametrize("backend, profile", [("fa3", "h100"), ("fa2", "a100"), ("aiter", "mi300x"),
+                                              ("aiter_sage", "mi300x"), ("aiter_triton", "mi300x")])
+def test_kernel_is_bound_when_the_plan_is_made_nothing_imported_per_call(standins, backend, profile):
+    # The library (its stand-in here) is imported by plan(), not per call.
+    p = plan(*meta(shape=(2, 40, 4, 128)), backend=backend, platform=getattr(Platform, profile)())
+    assert p.backend == backend and p.requested == backend
 
     real_import, imported = builtins.__import__, []
 
@@ -99,8 +100,8 @@ def test_kernel_is_bound_when_the_plan_is_made_nothing_imported_per_call(standin
         out = p.fn(q, k, v, scale=p.scale, causal=False, return_lse=False)
     finally:
         builtins.__import__ = real_import
-    assert out.shape == q.shape and flash_attn_interface.CALLS[-1]["softmax_scale"] == p.scale
-    assert [name for name in imported if "flash_attn" in name] == []  # the adapter imported nothing
+    assert out.shape == q.shape
+    assert [name for name in imported if name.split(".")[0] in ("flash_attn", "flash_attn_interface", "aiter")] == []
 
 
 # --- fa as a priority group; no import circle ---------------------------------------------------------------------

@@ -19,19 +19,33 @@ AITER = Requirement("aiter", "amd-aiter",
 ROCM_ATTENTION_ARCHES = ("gfx90a", "gfx942", "gfx950")
 
 
-def aiter_attention(q, k, v, *, scale, causal=False, return_lse=False, how_v3_bf16_cvt=1):
+def _check_rounding(how_v3_bf16_cvt):
     if how_v3_bf16_cvt not in BF16_ROUNDING_MODES:
         raise ValueError(f"how_v3_bf16_cvt must be one of {sorted(BF16_ROUNDING_MODES)} "
                          f"({BF16_ROUNDING_MODES}), got {how_v3_bf16_cvt!r}")
+
+
+def bind_aiter():
+    """Import aiter once (when a plan is made) and return the adapter around ``aiter.flash_attn_func``."""
     import aiter
 
-    result = aiter.flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
-                                   return_lse=return_lse, return_attn_probs=False,
-                                   how_v3_bf16_cvt=how_v3_bf16_cvt)
-    if not return_lse:
-        return result[0] if isinstance(result, tuple) else result
-    out, lse = result[0], result[1]
-    return out, lse.float()
+    flash_attn_func = aiter.flash_attn_func
+
+    def aiter_attention(q, k, v, *, scale, causal=False, return_lse=False, how_v3_bf16_cvt=1):
+        _check_rounding(how_v3_bf16_cvt)
+        result = flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
+                                 return_lse=return_lse, return_attn_probs=False, how_v3_bf16_cvt=how_v3_bf16_cvt)
+        if not return_lse:
+            return result[0] if isinstance(result, tuple) else result
+        out, lse = result[0], result[1]
+        return out, lse.float()
+    return aiter_attention
+
+
+def aiter_attention(q, k, v, *, how_v3_bf16_cvt=1, **kwargs):
+    """For callers of ``backend.fn``: binds on every call (plans bind once)."""
+    _check_rounding(how_v3_bf16_cvt)
+    return bind_aiter()(q, k, v, how_v3_bf16_cvt=how_v3_bf16_cvt, **kwargs)
 
 
 BACKENDS = [
@@ -40,5 +54,5 @@ BACKENDS = [
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
             "AMD AITER flash attention (CK / hand-written assembly on MI300), ROCm only",
             requires=(AITER,), options={"how_v3_bf16_cvt": 1},
-            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES}),
+            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES}, binder=bind_aiter),
 ]

@@ -61,29 +61,50 @@ def _patch_nvidia_arch():
     arch_info.get_arch = lambda: "gfx950"
 
 
-def aiter_sage(q, k, v, *, scale, causal=False, return_lse=False):
+def bind_aiter_sage():
+    """Import the Sage entry point once (when a plan is made) and return the adapter around it."""
     module = import_first(*SAGE_MODULES)
-    if module.__name__ == SAGE_MODULES[-1] and abs(scale - q.shape[-1] ** -0.5) > 1e-12 * scale:
-        # The older entry point accepts softmax_scale but ignores it: refuse rather than be silently wrong.
-        raise BackendUnavailableError(
-            f"{SAGE_MODULES[-1]} ignores softmax_scale, and {scale} is not head_dim ** -0.5; upgrade aiter "
-            f"to a release with {SAGE_MODULES[0]}")
-    return module.fav3_sage_wrapper_func(q, k, v, softmax_scale=scale, causal=causal, layout="bshd")
+    ignores_scale = module.__name__ == SAGE_MODULES[-1]
+    sage_func = module.fav3_sage_wrapper_func
+
+    def aiter_sage(q, k, v, *, scale, causal=False, return_lse=False):
+        if ignores_scale and abs(scale - q.shape[-1] ** -0.5) > 1e-12 * scale:
+            # The older entry point accepts softmax_scale but ignores it: refuse rather than be silently wrong.
+            raise BackendUnavailableError(
+                f"{SAGE_MODULES[-1]} ignores softmax_scale, and {scale} is not head_dim ** -0.5; upgrade aiter "
+                f"to a release with {SAGE_MODULES[0]}")
+        return sage_func(q, k, v, softmax_scale=scale, causal=causal, layout="bshd")
+    return aiter_sage
 
 
-def aiter_triton(q, k, v, *, scale, causal=False, return_lse=False, config=None):
+def bind_aiter_triton():
+    """Import the Triton MHA once (when a plan is made; on NVIDIA without aiter's ROCm probes) and return the
+    adapter around it."""
     from ..platform import current_platform
 
     vendor = current_platform().vendor
-    module = _load_triton_only(MHA_MODULES, vendor)
-    if config is None and vendor == "nvidia":
-        config = NVIDIA_MHA_CONFIG
-    extra = {"config": dict(config)} if config is not None else {}
-    result = module.flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal,
-                                    return_lse=return_lse, **extra)
-    if not return_lse:
-        return result[0] if isinstance(result, tuple) else result
-    return result[0], result[1].float()
+    mha_func = _load_triton_only(MHA_MODULES, vendor).flash_attn_func
+    default_config = NVIDIA_MHA_CONFIG if vendor == "nvidia" else None
+
+    def aiter_triton(q, k, v, *, scale, causal=False, return_lse=False, config=None):
+        config = default_config if config is None else config
+        extra = {"config": dict(config)} if config is not None else {}
+        result = mha_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=causal, return_lse=return_lse,
+                          **extra)
+        if not return_lse:
+            return result[0] if isinstance(result, tuple) else result
+        return result[0], result[1].float()
+    return aiter_triton
+
+
+def aiter_sage(q, k, v, **kwargs):
+    """For callers of ``backend.fn``: binds on every call (plans bind once)."""
+    return bind_aiter_sage()(q, k, v, **kwargs)
+
+
+def aiter_triton(q, k, v, **kwargs):
+    """For callers of ``backend.fn``: binds on every call (plans bind once)."""
+    return bind_aiter_triton()(q, k, v, **kwargs)
 
 
 BACKENDS = [
@@ -92,11 +113,11 @@ BACKENDS = [
                          dtypes=HALF_DTYPES, head_dims=(64, 128), quantised=True, stand_in_only=True),
             "AITER's Sage kernel: Q,K int8 per block (K mean-smoothed), V fp8; quantised. Its LSE is not "
             "exposed: releases before mid-2026 returned one uncorrected for the K smoothing",
-            requires=(AITER,)),
+            requires=(AITER,), binder=bind_aiter_sage),
     Backend("aiter_triton", aiter_triton,
             Capabilities(vendors=frozenset({"amd", "nvidia"}),
                          arches={"amd": ROCM_ATTENTION_ARCHES, "nvidia": ("sm_80+",)},
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, experimental=True),
             "AITER's Triton MHA (experimental; on NVIDIA runs through Triton with an explicit config)",
-            requires=(AITER,), options={"config": None}),
+            requires=(AITER,), options={"config": None}, binder=bind_aiter_triton),
 ]
