@@ -60,7 +60,8 @@ same machine, model, dtype, prompt and seed; {YARDSTICK_FLOOR:g}). Why: an exact
 exact kernel only by rounding, so its drift is measured against what rounding alone does here (on the CPU in
 float32 that is ~1e-6; a bf16 GPU run has a far larger spread, and the rule scales with it). Latents are
 judged, not only pixels: the 64x64 images of a small model hide drift that the latents show. Measured on the
-embedded model (CPU, float32, 4 and 8 steps, seeds 0-1; benchmarks/image_rule.py writes the numbers): exact
+embedded model (CPU, float32, 4 and 8 steps, seeds 0-1; benchmarks/image_rule.py writes them to
+benchmarks/results/cpu/image_rule.json): exact
 kernels (sdpa, sdpa_math, sdpa_flash, flex) land at 0.8-1.1e-6 from float64; a softmax scale 1 % too large at
 1.1-1.4e-2, 10 % too large at 0.10-0.16 while its SSIM stays 0.988-0.992 and its PSNR 33-35 dB, so
 sglang's SSIM >= 0.98 gate alone would pass it: the latent budget is what fails it. Rounding attention's
