@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,9 @@ def check_output_folder(out, *, overwrite: bool = False) -> Path:
             where = "is a file" if parent == out else f"is inside {parent}, which is a file"
             raise OutputFolderError(f"--out {out} {where}; pass a folder (it is created if missing)")
         if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputFolderError(f"--out {out}: cannot write in {parent} (permission denied); pass a folder "
+                                        "you can write to")
             break
     if out.is_dir() and not overwrite:
         foreign = sorted(_files(out) - _own_files(out) - {RUN_FILE})
@@ -79,7 +83,11 @@ def output_folder(out, *, verb: str, overwrite: bool = False) -> Iterator[Path]:
     folders_before = {p for p in out.rglob("*") if p.is_dir()} | {out} if created is None else set()
     kept = _files(out) if created is None else set()
     start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"--out {out}: cannot create it ({exc.strerror or exc}); pass a folder you can "
+                                "write to") from None
     try:
         yield out
     finally:

@@ -133,6 +133,7 @@ GENERATION_CASES = [  # (id, overrides of a valid request, error class name, mes
     ("seed-2**64", dict(seed=2**64), "InvalidSettingError", ["seed must be a whole number from 0 to 2**63 - 1"]),
     ("seed-negative", dict(seed=-1), "InvalidSettingError", ["got -1"]),
     ("text-0", dict(max_sequence_length=0), "InvalidSettingError", ["max_sequence_length must be"]),
+    ("guidance-nan", dict(guidance_scale=float("nan")), "InvalidSettingError", ["guidance_scale must be a finite"]),
 ]
 
 

@@ -125,7 +125,8 @@ def run(args) -> int:
     multiple = size_multiple_for(args.model)
     width, height = parse_size(args.size, multiple)
     check_generation(width=width, height=height, steps=args.steps, seed=args.seed, multiple=multiple,
-                     max_sequence_length=args.max_sequence_length, force=args.force)
+                     max_sequence_length=args.max_sequence_length, force=args.force,
+                     guidance_scale=args.guidance_scale)
     check_device(args.device)
     backends = check_backends(args.backends, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)

@@ -173,7 +173,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     config = getattr(pipe.transformer, "config", None)
     check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
                      max_sequence_length=pipe_kwargs.get("max_sequence_length", 512), force=force,
-                     heads=getattr(config, "num_attention_heads", DEFAULT_HEADS))
+                     heads=getattr(config, "num_attention_heads", DEFAULT_HEADS), guidance_scale=guidance_scale)
     backends = parse_backends(backends)
     state = state_of(pipe)
     previous = state.backend

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from .errors import InvalidSettingError, InvalidSizeError, LimitExceededError
@@ -113,13 +114,21 @@ def seed_problem(value) -> str | None:
     return None
 
 
+def guidance_problem(value) -> str | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value < 0):
+        return f"guidance_scale must be a finite number >= 0 (or None for the pipeline's own), got {value!r}"
+    return None
+
+
 def check_generation(*, width, height, steps, seed, max_sequence_length=512, multiple: int = DEFAULT_MULTIPLE,
-                     heads: int = DEFAULT_HEADS, force: bool = False) -> None:
+                     heads: int = DEFAULT_HEADS, force: bool = False, guidance_scale=None) -> None:
     """Raise before any work if the request is malformed (always) or beyond ``BOUNDS`` (unless ``force``)."""
     malformed = [side_problem(width, "width", multiple, force=True), side_problem(height, "height", multiple, force=True)]
     if any(malformed):
         raise InvalidSizeError(next(p for p in malformed if p))
-    malformed = [steps_problem(steps, force=True), seed_problem(seed), text_tokens_problem(max_sequence_length, True)]
+    malformed = [steps_problem(steps, force=True), seed_problem(seed), text_tokens_problem(max_sequence_length, True),
+                 guidance_problem(guidance_scale)]
     if any(malformed):
         raise InvalidSettingError(next(p for p in malformed if p))
     beyond = [tokens_problem(width, height, multiple, max_sequence_length, heads, force),

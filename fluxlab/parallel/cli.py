@@ -92,6 +92,18 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
     if getattr(args, "seed", None) is not None and seed_problem(args.seed):
         raise UsageError(seed_problem(args.seed))
+    setup = getattr(args, "setup", None)
+    if setup:
+        import importlib.util
+
+        module, _, function = setup.partition(":")
+        try:
+            found = bool(module) and importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not function or not found:
+            raise UsageError(f"--setup {setup!r}: give module:function of an importable module (here: "
+                             f"{'no module ' + repr(module) if not found else 'no function after the colon'})")
     json_path = getattr(args, "json", None)
     if json_path:
         from pathlib import Path
