@@ -17,7 +17,6 @@ _LAZY = {
     "FLUX2_BACKENDS": "fluxlab.models.supported",
     "load_flux2": "fluxlab.models.load",
     "generate": "fluxlab.models.generate",
-    "generate": "fluxlab.models.generate",
     "attach": "fluxlab.models.attach",
     "detach": "fluxlab.models.attach",
     "set_backend": "fluxlab.models.attach",
@@ -25,6 +24,7 @@ _LAZY = {
     "Schedule": "fluxlab.models.schedule",
     "Rule": "fluxlab.models.schedule",
     "capture": "fluxlab.models.capture",
+    "DiffusersBackendWarning": "fluxlab.models.interop",
     # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
     "compare_attention": "fluxlab.compare",
     "compare_images": "fluxlab.compare",
