@@ -192,3 +192,26 @@ def test_peak_memory_is_not_claimed_on_the_cpu():
         torch.ones(1000).sum()
     assert peak.bytes is None and peak.label == "peak GPU memory n/a on CPU"
     assert peak.as_dict()["peak_allocated_bytes"] is None
+
+
+@pytest.mark.slow
+def test_full_size_dev_offload_benchmark_dry_run(tmp_path):
+    """benchmarks/flux2_offload.py up to the GPU part: [dev]'s real configs (no weights), an 80 GB budget."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flux2_offload.py"
+    spec = importlib.util.spec_from_file_location("flux2_offload", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "flux2_offload.json").read_text())
+    refused = result["without_offload"]
+    assert refused["refused"] and refused["gpu_bytes_allocated_by_the_call"] == 0
+    assert "refused before loading: with offload=None" in refused["message"]
+    assert "offload='model' fits" in refused["message"]
+    components = result["auto"]["estimate"]["components"]
+    assert 32.0e9 < components["transformer"]["elements"] < 32.4e9  # FLUX.2 [dev]: 32.2 B
+    assert 23.5e9 < components["text_encoder"]["elements"] < 24.5e9  # Mistral-Small-3.1: ~24 B
+    assert 100 * 1024**3 < result["auto"]["estimate"]["weight_bytes"] < 110 * 1024**3  # ~112 GB in bf16
+    assert result["auto"]["mode"] == "model" and result["text_encoder"]["layers"] == 40
