@@ -1,4 +1,4 @@
-"""Honest timings in the lab: warm-up of JIT backends before timing, step progress, cancel between steps, peak memory."""
+"""Honest timings in the lab: JIT backends warmed up before timing, step progress, cancel between steps, peak memory."""
 
 from __future__ import annotations
 
