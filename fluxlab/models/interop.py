@@ -100,7 +100,8 @@ def _registry():
 
 
 def active_backend() -> str:
-    """diffusers' process-wide backend: ``attention_backend()``'s, the last ``set_attention_backend``'s, or the env's."""
+    """diffusers' process-wide backend: ``attention_backend()``'s, the last ``set_attention_backend``'s, or
+    ``$DIFFUSERS_ATTN_BACKEND``'s."""
     return _name(_registry()._active_backend)
 
 
