@@ -247,6 +247,9 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
     ``backend``: this model's backend (None: ``fluxlab.use_backend`` / automatic). ``allowed``: the backends the
     model may use (None: ``fluxlab.FLUX2_BACKENDS``; widen with ``FLUX2_BACKENDS | {"my_kernel"}``). A backend
     outside the set raises ``BackendNotAllowedError`` here, not during generation. Returns its argument.
+    The transformer may be compiled, before or after attaching (``compile_repeated_blocks``, ``.compile()``, or
+    ``torch.compile(transformer)`` held by the pipeline); a diffusers backend it had is named in a
+    ``DiffusersBackendWarning`` (interop.py) and comes back at ``detach``.
     """
     transformer, pipe = split_target(pipe_or_transformer)
     if transformer in _ATTACHED:
