@@ -259,12 +259,15 @@ def _parse(argv):
     (["frontier", "--candidates", "sdpa_math", "--seeds", "a,b"], "integers"),
     (["autotune", "--candidates", "flesh"], "flesh"),
     (["autotune", "--size", "65"], "multiples of 8"),
+    (["autotune", "--out", "{file}"], "is a file"),
 ])
 def test_cli_mistakes_are_refused_before_the_model_loads(argv, message, monkeypatch, tmp_path):
     from fluxlab.decide import cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model was loaded despite a usage mistake"))
-    args = _parse([*argv, "--out", str(tmp_path / "out")])
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = [a.replace("{file}", str(tmp_path / "a_file")) for a in argv]
+    args = _parse(argv if "--out" in argv else [*argv, "--out", str(tmp_path / "out")])
     with pytest.raises((fluxlab.FluxlabError, ValueError), match=message):
         args.func(args)
     assert not (tmp_path / "out").exists()
@@ -277,7 +280,7 @@ def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
     args = _parse(["autotune", "--candidates", f"sdpa,{PLANTED}", "--steps", "2", "--repeats", "1",
                    "--max-sequence-length", "32", "--no-progress", "--out", str(tmp_path)])
     assert args.func(args) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "plan.md", "plan.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fluxlab-run.json", "plan.json", "plan.md", "plan.png"]
     plan = AutotunePlan.load(tmp_path / "plan.json")
     assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
     assert "plan.png" in (tmp_path / "plan.md").read_text()

@@ -79,6 +79,8 @@ def _common(parser, out: str) -> None:
     parser.add_argument("--device", default=None, help="e.g. cuda (default: where the model loads)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None)
     parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out although it holds files fluxlab did not write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -127,19 +129,18 @@ def _check(args) -> None:
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         raise DecideInputError(f"--max-sequence-length {args.max_sequence_length} must be a positive number of "
                                "text tokens")
+    from ..outputs import check_output_folder
+
     check_model_source(args.model)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DecideInputError(f"--out {args.out} is a file; pass a folder")
+    check_output_folder(args.out, overwrite=args.overwrite)
 
 
 def _load(args, names):
-    import torch
-
     from ..models.load import load_flux2
     from ..models.supported import FLUX2_BACKENDS
+    from ..util import parse_dtype
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+    dtype = parse_dtype(args.dtype) if args.dtype else None
     allowed = set(FLUX2_BACKENDS) | {n.split(":")[0] for n in names}
     start = time.perf_counter()
     pipe = load_flux2(args.model, device=args.device, dtype=dtype, allowed=allowed)
@@ -151,13 +152,16 @@ def _pipe_kwargs(args) -> dict:
     return {} if args.max_sequence_length is None else {"max_sequence_length": args.max_sequence_length}
 
 
-def _write(out: Path, stem: str, markdown: str, figure, payload: dict) -> None:
+def _write(args, verb: str, stem: str, markdown: str, figure, payload: dict) -> None:
+    """Into --out through fluxlab.outputs (an earlier run's own files replaced, nobody else's), atomically."""
+    from ..outputs import output_folder
     from .files import write_atomic, write_figure, write_json
 
-    write_json(out / f"{stem}.json", payload)
-    write_figure(out / f"{stem}.png", figure)
-    write_atomic(out / f"{stem}.md", markdown + f"\n![{stem}]({stem}.png)\n")
-    print(f"wrote {out / stem}.md, .png, .json")
+    with output_folder(args.out, verb=verb, overwrite=args.overwrite) as out:
+        write_json(out / f"{stem}.json", payload)
+        write_figure(out / f"{stem}.png", figure)
+        write_atomic(out / f"{stem}.md", markdown + f"\n![{stem}]({stem}.png)\n")
+    print(f"wrote {Path(args.out) / stem}.md, .png, .json")
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------------
@@ -180,7 +184,7 @@ def run_locate_drift(args) -> int:
         beam=args.beam, budget=args.budget, progress=not args.no_progress, **_pipe_kwargs(args)))
     if drift is None:
         return 1
-    _write(Path(args.out), "drift", drift.to_markdown(), drift.figure(), drift.as_dict())
+    _write(args, "locate-drift", "drift", drift.to_markdown(), drift.figure(), drift.as_dict())
     print(drift.to_markdown())
     return 0
 
@@ -201,7 +205,7 @@ def run_frontier(args) -> int:
         repeats=args.repeats, locate=not args.no_locate, progress=not args.no_progress, **_pipe_kwargs(args)))
     if result is None:
         return 1
-    _write(Path(args.out), "frontier", result.to_markdown(), result.figure(), result.as_dict())
+    _write(args, "frontier", "frontier", result.to_markdown(), result.figure(), result.as_dict())
     print(result.to_markdown())
     return 0
 
@@ -222,8 +226,7 @@ def run_autotune(args) -> int:
         progress=not args.no_progress, **_pipe_kwargs(args)))
     if plan is None:
         return 1
-    out = Path(args.out)
-    _write(out, "plan", plan.to_markdown(), plan.figure(), plan.as_dict())
+    _write(args, "autotune", "plan", plan.to_markdown(), plan.figure(), plan.as_dict())
     print(plan.to_markdown())
     if not plan.choices:
         print("fluxlab autotune: no candidate passed on any layer; the automatic choice stays", file=sys.stderr)
