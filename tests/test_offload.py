@@ -165,6 +165,11 @@ def test_an_explicit_mode_that_does_not_fit_names_one_that_does(estimate):
     assert plan.mode == "model" and seen == [torch.device("cuda")]
 
 
+def test_auto_without_an_estimate_takes_model_offload():
+    plan = plan_offload(None, "auto", "cuda", memory_budget=10**12)
+    assert plan.mode == "model" and "no memory estimate" in plan.reason
+
+
 def _headers_only(folder):
     """Cut every safetensors file after its header: the estimate still works, loading cannot."""
     for path in folder.rglob("*.safetensors"):

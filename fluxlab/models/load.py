@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ PIPELINE_VARIANTS = {
 }
 VARIANT_PIPELINES = {"dev": "Flux2Pipeline", "klein": "Flux2KleinPipeline"}
 
+log = logging.getLogger("fluxlab")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -57,7 +59,12 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
     target = resolve_device(offload, device)  # refuses unknown values, and offloading without an accelerator
     estimate = None
     if offload is not None or memory_budget is not None or (target is not None and target.type != "cpu"):
-        estimate = estimate_source(source, variant, dtype, height, width)
+        try:
+            estimate = estimate_source(source, variant, dtype, height, width)
+        except ModelSourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unusual config must not block loading; the plan says so
+            log.warning("fluxlab.load_flux2: no memory estimate for %r (%s: %s)", source, type(exc).__name__, exc)
     plan = plan_offload(estimate, offload, device, memory_budget)  # refuses here, before any weight loads
     if source == "tiny":
         from .tiny import build_tiny_pipeline

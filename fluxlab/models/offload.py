@@ -118,10 +118,13 @@ def plan_offload(estimate: MemoryEstimate | None, offload, device, memory_budget
         return OffloadPlan("auto", None, where, "no accelerator here, so no offload: the pipeline runs on the CPU",
                            estimate, budget_for(target, memory_budget))
     budget = budget_for(target, memory_budget)
+    if offload == "auto" and estimate is None:  # size unknown (an unusual config): the safe choice
+        return OffloadPlan("auto", "model", where, "no memory estimate for this pipeline, so model offload (one "
+                           "component on the accelerator at a time)", None, budget)
     if estimate is None or budget is None:
         why = ("no offload asked: the pipeline stays on " + (where or "the CPU, where it is built") if offload is None
                else f"as asked ({'no memory budget on the CPU' if budget is None else 'no estimate'} to check)")
-        return OffloadPlan(offload, None if offload == "auto" else offload, where, why, estimate, budget)
+        return OffloadPlan(offload, offload, where, why, estimate, budget)
     need = {mode: estimate.peak_bytes(mode) for mode in (None, "model", "sequential")}
     have = f"{gib(budget)} free on {where or 'the CPU'}"
     if offload == "auto":
