@@ -161,3 +161,26 @@ def test_emulators_run_on_this_platform():
     for name in EMULATORS:
         assert registry.get_backend(name).platform_reasons(platform) == []
     assert numerics.RTNE == 0
+
+
+def test_compare_default_includes_emulators_on_a_cpu_only():
+    from fluxlab.compare.specs import parse_backends
+    from fluxlab.platform import Platform
+
+    on_cpu = {spec.name for spec in parse_backends(None, Platform.cpu())}
+    assert set(EMULATORS) <= on_cpu
+    on_gpu = {spec.name for spec in parse_backends(None, Platform.h100())}
+    assert not on_gpu & set(EMULATORS)
+    assert {spec.name for spec in parse_backends("sdpa,emu_sage", Platform.h100())} == {"sdpa", "emu_sage"}
+
+
+def test_widgets_label_emulators():
+    from fluxlab.widgets import BackendPicker
+
+    picker = BackendPicker()
+    try:
+        assert picker.buttons["emu_sage"].description.endswith("(emulated)")
+        assert "emulates sage" in picker.buttons["emu_sage"].tooltip
+        assert not picker.buttons["sdpa"].description.endswith("(emulated)")
+    finally:
+        picker.close()

@@ -45,6 +45,10 @@ SAGE_LOG2E = 1.44269504  # the constant as written in sageattention 1.0.6 (not m
 AITER_LOG2E = 1.4426950408889634
 AITER_MIN_L = 1e-7
 ALL_VENDORS = frozenset({"nvidia", "amd", "cpu", "other"})
+# The real Sage kernels take head_dim 64/96/128 (sage) or 64/128 (aiter_sage); their algorithm does not depend on it,
+# so the emulators run any head_dim whose int8 Q.K stays exact in float32 (D x 127^2 < 2^24), e.g. the embedded
+# model's 32. A result at another head_dim is the algorithm's, at a size the real kernel refuses.
+EMULATED_MAX_HEAD_DIM = 256
 
 
 # ------------------------------------------------------------------------------------------ shared pieces
@@ -323,10 +327,10 @@ BACKENDS = [
     Backend("emu_aiter", emu_aiter, _caps("aiter", returns_lse=True),
             "emulated AMD aiter flash kernel: bf16 conversions by how_v3_bf16_cvt (0 RTNE, 1 RTNA, 2 RTZ)",
             options={"how_v3_bf16_cvt": 1, "cvt_probs": 1, "block_n": 0}),
-    Backend("emu_sage", emu_sage, _caps("sage", head_dims=(64, 128), quantised=True),
+    Backend("emu_sage", emu_sage, _caps("sage", max_head_dim=EMULATED_MAX_HEAD_DIM, quantised=True),
             "emulated SageAttention 1.0.6 (int8 Q/K per block, smoothed K, fp16 P.V); quantised",
             options={"pv_chunk": 16}),
-    Backend("emu_aiter_sage", emu_aiter_sage, _caps("aiter_sage", head_dims=(64, 128), quantised=True),
+    Backend("emu_aiter_sage", emu_aiter_sage, _caps("aiter_sage", max_head_dim=EMULATED_MAX_HEAD_DIM, quantised=True),
             "emulated aiter fav3 Sage kernel (int8 Q/K per block, fp8 V per channel, fp8 P); quantised",
             options={"fp8": "e4m3fnuz"}),
 ]

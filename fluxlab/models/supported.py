@@ -27,6 +27,11 @@ FLUX2_BACKEND_REASONS: dict[str, str] = {
     "reference": "float64 attention; exact yardstick, slow",
     # Quantised.
     "sage": "SageAttention (int8 QK^T); quantised — judged against its own error budget",
+    # Emulated: another kernel's rounding/quantisation points in float32 (backends/emulated.py), for the CPU lab.
+    "emu_bf16": "emulated bf16 flash kernel (bf16 probabilities and output); exact class",
+    "emu_aiter": "emulated AITER kernel with its how_v3_bf16_cvt output rounding; exact class",
+    "emu_sage": "emulated SageAttention 1.0.6; quantised",
+    "emu_aiter_sage": "emulated AITER Sage kernel (int8 Q/K, fp8 V and P); quantised",
 }
 
 FLUX2_BACKENDS: frozenset[str] = frozenset(FLUX2_BACKEND_REASONS)

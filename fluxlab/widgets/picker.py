@@ -10,12 +10,21 @@ import traitlets
 from ._common import widgets
 
 DEFAULT_MARK = " \u2605"  # shown after the default backend's name
+EMULATED_MARK = " (emulated)"  # shown after an emulator's name: float32 numerics of another kernel
+
+
+def button_label(status) -> str:
+    """The backend's name, a star for the default pick, and a suffix for emulated kernels."""
+    return (status.name + (DEFAULT_MARK if status.default else "")
+            + (EMULATED_MARK if getattr(status, "emulated", False) else ""))
 
 
 def _status_tooltip(status) -> str:
     if not status.available:
         return "unavailable here: " + "; ".join(status.reasons)
     text = status.description
+    if getattr(status, "emulated", False):
+        text = f"emulates {status.emulates} in float32 (not the real kernel). " + text
     if status.version:
         text += f" (version {status.version})"
     if status.default:
@@ -72,7 +81,7 @@ class BackendPicker(widgets.VBox):
         self.buttons = {}
         for status in statuses:
             button = widgets.ToggleButton(
-                value=False, description=status.name + (DEFAULT_MARK if status.default else ""),
+                value=False, description=button_label(status),
                 disabled=not status.available, tooltip=_status_tooltip(status),
                 layout=widgets.Layout(width="auto", margin="2px"))
             button.add_class("fluxlab-backend")
