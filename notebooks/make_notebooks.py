@@ -149,12 +149,32 @@ def side_by_side() -> list:
         new_code_cell(LOAD),
         new_code_cell(
             "SEED = 0\n"
-            "backends = [settings.image_reference] + model_backends(pipe, exclude=[settings.image_reference])\n"
+            "# the exact kernels here; the emulated ones (emu_*) get their own section below\n"
+            "backends = [settings.image_reference] + [b for b in model_backends(pipe, exclude=[settings.image_reference])\n"
+            "                                         if not fluxlab.get_backend(b).caps.emulated]\n"
             "backends"),
         new_code_cell(
             "comparison = compare_images(pipe, backends, seed=SEED, reference=settings.image_reference,\n"
             "                            **settings.generation())\n"
             "comparison"),
+        new_markdown_cell(
+            "## AMD and quantised kernels, emulated\n\n"
+            "On a CPU every exact kernel agrees to float32 rounding, so the images above barely differ. The emulated "
+            "backends (`emu_*`, see `fluxlab doctor`) reproduce real kernels' rounding and quantisation points in "
+            "float32: `emu_sage` is SageAttention 1.0.6 (int8 Q/K), `emu_aiter_sage` AITER's Sage kernel (int8 Q/K, "
+            "fp8 V), and `emu_aiter` AITER's bf16 kernel with each of its three output roundings "
+            "(`how_v3_bf16_cvt`: 0 nearest-even, 1 nearest-away, 2 toward zero). They are labelled as emulated in "
+            "every table; on a GPU compare the real kernels instead."),
+        new_code_cell(
+            "EMULATED = [\"sdpa\", \"emu_bf16\", \"emu_aiter:how_v3_bf16_cvt=0\", \"emu_aiter:how_v3_bf16_cvt=1\",\n"
+            "            \"emu_aiter:how_v3_bf16_cvt=2\", \"emu_sage\", \"emu_aiter_sage\"]\n"
+            "if settings.small:\n"
+            "    emulation = compare_images(pipe, [settings.image_reference] + EMULATED, seed=SEED,\n"
+            "                               reference=settings.image_reference, **settings.generation())\n"
+            "    emulation.figure()\n"
+            "else:\n"
+            "    emulation = \"real weights on a GPU: compare the real kernels (sage, aiter) in the gallery\"\n"
+            "emulation"),
         new_markdown_cell("## The gallery\n\nPick backends, change the prompt, seed or steps, and generate again. "
                           "Difference maps share one colour scale."),
         new_code_cell(
