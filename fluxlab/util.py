@@ -95,17 +95,19 @@ def git_revision() -> dict | None:
     None when it cannot be known: fluxlab installed outside a git checkout, a repository without commits (where
     ``git rev-parse HEAD`` prints the word "HEAD"), or no git. Only a checkout whose top level is fluxlab's own
     source tree counts (a git repository around site-packages is someone else's). Where the tree was copied
-    without its history, ``FLUXLAB_GIT_COMMIT=<hex>`` names the commit (``dirty`` is then unknown: None).
+    without its history (or with a stale one), ``FLUXLAB_GIT_COMMIT=<hex>`` names the commit and wins over the
+    checkout (``dirty`` is then unknown: None).
     """
+    # A declared commit wins: the lent GPU machine's copy of the tree carries a .git of an older commit.
+    declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
+    if _COMMIT.fullmatch(declared):
+        return {"commit": declared, "dirty": None}
     root = Path(__file__).resolve().parents[1]
     commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=root)
     top = _git("rev-parse", "--show-toplevel", cwd=root)
     if commit and top and Path(top).resolve() == root and _COMMIT.fullmatch(commit):
         status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
         return {"commit": commit, "dirty": None if status is None else bool(status)}
-    declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
-    if _COMMIT.fullmatch(declared):
-        return {"commit": declared, "dirty": None}
     return None
 
 
