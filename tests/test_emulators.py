@@ -184,3 +184,13 @@ def test_widgets_label_emulators():
         assert not picker.buttons["sdpa"].description.endswith("(emulated)")
     finally:
         picker.close()
+
+
+def test_float32_sweep_judges_emulators_as_the_bf16_kernels_they_model():
+    from fluxlab.compare import InputSpec
+
+    report = compare_attention([InputSpec(256, 2, distribution="outliers")], backends=["sdpa", "emu_bf16", "emu_sage"],
+                               dtype="fp32", progress=False, error_maps=False)
+    assert report.verdicts == {"sdpa": "pass", "emu_bf16": "pass", "emu_sage": "pass"}
+    dtypes = {row.backend: row.dtype for row in report.rows}
+    assert dtypes == {"sdpa": "float32", "emu_bf16": "bfloat16", "emu_sage": "bfloat16"}
