@@ -360,6 +360,38 @@ def embedded_quality(results: Path, log: Path = TRAIN_LOG) -> str:
     return "\n".join(prose(line) for line in lines)
 
 
+EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
+
+
+@block("emulators-cpu")
+def emulators_cpu(results: Path) -> str:
+    data = load(results, EMULATORS)
+    cost, shape = data["cost"], data["cost"]["shape"]
+    ratios = {name: x for name, x in cost["x_sdpa_float32"].items() if name.startswith("emu_")}
+    lines = [f"Measured by `benchmarks/emulators.py` on this CPU (`benchmarks/results/{EMULATORS}`). Cost at S "
+             f"{shape['seq']}, {shape['heads']} heads, float32 inputs, as a multiple of torch's float32 SDPA on the "
+             "same inputs (median of interleaved runs on a shared machine):", "",
+             "| emulator | x float32 SDPA |", "|---|---|"]
+    lines += [f"| `{name}` | {x:.1f} |" for name, x in ratios.items()]
+    rows = [r for r in data["attention"]["rows"] if r["cvt_probs"] == 1]
+    dists = list(dict.fromkeys(r["distribution"] for r in rows))
+    lines += ["", f"aiter's `how_v3_bf16_cvt`, emulated (`emu_aiter`, P and O converted by the mode), rel-L2 vs "
+              f"float64 at S {shape['seq']}, bf16 inputs:", "",
+              "| how_v3_bf16_cvt | " + " | ".join(dists) + " |", "|---|" + "---|" * len(dists)]
+    for mode, label in ((0, "0 RTNE"), (1, "1 RTNA (aiter default)"), (2, "2 RTZ")):
+        values = {r["distribution"]: r["rel_l2_vs_fp64"] for r in rows if r["how_v3_bf16_cvt"] == mode}
+        lines.append(f"| {label} | " + " | ".join(f"{values[d]:.2e}" for d in dists) + " |")
+    images = data.get("images")
+    if images:
+        settings = images["settings"]
+        lines += ["", f"The embedded model ({settings.get('height')}x{settings.get('width')}, {settings.get('steps')} "
+                  f"steps, seed {settings.get('seed')}) against float64 attention:", "",
+                  "| backend | PSNR dB | SSIM | final latent rel-L2 |", "|---|---|---|---|"]
+        lines += [f"| `{r['backend']}` | {r['psnr_db']:.1f} | {r['ssim']:.4f} | {r['final_latent_rel_l2']:.2e} |"
+                  for r in images["rows"] if r["backend"] != images["reference"] and r["error"] is None]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------- README plumbing
 
 def render(name: str, results: Path = RESULTS) -> str:
