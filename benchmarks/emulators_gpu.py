@@ -98,7 +98,7 @@ def checks(vs_fp64: dict, pairs: dict) -> list[dict]:
     real = [name for name in EXACT if name in vs_fp64]
     real_spread = max((_pair(pairs, a, b) for i, a in enumerate(real) for b in real[i + 1:]), default=None)
     for emu in EMU_BF16:
-        if emu not in vs_fp64:
+        if emu not in vs_fp64 or "probs=fp32" in emu:  # fp32 probabilities: a diagnostic, no target
             continue
         for kernel in real:
             own = vs_fp64[emu] / vs_fp64[kernel]
