@@ -36,15 +36,10 @@ def _sync(device):
 
 def step_ms(transformer, inputs, device, repeats: int) -> list[float]:
     from fluxlab.parallel.model import run_transformer
+    from fluxlab.util import time_calls
 
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        run_transformer(transformer, inputs)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return time_calls(lambda: run_transformer(transformer, inputs), warmup=0, repeats=repeats,
+                      device=device).times_ms
 
 
 def autotune_at(transformer, size: int, device, candidates, repeats: int, out: Path, tiny: bool) -> dict:
