@@ -9,8 +9,10 @@ rel-L2 ~2.7e-3 (measured), two orders of magnitude beyond that tolerance: routin
 from __future__ import annotations
 
 import gc
+import types
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -166,10 +168,11 @@ def test_context_parallel_is_refused(variant):
 
 
 def test_dropout_and_diffusers_kwargs_are_refused():
-    """No stock FLUX.2 call passes them; the router refuses rather than drop them silently."""
-    with pytest.raises(UnsupportedAttentionCallError, match="dropout_p=0.1"):
-        router.refuse_unsupported("x", attn_mask=None, dropout_p=0.1, attention_kwargs=None, parallel_config=None)
+    """No stock FLUX.2 call passes them; the router refuses rather than drop them silently, naming the layer."""
+    route = types.SimpleNamespace(layer="single_transformer_blocks.3.attn")
+    with pytest.raises(UnsupportedAttentionCallError, match=r"single_transformer_blocks\.3\.attn: .*dropout_p=0.1"):
+        router.refuse_unsupported(route, attn_mask=None, dropout_p=0.1, attention_kwargs=None, parallel_config=None)
     with pytest.raises(UnsupportedAttentionCallError, match="window_size"):
-        router.refuse_unsupported("x", attn_mask=None, dropout_p=0.0, attention_kwargs={"window_size": 8},
+        router.refuse_unsupported(route, attn_mask=None, dropout_p=0.0, attention_kwargs={"window_size": 8},
                                   parallel_config=None)
-    router.refuse_unsupported("x", attn_mask=None, dropout_p=0.0, attention_kwargs={}, parallel_config=None)
+    router.refuse_unsupported(route, attn_mask=None, dropout_p=0.0, attention_kwargs={}, parallel_config=None)

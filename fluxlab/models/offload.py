@@ -87,6 +87,8 @@ def free_accelerator_memory(device) -> int:
     """Bytes torch may still allocate on ``device``: free device memory plus this process's cached blocks, capped by
     ``torch.cuda.set_per_process_memory_fraction`` (how an 80 GB card is imitated on a larger one)."""
     device = torch.device(device)
+    if device.index is None:  # torch.cuda.get_per_process_memory_fraction wants an index
+        device = torch.device(device.type, torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)

@@ -64,7 +64,7 @@ def router(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     if type(backend) is not Route:  # not an attached model: diffusers' own behaviour, untouched
         return _state["original"](query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                   attention_kwargs, backend=backend, parallel_config=parallel_config)
-    refuse_unsupported(backend.layer, attn_mask=attn_mask, dropout_p=dropout_p, attention_kwargs=attention_kwargs,
+    refuse_unsupported(backend, attn_mask=attn_mask, dropout_p=dropout_p, attention_kwargs=attention_kwargs,
                        parallel_config=parallel_config)
     if scale is None:
         # The number torch's SDPA computes for scale=None, passed explicitly: keeps `sdpa` bit-identical to
@@ -76,25 +76,30 @@ def router(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     return backend.model.run_attention(backend.layer, query, key, value, scale=scale, causal=bool(is_causal))
 
 
-def refuse_unsupported(layer, *, attn_mask, dropout_p, attention_kwargs, parallel_config) -> None:
-    """Raise for calls a fluxlab kernel would get wrong; stock FLUX.2 pipelines never make them."""
+def refuse_unsupported(route, *, attn_mask, dropout_p, attention_kwargs, parallel_config) -> None:
+    """Raise for calls a fluxlab kernel would get wrong; stock FLUX.2 pipelines never make them.
+
+    ``route.layer`` is read only inside the raising branches: under torch.compile, dynamo (torch 2.11) guards on a
+    string it reads, so reading it on every call recompiled each block once per layer (an H200 run hit dynamo's
+    recompile limit at the 8th double-stream block); one compiled block must serve every layer.
+    """
     detach_hint = "or call fluxlab.detach(pipe) to let diffusers' own attention handle it"
     if attn_mask is not None:
         raise UnsupportedAttentionCallError(
-            f"{layer}: diffusers passed an attention mask (shape {tuple(attn_mask.shape)}), which only arrives "
+            f"{route.layer}: diffusers passed an attention mask (shape {tuple(attn_mask.shape)}), which only arrives "
             "through pipe(..., attention_kwargs={'attention_mask': ...}); fluxlab's backends take no mask and "
             f"would attend to the masked tokens. Drop the mask ({detach_hint}).")
     if dropout_p:
         raise UnsupportedAttentionCallError(
-            f"{layer}: attention dropout_p={dropout_p} requested; fluxlab's backends run inference attention "
+            f"{route.layer}: attention dropout_p={dropout_p} requested; fluxlab's backends run inference attention "
             f"without dropout. Put the model in eval mode ({detach_hint}).")
     if attention_kwargs:
         raise UnsupportedAttentionCallError(
-            f"{layer}: diffusers-specific attention_kwargs {sorted(attention_kwargs)} have no fluxlab equivalent; "
+            f"{route.layer}: diffusers-specific attention_kwargs {sorted(attention_kwargs)} have no fluxlab equivalent; "
             f"remove them ({detach_hint}).")
     if parallel_config is not None:
         raise UnsupportedAttentionCallError(
-            f"{layer}: the transformer runs context parallel (enable_parallelism), so each call sees a shard of "
+            f"{route.layer}: the transformer runs context parallel (enable_parallelism), so each call sees a shard of "
             "the sequence and needs diffusers' Ulysses/ring exchange; a single-device fluxlab kernel would "
             "attend within the shard only. Detach fluxlab for context-parallel runs.")
 
