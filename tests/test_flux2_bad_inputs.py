@@ -32,10 +32,12 @@ def test_public_names():
 
 
 def test_flux2_set_covers_the_seed_and_every_builtin():
+    """The seed set, every built-in kernel, and the priority groups (``fa``: no kernel of its own)."""
+    from fluxlab.priority import GROUPS
     from fluxlab.registry import all_backends
 
     assert {"sdpa", "fa", "aiter", "aiter_sage"} <= fluxlab.FLUX2_BACKENDS
-    assert fluxlab.FLUX2_BACKENDS == {b.name for b in all_backends() if b.builtin}
+    assert fluxlab.FLUX2_BACKENDS == {b.name for b in all_backends() if b.builtin} | set(GROUPS)
 
 
 def test_attaching_twice(pipe):
