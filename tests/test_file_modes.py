@@ -3,7 +3,6 @@ temporary file is left behind (issue 11 item 2). Before: mkstemp's 0600, which s
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
@@ -12,13 +11,7 @@ import torch
 import fluxlab
 
 
-@pytest.fixture(autouse=True)
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
+pytestmark = pytest.mark.usefixtures("umask_022")  # the fixture is in conftest.py
 
 
 def _modes(folder) -> dict[str, int]:
