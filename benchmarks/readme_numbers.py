@@ -392,6 +392,195 @@ def emulators_cpu(results: Path) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------- H200 (issue 12, 13, 14 runs)
+
+COMPILE = "h200/flux2_compile/flux2_compile.json"  # benchmarks/flux2_compile.py
+OFFLOAD = "h200/flux2_offload/flux2_offload.json"  # benchmarks/flux2_offload.py
+DECIDE = "h200/decide/decide_gpu.json"  # benchmarks/decide_gpu.py
+EMULATORS_GPU = "h200/emulators_gpu.json"  # benchmarks/emulators_gpu.py
+GIB = 2 ** 30
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def results_path(relative: str) -> str:
+    return f"`{Path('benchmarks/results') / relative}`"
+
+
+def command_text(command: str) -> str:
+    """The benchmark's command line without its machine-specific ``--out`` folder."""
+    return re.sub(r"\s+--out\s+\S+", "", command)
+
+
+def environment_text(env: dict) -> str:
+    """'NVIDIA H200, torch 2.11.0+cu130, diffusers 0.42.1, 2026-11-29; `command`' from a result's environment."""
+    parts = [env["card"], f"torch {env['torch']}", f"diffusers {env['diffusers']}"]
+    versions = env.get("backend_versions", {})
+    if versions.get("fa4"):
+        parts.append(f"FA4 {versions['fa4']}")
+    return f"{', '.join(parts)}, {env['date'][:10]}; `{command_text(env['command'])}`"
+
+
+@block("flux2-compile")
+def flux2_compile(results: Path) -> str:
+    data = load(results, COMPILE)
+    sizes, model = data["sizes"], data["model"]
+    columns = [r["row"] for r in next(iter(sizes.values()))["rows"]]
+
+    def head(row):
+        via, backend, mode = row["via"], row["backend"], row["mode"]
+        kernel = f" ({'/'.join(row['ran'])})" if backend == "auto" and row.get("ran") else ""
+        name = f"diffusers `{backend}`" if via == "diffusers" else (
+            f"fluxlab auto{kernel}" if backend == "auto" else f"fluxlab `{backend}`")
+        return f"{name} {mode}"
+
+    first_rows = {r["row"]: r for r in next(iter(sizes.values()))["rows"]}
+    header = [head(first_rows[c]) for c in columns] + ["fluxlab / diffusers compiled", "fluxlab compiled / eager"]
+    lines = [prose(f"[dev]-size step ({model['params'] / 1e9:.1f} B random {model['dtype']} weights, one transformer "
+                   f"forward, batch 1), ms per step, median of {data['repeats']} after {data['warmup']} warm-up calls; "
+                   f"compiled = `{data['compile']['call']}`; {environment_text(data['environment'])} "
+                   f"({results_path(Path(COMPILE).parent)}):"), "",
+             "| | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for key, size in sizes.items():
+        rows = {r["row"]: r for r in size["rows"]}
+        t = size["targets"]
+        cells = [f"{rows[c]['ms_median']:.1f}" if c in rows else "–" for c in columns]
+        cells += [f"{t['fluxlab_compiled_vs_diffusers_compiled']:.3f}× (target ≤ {t['target_vs_diffusers']:.2f}: "
+                  f"{met(t['met_vs_diffusers'])})",
+                  f"{t['fluxlab_compiled_vs_fluxlab_eager']:.3f}× (target ≤ {t['target_vs_eager']:.2f}: "
+                  f"{met(t['met_vs_eager'])})"]
+        lines.append(f"| {key}² (S {size['seq']}) | " + " | ".join(cells) + " |")
+    compiled = [r for size in sizes.values() for r in size["rows"] if r["mode"] == "compiled"]
+    breaks = sorted({r["graph_breaks"] for r in compiled})
+    graphs = sorted({r["graphs_compiled"] for r in compiled if r["graphs_compiled"]})
+    reused = [head(r) for r in compiled if not r["graphs_compiled"]]
+    text = (f"Graph breaks: {'/'.join(map(str, breaks))} in every compiled row; graphs compiled: "
+            f"{'/'.join(map(str, graphs))} per compiled model")
+    if reused:
+        text += (f" ({', '.join(dict.fromkeys(reused))} reused the graphs already compiled: fluxlab's kernel is "
+                 "chosen inside its op, so switching it does not recompile)")
+    lines += ["", prose(text + ".")]
+    return "\n".join(lines)
+
+
+@block("flux2-offload")
+def flux2_offload(results: Path) -> str:
+    data = load(results, OFFLOAD)
+    card, refused, auto, gen = data["card"], data["without_offload"], data["auto"], data["generation"]
+    components = auto["estimate"]["components"]
+    encoder = data["text_encoder"]
+    versions = data["versions"]
+    script = data["command"].split()[0]
+    steps = gen["timings"]["steps_s"]
+    lines = [
+        f"- **Setup**: FLUX.2 [dev]'s full config, random {auto['estimate']['dtype']} weights: a "
+        f"{components['transformer']['elements'] / 1e9:.1f} B transformer and a "
+        f"{components['text_encoder']['elements'] / 1e9:.1f} B text encoder ({encoder['layers']} of {encoder['of']} "
+        f"layers), {data['size']['height']}x{data['size']['width']}, {data['steps']} steps, on an {card['name']} capped to "
+        f"{card['cap_bytes'] / GIB:.2f} GiB (`set_per_process_memory_fraction({card['fraction']:.3f})`); torch "
+        f"{versions['torch']}, diffusers {versions['diffusers']}, transformers {versions['transformers']}; "
+        f"`python3 benchmarks/{script}` ({results_path(Path(OFFLOAD).parent)}).",
+        f"- **`offload=None`**: {'refused before loading' if refused['refused'] else '**not refused**'} in "
+        f"{refused['seconds']:.1f} s with {refused['gpu_bytes_allocated_by_the_call']} bytes allocated on the GPU: "
+        f"estimate {refused['plan']['peak_estimate_bytes'] / GIB:.2f} GiB against "
+        f"{refused['plan']['budget_bytes'] / GIB:.2f} GiB free.",
+        f"- **`offload=\"{auto['requested']}\"`** chose `\"{auto['mode']}\"` (estimate "
+        f"{auto['peak_estimate_bytes'] / GIB:.2f} GiB); the generation's peak was {gen['peak_gpu_bytes'] / GIB:.2f} GiB "
+        f"(`{gen['memory']['measured_by'].split(',')[0]}`), {gen['peak_over_estimate']:.3f}× the estimate, "
+        f"{'within' if gen['within_cap'] else '**over**'} the cap; {gen['timings']['generate_s']:.1f} s for the "
+        f"pipeline call (prompt encoding and VAE decode included; denoising steps {', '.join(f'{s:.1f}' for s in steps)} s).",
+    ]
+    return "\n".join(prose(line) for line in lines)
+
+
+@block("decide-gpu")
+def decide_gpu(results: Path) -> str:
+    data = load(results, DECIDE)
+    sweep = data["sweep"]
+    lines = [f"Measured on {environment_text(data['environment'])} ({results_path(DECIDE)}, plan in "
+             f"`autotune_plan_<size>.json` beside it):"]
+    for tune in data["autotune"]:
+        choices = ", ".join(f"`{k}` ×{n}" for k, n in sorted(tune["choices"].items(), key=lambda kv: -kv[1]))
+        reasons = sorted(set(tune["reasons"].values()))
+        others = ", ".join(f"`{k}`" for k in tune["reasons"])
+        lines.append(f"- **Autotune** among exact kernels ({', '.join(f'`{c}`' for c in tune['candidates'])}) on the "
+                     f"[dev]-size transformer at {tune['size']}², tuned in {tune['tune_s']:.1f} s: layers got "
+                     f"{choices}; {others}: {'; '.join(reasons)}. A step with the plan takes "
+                     f"{tune['plan_median_ms']:.1f} ms against {tune['automatic_median_ms']:.1f} ms for the automatic "
+                     f"pick (`{'/'.join(tune['automatic_pick'])}`): {tune['plan_over_automatic']:.3f}×.")
+    parts = sweep["parts_s"]
+    share = 100 * parts[sweep["dominant"]] / sweep["wall_s"]
+    verdicts = {v: sum(x == v for x in sweep["verdicts"].values()) for v in dict.fromkeys(sweep["verdicts"].values())}
+    lines.append(f"- **Full attention sweep** (`compare_attention` defaults, {len(sweep['backends'])} backends × "
+                 f"{len(sweep['inputs'])} inputs = {sweep['rows']} rows): {sweep['wall_s']:.1f} s wall, target < "
+                 f"{sweep['target_s']} s: {met(sweep['wall_s'] < sweep['target_s'])}; {sweep['dominant']} dominate "
+                 f"({share:.0f} %); verdicts: {', '.join(f'{n} {v}' for v, n in verdicts.items())}.")
+    return "\n".join(prose(line) for line in lines)
+
+
+_CHECK = re.compile(r"rel_l2\((?P<emu>[^,]+), (?P<other>[^)]+)\)")
+
+
+def _emulator_checks(case: dict) -> dict:
+    """The case's checks sorted into: sage, own error (emu_bf16 vs fp64), distance, stretch; each (emu, value, ok, bound)."""
+    groups: dict = {"sage": [], "own": [], "distance": [], "stretch": []}
+    for check in case["checks"]:
+        m = _CHECK.match(check["check"])
+        bound = float(re.sub(r"[^\d.e+-]", "", check["target"].split("+-")[-1]))
+        kind = ("stretch" if "(stretch)" in check["check"] else "distance" if "pair distance" in check["check"]
+                else "sage" if m["other"] == "sage" else "own")
+        groups[kind].append((m["emu"], check["value"], check["ok"], bound))
+    return groups
+
+
+def _listed(items, fmt="{:.3f}") -> str:
+    """'0.132, `pv_chunk=64` 0.142 (not met)': the default emulator first, then its variants by option."""
+    parts = []
+    for emu, value, ok, _ in items:
+        option = emu.partition(":")[2]
+        parts.append((f"`{option}` " if option else "") + fmt.format(value) + ("" if ok else " (not met)"))
+    return ", ".join(parts)
+
+
+@block("emulators-gpu")
+def emulators_gpu(results: Path) -> str:
+    data = load(results, EMULATORS_GPU)
+    versions, provenance, targets = data["versions"], data["provenance"], data["targets"]
+    cases = data["cases"]
+    lines = [prose(f"Measured by `{command_text(data['command'])}` on an {data['card']} (torch "
+                   f"{versions['torch']}, SageAttention {versions['sageattention']}, {cudnn_text(versions['cudnn'])}, "
+                   f"{provenance['date'][:10]}; {results_path(EMULATORS_GPU)}), bf16 inputs at S {cases[0]['seq']}, "
+                   f"{cases[0]['heads']} heads, D 128. Columns: rel-L2(emu_sage, sage) ÷ sage's own error vs float64 "
+                   f"(target ≤ {targets['quantised']}); emu_bf16's error vs float64 ÷ each real kernel's (cuDNN, FA2, "
+                   f"mem-efficient; target 1 ± {targets['exact_band']}); its distance to each real kernel ÷ the "
+                   f"largest distance between two real kernels (target ≤ 1); stretch: tiled `block_n` variants' "
+                   f"distance to a real kernel ÷ that kernel's own error (target ≤ {targets['tiled']}):"), "",
+             "| inputs | sage error | emu_sage vs sage | emu_bf16 error ratio | emu_bf16 distance | tiled, stretch |",
+             "|---|---|---|---|---|---|"]
+    for case in cases:
+        g = _emulator_checks(case)
+        default_own = [c for c in g["own"] if ":" not in c[0]]
+        tiled_own = [c for c in g["own"] if ":" in c[0]]
+        default_distance = [c for c in g["distance"] if ":" not in c[0]]
+        tiled_distance = [c for c in g["distance"] if ":" in c[0]]
+
+        def summary(items, ratio=False):
+            values = [v / b for _, v, _, b in items] if ratio else [v for _, v, _, _ in items]
+            passed = sum(ok for _, _, ok, _ in items)
+            text = span(values, "{:.3f}" if ratio else "{:.2f}")
+            return f"{text} ({passed}/{len(items)} met)" if passed < len(items) else text
+
+        own = f"{summary(default_own)}; tiled {summary(tiled_own)}"
+        distance = f"{summary(default_distance, ratio=True)}; tiled {summary(tiled_distance, ratio=True)}"
+        stretch = f"{span([v for _, v, _, _ in g['stretch']])} ({sum(c[2] for c in g['stretch'])}/{len(g['stretch'])} met)"
+        lines.append(f"| {case['distribution']} | {case['rel_l2_vs_fp64']['sage']:.2e} | {_listed(g['sage'])} | "
+                     f"{own} | {distance} | {stretch} |")
+    lines += ["", prose("`emu_aiter` and `emu_aiter_sage` have no real kernel on this card: they are validated against "
+                        "their documented algorithm only.")]
+    return "\n".join(lines)
+
 # --------------------------------------------------------------------------------- README plumbing
 
 def render(name: str, results: Path = RESULTS) -> str:

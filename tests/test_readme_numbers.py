@@ -125,3 +125,31 @@ def test_every_results_file_carries_a_real_git_revision_or_none():
                 if not known:
                     problems.append(f"{where}: {key} = {value!r} is no commit of this repository")
     assert not problems, "\n".join(problems)
+
+
+def test_h200_targets_are_reported_as_the_result_files_say(numbers, tmp_path):
+    """A target flips from 'not met' to 'met' only when the committed result says so; a failed check is named."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS / "h200", results / "h200", ignore=shutil.ignore_patterns("*.png", "*.safetensors"))
+    compile_json = results / "h200" / "flux2_compile" / "flux2_compile.json"
+    data = json.loads(compile_json.read_text())
+    rendered = numbers.render("flux2-compile", results)
+    for key, size in data["sizes"].items():
+        targets = size["targets"]
+        ratio = f"{targets['fluxlab_compiled_vs_diffusers_compiled']:.3f}×"
+        verdict = "met" if targets["met_vs_diffusers"] else "**not met**"
+        row = next(line for line in rendered.splitlines() if line.startswith(f"| {key}²"))
+        assert f"{ratio} (target ≤ {targets['target_vs_diffusers']:.2f}: {verdict})" in row
+    first = next(iter(data["sizes"].values()))["targets"]
+    first["met_vs_diffusers"] = not first["met_vs_diffusers"]
+    compile_json.write_text(json.dumps(data))
+    assert numbers.render("flux2-compile", results) != rendered
+
+    emulators_json = results / "h200" / "emulators_gpu.json"
+    emulators = json.loads(emulators_json.read_text())
+    check = next(c for c in emulators["cases"][0]["checks"] if c["check"].startswith("rel_l2(emu_sage, sage)"))
+    check["ok"] = False
+    emulators_json.write_text(json.dumps(emulators))
+    row = next(line for line in numbers.render("emulators-gpu", results).splitlines()
+               if line.startswith(f"| {emulators['cases'][0]['distribution']} |"))
+    assert f"{check['value']:.3f} (not met)" in row
