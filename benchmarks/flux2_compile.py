@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flux2_step import TEXT_TOKENS, TINY_SIZES, build_transformer, environment, step_inputs  # noqa: E402
+from flux2_step import (TEXT_TOKENS, TINY_SIZES, build_transformer, environment, run_and_write,  # noqa: E402
+                        step_inputs)
 
 SIZES = (1024, 2048)
 TARGETS = {1024: 1.00, 2048: 0.98}  # fluxlab compiled / diffusers compiled
@@ -218,25 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny transformer on CPU: a dry run of the code path")
-    args = parser.parse_args(argv)
-    for size in args.sizes or ():
-        if size % 16:
-            parser.error(f"size {size} is not a multiple of 16")
-    try:
-        results = run(args)
-    except Exception:
-        traceback.print_exc()
-        return 1
-    from fluxlab.util import atomic_write
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    import json
-
-    atomic_write(out / "flux2_compile.json", json.dumps(results, indent=1, default=str))
-    atomic_write(out / "flux2_compile.md", markdown(results))
-    print(markdown(results))
-    return 0
+    return run_and_write(parser, parser.parse_args(argv), run, markdown, "flux2_compile")
 
 
 if __name__ == "__main__":

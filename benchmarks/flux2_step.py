@@ -391,7 +391,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny transformer on CPU: a dry run of the code path")
     parser.add_argument("--skip-cpu", action="store_true", help="skip the tiny pipeline's CPU end-to-end timing")
-    args = parser.parse_args(argv)
+    return run_and_write(parser, parser.parse_args(argv), run, markdown, "flux2_step")
+
+
+def run_and_write(parser, args, run, markdown, stem: str) -> int:
+    """The benchmarks' main: check --sizes, run, write ``stem``.json/.md into --out and print the table.
+    A failed run prints its traceback and returns 1, writing nothing."""
     for size in args.sizes or ():
         if size % 16:
             parser.error(f"size {size} is not a multiple of 16")
@@ -404,8 +409,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from fluxlab.models.generate import write_atomic, write_json
 
-    write_json(out / "flux2_step.json", results)
-    write_atomic(out / "flux2_step.md", markdown(results).encode())
+    write_json(out / f"{stem}.json", results)
+    write_atomic(out / f"{stem}.md", markdown(results).encode())
     print(markdown(results))
     return 0
 
