@@ -142,12 +142,16 @@ def main(argv=None) -> int:
             "cost": measure_cost(args.repeats), "attention": measure_attention_modes()}
     if not args.no_images:
         data["images"] = measure_images(args.steps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "emulators.json", json.dumps(data, indent=1, default=str) + "\n")
-    atomic_write(out / "emulators.md", markdown(data))
-    print(markdown(data))
+    write_results(Path(args.out), "emulators", data, markdown(data))
     return 0
+
+
+def write_results(out: Path, stem: str, data: dict, table: str) -> None:
+    """``stem``.json (``data``) and ``stem``.md (``table``) into ``out`` (created), atomically; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{stem}.json", json.dumps(data, indent=1, default=str) + "\n")
+    atomic_write(out / f"{stem}.md", table)
+    print(table)
 
 
 if __name__ == "__main__":

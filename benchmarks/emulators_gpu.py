@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import math
 import sys
 import time
@@ -29,7 +28,10 @@ import torch.nn.functional as F
 from fluxlab.backends import emulated
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import DISTRIBUTIONS, synthetic_qkv
-from fluxlab.util import atomic_write, provenance, rel_l2
+from fluxlab.util import provenance, rel_l2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emulators import write_results  # noqa: E402
 
 HEAD_DIM = 128
 EXACT = {"sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION"}
@@ -164,11 +166,7 @@ def main(argv=None) -> int:
             print(f"{dist} S{seq}: {len(case['checks']) - len(failed)}/{len(case['checks'])} checks hold"
                   + (f"; not: {failed}" if failed else ""), flush=True)
     data["seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "emulators_gpu.json", json.dumps(data, indent=1, default=str) + "\n")
-    atomic_write(out / "emulators_gpu.md", markdown(data))
-    print(markdown(data))
+    write_results(Path(args.out), "emulators_gpu", data, markdown(data))
     return 0
 
 
