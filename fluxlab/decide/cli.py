@@ -164,6 +164,20 @@ def _write(args, verb: str, stem: str, markdown: str, figure, payload: dict) -> 
     print(f"wrote {Path(args.out) / stem}.md, .png, .json")
 
 
+def _work_and_write(args, verb: str, stem: str, fn):
+    """``_work`` then, where it succeeded, ``_write`` its result and print its table; the result, or None."""
+    result = _work(verb, fn)
+    if result is not None:
+        _write(args, verb, stem, result.to_markdown(), result.figure(), result.as_dict())
+        print(result.to_markdown())
+    return result
+
+
+def _check_repeats(args) -> None:
+    if args.repeats < 1:
+        raise DecideInputError(f"--repeats {args.repeats} must be at least 1")
+
+
 # -- the verbs -----------------------------------------------------------------------------------------------------
 
 
@@ -179,14 +193,10 @@ def run_locate_drift(args) -> int:
     pipe = _load(args, [good, bad])
     bad_plan = bad if layers is None and steps is None else Schedule(
         default=good, rules=[Rule(bad, layers=tuple(layers or ("*",)), steps=steps)])
-    drift = _work("locate-drift", lambda: locate_drift(
+    drift = _work_and_write(args, "locate-drift", "drift", lambda: locate_drift(
         pipe, good, bad_plan, prompt=args.prompt, seed=args.seed, steps=args.steps, height=height, width=width,
         beam=args.beam, budget=args.budget, progress=not args.no_progress, **_pipe_kwargs(args)))
-    if drift is None:
-        return 1
-    _write(args, "locate-drift", "drift", drift.to_markdown(), drift.figure(), drift.as_dict())
-    print(drift.to_markdown())
-    return 0
+    return 1 if drift is None else 0
 
 
 def run_frontier(args) -> int:
@@ -197,17 +207,12 @@ def run_frontier(args) -> int:
     exact = _names(args.exact, "--exact")[0] if args.exact else None
     seeds = _ints(args.seeds, "--seeds")
     width, height = _size(args.size)
-    if args.repeats < 1:
-        raise DecideInputError(f"--repeats {args.repeats} must be at least 1")
+    _check_repeats(args)
     pipe = _load(args, candidates + ([exact] if exact else []))
-    result = _work("frontier", lambda: frontier(
+    result = _work_and_write(args, "frontier", "frontier", lambda: frontier(
         pipe, candidates, prompt=args.prompt, seeds=seeds, steps=args.steps, exact=exact, height=height, width=width,
         repeats=args.repeats, locate=not args.no_locate, progress=not args.no_progress, **_pipe_kwargs(args)))
-    if result is None:
-        return 1
-    _write(args, "frontier", "frontier", result.to_markdown(), result.figure(), result.as_dict())
-    print(result.to_markdown())
-    return 0
+    return 1 if result is None else 0
 
 
 def run_autotune(args) -> int:
@@ -217,17 +222,14 @@ def run_autotune(args) -> int:
     candidates = _names(args.candidates, "--candidates") or None
     seeds = _ints(args.seeds, "--seeds")
     width, height = _size(args.size)
-    if args.repeats < 1:
-        raise DecideInputError(f"--repeats {args.repeats} must be at least 1")
+    _check_repeats(args)
     pipe = _load(args, candidates or [])
-    plan = _work("autotune", lambda: autotune(
+    plan = _work_and_write(args, "autotune", "plan", lambda: autotune(
         pipe, candidates=candidates, prompt=args.prompt, steps=args.steps, seeds=seeds,
         allow_quantised=args.allow_quantised, repeats=args.repeats, height=height, width=width,
         progress=not args.no_progress, **_pipe_kwargs(args)))
     if plan is None:
         return 1
-    _write(args, "autotune", "plan", plan.to_markdown(), plan.figure(), plan.as_dict())
-    print(plan.to_markdown())
     if not plan.choices:
         print("fluxlab autotune: no candidate passed on any layer; the automatic choice stays", file=sys.stderr)
         return 1
