@@ -365,16 +365,22 @@ def test_toggle_demo_progress_bar_follows_the_steps(tiny_pipe):
     assert "peak GPU memory n/a on CPU" in demo.result.value  # no allocator counter on the CPU: not claimed
 
 
+def _cancel_after_step_1(runner):
+    """Click the runner's Cancel once its progress reaches step 1; returns the observer (to unobserve it)."""
+
+    def click_cancel_after_step_1(change):
+        if change["new"] == 1 and not runner.cancel_button.disabled:
+            runner.cancel_button.click()
+
+    runner.progress.observe(click_cancel_after_step_1, names="value")
+    return click_cancel_after_step_1
+
+
 def test_toggle_demo_cancel_stops_between_steps_and_stays_usable(tiny_pipe):
     demo = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=3, backends=["sdpa", "reference"],
                              threaded=False)
     image = demo.image.value
-
-    def click_cancel_after_step_1(change):
-        if change["new"] == 1 and not demo.runner.cancel_button.disabled:
-            demo.runner.cancel_button.click()
-
-    demo.runner.progress.observe(click_cancel_after_step_1, names="value")
+    click_cancel_after_step_1 = _cancel_after_step_1(demo.runner)
     assert demo.run() is None
     assert "cancelled after 1 of 3 steps" in demo.result.value and "the last image stays" in demo.result.value
     assert demo.image.value == image and demo.history[-1]["cancelled"] and demo.error.value == ""
@@ -402,12 +408,7 @@ def test_gallery_progress_cancel_and_timing_labels_on_the_tiny_pipeline(tiny_pip
     assert "sdpa: warmed up once (1 step at 64x32" in gallery.status.value
     assert "peak GPU memory: n/a on CPU" in gallery.status.value
     cards = gallery.cards.children
-
-    def click_cancel_after_step_1(change):
-        if change["new"] == 1 and not gallery.runner.cancel_button.disabled:
-            gallery.runner.cancel_button.click()
-
-    gallery.runner.progress.observe(click_cancel_after_step_1, names="value")
+    click_cancel_after_step_1 = _cancel_after_step_1(gallery.runner)
     assert gallery.run() is None
     assert "cancelled after 1 of 4 steps" in gallery.status.value and gallery.last_error is None
     assert gallery.cards.children == cards and not gallery.button.disabled
