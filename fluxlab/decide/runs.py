@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import FluxlabError
-from ..models.attach import check_allowed, set_schedule, state_of
+from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
 from ..models.schedule import Schedule, layer_matches
 
 
@@ -40,12 +40,7 @@ def as_schedule(pipe, plan, what: str) -> Schedule:
         check_allowed(plan, state.allowed)  # unknown names raise with a suggestion, disallowed ones with the fix
         return Schedule(default=plan)
     if isinstance(plan, Schedule):
-        for name in plan.backend_names():
-            check_allowed(name, state.allowed)
-        unmatched = plan.unmatched_patterns(state.layer_names)
-        if unmatched:
-            raise DecideInputError(f"{what}: layer patterns {unmatched} match no attention layer of this model; its "
-                                   f"layers: {', '.join(state.layer_names)}")
+        check_schedule(plan, state, what=f"{what}:", error=DecideInputError)
         return plan
     raise DecideInputError(f"{what} must be a backend name or a fluxlab.Schedule, got {type(plan).__name__}")
 

@@ -302,6 +302,17 @@ def set_backend(pipe_or_transformer, name) -> None:
     state.backend = check_allowed(name, state.allowed)
 
 
+def check_schedule(schedule: Schedule, state: AttachedModel, *, what: str = "schedule", error=ValueError) -> None:
+    """Every backend of ``schedule`` allowed on this model, and every layer pattern matching one of its layers;
+    an unmatched pattern raises ``error`` naming ``what`` and the model's layers."""
+    for name in schedule.backend_names():
+        check_allowed(name, state.allowed)
+    unmatched = schedule.unmatched_patterns(state.layer_names)
+    if unmatched:
+        raise error(f"{what} layer patterns {unmatched} match no attention layer of this model; "
+                    f"its layers: {', '.join(state.layer_names)}")
+
+
 def set_schedule(pipe_or_transformer, schedule) -> None:
     """A per-layer / per-step override: a :class:`Schedule` or ``fn(layer, step, num_steps) -> name or None``.
 
@@ -313,12 +324,7 @@ def set_schedule(pipe_or_transformer, schedule) -> None:
         state.schedule = None
         return
     if isinstance(schedule, Schedule):
-        for name in schedule.backend_names():
-            check_allowed(name, state.allowed)
-        unmatched = schedule.unmatched_patterns(state.layer_names)
-        if unmatched:
-            raise ValueError(f"schedule layer patterns {unmatched} match no attention layer of this model; "
-                             f"its layers: {', '.join(state.layer_names)}")
+        check_schedule(schedule, state)
     elif not callable(schedule):
         raise TypeError(f"set_schedule takes a fluxlab.Schedule or a function (layer, step, num_steps) -> backend "
                         f"name or None; got {type(schedule).__name__}")
