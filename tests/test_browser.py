@@ -183,7 +183,8 @@ def click_tour(nb: Notebook):
     height.fill("60")
     height.press("Enter")
     nb.widget(f"{demo} .fluxlab-generate").click()
-    nb.wait_text(f"{demo} .fluxlab-size-message", lambda t: "multiple of 16" in t,
+    # the notebook's embedded model: VAE x4 and 2x2 latent patches, so sides are multiples of 8 (models/limits.py)
+    nb.wait_text(f"{demo} .fluxlab-size-message", lambda t: "not a multiple of 8" in t and "use 56 or 64" in t,
                  "the size message next to the height box")
     height.fill("64")
     height.press("Enter")
