@@ -13,13 +13,14 @@ import re
 import statistics
 import subprocess
 import tempfile
+import warnings
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from .errors import FluxlabError
+from .errors import FluxlabError, FluxlabWarning
 
 # -- files ---------------------------------------------------------------------------------------------------------
 
@@ -102,6 +103,9 @@ def git_revision() -> dict | None:
     declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
     if _COMMIT.fullmatch(declared):
         return {"commit": declared, "dirty": None}
+    if declared:  # e.g. a short hash: ignored, and said, since the checkout's (possibly stale) answer is used instead
+        warnings.warn(f"${GIT_COMMIT_ENV}={declared!r} is not a full commit hash (40 or 64 hex digits); it is ignored. "
+                      f"Pass `git rev-parse HEAD`.", FluxlabWarning, stacklevel=2)
     root = Path(__file__).resolve().parents[1]
     commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=root)
     top = _git("rev-parse", "--show-toplevel", cwd=root)

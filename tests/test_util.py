@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fluxlab import util
-from fluxlab.errors import FluxlabError
+from fluxlab.errors import FluxlabError, FluxlabWarning
 
 
 def _mode(path) -> int:
@@ -69,8 +69,12 @@ def test_git_revision_is_a_real_commit_or_none(tmp_path, monkeypatch):
     monkeypatch.setattr(util, "__file__", str(empty / "fluxlab" / "util.py"))
     monkeypatch.delenv(util.GIT_COMMIT_ENV, raising=False)
     assert util.git_revision() is None and util.git_commit() is None
-    monkeypatch.setenv(util.GIT_COMMIT_ENV, "HEAD")  # not a commit: ignored
-    assert util.git_revision() is None
+    monkeypatch.setenv(util.GIT_COMMIT_ENV, "HEAD")  # not a commit: ignored, and said
+    with pytest.warns(FluxlabWarning, match="not a full commit hash"):
+        assert util.git_revision() is None
+    monkeypatch.setenv(util.GIT_COMMIT_ENV, "03d137e")  # a short hash would let a stale checkout answer: said
+    with pytest.warns(FluxlabWarning, match="'03d137e' is not a full commit hash"):
+        assert util.git_revision() is None
     monkeypatch.setenv(util.GIT_COMMIT_ENV, "ab" * 20)
     assert util.git_revision() == {"commit": "ab" * 20, "dirty": None}
 
