@@ -19,7 +19,7 @@ from ..compare.image_rule import is_approximate
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
 from ..models.schedule import Schedule
-from .runs import DecideInputError, check_generation_args
+from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
 
@@ -259,9 +259,7 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     from ..models.capture import capture
 
     check_generation_args(prompt, steps)
-    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
-    if not seeds:
-        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
+    seeds = seed_list(seeds)
     if not isinstance(repeats, int) or repeats < 1:
         raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed calls")
     state = state_of(pipe)

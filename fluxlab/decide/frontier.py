@@ -17,7 +17,7 @@ from ..compare.tolerances import FAIL, PASS, worst
 from ..models.attach import check_allowed, state_of
 from ..models.schedule import Rule, Schedule
 from .fidelity import fidelity
-from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe
+from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
 CULPRIT_SHARE = 0.25  # culprit cells kept exact: those with at least this share of the strongest one's drift
 MAX_CULPRITS = 4
@@ -143,9 +143,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     from .drift import locate_drift
 
     check_generation_args(prompt, steps)
-    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
-    if not seeds:
-        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
+    seeds = seed_list(seeds)
     if not isinstance(repeats, int) or repeats < 1:
         raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed generations")
     state = state_of(pipe)

@@ -31,6 +31,14 @@ def check_generation_args(prompt, steps) -> None:
                                "'which step' to ask about); e.g. steps=4")
 
 
+def seed_list(seeds) -> list[int]:
+    """``seeds=`` as a non-empty list of ints (one int is accepted as a list of one)."""
+    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
+    if not seeds:
+        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
+    return seeds
+
+
 def as_schedule(pipe, plan, what: str) -> Schedule:
     """A backend name or a Schedule, checked now against the model's allowed set and layer names."""
     state = state_of(pipe)
