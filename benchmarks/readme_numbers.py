@@ -423,6 +423,13 @@ def environment_text(env: dict) -> str:
     return f"{', '.join(parts)}, {env['date'][:10]}; `{command_text(env['command'])}`"
 
 
+def compile_timing(data: dict) -> str:
+    if "rounds" in data:
+        return (f"median of {data['rounds'] * data['calls_per_round']} calls timed in {data['rounds']} interleaved "
+                f"rounds (every row once per round) after {data['warmup']} warm-up calls")
+    return f"median of {data['repeats']} after {data['warmup']} warm-up calls"
+
+
 @block("flux2-compile")
 def flux2_compile(results: Path) -> str:
     data = load(results, COMPILE)
@@ -439,7 +446,7 @@ def flux2_compile(results: Path) -> str:
     first_rows = {r["row"]: r for r in next(iter(sizes.values()))["rows"]}
     header = [head(first_rows[c]) for c in columns] + ["fluxlab / diffusers compiled", "fluxlab compiled / eager"]
     lines = [prose(f"[dev]-size step ({model['params'] / 1e9:.1f} B random {model['dtype']} weights, one transformer "
-                   f"forward, batch 1), ms per step, median of {data['repeats']} after {data['warmup']} warm-up calls; "
+                   f"forward, batch 1), ms per step, {compile_timing(data)}; "
                    f"compiled = `{data['compile']['call']}`; {environment_text(data['environment'])} "
                    f"({results_path(Path(COMPILE).parent)}):"), "",
              "| | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]

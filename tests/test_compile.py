@@ -166,8 +166,9 @@ def test_the_compile_benchmark_dry_run_writes_its_rows(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = ["diffusers_native_eager", "diffusers_native_compiled", "fluxlab_auto_compiled"]
-    assert bench.main(["--tiny", "--compile-backend", "aot_eager", "--sizes", "64", "--warmup", "0", "--repeats", "1",
-                       "--rows", *rows, "--out", str(tmp_path)]) == 0
+    assert bench.main(["--tiny", "--compile-backend", "aot_eager", "--sizes", "64", "--warmup", "0", "--rounds", "2",
+                       "--calls", "1", "--profile", "fluxlab_auto_compiled", "--rows", *rows,
+                       "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "flux2_compile.json").read_text())
     block = results["sizes"]["64"]
     assert [row["row"] for row in block["rows"]] == rows
@@ -177,3 +178,8 @@ def test_the_compile_benchmark_dry_run_writes_its_rows(tmp_path):
     assert block["targets"]["fluxlab_compiled_vs_diffusers_compiled"] > 0
     assert results["provenance"]["versions"]["diffusers"].startswith("0.42.")
     assert "fluxlab_auto_compiled" in (tmp_path / "flux2_compile.md").read_text()
+    # Interleaved timing: every row timed in every round, and switching rows reused the compiled graphs.
+    assert all(len(row["ms"]) == 2 and row["ms_min"] <= row["ms_median"] for row in block["rows"])
+    assert all(row["graphs_compiled_while_timing"] == 0 for row in block["rows"])
+    assert list(block["profiles"]) == ["fluxlab_auto_compiled"]
+    assert block["profiles"]["fluxlab_auto_compiled"]["wall_ms"] > 0
