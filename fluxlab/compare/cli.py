@@ -17,6 +17,8 @@ def _csv(text: str) -> list[str]:
 
 
 def add_subcommand(subparsers) -> None:
+    from ..models.cli import add_offload_argument
+
     parser = subparsers.add_parser(
         "compare", help="compare attention backends with float64 (synthetic + tiny FLUX.2) and write a report",
         description="Judge every attention backend against float64, with torch's own error in the same dtype as "
@@ -46,6 +48,7 @@ def add_subcommand(subparsers) -> None:
                         help="replay records saved elsewhere (repeatable)")
     parser.add_argument("--save-captures", action="store_true", help="save the captured records under OUT/records")
     parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
+    add_offload_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
                         help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
@@ -58,7 +61,7 @@ def _check(args) -> None:
     from pathlib import Path
 
     from ..cli import UsageError
-    from ..models.cli import check_device, check_model_source
+    from ..models.cli import check_device, check_model_source, check_offload_option
     from ..models.limits import seed_problem, steps_problem
     from ..outputs import check_output_folder
     from ..platform import current_platform
@@ -78,9 +81,10 @@ def _check(args) -> None:
     if args.backends is not None:
         if not parse_backends(args.backends, current_platform()):
             raise UsageError("--backends is empty; give comma-separated backend specs, e.g. sdpa,sdpa_math")
+    check_device(args.device)
     if args.model != "none":
         check_model_source(args.model)
-    check_device(args.device)
+        check_offload_option(args.offload, args.device)
     for folder in args.records:
         if not (Path(folder) / MANIFEST_FILE).is_file():
             raise UsageError(f"--records {folder}: no {MANIFEST_FILE} there, so it holds no records; pass the folder "
@@ -120,6 +124,7 @@ def _run(args) -> int:
 
 
 def _sweep(args, out) -> int:
+    from ..models.cli import OFFLOAD_CHOICES
     from .sweep import run_compare
 
     run = run_compare(
@@ -127,7 +132,7 @@ def _sweep(args, out) -> int:
         dtypes=_csv(args.dtypes), seeds=[int(s) for s in _csv(args.seeds)], model=args.model,
         variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format, steps=args.steps,
         prompt=args.prompt, seed=args.seed, save_captures=args.save_captures, progress=not args.no_progress,
-        device=args.device,
+        device=args.device, offload=OFFLOAD_CHOICES[args.offload],
         command="fluxlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"]
         else "fluxlab compare")
     for title, report in run.reports.items():

@@ -36,9 +36,9 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
                 seeds=(0,), model: str = "tiny", variant: str | None = None, images: bool = True, records=(),
                 fmt: str = "md", steps: int = 4, prompt: str = DEFAULT_PROMPT, seed: int = 0,
                 save_captures: bool = False, progress: bool = True, command: str | None = None,
-                device=None, log=print) -> CompareRun:
+                device=None, offload=None, log=print) -> CompareRun:
     """Run every part of the comparison that this machine and this fluxlab can, and write the report
-    (``report.md``/``.html``, PNGs, and ``results.json`` with every row)."""
+    (``report.md``/``.html``, PNGs, and ``results.json`` with every row). ``offload``: as ``load_flux2``'s."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,7 +63,8 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         if missing:
             notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
         else:
-            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0], device=device)
+            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0], device=device, offload=offload,
+                                      height=64, width=64)
             variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
             last = max(steps - 1, 0)
             with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:

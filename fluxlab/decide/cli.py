@@ -70,6 +70,8 @@ def add_subcommand(subparsers) -> None:
 
 
 def _common(parser, out: str) -> None:
+    from ..models.cli import add_offload_argument
+
     parser.add_argument("--model", default="embedded", help="'embedded', 'tiny', a local pipeline folder or a Hub id")
     parser.add_argument("--prompt", default="a red circle at the top left on a blue background")
     parser.add_argument("--steps", type=int, default=4)
@@ -82,6 +84,7 @@ def _common(parser, out: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out although it holds files fluxlab did not write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_offload_argument(parser)
 
 
 # -- checks before the model loads ---------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
 
 
 def _check(args) -> None:
-    from ..models.cli import check_model_source
+    from ..models.cli import check_model_source, check_offload_option
 
     check_generation_args(args.prompt, args.steps)
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
@@ -132,10 +135,12 @@ def _check(args) -> None:
     from ..outputs import check_output_folder
 
     check_model_source(args.model)
+    check_offload_option(args.offload, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)
 
 
 def _load(args, names):
+    from ..models.cli import OFFLOAD_CHOICES
     from ..models.load import load_flux2
     from ..models.supported import FLUX2_BACKENDS
     from ..util import parse_dtype
@@ -143,7 +148,8 @@ def _load(args, names):
     dtype = parse_dtype(args.dtype) if args.dtype else None
     allowed = set(FLUX2_BACKENDS) | {n.split(":")[0] for n in names}
     start = time.perf_counter()
-    pipe = load_flux2(args.model, device=args.device, dtype=dtype, allowed=allowed)
+    pipe = load_flux2(args.model, device=args.device, dtype=dtype, allowed=allowed,
+                      offload=OFFLOAD_CHOICES[args.offload])
     print(f"{type(pipe).__name__} from {args.model!r} loaded in {time.perf_counter() - start:.1f} s", flush=True)
     return pipe
 

@@ -172,7 +172,8 @@ class _TransformerTimer:
     def __init__(self, transformer):
         self.transformer = transformer
         self.seconds = 0.0
-        self._sync = torch.cuda.synchronize if transformer.device.type == "cuda" else (lambda: None)
+        # An offloaded transformer (load_flux2(offload=...)) rests on the CPU between calls and runs on the GPU.
+        self._sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     def __enter__(self):
         def before(module, args, kwargs):

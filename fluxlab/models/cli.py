@@ -48,9 +48,23 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, metavar="DTYPE",
                         help="bf16, fp16 or fp32 (or bfloat16, float16, float32); default: float32 for tiny, else "
                              "as saved")
+    add_offload_argument(parser)
     parser.add_argument("--force", action="store_true", help="run beyond fluxlab's size/steps/text-length bounds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+# --offload's spellings -> load_flux2's offload=; "none" is load_flux2's default (None).
+OFFLOAD_CHOICES = {"none": None, "model": "model", "sequential": "sequential", "auto": "auto"}
+
+
+def add_offload_argument(parser) -> None:
+    """``--offload`` for a verb that loads a model with ``load_flux2`` (checked by ``check_offload_option``)."""
+    parser.add_argument("--offload", choices=tuple(OFFLOAD_CHOICES), default="none",
+                        help="where the weights rest: none (all on --device), model (one component at a time on the "
+                             "GPU), sequential (one layer at a time: least memory, slowest), auto (the first that "
+                             "fits free GPU memory; none without a GPU). A pipeline that cannot fit is refused "
+                             "before loading, with the estimate")
 
 
 # -- checks made before any model loads (shared with the other verbs) ---------------------------------------------
@@ -93,6 +107,20 @@ def check_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is here)")
 
 
+def check_offload_option(offload: str, device: str | None) -> str | None:
+    """``--offload`` as ``load_flux2``'s ``offload=``; refused here when this machine cannot do it (no GPU)."""
+    from ..cli import UsageError
+    from .offload import OffloadError, resolve_device
+
+    try:
+        resolve_device(OFFLOAD_CHOICES[offload], device)
+    except OffloadError:
+        where = f"--device {device} is the CPU" if device is not None else "this machine has no CUDA/ROCm GPU"
+        raise UsageError(f"--offload {offload} keeps the weights in host memory and moves them to a GPU when they run, "
+                         f"but {where}; use --offload none (or auto, which means none without a GPU)") from None
+    return OFFLOAD_CHOICES[offload]
+
+
 def check_backends(text: str, device) -> list[str]:
     """Parsed --backends inside FLUX.2's set that can run on ``device``'s platform; else a usage error."""
     from ..errors import BackendNotAllowedError
@@ -128,6 +156,7 @@ def run(args) -> int:
                      max_sequence_length=args.max_sequence_length, force=args.force,
                      guidance_scale=args.guidance_scale)
     check_device(args.device)
+    offload = check_offload_option(args.offload, args.device)
     backends = check_backends(args.backends, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)
 
@@ -138,8 +167,8 @@ def run(args) -> int:
 
     with output_folder(args.out, verb="generate", overwrite=args.overwrite) as out:
         start = time.perf_counter()
-        pipe = load_flux2(args.model, variant=args.variant, device=args.device,
-                          dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None)
+        pipe = load_flux2(args.model, variant=args.variant, device=args.device, offload=offload,
+                          dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None, height=height, width=width)
         load_s = time.perf_counter() - start
         print(f"{type(pipe).__name__} from {args.model!r}, loaded in {load_s:.1f} s; {width}x{height}, "
               f"{args.steps} steps, seed {args.seed}", flush=True)
