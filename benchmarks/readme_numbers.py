@@ -468,8 +468,35 @@ def flux2_compile(results: Path) -> str:
     if reused:
         text += (f" ({', '.join(dict.fromkeys(reused))} reused the graphs already compiled: fluxlab's kernel is "
                  "chosen inside its op, so switching it does not recompile)")
-    lines += ["", prose(text + ".")]
+    lines += ["", prose(text + "." + compile_profile_text(sizes))]
     return "\n".join(lines)
+
+
+def _attention_ms(profile: dict) -> float:
+    """GPU time of the attention kernel among a profile's heaviest kernels (flash / cuDNN SDPA, not inductor's)."""
+    return sum(k["ms"] for k in profile["top"]
+               if not k["kernel"].startswith("triton") and any(w in k["kernel"] for w in ("flash", "sdpa", "attention")))
+
+
+def compile_profile_text(sizes: dict) -> str:
+    """What one profiled step per compiled row says: how busy the GPU was, the op boundary's cost in GPU time
+    (fluxlab `sdpa` runs diffusers' kernel), and attention's share of the step (the part compile leaves alone)."""
+    parts = []
+    for key, size in sizes.items():
+        profiles = size.get("profiles") or {}
+        native, routed = profiles.get("diffusers_native_compiled"), profiles.get("fluxlab_sdpa_compiled")
+        auto = profiles.get("fluxlab_auto_compiled")
+        if not (native and routed and auto):
+            continue
+        busy = [p["gpu_busy"] for p in profiles.values()]
+        parts.append(f"at {key}² the GPU was busy {min(busy):.1%}–{max(busy):.1%} of each profiled compiled step; "
+                     f"fluxlab `sdpa` compiled spent {routed['gpu_kernel_ms'] - native['gpu_kernel_ms']:+.1f} ms of "
+                     f"GPU time against diffusers compiled ({routed['gpu_kernel_ms']:.1f} vs "
+                     f"{native['gpu_kernel_ms']:.1f} ms, same attention kernel), and attention was "
+                     f"{_attention_ms(auto) / auto['gpu_kernel_ms']:.0%} of fluxlab's compiled step")
+    if not parts:
+        return ""
+    return " One profiled step per compiled row (`--profile`): " + "; ".join(parts) + "."
 
 
 @block("flux2-offload")
