@@ -3,7 +3,9 @@
 q/k/v are captured from a real generation at every layer; each candidate is timed on them and judged by
 ``compare_attention`` (float64 answer, torch's own error as yardstick). Unlike a gate relative to the incumbent
 kernel, a wrong kernel cannot pass by being close to another wrong one. Quantised and emulated kernels take part
-only with ``allow_quantised=True``, and then the whole plan must also pass the image verdict.
+only with ``allow_quantised=True``, and then the whole plan must also pass the image verdict. The chosen plan is
+then confirmed on the real transformer step (``confirm.py``): a uniform kernel or the automatic pick that runs the
+whole step faster replaces it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..compare.image_rule import is_approximate
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
 from ..models.schedule import Schedule
+from .confirm import Confirmation, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
@@ -57,6 +60,7 @@ class AutotunePlan:
     image_verdict: str | None = None
     image_note: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
+    confirmation: Confirmation | None = None  # the step-level timings and which variant was kept (None: not run)
 
     @property
     def schedule(self) -> Schedule:
@@ -82,7 +86,11 @@ class AutotunePlan:
             lines += ["", "Never chosen:", ""] + [f"- `{b}`: {why}" for b, why in self.reasons.items()]
         if self.image_verdict is not None:
             lines += ["", f"Image verdict of the whole plan: **{self.image_verdict}** ({self.image_note})"]
-        lines += [f"- {note}" for note in self.notes]
+        notes = self.notes
+        if self.confirmation is not None:  # its decision is written there; not twice
+            lines += ["", self.confirmation.to_markdown().rstrip("\n")]
+            notes = [n for n in notes if not n.startswith("step-level confirmation: ")]
+        lines += [f"- {note}" for note in notes]
         return "\n".join(lines) + "\n"
 
     def _repr_markdown_(self) -> str:
@@ -136,6 +144,7 @@ class AutotunePlan:
                 "reasons": self.reasons, "platform": self.platform, "versions": self.versions,
                 "settings": self.settings, "image_verdict": self.image_verdict, "image_note": self.image_note,
                 "notes": self.notes, "measurements": [_finite(dataclasses.asdict(m)) for m in self.measurements],
+                "confirmation": self.confirmation.as_dict() if self.confirmation is not None else None,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def save(self, path) -> Path:
@@ -173,6 +182,8 @@ class AutotunePlan:
         plan = cls(dict(data["choices"]), measurements, dict(data["reasons"]), data["platform"], data["versions"],
                    data["settings"], dict(data.get("automatic", {})), data.get("image_verdict"),
                    data.get("image_note", ""), list(data.get("notes", [])))
+        if data.get("confirmation"):  # plans saved before the step-level confirmation have none
+            plan.confirmation = Confirmation.from_dict(data["confirmation"])
         if differences:
             plan.notes.append("loaded despite: " + "; ".join(differences))
         return plan
@@ -243,6 +254,7 @@ def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], di
 
 def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allow_quantised: bool = False,
              capture_step: int | None = None, repeats: int = 5, height: int | None = None, width: int | None = None,
+             confirm: bool = True, confirm_rounds: int = 5, confirm_uniform: int | None = 3, timer=None,
              progress: bool = False, **pipe_kwargs) -> AutotunePlan:
     """Choose per attention layer the fastest candidate whose verdict on that layer's captured inputs is pass.
 
@@ -253,6 +265,12 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     With ``allow_quantised`` quantised/emulated kernels compete too; the plan is then generated for every seed
     and must pass the image verdict (fidelity budget) against the automatic choice, or its quantised choices
     are dropped (``plan.notes`` says so).
+
+    ``confirm``: then time the real transformer step (the captured step's inputs) under the per-layer plan, the
+    automatic pick and each candidate passing on every layer applied uniformly (the ``confirm_uniform`` fastest by
+    summed per-layer time; None: all), interleaved over ``confirm_rounds`` rounds, and keep the fastest variant
+    that passes everywhere (``plan.confirmation``; ``confirm_plan`` says how). ``timer(variant, run) -> ms``
+    replaces the synchronised wall clock there.
     """
     import torch
 
@@ -268,16 +286,21 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     if not -steps <= step < steps:
         raise DecideInputError(f"capture_step={capture_step} is outside the {steps} steps (0..{steps - 1}, or "
                                "negative from the end)")
+    if confirm and (not isinstance(confirm_rounds, int) or confirm_rounds < 1):
+        raise DecideInputError(f"confirm_rounds={confirm_rounds!r} must be a positive number of rounds (or "
+                               "confirm=False)")
     call = dict(prompt=prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seeds[0]),
                 output_type="latent", **pipe_kwargs)
     if height is not None:
         call["height"] = height
     if width is not None:
         call["width"] = width
-    with capture(pipe, steps=[step]) as cap:
+    with capture(pipe, steps=[step]) as cap, record_step(pipe, step, steps) as replay:
         pipe(**call)
     settings = {"prompt": prompt, "steps": steps, "seeds": seeds, "capture_step": step, "height": height,
-                "width": width, **{k: repr(v) for k, v in pipe_kwargs.items()}}
+                "width": width, "confirm": confirm, "confirm_rounds": confirm_rounds if confirm else None,
+                "confirm_uniform": confirm_uniform if confirm else None,
+                **{k: repr(v) for k, v in pipe_kwargs.items()}}
     plan = autotune_records(cap.records, candidates=names, allow_quantised=True, repeats=repeats, progress=progress,
                             settings=settings)
     plan.settings["allow_quantised"] = allow_quantised
@@ -286,6 +309,8 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     choices = plan.choices
     if any(is_approximate(registry.get_backend(b)) for b in choices.values()):
         _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
+    if confirm:
+        confirm_plan(plan, pipe, replay, rounds=confirm_rounds, uniform=confirm_uniform, timer=timer)
     return plan
 
 
