@@ -196,7 +196,7 @@ def decide() -> list:
             "%matplotlib inline\n"
             "import fluxlab\n"
             "from fluxlab.compare import IMAGE_RULE_TEXT\n"
-            "from fluxlab.widgets import settings_for\n\n"
+            "from fluxlab.widgets import DriftExplorer, settings_for\n\n"
             "settings = settings_for(MODEL, variant=VARIANT)\n"
             "print(fluxlab.current_platform().describe())"),
         new_markdown_cell(
@@ -228,6 +228,14 @@ def decide() -> list:
             "drift = fluxlab.locate_drift(pipe, EXACT, CANDIDATE, beam=1, **RUN)\n"
             "drift.figure()\n"
             "drift"),
+        new_markdown_cell(
+            "## Click a cell\n\n"
+            "The same map as buttons. A click generates the image with the candidate in that one attention layer at "
+            "that one step and the exact kernel everywhere else (the run `locate_drift` scored), beside the "
+            "all-exact and all-candidate images, with the cell's final-latent rel-L2 and PSNR. Nothing is generated "
+            "until you click; a cell clicked again is shown from the cache. Blank cells were never scored: click "
+            "one to measure it."),
+        new_code_cell("explorer = DriftExplorer(pipe, drift)\nexplorer"),
         new_markdown_cell(
             "## Speed against fidelity\n\n"
             "Each schedule of the candidate — everywhere, exact first and last step, everywhere but the culprit "

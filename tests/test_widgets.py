@@ -427,3 +427,137 @@ def test_run_controls_run_clicks_in_a_thread_inside_a_kernel():
     assert done.wait(120) and names == ["fluxlab-generate"]
     RunControls().launch(lambda: names.append(threading.current_thread().name))
     assert names[-1] == threading.main_thread().name
+
+
+# ------------------------------------------------------------------- drift explorer (issue 14) on the embedded model
+
+EXPLORE = dict(prompt="a red circle at the top left on a blue background", steps=3, max_sequence_length=32)
+SCALE_BUG = "widget_scale_bug"
+
+
+def _scale_bug(q, k, v, *, scale, causal=False, return_lse=False, **options):
+    return fluxlab.attention(q, k, v, backend="sdpa", scale=scale * 1.1, causal=causal, return_lse=return_lse)
+
+
+def _exploding(q, k, v, **options):
+    raise RuntimeError("kernel exploded on purpose")
+
+
+@pytest.fixture(scope="module")
+def explored():
+    """The embedded model and the drift map of a planted scale bug (beam=1: some cells are never split)."""
+    fluxlab.register_backend(SCALE_BUG, _scale_bug, replace=True, description="planted: softmax scale x1.1")
+    pipe = fluxlab.load_flux2("embedded", allowed=fluxlab.FLUX2_BACKENDS | {SCALE_BUG})
+    drift = fluxlab.locate_drift(pipe, "sdpa", SCALE_BUG, beam=1, **EXPLORE)
+    yield pipe, drift
+    fluxlab.detach(pipe)
+    fluxlab.unregister_backend(SCALE_BUG)
+
+
+def _one_cell_generation(pipe, layer, step):
+    """A direct generation with a one-cell Schedule (bad at that layer and step only): final latents and image."""
+    from fluxlab import Rule, Schedule
+
+    latents = []
+
+    def keep(pipeline, i, timestep, tensors):
+        latents.append(tensors["latents"].detach().float().clone())
+        return tensors
+
+    fluxlab.set_schedule(pipe, Schedule(default="sdpa", rules=[Rule(SCALE_BUG, layers=(layer,), steps=(step,))]))
+    try:
+        out = pipe(prompt=EXPLORE["prompt"], num_inference_steps=EXPLORE["steps"],
+                   max_sequence_length=EXPLORE["max_sequence_length"], generator=torch.Generator().manual_seed(0),
+                   output_type="np", callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"])
+    finally:
+        fluxlab.set_schedule(pipe, None)
+    return latents[-1], np.asarray(out.images[0], dtype=np.float64)
+
+
+def test_drift_explorer_click_shows_that_cell_switched_alone_and_caches_it(explored):
+    from fluxlab.widgets import DriftExplorer
+
+    pipe, drift = explored
+    forwards = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *args: forwards.append(1))  # counted apart
+    try:
+        explorer = DriftExplorer(pipe, drift, threaded=False)
+        assert not forwards and explorer.generations == 0, "nothing may be generated before a click"
+        assert "nothing is generated until" in explorer.status.value
+        assert len(explorer.buttons) == len(drift.layers) * drift.steps
+        top = drift.cells(1)[0]
+        layer, step = top.layer, top.steps[0]
+        button = explorer.buttons[(layer, step)]
+        assert button.description == f"{top.contribution:.1e}" and "rel-L2" in button.tooltip
+        unscored = next(key for key, b in explorer.buttons.items() if b.description == "\u00b7")
+        assert np.isnan(drift.grid[drift.layers.index(unscored[0]), unscored[1]])
+
+        button.click()  # the first click: all good, all bad, then the cell
+        assert explorer.last_error is None, explorer.last_error
+        first = len(forwards)
+        assert explorer.generations == 3 and first > 0
+        view = explorer.views[(layer, step)]
+        latents, image = _one_cell_generation(pipe, layer, step)
+        assert torch.equal(view.run.final, latents), "the explorer's cell is not the one-cell schedule's generation"
+        assert np.array_equal(view.run.image, image)
+        # the same runs as locate_drift: the measured rel-L2 is the map's number for that cell
+        assert view.fidelity["final_latent_rel_l2"] == pytest.approx(top.contribution, rel=1e-9)
+        assert 0 < view.fidelity["psnr"] < float("inf")
+        for key in ("good", "cell", "bad"):
+            assert is_png(explorer.cards[key][2].value)
+        assert f"only {layer.removesuffix('.attn')} at step {step} bad" in explorer.cards["cell"][1].value
+        assert "PSNR" in explorer.cards["bad"][1].value and "locate_drift scored it" in explorer.status.value
+        assert button.style.font_weight == "bold" and "measured here" in button.tooltip
+        assert explorer.runner.progress.description == f"{3 * drift.steps}/{3 * drift.steps} steps"
+        forwards.clear()  # (the direct generation above was counted too)
+        button.click()  # the same cell again: from the cache
+        assert not forwards and explorer.generations == 3 and "from the cache" in explorer.status.value
+
+        # a cell the search never split, picked with the menus: one generation, the end images are reused
+        explorer.layer.value, explorer.step.value = unscored
+        explorer.button.click()
+        assert explorer.generations == 4 and len(forwards) == first // 3
+        assert explorer.buttons[unscored].description != "\u00b7"  # measured here now
+        assert "scored it" not in explorer.status.value
+        assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
+    finally:
+        handle.remove()
+
+
+def test_drift_explorer_shows_failures_and_cancel_in_the_widget(explored):
+    from fluxlab.widgets import DriftExplorer
+
+    pipe, drift = explored
+    explorer = DriftExplorer(pipe, drift, threaded=False, max_buttons=4)  # too many cells: heatmap and menus
+    assert not explorer.buttons and is_png(explorer.children[1].value)
+    cell = (drift.layers[0], 0)
+    fluxlab.register_backend(SCALE_BUG, _exploding, replace=True)  # the bad kernel breaks after the map was made
+    try:
+        assert explorer.show(*cell) is None  # shown, not raised
+    finally:
+        fluxlab.register_backend(SCALE_BUG, _scale_bug, replace=True)
+    assert "failed" in explorer.status.value and "kernel exploded on purpose" in explorer.error.value
+    assert "kernel exploded on purpose" in explorer.last_error and cell not in explorer.views
+    assert explorer.runner.progress.bar_style == "danger" and not explorer.runner.busy
+
+    click_cancel_after_step_1 = _cancel_after_step_1(explorer.runner)
+    assert explorer.show(*cell) is None
+    assert "cancelled after 1 of" in explorer.status.value and cell not in explorer.views
+    assert explorer.runner.progress.bar_style == "warning" and explorer.error.value == ""
+    explorer.runner.progress.unobserve(click_cancel_after_step_1, names="value")
+    assert explorer.show(*cell) is not None and "vs all good" in explorer.status.value  # usable again
+
+
+def test_drift_explorer_refuses_a_map_it_cannot_replay(explored):
+    import dataclasses
+
+    from fluxlab.decide import DecideInputError
+    from fluxlab.widgets import DriftExplorer
+
+    pipe, drift = explored
+    with pytest.raises(DecideInputError, match="does not carry its good and bad"):
+        DriftExplorer(pipe, dataclasses.replace(drift, plans=()))
+    with pytest.raises(DecideInputError, match="replay it on the pipeline it was located on"):
+        DriftExplorer(pipe, dataclasses.replace(drift, layers=drift.layers[:-1]))
+    with pytest.raises(DecideInputError, match="steps 0..2"):
+        drift.replay(pipe).cell(drift.layers[0], 3)

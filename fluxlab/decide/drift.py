@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .runs import CellSchedule, Cells, DecideInputError, Runner, as_schedule, describe, rel_l2
+from .runs import CellSchedule, Cells, DecideInputError, Run, Runner, as_schedule, describe, rel_l2
 
 # A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
 LOCALISED_SHARE = 0.5
@@ -71,6 +71,10 @@ class DriftMap:
     note: str = ""
     settings: dict = dataclasses.field(default_factory=dict)
     regions: list[Culprit] = dataclasses.field(default_factory=list)  # every region scored, in search order
+    # What regenerating a cell needs beyond ``settings``: good and bad as given (names or Schedules), and the
+    # extra pipeline arguments themselves (``settings`` keeps only their repr).
+    plans: tuple = ()
+    pipe_kwargs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def top(self) -> Culprit | None:
@@ -149,12 +153,52 @@ class DriftMap:
             fig.savefig(path, dpi=110)
         return fig
 
+    def replay(self, pipe) -> CellReplay:
+        """Regenerate this map's runs on ``pipe`` (the pipeline it was located on): all good, all bad, or bad in
+        one cell only, with the same prompt, seed, steps, size and schedules (what ``DriftExplorer`` shows)."""
+        return CellReplay(self, pipe)
+
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
     def __repr__(self):
         top = f", top {self.top}" if self.top else ""
         return f"DriftMap({self.bad} vs {self.good}: {self.kind}, {self.generations} generations{top})"
+
+
+class CellReplay:
+    """One DriftMap's generations again, as locate_drift ran them: ``run(None)`` all good, ``run(all_cells)`` all
+    bad, ``run(cell(layer, step))`` bad in that cell only. ``runner.count`` says how many ran."""
+
+    def __init__(self, drift: DriftMap, pipe):
+        if len(drift.plans) != 2:
+            raise DecideInputError("this DriftMap does not carry its good and bad schedules (it was not made by "
+                                   "fluxlab.locate_drift); locate it again with locate_drift to replay its cells")
+        self.drift = drift
+        self.good = as_schedule(pipe, drift.plans[0], "good")
+        self.bad = as_schedule(pipe, drift.plans[1], "bad")
+        s = drift.settings
+        self.runner = Runner(pipe, prompt=s["prompt"], seed=s["seed"], steps=drift.steps, height=s["height"],
+                             width=s["width"], pipe_kwargs=drift.pipe_kwargs)
+        if self.runner.layer_names != list(drift.layers):
+            raise DecideInputError(f"this pipeline's attention layers ({len(self.runner.layer_names)}) are not the "
+                                   f"DriftMap's ({len(drift.layers)}); replay it on the pipeline it was located on")
+
+    @property
+    def all_cells(self) -> Cells:
+        return Cells(tuple(self.drift.layers), tuple(range(self.drift.steps)))
+
+    def cell(self, layer: str, step: int) -> Cells:
+        """The single cell ``layer`` (a name of ``drift.layers``) at ``step`` (0-based), checked."""
+        if layer not in self.drift.layers:
+            raise DecideInputError(f"layer {layer!r} is not in this DriftMap; e.g. {self.drift.layers[0]!r}")
+        if not isinstance(step, int) or not 0 <= step < self.drift.steps:
+            raise DecideInputError(f"step={step!r}: this DriftMap has steps 0..{self.drift.steps - 1}")
+        return Cells((layer,), (step,))
+
+    def run(self, cells: Cells | None, *, control=None) -> Run:
+        """One generation (with its image) with ``bad`` inside ``cells`` and ``good`` elsewhere."""
+        return self.runner.run(CellSchedule(self.good, self.bad, cells), image=True, control=control)
 
 
 def _halves(region: Cells) -> list[Cells]:
@@ -237,7 +281,7 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
                 "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count, bound,
-                    complete, note, settings, regions)
+                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs))
 
 
 def _key(value: float) -> float:

@@ -121,8 +121,9 @@ class Runner:
     def layer_names(self) -> list[str]:
         return list(self.state.layer_names)
 
-    def run(self, schedule, *, seed: int | None = None, image: bool = False) -> Run:
-        """One generation with ``schedule`` (a Schedule or a schedule function) installed."""
+    def run(self, schedule, *, seed: int | None = None, image: bool = False, control=None) -> Run:
+        """One generation with ``schedule`` (a Schedule or a schedule function) installed. ``control``: a
+        ``StepControl`` that sees each step and can stop between steps (then GenerationCancelled is raised)."""
         latents = []
 
         def collect(pipeline, step, timestep, callback_kwargs):
@@ -131,7 +132,8 @@ class Runner:
 
         kwargs = dict(prompt=self.prompt, num_inference_steps=self.steps,
                       generator=torch.Generator(device="cpu").manual_seed(self.seed if seed is None else seed),
-                      output_type="np" if image else "latent", callback_on_step_end=collect,
+                      output_type="np" if image else "latent",
+                      callback_on_step_end=collect if control is None else control.callback(collect),
                       callback_on_step_end_tensor_inputs=["latents"], **self.pipe_kwargs)
         if self.height is not None:
             kwargs["height"] = self.height
@@ -141,6 +143,8 @@ class Runner:
             start = time.perf_counter()
             output = self.pipe(**kwargs)
             total = time.perf_counter() - start
+        if control is not None:
+            control.check()  # a cancelled run stopped early: its latents are no result (and it is not counted)
         self.count += 1
         if self.progress is not None:
             self.progress()
