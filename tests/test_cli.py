@@ -50,6 +50,8 @@ MISTAKES = [
     ("generate-text-100000", ["generate", "--max-sequence-length", "100000", "--out", "OUT"],
      ["max_sequence_length 100,000 is above fluxlab's bound of 512", "--force"]),
     ("generate-steps-0", ["generate", "--steps", "0", "--out", "OUT"], ["steps must be a whole number >= 1, got 0"]),
+    ("generate-empty-prompt", ["generate", "--prompt", " ", "--out", "OUT"],
+     ["prompt must be a non-empty text, got ' '"]),
     ("generate-steps-1.5", ["generate", "--steps", "1.5", "--out", "OUT"], ["--steps: invalid int value: '1.5'"]),
     ("generate-steps-beyond", ["generate", "--steps", "5000", "--out", "OUT"], ["above fluxlab's bound of 1000"]),
     ("generate-seed-2**64", ["generate", "--seed", str(2**64), "--out", "OUT"],

@@ -1,6 +1,7 @@
 """compare_images on the tiny FLUX.2 model: identical noise, PSNR/SSIM from scikit-image, latent drift, a figure."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -90,3 +91,66 @@ def test_same_noise_for_every_backend(tiny_pipe):
     assert np.array_equal(first.images["sdpa"], second.images["sdpa"])
     assert not np.array_equal(first.images["sdpa"], other.images["sdpa"])
     assert torch.equal(first.latents["sdpa"][0], second.latents["sdpa"][0])
+
+
+def _bad_generation_cases(multiple: int):
+    """(id, compare_images kwargs, the same request to fluxlab.generate or None, error class, message fragment)."""
+    from fluxlab.models.errors import InvalidSettingError, InvalidSizeError, LimitExceededError
+
+    odd = multiple + multiple // 2
+    return [
+        ("empty-prompt", {"prompt": ""}, {}, InvalidSettingError, "prompt must be a non-empty text, got ''"),
+        ("blank-prompt", {"prompt": "  "}, {}, InvalidSettingError, "prompt must be a non-empty text, got '  '"),
+        ("steps-0", {"steps": 0}, {}, InvalidSettingError, "steps must be a whole number >= 1, got 0"),
+        ("steps-1.5", {"steps": 1.5}, {}, InvalidSettingError, "steps must be a whole number >= 1, got 1.5"),
+        ("seed-negative", {"seed": -1}, {}, InvalidSettingError, "seed must be a whole number from 0 to 2**63 - 1"),
+        ("second-seed-2**64", {"seeds": (0, 2**64)}, {"seed": 2**64}, InvalidSettingError, "got 18446744073709551616"),
+        ("second-seed-1.5", {"seeds": [0, 1.5]}, {"seed": 1.5}, InvalidSettingError, "got 1.5"),
+        ("no-seeds", {"seeds": ()}, None, InvalidSettingError, "seeds= is empty"),
+        ("height-not-a-multiple", {"height": odd}, {}, InvalidSizeError,
+         f"height {odd} is not a multiple of {multiple}"),
+        ("beyond-the-token-bound", {"height": 4096, "width": 4096}, {}, LimitExceededError,
+         "above fluxlab's bound of 16,384"),
+        ("guidance-nan", {"guidance_scale": float("nan")}, {}, InvalidSettingError,
+         "guidance_scale must be a finite number >= 0"),
+        ("text-100000", {"max_sequence_length": 100000}, {}, LimitExceededError,
+         "max_sequence_length 100,000 is above fluxlab's bound of 512"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_generation_cases(16))), ids=[c[0] for c in _bad_generation_cases(16)])
+def test_bad_generation_arguments_are_refused_before_generating_as_generate_refuses_them(tiny_pipe, case):
+    from fluxlab.models.generate import generate
+    from fluxlab.models.limits import required_multiple
+
+    _, kwargs, for_generate, error, message = _bad_generation_cases(required_multiple(tiny_pipe))[case]
+    ran = []
+    handles = [module.register_forward_pre_hook(lambda *_: ran.append(1))
+               for module in (tiny_pipe.transformer, tiny_pipe.text_encoder, tiny_pipe.vae)]
+    try:
+        with pytest.raises(error, match=re.escape(message)) as refused:
+            compare_images(tiny_pipe, ["sdpa", "sdpa_math"], **kwargs)
+        if for_generate is not None:  # fluxlab.generate says the same about the same request
+            request = {k: v for k, v in kwargs.items() if k != "seeds"} | for_generate
+            with pytest.raises(error) as generate_refused:
+                generate(tiny_pipe, ["sdpa"], **{"prompt": "a fox", **request}, progress=False)
+            assert str(generate_refused.value) == str(refused.value)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == []  # refused before the text encoder, the transformer or the VAE ran
+
+
+def test_numpy_seeds_and_forced_sizes_are_accepted(tiny_pipe):
+    from fluxlab.models.limits import required_multiple
+
+    result = compare_images(tiny_pipe, ["sdpa"], seeds=np.array([3]), steps=1, yardstick=False,
+                            max_sequence_length=8)
+    assert result.settings["seeds"] == [3] and type(result.settings["seeds"][0]) is int
+    side = required_multiple(tiny_pipe) * (4096 // required_multiple(tiny_pipe) + 1)  # a side beyond 4096 px: refused
+    # unless forced, as generate does
+    with pytest.raises(fluxlab.FluxlabError, match="force=True"):
+        compare_images(tiny_pipe, ["sdpa"], height=side, width=required_multiple(tiny_pipe), steps=1)
+    forced = compare_images(tiny_pipe, ["sdpa"], height=side, width=required_multiple(tiny_pipe), steps=1,
+                            force=True, max_sequence_length=8, yardstick=False)
+    assert forced.images["sdpa"].shape[:2] == (side, required_multiple(tiny_pipe))

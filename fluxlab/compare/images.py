@@ -14,6 +14,8 @@ import torch
 
 from .. import registry
 from ..dispatch import clear_caches, use_backend
+from ..models.errors import InvalidSettingError
+from ..models.limits import check_pipe_generation
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -230,7 +232,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
 def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
-                   **pipe_kwargs) -> ImageComparison:
+                   force: bool = False, **pipe_kwargs) -> ImageComparison:
     """Generate one image per backend from the same noise, compare each with the reference backend's, judge it.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
@@ -250,7 +252,8 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     does not include compiling; ``settings["warm_up"]`` says which. ``peak_memory_bytes`` per row:
     ``torch.cuda.max_memory_allocated`` during the timed run (None on the CPU). ``control``: a
     ``fluxlab.models.progress.StepControl`` that sees every step and can cancel between steps
-    (``GenerationCancelled``).
+    (``GenerationCancelled``). Prompt, size, steps and every seed are checked before any generation, as
+    ``fluxlab.generate`` checks them (same messages; ``force`` as there).
     """
     try:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -262,9 +265,11 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     specs = [BackendSpec.parse(b) for b in backends]
     if not specs:
         raise ValueError("compare_images needs at least one backend")
-    seed_list = [seed] if seeds is None else [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
-    if not seed_list:
-        raise ValueError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
+    seed_list = _seed_list(seed, seeds)
+    for seed_value in seed_list:  # everything before the first generation, with generate's messages
+        check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed_value,
+                              force=force, guidance_scale=pipe_kwargs.get("guidance_scale"),
+                              max_sequence_length=pipe_kwargs.get("max_sequence_length", 512))
     labels = _unique_labels(specs)
     ref_label = labels[0] if reference is None else _find_reference(reference, labels)
 
@@ -339,6 +344,19 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
                 "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread)
+
+
+def _seed_list(seed, seeds) -> list:
+    """``seeds`` (one value or several; numpy integers count) or else ``[seed]``; each is checked by the caller."""
+    if seeds is None:
+        values = [seed]
+    elif isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        values = [seeds]
+    else:
+        values = list(seeds)
+    if not values:
+        raise InvalidSettingError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
+    return [int(v) if isinstance(v, np.integer) else v for v in values]
 
 
 def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:

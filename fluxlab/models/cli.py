@@ -154,7 +154,7 @@ def run(args) -> int:
     width, height = parse_size(args.size, multiple)
     check_generation(width=width, height=height, steps=args.steps, seed=args.seed, multiple=multiple,
                      max_sequence_length=args.max_sequence_length, force=args.force,
-                     guidance_scale=args.guidance_scale)
+                     guidance_scale=args.guidance_scale, prompt=args.prompt)
     check_device(args.device)
     offload = check_offload_option(args.offload, args.device)
     backends = check_backends(args.backends, args.device)

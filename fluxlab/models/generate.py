@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..util import atomic_write, utc_now
 from .errors import GenerationInterrupted, InvalidSizeError
-from .limits import DEFAULT_HEADS, DEFAULT_MULTIPLE, check_generation, required_multiple, side_problem
+from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
 # FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.
@@ -155,7 +155,8 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     platform and versions. The pipeline's backend is restored afterwards.
 
     Requests beyond ``fluxlab.models.limits.BOUNDS`` (size, steps, ``max_sequence_length``) are refused before any
-    work unless ``force=True``; malformed ones (a side not a multiple of the model's 16, steps 0, seed -1) always.
+    work unless ``force=True``; malformed ones (a side not a multiple of the model's 16, steps 0, seed -1, an empty
+    prompt) always.
     ``on_step(backend, step_index)`` runs after every denoising step. Ctrl-C (or a KeyboardInterrupt raised by
     ``on_step``) stops after the current step: that backend's image is written as ``image.partial.png`` with
     ``"interrupted": true`` and ``completed_steps`` in its manifest, and ``GenerationInterrupted`` is raised with
@@ -170,10 +171,9 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     from .memory import PeakMemory
     from .offload import execution_device
 
-    config = getattr(pipe.transformer, "config", None)
-    check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
-                     max_sequence_length=pipe_kwargs.get("max_sequence_length", 512), force=force,
-                     heads=getattr(config, "num_attention_heads", DEFAULT_HEADS), guidance_scale=guidance_scale)
+    check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed, force=force,
+                          max_sequence_length=pipe_kwargs.get("max_sequence_length", 512),
+                          guidance_scale=guidance_scale)
     backends = parse_backends(backends)
     state = state_of(pipe)
     previous = state.backend

@@ -114,6 +114,13 @@ def seed_problem(value) -> str | None:
     return None
 
 
+def prompt_problem(value) -> str | None:
+    """An empty prompt is almost always a mistake (an unset variable); None means prompt_embeds are passed."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        return f"prompt must be a non-empty text, got {value!r}; e.g. prompt='a red circle'"
+    return None
+
+
 def guidance_problem(value) -> str | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value) or value < 0):
@@ -122,13 +129,14 @@ def guidance_problem(value) -> str | None:
 
 
 def check_generation(*, width, height, steps, seed, max_sequence_length=512, multiple: int = DEFAULT_MULTIPLE,
-                     heads: int = DEFAULT_HEADS, force: bool = False, guidance_scale=None) -> None:
-    """Raise before any work if the request is malformed (always) or beyond ``BOUNDS`` (unless ``force``)."""
+                     heads: int = DEFAULT_HEADS, force: bool = False, guidance_scale=None, prompt=None) -> None:
+    """Raise before any work if the request is malformed (always) or beyond ``BOUNDS`` (unless ``force``).
+    ``prompt`` None is not checked (the pipeline gets ``prompt_embeds`` instead)."""
     malformed = [side_problem(width, "width", multiple, force=True), side_problem(height, "height", multiple, force=True)]
     if any(malformed):
         raise InvalidSizeError(next(p for p in malformed if p))
     malformed = [steps_problem(steps, force=True), seed_problem(seed), text_tokens_problem(max_sequence_length, True),
-                 guidance_problem(guidance_scale)]
+                 guidance_problem(guidance_scale), prompt_problem(prompt)]
     if any(malformed):
         raise InvalidSettingError(next(p for p in malformed if p))
     beyond = [tokens_problem(width, height, multiple, max_sequence_length, heads, force),
@@ -136,3 +144,13 @@ def check_generation(*, width, height, steps, seed, max_sequence_length=512, mul
               steps_problem(steps, force), text_tokens_problem(max_sequence_length, force)]
     if any(beyond):
         raise LimitExceededError(next(p for p in beyond if p))
+
+
+def check_pipe_generation(pipe, *, prompt, width, height, steps, seed, force: bool = False, guidance_scale=None,
+                          max_sequence_length=512) -> None:
+    """``check_generation`` for a loaded ``pipe`` (its size multiple, its head count for the estimate): what
+    ``fluxlab.generate`` and ``compare_images`` ask before generating."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
+                     max_sequence_length=max_sequence_length, force=force, guidance_scale=guidance_scale,
+                     heads=getattr(config, "num_attention_heads", DEFAULT_HEADS), prompt=prompt)
