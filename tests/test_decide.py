@@ -259,6 +259,7 @@ def _parse(argv):
     (["frontier", "--candidates", "sdpa_math", "--seeds", "a,b"], "integers"),
     (["autotune", "--candidates", "flesh"], "flesh"),
     (["autotune", "--size", "65"], "multiples of 8"),
+    (["autotune", "--confirm-rounds", "-1"], "confirm-rounds -1"),
     (["autotune", "--out", "{file}"], "is a file"),
 ])
 def test_cli_mistakes_are_refused_before_the_model_loads(argv, message, monkeypatch, tmp_path):

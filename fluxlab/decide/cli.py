@@ -64,6 +64,9 @@ def add_subcommand(subparsers) -> None:
                       "that runs here, less the float64 reference)")
     tune.add_argument("--seeds", default="0", help="comma-separated seeds (the image verdict of quantised plans)")
     tune.add_argument("--repeats", type=int, default=5, help="timed calls per captured input after a warm-up")
+    tune.add_argument("--confirm-rounds", type=int, default=5,
+                      help="rounds of the step-level check (the per-layer plan against the automatic pick and uniform "
+                           "candidates on the real step; the fastest that passes everywhere is kept); 0 skips it")
     tune.add_argument("--allow-quantised", action="store_true",
                       help="let quantised/emulated kernels compete; the whole plan must then pass the image verdict")
     tune.set_defaults(func=run_autotune)
@@ -229,11 +232,14 @@ def run_autotune(args) -> int:
     seeds = _ints(args.seeds, "--seeds")
     width, height = _size(args.size)
     _check_repeats(args)
+    if args.confirm_rounds < 0:
+        raise DecideInputError(f"--confirm-rounds {args.confirm_rounds} must be 0 (no step-level check) or more")
     pipe = _load(args, candidates or [])
     plan = _work_and_write(args, "autotune", "plan", lambda: autotune(
         pipe, candidates=candidates, prompt=args.prompt, steps=args.steps, seeds=seeds,
         allow_quantised=args.allow_quantised, repeats=args.repeats, height=height, width=width,
-        progress=not args.no_progress, **_pipe_kwargs(args)))
+        confirm=args.confirm_rounds > 0, confirm_rounds=max(args.confirm_rounds, 1), progress=not args.no_progress,
+        **_pipe_kwargs(args)))
     if plan is None:
         return 1
     if not plan.choices:
