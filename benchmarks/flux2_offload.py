@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # flux2_step.environment: card, versions, date, command, git
 
 GIB = 1024**3
 H100_FRACTION = 80 / 141  # an H200 (141 GB) capped to an H100's 80 GB, as device.md describes
@@ -139,10 +140,13 @@ def run(args) -> dict:
     import diffusers
     import transformers
 
+    from flux2_step import environment
+
     import fluxlab
     from fluxlab.models.load import estimate_source
     from fluxlab.models.memory import gib
     from fluxlab.models.offload import MemoryBudgetError, apply_offload, plan_offload
+    from fluxlab.util import provenance
 
     dtype = torch.bfloat16
     on_gpu = torch.cuda.is_available() and not args.dry_run
@@ -151,7 +155,10 @@ def run(args) -> dict:
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "dry_run": not on_gpu,
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "transformers": transformers.__version__, "python": platform.python_version()},
-              "size": {"height": args.height, "width": args.width}, "steps": args.steps}
+              "size": {"height": args.height, "width": args.width}, "steps": args.steps,
+              # when, where and with what (date, card, CUDA, every backend's version, git commit), as the other
+              # benchmarks record it
+              "environment": environment(torch.device("cuda" if on_gpu else "cpu")), "provenance": provenance()}
     if on_gpu:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(args.fraction)

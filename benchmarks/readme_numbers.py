@@ -397,6 +397,7 @@ def emulators_cpu(results: Path) -> str:
 COMPILE = "h200/flux2_compile/flux2_compile.json"  # benchmarks/flux2_compile.py
 OFFLOAD = "h200/flux2_offload/flux2_offload.json"  # benchmarks/flux2_offload.py
 DECIDE = "h200/decide/decide_gpu.json"  # benchmarks/decide_gpu.py
+DECIDE_MD = "h200/decide/decide_gpu.md"  # its tables: the step-level confirmation per size
 EMULATORS_GPU = "h200/emulators_gpu.json"  # benchmarks/emulators_gpu.py
 GIB = 2 ** 30
 
@@ -499,6 +500,12 @@ def compile_profile_text(sizes: dict) -> str:
     return " One profiled step per compiled row (`--profile`): " + "; ".join(parts) + "."
 
 
+def made_on(data: dict) -> str:
+    """', 2026-11-29' from a result's provenance; '' for a result written before the script recorded it."""
+    date = (data.get("provenance") or {}).get("date")
+    return f", {date[:10]}" if date else ""
+
+
 @block("flux2-offload")
 def flux2_offload(results: Path) -> str:
     data = load(results, OFFLOAD)
@@ -514,8 +521,8 @@ def flux2_offload(results: Path) -> str:
         f"{components['text_encoder']['elements'] / 1e9:.1f} B text encoder ({encoder['layers']} of {encoder['of']} "
         f"layers), {data['size']['height']}x{data['size']['width']}, {data['steps']} steps, on an {card['name']} capped to "
         f"{card['cap_bytes'] / GIB:.2f} GiB (`set_per_process_memory_fraction({card['fraction']:.3f})`); torch "
-        f"{versions['torch']}, diffusers {versions['diffusers']}, transformers {versions['transformers']}; "
-        f"`python3 benchmarks/{script}` ({results_path(Path(OFFLOAD).parent)}).",
+        f"{versions['torch']}, diffusers {versions['diffusers']}, transformers {versions['transformers']}"
+        f"{made_on(data)}; `python3 benchmarks/{script}` ({results_path(Path(OFFLOAD).parent)}).",
         f"- **`offload=None`**: {'refused before loading' if refused['refused'] else '**not refused**'} in "
         f"{refused['seconds']:.1f} s with {refused['gpu_bytes_allocated_by_the_call']} bytes allocated on the GPU: "
         f"estimate {refused['plan']['peak_estimate_bytes'] / GIB:.2f} GiB against "
@@ -529,6 +536,9 @@ def flux2_offload(results: Path) -> str:
     return "\n".join(prose(line) for line in lines)
 
 
+SAME_KERNELS = " (the same kernel on every layer as the automatic pick)"
+
+
 @block("decide-gpu")
 def decide_gpu(results: Path) -> str:
     data = load(results, DECIDE)
@@ -539,11 +549,26 @@ def decide_gpu(results: Path) -> str:
         choices = ", ".join(f"`{k}` ×{n}" for k, n in sorted(tune["choices"].items(), key=lambda kv: -kv[1]))
         reasons = sorted(set(tune["reasons"].values()))
         others = ", ".join(f"`{k}`" for k in tune["reasons"])
+        if "kept" not in tune:  # results from before autotune's step-level confirmation
+            lines.append(f"- **Autotune** among exact kernels ({', '.join(f'`{c}`' for c in tune['candidates'])}) on "
+                         f"the [dev]-size transformer at {tune['size']}², tuned in {tune['tune_s']:.1f} s: layers got "
+                         f"{choices}; {others}: {'; '.join(reasons)}. A step with the plan takes "
+                         f"{tune['plan_median_ms']:.1f} ms against {tune['automatic_median_ms']:.1f} ms for the "
+                         f"automatic pick (`{'/'.join(tune['automatic_pick'])}`): {tune['plan_over_automatic']:.3f}×.")
+            continue
+        isolated = ", ".join(f"`{k}` ×{n}" for k, n in sorted(tune["per_layer_choices"].items(),
+                                                                key=lambda kv: -kv[1]))
+        low, high = tune["paired_ratio_spread"]
         lines.append(f"- **Autotune** among exact kernels ({', '.join(f'`{c}`' for c in tune['candidates'])}) on the "
-                     f"[dev]-size transformer at {tune['size']}², tuned in {tune['tune_s']:.1f} s: layers got "
-                     f"{choices}; {others}: {'; '.join(reasons)}. A step with the plan takes "
-                     f"{tune['plan_median_ms']:.1f} ms against {tune['automatic_median_ms']:.1f} ms for the automatic "
-                     f"pick (`{'/'.join(tune['automatic_pick'])}`): {tune['plan_over_automatic']:.3f}×.")
+                     f"[dev]-size transformer at {tune['size']}², tuned in {tune['tune_s']:.1f} s + "
+                     f"{tune['confirm_s']:.1f} s of step-level check: per layer in isolation {isolated}; on the whole "
+                     f"step the **{tune['kept']}** was kept ({choices}; table in {results_path(DECIDE_MD)}). "
+                     f"Measured afresh against the automatic pick (`{'/'.join(tune['automatic_pick'])}`) in "
+                     f"{tune['rounds']} rounds timing both, order alternating: {tune['plan_median_ms']:.1f} ms against "
+                     f"{tune['automatic_median_ms']:.1f} ms (medians), {tune['plan_over_automatic']:.4f}× (target "
+                     f"≤ 1.00×: {met(tune['plan_over_automatic'] <= 1.0)}); per-round "
+                     f"ratio median {tune['paired_ratio_median']:.4f}× [{low:.4f}, {high:.4f}]"
+                     f"{SAME_KERNELS if tune['plan_runs_the_automatic_kernels'] else ''}.")
     parts = sweep["parts_s"]
     share = 100 * parts[sweep["dominant"]] / sweep["wall_s"]
     verdicts = {v: sum(x == v for x in sweep["verdicts"].values()) for v in dict.fromkeys(sweep["verdicts"].values())}

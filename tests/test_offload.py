@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -200,7 +201,7 @@ def test_peak_memory_is_not_claimed_on_the_cpu():
 
 
 @pytest.mark.slow
-def test_full_size_dev_offload_benchmark_dry_run(tmp_path):
+def test_full_size_dev_offload_benchmark_dry_run(tmp_path, monkeypatch):
     """benchmarks/flux2_offload.py up to the GPU part: [dev]'s real configs (no weights), an 80 GB budget."""
     import importlib.util
     from pathlib import Path
@@ -209,7 +210,9 @@ def test_full_size_dev_offload_benchmark_dry_run(tmp_path):
     spec = importlib.util.spec_from_file_location("flux2_offload", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    argv = ["--dry-run", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["benchmarks/flux2_offload.py", *argv])  # as the command line runs it
+    assert bench.main(argv) == 0
     result = json.loads((tmp_path / "flux2_offload.json").read_text())
     refused = result["without_offload"]
     assert refused["refused"] and refused["gpu_bytes_allocated_by_the_call"] == 0
@@ -220,3 +223,8 @@ def test_full_size_dev_offload_benchmark_dry_run(tmp_path):
     assert 23.5e9 < components["text_encoder"]["elements"] < 24.5e9  # Mistral-Small-3.1: ~24 B
     assert 100 * 1024**3 < result["auto"]["estimate"]["weight_bytes"] < 110 * 1024**3  # ~112 GB in bf16
     assert result["auto"]["mode"] == "model" and result["text_encoder"]["layers"] == 40
+    # when, where and with what it ran, recorded by the script (the README's offload block shows the date)
+    made, env = result["provenance"], result["environment"]
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00", d) for d in (made["date"], env["date"]))
+    assert made["versions"]["fluxlab"] == fluxlab.__version__ and env["torch"] == torch.__version__
+    assert "flux2_offload.py" in env["command"] and "--dry-run" in env["command"]
