@@ -236,14 +236,24 @@ def click_side_by_side(nb: Notebook):
 
 
 def click_decide(nb: Notebook):
-    """04 (no widget to click): the drift map, the frontier and the autotune plan are rendered, with figures."""
+    """04: the drift map, the frontier and the autotune plan are rendered, with figures; clicking a cell of the drift
+    explorer generates the image with only that cell on the candidate, beside the all-exact and all-candidate ones."""
     rendered = ".jp-RenderedMarkdown"
     wait_for(lambda: nb.page.locator(f"{rendered}:has-text('Drift of')").count() > 0, CLICK_S,
              "the drift map's table", detail=nb.detail)
     for text in ("Pareto", "Never chosen"):
         assert nb.page.locator(f"{rendered}:has-text('{text}')").count() > 0, f"04 shows no {text!r} table"
     assert nb.page.locator(".jp-OutputArea-output img").count() >= 2, "04's figures are missing"
-    return f"{rendered}:has-text('Drift of')"
+    explorer = ".fluxlab-drift-explorer"
+    assert "nothing is generated until" in nb.text(f"{explorer} .fluxlab-result")
+    nb.widget(f"{explorer} .fluxlab-drift-cell-0-0").click()  # the first layer at step 0
+    status = nb.wait_text(f"{explorer} .fluxlab-result", lambda t: "vs all good" in t,
+                          "the explorer to show the clicked cell")
+    assert status.startswith("transformer_blocks.0.attn at step 0: final-latent rel-L2"), status
+    images = nb.page.locator(f"{explorer} .fluxlab-image")
+    wait_for(lambda: images.evaluate_all("els => els.filter(i => i.complete && i.naturalWidth > 0).length") == 3,
+             CLICK_S, "the all-exact, one-cell and all-candidate images to be drawn", detail=nb.detail)
+    return explorer
 
 
 SCENARIOS = {

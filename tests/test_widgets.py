@@ -476,6 +476,7 @@ def _one_cell_generation(pipe, layer, step):
 
 def test_drift_explorer_click_shows_that_cell_switched_alone_and_caches_it(explored):
     from fluxlab.widgets import DriftExplorer
+    from fluxlab.widgets.drift_explorer import UNSCORED_COLOUR
 
     pipe, drift = explored
     forwards = []
@@ -517,7 +518,8 @@ def test_drift_explorer_click_shows_that_cell_switched_alone_and_caches_it(explo
         explorer.layer.value, explorer.step.value = unscored
         explorer.button.click()
         assert explorer.generations == 4 and len(forwards) == first // 3
-        assert explorer.buttons[unscored].description != "\u00b7"  # measured here now
+        assert explorer.buttons[unscored].description != "\u00b7"  # measured here now, and coloured by it
+        assert explorer.buttons[unscored].style.button_color != UNSCORED_COLOUR
         assert "scored it" not in explorer.status.value
         assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
     finally:

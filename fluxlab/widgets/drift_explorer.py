@@ -103,16 +103,16 @@ class DriftExplorer(widgets.VBox):
         import numpy as np
 
         finite = self.drift.grid[np.isfinite(self.drift.grid)]
-        vmax = float(finite.max()) if finite.size else 0.0
+        self._vmax = float(finite.max()) if finite.size else 0.0  # one colour scale: the strongest scored cell
         cells = [widgets.HTML("")] + [widgets.HTML(f"<b>step {s}</b>") for s in range(steps)]
         for row, layer in enumerate(layers):
             cells.append(widgets.HTML(f"<code>{html.escape(layer.removesuffix('.attn'))}</code>"))
             for step in range(steps):
                 value = float(self.drift.grid[row, step])
-                background, text = cell_colours(value, vmax)
-                button = widgets.Button(description=_number(value), layout=widgets.Layout(width="auto"),
-                                        tooltip=self._tooltip(layer, step, value))
-                button.style.button_color, button.style.text_color = background, text
+                button = widgets.Button(description=_number(value), tooltip=self._tooltip(layer, step, value),
+                                        layout=widgets.Layout(width="auto", padding="0 2px"))
+                button.style.font_size = "11px"
+                self._colour(button, value)
                 button.add_class("fluxlab-drift-cell")
                 button.add_class(f"fluxlab-drift-cell-{row}-{step}")  # a stable hook for browser tests
                 button.on_click(lambda _, layer=layer, step=step: self.click(layer, step))
@@ -122,6 +122,9 @@ class DriftExplorer(widgets.VBox):
             grid_template_columns=f"max-content repeat({steps}, 72px)", grid_gap="2px 2px", align_items="center"))
         grid.add_class("fluxlab-drift-grid")
         return grid
+
+    def _colour(self, button: widgets.Button, value: float) -> None:
+        button.style.button_color, button.style.text_color = cell_colours(value, self._vmax)
 
     def _heatmap(self) -> widgets.Image:
         from ._common import figure_png
@@ -217,6 +220,7 @@ class DriftExplorer(widgets.VBox):
             return
         measured = view.fidelity["final_latent_rel_l2"]
         button.description = _number(measured)
+        self._colour(button, measured)
         button.style.font_weight = "bold"  # bold: generated here, a click shows it again at once
         button.tooltip = (f"{view.layer} at step {view.step}: final-latent rel-L2 {measured:.3g} measured here, "
                           f"PSNR {view.fidelity['psnr']:.1f} dB; click to show it again")
