@@ -183,3 +183,34 @@ def test_the_compile_benchmark_dry_run_writes_its_rows(tmp_path):
     assert all(row["graphs_compiled_while_timing"] == 0 for row in block["rows"])
     assert list(block["profiles"]) == ["fluxlab_auto_compiled"]
     assert block["profiles"]["fluxlab_auto_compiled"]["wall_ms"] > 0
+
+
+def test_route_tokens_name_their_layer_by_address_and_keep_the_op_out_of_cuda_graphs():
+    """The compiled op finds a layer from its token's address (no device read); a token fluxlab did not place is
+    read by value; the op carries inductor's cudagraph_unsafe tag (a captured graph would freeze the kernel)."""
+    from fluxlab import ops
+
+    token = ops.route_token(7, 3, "cpu")
+    assert ops._route_of(token) == (7, 3)
+    stranger = torch.tensor([5, 2], dtype=torch.int64)  # same values a token could have, never registered
+    assert ops._route_of(stranger) == (5, 2)
+    address = token.data_ptr()
+    del token
+    ops.route_token(1, 0, "cpu")  # registering prunes tokens that are gone
+    assert address not in ops._tokens or ops._tokens[address][2]() is not None
+    if hasattr(torch.Tag, "cudagraph_unsafe"):
+        assert torch.Tag.cudagraph_unsafe in torch.ops.fluxlab.flux2_attention.default.tags
+
+
+def test_attached_routes_follow_the_inputs_device():
+    """Tokens start on the transformer's device and move with the inputs (the attach hook places them)."""
+    from fluxlab.models.attach import state_of
+
+    pipe = fluxlab.load_flux2("tiny")
+    state = state_of(pipe)
+    assert {route.token.device.type for route in state.routes.values()} == {"cpu"}
+    state.place_tokens(torch.device("meta"))  # stand-in for "elsewhere": the next forward brings them back
+    assert all(route.token.device.type == "meta" for route in state.routes.values())
+    generate(pipe)
+    assert {route.token.device.type for route in state.routes.values()} == {"cpu"}
+    assert state.token_device == torch.device("cpu")

@@ -4,7 +4,8 @@ Attaching puts a route (model, layer) in each attention processor as its ``_atte
 pre-hook to the transformer (where the denoising loop is), shadows diffusers' setters on the model's instances
 (``interop.py``) and joins the router (``router.py``); detaching removes all of it and puts diffusers' settings
 back, so the model behaves exactly as before. Processors swapped in later through ``set_processor`` (as
-``Flux2KleinKVPipeline`` does) get their layer's route too.
+``Flux2KleinKVPipeline`` does) get their layer's route too; one assigned plainly (``attn.processor = p``) is found
+at the next eager forward and routed the same way, with a warning, or, if it cannot be routed, warned about.
 Per call, the backend is: the schedule's answer > the model's ``set_backend`` > ``fluxlab.use_backend`` >
 ``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set, and decided
 when the call runs, also inside a compiled graph (no recompile on a switch). Masks, dropout and context-parallel
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 import weakref
 
 import torch
@@ -99,7 +101,8 @@ class AttachedModel:
         # sequences, where the layout check alone cannot decide (dispatch.validate_inputs).
         self.heads = {name: getattr(transformer.get_submodule(name), "heads", None) for name in self.layer_names}
         self.serial = ops.register_model(self)
-        self.routes = {name: router.Route(self, name, self.serial, index)
+        self.token_device = _device_of(transformer)  # where the routes' tokens are (ops.route_token)
+        self.routes = {name: router.Route(self, name, self.serial, index, self.token_device)
                        for index, name in enumerate(self.layer_names)}
         self._restore: dict[str, tuple] = {}  # layer -> (processor, its own _attention_backend before fluxlab)
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry
@@ -124,8 +127,9 @@ class AttachedModel:
     def install(self) -> None:
         transformer = self.transformer
         self._handles.append(transformer.register_forward_pre_hook(self._on_forward, with_kwargs=True))
-        for name in self.layer_names:
-            module = transformer.get_submodule(name)
+        self._modules = {name: transformer.get_submodule(name) for name in self.layer_names}
+        self._unrouted: dict[str, object] = {}  # layer -> a plainly assigned processor fluxlab cannot route
+        for name, module in self._modules.items():
             self._route(name, module)
             # Processors swapped later (Flux2KleinKVPipeline does it in __init__) get the layer's route too.
             module.set_processor = functools.partial(self._set_processor, name, module)
@@ -172,10 +176,56 @@ class AttachedModel:
     def _on_forward(self, module, args, kwargs):
         if torch.compiler.is_compiling():
             return  # the whole transformer is compiled: run_attention locates the forward at its first call
+        self._check_processors()
         context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         text_tokens = context.shape[1] if context is not None else None
         self.position = self._tracker.position(self.pipe, text_tokens)
         self._last_layer = None
+        latents = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(latents, torch.Tensor) and latents.device != self.token_device:
+            self.place_tokens(latents.device)  # moved or offloaded: compiled calls find their tokens beside them
+
+    def place_tokens(self, device) -> None:
+        for route in self.routes.values():
+            route.place(device)
+        self.token_device = device
+
+    def _check_processors(self) -> None:
+        """Find processors assigned plainly (``attn.processor = p``: only ``set_processor`` is shadowed) since the
+        last forward; route them as ``set_processor`` would, or say that fluxlab no longer handles the layer."""
+        moved = [name for name, module in self._modules.items()
+                 if getattr(module.processor, "_attention_backend", None) is not self.routes[name]
+                 and module.processor is not self._unrouted.get(name)]
+        if not moved:
+            return
+        routed, unroutable, kinds, had = [], [], set(), set()
+        for name in moved:
+            module = self._modules[name]
+            kinds.add(type(module.processor).__name__)
+            if hasattr(module.processor, "_attention_backend"):
+                own = module.processor.__dict__.get("_attention_backend")
+                if own is not None and type(own) is not router.Route:
+                    had.add(getattr(own, "value", own))
+                self._route(name, module)
+                routed.append(name)
+            else:
+                self._unrouted[name] = module.processor
+                unroutable.append(name)
+        assigned = f"attn.processor = {'/'.join(sorted(kinds))}(...)"
+        if routed:
+            dropped = (f" The diffusers backend it carried ({', '.join(sorted(had))}) is not used while attached."
+                       if had else "")
+            warnings.warn(f"{_names(routed)}: processor assigned directly ({assigned}) on a fluxlab-attached FLUX.2 "
+                          "model; fluxlab routes it as attn.set_processor(...) would, so fluxlab's backend, schedule "
+                          f"and capture apply to it.{dropped} Use set_processor to swap processors without this "
+                          "warning.", interop.DiffusersBackendWarning, stacklevel=2)
+        if unroutable:
+            warnings.warn(f"{_names(unroutable)}: processor assigned directly ({assigned}) on a fluxlab-attached "
+                          "FLUX.2 model, and it has no _attention_backend (not a diffusers FLUX.2 processor), so "
+                          "fluxlab no longer handles that attention: it runs the processor's own code, outside "
+                          "fluxlab's backend, schedule and capture. To keep fluxlab routing it, assign a diffusers "
+                          "FLUX.2 processor (or a subclass) with attn.set_processor(...).",
+                          interop.DiffusersBackendWarning, stacklevel=2)
 
     # -- per call ------------------------------------------------------------------------------------------------
 
@@ -213,8 +263,20 @@ class AttachedModel:
                 f"allowed={sorted(self.allowed)}, layers={len(self.layer_names)}{schedule})")
 
 
+def _device_of(module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    if parameter is None or parameter.device.type == "meta":
+        return torch.device("cpu")
+    return parameter.device
+
+
 _UNPOSITIONED = object()
 _CLASS_DEFAULT = object()  # the processor had no _attention_backend of its own (its class's None applied)
+
+
+def _names(layers: list[str], shown: int = 4) -> str:
+    more = f" and {len(layers) - shown} more" if len(layers) > shown else ""
+    return ", ".join(layers[:shown]) + more
 
 
 def _restore_backend(processor, value) -> None:

@@ -10,7 +10,7 @@ other call to diffusers' original function unchanged. The router is installed wi
 removed with the last.
 
 Under ``torch.compile`` the router is traced like the rest of the block: the Route's type is a guard, and the call
-becomes one ``fluxlab::flux2_attention`` op (``fluxlab/ops.py``) whose route tensor is a graph input, so one compiled
+becomes one ``fluxlab::flux2_attention`` op (``fluxlab/ops.py``) whose route token is a graph input, so one compiled
 block serves every layer and the backend is chosen when the op runs (no recompile on a switch).
 """
 
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .. import ops  # noqa: F401  (registers the fluxlab:: custom ops the compiled path calls)
+from .. import ops  # registers the fluxlab:: custom ops the compiled path calls
 from .errors import AttachError, UnsupportedAttentionCallError
 
 # The parameters of diffusers 0.42's dispatch_attention_fn, which the router must accept exactly.
@@ -37,16 +37,21 @@ _is_compiling = torch.compiler.is_compiling  # bound once: checked on every call
 class Route:
     """What an attached model's processor carries as ``_attention_backend``: its model and layer.
 
-    ``ids`` (int64 ``[model serial, layer index]``) is what compiled graphs pass to the op; eager calls use
-    ``model`` and ``layer`` directly.
+    ``token`` (``ops.route_token``, on the device the model runs on) is what compiled graphs pass to the op;
+    eager calls use ``model`` and ``layer`` directly.
     """
 
-    __slots__ = ("model", "layer", "ids", "__weakref__")
+    __slots__ = ("model", "layer", "serial", "index", "token", "__weakref__")
 
-    def __init__(self, model, layer: str, serial: int, layer_index: int):
+    def __init__(self, model, layer: str, serial: int, layer_index: int, device="cpu"):
         self.model = model
         self.layer = layer
-        self.ids = torch.tensor([serial, layer_index], dtype=torch.int64)
+        self.serial, self.index = serial, layer_index
+        self.place(device)
+
+    def place(self, device) -> None:
+        """Put the token on ``device`` (the model's inputs' device; the attach hook follows moves and offload)."""
+        self.token = ops.route_token(self.serial, self.index, device)
 
     def __repr__(self):
         return f"fluxlab.Route({self.layer!r})"
@@ -72,7 +77,7 @@ def router(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sc
         scale = 1.0 / math.sqrt(query.shape[-1])
     # enable_gqa needs nothing: fluxlab serves grouped-query attention whenever the head counts divide.
     if _is_compiling():
-        return torch.ops.fluxlab.flux2_attention(query, key, value, backend.ids, scale, bool(is_causal))
+        return torch.ops.fluxlab.flux2_attention(query, key, value, backend.token, scale, bool(is_causal))
     return backend.model.run_attention(backend.layer, query, key, value, scale=scale, causal=bool(is_causal))
 
 
