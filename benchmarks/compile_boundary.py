@@ -104,6 +104,53 @@ def study(transformer, block, args_kwargs, device, args) -> dict:
     return result, code
 
 
+def cudagraph_check(transformer, block, args_kwargs, device, args) -> dict:
+    """``mode="reduce-overhead"`` (CUDA graphs) on one block with fluxlab attached: does a backend switch after
+    capture still change the output (the op is kept out of captured graphs), and what do CUDA graphs buy."""
+    import fluxlab
+    from fluxlab.util import rel_l2
+    from torch._dynamo.utils import counters
+
+    call_args, call_kwargs = args_kwargs
+    route(transformer, "fluxlab_sdpa")
+    torch._dynamo.reset()
+    counters.clear()
+    graphed = torch.compile(block, mode="reduce-overhead", fullgraph=True, backend=args.compile_backend)
+    plain = torch.compile(block, fullgraph=True, backend=args.compile_backend)
+    result = {}
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up, record, replay
+            first = graphed(*call_args, **call_kwargs)
+        first = [t.clone() for t in first] if isinstance(first, tuple) else first.clone()
+        fluxlab.set_backend(transformer, "sdpa_math")  # another exact kernel: different last bits
+        switched = graphed(*call_args, **call_kwargs)
+        eager = block(*call_args, **call_kwargs)
+        fluxlab.set_backend(transformer, "sdpa")
+
+        def flat(x):
+            return torch.cat([t.float().flatten() for t in x]) if isinstance(x, tuple) else x.float().flatten()
+
+        result["switch_changed_output"] = not torch.equal(flat(first), flat(switched))
+        # after the switch the graphed block should sit nearer an eager sdpa_math block than before it
+        result["rel_l2_vs_eager_math"] = {"before_switch": rel_l2(flat(first), flat(eager)),
+                                          "after_switch": rel_l2(flat(switched), flat(eager))}
+        result["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
+        plain(*call_args, **call_kwargs)
+        times = {"reduce_overhead": [], "default": []}
+        for round_index in range(args.rounds):
+            for name, fn in (("reduce_overhead", graphed), ("default", plain))[::1 if round_index % 2 else -1]:
+                fn(*call_args, **call_kwargs)
+                for _ in range(args.calls):
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn(*call_args, **call_kwargs)
+                    _sync(device)
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    result.update({f"{name}_ms_median": statistics.median(t) for name, t in times.items()})
+    route(transformer, "diffusers_native")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -141,6 +188,13 @@ def main(argv=None) -> int:
             write_atomic(out / f"{name}_{variant}.py", source.encode())
         print(name, json.dumps({k: v for k, v in results["blocks"][name].items() if k in VARIANTS or "vs" in k},
                                default=lambda x: None)[:600], flush=True)
+    try:
+        single = transformer.single_transformer_blocks[0]
+        results["cudagraphs"] = cudagraph_check(transformer, single, block_inputs(transformer, inputs,
+                                                                                  BLOCKS["single"]), device, args)
+    except Exception as exc:  # recorded: the timings and code above stand on their own
+        results["cudagraphs"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    print("cudagraphs", results["cudagraphs"], flush=True)
     write_json(out / "boundary.json", results)
     return 0
 
