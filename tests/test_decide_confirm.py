@@ -83,6 +83,7 @@ def test_a_per_layer_plan_slower_at_step_level_than_a_uniform_candidate_is_repla
     assert clock.steady_calls["per-layer plan"] == [0] * 3
     text = plan.to_markdown()
     assert f"**uniform {STEADY}** (kept)" in text and "Decision: uniform" in text
+    assert f"| {layers[0]} | **{STEADY}** (alone: sdpa) |" in text
 
     # saved and loaded, the confirmation comes back whole
     loaded = AutotunePlan.load(plan.save(tmp_path / "plan.json"))

@@ -73,15 +73,19 @@ class AutotunePlan:
     def to_markdown(self) -> str:
         lines = [f"Autotune on {self.platform.get('device_name')} ({self.platform.get('vendor')}), torch "
                  f"{self.versions.get('torch')}: per layer the fastest candidate whose attention verdict is pass "
-                 f"(times in ms: median of the timed calls per captured input, averaged over the layer's inputs).", ""]
+                 f"(times in ms: median of the timed calls per captured input, averaged over the layer's inputs)"
+                 f"{CONFIRMED if self.confirmation is not None else ''}.", ""]
         candidates = list(dict.fromkeys(m.backend for m in self.measurements))
         lines += ["| layer | chosen | automatic | " + " | ".join(candidates) + " |",
                   "|---|---|---|" + "---|" * len(candidates)]
         for layer in dict.fromkeys(m.layer for m in self.measurements):
             cells = {m.backend: m for m in self.measurements if m.layer == layer}
             row = [f"{_ms(cells[c].time_ms)} {cells[c].verdict}" if c in cells else "" for c in candidates]
-            lines.append(f"| {layer} | **{self.choices.get(layer, 'automatic')}** | {self.automatic.get(layer, '')} "
-                         f"| " + " | ".join(row) + " |")
+            chosen = self.choices.get(layer, "automatic")
+            alone = (self.confirmation.per_layer_choices.get(layer, "automatic") if self.confirmation is not None
+                     else chosen)
+            chosen = f"**{chosen}**" + (f" (alone: {alone})" if alone != chosen else "")
+            lines.append(f"| {layer} | {chosen} | {self.automatic.get(layer, '')} | " + " | ".join(row) + " |")
         if self.reasons:
             lines += ["", "Never chosen:", ""] + [f"- `{b}`: {why}" for b, why in self.reasons.items()]
         if self.image_verdict is not None:
@@ -190,6 +194,8 @@ class AutotunePlan:
 
 
 _FLOAT_FIELDS = {"time_ms", "rel_l2", "rel_l2_ratio"}
+CONFIRMED = ("; then checked on the whole step (below), which may keep another variant: \"alone\" names the "
+             "per-layer choice it replaced")
 PLATFORM_KEYS = ("vendor", "arch", "device_name", "torch_version", "cuda_version", "hip_version")
 
 
