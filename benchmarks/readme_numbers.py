@@ -579,6 +579,69 @@ def decide_gpu(results: Path) -> str:
     return "\n".join(prose(line) for line in lines)
 
 
+FRONTIER = "h200/frontier/frontier_gpu.json"  # benchmarks/frontier_gpu.py
+
+
+def _cell(value, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e9:.1f} B" if count >= 1e9 else f"{count / 1e6:.2f} M"
+
+
+@block("decide-frontier")
+def decide_frontier(results: Path) -> str:
+    """sage with exact fa4 ends: [dev]-size step time, fidelity from both models; 'not yet measured' until run."""
+    if not (results / FRONTIER).is_file():
+        return prose(f"**Frontier on a GPU: not yet measured.** `python3 benchmarks/frontier_gpu.py` writes "
+                     f"{results_path(FRONTIER)}, from which this block is generated: step time from the [dev]-size "
+                     "transformer at 1024², fidelity from the embedded model's images and from the [dev]-size "
+                     "model's final latents, Pareto set marked.")
+    data = load(results, FRONTIER)
+    dev, env, kernels = data["dev"], data["environment"], data["kernels"]
+    embedded = {r["k"]: r for r in data.get("embedded_vs_dev_time", [])}
+    spread = dev.get("spread") or {}
+    check = dev.get("timing_model_check") or {}
+    head = ("**DRY RUN** (CPU, tiny config, stand-in kernels; not a measurement): " if data["dry_run"] else "")
+    head += "" if data["complete"] else "**incomplete run**: "
+    model = dev["model"]
+    fast = data["embedded"].get("fast")
+    padding = (f"; `{fast}`: the embedded model's head_dim 32 zero-padded for a kernel that does not take it"
+               if fast and fast != kernels["fast"] else "")
+    lines = [prose(f"{head}Frontier of `{kernels['fast']}` with exact `{kernels['exact']}` ends "
+                   f"(`Schedule.exact_ends`, k first and last steps), measured on "
+                   f"{environment_text({**env, 'card': env.get('card', 'CPU')})} "
+                   f"({results_path(FRONTIER)}). **Step time**: the [dev]-size transformer ({_params(model['params'])} "
+                   f"random bf16 weights) at {dev['size']}² ({dev['text_tokens']} + {dev['image_tokens']} tokens), the "
+                   f"real sequence of {dev['steps']} transformer calls per schedule, mean per call, median of "
+                   f"{dev['rounds_done']} interleaved round(s); the per-kernel times predict every schedule's mean "
+                   f"within {_cell(check.get('max_abs_prediction_error'), '{:.1%}')}. **Fidelity ([dev])**: final "
+                   f"latents of that Euler loop against `{kernels['exact']}` everywhere — random weights, no "
+                   f"picture; two exact kernels (`{spread.get('kernel')}` vs `{kernels['exact']}`) already differ by "
+                   f"{_cell(spread.get('final_latent_rel_l2'), '{:.3g}')}. **Fidelity (embedded)**: the trained "
+                   f"embedded model's images on the same machine through `fluxlab.frontier` (worst of seeds "
+                   f"{data['embedded'].get('seeds')}, {data['embedded'].get('steps')} steps{padding}). **P**: Pareto "
+                   "set of [dev] step time against that column's rel-L2."),
+             "",
+             "| schedule | [dev] step (ms) | speed-up vs exact | [dev] final-latent rel-L2 | P | embedded final-latent "
+             "rel-L2 | SSIM | PSNR (dB) | verdict | P |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in dev["rows"]:
+        emb = embedded.get(row["k"], {})
+        lines.append(f"| {row['name']} | {_cell(row.get('step_ms'), '{:.1f}')} | "
+                     f"{_cell(row.get('speedup_vs_exact'), '{:.3f}×')} | {_cell(row.get('final_latent_rel_l2'), '{:.3g}')} "
+                     f"| {'P' if row.get('pareto') else ''} | {_cell(emb.get('final_latent_rel_l2'), '{:.3g}')} | "
+                     f"{_cell(emb.get('ssim'), '{:.4f}')} | {_cell(emb.get('psnr'), '{:.1f}')} | "
+                     f"{emb.get('verdict', '–')} | {'P' if emb.get('pareto') else ''} |")
+    if "frontier" not in data.get("embedded", {}):
+        lines += ["", prose(f"Embedded model not measured: {data.get('embedded', {}).get('error', 'run cut short')}.")]
+    figure = (results / FRONTIER).with_suffix(".png")
+    if figure.is_file():
+        lines += ["", f"![frontier: step time vs fidelity]({Path('benchmarks/results') / FRONTIER[:-len('json')]}png)"]
+    return "\n".join(lines)
+
+
 _CHECK = re.compile(r"rel_l2\((?P<emu>[^,]+), (?P<other>[^)]+)\)")
 
 

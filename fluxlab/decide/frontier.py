@@ -110,11 +110,16 @@ def _f(value, spec) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
+def exact_ends_label(exact: str, candidate: str, k: int) -> str:
+    """The row name of ``Schedule.exact_ends(exact, candidate, first=k, last=k)`` (k = 0: the candidate everywhere)."""
+    return f"{candidate} everywhere" if k == 0 else f"{candidate}, {exact} at {k} first+last"
+
+
 def default_schedules(exact: str, candidate: str, steps: int) -> dict[str, Schedule]:
-    found = {f"{candidate} everywhere": Schedule(default=candidate)}
+    found = {exact_ends_label(exact, candidate, 0): Schedule(default=candidate)}
     for k in range(1, 4):
         if 2 * k < steps:
-            found[f"{candidate}, {exact} at {k} first+last"] = Schedule.exact_ends(exact, candidate, first=k, last=k)
+            found[exact_ends_label(exact, candidate, k)] = Schedule.exact_ends(exact, candidate, first=k, last=k)
     return found
 
 
@@ -195,7 +200,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     exact_ms = rows[0].step_ms
     for row in rows:
         row.speedup = exact_ms / row.step_ms if row.step_ms else math.nan
-    _mark_pareto(rows)
+    mark_pareto(rows)
     settings = {"prompt": prompt, "seeds": seeds, "steps": steps, "height": height, "width": width,
                 "repeats": repeats, "candidates": candidates, "generations": runner.count,
                 **{k: repr(v) for k, v in pipe_kwargs.items()}}
@@ -223,8 +228,9 @@ def _measure(runner, label, candidate, schedule, seeds, references, repeats, dri
     return row
 
 
-def _mark_pareto(rows) -> None:
-    """Pareto: no other row is at least as fast and as faithful, and strictly better in one of the two."""
+def mark_pareto(rows) -> None:
+    """Set ``row.pareto`` on FrontierRows: no other row is at least as fast and as faithful (final-latent rel-L2),
+    and strictly better in one of the two. Rows with an error or a missing number are never in the set."""
     ok = [r for r in rows if r.error is None and math.isfinite(r.step_ms) and math.isfinite(r.final_latent_rel_l2)]
     for r in ok:
         r.pareto = not any(o is not r and o.step_ms <= r.step_ms and o.final_latent_rel_l2 <= r.final_latent_rel_l2
