@@ -101,7 +101,8 @@ class AttachedModel:
         # sequences, where the layout check alone cannot decide (dispatch.validate_inputs).
         self.heads = {name: getattr(transformer.get_submodule(name), "heads", None) for name in self.layer_names}
         self.serial = ops.register_model(self)
-        self.routes = {name: router.Route(self, name, self.serial, index)
+        self.token_device = _device_of(transformer)  # where the routes' tokens are (ops.route_token)
+        self.routes = {name: router.Route(self, name, self.serial, index, self.token_device)
                        for index, name in enumerate(self.layer_names)}
         self._restore: dict[str, tuple] = {}  # layer -> (processor, its own _attention_backend before fluxlab)
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry
@@ -180,6 +181,14 @@ class AttachedModel:
         text_tokens = context.shape[1] if context is not None else None
         self.position = self._tracker.position(self.pipe, text_tokens)
         self._last_layer = None
+        latents = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(latents, torch.Tensor) and latents.device != self.token_device:
+            self.place_tokens(latents.device)  # moved or offloaded: compiled calls find their tokens beside them
+
+    def place_tokens(self, device) -> None:
+        for route in self.routes.values():
+            route.place(device)
+        self.token_device = device
 
     def _check_processors(self) -> None:
         """Find processors assigned plainly (``attn.processor = p``: only ``set_processor`` is shadowed) since the
@@ -252,6 +261,13 @@ class AttachedModel:
         schedule = f", schedule={self.schedule!r}" if self.schedule is not None else ""
         return (f"AttachedModel(backend={str(self.backend) if self.backend else 'automatic'}, "
                 f"allowed={sorted(self.allowed)}, layers={len(self.layer_names)}{schedule})")
+
+
+def _device_of(module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    if parameter is None or parameter.device.type == "meta":
+        return torch.device("cpu")
+    return parameter.device
 
 
 _UNPOSITIONED = object()
