@@ -239,6 +239,7 @@ def main(argv=None) -> int:
         results["autotune"].append(autotune_at(transformer, size, device, candidates, args.repeats, out, args.tiny,
                                                args.confirm_rounds, args.confirm_uniform))
         write_json(out / "decide_gpu.json", results)  # what is done survives a later failure
+        write_atomic(out / "decide_gpu.md", markdown(results))
     fluxlab.detach(transformer)
     del transformer
     if device.type == "cuda":
