@@ -32,6 +32,7 @@ after every phase, so a run cut short keeps what it measured (``complete`` says 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -388,13 +389,18 @@ def embedded_phase(args, kernels: dict, device) -> dict:
     import fluxlab
     from fluxlab.decide.frontier import exact_ends_label
 
+    from fluxlab.models.embedded import EMBEDDED_DIR
+
     start = time.perf_counter()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # sage and fa4 take half precision only
-    entry = {"model": "fluxlab's embedded FLUX.2 [klein]-architecture model (trained, 4 + 4 blocks, 4 heads x 32)",
+    config = json.loads((EMBEDDED_DIR / "transformer" / "config.json").read_text())
+    entry = {"model": (f"fluxlab's embedded FLUX.2 [klein]-architecture model (trained; {config['num_layers']} + "
+                       f"{config['num_single_layers']} blocks, {config['num_attention_heads']} heads x "
+                       f"{config['attention_head_dim']})"),
              "dtype": str(dtype).removeprefix("torch."), "steps": args.embedded_steps, "seeds": list(args.seeds),
              "prompt": PROMPT}
     try:
-        fast = padded_backend(kernels["fast"], head_dim=32)
+        fast = padded_backend(kernels["fast"], head_dim=config["attention_head_dim"])
         entry["fast"] = fast
         pipe = fluxlab.load_flux2("embedded", device=device, dtype=dtype,
                                   allowed=fluxlab.FLUX2_BACKENDS | set(kernels.values()) | {fast})
@@ -504,7 +510,7 @@ def markdown(results: dict) -> str:
     if "frontier" in embedded:
         lines += [f"{embedded['model']}, {embedded['dtype']}, {embedded['steps']} steps, seeds {embedded['seeds']}, "
                   f"exact `{embedded['exact']}`, candidate `{embedded['fast']}`"
-                  + (f" (`{kernels['fast']}` on q/k/v zero-padded from head_dim 32: it does not take 32)"
+                  + (f" (`{kernels['fast']}` on q/k/v zero-padded: it does not take the model's head_dim)"
                      if embedded["fast"] != kernels["fast"] else "")
                   + ". Its step times are the tiny model's (launch-bound) and are not the speed claim; the [dev]-size "
                   "times above are.", "",
