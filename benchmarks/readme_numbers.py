@@ -367,12 +367,18 @@ EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
 def emulators_cpu(results: Path) -> str:
     data = load(results, EMULATORS)
     cost, shape = data["cost"], data["cost"]["shape"]
-    ratios = {name: x for name, x in cost["x_sdpa_float32"].items() if name.startswith("emu_")}
-    lines = [f"Measured by `benchmarks/emulators.py` on this CPU (`benchmarks/results/{EMULATORS}`). Cost at S "
-             f"{shape['seq']}, {shape['heads']} heads, float32 inputs, as a multiple of torch's float32 SDPA on the "
-             "same inputs (median of interleaved runs on a shared machine):", "",
-             "| emulator | x float32 SDPA |", "|---|---|"]
-    lines += [f"| `{name}` | {x:.1f} |" for name, x in ratios.items()]
+    emulators = [name for name in cost["median_ms"] if name.startswith("emu_")]
+    lines = [prose(f"Measured by `benchmarks/emulators.py` on this CPU (`benchmarks/results/{EMULATORS}`). Cost at S "
+                   f"{shape['seq']}, {shape['heads']} heads, float32 inputs, median of {cost['rounds']} interleaved rounds "
+                   f"on a shared 2-core machine, as a multiple of the float32 kernel each emulator wraps (its own loop "
+                   f"with no rounding point, `emulated.flash_float32`; target ≤ {cost['target_x_wrapped']:g}×), of "
+                   "torch's float32 math kernel and of its float32 SDPA on the same inputs:"), "",
+             "| emulator | wraps | × wrapped kernel | × float32 math | × float32 SDPA |", "|---|---|---|---|---|"]
+    lines += [f"| `{name}` | `{cost['wraps'][name]}` | {cost['x_wrapped'][name]:.1f} ({met(cost['met'][name])}) | "
+              f"{cost['x_math_float32'][name]:.1f} | {cost['x_sdpa_float32'][name]:.1f} |" for name in emulators]
+    wrapped = list(dict.fromkeys(cost["wraps"].values()))
+    lines += ["", prose("The wrapped kernels themselves: " + ", ".join(
+        f"`{w}` {cost['x_math_float32'][w]:.1f}× float32 math" for w in wrapped) + ".")]
     rows = [r for r in data["attention"]["rows"] if r["cvt_probs"] == 1]
     dists = list(dict.fromkeys(r["distribution"] for r in rows))
     lines += ["", f"aiter's `how_v3_bf16_cvt`, emulated (`emu_aiter`, P and O converted by the mode), rel-L2 vs "
@@ -389,6 +395,12 @@ def emulators_cpu(results: Path) -> str:
                   "| backend | PSNR dB | SSIM | final latent rel-L2 |", "|---|---|---|---|"]
         lines += [f"| `{r['backend']}` | {r['psnr_db']:.1f} | {r['ssim']:.4f} | {r['final_latent_rel_l2']:.2e} |"
                   for r in images["rows"] if r["backend"] != images["reference"] and r["error"] is None]
+    for part, source in data.get("sources", {}).items():  # parts the last run kept from an earlier one
+        commit = source["provenance"]["git"]["commit"][:12]
+        lines += ["", prose(f"The {part} numbers are from an earlier run (`{command_text(source['command'])}`, "
+                            f"{source['provenance']['date'][:10]}, commit {commit}); the emulators were made faster "
+                            "since, with outputs bit-identical to that version's on the tests' inputs "
+                            "(`tests/test_emulators.py`).")]
     return "\n".join(lines)
 
 
@@ -671,10 +683,11 @@ def emulators_gpu(results: Path) -> str:
     data = load(results, EMULATORS_GPU)
     versions, provenance, targets = data["versions"], data["provenance"], data["targets"]
     cases = data["cases"]
+    sizes = list(dict.fromkeys((case["seq"], case["heads"]) for case in cases))
     lines = [prose(f"Measured by `{command_text(data['command'])}` on an {data['card']} (torch "
                    f"{versions['torch']}, SageAttention {versions['sageattention']}, {cudnn_text(versions['cudnn'])}, "
-                   f"{provenance['date'][:10]}; {results_path(EMULATORS_GPU)}), bf16 inputs at S {cases[0]['seq']}, "
-                   f"{cases[0]['heads']} heads, D 128. Columns: rel-L2(emu_sage, sage) ÷ sage's own error vs float64 "
+                   f"{provenance['date'][:10]}; {results_path(EMULATORS_GPU)}), bf16 inputs at "
+                   f"{' and '.join(f'S {seq}, {heads} heads' for seq, heads in sizes)}, D 128. Columns: rel-L2(emu_sage, sage) ÷ sage's own error vs float64 "
                    f"(target ≤ {targets['quantised']}); emu_bf16's error vs float64 ÷ each real kernel's (cuDNN, FA2, "
                    f"mem-efficient; target 1 ± {targets['exact_band']}); its distance to each real kernel ÷ the "
                    f"largest distance between two real kernels (target ≤ 1); stretch: tiled `block_n` variants' "
@@ -697,7 +710,8 @@ def emulators_gpu(results: Path) -> str:
         own = f"{summary(default_own)}; tiled {summary(tiled_own)}"
         distance = f"{summary(default_distance, ratio=True)}; tiled {summary(tiled_distance, ratio=True)}"
         stretch = f"{span([v for _, v, _, _ in g['stretch']])} ({sum(c[2] for c in g['stretch'])}/{len(g['stretch'])} met)"
-        lines.append(f"| {case['distribution']} | {case['rel_l2_vs_fp64']['sage']:.2e} | {_listed(g['sage'])} | "
+        label = case["distribution"] + (f", S {case['seq']} H {case['heads']}" if len(sizes) > 1 else "")
+        lines.append(f"| {label} | {case['rel_l2_vs_fp64']['sage']:.2e} | {_listed(g['sage'])} | "
                      f"{own} | {distance} | {stretch} |")
     lines += ["", prose("`emu_aiter` and `emu_aiter_sage` have no real kernel on this card: they are validated against "
                         "their documented algorithm only.")]

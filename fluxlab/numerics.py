@@ -58,6 +58,43 @@ def round_bf16(x: torch.Tensor, mode=RTNE, *, fast: bool = True) -> torch.Tensor
     return rounded.view(torch.float32)
 
 
+def round_bf16_(x: torch.Tensor, mode=RTNE) -> torch.Tensor:
+    """In place: ``x`` (contiguous float32) becomes ``round_bf16(x, mode)``, bit for bit, without a float32 copy
+    (the emulators round score-sized tensors, where every fresh tensor costs a pass over memory)."""
+    mode = bf16_mode(mode)
+    _check_in_place(x, torch.float32)
+    if mode == RTNE:
+        return x.copy_(x.to(torch.bfloat16))
+    nan = torch.isnan(x)
+    has_nan = bool(nan.any())
+    signs = x.view(torch.int32) & _SIGN if has_nan else None
+    bits = x.view(torch.int32)
+    if mode == RTNA:
+        bits.add_(0x8000)
+    bits.bitwise_and_(_KEEP_HIGH)
+    if has_nan:
+        bits.copy_(torch.where(nan, signs | _QUIET_NAN, bits))
+    return x
+
+
+def round_fp16_(x: torch.Tensor) -> torch.Tensor:
+    """In place: ``x`` (contiguous float32) becomes ``round_fp16(x)``."""
+    _check_in_place(x, torch.float32)
+    return x.copy_(x.to(torch.float16))
+
+
+def round_fp8_(x: torch.Tensor, fmt: str = "e4m3fn") -> torch.Tensor:
+    """In place: ``x`` (contiguous float32) becomes ``round_fp8(x, fmt)``."""
+    _check_in_place(x, torch.float32)
+    return x.copy_(x.to(fp8_dtype(fmt)))
+
+
+def _check_in_place(x: torch.Tensor, dtype: torch.dtype) -> None:
+    if x.dtype != dtype or not x.is_contiguous():
+        raise TypeError(f"in-place rounding takes a contiguous {dtype} tensor (got {x.dtype}, "
+                        f"contiguous={x.is_contiguous()}); use the copying version or .contiguous()")
+
+
 def to_bf16(x: torch.Tensor, mode=RTNE) -> torch.Tensor:
     """``x`` converted to a torch.bfloat16 tensor with ``mode`` (exact: the values are already bf16)."""
     return round_bf16(x.float(), mode).to(torch.bfloat16)
@@ -136,4 +173,5 @@ def quantise_fp8_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[torc
 
 __all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode",
            "expand_block_scales", "fp8_dtype", "quantise_fp8_per_channel", "quantise_int8_per_block",
-           "round_bf16", "round_fp16", "round_fp8", "round_half_away", "to_bf16"]
+           "round_bf16", "round_bf16_", "round_fp16", "round_fp16_", "round_fp8", "round_fp8_", "round_half_away",
+           "to_bf16"]

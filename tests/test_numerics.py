@@ -134,3 +134,22 @@ def test_fp8_per_channel_on_a_hand_computed_example():
     assert fnuz_scales[0, 0, 0].item() == torch.tensor(448.0 / 240.0).item() and fnuz[0, 0, 0, 0].item() == 240.0
     with pytest.raises(ValueError, match="e4m3fn"):
         numerics.round_fp8(v, "e5m2x")
+
+
+def test_in_place_roundings_give_the_copying_versions_bits():
+    patterns = f32(*[case[0] for case in CASES], 0x7F800001, 0xFF800001, 0x7FC00000)
+    x = torch.cat([patterns, torch.randn(4096) * 300, torch.rand(4096) * 1e-5])
+    for mode in (RTNE, RTNA, RTZ):
+        want, got = round_bf16(x, mode), numerics.round_bf16_(x.clone(), mode)
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = ~torch.isnan(want)
+        assert bits(got[finite]) == bits(want[finite]), mode
+    assert torch.equal(numerics.round_fp16_(x[20:].clone()), numerics.round_fp16(x[20:]))
+    in_range = x[20:].clamp(-200, 200)  # e4m3fnuz has no inf: beyond 240 gives NaN
+    assert torch.equal(numerics.round_fp8_(in_range.clone(), "e4m3fnuz"), numerics.round_fp8(in_range, "e4m3fnuz"))
+    y = x.clone()
+    assert numerics.round_fp16_(y) is y  # in place: the same tensor comes back
+    with pytest.raises(TypeError, match="contiguous"):
+        numerics.round_bf16_(x.view(-1, 2).t())
+    with pytest.raises(TypeError, match="float32"):
+        numerics.round_fp16_(x.double())

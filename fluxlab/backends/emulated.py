@@ -25,6 +25,11 @@ Sources of the algorithms (read, not copied):
   closed assembly kernel applies the mode to is not public: by default P and O both (``cvt_probs=1``).
 Validation against real kernels: ``benchmarks/emulators_gpu.py`` (sage, emu_bf16). ``emu_aiter`` and
 ``emu_aiter_sage`` are validated against their documented algorithm only.
+
+Speed (``benchmarks/emulators.py``): the kernels' loop runs vectorised over key blocks wherever no value depends on
+the order (``_flash_rows``), with reused buffers; its results are bit-identical to the first block-at-a-time version
+kept in ``tests/emulated_reference.py`` (``tests/test_emulators.py`` compares them). ``flash_float32`` is the same
+loop with no rounding point: the float32 kernel an emulator's cost is measured against.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import torch
 from .. import numerics
 from .base import FLOAT_DTYPES, Backend, Capabilities
 
-# float32 scores held at once per query chunk (x 4 bytes, plus exp()).
-SCORE_BUDGET_ELEMENTS = 2**25
+# float32 scores held at once per chunk of query rows: a CPU's cache-sized share (a fresh tensor costs page faults and
+# a pass over memory there), a GPU's few GiB (each chunk is a round of kernel launches).
+SCORE_BUDGET_ELEMENTS = {"cpu": 2**20, "cuda": 2**28}
 SAGE_BLOCKS = {"q": 128, "k": 64}  # SageAttention 1.0.6 per_block_int8 and attn kernel, head_dim 64/128
 AITER_SAGE_BLOCKS = {"q": 256, "k": 128}  # aiter get_sage_fwd_configs (gfx942 and gfx950)
 SAGE_LOG2E = 1.44269504  # the constant as written in sageattention 1.0.6 (not math.log2(math.e))
@@ -78,58 +84,94 @@ def _heads_first(x: torch.Tensor, groups: int = 1) -> torch.Tensor:
     return x.repeat_interleave(groups, dim=1) if groups > 1 else x
 
 
-def _chunk_rows(batch_heads: int, seq_q: int, block: int, multiple: int) -> int:
-    rows = max(1, SCORE_BUDGET_ELEMENTS // max(1, batch_heads * block))
+def _chunk_rows(batch_heads: int, seq_q: int, width: int, multiple: int, device: torch.device) -> int:
+    budget = SCORE_BUDGET_ELEMENTS.get(device.type, SCORE_BUDGET_ELEMENTS["cuda"])
+    rows = max(1, budget // max(1, batch_heads * width))
     rows = max(multiple, rows // multiple * multiple)
     return min(seq_q, rows)
 
 
-def _online_softmax(q_len: int, k_len: int, batch_heads: tuple[int, int], v: torch.Tensor, *, scores, block_n: int,
-                    exp, pv, causal: bool, row_multiple: int = 1):
-    """A flash kernel's loop: for each query chunk, key blocks of ``block_n`` (0: all keys at once) with a
-    running max ``m``, ``p = exp(s - m)``, ``l += rowsum(p)`` (float32 p), ``acc = acc * alpha + pv(p, v_block)``.
+def _flash_rows(logits: torch.Tensor, v: torch.Tensor, rows: slice, *, block: int, exp, block_max, probs, round_p,
+                add_pv):
+    """A flash kernel's loop over key blocks for one chunk of query rows: running max ``m``, ``p = exp(s - m)``
+    (float32), ``l = l * alpha + rowsum(p)``, ``acc = acc * alpha + P.V`` with ``add_pv(acc, round_p(p), v_block)``
+    adding the block's ``P.V`` to ``acc`` in place.
 
-    ``scores(rows, cols)`` returns float32 [B, H, r, c] and may return ``(s, m_candidate)`` when the kernel
-    takes the block max in another form; ``pv(p, v_block)`` rounds ``p`` as the kernel does. Returns
-    float32 ``acc`` [B, H, Sq, Dv], ``l`` and ``m`` [B, H, Sq].
+    The same float32 operations on the same values as one block at a time, so the same bits; only what no value
+    depends on is vectorised over the blocks: the scores, the block maxima (the running max is their ``cummax``),
+    ``p`` and its row sums. The sequential steps (``alpha``, ``l``, ``acc``) run block by block on arrays of the
+    shapes a block-at-a-time loop gives them (a vectorised ``exp`` and its scalar tail may differ in the last bit),
+    and a ragged last block is computed on its own, as it was.
+
+    ``logits`` [B, H, r, Sk] for the query ``rows``; ``block_max(x, rows, blocks)`` and ``probs(x, m_safe, rows,
+    blocks)`` get ``x`` with one block per slice of the last axis ([B, H, r, n, block] for the full blocks, ``blocks``
+    a slice; [B, H, r, keys] for a ragged last one, ``blocks`` its index) and return the block maxima and a fresh
+    contiguous ``p``; ``round_p(p)`` rounds in place. Returns float32 ``acc`` [B, H, r, Dv], ``l`` and ``m`` [B, H, r].
     """
+    batch, heads, row_count, k_len = logits.shape
+    full, ragged = divmod(k_len, block)
+    parts = [(logits[..., :full * block].unflatten(-1, (full, block)), slice(0, full))] if full else []
+    if ragged:
+        parts.append((logits[..., full * block:], full))
+    maxima = [block_max(x, rows, blocks) for x, blocks in parts]
+    if ragged:
+        maxima[-1] = maxima[-1].unsqueeze(-1)
+    m_cols = torch.cummax(torch.cat(maxima, dim=-1), dim=-1).values.movedim(-1, 0).contiguous()  # [n, B, H, r]
+    m_safe = torch.where(torch.isfinite(m_cols), m_cols, torch.zeros_like(m_cols))
+    p_blocks, sums = [], []
+    for x, blocks in parts:
+        full_part = isinstance(blocks, slice)
+        p = probs(x, m_safe[blocks].movedim(0, -1) if full_part else m_safe[blocks], rows, blocks)
+        sums.append(p.sum(dim=-1))
+        round_p(p)
+        p_blocks += list(p.unbind(dim=-2)) if full_part else [p]  # [B, H, r, block] views of p
+    sums = torch.cat([sums[0]] + [s.unsqueeze(-1) for s in sums[1:]], dim=-1) if full else sums[0].unsqueeze(-1)
+    m = torch.full((batch, heads, row_count), -math.inf, dtype=torch.float32, device=v.device)
+    l = torch.zeros_like(m)
+    acc = torch.zeros(batch, heads, row_count, v.shape[-1], dtype=torch.float32, device=v.device)
+    for index, p in enumerate(p_blocks):
+        alpha = exp(m - m_safe[index])
+        l = l * alpha + sums[..., index]
+        add_pv(acc.mul_(alpha[..., None]), p, v[:, :, index * block:(index + 1) * block])
+        m = m_cols[index]
+    return acc, l, m
+
+
+def _flash(q_len: int, k_len: int, batch_heads: tuple[int, int], v: torch.Tensor, *, logits, block_n: int, exp,
+           causal: bool, row_multiple: int = 1, **loop):
+    """``_flash_rows`` over chunks of query rows; ``logits(rows)`` gives [B, H, r, Sk] float32 (masked here when
+    ``causal``), ``loop`` the rest of ``_flash_rows``' arguments. Returns ``acc`` [B, H, Sq, Dv], ``l``, ``m``."""
     batch, heads = batch_heads
-    block = block_n if block_n > 0 else k_len
-    rows = _chunk_rows(batch * heads, q_len, block, row_multiple)
+    rows = _chunk_rows(batch * heads, q_len, k_len, row_multiple, v.device)
     acc = torch.empty(batch, heads, q_len, v.shape[-1], dtype=torch.float32, device=v.device)
     l_all = torch.empty(batch, heads, q_len, dtype=torch.float32, device=v.device)
     m_all = torch.empty_like(l_all)
     for r0 in range(0, q_len, rows):
         r1 = min(q_len, r0 + rows)
-        m = torch.full((batch, heads, r1 - r0), -math.inf, dtype=torch.float32, device=v.device)
-        l = torch.zeros_like(m)
-        out = torch.zeros(batch, heads, r1 - r0, v.shape[-1], dtype=torch.float32, device=v.device)
-        for c0 in range(0, k_len, block):
-            c1 = min(k_len, c0 + block)
-            s = scores(slice(r0, r1), slice(c0, c1))
-            shifted = None
-            if isinstance(s, tuple):  # (a function of m giving the shifted scores, the block's row max)
-                shifted, block_max = s
-            else:
-                if causal:
-                    keep = torch.arange(c0, c1, device=v.device)[None, :] <= torch.arange(r0, r1, device=v.device)[:, None]
-                    s = s.masked_fill(~keep, -math.inf)
-                block_max = s.amax(dim=-1)
-            m_new = torch.maximum(m, block_max)
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            p = shifted(m_safe) if shifted is not None else exp(s - m_safe[..., None])
-            alpha = exp(m - m_safe)
-            l = l * alpha + p.sum(dim=-1)
-            out = out * alpha[..., None] + pv(p, v[:, :, c0:c1])
-            m = m_new
-        acc[:, :, r0:r1], l_all[:, :, r0:r1], m_all[:, :, r0:r1] = out, l, m
+        s = logits(slice(r0, r1))
+        if causal:
+            keep = torch.arange(k_len, device=v.device)[None, :] <= torch.arange(r0, r1, device=v.device)[:, None]
+            s.masked_fill_(~keep, -math.inf)
+        block = block_n if block_n > 0 else k_len
+        acc[:, :, r0:r1], l_all[:, :, r0:r1], m_all[:, :, r0:r1] = _flash_rows(s, v, slice(r0, r1), block=block,
+                                                                               exp=exp, **loop)
     return acc, l_all, m_all
 
 
-def _fp32_pv(round_p):
-    def pv(p, v_block):
-        return torch.matmul(round_p(p), v_block)
-    return pv
+def _row_max(x, rows, blocks):
+    return x.amax(dim=-1)
+
+
+def _exp_shifted(exp):
+    def probs(x, m_safe, rows, blocks):
+        return exp(x - m_safe[..., None])
+    return probs
+
+
+def _add_matmul(acc, p, v_block):
+    """``acc += p @ v_block`` as one ``baddbmm``: BLAS sums the products from zero and adds ``acc`` once, the rounding
+    of a separate float32 add, without a fresh tensor per block (tests check the bits against the separate add)."""
+    acc.flatten(0, 1).baddbmm_(p.flatten(0, 1), v_block.flatten(0, 1))
 
 
 def _lse(m, l, base2: bool = False):
@@ -148,6 +190,23 @@ def _check_options(**choices):
             raise ValueError(f"option {name}={value!r} is not one of {sorted(allowed, key=str)}")
 
 
+def flash_float32(q, k, v, *, scale, causal=False, block_n=0):
+    """The float32 kernel the emulators wrap, with none of their rounding points: the inputs' values in float32,
+    ``exp``, a float32 ``P.V`` over key blocks of ``block_n`` (0: all keys at once). The yardstick of what emulation
+    costs (``benchmarks/emulators.py``); not a registered backend. Returns [B, S, H, D] float32."""
+    groups = q.shape[2] // k.shape[2]
+    qh, kh, vh = _heads_first(q.float()), _heads_first(k.float(), groups), _heads_first(v.float(), groups)
+
+    def logits(rows):
+        return torch.matmul(qh[:, :, rows], kh.transpose(-1, -2)).mul_(scale)
+
+    with _exact_float32(q.device):
+        acc, l, _ = _flash(qh.shape[2], kh.shape[2], qh.shape[:2], vh, logits=logits, block_n=int(block_n),
+                           exp=torch.exp, causal=causal, block_max=_row_max, probs=_exp_shifted(torch.exp),
+                           round_p=lambda p: p, add_pv=_add_matmul)
+    return (acc / l[..., None]).transpose(1, 2)
+
+
 # ----------------------------------------------------------------------------------------- exact (bf16)
 
 
@@ -161,19 +220,22 @@ def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mod
 
     qh, kh, vh = load(q), load(k, groups), load(v, groups)
     batch, heads, q_len, _ = qh.shape
-    if probs == "bf16":
-        def round_p(p):
-            return numerics.round_bf16(p, probs_mode) if work == torch.bfloat16 else numerics.round_fp16(p)
-    else:
+    if probs == "fp32":
         def round_p(p):
             return p
+    elif work == torch.bfloat16:
+        def round_p(p):
+            return numerics.round_bf16_(p, probs_mode)
+    else:
+        round_p = numerics.round_fp16_
 
-    def scores(rows, cols):
-        return torch.matmul(qh[:, :, rows], kh[:, :, cols].transpose(-1, -2)) * scale
+    def logits(rows):
+        return torch.matmul(qh[:, :, rows], kh.transpose(-1, -2)).mul_(scale)
 
     with _exact_float32(q.device):
-        acc, l, m = _online_softmax(q_len, kh.shape[2], (batch, heads), vh, scores=scores, block_n=int(block_n),
-                                    exp=torch.exp, pv=_fp32_pv(round_p), causal=causal)
+        acc, l, m = _flash(q_len, kh.shape[2], (batch, heads), vh, logits=logits, block_n=int(block_n), exp=torch.exp,
+                           causal=causal, block_max=_row_max, probs=_exp_shifted(torch.exp), round_p=round_p,
+                           add_pv=_add_matmul)
     out = acc / l[..., None]
     out = numerics.round_bf16(out, out_mode) if work == torch.bfloat16 else numerics.round_fp16(out)
     result = _finish(out, q.dtype)
@@ -216,6 +278,36 @@ def _int8_operands(q, k, *, scale, log2e, blocks, work):
     return q_ints, q_scales, k_ints, k_scales
 
 
+def _fp16_accumulated_pv(pv_chunk: int):
+    """Sage's ``P.V`` for one key block with fp16-valued ``p``: the products of each chunk of ``pv_chunk`` keys summed
+    in float32, added to an fp16 accumulator in float32 and rounded to fp16 after each chunk. The add is fused into
+    the matrix product (``baddbmm``: BLAS sums the chunk's products from zero and adds the accumulator once, the same
+    rounding as a separate add; the tests check it bit for bit). The accumulator is reused from block to block."""
+    buffers = {}
+
+    def add_pv(acc, p, v_block):
+        keys = p.shape[-1]
+        chunks = -(-keys // pv_chunk)
+        if chunks * pv_chunk != keys:  # a ragged last block: zero keys add nothing
+            p = torch.nn.functional.pad(p, (0, chunks * pv_chunk - keys))
+            v_block = torch.nn.functional.pad(v_block, (0, 0, 0, chunks * pv_chunk - keys))
+        batch, heads, row_count, dim = *p.shape[:-1], v_block.shape[-1]
+        p3, v3 = p.flatten(0, 1), v_block.flatten(0, 1)  # [B*H, r, keys], [B*H, keys, D]
+        shape = (batch * heads, row_count, dim)
+        if shape not in buffers:
+            buffers[shape] = (torch.empty(shape, dtype=torch.float32, device=p.device),
+                              torch.empty(shape, dtype=torch.float16, device=p.device))
+        block, half = buffers[shape]
+        torch.bmm(p3[..., :pv_chunk], v3[:, :pv_chunk], out=block)
+        block.copy_(half.copy_(block))
+        for start in range(pv_chunk, chunks * pv_chunk, pv_chunk):  # one fp16 rounding per MMA k-step
+            block.baddbmm_(p3[..., start:start + pv_chunk], v3[:, start:start + pv_chunk])
+            block.copy_(half.copy_(block))
+        acc.add_(block.view(batch, heads, row_count, dim))
+
+    return add_pv
+
+
 def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     """SageAttention 1.0.6's Triton kernel in float32 (algorithm: module docstring).
 
@@ -236,26 +328,15 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
         k_ints, k_col_scale = k_ints.repeat_interleave(groups, 1), k_col_scale.repeat_interleave(groups, 1)
     vh = _heads_first(v.to(work).to(torch.float16).float(), groups)
 
-    def scores(rows, cols):
-        qk = torch.matmul(q_ints[:, :, rows], k_ints[:, :, cols].transpose(-1, -2))
-        return qk * q_row_scale[:, :, rows, None] * k_col_scale[:, :, None, cols]
-
-    def pv(p, v_block):
-        keys = p.shape[-1]
-        chunks = -(-keys // pv_chunk)
-        if chunks * pv_chunk != keys:  # a ragged last block: zero keys add nothing
-            p = torch.nn.functional.pad(p, (0, chunks * pv_chunk - keys))
-            v_block = torch.nn.functional.pad(v_block, (0, 0, 0, chunks * pv_chunk - keys))
-        p16 = numerics.round_fp16(p).unflatten(-1, (chunks, pv_chunk)).transpose(-2, -3)  # [B, H, n, r, c]
-        parts = torch.matmul(p16, v_block.unflatten(-2, (chunks, pv_chunk)))  # [B, H, n, r, D], float32 each
-        block = numerics.round_fp16(parts[:, :, 0])
-        for index in range(1, chunks):  # the fp16 accumulator, one rounding per MMA k-step
-            block = numerics.round_fp16(block + parts[:, :, index])
-        return block
+    def logits(rows):  # exact integer products, then (qk * q_scale) * k_scale in float32
+        qk = torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))
+        return qk.mul_(q_row_scale[:, :, rows, None]).mul_(k_col_scale[:, :, None, :])
 
     with _exact_float32(q.device):
-        acc, l, _ = _online_softmax(q_len, k_len, q_ints.shape[:2], vh, scores=scores, block_n=SAGE_BLOCKS["k"],
-                                    exp=torch.exp2, pv=pv, causal=causal, row_multiple=SAGE_BLOCKS["q"])
+        acc, l, _ = _flash(q_len, k_len, q_ints.shape[:2], vh, logits=logits, block_n=SAGE_BLOCKS["k"], exp=torch.exp2,
+                           causal=causal, row_multiple=SAGE_BLOCKS["q"], block_max=_row_max,
+                           probs=_exp_shifted(torch.exp2), round_p=numerics.round_fp16_,
+                           add_pv=_fp16_accumulated_pv(pv_chunk))
     out = (acc / l[..., None]).to(work).float()
     result = _finish(out, q.dtype)
     if return_lse:
@@ -288,26 +369,23 @@ def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3f
         v_q, v_scales = v_q.repeat_interleave(groups, 1), v_scales.repeat_interleave(groups, 1)
     block_n = AITER_SAGE_BLOCKS["k"]
 
-    def scores(rows, cols):
-        qk = torch.matmul(q_ints[:, :, rows], k_ints[:, :, cols].transpose(-1, -2))
-        block_scale = q_row_scale[:, :, rows] * k_scales[:, :, cols.start // block_n, None]  # fp32 product
-        if causal:
-            keep = (torch.arange(cols.start, cols.stop, device=qk.device)[None, :]
-                    <= torch.arange(rows.start, rows.stop, device=qk.device)[:, None])
-            qk = qk.masked_fill(~keep, -math.inf)
-        row_max = qk.amax(dim=-1) * block_scale
+    block_scale = q_row_scale[..., None] * k_scales[:, :, None, :]  # [B, H, Sq, key blocks]: q_descale * k_descale
 
-        def shifted(m):  # one fused multiply-add: the product is exact in float64, one rounding to float32
-            return torch.exp2((qk.double() * block_scale.double()[..., None] - m.double()[..., None]).float())
+    def logits(rows):  # the exact integer products; masked to -inf where causal
+        return torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))
 
-        return shifted, row_max
+    def block_max(qk, rows, blocks):
+        return qk.amax(dim=-1) * block_scale[:, :, rows, blocks]
 
-    def pv(p, v_block):
-        return torch.matmul(numerics.round_fp8(p, fp8), v_block)
+    def probs(qk, m_safe, rows, blocks):
+        # fma(qk, scale, -m): the product is exact in float64, one rounding to float32
+        shifted = qk.double().mul_(block_scale[:, :, rows, blocks].double()[..., None]).sub_(m_safe.double()[..., None])
+        return shifted.float().exp2_()
 
     with _exact_float32(q.device):
-        acc, l, _ = _online_softmax(q_len, k_len, q_ints.shape[:2], v_q, scores=scores, block_n=block_n,
-                                    exp=torch.exp2, pv=pv, causal=causal, row_multiple=AITER_SAGE_BLOCKS["q"])
+        acc, l, _ = _flash(q_len, k_len, q_ints.shape[:2], v_q, logits=logits, block_n=block_n, exp=torch.exp2,
+                           causal=causal, row_multiple=AITER_SAGE_BLOCKS["q"], block_max=block_max, probs=probs,
+                           round_p=lambda p: numerics.round_fp8_(p, fp8), add_pv=_add_matmul)
     reciprocal = 1.0 / torch.clamp(l, min=AITER_MIN_L)
     out = numerics.round_bf16(acc * reciprocal[..., None] * v_scales[:, :, None, :])
     result = _finish(out, q.dtype)
