@@ -236,3 +236,15 @@ def test_flash_float32_is_the_emulators_loop_without_rounding():
         assert rel_l2(out, ref) < 1e-5, block_n  # float32 accuracy, far below bf16's ~2e-3
     causal = emulated.flash_float32(q, k, v, scale=SCALE, causal=True, block_n=64)
     assert rel_l2(causal, reference_attention(q, k, v, scale=SCALE, causal=True)) < 1e-5
+
+
+def test_fast_emulators_are_bit_identical_on_fp16_inputs_with_batch_two():
+    import emulated_reference
+
+    q, k, v = (t.half() for t in synthetic_qkv(2, 130, 3, 64, "outliers", 3))
+    for name, options in IDENTITY_VARIANTS[::2]:
+        for causal in (False, True):
+            kwargs = dict(scale=64**-0.5, causal=causal, **options)
+            new, old = getattr(emulated, name)(q, k, v, **kwargs), getattr(emulated_reference, name)(q, k, v, **kwargs)
+            assert new.dtype == torch.float16
+            assert torch.equal(new, old), (name, options, causal)
