@@ -66,15 +66,30 @@ def test_model_offload_moves_the_tokens_to_the_execution_device():
         fluxlab.detach(pipe)
 
 
+def _flat(output) -> torch.Tensor:
+    """A block's output (a tensor, or (encoder, image) streams) as one fresh tensor, outside CUDA graph memory."""
+    parts = output if isinstance(output, tuple) else (output,)
+    return torch.cat([t.float().flatten() for t in parts])
+
+
 def test_cuda_graphs_keep_fluxlab_switchable():
+    """One block under mode="reduce-overhead" (captured in CUDA graphs, not skipped): fluxlab's op runs outside
+    the captured parts, so a switch after capture still changes what runs."""
     pipe = fluxlab.load_flux2("tiny", device="cuda", backend="sdpa", allowed=ALLOWED)
     try:
-        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
-        first = generate(pipe)
-        again = generate(pipe)
-        assert np.array_equal(first, again)
-        fluxlab.set_backend(pipe, "half_scale")
-        switched = generate(pipe)
-        assert rel_l2(switched, first) > SWITCH_MIN_REL_L2  # a captured graph did not freeze the kernel choice
+        block = pipe.transformer.single_transformer_blocks[0]
+        seen = {}
+        handle = block.register_forward_pre_hook(lambda m, a, k: seen.setdefault("call", (a, k)), with_kwargs=True)
+        generate(pipe, steps=1)
+        handle.remove()
+        args, kwargs = seen["call"]
+        graphed = torch.compile(block, mode="reduce-overhead", fullgraph=True)
+        with torch.inference_mode():
+            for _ in range(3):  # warm-up, capture, replay
+                first = _flat(graphed(*args, **kwargs))
+            fluxlab.set_backend(pipe, "half_scale")
+            switched = _flat(graphed(*args, **kwargs))
+        assert counters["inductor"]["cudagraph_skips"] == 0  # the graph was captured ...
+        assert rel_l2(switched, first) > SWITCH_MIN_REL_L2  # ... and did not freeze the kernel choice
     finally:
         fluxlab.detach(pipe)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -42,6 +44,8 @@ def test_auto_follows_the_budget_and_refuses_up_front():
             assert _one_image(pipe).image.size == (64, 64)
         finally:
             fluxlab.detach(pipe)
+    del pipe
+    gc.collect()  # the pipelines above (and their route tokens) are freed now, not during the refused load
     allocated = torch.cuda.memory_allocated()
     with pytest.raises(MemoryBudgetError, match="refused before loading"):
         fluxlab.load_flux2("tiny", device="cuda", memory_budget=estimate.peak_bytes(None) - 1, **SIZE)
