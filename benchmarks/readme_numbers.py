@@ -518,6 +518,30 @@ def made_on(data: dict) -> str:
     return f", {date[:10]}" if date else ""
 
 
+BOUNDARY = "h200/compile_boundary/boundary.json"  # benchmarks/compile_boundary.py
+
+
+@block("compile-boundary")
+def compile_boundary(results: Path) -> str:
+    """One block of each kind compiled alone: alignment of fluxlab's op output, per-call ratio, CUDA graphs."""
+    data = load(results, BOUNDARY)
+    blocks, graphs = data["blocks"], data.get("cudagraphs") or {}
+    unaligned = sorted({op for b in blocks.values() for v in ("diffusers_native", "fluxlab_sdpa")
+                        for op in b[v]["unaligned_outputs"]})
+    ratios = ", ".join(f"{name} {b['fluxlab_sdpa_vs_diffusers_native']:.3f}×" for name, b in blocks.items())
+    text = (f"One block of each kind compiled alone (`{data['compile']}`, {data['size']}², "
+            f"{environment_text(data['environment'])}; {results_path(Path(BOUNDARY).parent)}): inductor's code "
+            f"{'treats no op output as unaligned' if not unaligned else 'treats as unaligned: ' + ', '.join(unaligned)}"
+            f"; per synchronised block call, fluxlab `sdpa` / diffusers `native` = {ratios} (the op's host-side "
+            "cost, which a whole step hides while the GPU is busy).")
+    if "switch_changed_output" in graphs:
+        text += (f" `mode=\"reduce-overhead\"` on one block: {graphs['cudagraph_skips']} CUDA-graph skips, and a "
+                 f"backend switch after capture {'changed' if graphs['switch_changed_output'] else 'did NOT change'} "
+                 f"the output ({graphs['reduce_overhead_ms_median']:.2f} vs {graphs['default_ms_median']:.2f} ms "
+                 "per call without CUDA graphs).")
+    return prose(text)
+
+
 @block("flux2-offload")
 def flux2_offload(results: Path) -> str:
     data = load(results, OFFLOAD)
