@@ -3,22 +3,13 @@ confirmation and the interleaved plan-vs-automatic rounds, and README's decide-g
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _benchmarks import ROOT, load_benchmark
 
 
 @pytest.mark.slow
@@ -26,7 +17,7 @@ def test_tiny_dry_run_records_the_confirmation_and_the_paired_rounds(tmp_path):
     from fluxlab.decide import AutotunePlan
 
     out = tmp_path / "h200" / "decide"
-    assert _load("decide_gpu").main(["--tiny", "--sizes", "64", "--repeats", "3",
+    assert load_benchmark("decide_gpu").main(["--tiny", "--sizes", "64", "--repeats", "3",
                                      "--confirm-rounds", "2", "--out", str(out)]) == 0
     results = json.loads((out / "decide_gpu.json").read_text())
     tune = results["autotune"][0]
@@ -49,7 +40,7 @@ def test_tiny_dry_run_records_the_confirmation_and_the_paired_rounds(tmp_path):
     (out / "decide_gpu.json").write_text(json.dumps(results))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        text = " ".join(_load("readme_numbers").decide_gpu(tmp_path).split())  # unwrapped
+        text = " ".join(load_benchmark("readme_numbers").decide_gpu(tmp_path).split())  # unwrapped
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     assert f"**{tune['kept']}** was kept" in text and f"{tune['paired_ratio_median']:.4f}×" in text

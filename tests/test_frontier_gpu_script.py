@@ -3,33 +3,24 @@ README's frontier block renders from its JSON (or says "not yet measured")."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 import fluxlab
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """One small dry run: 3 steps (k = 0, 1), 2 timing rounds, the embedded frontier with one seed."""
     out = tmp_path_factory.mktemp("frontier")
-    script = _load("frontier_gpu")
+    script = load_benchmark("frontier_gpu")
     rc = script.main(["--tiny", "--out", str(out), "--steps", "3", "--rounds", "2", "--size", "64",
                       "--text-tokens", "16", "--seeds", "0", "--embedded-text-tokens", "16", "--no-locate"])
     assert rc == 0
@@ -104,7 +95,7 @@ def test_mark_pareto_keeps_only_undominated_rows_and_never_a_failed_one():
 def test_padding_the_head_dim_leaves_a_quantised_kernel_s_answer_unchanged():
     """sage takes head_dim 64/96/128; the embedded model has 32. Zero-padding q/k/v must not change the result:
     checked on emu_sage (sage's algorithm: int8 Q·K per block, K smoothing) behind a 64-only registration."""
-    script = _load("frontier_gpu")
+    script = load_benchmark("frontier_gpu")
     from fluxlab.backends.emulated import emu_sage
 
     fluxlab.register_backend("fg_sage_hd64", emu_sage, head_dims=(64, 96, 128), quantised=True, replace=True)
@@ -128,7 +119,7 @@ def test_padding_the_head_dim_leaves_a_quantised_kernel_s_answer_unchanged():
 
 
 def test_readme_block_says_not_yet_measured_without_the_results_file(tmp_path):
-    numbers = _load("readme_numbers")
+    numbers = load_benchmark("readme_numbers")
     text = numbers.render("decide-frontier", tmp_path)
     assert "not yet measured" in text and "frontier_gpu.json" in text
     assert not re.search(r"\d\.\d|\d ?ms|×", text)  # no measured number invented
@@ -137,7 +128,7 @@ def test_readme_block_says_not_yet_measured_without_the_results_file(tmp_path):
 @pytest.mark.slow
 def test_readme_block_renders_the_results_file(dry_run, tmp_path):
     out, data = dry_run
-    numbers = _load("readme_numbers")
+    numbers = load_benchmark("readme_numbers")
     target = tmp_path / "h200" / "frontier"
     target.mkdir(parents=True)
     shutil.copy(out / "frontier_gpu.json", target)

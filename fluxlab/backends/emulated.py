@@ -210,15 +210,18 @@ def flash_float32(q, k, v, *, scale, causal=False, block_n=0):
 # ----------------------------------------------------------------------------------------- exact (bf16)
 
 
-def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mode, out_mode):
-    _check_options(probs=(probs, {"bf16", "fp32"}))
+def _half_operands(q, k, v):
+    """The bf16 (or fp16) values a half-precision kernel receives, in float32, heads first, K/V repeated for
+    grouped-query attention; and that half dtype."""
     groups = q.shape[2] // k.shape[2]
     work = _work_dtype(q.dtype)
+    return (work, _heads_first(q.to(work).float()), _heads_first(k.to(work).float(), groups),
+            _heads_first(v.to(work).float(), groups))
 
-    def load(x, g=1):
-        return _heads_first(x.to(work).float(), g)  # the bf16 (or fp16) values the kernel receives
 
-    qh, kh, vh = load(q), load(k, groups), load(v, groups)
+def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mode, out_mode):
+    _check_options(probs=(probs, {"bf16", "fp32"}))
+    work, qh, kh, vh = _half_operands(q, k, v)
     batch, heads, q_len, _ = qh.shape
     if probs == "fp32":
         def round_p(p):
@@ -308,6 +311,21 @@ def _fp16_accumulated_pv(pv_chunk: int):
     return add_pv
 
 
+def _sage_operands(q, k, v, *, scale):
+    """int8 Q and smoothed K with per-row / per-column scales and fp16 V, heads first, K/V repeated for
+    grouped-query attention: what SageAttention 1.0.6's wrapper hands its kernel (and the work dtype)."""
+    work = _work_dtype(q.dtype)
+    groups = q.shape[2] // k.shape[2]
+    q_ints, q_scales, k_ints, k_scales = _int8_operands(q, k, scale=scale, log2e=SAGE_LOG2E, blocks=SAGE_BLOCKS,
+                                                        work=work)
+    q_row_scale = numerics.expand_block_scales(q_scales, SAGE_BLOCKS["q"], q.shape[1])
+    k_col_scale = numerics.expand_block_scales(k_scales, SAGE_BLOCKS["k"], k.shape[1])
+    if groups > 1:
+        k_ints, k_col_scale = k_ints.repeat_interleave(groups, 1), k_col_scale.repeat_interleave(groups, 1)
+    vh = _heads_first(v.to(work).to(torch.float16).float(), groups)
+    return work, q_ints, q_row_scale, k_ints, k_col_scale, vh
+
+
 def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     """SageAttention 1.0.6's Triton kernel in float32 (algorithm: module docstring).
 
@@ -317,16 +335,8 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     an assumed point) and added to a float32 accumulator; output in the input's half dtype.
     """
     _check_options(pv_chunk=(pv_chunk, {1, 2, 4, 8, 16, 32, 64}))
-    work = _work_dtype(q.dtype)
-    groups = q.shape[2] // k.shape[2]
-    q_ints, q_scales, k_ints, k_scales = _int8_operands(q, k, scale=scale, log2e=SAGE_LOG2E, blocks=SAGE_BLOCKS,
-                                                        work=work)
+    work, q_ints, q_row_scale, k_ints, k_col_scale, vh = _sage_operands(q, k, v, scale=scale)
     q_len, k_len = q.shape[1], k.shape[1]
-    q_row_scale = numerics.expand_block_scales(q_scales, SAGE_BLOCKS["q"], q_len)
-    k_col_scale = numerics.expand_block_scales(k_scales, SAGE_BLOCKS["k"], k_len)
-    if groups > 1:
-        k_ints, k_col_scale = k_ints.repeat_interleave(groups, 1), k_col_scale.repeat_interleave(groups, 1)
-    vh = _heads_first(v.to(work).to(torch.float16).float(), groups)
 
     def logits(rows):  # exact integer products, then (qk * q_scale) * k_scale in float32
         qk = torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))
@@ -344,21 +354,15 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     return result
 
 
-def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3fnuz"):
-    """aiter's fav3 Sage kernel (``fav3_sage_wrapper_func``) in float32 (algorithm: module docstring).
-
-    int8 Q (blocks of 256 tokens, ``sm_scale * log2e`` folded in) and mean-smoothed K (blocks of 128); V in
-    fp8 with one scale per channel over the whole sequence (``fp8``: ``e4m3fnuz`` on MI300/gfx942, ``e4m3fn``
-    on gfx950); ``fma(qk, q_descale * k_descale, -m)``, exp2, ``p`` cast to fp8 (unscaled) before a float32
-    ``P.V``; ``acc / l * v_descale`` rounded to bf16 (the kernel's output dtype, whatever the input's).
-    """
+def _aiter_sage_operands(q, k, v, *, scale, fp8):
+    """int8 Q (per-row scales) and K (per-block scales) and fp8 V (per-channel scales), heads first, K/V repeated
+    for grouped-query attention: what aiter's fav3 Sage wrapper hands its kernel."""
     numerics.fp8_dtype(fp8)
     work = _work_dtype(q.dtype)
     groups = q.shape[2] // k.shape[2]
     q_ints, q_scales, k_ints, k_scales = _int8_operands(q, k, scale=scale, log2e=AITER_LOG2E,
                                                         blocks=AITER_SAGE_BLOCKS, work=work)
-    q_len, k_len = q.shape[1], k.shape[1]
-    q_row_scale = numerics.expand_block_scales(q_scales, AITER_SAGE_BLOCKS["q"], q_len)
+    q_row_scale = numerics.expand_block_scales(q_scales, AITER_SAGE_BLOCKS["q"], q.shape[1])
     v_work = v.to(work).transpose(1, 2)
     fp8_max = torch.finfo(numerics.fp8_dtype(fp8)).max
     v_scales = v_work.abs().amax(dim=-2).float() / fp8_max
@@ -367,6 +371,19 @@ def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3f
     if groups > 1:
         k_ints, k_scales = k_ints.repeat_interleave(groups, 1), k_scales.repeat_interleave(groups, 1)
         v_q, v_scales = v_q.repeat_interleave(groups, 1), v_scales.repeat_interleave(groups, 1)
+    return q_ints, q_row_scale, k_ints, k_scales, v_q, v_scales
+
+
+def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3fnuz"):
+    """aiter's fav3 Sage kernel (``fav3_sage_wrapper_func``) in float32 (algorithm: module docstring).
+
+    int8 Q (blocks of 256 tokens, ``sm_scale * log2e`` folded in) and mean-smoothed K (blocks of 128); V in
+    fp8 with one scale per channel over the whole sequence (``fp8``: ``e4m3fnuz`` on MI300/gfx942, ``e4m3fn``
+    on gfx950); ``fma(qk, q_descale * k_descale, -m)``, exp2, ``p`` cast to fp8 (unscaled) before a float32
+    ``P.V``; ``acc / l * v_descale`` rounded to bf16 (the kernel's output dtype, whatever the input's).
+    """
+    q_ints, q_row_scale, k_ints, k_scales, v_q, v_scales = _aiter_sage_operands(q, k, v, scale=scale, fp8=fp8)
+    q_len, k_len = q.shape[1], k.shape[1]
     block_n = AITER_SAGE_BLOCKS["k"]
 
     block_scale = q_row_scale[..., None] * k_scales[:, :, None, :]  # [B, H, Sq, key blocks]: q_descale * k_descale
