@@ -17,7 +17,7 @@ FAST = {"max_sequence_length": 32}
 PLANTED = "confirm_scale_bug"  # sdpa with the softmax scale 10 % too large: fails every layer's verdict
 STEADY = "confirm_steady"  # exact, but sleeps: never the per-layer choice next to sdpa
 CALLS = {STEADY: 0}
-OLD_PLAN = Path(__file__).resolve().parents[1] / "benchmarks/results/h200/decide/autotune_plan_1024.json"
+H200_PLAN = Path(__file__).resolve().parents[1] / "benchmarks/results/h200/decide/autotune_plan_1024.json"
 
 
 def _scale_bug(q, k, v, *, scale, causal=False, return_lse=False, **options):
@@ -97,9 +97,15 @@ def test_a_per_layer_plan_slower_at_step_level_than_a_uniform_candidate_is_repla
     assert old.confirmation is None and old.choices == plan.choices and "Step-level" not in old.to_markdown()
 
 
-def test_a_committed_plan_of_the_old_format_loads():
-    plan = AutotunePlan.load(OLD_PLAN, allow_mismatch=True)  # measured on an H200: a mismatch here, by design
-    assert "confirmation" not in json.loads(OLD_PLAN.read_text())
+def test_a_committed_plan_loads_and_one_of_the_old_format_too(tmp_path):
+    """The committed H200 plan (with its step-level confirmation) loads; the same plan written before the
+    confirmation existed (no such key) loads with confirmation None."""
+    plan = AutotunePlan.load(H200_PLAN, allow_mismatch=True)  # measured on an H200: a mismatch here, by design
+    assert plan.confirmation is not None and len(plan.choices) == 56 and "Step-level" in plan.to_markdown()
+    old = json.loads(H200_PLAN.read_text())
+    del old["confirmation"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    plan = AutotunePlan.load(tmp_path / "old.json", allow_mismatch=True)
     assert plan.confirmation is None and len(plan.choices) == 56 and "Step-level" not in plan.to_markdown()
 
 
@@ -145,3 +151,19 @@ def test_bad_confirmation_settings_are_refused(pipe):
     with pytest.raises(DecideInputError, match="timer returned -1"):
         autotune(pipe, candidates=["sdpa", "sdpa_math"], prompt=PROMPT, steps=3, repeats=1,
                  timer=lambda variant, run: -1, **FAST)
+
+
+def test_the_automatic_pick_gives_way_only_to_a_variant_faster_in_every_round():
+    """A lower median is not enough to leave the automatic pick: the variant must win every round (the H200's
+    1024² step wandered by a few % between rounds, and a median-only choice was reversed by a fresh measurement)."""
+    from fluxlab.decide.confirm import StepTiming, _winner
+
+    automatic = StepTiming("automatic pick", {"fa4": 56}, ratios=[1.0] * 5)
+    noisy = StepTiming("uniform sdpa_cudnn", {"sdpa_cudnn": 56}, ratios=[0.95, 0.99, 0.97, 1.02, 0.98])
+    assert _winner([automatic, noisy], automatic) is automatic  # lower median, but slower in one round
+    steady = StepTiming("uniform flex", {"flex": 56}, ratios=[0.99, 0.98, 0.99, 0.99, 0.985])
+    assert _winner([automatic, noisy, steady], automatic) is steady
+    failing = StepTiming("uniform planted", {"planted": 56}, ratios=[0.5] * 5, eligible=False)
+    assert _winner([automatic, failing], automatic) is automatic  # never a variant that failed a verdict
+    automatic.eligible = False  # no eligible incumbent: the lowest median among the eligible ones
+    assert _winner([automatic, noisy, steady], automatic) is noisy

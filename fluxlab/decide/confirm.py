@@ -2,7 +2,7 @@
 
 Per-layer wins measured in isolation need not add up in a whole step (cache state, launch overlap, noise), so the
 per-layer plan competes with the automatic pick and with each candidate applied to every layer; the fastest that
-passes everywhere is kept.
+passes everywhere is kept, but the automatic pick gives way only to a variant faster in every round.
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
                  uniform: int | None = 3, timer: Callable | None = None) -> Confirmation:
     """Time ``run_step`` (one real transformer step of ``model``) under the per-layer plan, the automatic pick and
     each candidate that passes on every layer applied uniformly (the ``uniform`` fastest by summed per-layer time;
-    None: all); keep the eligible variant with the lowest median ratio to the automatic pick.
+    None: all); keep the eligible variant with the lowest median ratio to the automatic pick, where an eligible
+    automatic pick is left only for a variant that beat it in every round (``_winner``).
 
     Fair timing: ``warmup`` untimed calls per variant, then ``rounds`` rounds calling every variant once, the order
     rotated each round; variants with the same kernel on every layer are timed once. ``timer(variant, run) -> ms``
@@ -261,10 +262,21 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
     finally:
         state.schedule = saved
         state._parsed.clear()
-    winner = min((t for t in timings if t.eligible), key=lambda t: t.median_ratio)
+    winner = _winner(timings, timings[automatic])
     plan.confirmation = Confirmation(timings, winner.variant, "", per_layer_choices, rounds, warmup)
     _apply(plan, winner, schedules[timings.index(winner)][1])
     return plan.confirmation
+
+
+def _winner(timings: list[StepTiming], automatic: StepTiming) -> StepTiming:
+    """The eligible variant with the lowest median ratio to the automatic pick; but an eligible automatic pick is
+    left only for a variant that beat it in every round. A switch must be faster beyond run-to-run noise, not a
+    coin toss a fresh measurement reverses (an H200's [dev] step at 1024² wanders by a few % between rounds)."""
+    eligible = [t for t in timings if t.eligible]
+    if not automatic.eligible:
+        return min(eligible, key=lambda t: t.median_ratio)
+    consistent = [t for t in eligible if t is not automatic and t.ratios and all(r < 1 for r in t.ratios)]
+    return min(consistent, key=lambda t: t.median_ratio) if consistent else automatic
 
 
 def _checked(value, variant: str) -> float:
@@ -285,10 +297,19 @@ def _apply(plan, winner: StepTiming, choices: dict[str, str]) -> None:
         return
     before = set(plan.choices.values())
     plan.choices = dict(choices)
-    confirmation.decision = (f"{winner.variant} is kept instead of the per-layer plan: its step took a median "
-                             f"{winner.median_ms:.2f} ms (ratio {winner.median_ratio:.4f} to the automatic pick) "
-                             f"against {per_layer.median_ms:.2f} ms (ratio {per_layer.median_ratio:.4f}) for the "
-                             "per-layer plan, whose per-layer wins in isolation did not add up in the whole step")
+    if AUTOMATIC in (winner.variant, *winner.same_as):
+        others = [t for t in confirmation.timings if t is not winner and t.eligible]
+        confirmation.decision = (
+            "the automatic pick is kept: no eligible variant beat it in every round ("
+            + "; ".join(f"{t.variant}: median ratio {t.median_ratio:.4f}, per round "
+                        f"{min(t.ratios):.3f}–{max(t.ratios):.3f}" for t in others)
+            + "), so the per-layer wins are within run-to-run noise")
+    else:
+        confirmation.decision = (f"{winner.variant} is kept instead of the per-layer plan: its step took a median "
+                                 f"{winner.median_ms:.2f} ms (ratio {winner.median_ratio:.4f} to the automatic pick, "
+                                 f"below 1 in every round) against {per_layer.median_ms:.2f} ms (ratio "
+                                 f"{per_layer.median_ratio:.4f}) for the per-layer plan, whose per-layer wins in "
+                                 "isolation did not add up in the whole step")
     plan.notes.append("step-level confirmation: " + confirmation.decision)
     for backend in set(plan.choices.values()):
         plan.reasons.pop(backend, None)
