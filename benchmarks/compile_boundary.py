@@ -19,13 +19,14 @@ import json
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flux2_step import TEXT_TOKENS, build_transformer, environment, step_inputs  # noqa: E402
+
+from fluxlab.util import time_calls  # noqa: E402
 
 BLOCKS = {"single": "single_transformer_blocks", "double": "transformer_blocks"}
 VARIANTS = ("diffusers_native", "fluxlab_sdpa")
@@ -45,11 +46,6 @@ def block_inputs(transformer, inputs, attribute: str):
     finally:
         handle.remove()
     return seen["call"]
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def route(transformer, variant: str) -> None:
@@ -85,13 +81,8 @@ def study(transformer, block, args_kwargs, device, args) -> dict:
         for variant in (VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]):
             route(transformer, variant)
             with torch.inference_mode():
-                compiled[variant](*call_args, **call_kwargs)  # a call to settle after switching
-                for _ in range(args.calls):
-                    _sync(device)
-                    start = time.perf_counter()
-                    compiled[variant](*call_args, **call_kwargs)
-                    _sync(device)
-                    times[variant].append((time.perf_counter() - start) * 1e3)
+                times[variant] += time_calls(lambda: compiled[variant](*call_args, **call_kwargs), device=device,
+                                             warmup=1, repeats=args.calls).times_ms  # warm-up: settle after a switch
     route(transformer, "diffusers_native")
     result = {variant: {"ms_median": statistics.median(t), "ms_min": min(t), "ms": t} for variant, t in times.items()}
     for variant, source in code.items():
@@ -139,13 +130,8 @@ def cudagraph_check(transformer, block, args_kwargs, device, args) -> dict:
         times = {"reduce_overhead": [], "default": []}
         for round_index in range(args.rounds):
             for name, fn in (("reduce_overhead", graphed), ("default", plain))[::1 if round_index % 2 else -1]:
-                fn(*call_args, **call_kwargs)
-                for _ in range(args.calls):
-                    _sync(device)
-                    start = time.perf_counter()
-                    fn(*call_args, **call_kwargs)
-                    _sync(device)
-                    times[name].append((time.perf_counter() - start) * 1e3)
+                times[name] += time_calls(lambda: fn(*call_args, **call_kwargs), device=device, warmup=1,
+                                          repeats=args.calls).times_ms
     result.update({f"{name}_ms_median": statistics.median(t) for name, t in times.items()})
     route(transformer, "diffusers_native")
     return result

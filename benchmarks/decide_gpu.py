@@ -29,13 +29,10 @@ from pathlib import Path
 
 import torch
 
+from fluxlab.util import synchronize
+
 EXACT_CANDIDATES = ("fa4", "sdpa_cudnn", "sdpa_flash", "flex", "aiter_triton")
 TINY_CANDIDATES = ("sdpa", "sdpa_math", "flex")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_ms(transformer, inputs, device, repeats: int) -> list[float]:
@@ -127,12 +124,12 @@ def sweep_wall_time(device, tiny: bool) -> dict:
         originals[(module, name)] = original
 
         def wrapper(*args, **kwargs):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                _sync(device)
+                synchronize(device)
                 parts[part] += time.perf_counter() - start
 
         setattr(module, name, wrapper)
@@ -143,10 +140,10 @@ def sweep_wall_time(device, tiny: bool) -> dict:
     timed(sweep, "error_stats", "error numbers and maps")
     timed(sweep, "error_map", "error numbers and maps")
     try:
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         report = sweep.compare_attention(SMOKE_INPUTS if tiny else None, device=device, progress=True)
-        _sync(device)
+        synchronize(device)
         wall = time.perf_counter() - start
     finally:
         for (module, name), original in originals.items():

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fluxlab.util import synchronize, time_calls  # noqa: E402
 from flux2_step import (TEXT_TOKENS, TINY_SIZES, build_transformer, environment, run_and_write,  # noqa: E402
                         step_inputs)
 
@@ -87,7 +88,7 @@ def prepare_row(name: str, transformer, inputs, device, args) -> dict:
         with torch.inference_mode():
             start = time.perf_counter()
             out = transformer(**inputs)[0]
-            _sync(device)
+            synchronize(device)
             row["first_call_s"] = time.perf_counter() - start  # includes compiling, for compiled rows
             if via == "fluxlab":
                 with fluxlab.capture(transformer, to="meta", lse=False) as watched:  # which kernel really ran
@@ -95,7 +96,7 @@ def prepare_row(name: str, transformer, inputs, device, args) -> dict:
                 row["ran"] = watched.backends_used()
             for _ in range(args.warmup):
                 transformer(**inputs)
-            _sync(device)
+            synchronize(device)
         row["_out"] = out
         if mode == "compiled":
             row["graph_breaks"] = sum(counters["graph_break"].values())
@@ -109,11 +110,6 @@ def prepare_row(name: str, transformer, inputs, device, args) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_rows(rows: dict, transformer, inputs, device, args) -> None:
@@ -130,12 +126,8 @@ def time_rows(rows: dict, transformer, inputs, device, args) -> None:
             configure(name, transformer, args)
             try:
                 with torch.inference_mode():
-                    for _ in range(args.calls):
-                        _sync(device)
-                        start = time.perf_counter()
-                        transformer(**inputs)
-                        _sync(device)
-                        rows[name]["ms"].append((time.perf_counter() - start) * 1e3)
+                    rows[name]["ms"] += time_calls(lambda: transformer(**inputs), warmup=0, repeats=args.calls,
+                                                   device=device).times_ms
             finally:
                 unconfigure(name, transformer)
     for name in names:
@@ -162,12 +154,12 @@ def profile_rows(rows: dict, transformer, inputs, device, args) -> dict:
         try:
             with torch.inference_mode():
                 transformer(**inputs)
-                _sync(device)
+                synchronize(device)
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
                 with profile(activities=activities) as prof:
                     start = time.perf_counter()
                     transformer(**inputs)
-                    _sync(device)
+                    synchronize(device)
                     wall_ms = (time.perf_counter() - start) * 1e3
         finally:
             unconfigure(name, transformer)

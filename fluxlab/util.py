@@ -191,6 +191,11 @@ def _synchronizer(device) -> Callable[[], None]:
     return lambda: None
 
 
+def synchronize(device=None) -> None:
+    """Wait for the work queued on ``device`` (CUDA); nothing to wait for elsewhere. None: CUDA if in use."""
+    _synchronizer(device)()
+
+
 def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, device=None,
                before_each: Callable[[], None] | None = None) -> Timing:
     """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock, ms each).

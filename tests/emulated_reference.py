@@ -10,10 +10,9 @@ import math
 import torch
 
 from fluxlab import numerics
-from fluxlab.backends.emulated import (  # noqa: F401  (unchanged by the speed-up: shared, not copied)
-    AITER_LOG2E, AITER_MIN_L, AITER_SAGE_BLOCKS, EMULATED_MAX_HEAD_DIM, SAGE_BLOCKS, SAGE_LOG2E, _check_options,
-    _aiter_sage_operands, _exact_float32, _finish, _half_operands, _heads_first, _int8_operands, _lse, _sage_operands,
-    _smoothed_k, _work_dtype)
+from fluxlab.backends.emulated import (  # unchanged by the speed-up: shared, not copied
+    AITER_MIN_L, AITER_SAGE_BLOCKS, SAGE_BLOCKS, _aiter_sage_operands, _check_options,
+    _exact_float32, _finish, _half_operands, _half_result, _sage_operands)
 
 # float32 scores held at once per query chunk (x 4 bytes, plus exp()).
 SCORE_BUDGET_ELEMENTS = 2**25
@@ -96,10 +95,7 @@ def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mod
     with _exact_float32(q.device):
         acc, l, m = _online_softmax(q_len, kh.shape[2], (batch, heads), vh, scores=scores, block_n=int(block_n),
                                     exp=torch.exp, pv=_fp32_pv(round_p), causal=causal)
-    out = acc / l[..., None]
-    out = numerics.round_bf16(out, out_mode) if work == torch.bfloat16 else numerics.round_fp16(out)
-    result = _finish(out, q.dtype)
-    return (result, _lse(m, l)) if return_lse else result
+    return _half_result(acc, l, m, work=work, out_mode=out_mode, dtype=q.dtype, return_lse=return_lse)
 
 
 # ------------------------------------------------------------------------------------------- quantised

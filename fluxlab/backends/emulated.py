@@ -219,6 +219,15 @@ def _half_operands(q, k, v):
             _heads_first(v.to(work).float(), groups))
 
 
+def _half_result(acc, l, m, *, work, out_mode, dtype, return_lse):
+    """``acc / l`` rounded to the half dtype ``work`` (bf16 by ``out_mode``), as [B, S, H, D] in ``dtype``, with the
+    natural-log LSE when asked."""
+    out = acc / l[..., None]
+    out = numerics.round_bf16(out, out_mode) if work == torch.bfloat16 else numerics.round_fp16(out)
+    result = _finish(out, dtype)
+    return (result, _lse(m, l)) if return_lse else result
+
+
 def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mode, out_mode):
     _check_options(probs=(probs, {"bf16", "fp32"}))
     work, qh, kh, vh = _half_operands(q, k, v)
@@ -239,10 +248,7 @@ def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mod
         acc, l, m = _flash(q_len, kh.shape[2], (batch, heads), vh, logits=logits, block_n=int(block_n), exp=torch.exp,
                            causal=causal, block_max=_row_max, probs=_exp_shifted(torch.exp), round_p=round_p,
                            add_pv=_add_matmul)
-    out = acc / l[..., None]
-    out = numerics.round_bf16(out, out_mode) if work == torch.bfloat16 else numerics.round_fp16(out)
-    result = _finish(out, q.dtype)
-    return (result, _lse(m, l)) if return_lse else result
+    return _half_result(acc, l, m, work=work, out_mode=out_mode, dtype=q.dtype, return_lse=return_lse)
 
 
 def emu_bf16(q, k, v, *, scale, causal=False, return_lse=False, probs="bf16", block_n=0):
