@@ -285,3 +285,16 @@ def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
     plan = AutotunePlan.load(tmp_path / "plan.json")
     assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
     assert "plan.png" in (tmp_path / "plan.md").read_text()
+
+
+def test_seeds_are_read_as_compare_images_reads_them_and_never_rounded():
+    """decide's seeds= takes what compare_images takes (one seed, several, numpy integers) and refuses what it
+    refuses; a fractional seed is refused, not rounded to another seed's image."""
+    import numpy as np
+
+    from fluxlab.decide.runs import seed_list
+
+    assert seed_list(3) == [3] and seed_list((0, np.int64(2))) == [0, 2]
+    for bad, message in ((1.5, "whole number"), ([0, -1], "whole number"), ((), "seeds= is empty")):
+        with pytest.raises(DecideInputError, match=message):
+            seed_list(bad)

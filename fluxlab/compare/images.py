@@ -14,8 +14,7 @@ import torch
 
 from .. import registry
 from ..dispatch import clear_caches, use_backend
-from ..models.errors import InvalidSettingError
-from ..models.limits import check_pipe_generation
+from ..models.limits import check_pipe_generation, seed_values
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -265,7 +264,7 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     specs = [BackendSpec.parse(b) for b in backends]
     if not specs:
         raise ValueError("compare_images needs at least one backend")
-    seed_list = _seed_list(seed, seeds)
+    seed_list = seed_values([seed] if seeds is None else seeds)
     for seed_value in seed_list:  # everything before the first generation, with generate's messages
         check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed_value,
                               force=force, guidance_scale=pipe_kwargs.get("guidance_scale"),
@@ -344,19 +343,6 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
                 "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread)
-
-
-def _seed_list(seed, seeds) -> list:
-    """``seeds`` (one value or several; numpy integers count) or else ``[seed]``; each is checked by the caller."""
-    if seeds is None:
-        values = [seed]
-    elif isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
-        values = [seeds]
-    else:
-        values = list(seeds)
-    if not values:
-        raise InvalidSettingError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
-    return [int(v) if isinstance(v, np.integer) else v for v in values]
 
 
 def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:

@@ -16,6 +16,8 @@ import torch
 
 from ..errors import FluxlabError
 from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
+from ..models.errors import InvalidSettingError
+from ..models.limits import seed_problem, seed_values
 from ..models.schedule import Schedule, layer_matches
 
 
@@ -32,11 +34,16 @@ def check_generation_args(prompt, steps) -> None:
 
 
 def seed_list(seeds) -> list[int]:
-    """``seeds=`` as a non-empty list of ints (one int is accepted as a list of one)."""
-    seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
-    if not seeds:
-        raise DecideInputError("seeds= is empty; pass at least one seed, e.g. seeds=(0,)")
-    return seeds
+    """``seeds=`` as a non-empty list of valid seeds (one seed is a list of one), as ``compare_images`` takes it."""
+    try:
+        values = seed_values(seeds)
+    except InvalidSettingError as exc:
+        raise DecideInputError(str(exc)) from None
+    for value in values:
+        problem = seed_problem(value)
+        if problem:
+            raise DecideInputError(problem)
+    return values
 
 
 def as_schedule(pipe, plan, what: str) -> Schedule:

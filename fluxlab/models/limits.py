@@ -114,6 +114,17 @@ def seed_problem(value) -> str | None:
     return None
 
 
+def seed_values(seeds) -> list:
+    """``seeds=`` (one seed or several; numpy integers count) as a non-empty list; each seed is left for
+    ``seed_problem`` (or ``check_generation``) to judge, so a fractional one is refused, never rounded."""
+    import numpy as np
+
+    values = [seeds] if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") else list(seeds)
+    if not values:
+        raise InvalidSettingError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
+    return [int(v) if isinstance(v, np.integer) else v for v in values]
+
+
 def prompt_problem(value) -> str | None:
     """An empty prompt is almost always a mistake (an unset variable); None means prompt_embeds are passed."""
     if value is not None and (not isinstance(value, str) or not value.strip()):
