@@ -17,7 +17,6 @@ Issue 12's targets: fluxlab compiled <= 1.00x diffusers compiled at 1024^2 and <
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -28,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fluxlab.util import synchronize, time_calls  # noqa: E402
-from flux2_step import (TEXT_TOKENS, TINY_SIZES, build_transformer, environment, run_and_write,  # noqa: E402
-                        step_inputs)
+from flux2_step import (TEXT_TOKENS, TINY_SIZES, _error, _fmt, build_transformer, environment,  # noqa: E402
+                        run_and_write, step_inputs)
 
 SIZES = (1024, 2048)
 TARGETS = {1024: 1.00, 2048: 0.98}  # fluxlab compiled / diffusers compiled
@@ -47,11 +46,6 @@ def regional_compile(transformer, on: bool, backend: str) -> None:
         for module in transformer.modules():
             if type(module).__name__ in transformer._repeated_blocks:
                 module._compiled_call_impl = None
-
-
-def _error(exc) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def configure(name: str, transformer, args) -> None:
@@ -250,10 +244,6 @@ def run(args) -> dict:
     regional_compile(transformer, False, args.compile_backend)
     results["total_s"] = time.perf_counter() - start
     return results
-
-
-def _fmt(value, spec) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def markdown(results: dict) -> str:

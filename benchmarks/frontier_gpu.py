@@ -124,7 +124,11 @@ def denoise(transformer, inputs: dict, steps: int, at_step: AtStep, device) -> t
     transformer call's milliseconds (synchronised before and after)."""
     import fluxlab
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    from fluxlab.util import synchronize
+
+    def sync():
+        synchronize(device)
+
     latents = inputs["hidden_states"]
     scheduler = flux2_scheduler(steps, latents.shape[1], device)
     fluxlab.set_schedule(transformer, at_step)
@@ -153,6 +157,7 @@ def warm_up(transformer, inputs, kernels: list[str], device) -> dict:
     """Two calls per kernel (JIT compilation, autotuning), the first watched: which kernel really ran."""
     import fluxlab
     from fluxlab import Schedule
+    from fluxlab.util import synchronize
 
     ran = {}
     for name in kernels:
@@ -163,8 +168,7 @@ def warm_up(transformer, inputs, kernels: list[str], device) -> dict:
                     transformer(**inputs)
                 ran[name] = watched.backends_used()
                 transformer(**inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot run here is a row with its error
             ran[name] = {"error": _error(exc)}
         finally:
