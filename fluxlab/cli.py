@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "doctor":  # doctor is where one looks the names up
             check_environment()
+            from .terminal import quiet_library_bars
+
+            quiet_library_bars()  # diffusers' loading bars: only where someone watches them redraw
         return args.func(args)
     except KeyboardInterrupt as exc:
         print(f"{verb}: {one_line(exc) if str(exc) else 'interrupted'} (Ctrl-C, exit code 130)", file=sys.stderr)

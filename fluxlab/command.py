@@ -48,7 +48,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if _unset(action.default) or "default" in text.lower():
+        if _unset(action.default) or "(default" in text.lower() or "default:" in text.lower():
             return text
         return (text + " " if text else "") + "(default: %(default)s)"
 
@@ -133,19 +133,22 @@ def positive(text: str) -> int:
     return value
 
 
-def add_seed_arguments(parser, *, several: bool, default="0", help_text: str = "") -> None:
+def add_seed_arguments(parser, *, several: bool, default="0", help_text: str = "", alias: bool = True) -> None:
     """``--seeds`` (comma-separated; ``--seed`` a deprecated spelling) or ``--seed`` alone, for every verb alike.
 
     ``several``: the verb runs once per seed (``args.seeds`` is a list); else one seed (``args.seed``, an int), with
-    ``--seeds`` accepted when it names exactly one."""
+    ``--seeds`` accepted when it names exactly one). ``alias``: False where the verb has the other option as well,
+    with a meaning of its own (compare: ``--seeds`` of the synthetic inputs, ``--seed`` of the image generation)."""
     if several:
         parser.add_argument("--seeds", type=seeds, default=default, metavar="SEEDS",
                             help=help_text or f"comma-separated generator seeds ({SEED_RULE})")
-        deprecated_alias(parser, "--seed", "--seeds", "seeds", type=seeds)
+        if alias:
+            deprecated_alias(parser, "--seed", "--seeds", "seeds", type=seeds)
     else:
         parser.add_argument("--seed", type=seed, default=int(default),
                             help=help_text or f"generator seed ({SEED_RULE})")
-        deprecated_alias(parser, "--seeds", "--seed", "seed", type=seed)
+        if alias:
+            deprecated_alias(parser, "--seeds", "--seed", "seed", type=seed)
 
 
 # -- the verbs, declared once: name -> (module that adds it, one-line help) ----------------------------------------

@@ -15,7 +15,7 @@ from fluxlab.cli import main
 VERBS = {
     "generate": ["generate"],
     "compare": ["compare", "--inputs", "none", "--no-images"],
-    "frontier": ["frontier", "--candidates", "sdpa_math", "--model", "tiny"],
+    "frontier": ["frontier", "--backends", "sdpa_math", "--model", "tiny"],
     "locate-drift": ["locate-drift", "--bad", "sdpa_math", "--model", "tiny"],
     "autotune": ["autotune", "--model", "tiny"],
 }

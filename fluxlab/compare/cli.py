@@ -46,8 +46,8 @@ def add_subcommand(subparsers) -> None:
                         help="for --model tiny (default dev); a saved or embedded model knows its own")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps of the image comparison")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the image comparison")
-    add_seed_arguments(parser, several=False, help_text="seed of the image generation (whole numbers from 0 to "
-                       "2**63 - 1)")
+    add_seed_arguments(parser, several=False, alias=False, help_text="seed of the image generation (whole numbers "
+                       "from 0 to 2**63 - 1)")
     parser.add_argument("--no-images", action="store_true", help="skip the image comparison")
     parser.add_argument("--records", action="append", default=[], metavar="DIR",
                         help="replay records saved elsewhere (repeatable)")
