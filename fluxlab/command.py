@@ -48,7 +48,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if _unset(action.default) or "(default" in text.lower() or "default:" in text.lower():
+        if _unset(action.default) or "default:" in text.lower():  # "(default: ...)" written out by the verb
             return text
         return (text + " " if text else "") + "(default: %(default)s)"
 

@@ -67,7 +67,7 @@ def add_subcommand(subparsers) -> None:
     compare.add_argument("--backends", default="sdpa", help="comma-separated fluxlab backends")
     _shape_arguments(compare, RUN_MODELS)
     compare.add_argument("--target", choices=("forward", "generate"), default="forward",
-                         help="one transformer step (default) or a whole tiny generation")
+                         help="one transformer step or a whole tiny generation")
     compare.add_argument("--steps", type=int, default=4, help="denoising steps of --target generate")
     from ..command import add_seed_arguments
 
