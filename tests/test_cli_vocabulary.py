@@ -176,6 +176,7 @@ MISTAKES = [
     ("seed-2**64", ["compare", "--seed", str(2**64), "--out", "OUT"], ["got 18446744073709551616"]),
     ("tiny-size-40", ["locate-drift", "--bad", "sdpa_math", "--model", "tiny", "--size", "40", "--out", "OUT"],
      ["width 40 is not a multiple of 16", "use 32 or 48"]),
+    ("frontier-without-backends", ["frontier", "--out", "OUT"], ["frontier needs --backends"]),
     ("repeats-0", ["frontier", "--backends", "sdpa_math", "--repeats", "0", "--out", "OUT"],
      ["--repeats: must be at least 1, got 0"]),
 ]

@@ -51,7 +51,7 @@ def add_subcommand(subparsers) -> None:
                     "locate-drift finds; step time (transformer only, median) and fidelity against --exact. Writes "
                     "frontier.md, frontier.png and frontier.json into --out.")
     _common(front, "fluxlab-frontier")
-    front.add_argument("--backends", required=True, help="comma-separated fast backends to place, e.g. sage")
+    front.add_argument("--backends", help="comma-separated fast backends to place, e.g. sage (required)")
     deprecated_alias(front, "--candidates", "--backends", "backends")
     front.add_argument("--exact", default=None, help="the exact reference kernel, one name, not quantised or "
                        "emulated (default: the automatic pick)")
@@ -280,6 +280,8 @@ def run_frontier(args) -> int:
     from .frontier import frontier
 
     _check(args)
+    if args.backends is None:  # not argparse's required=: its old spelling --candidates must count too
+        raise DecideInputError("frontier needs --backends, the fast kernels to place, e.g. --backends sage")
     candidates = _names(args.backends, "--backends")
     exact = _one_name(args.exact, "--exact") if args.exact else None
     _check_exact(exact)
