@@ -22,10 +22,8 @@ EXIT_CODES = {EXIT_OK: "done", EXIT_FAILED: "a backend failed, a verdict is fail
               EXIT_NO_DEVICE: "needs a GPU this machine does not have", EXIT_INTERRUPTED: "Ctrl-C"}
 EXIT_TEXT = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
 
-# The defaults every verb that loads a FLUX.2 model shares: the embedded model draws these captions (its training
-# data is fluxlab.models.shapes_data: one or two coloured shapes at named places of a 3x3 grid, on a background).
-DEFAULT_MODEL = "embedded"
-DEFAULT_PROMPT = "a red circle at the top left and a yellow square at the bottom right on a blue background"
+from .defaults import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402 - the shared defaults, re-exported for the verbs
+
 MODEL_HELP = ("'embedded' (trained, ships with fluxlab, draws captions like the default prompt), 'tiny' (random "
               "weights: noise), a local pipeline folder, or a Hub id")
 

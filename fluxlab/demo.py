@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .backends.reference import reference_attention
-from .command import DEFAULT_MODEL, DEFAULT_PROMPT
+from .defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from .dispatch import attention
 from .doctor import backends, doctor_text
 from .errors import FluxlabError

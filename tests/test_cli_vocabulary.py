@@ -308,3 +308,18 @@ def test_log_bar_writes_a_bounded_number_of_lines():
     assert len(lines) <= 13  # the stage, the first step, each tenth, the end
     assert list(progress_bar(range(3), file=io.StringIO())) == [0, 1, 2]
     assert progress_bar(total=5, disable=True, file=stream) is not None
+
+
+def test_the_api_defaults_are_the_embedded_model_and_a_caption_it_draws():
+    import inspect
+
+    import fluxlab
+    from fluxlab.compare import compare_images
+    from fluxlab.widgets.gallery import ImageGallery
+    from fluxlab.widgets.toggle import BackendToggleDemo
+
+    pipe = fluxlab.load_flux2()  # no argument: the embedded model, not random weights
+    assert type(pipe).__name__ == "Flux2KleinPipeline"
+    assert pipe.transformer.config.num_attention_heads == 4  # the embedded model's config, not tiny's 2
+    for fn in (compare_images, ImageGallery.__init__, BackendToggleDemo.__init__):
+        assert inspect.signature(fn).parameters["prompt"].default == DEFAULT_PROMPT, fn

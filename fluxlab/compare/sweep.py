@@ -17,7 +17,7 @@ from ..util import atomic_write, git_revision, versions
 from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
-from ..command import DEFAULT_MODEL, DEFAULT_PROMPT  # what the default model draws
+from ..defaults import DEFAULT_MODEL, DEFAULT_PROMPT  # the embedded model, and a caption it draws
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from ..defaults import DEFAULT_MODEL
 from .attach import attach, check_allowed
 from .errors import ModelSourceError
 from .supported import resolve_allowed
@@ -28,7 +29,7 @@ log = logging.getLogger("fluxlab")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def load_flux2(source: str = "embedded", variant: str | None = None, device=None, dtype=None, backend=None,
+def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=None, dtype=None, backend=None,
                allowed=None, offload=None, *, height: int = 1024, width: int = 1024, memory_budget=None):
     """A FLUX.2 pipeline with fluxlab attached.
 
