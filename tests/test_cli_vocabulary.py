@@ -323,3 +323,16 @@ def test_the_api_defaults_are_the_embedded_model_and_a_caption_it_draws():
     assert pipe.transformer.config.num_attention_heads == 4  # the embedded model's config, not tiny's 2
     for fn in (compare_images, ImageGallery.__init__, BackendToggleDemo.__init__):
         assert inspect.signature(fn).parameters["prompt"].default == DEFAULT_PROMPT, fn
+
+
+def test_a_failure_of_the_work_is_exit_1_not_a_usage_mistake(tmp_path, capsys, monkeypatch):
+    import fluxlab
+    import fluxlab.compare.sweep
+
+    def broken(*_args, **_kwargs):
+        raise fluxlab.BackendOutputError("sdpa returned NaN (on purpose)")
+
+    monkeypatch.setattr(fluxlab.compare.sweep, "run_compare", broken)
+    assert main(["compare", "--model", "none", "--inputs", "smoke", "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip() == "fluxlab compare: failed: sdpa returned NaN (on purpose)"
+    assert not (tmp_path / "o").exists()

@@ -12,8 +12,7 @@ def _epilog() -> str:
     from .specs import KNOBS
 
     return ("Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', "
-            + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items()) + ". " + EXIT_TEXT
-            + " (1: any backend fails.)")
+            + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items()) + ". " + EXIT_TEXT)
 
 
 def add_subcommand(subparsers) -> None:
@@ -134,9 +133,16 @@ def _run_parallel(args, out) -> int:
 def _run(args) -> int:
     from ..outputs import output_folder
 
-    _check(args)
-    with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
-        return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+    from ..command import EXIT_FAILED, one_line
+    from ..errors import FluxlabError
+
+    _check(args)  # every mistake of the command line: exit code 2 (main prints it)
+    try:
+        with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
+            return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+    except FluxlabError as exc:  # the work failed, not the command line
+        print(f"fluxlab compare: failed: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _sweep(args, out) -> int:

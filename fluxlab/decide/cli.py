@@ -82,7 +82,7 @@ def add_subcommand(subparsers) -> None:
 
 def _common(parser, out: str) -> None:
     from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, MODEL_HELP
-    from ..models.cli import add_offload_argument
+    from ..models.cli import DTYPES, add_offload_argument
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to draw")
@@ -92,8 +92,8 @@ def _common(parser, out: str) -> None:
     parser.add_argument("--max-sequence-length", type=int, default=None, help="text tokens (default: the "
                         "pipeline's 512; fewer is faster on a CPU)")
     parser.add_argument("--device", default=None, help="e.g. cuda (default: where the model loads)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                        help="weights' dtype (default: as the model was saved)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, metavar="DTYPE",
+                        help="bf16, fp16 or fp32 (or bfloat16, float16, float32) (default: as the model was saved)")
     parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out although it holds files fluxlab did not write")

@@ -8,8 +8,7 @@ import sys
 from ..command import EXIT_TEXT, split_list as _csv
 
 EPILOG = ("Modes: 'ulysses=N' (all-to-all over heads; heads must divide by N), 'ring=N' (K/V passed around; the "
-          "backend must return the log-sum-exp), 'ulysses=N,ring=M' (both, N*M ranks). " + EXIT_TEXT
-          + " (1: a check refuses or a verdict is not pass.)")
+          "backend must return the log-sum-exp), 'ulysses=N,ring=M' (both, N*M ranks). " + EXIT_TEXT)
 # --model: the transformer architecture the checks and runs use (random weights of that shape). The embedded
 # model's is read from its shipped config; "dev" is FLUX.2 [dev]'s; "tiny" fluxlab's random-weight test model.
 CHECK_MODELS = ("embedded", "tiny", "dev")
@@ -87,7 +86,7 @@ def _shape_arguments(parser, models: tuple[str, ...]) -> None:
                         help="the transformer's architecture, with random weights: " + ", ".join(
                             {"embedded": "the embedded model's (4 heads x 32)", "dev": "FLUX.2 [dev] (48 heads x 128)",
                              "tiny": "fluxlab's tiny test model's"}[m] for m in models))
-    parser.add_argument("--size", dest="image_size", action=_SizeOrOldModel, default=None,
+    parser.add_argument("--size", dest="image_size", action=_SizeOrOldModel, default=None, metavar="SIZE",
                         help="image size in pixels, N or WIDTHxHEIGHT (default: 128 for tiny, 64 for embedded, 1024 "
                              "for dev)")
     deprecated_alias(parser, "--height", "--size", "height", type=int)
@@ -196,6 +195,7 @@ def _embedded_transformer_config() -> dict:
 def _compare(args) -> int:
     import warnings
 
+    from ..errors import FluxlabError
     from .checks import ParallelRefusedError
     from .compare import compare_parallel
 
@@ -208,6 +208,11 @@ def _compare(args) -> int:
                                   warmup=args.warmup, setup=args.setup, timeout_s=args.timeout)
     except ParallelRefusedError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except FluxlabError as exc:  # the ranks' work failed, not the command line
+        from ..command import one_line
+
+        print(f"fluxlab parallel compare: failed: {one_line(exc)}", file=sys.stderr)
         return 1
     print(result.table())
     if args.json:
