@@ -336,3 +336,20 @@ def test_a_failure_of_the_work_is_exit_1_not_a_usage_mistake(tmp_path, capsys, m
     assert main(["compare", "--model", "none", "--inputs", "smoke", "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.strip() == "fluxlab compare: failed: sdpa returned NaN (on purpose)"
     assert not (tmp_path / "o").exists()
+
+
+def test_records_alone_replay_without_the_synthetic_sweep(tmp_path, capsys):
+    import torch
+
+    import fluxlab
+    from fluxlab.compare import save_records
+    from fluxlab.record import AttentionRecord
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 64, 2, 32, generator=gen).bfloat16() for _ in range(3))
+    out = fluxlab.attention(q, k, v, backend="sdpa_math")
+    save_records(tmp_path / "rec", [AttentionRecord(q, k, v, scale=32**-0.5, out=out, backend="sdpa_math")])
+    assert main(["compare", "--records", str(tmp_path / "rec"), "--model", "none", "--backends", "sdpa",
+                 "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Replayed records from" in text and "Synthetic" not in text
