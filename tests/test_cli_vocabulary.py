@@ -354,3 +354,13 @@ def test_records_alone_replay_without_the_synthetic_sweep(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Replayed records from" in text and "Synthetic" not in text
+
+
+def test_lazy_package_keeps_fluxlab_backends_the_function():
+    """`import fluxlab` loads torch only on first use; the backends sub-package (imported on the way) must not
+    replace the public fluxlab.backends() that lists them."""
+    code = ("import sys, fluxlab\nassert 'torch' not in sys.modules\nimport fluxlab.backends.sdpa\n"
+            "names = [s.name for s in fluxlab.backends()]\nassert 'sdpa' in names, names\n"
+            "assert fluxlab.attention is fluxlab.dispatch.attention\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
