@@ -1,19 +1,28 @@
 """fluxlab: which attention kernel to trust for FLUX.2, and how fast each one is."""
 
-from .backends.base import Backend, Capabilities, Requirement
-from .dispatch import (BackendChoice, Plan, attention, clear_caches, default_backend, plan, reset_backend_choice,
-                       selected_backend, use_backend, validate_inputs)
-from .doctor import BackendStatus, backends, doctor_text
+import sys as _sys
+import types as _types
+
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
                      FluxlabError, FluxlabWarning, InvalidBackendSpecError, InvalidInputError, NoBackendError,
                      UnknownBackendError)
-from .platform import Platform, current_platform
-from .registry import get_backend, register_backend, unregister_backend
 
 __version__ = "0.1.0"
 
+# Everything that needs torch loads on first use, so `import fluxlab` (and `fluxlab --help`) stays light.
+_CORE = {
+    "Backend": "fluxlab.backends.base", "Capabilities": "fluxlab.backends.base", "Requirement": "fluxlab.backends.base",
+    **{name: "fluxlab.dispatch" for name in ("BackendChoice", "Plan", "attention", "clear_caches", "default_backend",
+                                              "plan", "reset_backend_choice", "selected_backend", "use_backend",
+                                              "validate_inputs")},
+    "BackendStatus": "fluxlab.doctor", "backends": "fluxlab.doctor", "doctor_text": "fluxlab.doctor",
+    "Platform": "fluxlab.platform", "current_platform": "fluxlab.platform",
+    "get_backend": "fluxlab.registry", "register_backend": "fluxlab.registry", "unregister_backend": "fluxlab.registry",
+}
+
 # The FLUX.2 integration imports diffusers (seconds); it loads on first use so `import fluxlab` stays light.
 _LAZY = {
+    **_CORE,
     "FLUX2_BACKENDS": "fluxlab.models.supported",
     "load_flux2": "fluxlab.models.load",
     "generate": "fluxlab.models.generate",
@@ -47,6 +56,19 @@ def __getattr__(name):
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _Package(_types.ModuleType):
+    """``fluxlab.backends`` is the function that lists the backends (as it always was), even after the
+    ``fluxlab.backends`` sub-package (the adapters) is imported, which would otherwise rebind the name."""
+
+    def __setattr__(self, name, value):
+        if name == "backends" and isinstance(value, _types.ModuleType):
+            return  # the sub-package stays reachable as sys.modules["fluxlab.backends"]
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

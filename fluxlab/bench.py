@@ -134,11 +134,9 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
     shapes = shapes or FLUX_SHAPES
     results = {"machine": machine_info(), "gemm_bf16_tflops": gemm_tflops(), "rows": [], "overhead": []}
     configs = list(itertools.product(shapes, dtypes))
-    try:
-        from tqdm import tqdm
-        configs = tqdm(configs, desc="bench", disable=not progress)
-    except ImportError:
-        pass
+    from .terminal import progress_bar  # a bar on a terminal, log lines in pipes
+
+    configs = progress_bar(configs, desc="bench", disable=not progress)
     for shape, dtype_name in configs:
         dtype = parse_dtype(dtype_name)
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -251,14 +249,24 @@ def summary(results: dict) -> str:
 
 
 def main(args) -> int:
-    if not torch.cuda.is_available():
-        print("fluxlab bench needs a GPU (it measures kernels); run it on a CUDA or ROCm machine.")
-        return 2
+    from .command import NoDeviceError, UsageError, check_distinct, split_list
+
+    dtypes = split_list(args.dtypes)
+    if not dtypes:
+        raise UsageError("--dtypes is empty; e.g. --dtypes bf16,fp16")
+    check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes])  # unknown names raise here
+    backends = split_list(args.backends) or None
+    if backends:
+        from .dispatch import BackendChoice
+
+        check_distinct("--backends", backends, [str(BackendChoice.parse(b)) for b in backends])
+    if not torch.cuda.is_available():  # main() prints it on stderr with its exit code (3)
+        raise NoDeviceError("needs a CUDA or ROCm GPU (it times kernels on one) and this machine has none; run it on "
+                            "a GPU machine, or `fluxlab compare` for the numerics on a CPU")
     shapes = None
     if args.quick:
         shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)]
-    results = run(args.backends.split(",") if args.backends else None, shapes,
-                  tuple(args.dtypes.split(",")))
+    results = run(backends, shapes, tuple(dtypes), progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "attention.json", json.dumps(results, indent=1))
@@ -273,9 +281,12 @@ def main(args) -> int:
 
 
 def add_subcommand(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="attention TFLOP/s and error per backend at FLUX.2 shapes (GPU)")
+    parser = subparsers.add_parser("bench", description="Time every available attention backend at FLUX.2 shapes "
+                                   "on this machine's GPU; without one it exits with code 3.")
     parser.add_argument("--backends", help="comma-separated names (default: every available backend)")
-    parser.add_argument("--dtypes", default="bf16,fp16")
+    parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated dtypes (bf16, fp16, fp32)")
     parser.add_argument("--quick", action="store_true", help="two shapes instead of the full FLUX set")
     parser.add_argument("--out", default="benchmarks/results", help="folder for attention.json/.png/.md")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
     parser.set_defaults(func=main)

@@ -1,82 +1,29 @@
-"""The ``fluxlab`` command: ``doctor``, ``demo`` and the verbs other modules register (``SUBCOMMAND_MODULES``).
+"""The ``fluxlab`` command: ``doctor``, ``demo`` and the verbs other modules add (``fluxlab.command.VERBS``).
 
-Exit codes, for every verb: 0 done; 1 a backend failed or a verdict is "fail"; 2 a usage mistake, reported as one
-line on stderr before any model loads; 130 Ctrl-C.
+Exit codes, for every verb (``fluxlab.command.EXIT_CODES``): 0 done; 1 a backend failed, a verdict is "fail" or the
+work was refused; 2 a usage mistake, reported as one line on stderr before any model loads; 3 the verb needs a GPU
+this machine does not have; 130 Ctrl-C.
 
-Adding a verb: write a module with ``add_subcommand(subparsers)`` that calls ``subparsers.add_parser(...)`` (which
-gives it one-line usage errors and defaults in ``--help``) and ``set_defaults(func=run)``, where ``run(args) -> int``;
-then add the module's name to ``SUBCOMMAND_MODULES``. ``run`` raises ``UsageError`` (any ``FluxlabError`` or
-``ValueError`` does) for a user mistake found before the work starts: ``main`` prints it and returns 2. Failures of
-the work itself are the verb's to report: print them and return 1. Use ``--model``, ``--backends`` (comma-separated)
-and ``--out`` (with a default, through ``fluxlab.outputs.output_folder``) like the other verbs; ``deprecated_alias``
-keeps an old spelling working with a note.
+Adding a verb: write a module with ``add_subcommand(subparsers)`` that calls ``subparsers.add_parser(name, ...)``
+(which gives it one-line usage errors and defaults in ``--help``) and ``set_defaults(func=run)``, where
+``run(args) -> int``; then add the name, module and one-line help to ``fluxlab.command.VERBS``. ``run`` raises
+``fluxlab.command.UsageError`` (any ``FluxlabError`` or ``ValueError`` does) for a user mistake found before the
+work starts: ``main`` prints it and returns 2. Failures of the work itself are the verb's to report: print them and
+return 1. Use ``--model`` (default ``fluxlab.command.DEFAULT_MODEL``), ``--backends`` (comma-separated), ``--seed``
+or ``--seeds`` (``add_seed_arguments``), ``--size`` and ``--out`` like the other verbs; ``deprecated_alias`` keeps an
+old spelling working with a note. Only the verb being run is imported: ``fluxlab --help`` imports no torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from .command import (DEFAULT_MODEL, EXIT_INTERRUPTED, EXIT_NO_DEVICE, EXIT_TEXT, EXIT_USAGE, MODEL_HELP, VERBS,
+                      NoDeviceError, Parser, UsageError, deprecated_alias, one_line)
 from .errors import FluxlabError
 
-# Modules that add verbs; a module that is missing (an optional extra) is skipped, a broken one raises.
-SUBCOMMAND_MODULES = ("fluxlab.models.cli", "fluxlab.compare.cli", "fluxlab.bench", "fluxlab.parallel.cli",
-                      "fluxlab.decide.cli")
-
-
-class UsageError(FluxlabError, ValueError):
-    """A command-line mistake found before any work: printed as one line, exit code 2."""
-
-
-def _unset(default) -> bool:
-    """No default worth showing: None, an off switch, an empty list (0 is a default worth showing)."""
-    return default is None or default is False or default == [] or default == argparse.SUPPRESS
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each option's default, unless it is None/off or the help text already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if _unset(action.default) or "default" in text.lower():
-            return text
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose mistakes are one line on stderr and exit code 2 (its sub-parsers inherit this)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args, **kwargs):
-        if "help" not in kwargs and not _unset(kwargs.get("default")):
-            kwargs["help"] = " "  # so the formatter has a line to append "(default: ...)" to
-        return super().add_argument(*args, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _Deprecated(argparse.Action):
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def deprecated_alias(parser, old: str, new: str, dest: str) -> None:
-    """Accept ``old`` as a hidden spelling of ``new`` (same destination), with a one-line note on stderr."""
-    parser.add_argument(old, dest=dest, action=_Deprecated, new=new)
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+__all__ = ["UsageError", "build_parser", "deprecated_alias", "main", "one_line"]
 
 
 def check_environment() -> None:
@@ -124,69 +71,104 @@ def _demo(args) -> int:
     check_model_source(args.model)
     with output_folder(args.out, verb="demo", overwrite=args.overwrite) as out:
         try:
-            return run_demo(out_dir=str(out), source=args.model)
+            return run_demo(out_dir=str(out), source=args.model, progress=not args.no_progress)
         except FluxlabError as exc:
             print(f"fluxlab demo: failed: {one_line(exc)}", file=sys.stderr)
             return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def add_subcommand(sub) -> None:
+    """``doctor`` and ``demo``, the verbs this module runs itself."""
     from .platform import PROFILES
 
-    parser = Parser(prog="fluxlab", description="Which attention kernel to trust for FLUX.2, and how fast each "
-                    "one is. Exit codes: 0 done, 1 a backend failed, 2 a usage mistake, 130 Ctrl-C.")
-    parser.add_argument("--version", action="version", version=f"fluxlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    doctor = sub.add_parser("doctor", help="list every attention backend, whether it runs here, and why not")
+    doctor = sub.add_parser("doctor")
     doctor.add_argument("--profile", choices=sorted(PROFILES), help="judge for another machine's profile")
     doctor.add_argument("--json", action="store_true",
                         help="machine-readable: platform and every backend (available, reasons, version, default)")
     doctor.set_defaults(func=_doctor)
-    demo = sub.add_parser("demo", help="the offline demo: doctor, then backends compared on this machine")
+    demo = sub.add_parser("demo")
     demo.add_argument("--out", default="fluxlab-demo", help="folder for the demo's outputs")
-    demo.add_argument("--model", default="embedded", help="embedded (trained, draws shapes), tiny (random "
-                      "weights), or a local FLUX.2 folder")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    deprecated_alias(demo, "--source", "--model", "model")
     demo.add_argument("--overwrite", action="store_true",
                       help="write into --out although it holds files fluxlab did not write")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
     demo.set_defaults(func=_demo)
-    for register in _subcommand_modules():
-        register(sub)
+
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb named on the command line (the first word that is not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(verbs=None) -> Parser:
+    """The ``fluxlab`` parser. ``verbs``: the verbs whose options are added (their modules imported); the others
+    get their one-line help only, enough for ``fluxlab --help``. None: every verb."""
+    import importlib
+
+    from . import __version__
+
+    parser = Parser(prog="fluxlab", description="Which attention kernel to trust for FLUX.2, and how fast each "
+                    "one is.", epilog=EXIT_TEXT)
+    parser.add_argument("--version", action="version", version=f"fluxlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = set(VERBS) if verbs is None else set(verbs) & set(VERBS)
+    for module in dict.fromkeys(VERBS[name][0] for name in VERBS if name in wanted):
+        before = set(sub.choices)
+        _import_verb_module(importlib, module).add_subcommand(sub)
+        for other in set(sub.choices) - before - wanted:  # a module adds all its verbs; keep the wanted ones
+            del sub.choices[other]
+            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != other]
+    for name in VERBS:
+        if name not in sub.choices:  # a placeholder: its help line shows in `fluxlab --help`
+            sub.add_parser(name)
+    order = list(VERBS)  # one line per verb, in the order of VERBS, whichever module added it
+    sub._choices_actions.sort(key=lambda action: order.index(action.dest) if action.dest in order else len(order))
     return parser
 
 
-def _subcommand_modules():
-    """``add_subcommand`` of each module in SUBCOMMAND_MODULES that is installed."""
-    import importlib
-
-    found = []
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if not name.startswith(exc.name or "?"):  # a missing optional module, not a broken one
-                raise
-            continue
-        found.append(module.add_subcommand)
-    return found
+def _import_verb_module(importlib, module: str):
+    if module == __name__:
+        return sys.modules[__name__]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if module.startswith(exc.name or "?"):  # a missing optional module, not a broken one
+            raise UsageError(f"{module} is not installed here ({exc.name} is missing)") from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb_of(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser([verb] if verb in VERBS else ()).parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage mistake already printed in one line
         return exc.code if isinstance(exc.code, int) else 0
+    except UsageError as exc:
+        print(f"fluxlab: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    if not hasattr(args, "func"):  # a verb whose module is missing: say so rather than nothing
+        print(f"fluxlab {args.command}: error: not available in this install", file=sys.stderr)
+        return EXIT_USAGE
     verb = f"fluxlab {args.command}"
     try:
         if args.command != "doctor":  # doctor is where one looks the names up
             check_environment()
+            from .terminal import quiet_library_bars
+
+            quiet_library_bars()  # diffusers' loading bars: only where someone watches them redraw
         return args.func(args)
     except KeyboardInterrupt as exc:
         print(f"{verb}: {one_line(exc) if str(exc) else 'interrupted'} (Ctrl-C, exit code 130)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except NoDeviceError as exc:
+        print(f"{verb}: {one_line(exc)} (exit code {EXIT_NO_DEVICE})", file=sys.stderr)
+        return EXIT_NO_DEVICE
     except (FluxlabError, ValueError) as exc:
         print(f"{verb}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from .backends.reference import reference_attention
+from .defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from .dispatch import attention
 from .doctor import backends, doctor_text
 from .errors import FluxlabError
 from .util import rel_l2, time_calls
 
-DEMO_PROMPT = "a red circle at the top left and a yellow square at the bottom right on a blue background"
+DEMO_PROMPT = DEFAULT_PROMPT  # a caption of the embedded model's kind: it draws the scene
 
 
 def attention_smoke(seq: int = 512, heads: int = 4, head_dim: int = 128, dtype=torch.bfloat16, seed: int = 0):
@@ -44,7 +45,7 @@ def exact_backends(device="cpu") -> list[str]:
     return sorted(names, key=lambda name: (name != "sdpa", name))
 
 
-def flux2_side_by_side(out_dir=None, *, source: str = "embedded", variant: str | None = None, steps: int = 8,
+def flux2_side_by_side(out_dir=None, *, source: str = DEFAULT_MODEL, variant: str | None = None, steps: int = 8,
                        size: int = 64, seed: int = 0, progress: bool = True) -> list:
     """A shipped FLUX.2 model (offline) once per exact backend from the same noise; grid + manifests in ``out_dir``.
 
@@ -85,7 +86,7 @@ def _pixels(image):
     return np.asarray(image, dtype=np.int16)
 
 
-def run_demo(out_dir: str | None = None, source: str = "embedded") -> int:
+def run_demo(out_dir: str | None = None, source: str = DEFAULT_MODEL, progress: bool = True) -> int:
     start = time.perf_counter()
     print(doctor_text())
     print("\nEvery available backend vs float64 (bf16, [1, 512, 4, 128]):")
@@ -97,7 +98,7 @@ def run_demo(out_dir: str | None = None, source: str = "embedded") -> int:
     steps = 8 if source == "embedded" else 4
     print(f"\nFLUX.2, {described.get(source, source)} (offline), 64x64, {steps} steps, \"{DEMO_PROMPT}\": "
           "the same seed on every exact backend here")
-    rows = flux2_side_by_side(out_dir, source=source, steps=steps)
+    rows = flux2_side_by_side(out_dir, source=source, steps=steps, progress=progress)
     first = rows[0]["backend"]
     for row in rows:
         calls = ", ".join(f"{b} x{n}" for b, n in row["attention_calls"].items())

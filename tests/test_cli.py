@@ -43,10 +43,12 @@ def no_work(monkeypatch):
 MISTAKES = [
     ("generate-unknown-backend", ["generate", "--backends", "sdpa,sdpa_flsh", "--out", "OUT"],
      ["unknown attention backend 'sdpa_flsh'", "Did you mean 'sdpa_flash'"]),
-    ("generate-not-a-multiple", ["generate", "--size", "40", "--out", "OUT"],
+    ("generate-not-a-multiple", ["generate", "--model", "tiny", "--size", "40", "--out", "OUT"],
      ["width 40 is not a multiple of 16", "use 32 or 48"]),
+    ("generate-embedded-not-a-multiple", ["generate", "--size", "36", "--out", "OUT"],
+     ["width 36 is not a multiple of 8", "use 32 or 40"]),
     ("generate-16384", ["generate", "--size", "16384x16384", "--out", "OUT"],
-     ["1,048,576 image tokens", "bound of 16,384", "GiB", "--force"]),
+     ["4,194,304 image tokens", "bound of 16,384", "GiB", "--force"]),
     ("generate-text-100000", ["generate", "--max-sequence-length", "100000", "--out", "OUT"],
      ["max_sequence_length 100,000 is above fluxlab's bound of 512", "--force"]),
     ("generate-steps-0", ["generate", "--steps", "0", "--out", "OUT"], ["steps must be a whole number >= 1, got 0"]),
@@ -89,8 +91,8 @@ MISTAKES = [
      ["unknown attention backend 'sdpx'", "Did you mean 'sdpa'"]),
     ("parallel-bad-setup", ["parallel", "compare", "--parallel", "ring=2", "--backends", "sdpa", "--setup",
                             "no_such_module_here:setup"], ["--setup", "no module 'no_such_module_here'"]),
-    ("parallel-bad-height", ["parallel", "check", "--parallel", "ring=2", "--backends", "sdpa", "--height", "40"],
-     ["height 40 is not a multiple of 16"]),
+    ("parallel-bad-size", ["parallel", "check", "--parallel", "ring=2", "--backends", "sdpa", "--model", "tiny",
+                           "--size", "40"], ["width 40 is not a multiple of 16"]),
     ("unknown-verb", ["generat"], ["invalid choice: 'generat'"]),
 ]
 
@@ -179,7 +181,7 @@ def test_old_spellings_still_work_with_a_note(tmp_path, capsys, no_work):
     assert "note: --backend is deprecated; use --backends" in err
     assert "--model no/such/folder: no such folder" in err  # the old spelling reached --model
     assert main(["parallel", "check", "--parallel", "ulysses=2", "--backends", "sdpa", "--size", "tiny"]) == 0
-    assert "note: --size is deprecated; use --model" in capsys.readouterr().err
+    assert "note: --size tiny is deprecated; use --model tiny" in capsys.readouterr().err
 
 
 def test_version(capsys):
@@ -205,7 +207,7 @@ def test_doctor_json_is_machine_readable(capsys):
 
 
 @pytest.mark.parametrize("verb, shown", [
-    (["generate"], ["(default: fluxlab-generate)", "(default: 4)", "(default: tiny)", "(default: auto)"]),
+    (["generate"], ["(default: fluxlab-generate)", "(default: 4)", "(default: embedded)", "(default: auto)"]),
     (["compare"], ["(default: fluxlab-compare)", "(default: bf16)"]),
     (["demo"], ["(default: fluxlab-demo)", "(default: embedded)"]),
     (["parallel", "compare"], ["(default: sdpa)", "(default: tiny)"]),
@@ -221,7 +223,7 @@ def test_help_shows_defaults_and_one_vocabulary(verb, shown, capsys, monkeypatch
 
 
 def test_real_entry_point_mistake_is_one_line_exit_2(tmp_path):
-    done = subprocess.run([str(FLUXLAB), "generate", "--size", "40", "--out", str(tmp_path / "o")],
+    done = subprocess.run([str(FLUXLAB), "generate", "--model", "tiny", "--size", "40", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -263,7 +265,7 @@ def test_demo_rerun_into_its_own_folder(tmp_path, capsys, monkeypatch):
     """`make demo` twice: the second run replaces the first one's files instead of refusing."""
     import fluxlab.demo
 
-    def fake_demo(out_dir, source):  # the real demo is covered in test_flux2_generate_cli; here: the folder rules
+    def fake_demo(out_dir, source, progress=True):  # the real demo is covered in test_flux2_generate_cli; here: the folder rules
         (Path(out_dir) / "grid.png").write_bytes(b"png")
         return 0
 

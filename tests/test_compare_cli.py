@@ -63,17 +63,17 @@ def test_replayed_records_are_a_section(tmp_path):
 
 @pytest.mark.slow
 def test_default_compare_on_this_machine(tmp_path):
-    """What `fluxlab compare` does with no options: the CPU set (+ tiny FLUX.2 captures and images once they exist)."""
+    """What `fluxlab compare` does with no options: the CPU set, then the embedded model's captures and images."""
     code = main(["compare", "--out", str(tmp_path), "--no-progress"])
     text = (tmp_path / "report.md").read_text()
     assert code == 0, text
     for name in ("sdpa", "sdpa_math", "sdpa_flash", "flex"):
         assert f"| {name} | pass |" in text
     if hasattr(fluxlab, "load_flux2") and hasattr(fluxlab, "capture"):
-        assert "## Captured from the tiny FLUX.2 [dev] model" in text
+        assert "## Captured from the embedded FLUX.2 [klein] model" in text
         assert (tmp_path / "images.png").exists() and "PSNR" in text
     else:
-        assert "tiny FLUX.2 model skipped" in text
+        assert "FLUX.2 model skipped" in text
 
 
 def test_compare_parallel_refuses_ring_without_lse(tmp_path, capsys):

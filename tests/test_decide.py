@@ -256,9 +256,8 @@ def _parse(argv):
     (["locate-drift", "--bad", "sdpx"], "sdpx"),
     (["locate-drift", "--bad", "sdpa_math", "--steps", "1"], "at least 2 denoising steps"),
     (["frontier", "--candidates", "sdpa_math", "--prompt", ""], "non-empty"),
-    (["frontier", "--candidates", "sdpa_math", "--seeds", "a,b"], "integers"),
     (["autotune", "--candidates", "flesh"], "flesh"),
-    (["autotune", "--size", "65"], "multiples of 8"),
+    (["autotune", "--size", "65"], "not a multiple of 8"),
     (["autotune", "--confirm-rounds", "-1"], "confirm-rounds -1"),
     (["autotune", "--out", "{file}"], "is a file"),
 ])

@@ -38,7 +38,7 @@ def test_generate_writes_images_and_manifests(tmp_path, capsys):
 
 @pytest.mark.parametrize("size", ["65", "64x100", "0", "big"])
 def test_size_not_a_multiple_of_16_is_refused_before_generating(size, tmp_path, capsys):
-    assert main(["generate", "--size", size, "--out", str(tmp_path / "x")]) == 2
+    assert main(["generate", "--model", "tiny", "--size", size, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "multiple of 16" in err or "WIDTHxHEIGHT" in err
     assert not (tmp_path / "x").exists()

@@ -15,7 +15,7 @@ from fluxlab.cli import main
 VERBS = {
     "generate": ["generate"],
     "compare": ["compare", "--inputs", "none", "--no-images"],
-    "frontier": ["frontier", "--candidates", "sdpa_math", "--model", "tiny"],
+    "frontier": ["frontier", "--backends", "sdpa_math", "--model", "tiny"],
     "locate-drift": ["locate-drift", "--bad", "sdpa_math", "--model", "tiny"],
     "autotune": ["autotune", "--model", "tiny"],
 }
@@ -34,8 +34,10 @@ def load_spy(monkeypatch):
         seen.append(kwargs)
         raise Loaded
 
-    monkeypatch.setattr(fluxlab.models.load, "load_flux2", spy)  # generate and the decide verbs import it per call
+    # fluxlab.load_flux2 first: it resolves lazily from fluxlab.models.load, and must be saved (and restored) as the
+    # real function, not as the spy patched there.
     monkeypatch.setattr(fluxlab, "load_flux2", spy)  # compare's sweep calls fluxlab.load_flux2
+    monkeypatch.setattr(fluxlab.models.load, "load_flux2", spy)  # generate and the decide verbs import it per call
     return seen
 
 

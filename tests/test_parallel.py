@@ -184,9 +184,11 @@ def test_cli_check_prints_every_reason_and_exits_1(capsys):
     out = capsys.readouterr().out
     assert "reference: ok" in out
     assert "sdpa: refused" in out and "'sdpa' does not return it" in out
-    assert main(["parallel", "check", "--parallel", "ulysses=2", "--backends", "sdpa", "--height", "2048",
-                 "--width", "2048"]) == 0
+    assert main(["parallel", "check", "--parallel", "ulysses=2", "--backends", "sdpa", "--model", "dev",
+                 "--size", "2048"]) == 0
     assert "512 text + 16384 image tokens" in capsys.readouterr().out
+    assert main(["parallel", "check", "--parallel", "ulysses=2", "--backends", "sdpa"]) == 0  # the embedded model's
+    assert "FLUX.2 embedded: 4 heads x 32, 64x64 (512 text + 64 image tokens)" in capsys.readouterr().out
 
 
 def test_cli_compare_refuses_before_launch(capsys):

@@ -117,7 +117,7 @@ def _progress(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
     try:
-        from tqdm.auto import tqdm
+        from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
     except ImportError:
         return _NoBar()
     return tqdm(total=total, desc="compare_attention", unit="run", leave=False)

@@ -5,82 +5,98 @@ from __future__ import annotations
 import shlex
 import sys
 
-from .specs import KNOBS
-
-EPILOG = ("Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', "
-          + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items())
-          + ". Exit codes: 0 when no backend fails, 1 when any does, 2 for a usage mistake, 130 Ctrl-C.")
+from ..command import EXIT_TEXT, split_list as _csv
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _epilog() -> str:
+    from .specs import KNOBS
+
+    return ("Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', "
+            + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items()) + ". " + EXIT_TEXT)
 
 
 def add_subcommand(subparsers) -> None:
+    from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, MODEL_HELP, add_seed_arguments
     from ..models.cli import add_offload_argument
 
     parser = subparsers.add_parser(
-        "compare", help="compare attention backends with float64 (synthetic + tiny FLUX.2) and write a report",
+        "compare",
         description="Judge every attention backend against float64, with torch's own error in the same dtype as "
-                    "the yardstick; captured FLUX.2 attention and images too where the tiny model is available.",
-        epilog=EPILOG)
+                    "the yardstick; then attention captured from a FLUX.2 model and its images from identical "
+                    "noise (--model none skips those).",
+        epilog=_epilog())
     parser.add_argument("--out", default="fluxlab-compare", help="folder for report.md/.html and PNGs")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out although it holds files fluxlab did not write")
     parser.add_argument("--format", choices=("md", "html"), default="md", help="report format")
     parser.add_argument("--backends", help="comma-separated backend specs (default: every backend that runs here; "
                         "on a CPU that includes the emulated kernels emu_*, labelled in the report)")
-    parser.add_argument("--inputs", choices=("default", "cpu", "flux", "smoke", "none"), default="default",
-                        help="synthetic set: sized for this machine (default), the CPU set (S 512-1024), the FLUX.2 "
-                             "shapes (S 4608/16896), a seconds-long smoke set (S 192), or none")
+    parser.add_argument("--inputs", choices=("default", "cpu", "flux", "smoke", "none"), default=None,
+                        help="synthetic set: sized for this machine (default; none when --records is given), the CPU "
+                             "set (S 512-1024), the FLUX.2 shapes (S 4608/16896), a seconds-long smoke set (S 192), "
+                             "or none")
     parser.add_argument("--dtypes", default="bf16", help="comma-separated dtypes for synthetic inputs "
                         "(bf16, fp16, fp32)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds for synthetic inputs")
-    parser.add_argument("--model", default="tiny", help="model to capture attention from and generate images "
-                        "with ('none' to skip)")
+    parser.add_argument("--seeds", type=_seed_list, default="0", metavar="SEEDS",
+                        help="comma-separated seeds of the synthetic inputs (whole numbers from 0 to 2**63 - 1)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model to capture attention from and generate "
+                        f"images with: {MODEL_HELP}; or 'none' to skip")
     parser.add_argument("--variant", choices=("dev", "klein"),
                         help="for --model tiny (default dev); a saved or embedded model knows its own")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps of the image comparison")
-    parser.add_argument("--prompt", default="a red fox in the snow", help="prompt of the image comparison")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image generation")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the image comparison")
+    add_seed_arguments(parser, several=False, alias=False, help_text="seed of the image generation (whole numbers "
+                       "from 0 to 2**63 - 1)")
     parser.add_argument("--no-images", action="store_true", help="skip the image comparison")
     parser.add_argument("--records", action="append", default=[], metavar="DIR",
                         help="replay records saved elsewhere (repeatable)")
     parser.add_argument("--save-captures", action="store_true", help="save the captured records under OUT/records")
     parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
     add_offload_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (there are none anyway when stderr is not a terminal or a notebook)")
     parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
                         help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
                              "--parallel ulysses=2 --parallel ring=2 (repeatable; see `fluxlab parallel`)")
     parser.set_defaults(func=_run)
 
 
+def _seed_list(text: str) -> list[int]:
+    from ..command import seeds
+
+    return seeds(text)
+
+
 def _check(args) -> None:
     """Every command-line mistake, found before any model loads or kernel runs (main() exits 2 with it)."""
     from pathlib import Path
 
-    from ..cli import UsageError
+    from ..command import UsageError, check_distinct
     from ..models.cli import check_device, check_model_source, check_offload_option
-    from ..models.limits import seed_problem, steps_problem
+    from ..models.limits import steps_problem
     from ..outputs import check_output_folder
     from ..platform import current_platform
     from .attention import parse_dtype
     from .records import MANIFEST_FILE
-    from .specs import parse_backends
+    from .specs import BackendSpec, _split_specs, parse_backends
 
-    for dtype in _csv(args.dtypes) or [""]:
+    if args.inputs is None:  # replaying records is the whole point of --records: no synthetic sweep unless asked
+        args.inputs = "none" if args.records else "default"
+    dtypes = _csv(args.dtypes)
+    for dtype in dtypes or [""]:
         parse_dtype(dtype)
-    for seed in _csv(args.seeds):
-        if not seed.isdigit() or seed_problem(int(seed)):
-            raise UsageError(f"--seeds {args.seeds!r}: {seed!r} is not a seed; give whole numbers from 0 to 2**63 - 1, "
-                             "comma-separated")
-    problem = steps_problem(args.steps) or seed_problem(args.seed)
+    check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes])
+    problem = steps_problem(args.steps)
     if problem:
         raise UsageError(problem)
     if args.backends is not None:
         if not parse_backends(args.backends, current_platform()):
             raise UsageError("--backends is empty; give comma-separated backend specs, e.g. sdpa,sdpa_math")
+        typed = _split_specs(args.backends)
+        check_distinct("--backends", typed, [BackendSpec.parse(t).label for t in typed])
+    if not args.parallel and args.inputs == "none" and args.model == "none" and not args.records:
+        raise UsageError("--inputs none with --model none and no --records compares nothing; drop one of them, or "
+                         "pass --records DIR")
     check_device(args.device)
     if args.model != "none":
         check_model_source(args.model)
@@ -90,10 +106,9 @@ def _check(args) -> None:
             raise UsageError(f"--records {folder}: no {MANIFEST_FILE} there, so it holds no records; pass the folder "
                              "fluxlab.compare.save_records (or --save-captures) wrote")
     if args.parallel:
-        from ..parallel.checks import ParallelSpec
+        from ..parallel.cli import parallel_modes
 
-        for mode in args.parallel:
-            ParallelSpec.parse(mode)
+        parallel_modes(args.parallel, "--parallel")
     check_output_folder(args.out, overwrite=args.overwrite)
 
 
@@ -118,9 +133,16 @@ def _run_parallel(args, out) -> int:
 def _run(args) -> int:
     from ..outputs import output_folder
 
-    _check(args)
-    with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
-        return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+    from ..command import EXIT_FAILED, one_line
+    from ..errors import FluxlabError
+
+    _check(args)  # every mistake of the command line: exit code 2 (main prints it)
+    try:
+        with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
+            return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+    except FluxlabError as exc:  # the work failed, not the command line
+        print(f"fluxlab compare: failed: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _sweep(args, out) -> int:
@@ -129,7 +151,7 @@ def _sweep(args, out) -> int:
 
     run = run_compare(
         out, backends=args.backends or None, inputs=args.inputs,
-        dtypes=_csv(args.dtypes), seeds=[int(s) for s in _csv(args.seeds)], model=args.model,
+        dtypes=_csv(args.dtypes), seeds=args.seeds, model=args.model,
         variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format, steps=args.steps,
         prompt=args.prompt, seed=args.seed, save_captures=args.save_captures, progress=not args.no_progress,
         device=args.device, offload=OFFLOAD_CHOICES[args.offload],

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from ..defaults import DEFAULT_PROMPT
 from .. import registry
 from ..dispatch import clear_caches, use_backend
 from ..models.limits import check_pipe_generation, seed_values
@@ -228,7 +229,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
-def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
+def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
                    force: bool = False, **pipe_kwargs) -> ImageComparison:

@@ -17,7 +17,7 @@ from ..util import atomic_write, git_revision, versions
 from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
-DEFAULT_PROMPT = "a red fox in the snow"
+from ..defaults import DEFAULT_MODEL, DEFAULT_PROMPT  # the embedded model, and a caption it draws
 
 
 @dataclasses.dataclass
@@ -33,7 +33,7 @@ class CompareRun:
 
 
 def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "default", dtypes=("bf16",),
-                seeds=(0,), model: str = "tiny", variant: str | None = None, images: bool = True, records=(),
+                seeds=(0,), model: str = DEFAULT_MODEL, variant: str | None = None, images: bool = True, records=(),
                 fmt: str = "md", steps: int = 4, prompt: str = DEFAULT_PROMPT, seed: int = 0,
                 save_captures: bool = False, progress: bool = True, command: str | None = None,
                 device=None, offload=None, log=print) -> CompareRun:

@@ -423,6 +423,6 @@ def _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_
 def _bar(enabled: bool, total: int):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     return tqdm(total=total, desc="autotune", unit="layer", leave=False)

@@ -25,45 +25,53 @@ def _work(verb: str, fn):
 
 
 def add_subcommand(subparsers) -> None:
+    from ..command import add_seed_arguments, deprecated_alias, positive
+
     drift = subparsers.add_parser(
-        "locate-drift", help="which attention layers x denoising steps make a kernel's image drift",
+        "locate-drift",
         description="Switch cells of the (attention layer x step) grid from --good to --bad one region at a time, "
                     "coarse to fine, and rank the cells by how far the final latents move. Writes drift.md, "
                     "drift.png and drift.json into --out.")
     _common(drift, "fluxlab-drift")
-    drift.add_argument("--good", default="sdpa", help="the trusted backend")
-    drift.add_argument("--bad", required=True, help="the backend whose drift is located")
+    drift.add_argument("--good", default="sdpa", help="the trusted backend (one name)")
+    drift.add_argument("--bad", required=True, help="the backend whose drift is located (one name)")
     drift.add_argument("--bad-layers", default=None, help="put --bad only in these layers (glob patterns, comma-"
                        "separated), --good elsewhere: a schedule as the bad side")
-    drift.add_argument("--bad-steps", default=None, help="put --bad only at these steps, e.g. 1,2 (-1: the last)")
-    drift.add_argument("--seed", type=int, default=0)
-    drift.add_argument("--beam", type=int, default=2, help="regions split further per level")
-    drift.add_argument("--budget", type=int, default=None, help="most generations (default: the search's bound)")
+    drift.add_argument("--bad-steps", default=None, help="put --bad only at these steps, 0-based, e.g. 1,2 (-1: the "
+                       "last)")
+    add_seed_arguments(drift, several=False)
+    drift.add_argument("--beam", type=positive, default=2, help="regions split further per level")
+    drift.add_argument("--budget", type=int, default=None, help="most generations, at least 2 (default: the "
+                       "search's bound)")
     drift.set_defaults(func=run_locate_drift)
 
     front = subparsers.add_parser(
-        "frontier", help="step time vs image fidelity of a fast kernel's schedules, Pareto set marked",
+        "frontier",
         description="For each candidate: everywhere, exact ends k=1..3, and everywhere except the culprit cells "
                     "locate-drift finds; step time (transformer only, median) and fidelity against --exact. Writes "
                     "frontier.md, frontier.png and frontier.json into --out.")
     _common(front, "fluxlab-frontier")
-    front.add_argument("--candidates", required=True, help="comma-separated fast backends, e.g. sage")
-    front.add_argument("--exact", default=None, help="the exact reference kernel (default: the automatic pick)")
-    front.add_argument("--seeds", default="0", help="comma-separated seeds")
-    front.add_argument("--repeats", type=int, default=3, help="timed generations per schedule after a warm-up")
+    front.add_argument("--backends", help="comma-separated fast backends to place, e.g. sage (required)")
+    deprecated_alias(front, "--candidates", "--backends", "backends")
+    front.add_argument("--exact", default=None, help="the exact reference kernel, one name, not quantised or "
+                       "emulated (default: the automatic pick)")
+    add_seed_arguments(front, several=True)
+    front.add_argument("--repeats", type=positive, default=3, help="timed generations per schedule after a warm-up")
     front.add_argument("--no-locate", action="store_true", help="skip the except-the-culprits schedule")
     front.set_defaults(func=run_frontier)
 
     tune = subparsers.add_parser(
-        "autotune", help="per attention layer, the fastest kernel whose verdict on the layer's real inputs is pass",
+        "autotune",
         description="Capture q/k/v of a real generation at every attention layer, time and judge each candidate "
                     "there, choose per layer the fastest that passes. Writes plan.md, plan.png and plan.json "
                     "(load it with fluxlab.AutotunePlan.load) into --out.")
     _common(tune, "fluxlab-autotune")
-    tune.add_argument("--candidates", default=None, help="comma-separated backends (default: every allowed one "
-                      "that runs here, less the float64 reference)")
-    tune.add_argument("--seeds", default="0", help="comma-separated seeds (the image verdict of quantised plans)")
-    tune.add_argument("--repeats", type=int, default=5, help="timed calls per captured input after a warm-up")
+    tune.add_argument("--backends", default=None, help="comma-separated candidate backends (default: every allowed "
+                      "one that runs here, less the float64 reference)")
+    deprecated_alias(tune, "--candidates", "--backends", "backends")
+    add_seed_arguments(tune, several=True, help_text="comma-separated seeds of the image verdict of quantised plans "
+                       "(whole numbers from 0 to 2**63 - 1)")
+    tune.add_argument("--repeats", type=positive, default=5, help="timed calls per captured input after a warm-up")
     tune.add_argument("--confirm-rounds", type=int, default=5,
                       help="rounds of the step-level check (the per-layer plan against the automatic pick and uniform "
                            "candidates on the real step; the fastest that passes everywhere is kept); 0 skips it")
@@ -73,20 +81,24 @@ def add_subcommand(subparsers) -> None:
 
 
 def _common(parser, out: str) -> None:
-    from ..models.cli import add_offload_argument
+    from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, MODEL_HELP
+    from ..models.cli import DTYPES, add_offload_argument
 
-    parser.add_argument("--model", default="embedded", help="'embedded', 'tiny', a local pipeline folder or a Hub id")
-    parser.add_argument("--prompt", default="a red circle at the top left on a blue background")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--size", default=None, help="N or WIDTHxHEIGHT (default: the model's own)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to draw")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (at least 2)")
+    parser.add_argument("--size", default=None, help="N or WIDTHxHEIGHT, multiples of 16 (8 for the embedded "
+                        "model) (default: the model's own)")
     parser.add_argument("--max-sequence-length", type=int, default=None, help="text tokens (default: the "
                         "pipeline's 512; fewer is faster on a CPU)")
     parser.add_argument("--device", default=None, help="e.g. cuda (default: where the model loads)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, metavar="DTYPE",
+                        help="bf16, fp16 or fp32 (or bfloat16, float16, float32) (default: as the model was saved)")
     parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out although it holds files fluxlab did not write")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
     add_offload_argument(parser)
 
 
@@ -94,6 +106,7 @@ def _common(parser, out: str) -> None:
 
 
 def _names(text: str | None, option: str) -> list[str]:
+    from ..command import check_distinct
     from ..dispatch import BackendChoice
 
     if text is None:
@@ -101,7 +114,18 @@ def _names(text: str | None, option: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise DecideInputError(f"{option} is empty; pass backend names, e.g. {option} sdpa,flex")
-    return [str(BackendChoice.parse(n)) for n in names]  # unknown names raise with a suggestion
+    resolved = [str(BackendChoice.parse(n)) for n in names]  # unknown names raise with a suggestion
+    check_distinct(option, names, resolved)
+    return resolved
+
+
+def _one_name(text: str, option: str) -> str:
+    """A role that one backend plays (--good, --bad, --exact): a list there is refused, not cut to its first."""
+    names = _names(text, option)
+    if len(names) != 1:
+        raise DecideInputError(f"{option} takes one backend, got {len(names)} ({text}); run once per backend, or "
+                               "use frontier to compare several")
+    return names[0]
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -114,32 +138,62 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-def _size(text: str | None) -> tuple[int | None, int | None]:
-    if text is None:
+def _size(args) -> tuple[int | None, int | None]:
+    """--size checked against the model's own multiple (before loading it), as ``fluxlab generate`` checks it: a
+    size the model would silently shrink is refused, so what the results record is what ran."""
+    from ..models.generate import parse_size
+    from ..models.limits import size_multiple_for
+
+    if args.size is None:
         return None, None
-    parts = text.lower().split("x")
-    try:
-        width, height = int(parts[0]), int(parts[-1])
-        if len(parts) > 2 or width <= 0 or height <= 0 or width % 8 or height % 8:
-            raise ValueError
-    except ValueError:
-        raise DecideInputError(f"--size {text!r} must be N or WIDTHxHEIGHT, positive multiples of 8 (16 for "
-                               "FLUX.2 [dev]-size models), e.g. 64 or 1024x1024") from None
-    return width, height
+    return parse_size(args.size, size_multiple_for(args.model))
 
 
 def _check(args) -> None:
-    from ..models.cli import check_model_source, check_offload_option
+    from ..models.cli import check_device, check_model_source, check_offload_option
+    from ..outputs import check_output_folder
 
     check_generation_args(args.prompt, args.steps)
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         raise DecideInputError(f"--max-sequence-length {args.max_sequence_length} must be a positive number of "
                                "text tokens")
-    from ..outputs import check_output_folder
-
     check_model_source(args.model)
+    check_device(args.device)
     check_offload_option(args.offload, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)
+
+
+def _check_steps(text: str | None, steps: int, option: str) -> list[int] | None:
+    """Step indices inside the generation (0..steps-1, or negative from the end); one outside would never run."""
+    if text is None:
+        return None
+    values = _ints(text, option)
+    outside = [v for v in values if not -steps <= v < steps]
+    if outside:
+        raise DecideInputError(f"{option} {text}: {outside} outside the {steps} steps (0..{steps - 1}, or -1 for the "
+                               "last); --bad would never run there, so there would be no drift to locate")
+    return values
+
+
+def _check_exact(name: str | None) -> None:
+    """--exact is the yardstick every schedule is judged against: a quantised or emulated kernel cannot be it."""
+    from ..compare.image_rule import is_approximate
+    from ..registry import get_backend
+
+    if name is not None and is_approximate(get_backend(name.split(":")[0])):
+        raise DecideInputError(f"--exact {name} is quantised or emulated, not exact: the frontier judges every "
+                               "schedule against --exact; pass an exact kernel such as sdpa, sdpa_math or flex (or "
+                               "leave it out for the automatic pick)")
+
+
+def _check_candidates(names: list[str] | None, allow_quantised: bool) -> None:
+    """Candidates that autotune would leave out all the same, refused before the model loads."""
+    from ..compare.image_rule import is_approximate
+    from ..registry import get_backend
+
+    if names and not allow_quantised and all(is_approximate(get_backend(n.split(":")[0])) for n in names):
+        raise DecideInputError(f"--backends {','.join(names)}: all quantised or emulated, and those take part only "
+                               "with --allow-quantised; add it, or name an exact kernel too")
 
 
 def _load(args, names):
@@ -167,10 +221,23 @@ def _write(args, verb: str, stem: str, markdown: str, figure, payload: dict) -> 
     from .files import write_atomic, write_figure, write_json
 
     with output_folder(args.out, verb=verb, overwrite=args.overwrite) as out:
-        write_json(out / f"{stem}.json", payload)
+        write_json(out / f"{stem}.json", _json_safe(payload))
         write_figure(out / f"{stem}.png", figure)
         write_atomic(out / f"{stem}.md", markdown + f"\n![{stem}]({stem}.png)\n")
     print(f"wrote {Path(args.out) / stem}.md, .png, .json")
+
+
+def _json_safe(value):
+    """NaN and infinities as null: JSON has no NaN (the number's meaning is in the result's ``kind``/notes)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _work_and_write(args, verb: str, stem: str, fn):
@@ -182,11 +249,6 @@ def _work_and_write(args, verb: str, stem: str, fn):
     return result
 
 
-def _check_repeats(args) -> None:
-    if args.repeats < 1:
-        raise DecideInputError(f"--repeats {args.repeats} must be at least 1")
-
-
 # -- the verbs -----------------------------------------------------------------------------------------------------
 
 
@@ -195,10 +257,16 @@ def run_locate_drift(args) -> int:
     from .drift import locate_drift
 
     _check(args)
-    good, bad = _names(args.good, "--good")[0], _names(args.bad, "--bad")[0]
+    good, bad = _one_name(args.good, "--good"), _one_name(args.bad, "--bad")
+    if good == bad and args.bad_layers is None and args.bad_steps is None:
+        raise DecideInputError(f"--good and --bad are both {good}: the same kernel gives no drift to locate; pass "
+                               "the kernel under suspicion as --bad")
     layers = [p.strip() for p in args.bad_layers.split(",")] if args.bad_layers else None
-    steps = _ints(args.bad_steps, "--bad-steps") if args.bad_steps else None
-    width, height = _size(args.size)
+    steps = _check_steps(args.bad_steps, args.steps, "--bad-steps")
+    if args.budget is not None and args.budget < 2:
+        raise DecideInputError(f"--budget {args.budget}: locating drift needs at least 2 generations (all good and "
+                               "all bad); leave it out for the search's own bound")
+    width, height = _size(args)
     pipe = _load(args, [good, bad])
     bad_plan = bad if layers is None and steps is None else Schedule(
         default=good, rules=[Rule(bad, layers=tuple(layers or ("*",)), steps=steps)])
@@ -212,11 +280,13 @@ def run_frontier(args) -> int:
     from .frontier import frontier
 
     _check(args)
-    candidates = _names(args.candidates, "--candidates")
-    exact = _names(args.exact, "--exact")[0] if args.exact else None
-    seeds = _ints(args.seeds, "--seeds")
-    width, height = _size(args.size)
-    _check_repeats(args)
+    if args.backends is None:  # not argparse's required=: its old spelling --candidates must count too
+        raise DecideInputError("frontier needs --backends, the fast kernels to place, e.g. --backends sage")
+    candidates = _names(args.backends, "--backends")
+    exact = _one_name(args.exact, "--exact") if args.exact else None
+    _check_exact(exact)
+    seeds = args.seeds
+    width, height = _size(args)
     pipe = _load(args, candidates + ([exact] if exact else []))
     result = _work_and_write(args, "frontier", "frontier", lambda: frontier(
         pipe, candidates, prompt=args.prompt, seeds=seeds, steps=args.steps, exact=exact, height=height, width=width,
@@ -228,10 +298,10 @@ def run_autotune(args) -> int:
     from .autotune import autotune
 
     _check(args)
-    candidates = _names(args.candidates, "--candidates") or None
-    seeds = _ints(args.seeds, "--seeds")
-    width, height = _size(args.size)
-    _check_repeats(args)
+    candidates = _names(args.backends, "--backends") or None
+    _check_candidates(candidates, args.allow_quantised)
+    seeds = args.seeds
+    width, height = _size(args)
     if args.confirm_rounds < 0:
         raise DecideInputError(f"--confirm-rounds {args.confirm_rounds} must be 0 (no step-level check) or more")
     pipe = _load(args, candidates or [])

@@ -93,8 +93,14 @@ class DriftMap:
 
     @property
     def kind(self) -> str:
+        """"localised" or "diffuse"; else why neither can be said: no drift at all, a kernel that gave NaN/Inf
+        latents, or a budget that ended before any region was scored."""
+        if not math.isfinite(self.all_bad_drift):
+            return "not finite (bad gives NaN/Inf latents: a broken kernel, not drift)"
         if not self.all_bad_drift:
             return "none (bad gives the same latents as good)"
+        if not self.culprits or not math.isfinite(self.share):
+            return "undecided (the budget ended before any region was scored)"
         return "localised" if self.localised else "diffuse"
 
     def cells(self, n: int = 5) -> list[Culprit]:
@@ -291,6 +297,6 @@ def _key(value: float) -> float:
 def _bar(enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     return tqdm(total=None, desc=desc, unit="gen", leave=False)

@@ -244,6 +244,6 @@ def _error_text(exc) -> str:
 def _bar(enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     return tqdm(total=None, desc="frontier", unit="gen", leave=False)

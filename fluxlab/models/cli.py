@@ -12,21 +12,20 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float1
 
 
 def add_subcommand(subparsers) -> None:
-    from ..cli import deprecated_alias
+    from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, EXIT_TEXT, MODEL_HELP, add_seed_arguments, deprecated_alias
     from .limits import BOUNDS
 
     parser = subparsers.add_parser(
-        "generate", help="generate the same FLUX.2 image with each attention backend (PNG + manifest.json each)",
+        "generate",
         description="Generate the same FLUX.2 image once per attention backend. Writes OUT/<backend>/image.png and "
                     "OUT/<backend>/manifest.json (platform, versions, backend, seed, steps, size, timings). Ctrl-C "
                     "stops after the current step: the image is written as image.partial.png, its manifest says "
                     "\"interrupted\": true and how many steps completed; exit code 130.",
         epilog=f"Bounds (--force runs beyond them): image tokens <= {BOUNDS['image_tokens'].high} (2048x2048), sides "
                f"<= {BOUNDS['side'].high} px, steps <= {BOUNDS['steps'].high}, --max-sequence-length <= "
-               f"{BOUNDS['max_sequence_length'].high}. Exit codes: 0 done, 1 a backend failed, 2 a usage mistake, "
-               "130 Ctrl-C.")
-    parser.add_argument("--prompt", default="a red circle on a blue background", help="what to draw")
-    parser.add_argument("--seed", type=int, default=0, help="0 to 2**63 - 1")
+               f"{BOUNDS['max_sequence_length'].high}. " + EXIT_TEXT)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to draw")
+    add_seed_arguments(parser, several=False)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps")
     parser.add_argument("--size", default="64", help="N (square) or WIDTHxHEIGHT, multiples of 16 (8 for the "
                         "embedded model)")
@@ -36,8 +35,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--out", default="fluxlab-generate", help="output folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out although it holds files fluxlab did not write")
-    parser.add_argument("--model", default="tiny", help="'tiny' (random weights), 'embedded', a local pipeline "
-                        "folder, or a Hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     deprecated_alias(parser, "--source", "--model", "model")
     parser.add_argument("--variant", choices=("dev", "klein"), default=None,
                         help="FLUX.2 variant (tiny: default dev; folders: read from model_index.json)")
@@ -50,7 +48,8 @@ def add_subcommand(subparsers) -> None:
                              "as saved")
     add_offload_argument(parser)
     parser.add_argument("--force", action="store_true", help="run beyond fluxlab's size/steps/text-length bounds")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
     parser.set_defaults(func=run)
 
 
@@ -97,19 +96,27 @@ def check_device(device: str | None) -> None:
         return
     import torch
 
-    from ..cli import UsageError
+    from ..command import UsageError
 
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise UsageError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is here)")
+    if parsed.type not in ("cpu", "cuda"):  # meta holds no numbers; mps, xpu, ...: no fluxlab backend runs there
+        raise UsageError(f"--device {device}: fluxlab runs on cpu or cuda (ROCm GPUs are cuda too); "
+                         f"{parsed.type!r} is not one of them")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is "
+                             "here); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered "
+                             f"from 0; use e.g. --device cuda:0")
 
 
 def check_offload_option(offload: str, device: str | None) -> str | None:
     """``--offload`` as ``load_flux2``'s ``offload=``; refused here when this machine cannot do it (no GPU)."""
-    from ..cli import UsageError
+    from ..command import UsageError
     from .offload import OffloadError, resolve_device
 
     try:
@@ -123,11 +130,13 @@ def check_offload_option(offload: str, device: str | None) -> str | None:
 
 def check_backends(text: str, device) -> list[str]:
     """Parsed --backends inside FLUX.2's set that can run on ``device``'s platform; else a usage error."""
+    from ..command import check_distinct, split_list
     from ..errors import BackendNotAllowedError
     from .generate import parse_backends, unavailable_reasons
     from .supported import FLUX2_BACKENDS
 
     backends = parse_backends(text)
+    check_distinct("--backends", split_list(text), backends)
     outside = [b for b in backends if b != "auto" and b.split(":")[0] not in FLUX2_BACKENDS]
     if outside:
         raise BackendNotAllowedError(f"{outside} are outside FLUX.2's backend set "
@@ -179,7 +188,7 @@ def run(args) -> int:
                                force=args.force,
                                model_info={"source": args.model, "variant": args.variant, "load_s": round(load_s, 3)})
         except FluxlabError as exc:  # the work failed, not the command line: exit code 1
-            from ..cli import one_line
+            from ..command import one_line
 
             print(f"fluxlab generate: failed: {one_line(exc)}", file=sys.stderr)
             return 1

@@ -163,7 +163,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     the results so far.
     """
     import torch
-    from tqdm.auto import tqdm
+    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     from .. import get_backend
     from .attach import set_backend, state_of

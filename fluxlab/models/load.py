@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from ..defaults import DEFAULT_MODEL
 from .attach import attach, check_allowed
 from .errors import ModelSourceError
 from .supported import resolve_allowed
@@ -28,13 +29,14 @@ log = logging.getLogger("fluxlab")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dtype=None, backend=None,
+def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=None, dtype=None, backend=None,
                allowed=None, offload=None, *, height: int = 1024, width: int = 1024, memory_budget=None):
     """A FLUX.2 pipeline with fluxlab attached.
 
-    ``source``: ``"tiny"`` (random weights, built offline in well under a second; ``variant`` "dev" or "klein"),
-    a local folder written by ``save_pretrained`` (model_index.json inside), a Hugging Face Hub id, or
-    ``"embedded"`` (the trained model fluxlab ships, once it does). ``variant`` for folders and Hub ids is read from
+    ``source``: ``"embedded"`` (the default: the small trained model fluxlab ships, offline; it draws captions
+    such as "a red circle at the top left on a blue background"), ``"tiny"`` (random weights: noise, built offline
+    in well under a second; ``variant`` "dev" or "klein"), a local folder written by ``save_pretrained``
+    (model_index.json inside) or a Hugging Face Hub id. ``variant`` for folders and Hub ids is read from
     model_index.json; passing one that disagrees raises. ``backend`` / ``allowed``: as for ``fluxlab.attach``,
     checked before any weights load.
 

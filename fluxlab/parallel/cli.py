@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from ..command import EXIT_TEXT, split_list as _csv
+
 EPILOG = ("Modes: 'ulysses=N' (all-to-all over heads; heads must divide by N), 'ring=N' (K/V passed around; the "
-          "backend must return the log-sum-exp), 'ulysses=N,ring=M' (both, N*M ranks). Exit codes: 0 when every "
-          "check passes / every verdict is pass, 1 otherwise, 2 for a usage mistake, 130 Ctrl-C.")
+          "backend must return the log-sum-exp), 'ulysses=N,ring=M' (both, N*M ranks). " + EXIT_TEXT)
+# --model: the transformer architecture the checks and runs use (random weights of that shape). The embedded
+# model's is read from its shipped config; "dev" is FLUX.2 [dev]'s; "tiny" fluxlab's random-weight test model.
+CHECK_MODELS = ("embedded", "tiny", "dev")
+RUN_MODELS = ("tiny", "dev")  # parallel compare builds the transformer on every rank: these two are built in
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def parallel_modes(values, option: str = "--parallel") -> list:
+    """Each mode parsed, refused when it is not parallel (a degree of 0, or 1 rank in all): before any work."""
+    from ..command import UsageError
+    from .checks import ParallelSpec
+
+    specs = []
+    for text in values if isinstance(values, list) else [values]:
+        spec = ParallelSpec.parse(text)
+        if min(spec.ulysses, spec.ring) < 1 or spec.degree < 2:
+            raise UsageError(f"{option} {text}: a parallel mode splits over at least 2 ranks (degree 0 or 1 in "
+                             "every part is no split); write e.g. ulysses=2, ring=2 or ulysses=2,ring=2")
+        specs.append(spec)
+    return specs
+
+
+class _SizeOrOldModel(argparse.Action):
+    """``--size N|WIDTHxHEIGHT``; a model name there is the old spelling of ``--model`` (with a note)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values in CHECK_MODELS:
+            print(f"{parser.prog}: note: --size {values} is deprecated; use --model {values}", file=sys.stderr)
+            namespace.model = values
+        else:
+            namespace.image_size = values
 
 
 def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
-        "parallel", help="sequence-parallel FLUX.2 (Ulysses/ring): capability checks and N-vs-1-rank comparison",
+        "parallel",
         description="Sequence parallelism on diffusers' context parallelism with fluxlab's backends inside.",
         epilog=EPILOG)
     sub = parser.add_subparsers(dest="parallel_command", required=True)
@@ -24,7 +52,7 @@ def add_subcommand(subparsers) -> None:
                            epilog=EPILOG)
     check.add_argument("--parallel", required=True, help="mode, e.g. ulysses=2, ring=2, ulysses=2,ring=2")
     check.add_argument("--backends", required=True, help="comma-separated fluxlab backends")
-    _shape_arguments(check, default_size="dev")
+    _shape_arguments(check, CHECK_MODELS)
     from ..platform import PROFILES
 
     check.add_argument("--profile", choices=sorted(PROFILES), help="judge for another machine's profile")
@@ -36,11 +64,13 @@ def add_subcommand(subparsers) -> None:
     compare.add_argument("--parallel", action="append", required=True,
                          help="mode (repeatable, one rank count per call), e.g. --parallel ulysses=2 --parallel ring=2")
     compare.add_argument("--backends", default="sdpa", help="comma-separated fluxlab backends")
-    _shape_arguments(compare, default_size="tiny")
+    _shape_arguments(compare, RUN_MODELS)
     compare.add_argument("--target", choices=("forward", "generate"), default="forward",
-                         help="one transformer step (default) or a whole tiny generation")
+                         help="one transformer step or a whole tiny generation")
     compare.add_argument("--steps", type=int, default=4, help="denoising steps of --target generate")
-    compare.add_argument("--seed", type=int, default=0, help="0 to 2**63 - 1")
+    from ..command import add_seed_arguments
+
+    add_seed_arguments(compare, several=False)
     compare.add_argument("--repeats", type=int, help="timed runs per case (default 3 on GPU, 1 on CPU)")
     compare.add_argument("--warmup", type=int, help="untimed runs first (default 1 on GPU, 0 on CPU)")
     compare.add_argument("--setup", help="module:function every rank calls first (e.g. to register your kernel)")
@@ -49,37 +79,46 @@ def add_subcommand(subparsers) -> None:
     compare.set_defaults(func=_compare)
 
 
-def _shape_arguments(parser, default_size: str) -> None:
-    from ..cli import deprecated_alias
+def _shape_arguments(parser, models: tuple[str, ...]) -> None:
+    from ..command import deprecated_alias
 
-    parser.add_argument("--model", dest="size", choices=("tiny", "dev"), default=default_size,
-                        help="transformer: FLUX.2 [dev] (48 heads x 128) or fluxlab's tiny one")
-    deprecated_alias(parser, "--size", "--model", "size")
-    parser.add_argument("--height", type=int, help="image height in pixels (tokens = height/16 x width/16)")
-    parser.add_argument("--width", type=int, help="image width in pixels")
+    parser.add_argument("--model", choices=models, default=models[0],
+                        help="the transformer's architecture, with random weights: " + ", ".join(
+                            {"embedded": "the embedded model's (4 heads x 32)", "dev": "FLUX.2 [dev] (48 heads x 128)",
+                             "tiny": "fluxlab's tiny test model's"}[m] for m in models))
+    parser.add_argument("--size", dest="image_size", action=_SizeOrOldModel, default=None, metavar="SIZE",
+                        help="image size in pixels, N or WIDTHxHEIGHT (default: 128 for tiny, 64 for embedded, 1024 "
+                             "for dev)")
+    deprecated_alias(parser, "--height", "--size", "height", type=int)
+    deprecated_alias(parser, "--width", "--size", "width", type=int)
     parser.add_argument("--text-tokens", type=int, help="text tokens (FLUX.2 pads prompts to 512)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default bf16 on GPU, fp32 on CPU")
 
 
 def _check_arguments(args) -> None:
     """Command-line mistakes, before any rank starts (main() exits 2 with them)."""
-    from ..cli import UsageError
-    from ..models.generate import check_size
-    from ..models.limits import seed_problem
+    from ..command import UsageError, check_distinct
+    from ..dispatch import BackendChoice
+    from ..models.generate import check_size, parse_size
     from ..registry import get_backend
-    from .checks import ParallelSpec
 
-    if args.size not in ("tiny", "dev"):  # --size (deprecated) is not checked by argparse's choices
-        raise UsageError(f"--model {args.size!r}: choose tiny or dev")
-    for mode in args.parallel if isinstance(args.parallel, list) else [args.parallel]:
-        ParallelSpec.parse(mode)
+    models = CHECK_MODELS if args.parallel_command == "check" else RUN_MODELS
+    if args.model not in models:  # --size MODEL (deprecated) is not checked by argparse's choices
+        raise UsageError(f"--model {args.model!r}: choose one of {', '.join(models)}")
+    parallel_modes(args.parallel)
     names = _csv(args.backends)
     if not names:
         raise UsageError("--backends is empty; give comma-separated fluxlab backends, e.g. sdpa,sdpa_flash")
     for name in names:
         get_backend(name)  # unknown names raise with the closest match
-    if args.height is not None or args.width is not None:
-        check_size(args.width or 16, args.height or 16)
+    check_distinct("--backends", names, [str(BackendChoice.parse(name)) for name in names])
+    multiple = 8 if args.model == "embedded" else 16  # the embedded model's VAE has one level less
+    width, height = getattr(args, "width", None), getattr(args, "height", None)
+    if args.image_size is not None:
+        width, height = parse_size(args.image_size, multiple)
+    elif width is not None or height is not None:
+        check_size(width or multiple, height or multiple, multiple)
+    args.width, args.height = width, height
     if args.text_tokens is not None and args.text_tokens < 1:
         raise UsageError(f"--text-tokens must be >= 1, got {args.text_tokens}")
     for name in ("gpus", "repeats", "steps"):
@@ -90,8 +129,6 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if getattr(args, "timeout", 1) <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    if getattr(args, "seed", None) is not None and seed_problem(args.seed):
-        raise UsageError(seed_problem(args.seed))
     setup = getattr(args, "setup", None)
     if setup:
         import importlib.util
@@ -125,37 +162,57 @@ def _check(args) -> int:
     platform = PROFILES[args.profile]() if args.profile else current_platform()
     if args.gpus is not None:
         platform = dataclasses.replace(platform, device_count=args.gpus)
-    config = TRANSFORMER_CONFIGS[args.size]
-    height, width, text = _shape(args.size, "forward", args.height, args.width, args.text_tokens)
+    if args.model == "embedded":
+        config = _embedded_transformer_config()
+        height, width, text = args.height or 64, args.width or 64, args.text_tokens or 512
+        tokens = (height // 8) * (width // 8)  # its VAE scales by 4, then 2x2 patches
+    else:
+        config = TRANSFORMER_CONFIGS[args.model]
+        height, width, text = _shape(args.model, "forward", args.height, args.width, args.text_tokens)
+        tokens = image_tokens(height, width)
     dtype = DTYPES[args.dtype] if args.dtype else (DTYPES["bf16"] if platform.is_gpu else DTYPES["fp32"])
     failed = False
-    print(f"{args.parallel} on {platform.describe()}; FLUX.2 {args.size}: {config['num_attention_heads']} heads x "
-          f"{config['attention_head_dim']}, {height}x{width} ({text} text + {image_tokens(height, width)} image "
+    print(f"{args.parallel} on {platform.describe()}; FLUX.2 {args.model}: {config['num_attention_heads']} heads x "
+          f"{config['attention_head_dim']}, {height}x{width} ({text} text + {tokens} image "
           f"tokens), {args.dtype or str(dtype).split('.')[-1]}")
     for backend in _csv(args.backends):
         reasons = check_parallel(backend, args.parallel, heads=config["num_attention_heads"],
                                  head_dim=config["attention_head_dim"], dtype=dtype, platform=platform,
-                                 seq_lens={"text": text, "image": image_tokens(height, width)})
+                                 seq_lens={"text": text, "image": tokens})
         failed |= bool(reasons)
         print(f"  {backend}: " + ("ok" if not reasons else "refused\n    - " + "\n    - ".join(reasons)))
     return 1 if failed else 0
 
 
+def _embedded_transformer_config() -> dict:
+    import json
+
+    from ..models.embedded import EMBEDDED_DIR
+
+    return json.loads((EMBEDDED_DIR / "transformer" / "config.json").read_text())
+
+
 def _compare(args) -> int:
     import warnings
 
+    from ..errors import FluxlabError
     from .checks import ParallelRefusedError
     from .compare import compare_parallel
 
     _check_arguments(args)
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
     try:
-        result = compare_parallel(args.parallel, _csv(args.backends), size=args.size, target=args.target,
+        result = compare_parallel(args.parallel, _csv(args.backends), size=args.model, target=args.target,
                                   height=args.height, width=args.width, text_tokens=args.text_tokens,
                                   dtype=args.dtype, steps=args.steps, seed=args.seed, repeats=args.repeats,
                                   warmup=args.warmup, setup=args.setup, timeout_s=args.timeout)
     except ParallelRefusedError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except FluxlabError as exc:  # the ranks' work failed, not the command line
+        from ..command import one_line
+
+        print(f"fluxlab parallel compare: failed: {one_line(exc)}", file=sys.stderr)
         return 1
     print(result.table())
     if args.json:

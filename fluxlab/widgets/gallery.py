@@ -6,6 +6,7 @@ import html
 import math
 from collections.abc import Callable
 
+from ..defaults import DEFAULT_PROMPT
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
                       widgets)
@@ -68,7 +69,7 @@ class ImageGallery(widgets.VBox):
     """
 
     def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
-                 prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
+                 prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, run_on_start: bool = False, compare: Callable | None = None,
                  image_width: int = 192, warmup="auto", threaded: bool | None = None):
         self.pipe = pipe

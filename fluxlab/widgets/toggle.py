@@ -8,6 +8,7 @@ import html
 import time
 from collections.abc import Callable
 
+from ..defaults import DEFAULT_PROMPT
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       error_text, hbox_with_message, message_html, png_bytes, set_message, widgets)
 from .picker import BackendPicker
@@ -113,7 +114,7 @@ class BackendToggleDemo(widgets.VBox):
     attention calls, not only which one was asked for.
     """
 
-    def __init__(self, pipe, *, prompt: str = "a red fox in the snow, studio light", seed: int = 0, steps: int = 4,
+    def __init__(self, pipe, *, prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, backends=None, statuses=None, auto_run: bool = True,
                  run_on_start: bool = True, generate: Callable | None = None, image_width: int = 256,
                  warmup="auto", threaded: bool | None = None):
