@@ -239,3 +239,40 @@ def test_cli_compare_refuses_before_launch(capsys):
 
     assert main(["parallel", "compare", "--parallel", "ring=2", "--backends", "sdpa"]) == 1
     assert "ring=2 / sdpa: ring attention merges partial results" in capsys.readouterr().err
+
+
+def test_grouped_query_attention_is_refused_with_its_reason():
+    reasons = check_parallel("reference", "ring=2", heads=48, kv_heads=8)
+    assert reasons == ["diffusers' context-parallel templates do not support grouped-query attention "
+                       "(48 query heads, 8 key/value heads)"]
+    assert check_parallel("reference", "ring=2", heads=48, kv_heads=48) == []
+
+
+def test_cli_compare_accepts_backends_its_setup_registers(capsys):
+    from fluxlab.cli import main
+
+    # the planted kernel exists only after --setup ran; 33 text tokens are refused before any rank starts
+    assert main(["parallel", "compare", "--parallel", "ring=2", "--backends", "lse_log2", "--text-tokens", "33",
+                 "--setup", "_parallel_jobs:register_broken_lse"]) == 1
+    err = capsys.readouterr().err
+    assert "ring=2 / lse_log2: the text sequence (33 tokens) does not divide by the 2 ranks" in err
+    assert "unknown attention backend" not in err
+
+
+def test_ulysses_and_ring_together_on_four_ranks():
+    """diffusers' unified mode (heads over 2 Ulysses ranks, sequence over 2 ring ranks): exact kernels stay within
+    the float64 band; a base-2 LSE still breaks the ring merge; rolled heads do not, as each rank holds one head."""
+    from _parallel_jobs import register_broken_lse
+
+    result = compare_parallel(cases=[("ulysses=2,ring=2", "sdpa_flash"), ("ulysses=2,ring=2", "lse_log2"),
+                                     ("ulysses=2,ring=2", "lse_rolled")],
+                              setup="_parallel_jobs:register_broken_lse", timeout_s=600)
+    register_broken_lse()
+    rows = {row.backend: row for row in result.rows}
+    assert result.meta["world_size"] == 4
+    exact = rows["sdpa_flash"]
+    assert (exact.ulysses, exact.ring, exact.ranks) == (2, 2, 4)
+    assert exact.verdict == "pass" and exact.fp64_rel_l2 <= 1e-6 and exact.ranks_agree
+    assert rows["lse_log2"].verdict == "fail" and "the ring merge depends on the LSE" in rows["lse_log2"].why
+    assert rows["lse_rolled"].verdict == "pass"  # tiny model: 2 heads / ulysses 2 = one head per kernel call
+    assert "heads rolled by 1" in rows["lse_rolled"].lse_check  # the probe still names the bug

@@ -76,8 +76,9 @@ def _check_arguments(args) -> None:
     names = _csv(args.backends)
     if not names:
         raise UsageError("--backends is empty; give comma-separated fluxlab backends, e.g. sdpa,sdpa_flash")
-    for name in names:
-        get_backend(name)  # unknown names raise with the closest match
+    if not getattr(args, "setup", None):  # --setup may register them: compare_parallel checks after running it
+        for name in names:
+            get_backend(name)  # unknown names raise with the closest match
     if args.height is not None or args.width is not None:
         check_size(args.width or 16, args.height or 16)
     if args.text_tokens is not None and args.text_tokens < 1:

@@ -138,12 +138,12 @@ class ParallelComparison:
         head = (f"{m['target']} of a {m['size']} FLUX.2 transformer, {m['height']}x{m['width']} "
                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, on {m['device']}\n"
                 f"verdict: {RULE_TEXT.format(factor=FACTOR, floor=FLOOR[DTYPES[m['dtype']]], partner=m.get('exact_partner'))}\n")
-        lines = [f"{'parallel':<18}{'backend':<16}{'1r_vs_fp64':>11}{'vs_1rank':>10}{'Nr_vs_fp64':>11}{'growth':>8}"
+        lines = [f"{'parallel':<18}{'backend':<16}{'1r_vs_fp64':>11}{'vs_1rank':>10}{'Nr_vs_fp64':>11}{'growth':>9}"
                  f"{'tol':>10}{'1 rank ms':>11}{'N ranks ms':>11}{'speedup':>9}  verdict"]
         for r in self.rows:
             ms = lambda v: f"{v:11.1f}" if v is not None else f"{'-':>11}"  # noqa: E731
             lines.append(f"{r.parallel:<18}{r.backend:<16}{_cell(r.single_error):>11}{r.rel_l2:10.2e}"
-                         f"{_cell(r.fp64_rel_l2):>11}{_cell(r.growth, '.2f'):>8}{r.tolerance:10.2e}"
+                         f"{_cell(r.fp64_rel_l2):>11}{_cell(r.growth, '.3g'):>9}{r.tolerance:10.2e}"
                          f"{ms(r.time_single_ms)}{ms(r.time_parallel_ms)}"
                          f"{(f'{r.speedup:9.2f}' if r.speedup else f'{chr(45):>9}')}  {r.verdict}"
                          + ("" if r.ranks_agree else " (ranks disagree!)"))
