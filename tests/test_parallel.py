@@ -12,6 +12,8 @@ import dataclasses
 import pytest
 import torch
 
+import fluxlab.registry
+
 from fluxlab.parallel import (ParallelRefusedError, ParallelSpec, check_parallel, compare_parallel,
                               enable_sequence_parallel, lse_backends, require_parallel)
 from fluxlab.parallel.launch import SpawnError, spawn
@@ -248,6 +250,18 @@ def test_grouped_query_attention_is_refused_with_its_reason():
     assert check_parallel("reference", "ring=2", heads=48, kv_heads=48) == []
 
 
+@pytest.fixture
+def planted_unregistered_after():
+    """--setup / setup= run in this process too (before the ranks start): leave no planted kernel behind."""
+    from _parallel_jobs import PLANTED
+
+    yield
+    for name in PLANTED:
+        if name in {b.name for b in fluxlab.registry.all_backends()}:
+            fluxlab.registry.unregister_backend(name)
+
+
+@pytest.mark.usefixtures("planted_unregistered_after")
 def test_cli_compare_accepts_backends_its_setup_registers(capsys):
     from fluxlab.cli import main
 
@@ -259,15 +273,13 @@ def test_cli_compare_accepts_backends_its_setup_registers(capsys):
     assert "unknown attention backend" not in err
 
 
+@pytest.mark.usefixtures("planted_unregistered_after")
 def test_ulysses_and_ring_together_on_four_ranks():
     """diffusers' unified mode (heads over 2 Ulysses ranks, sequence over 2 ring ranks): exact kernels stay within
     the float64 band; a base-2 LSE still breaks the ring merge; rolled heads do not, as each rank holds one head."""
-    from _parallel_jobs import register_broken_lse
-
     result = compare_parallel(cases=[("ulysses=2,ring=2", "sdpa_flash"), ("ulysses=2,ring=2", "lse_log2"),
                                      ("ulysses=2,ring=2", "lse_rolled")],
                               setup="_parallel_jobs:register_broken_lse", timeout_s=600)
-    register_broken_lse()
     rows = {row.backend: row for row in result.rows}
     assert result.meta["world_size"] == 4
     exact = rows["sdpa_flash"]

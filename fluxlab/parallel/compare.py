@@ -137,7 +137,8 @@ class ParallelComparison:
         m = self.meta
         head = (f"{m['target']} of a {m['size']} FLUX.2 transformer, {m['height']}x{m['width']} "
                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, on {m['device']}\n"
-                f"verdict: {RULE_TEXT.format(factor=FACTOR, floor=FLOOR[DTYPES[m['dtype']]], partner=m.get('exact_partner'))}\n")
+                "verdict: " + RULE_TEXT.format(factor=FACTOR, floor=FLOOR[DTYPES[m["dtype"]]],
+                                               partner=m.get("exact_partner")) + "\n")
         lines = [f"{'parallel':<18}{'backend':<16}{'1r_vs_fp64':>11}{'vs_1rank':>10}{'Nr_vs_fp64':>11}{'growth':>9}"
                  f"{'tol':>10}{'1 rank ms':>11}{'N ranks ms':>11}{'speedup':>9}  verdict"]
         for r in self.rows:

@@ -74,7 +74,8 @@ def check_lse(backend: str, *, device="cpu", dtype: torch.dtype = torch.float32,
     if err <= tolerance:
         problem = f"its LSE {what} (max abs {errors['']:.2g} from the natural-log LSE; {err:.1e} from that mistake)"
     else:
-        problem = f"its LSE is off by max abs {errors['']:.2g} from the float64 natural-log LSE (tolerance {tolerance:g})"
+        problem = (f"its LSE is off by max abs {errors['']:.2g} from the float64 natural-log LSE "
+                   f"(tolerance {tolerance:g})")
     return LseCheck(backend, False, errors[""], tolerance, problem)
 
 
