@@ -288,3 +288,21 @@ def test_ulysses_and_ring_together_on_four_ranks():
     assert rows["lse_log2"].verdict == "fail" and "the ring merge depends on the LSE" in rows["lse_log2"].why
     assert rows["lse_rolled"].verdict == "pass"  # tiny model: 2 heads / ulysses 2 = one head per kernel call
     assert "heads rolled by 1" in rows["lse_rolled"].lse_check  # the probe still names the bug
+
+
+def test_the_lse_probe_names_each_mistake_in_process(planted_unregistered_after):
+    import _parallel_jobs
+
+    from fluxlab.parallel.lse import check_lse
+
+    _parallel_jobs.register_broken_lse()
+    assert check_lse("sdpa_flash").ok and check_lse("reference").ok
+    assert "in base 2 (log2 units)" in check_lse("lse_log2").problem
+    assert "unscaled logits" in check_lse("lse_unscaled").problem
+    assert "heads rolled by 1" in check_lse("lse_rolled").problem
+    for name in ("lse_log2", "lse_unscaled", "lse_rolled"):
+        check = check_lse(name)
+        assert not check.ok and check.max_abs > 100 * check.tolerance
+    # a bf16 run is judged with bf16's LSE tolerance and still tells the mistakes apart
+    assert check_lse("sdpa_flash", dtype=torch.bfloat16).ok
+    assert "in base 2" in check_lse("lse_log2", dtype=torch.bfloat16).problem
