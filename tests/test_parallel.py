@@ -1,8 +1,10 @@
-"""fluxlab.parallel: refusals before launch (in process), and 2 gloo ranks vs 1 rank on the tiny FLUX.2 model.
+"""fluxlab.parallel: refusals before launch (in process), and 2 gloo ranks vs 1 rank and vs one device's float64
+on the tiny FLUX.2 model.
 
-The 2-rank part starts one pair of processes for everything (imports take most of its ~30-40 s on 2 shared
-cores): Ulysses with sdpa, ring with reference and sdpa_flash (both return the LSE), a broken adapter whose LSE
-is in base 2 (single-rank identical, ring wrong: the verdict must catch it), and a whole tiny generation.
+The 2-rank part starts one pair of processes for everything (imports take most of its time): Ulysses with sdpa,
+ring with reference and sdpa_flash (both return the LSE), three planted kernels whose output is sdpa_flash's but
+whose LSE is off (base 2, unscaled logits, heads rolled: right on one device, ring wrong: the verdict must catch
+it and say why), and a whole tiny generation. One 4-rank job checks Ulysses x ring together.
 """
 
 from __future__ import annotations
@@ -273,6 +275,7 @@ def test_cli_compare_accepts_backends_its_setup_registers(capsys):
     assert "unknown attention backend" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("planted_unregistered_after")
 def test_ulysses_and_ring_together_on_four_ranks():
     """diffusers' unified mode (heads over 2 Ulysses ranks, sequence over 2 ring ranks): exact kernels stay within
