@@ -204,7 +204,8 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
                      text_tokens: int | None = None, dtype=None, steps: int = 4, seed: int = 0,
                      repeats: int | None = None, warmup: int | None = None, setup: str | None = None,
                      timeout_s: float = 600) -> ParallelComparison:
-    """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the difference.
+    """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the N-rank output against the 1-rank
+    output of the same backend and against one device's float64 output (``judge``; rows carry the error growth).
 
     ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list; ``backends``: a fluxlab backend
     name or a list; every mode runs with every backend, unless ``cases`` lists the ``(mode, backend)`` pairs.
