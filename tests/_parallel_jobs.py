@@ -91,6 +91,17 @@ def refusals_in_a_rank() -> dict:
     except ParallelRefusedError as exc:
         messages["twice"] = str(exc)
     disable_sequence_parallel(transformer)
+    import warnings
+
+    from fluxlab.parallel.lse import LseWarning
+
+    with warnings.catch_warnings(record=True) as caught:  # lse_log2 is registered in the ranks by now
+        warnings.simplefilter("always")
+        enable_sequence_parallel(transformer, BROKEN, "ring=2")
+        disable_sequence_parallel(transformer)
+        enable_sequence_parallel(transformer, "sdpa_flash", "ring=2")
+        disable_sequence_parallel(transformer)
+    messages["lse_warnings"] = [str(w.message) for w in caught if issubclass(w.category, LseWarning)]
     out = run_transformer(transformer, transformer_inputs(transformer, height=128, width=128, text_tokens=33))
     messages["after_disable_shape"] = tuple(out.shape)
     return messages

@@ -200,6 +200,11 @@ def test_refusals_inside_the_ranks(two_rank_results):
     assert "the text sequence (33 tokens) does not divide by the 2 ranks" in messages["odd_text"]
     assert "already parallel" in messages["twice"]
     assert messages["after_disable_shape"] == (1, 64, 16)  # one rank again: odd lengths are fine
+    # enabling ring with a kernel whose LSE is off warns with the reason; a correct kernel does not
+    assert len(messages["lse_warnings"]) == 1
+    assert messages["lse_warnings"][0].startswith("ring=2 with 'lse_log2' will give wrong outputs: the ring merge "
+                                                  "depends on the LSE")
+    assert "in base 2" in messages["lse_warnings"][0]
 
 
 def test_report_markdown_from_the_rows(two_rank_results):

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import platform as _host
 import time
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -29,7 +30,7 @@ from .. import util
 from ..compare.metrics import error_stats
 from ..platform import current_platform
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel
-from .lse import check_lse, ring_reason
+from .lse import LseWarning, probe, ring_reason
 
 FACTOR = 2.0
 FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -330,12 +331,14 @@ def run_cases(payload: dict) -> dict:
             single_ms[backend] = None
 
     head_dim = int(transformer.config.attention_head_dim)
-    lse_checks = {backend: _probe_lse(backend, device, dtype, head_dim) for backend in backends
+    lse_checks = {backend: probe(backend, device, dtype, head_dim) for backend in backends
                   if any(spec.ring > 1 and b == backend for spec, b in cases)}
     partner_error = error_stats(single[exact_partner], single[EXACT]).rel_l2
     rows = []
     for spec, backend in cases:
-        launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=runner.seq_lens, dtype=dtype)
+        with warnings.catch_warnings():  # the row carries the LSE diagnosis itself
+            warnings.simplefilter("ignore", LseWarning)
+            launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=runner.seq_lens, dtype=dtype)
         try:
             out, ms = _timed(runner.run, device, repeats, warmup)
         finally:
@@ -348,14 +351,6 @@ def run_cases(payload: dict) -> dict:
     meta = _meta(payload, device, world_size, runner, build_s, exact_partner)
     meta["engine_problems"] = engine.engine_problems()
     return {"rows": rows, "meta": meta, "rank": rank}
-
-
-def _probe_lse(backend, device, dtype, head_dim):
-    """``check_lse``, or None where the probe itself cannot run (the verdict does not depend on it)."""
-    try:
-        return check_lse(backend, device=device, dtype=dtype, head_dim=head_dim)
-    except Exception:  # noqa: BLE001 - a diagnosis only; the N-rank verdict stands on its own
-        return None
 
 
 def judge(spec: ParallelSpec, backend: str, out: torch.Tensor, single: torch.Tensor, exact: torch.Tensor,

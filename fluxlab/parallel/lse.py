@@ -15,8 +15,13 @@ import math
 import torch
 
 from ..compare.tolerances import LSE_TOLERANCE
+from ..errors import FluxlabWarning
 
 PROBE_SHAPE = (1, 32, 3, 16)  # [B, S, H, D]: 3 heads, so a roll of the heads is visible in either direction
+
+
+class LseWarning(FluxlabWarning):
+    """``enable_sequence_parallel`` under ring with a backend whose LSE does not follow the contract."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +89,11 @@ def ring_reason(check: LseCheck) -> str:
     return (f"the ring merge depends on the LSE (each hop's partial output is weighted by exp(lse_hop - lse_total)); "
             f"'{check.backend}': {check.problem}. On one device the output does not use the LSE, so it looks right "
             "there; fix the kernel's LSE, or run it under 'ulysses=N', which needs none")
+
+
+def probe(backend: str, device, dtype: torch.dtype, head_dim: int | None = None) -> LseCheck | None:
+    """``check_lse``, or None where the probe itself cannot run (a diagnosis only: no verdict depends on it)."""
+    try:
+        return check_lse(backend, device=device, dtype=dtype, head_dim=head_dim)
+    except Exception:  # noqa: BLE001 - e.g. a kernel that refuses the probe's shape
+        return None
