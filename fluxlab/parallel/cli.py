@@ -109,9 +109,10 @@ def _check_arguments(args) -> None:
     names = _csv(args.backends)
     if not names:
         raise UsageError("--backends is empty; give comma-separated fluxlab backends, e.g. sdpa,sdpa_flash")
-    for name in names:
-        get_backend(name)  # unknown names raise with the closest match
-    check_distinct("--backends", names, [str(BackendChoice.parse(name)) for name in names])
+    if not getattr(args, "setup", None):  # --setup may register them: compare_parallel checks after running it
+        for name in names:
+            get_backend(name)  # unknown names raise with the closest match
+        check_distinct("--backends", names, [str(BackendChoice.parse(name)) for name in names])
     multiple = 8 if args.model == "embedded" else 16  # the embedded model's VAE has one level less
     width, height = getattr(args, "width", None), getattr(args, "height", None)
     if args.image_size is not None:

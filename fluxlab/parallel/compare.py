@@ -1,4 +1,4 @@
-"""N ranks vs 1 rank with the same backend: the same FLUX.2 forward (or tiny generation), metrics and a verdict.
+"""N ranks vs 1 rank and vs one device's float64: the same FLUX.2 forward (or tiny generation), metrics, a verdict.
 
 Tolerance (``tolerance_for``): splitting the sequence changes only rounding, never the maths — Ulysses reorders the
 tokens each kernel sums over; ring rounds each hop's partial output to the model dtype and merges them with the
@@ -7,6 +7,11 @@ independent exact kernel would: at most ``FACTOR`` (2) x the backend's own end-t
 as the rel-L2 between the single-rank output and the single-rank output with float64 attention (``reference``);
 for ``reference`` itself, the error of the platform's default exact kernel. ``FLOOR`` keeps a near-zero yardstick
 (float32 on CPU) from demanding bit-identity.
+
+Against float64 too (``judge``): the N-rank output is also measured against the single-device output with float64
+attention and held to the same tolerance, and the backend's own 1-rank error is held to the single-device rule
+(``FACTOR`` x the default exact kernel's error). ``growth`` is the N-rank error vs float64 over the 1-rank one.
+Under ring each backend's LSE is probed (``lse.check_lse``) so a failed verdict says when the LSE is the cause.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import json
 import platform as _host
 import time
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -24,6 +30,7 @@ from .. import util
 from ..compare.metrics import error_stats
 from ..platform import current_platform
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel
+from .lse import LseWarning, probe, ring_reason
 
 FACTOR = 2.0
 FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -53,6 +60,16 @@ class ParallelRow:
     ranks_agree: bool  # every rank got the bit-identical gathered output
     time_single_ms: float | None = None
     time_parallel_ms: float | None = None
+    ulysses: int | None = None  # the degrees of ``parallel``, as columns
+    ring: int | None = None
+    # Against float64 (older result files lack these: None):
+    single_error: float | None = None  # 1 rank vs 1 rank with float64 attention (0 for ``reference`` itself)
+    single_tolerance: float | None = None  # max(FACTOR x the platform's default exact kernel's error, floor)
+    single_verdict: str | None = None  # the backend on one device: "pass" | "fail"
+    fp64_rel_l2: float | None = None  # N ranks vs 1 rank with float64 attention
+    growth: float | None = None  # fp64_rel_l2 / own_error: how much further from float64 N ranks are than 1 rank
+    lse_check: str | None = None  # under ring: does the backend's LSE follow the contract (fluxlab.parallel.lse)
+    why: str | None = None  # a failed verdict's reasons, one sentence each
 
     @property
     def speedup(self) -> float | None:
@@ -91,42 +108,59 @@ class ParallelComparison:
         util.atomic_write(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
     def markdown(self) -> str:
-        """A section for a report: what ran, the rule, one table row per (mode, backend)."""
+        """A section for a report: what ran, the rules, one table row per (backend, ulysses degree, ring degree)
+        with the error growth from 1 to N ranks, then every failed row's reasons."""
         m = self.meta
         ms = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
         lines = [f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
                  f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
                  f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.",
                  "",
-                 f"Verdict: rel-L2 vs the 1-rank output of the same backend <= max({FACTOR:g} x the backend's own "
-                 f"error vs float64 attention, {m['floor']:g}); every rank must get the same output.",
+                 f"Verdict: {RULE_TEXT.format(factor=FACTOR, floor=m['floor'], partner=m.get('exact_partner'))}",
                  "",
-                 "| parallel | backend | rel-L2 vs 1 rank | max abs | own error | tolerance | 1 rank ms | "
-                 "N ranks ms | speedup | verdict |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| parallel | backend | ulysses | ring | 1 rank vs float64 | 1 rank | rel-L2 vs 1 rank | "
+                 "N ranks vs float64 | growth | tolerance | 1 rank ms | N ranks ms | speedup | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
-            lines.append(f"| {r.parallel} | {r.backend} | {r.rel_l2:.2e} | {r.max_abs:.2e} | {r.own_error:.2e} | "
-                         f"{r.tolerance:.2e} | {ms(r.time_single_ms)} | {ms(r.time_parallel_ms)} | "
+            lines.append(f"| {r.parallel} | {r.backend} | {_cell(r.ulysses, 'd')} | {_cell(r.ring, 'd')} | "
+                         f"{_cell(r.single_error)} | {r.single_verdict or '–'} | {r.rel_l2:.2e} | "
+                         f"{_cell(r.fp64_rel_l2)} | {_cell(r.growth, '.2f', '×')} | {r.tolerance:.2e} | "
+                         f"{ms(r.time_single_ms)} | {ms(r.time_parallel_ms)} | "
                          f"{f'{r.speedup:.2f}' if r.speedup else '–'} | **{r.verdict}**"
                          + ("" if r.ranks_agree else " (ranks disagree)") + " |")
+        failed = [r for r in self.rows if r.verdict != "pass" and r.why]
+        if failed:
+            lines += ["", "Why:"] + [f"- {r.parallel} / {r.backend}: {r.why}" for r in failed]
         return "\n".join(lines)
 
     def table(self) -> str:
-        """A plain-text table, one row per (mode, backend)."""
+        """A plain-text table, one row per (backend, ulysses degree, ring degree), then the failed rows' reasons."""
         m = self.meta
         head = (f"{m['target']} of a {m['size']} FLUX.2 transformer, {m['height']}x{m['width']} "
                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, on {m['device']}\n"
-                f"verdict: rel_l2 vs 1 rank <= max({FACTOR:g} x the backend's own error vs float64 attention, "
-                f"floor {FLOOR[DTYPES[m['dtype']]]:g})\n")
-        lines = [f"{'parallel':<18}{'backend':<14}{'rel_l2':>10}{'max_abs':>10}{'own_err':>10}{'tol':>10}"
-                 f"{'1 rank ms':>11}{'N ranks ms':>11}{'speedup':>9}  verdict"]
+                "verdict: " + RULE_TEXT.format(factor=FACTOR, floor=FLOOR[DTYPES[m["dtype"]]],
+                                               partner=m.get("exact_partner")) + "\n")
+        lines = [f"{'parallel':<18}{'backend':<16}{'1r_vs_fp64':>11}{'vs_1rank':>10}{'Nr_vs_fp64':>11}{'growth':>9}"
+                 f"{'tol':>10}{'1 rank ms':>11}{'N ranks ms':>11}{'speedup':>9}  verdict"]
         for r in self.rows:
             ms = lambda v: f"{v:11.1f}" if v is not None else f"{'-':>11}"  # noqa: E731
-            lines.append(f"{r.parallel:<18}{r.backend:<14}{r.rel_l2:10.2e}{r.max_abs:10.2e}{r.own_error:10.2e}"
-                         f"{r.tolerance:10.2e}{ms(r.time_single_ms)}{ms(r.time_parallel_ms)}"
+            lines.append(f"{r.parallel:<18}{r.backend:<16}{_cell(r.single_error):>11}{r.rel_l2:10.2e}"
+                         f"{_cell(r.fp64_rel_l2):>11}{_cell(r.growth, '.3g'):>9}{r.tolerance:10.2e}"
+                         f"{ms(r.time_single_ms)}{ms(r.time_parallel_ms)}"
                          f"{(f'{r.speedup:9.2f}' if r.speedup else f'{chr(45):>9}')}  {r.verdict}"
                          + ("" if r.ranks_agree else " (ranks disagree!)"))
+        lines += [f"why {r.parallel} / {r.backend} fails: {r.why}" for r in self.rows if r.verdict != "pass" and r.why]
         return head + "\n".join(lines)
+
+
+RULE_TEXT = ("the backend on one device within max({factor:g} x the default exact kernel's ({partner}) error vs "
+             "float64 attention, {floor:g}) of float64; N ranks within max({factor:g} x the backend's own 1-rank error "
+             "vs float64, {floor:g}) of both its 1-rank output and the single-device float64 output; every rank gets "
+             "the same output. growth = (N ranks vs float64) / (1 rank vs float64).")
+
+
+def _cell(value, fmt: str = ".2e", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{fmt}}{suffix}"
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -171,7 +205,8 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
                      text_tokens: int | None = None, dtype=None, steps: int = 4, seed: int = 0,
                      repeats: int | None = None, warmup: int | None = None, setup: str | None = None,
                      timeout_s: float = 600) -> ParallelComparison:
-    """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the difference.
+    """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the N-rank output against the 1-rank
+    output of the same backend and against one device's float64 output (``judge``; rows carry the error growth).
 
     ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list; ``backends``: a fluxlab backend
     name or a list; every mode runs with every backend, unless ``cases`` lists the ``(mode, backend)`` pairs.
@@ -275,7 +310,7 @@ def run_cases(payload: dict) -> dict:
     cases = [(ParallelSpec.parse(p), b) for p, b in payload["cases"]]
     backends = list(dict.fromkeys([b for _, b in cases]))
     exact_partner = _default_exact(device)
-    singles = list(dict.fromkeys(backends + [EXACT] + ([exact_partner] if EXACT in backends else [])))
+    singles = list(dict.fromkeys(backends + [EXACT, exact_partner]))
 
     started = time.perf_counter()
     if payload["target"] == "generate":
@@ -295,26 +330,68 @@ def run_cases(payload: dict) -> dict:
         if not timed:
             single_ms[backend] = None
 
+    head_dim = int(transformer.config.attention_head_dim)
+    lse_checks = {backend: probe(backend, device, dtype, head_dim) for backend in backends
+                  if any(spec.ring > 1 and b == backend for spec, b in cases)}
+    partner_error = error_stats(single[exact_partner], single[EXACT]).rel_l2
     rows = []
     for spec, backend in cases:
-        launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=runner.seq_lens, dtype=dtype)
+        with warnings.catch_warnings():  # the row carries the LSE diagnosis itself
+            warnings.simplefilter("ignore", LseWarning)
+            launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=runner.seq_lens, dtype=dtype)
         try:
             out, ms = _timed(runner.run, device, repeats, warmup)
         finally:
             launch.disable_sequence_parallel(transformer)
-        agree = _all_ranks_equal(out)
-        stats = error_stats(out, single[backend])
-        own = error_stats(single[backend if backend != EXACT else exact_partner], single[EXACT]).rel_l2
-        tolerance = tolerance_for(own, dtype)
-        rows.append(dataclasses.asdict(ParallelRow(
-            parallel=str(spec), backend=backend, ranks=world_size, rel_l2=stats.rel_l2, max_abs=stats.max_abs,
-            cosine=stats.cosine, own_error=own, tolerance=tolerance,
-            verdict="pass" if stats.rel_l2 <= tolerance and agree else "fail", ranks_agree=agree,
-            time_single_ms=single_ms[backend], time_parallel_ms=ms)))
+        rows.append(dataclasses.asdict(judge(
+            spec, backend, out, single[backend], single[EXACT], partner_error, dtype, world_size,
+            agree=_all_ranks_equal(out), lse=lse_checks.get(backend), time_single_ms=single_ms[backend],
+            time_parallel_ms=ms)))
     engine.set_model_backend(transformer, None)
     meta = _meta(payload, device, world_size, runner, build_s, exact_partner)
     meta["engine_problems"] = engine.engine_problems()
     return {"rows": rows, "meta": meta, "rank": rank}
+
+
+def judge(spec: ParallelSpec, backend: str, out: torch.Tensor, single: torch.Tensor, exact: torch.Tensor,
+          partner_error: float, dtype: torch.dtype, ranks: int, *, agree: bool = True, lse=None,
+          time_single_ms=None, time_parallel_ms=None) -> ParallelRow:
+    """The verdict of one case. ``out``: N ranks; ``single``: 1 rank, same backend; ``exact``: 1 rank, float64
+    attention; ``partner_error``: the platform's default exact kernel's 1-rank error vs ``exact``.
+
+    Three rules, all must hold (and every rank must get the same output): the backend on one device is within
+    ``tolerance_for(partner_error)`` of float64 (the single-device rule); N ranks are within ``tolerance_for(own)``
+    of 1 rank; and N ranks are within the same ``tolerance_for(own)`` of float64 — so a kernel whose error grows
+    when the sequence is split fails even if it agrees with itself. ``own`` is the backend's own 1-rank error vs
+    float64 (for ``reference``, ``partner_error``).
+    """
+    stats = error_stats(out, single)
+    single_error = error_stats(single, exact).rel_l2
+    own = partner_error if backend == EXACT else single_error
+    tolerance = tolerance_for(own, dtype)
+    single_tolerance = tolerance_for(partner_error, dtype)
+    fp64 = error_stats(out, exact).rel_l2
+    why = []
+    if single_error > single_tolerance:
+        why.append(f"on one device it is {single_error:.2e} from float64 attention, beyond {single_tolerance:.2e} "
+                   "(2 x the default exact kernel's error)")
+    if stats.rel_l2 > tolerance:
+        why.append(f"{spec} is {stats.rel_l2:.2e} from the 1-rank output of the same backend, beyond {tolerance:.2e}")
+    if fp64 > tolerance:
+        why.append(f"{spec} is {fp64:.2e} from the single-device float64 output (1 rank: {single_error:.2e}), beyond "
+                   f"{tolerance:.2e}")
+    if not agree:
+        why.append("the ranks received different outputs")
+    if why and lse is not None and not lse.ok:
+        why.append(ring_reason(lse))
+    return ParallelRow(
+        parallel=str(spec), backend=backend, ranks=ranks, rel_l2=stats.rel_l2, max_abs=stats.max_abs,
+        cosine=stats.cosine, own_error=own, tolerance=tolerance, verdict="fail" if why else "pass",
+        ranks_agree=agree, time_single_ms=time_single_ms, time_parallel_ms=time_parallel_ms, ulysses=spec.ulysses,
+        ring=spec.ring, single_error=single_error, single_tolerance=single_tolerance,
+        single_verdict="pass" if single_error <= single_tolerance else "fail", fp64_rel_l2=fp64,
+        growth=fp64 / own if own else None, lse_check=lse.describe() if lse is not None else None,
+        why="; ".join(why) or None)
 
 
 def _rank_device() -> torch.device:

@@ -128,7 +128,20 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     with _cpu_only_device_count(), _quiet("diffusers.models.modeling_utils"):  # "experimental feature" warning
         transformer.enable_parallelism(config=config)
     install_sequence_guard(transformer, spec)
+    if spec.ring > 1:
+        _warn_if_lse_is_off(backend, spec, transformer)
     return config
+
+
+def _warn_if_lse_is_off(backend, spec, transformer) -> None:
+    """Under ring, probe the backend's LSE once (a small attention call on this rank) and warn with the reason."""
+    from .lse import LseWarning, probe, ring_reason
+
+    parameter = next(transformer.parameters())
+    check = probe(backend, parameter.device, parameter.dtype, int(transformer.config.attention_head_dim))
+    if check is not None and not check.ok:
+        warnings.warn(f"{spec} with '{backend}' will give wrong outputs: {ring_reason(check)}", LseWarning,
+                      stacklevel=3)
 
 
 def disable_sequence_parallel(transformer) -> None:
