@@ -153,10 +153,10 @@ def test_switching_model_is_one_edit():
     from fluxlab.widgets import settings_for
 
     tiny, real = settings_for("tiny"), settings_for("black-forest-labs/FLUX.2-dev")
-    assert tiny.small and tiny.load_kwargs() == {"device": None, "dtype": None, "variant": "dev"}
+    assert tiny.small and tiny.load_kwargs() == {"device": None, "dtype": None, "flux2_variant": "dev"}
     assert tiny.image_reference == "reference"
     assert not real.small and (real.height, real.width) == (1024, 1024) and real.dtype == torch.bfloat16
-    assert "variant" not in real.load_kwargs()
+    assert "flux2_variant" not in real.load_kwargs()
     assert real.load_kwargs()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     # real weights: offload decided from free GPU memory and the model's size at 1024^2, before loading
     assert {k: real.load_kwargs()[k] for k in ("offload", "height", "width")} == {"offload": "auto", "height": 1024,

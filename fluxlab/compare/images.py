@@ -15,6 +15,7 @@ import torch
 from .. import registry
 from ..dispatch import clear_caches, use_backend
 from ..models.limits import check_pipe_generation, seed_values
+from ..models.names import diffusers_names
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -228,6 +229,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
+@diffusers_names
 def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,

@@ -20,6 +20,7 @@ from .. import registry
 from ..compare.image_rule import is_approximate
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
+from ..models.names import diffusers_names
 from ..models.schedule import Schedule
 from .confirm import Confirmation, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
@@ -104,6 +105,7 @@ class AutotunePlan:
         chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
         return f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
 
+    @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
         """Generate with the plan's schedule and judge the image (``fidelity.image_verdict``); sets and returns
         ``image_verdict`` (``image_note`` says why)."""
@@ -258,6 +260,7 @@ def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], di
     return chosen, left_out
 
 
+@diffusers_names
 def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allow_quantised: bool = False,
              capture_step: int | None = None, repeats: int = 5, height: int | None = None, width: int | None = None,
              confirm: bool = True, confirm_rounds: int = 5, confirm_uniform: int | None = 3, timer=None,

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..models.names import diffusers_names
 from .runs import CellSchedule, Cells, DecideInputError, Run, Runner, as_schedule, describe, rel_l2
 
 # A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
@@ -210,6 +211,7 @@ def _halves(region: Cells) -> list[Cells]:
     return [Cells(region.layers, region.steps[:mid]), Cells(region.layers, region.steps[mid:])]
 
 
+@diffusers_names
 def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, height: int | None = None,
                  width: int | None = None, beam: int = DEFAULT_BEAM, budget: int | None = None,
                  progress: bool = False, **pipe_kwargs) -> DriftMap:

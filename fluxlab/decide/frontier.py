@@ -15,6 +15,7 @@ import statistics
 from ..compare.image_rule import judge_budget
 from ..compare.tolerances import FAIL, PASS, worst
 from ..models.attach import check_allowed, state_of
+from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
 from .fidelity import fidelity
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
@@ -133,6 +134,7 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
     return Schedule(default=candidate, rules=tuple(Rule(exact, layers=c.layers, steps=c.steps) for c in kept))
 
 
+@diffusers_names
 def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
              height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
              drift_maps: dict | None = None, progress: bool = False, **pipe_kwargs) -> Frontier:
