@@ -38,7 +38,16 @@ _LAZY = {
 }
 
 
+# Subpackages reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``),
+# imported on first use like the names above.
+_SUBPACKAGES = ("compare", "decide", "models", "widgets", "parallel", "backends")
+
+
 def __getattr__(name):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fluxlab.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fluxlab' has no attribute {name!r}")
