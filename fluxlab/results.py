@@ -186,10 +186,8 @@ class Result:
         return markdown_to_html(self.to_markdown())
 
     def _repr_html_(self) -> str:
-        parts = [self.to_html()]
-        if self.has_figure:
-            parts.append(_figure_html(self))
-        return "\n".join(parts)
+        """The notebook view: the table (``figure()`` draws the picture, where one fits, when asked)."""
+        return self.to_html()
 
     def to_dataframe(self):
         """The table as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
@@ -224,22 +222,6 @@ class Result:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, json.dumps(self.to_json_dict(command), indent=2, allow_nan=False) + "\n")
-
-
-def _figure_html(result) -> str:
-    import base64
-    import io
-
-    try:
-        import matplotlib.pyplot as plt
-
-        fig = result.figure()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-    except (ImportError, ValueError, NotImplementedError) as exc:
-        return f"<p>(no figure: {_html.escape(str(exc))})</p>"
-    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
 
 
 class ResultList(list, Result):

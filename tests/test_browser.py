@@ -266,7 +266,7 @@ def click_decide(nb: Notebook, stored: dict):
 
     from fluxlab.models.shapes_data import scene_problems
 
-    rendered = ".jp-OutputArea-output.jp-RenderedHTMLCommon"  # the results' _repr_html_ (fluxlab.results)
+    rendered = ".jp-OutputArea .jp-RenderedHTMLCommon"  # the results' _repr_html_ (fluxlab.results)
     wait_for(lambda: nb.page.locator(f"{rendered}:has-text('Drift of')").count() > 0, CLICK_S,
              "the drift map's table", detail=nb.detail)
     for text in ("Pareto", "Never chosen"):
