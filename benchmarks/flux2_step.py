@@ -162,7 +162,7 @@ def tiny_cpu_end_to_end(steps: int = 4) -> dict:
     import fluxlab
 
     start = time.perf_counter()
-    pipe = fluxlab.load_flux2("tiny", variant="dev", backend="sdpa")
+    pipe = fluxlab.load_flux2("tiny", flux2_variant="dev", backend="sdpa")
     build_s = time.perf_counter() - start
     try:
         runs = []

@@ -7,7 +7,7 @@ from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavaila
                      FluxlabError, FluxlabWarning, InvalidBackendSpecError, InvalidInputError, NoBackendError,
                      UnknownBackendError)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Everything that needs torch loads on first use, so `import fluxlab` (and `fluxlab --help`) stays light.
 _CORE = {
@@ -47,7 +47,16 @@ _LAZY = {
 }
 
 
+# Subpackages reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``),
+# imported on first use like the names above.
+_SUBPACKAGES = ("compare", "decide", "models", "widgets", "parallel", "backends")
+
+
 def __getattr__(name):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fluxlab.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fluxlab' has no attribute {name!r}")

@@ -55,7 +55,7 @@ def flux2_side_by_side(out_dir=None, *, source: str = DEFAULT_MODEL, variant: st
     from .models.load import load_flux2
 
     start = time.perf_counter()
-    pipe = load_flux2(source, variant=variant)
+    pipe = load_flux2(source, flux2_variant=variant)
     variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
     load_s = time.perf_counter() - start
     names = exact_backends(pipe.transformer.device)

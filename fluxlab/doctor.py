@@ -8,6 +8,7 @@ from . import registry
 from .dispatch import default_backend
 from .platform import Platform, current_platform
 from .priority import priority_for
+from .results import ResultList
 
 
 def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str:
@@ -39,7 +40,15 @@ class BackendStatus:
     emulates: str | None = None  # the real backend it models
 
 
-def backends(platform: Platform | None = None) -> list[BackendStatus]:
+class BackendList(ResultList):
+    """``fluxlab.backends()``: a list of ``BackendStatus`` with the result protocol (``fluxlab.results``)."""
+
+    def __repr__(self) -> str:
+        lines = [f"{r.name}: {'DEFAULT' if r.default else 'available' if r.available else 'no'}" for r in self]
+        return f"BackendList({self.headline()}:\n  " + "\n  ".join(lines) + ")"
+
+
+def backends(platform: Platform | None = None) -> BackendList:
     """Every registered backend as a record, judged for ``platform`` (default: this machine)."""
     platform = platform or current_platform()
     pick = default_backend(platform=platform)
@@ -61,7 +70,8 @@ def backends(platform: Platform | None = None) -> list[BackendStatus]:
                                   f"group: {group.description}; here tries {' > '.join(members)}", True, False, False,
                                   True, None if reasons else "a group: names its best runnable member, never picked "
                                   "automatically itself", group_members=members))
-    return rows
+    default = next((r.name for r in rows if r.default), None)
+    return BackendList(rows, f"{len(rows)} backends on {platform.describe()}; automatic pick: {default or 'none'}")
 
 
 def doctor_text(platform: Platform | None = None) -> str:

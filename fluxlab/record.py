@@ -11,10 +11,13 @@ import dataclasses
 
 import torch
 
+from .results import Result, format_cell
 
-@dataclasses.dataclass
-class AttentionRecord:
-    """q/k/v as the kernel received them ([B, S, H, D], post-QK-norm, post-RoPE, text tokens first)."""
+
+@dataclasses.dataclass(repr=False)
+class AttentionRecord(Result):
+    """q/k/v as the kernel received them ([B, S, H, D], post-QK-norm, post-RoPE, text tokens first). Its repr,
+    table and saved JSON name the tensors by dtype and shape, never their numbers (``save_records`` keeps them)."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -29,6 +32,17 @@ class AttentionRecord:
     backend: str | None = None  # the backend that produced ``out``
     text_tokens: int | None = None  # how many leading tokens are text
     meta: dict = dataclasses.field(default_factory=dict)
+
+    def headline(self) -> str:
+        tensors = ", ".join(f"{n} {format_cell(t)}" for n in ("q", "k", "v", "out", "lse")
+                            if (t := getattr(self, n)) is not None)
+        return f"{self.name}: {tensors}; scale {self.scale:.4g}, backend {self.backend or '?'}"
+
+    def table_rows(self) -> list[dict]:
+        return [{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, **self.table_rows()[0]}
 
     @property
     def name(self) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ._version import __version__
 from .errors import FluxlabError, FluxlabWarning
 
 # -- files ---------------------------------------------------------------------------------------------------------
@@ -132,8 +133,6 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             found[dist] = None
     if found["fluxlab"] is None:
-        from . import __version__
-
         found["fluxlab"] = __version__
     return found
 

@@ -41,7 +41,7 @@ CASES = [  # (id, q, k, v, kwargs, error type, message fragments)
      ["Did you mean 'sdpa_cudnn'?"]),
     ("not-installed", t(*Q, device="meta"), t(*Q, device="meta"), t(*Q, device="meta"),
      {"backend": "sage", "platform": Platform.h100()}, BackendUnavailableError,
-     ["'sageattention' (module sageattention) is not installed: pip install 'sageattention>=1.0.6'"]),
+     ["'sageattention' (module sageattention) is not installed: pip install 'sageattention==1.0.6'"]),
     ("unsupported-platform", t(*Q), t(*Q), t(*Q), {"backend": "sdpa_cudnn"}, BackendUnavailableError,
      ["sdpa_cudnn runs on nvidia, not on cpu"]),
     ("head-dim-unsupported", t(1, 16, 2, 100, dtype=torch.bfloat16, device="meta"),

@@ -172,7 +172,7 @@ def stored_errors(nb: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------- per notebook
 
 
-def click_tour(nb: Notebook):
+def click_tour(nb: Notebook, stored: dict):
     """01: the toggle demo ran on the default backend; clicking `reference` regenerates on float64 attention."""
     demo = ".fluxlab-toggle-demo"
     before = nb.wait_text(f"{demo} .fluxlab-result", lambda t: t.startswith("ran on "), "the demo's first generation")
@@ -200,7 +200,7 @@ def click_tour(nb: Notebook):
     return demo
 
 
-def click_equivalence(nb: Notebook):
+def click_equivalence(nb: Notebook, stored: dict):
     """02: the panel compared sdpa and flex (pass); adding the planted-bug backend and comparing shows FAIL."""
     panel = ".fluxlab-comparison-panel"
     nb.wait_text(f"{panel} .fluxlab-verdicts", lambda t: "PASS" in t, "the panel's first verdicts")
@@ -218,7 +218,7 @@ def click_equivalence(nb: Notebook):
     return panel
 
 
-def click_side_by_side(nb: Notebook):
+def click_side_by_side(nb: Notebook, stored: dict):
     """03: the gallery shows one card per backend; deselecting one and generating again drops its card."""
     gallery = ".fluxlab-image-gallery"
     nb.wait_text(f"{gallery} .fluxlab-result", lambda t: "image(s) vs" in t, "the gallery's first generation")
@@ -235,10 +235,38 @@ def click_side_by_side(nb: Notebook):
     return gallery
 
 
-def click_decide(nb: Notebook):
+# The pixels of every drawn <img> under a selector, read back from the page (what the user sees), [H, W, 4] each.
+READ_PIXELS = """els => els.map(img => {
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(img, 0, 0);
+    return {width: canvas.width, height: canvas.height,
+            data: Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data)};
+})"""
+
+
+def notebook_prompt(stored: dict) -> str:
+    """The prompt the notebook generated with: its ``CANDIDATE, RUN`` cell's stored result."""
+    import ast
+
+    for cell in stored["cells"]:
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("data", {}).get("text/plain", ""))
+            if text.startswith("(") and "'prompt'" in text:
+                return ast.literal_eval(text)[1]["prompt"]
+    raise AssertionError("04 stored no (CANDIDATE, RUN) result to read the prompt from")
+
+
+def click_decide(nb: Notebook, stored: dict):
     """04: the drift map, the frontier and the autotune plan are rendered, with figures; clicking a cell of the drift
-    explorer generates the image with only that cell on the candidate, beside the all-exact and all-candidate ones."""
-    rendered = ".jp-RenderedMarkdown"
+    explorer generates the image with only that cell on the candidate, beside the all-exact and all-candidate ones,
+    and all three show the caption's scene under the embedded-model tests' pixel test."""
+    import numpy as np
+
+    from fluxlab.models.shapes_data import scene_problems
+
+    rendered = ".jp-OutputArea .jp-RenderedHTMLCommon"  # the results' _repr_html_ (fluxlab.results)
     wait_for(lambda: nb.page.locator(f"{rendered}:has-text('Drift of')").count() > 0, CLICK_S,
              "the drift map's table", detail=nb.detail)
     for text in ("Pareto", "Never chosen"):
@@ -253,6 +281,14 @@ def click_decide(nb: Notebook):
     images = nb.page.locator(f"{explorer} .fluxlab-image")
     wait_for(lambda: images.evaluate_all("els => els.filter(i => i.complete && i.naturalWidth > 0).length") == 3,
              CLICK_S, "the all-exact, one-cell and all-candidate images to be drawn", detail=nb.detail)
+    caption = notebook_prompt(stored)
+    drawn = images.evaluate_all(READ_PIXELS)
+    problems = {}
+    for name, pixels in zip(("all good", "one cell bad", "all bad"), drawn):
+        image = np.array(pixels["data"], dtype=np.uint8).reshape(pixels["height"], pixels["width"], 4)[..., :3]
+        problems[name] = scene_problems(image, caption)
+    assert problems == {"all good": [], "one cell bad": [], "all bad": []}, \
+        f"04's explorer does not draw {caption!r}: {problems}"
     return explorer
 
 
@@ -278,7 +314,7 @@ def test_notebook_in_jupyterlab(name, browser, lab):
         ran = time.perf_counter() - start
         stored = nb.save_and_read()
         assert not stored_errors(stored), f"{name}: cells raised in JupyterLab: {stored_errors(stored)}"
-        anchor = SCENARIOS[name](nb)
+        anchor = SCENARIOS[name](nb, stored)
         shot = nb.screenshot(anchor)
         assert shot.stat().st_size > 10_000, f"{shot} looks empty"
         print(f"{name}: open + run all {ran:.1f} s; screenshot {shot.relative_to(ROOT)}")

@@ -27,7 +27,7 @@ def test_pipeline_that_bypasses_fluxlab_is_refused():
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    return fluxlab.load_flux2("tiny", variant="dev")
+    return fluxlab.load_flux2("tiny", flux2_variant="dev")
 
 
 def test_identical_backends_give_psnr_inf_and_ssim_one(tiny_pipe):

@@ -284,6 +284,26 @@ def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
     plan = AutotunePlan.load(tmp_path / "plan.json")
     assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
     assert "plan.png" in (tmp_path / "plan.md").read_text()
+    _assert_provenance(tmp_path / "plan.json")
+
+
+def _assert_provenance(path):
+    """A result file says where it came from: platform, versions, model, command (fluxlab.results)."""
+    import json
+
+    provenance = json.loads(path.read_text())["provenance"]
+    assert provenance["platform"]["vendor"] and provenance["versions"]["torch"] and provenance["command"]
+    assert provenance["model"]["pipeline"] == "Flux2KleinPipeline" and provenance["model"]["dtype"] == "float32"
+
+
+def test_cli_locate_drift_writes_drift_json_with_its_provenance(pipe, monkeypatch, tmp_path):
+    from fluxlab.decide import cli
+
+    monkeypatch.setattr(cli, "_load", lambda *a: pipe)
+    args = _parse(["locate-drift", "--good", "sdpa", "--bad", PLANTED, "--steps", "2", "--budget", "2",
+                   "--max-sequence-length", "32", "--no-progress", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    _assert_provenance(tmp_path / "drift.json")
 
 
 def test_seeds_are_read_as_compare_images_reads_them_and_never_rounded():

@@ -188,7 +188,7 @@ def test_doctor_lists_every_backend_with_honest_reasons():
     assert [r.name for r in rows.values() if r.default] == ["sdpa"]
     assert rows["sdpa"].available and rows["reference"].available
     assert not rows["sdpa_cudnn"].available and "not on cpu" in rows["sdpa_cudnn"].reasons[0]
-    assert any("pip install 'flash-attn-4>=4.0.0b1'" in r for r in rows["fa4"].reasons)
+    assert any("pip install 'flash-attn-4==4.0.0b36'" in r for r in rows["fa4"].reasons)
     assert rows["sdpa"].version == torch.__version__.split("+")[0]
     # every backend that could run but was not picked says why not
     assert "ranked below sdpa" in rows["sdpa_flash"].not_default_because

@@ -70,6 +70,28 @@ def test_pixel_test_passes_on_rendered_ground_truth():
     assert all(all(shapes_data.shape_hits(image, scene)) for image, scene in zip(images, scenes))
 
 
+def test_caption_check_reads_the_caption_and_applies_the_pixel_test():
+    # What the notebook tests apply to a generated image: the caption parsed back into its scene, then shape_hits
+    # plus the background in the free corner cells.
+    scenes = shapes_data.sample_scenes(40, seed=6)
+    for scene in scenes:
+        parsed = shapes_data.parse_caption(scene.caption)
+        assert parsed.caption == scene.caption and parsed.background == scene.background
+    images = shapes_data.to_uint8(shapes_data.render(scenes))
+    assert all(shapes_data.scene_problems(image, scene.caption) == [] for image, scene in zip(images, scenes))
+    # The other scene's caption on the same picture is caught, naming the cell that disagrees.
+    problems = shapes_data.scene_problems(images[0], scenes[1].caption)
+    assert problems and all(" not " in p or "the cell shows" in p for p in problems)
+    red_smear = np.full((64, 64, 3), shapes_data.COLOURS["red"], dtype=np.uint8)
+    assert shapes_data.scene_problems(red_smear, "a red circle at the top left on a blue background") == [
+        "background at the top right: red, not blue", "background at the bottom left: red, not blue",
+        "background at the bottom right: red, not blue"]
+    with pytest.raises(ValueError, match="on a <colour> background"):
+        shapes_data.parse_caption("a red fox in the snow")
+    with pytest.raises(ValueError, match="a red fox at the top left"):
+        shapes_data.parse_caption("a red fox at the top left on a blue background")
+
+
 # --- the shipped model -------------------------------------------------------------------------------------------
 
 

@@ -223,3 +223,140 @@ def test_readme_install_commands_match_the_extras():
         wrong = [s for s in re.split(r"(?<=[.;:])\s", prose)
                  if "aiter" in s and "pure python" in s and "not pure python" not in s]
         assert not wrong, f"{path.name}: amd-aiter ships compiled kernels, it is not pure Python: {wrong[0]!r}"
+
+
+# -- honest pins: bounds at what was tested, GPU kernels at the releases the adapters are written for -------------
+
+TESTED = ("torch", "diffusers", "transformers", "safetensors")
+
+
+def recorded_versions() -> dict[str, set[Version]]:
+    """package -> every version a committed result file (benchmarks/results) or the CPU constraints records."""
+    import json
+
+    found: dict[str, set[Version]] = {name: set() for name in TESTED}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in found and isinstance(value, str):
+                    try:
+                        found[key].add(Version(value))
+                    except InvalidVersion:
+                        pass
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in (ROOT / "benchmarks" / "results").rglob("*.json"):
+        walk(json.loads(path.read_text()))
+    for line in (ROOT / "constraints-cpu.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            if req.name in found:
+                found[req.name].update(Version(s.version) for s in req.specifier if s.operator == "==")
+    return found
+
+
+def lower_bound(spec: SpecifierSet) -> Version:
+    bounds = [Version(s.version) for s in spec if s.operator in (">=", "==")]
+    assert bounds, f"'{spec}' has no lower bound"
+    return max(bounds)
+
+
+def test_lower_bounds_are_the_oldest_tested_releases():
+    """Each bound admits every recorded version and is not older than the oldest one's major.minor."""
+    required = project_requirements()
+    for name, versions in recorded_versions().items():
+        assert versions, f"no committed result records a {name} version"
+        spec = required[name].specifier
+        admitted_not = [str(v) for v in versions if not spec.contains(Version(v.public), prereleases=True)]
+        assert not admitted_not, f"pyproject's {name}'{spec}' refuses tested versions {admitted_not}"
+        oldest = min(versions)
+        floor = Version(".".join(map(str, oldest.release[:2])))
+        assert lower_bound(spec) >= floor, \
+            f"pyproject's {name}'{spec}' admits releases older than the oldest tested ({oldest})"
+
+
+def test_gpu_kernel_libraries_are_pinned_to_the_adapters_releases():
+    from fluxlab.backends.flash_attn import FA4
+    from fluxlab.backends.sage import SAGE
+
+    cuda = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+            for r in pyproject()["optional-dependencies"]["cuda"]}
+    env = environment("cuda")["pip"]
+    for requirement in (FA4, SAGE):
+        name = canonicalize_name(requirement.distribution)
+        assert requirement.exact_version, f"{name}'s adapter names no release"
+        expected = SpecifierSet(f"=={requirement.exact_version}")
+        assert cuda[name] == expected, f"pyproject's cuda extra: {name}{cuda[name]}, adapter: {expected}"
+        assert env[name] == expected, f"environment-cuda.yml: {name}{env[name]}, adapter: {expected}"
+        assert f"{requirement.distribution}=={requirement.exact_version}" in requirement.install
+
+
+def test_the_cuda_environment_pins_the_cuda_the_results_ran_on():
+    readme_cuda = set(re.findall(r"torch 2\.\d+\.\d+\+cu(\d+)", (ROOT / "README.md").read_text()))
+    assert readme_cuda, "README records no torch+cuXY build"
+    spec = environment("cuda")["conda"].get("cuda-version")
+    assert spec is not None, "environment-cuda.yml leaves CUDA unpinned (cuda-version)"
+    for code in readme_cuda:
+        version = Version(f"{code[:-1]}.{code[-1]}")
+        assert spec.contains(version), f"cuda-version '{spec}' excludes CUDA {version}, which the results ran on"
+
+
+def _stand_in_distribution(root: Path, module: str, distribution: str, version: str) -> None:
+    """A stand-in package (an empty module) with real package metadata at ``version``: what importlib.metadata
+    reads for an installed release; its kernels never run."""
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        package = root.joinpath(*parts[:depth])
+        package.mkdir(exist_ok=True)
+        (package / "__init__.py").touch()
+    info = root / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+
+
+@pytest.mark.parametrize("other", ["1.0.5", "2.1.1"])
+def test_another_sageattention_release_is_refused_naming_both_versions(tmp_path, monkeypatch, other):
+    import importlib
+    import sys
+
+    import fluxlab
+    from fluxlab import Platform
+    from fluxlab.backends.sage import SAGE
+
+    _stand_in_distribution(tmp_path, "sageattention", "sageattention", other)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sageattention", raising=False)
+    importlib.invalidate_caches()
+    fluxlab.clear_caches()
+    try:
+        assert SAGE.version() == other
+        reason = SAGE.missing_reason()
+        assert reason == (f"'sageattention' {other} is installed, but fluxlab's adapter is written for 1.0.6 exactly "
+                          "(its call contract and numerics): pip install 'sageattention==1.0.6'")
+        rows = {row.name: row for row in fluxlab.backends(Platform.h100())}
+        assert not rows["sage"].available and reason in rows["sage"].reasons  # what fluxlab doctor prints
+    finally:
+        fluxlab.clear_caches()
+
+
+def test_the_release_the_adapter_is_written_for_passes_the_check(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from fluxlab.backends.flash_attn import FA4
+
+    _stand_in_distribution(tmp_path, "flash_attn.cute", "flash-attn-4", "4.0.0b36")
+    for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        assert FA4.version() == "4.0.0b36" and FA4.missing_reason() is None
+    finally:  # finding flash_attn.cute imported the stand-in's flash_attn: no later test may see it
+        for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
+            sys.modules.pop(name)
+        importlib.invalidate_caches()

@@ -29,7 +29,7 @@ def test_generate_outputs_are_0644(tmp_path):
     """`fluxlab generate` / the demo: a PNG and a manifest per backend, and the demo's grid."""
     from fluxlab.models.generate import generate, image_grid, write_png
 
-    pipe = fluxlab.load_flux2("tiny", variant="klein")
+    pipe = fluxlab.load_flux2("tiny", flux2_variant="klein")
     try:
         results = generate(pipe, ["sdpa"], prompt="a red circle", steps=1, width=32, height=32,
                            out_dir=tmp_path, progress=False, max_sequence_length=16)

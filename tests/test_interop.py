@@ -122,8 +122,7 @@ def test_set_attention_backend_while_attached_routes_through_fluxlab(pipe):
             pipe.transformer.set_attention_backend("native")
         assert _backends_used(pipe) == {"sdpa": 4}
         assert np.array_equal(generate(pipe, steps=1), native)  # fluxlab's sdpa is bit-identical to native
-        with pytest.warns(DiffusersBackendWarning, match="automatic choice"):
-            pipe.transformer.reset_attention_backend()
+        pipe.transformer.reset_attention_backend()  # mapped silently: the first setter call announced the mapping
         assert fluxlab.models.attach.state_of(pipe).backend is None
     assert "set_attention_backend" not in vars(pipe.transformer)  # diffusers' own setter is back
 
@@ -142,12 +141,56 @@ def test_a_layer_setter_while_attached_is_warned_and_not_applied(pipe):
         assert _backends_used(pipe) == {"sdpa": 4}
 
 
-def test_the_attention_backend_context_is_warned_at_the_call(pipe):
+def test_set_attention_backend_warns_once_per_model_and_every_call_takes_effect(pipe):
+    with attached(pipe):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.transformer.set_attention_backend("_native_math")
+            assert _backends_used(pipe) == {"sdpa_math": 4}
+            pipe.transformer.set_attention_backend("native")
+            assert _backends_used(pipe) == {"sdpa": 4}
+            pipe.transformer.reset_attention_backend()
+            assert fluxlab.models.attach.state_of(pipe).backend is None
+        mine = [str(w.message) for w in caught if issubclass(w.category, DiffusersBackendWarning)]
+        assert len(mine) == 1 and "'_native_math'" in mine[0] and "without a warning" in mine[0], mine
+
+
+def test_the_attention_backend_context_runs_the_same_kernel_through_fluxlab(pipe):
+    with attention_backend("_native_math"):
+        diffusers_math = generate(pipe, steps=1)  # diffusers' own math kernel, fluxlab not attached
+    with attached(pipe):  # no backend of its own: the context chooses, as in diffusers
+        automatic = _backends_used(pipe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DiffusersBackendWarning)  # mapped: nothing to warn about
+            with attention_backend("_native_math"):
+                assert _backends_used(pipe) == {"sdpa_math": 4}
+                through_fluxlab = generate(pipe, steps=1)
+        assert _backends_used(pipe) == automatic  # the context left: fluxlab's automatic choice again
+        assert "sdpa_math" not in automatic
+    np.testing.assert_array_equal(through_fluxlab, diffusers_math)
+
+
+def test_the_context_is_refused_once_with_the_reason_where_it_cannot_apply(pipe):
+    # The model's own backend wins over the context, as a model's set_attention_backend does in diffusers.
     with attached(pipe, backend="sdpa"):
         with attention_backend("_native_math"):
-            with pytest.warns(DiffusersBackendWarning, match="'_native_math'.*runs 'sdpa' instead.*'sdpa_math'"):
+            with pytest.warns(DiffusersBackendWarning, match="'_native_math'.*own backend 'sdpa'.*takes precedence.*"
+                                                             r"set_backend\(pipe, None\) lets the context choose "
+                                                             "'sdpa_math'"):
                 used = _backends_used(pipe)
-        assert used == {"sdpa": 4}
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DiffusersBackendWarning)  # once, not on every call
+                assert _backends_used(pipe) == used == {"sdpa": 4}
+            fluxlab.set_backend(pipe, None)
+            assert _backends_used(pipe) == {"sdpa_math": 4}
+    # A mapped kernel outside the model's allowed set: refused, naming the set and how to widen it.
+    with attached(pipe, allowed={"sdpa"}):
+        with attention_backend("_native_math"):
+            with pytest.warns(DiffusersBackendWarning, match="'sdpa_math' is outside this model's allowed set"):
+                assert _backends_used(pipe) == {"sdpa": 4}
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DiffusersBackendWarning)
+                assert _backends_used(pipe) == {"sdpa": 4}
 
 
 # -- routes follow processors --------------------------------------------------------------------------------------

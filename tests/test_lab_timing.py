@@ -17,7 +17,7 @@ SMALL = dict(prompt="a red circle", height=32, width=32, steps=2, yardstick=Fals
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    pipe = fluxlab.load_flux2("tiny", flux2_variant="dev")
     yield pipe
     fluxlab.detach(pipe)
 

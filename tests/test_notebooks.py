@@ -43,6 +43,28 @@ EXPECTED = {
 }
 
 
+# Cells the test appends to a notebook after its own: they report what the notebook drew, for the pixel test.
+# 04: the drift explorer's three images (all good, the strongest cell bad, all bad), regenerated from the notebook's
+# own drift map (locate_drift's prompt, seed, steps and size) without touching the explorer widget.
+SCENE_CHECKS = {
+    "04_decide.ipynb": (
+        "import json as _json\n"
+        "from fluxlab.models.shapes_data import scene_problems as _scene_problems\n"
+        "_replay, _top = drift.replay(pipe), drift.cells(1)[0]\n"
+        "_runs = {'all good': None, 'one cell bad': _replay.cell(_top.layer, _top.steps[0]), 'all bad': _replay.all_cells}\n"
+        "print('SCENE ' + _json.dumps({'caption': RUN['prompt'], 'problems': {\n"
+        "    name: _scene_problems(_replay.run(cells).image, RUN['prompt']) for name, cells in _runs.items()}}))"),
+}
+
+
+def scene_report(nb) -> dict:
+    import json
+
+    lines = [line for text in outputs(nb, "stream") for line in text.splitlines() if line.startswith("SCENE ")]
+    assert len(lines) == 1, f"the scene check printed {lines!r}"
+    return json.loads(lines[0].removeprefix("SCENE "))
+
+
 def outputs(nb, kind):
     found = []
     for cell in nb.cells:
@@ -78,6 +100,8 @@ def test_every_notebook_is_listed():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_headless(name, jupyter_env):
     nb = nbformat.read(jupyter_env / name, as_version=4)
+    if name in SCENE_CHECKS:
+        nb.cells.append(nbformat.v4.new_code_cell(SCENE_CHECKS[name]))
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=CELL_TIMEOUT_S,
                                      kernel_name="python3", allow_errors=False,
                                      resources={"metadata": {"path": str(jupyter_env)}})
@@ -93,6 +117,12 @@ def test_notebook_runs_headless(name, jupyter_env):
     assert not missing, f"{name} ran but lacks: {'; '.join(missing)}"
     errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out["output_type"] == "error"]
     assert not errors
+    if name in SCENE_CHECKS:
+        # The pixel test of the embedded-model tests: each named colour at its named cell, the background colour in
+        # the free corners (shapes_data.scene_problems). Captions cut short draw a smear and fail here.
+        report = scene_report(nb)
+        assert report["problems"] == {"all good": [], "one cell bad": [], "all bad": []}, \
+            f"{name} does not draw {report['caption']!r}: {report['problems']}"
 
 
 def test_notebooks_are_generated_and_stripped():
@@ -123,10 +153,10 @@ def test_switching_model_is_one_edit():
     from fluxlab.widgets import settings_for
 
     tiny, real = settings_for("tiny"), settings_for("black-forest-labs/FLUX.2-dev")
-    assert tiny.small and tiny.load_kwargs() == {"device": None, "dtype": None, "variant": "dev"}
+    assert tiny.small and tiny.load_kwargs() == {"device": None, "dtype": None, "flux2_variant": "dev"}
     assert tiny.image_reference == "reference"
     assert not real.small and (real.height, real.width) == (1024, 1024) and real.dtype == torch.bfloat16
-    assert "variant" not in real.load_kwargs()
+    assert "flux2_variant" not in real.load_kwargs()
     assert real.load_kwargs()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     # real weights: offload decided from free GPU memory and the model's size at 1024^2, before loading
     assert {k: real.load_kwargs()[k] for k in ("offload", "height", "width")} == {"offload": "auto", "height": 1024,

@@ -112,7 +112,7 @@ def test_config_estimate_matches_when_no_weights_are_there(embedded, tmp_path):
 def test_tiny_estimate_is_made_on_the_meta_device_and_matches(variant):
     estimate = estimate_source("tiny", variant, None, 64, 64)
     assert estimate.source == "configs (meta device)"
-    pipe = fluxlab.load_flux2("tiny", variant=variant)
+    pipe = fluxlab.load_flux2("tiny", flux2_variant=variant)
     try:
         for name, model in models_of(pipe).items():
             assert estimate.components[name].elements == stored_elements(model), name
@@ -180,7 +180,7 @@ def _headers_only(folder):
 
 
 def test_refused_before_any_weight_loads(tmp_path):
-    pipe = fluxlab.load_flux2("tiny", variant="klein")
+    pipe = fluxlab.load_flux2("tiny", flux2_variant="klein")
     pipe.save_pretrained(tmp_path)
     fluxlab.detach(pipe)
     _headers_only(tmp_path)

@@ -327,7 +327,7 @@ def test_gallery_bad_settings_and_errors():
 @pytest.fixture(scope="module")
 def tiny_pipe():
     if hasattr(fluxlab, "load_flux2"):
-        return fluxlab.load_flux2("tiny", variant="dev")
+        return fluxlab.load_flux2("tiny", flux2_variant="dev")
     from fluxlab.models.attach import attach
     from fluxlab.models.tiny import build_tiny_pipeline
 

@@ -55,8 +55,12 @@ class Requirement:
 
     module: str  # import name, e.g. "flash_attn.cute"
     distribution: str  # for the version, e.g. "flash-attn-4"
-    install: str  # e.g. "pip install 'flash-attn-4>=4.0.0b1'"
+    install: str  # e.g. "pip install 'flash-attn-4==4.0.0b36'"
     min_version: str | None = None
+    # The one release the adapter (and the emulator modelling it) is written for: another installed release is
+    # refused, naming both. None: any release (at least min_version) will do. A build without package metadata
+    # (a source checkout) cannot be checked and is let through.
+    exact_version: str | None = None
 
     def missing_reason(self) -> str | None:
         module = sys.modules.get(self.module)
@@ -74,6 +78,11 @@ class Requirement:
             # exists as a namespace package (imported as soon as flash_attn.cute is), but FA2 is not there.
             return (f"only a namespace folder '{self.module}' exists (left by another package), not "
                     f"'{self.distribution}': {self.install}")
+        if self.exact_version:
+            have = self.version()
+            if have and have != self.exact_version:
+                return (f"'{self.distribution}' {have} is installed, but fluxlab's adapter is written for "
+                        f"{self.exact_version} exactly (its call contract and numerics): {self.install}")
         if self.min_version:
             have = self.version()
             if have and _version_tuple(have) < _version_tuple(self.min_version):

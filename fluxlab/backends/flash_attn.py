@@ -85,7 +85,8 @@ FA2 = Requirement("flash_attn", "flash-attn", "pip install flash-attn --no-build
                   "(builds from source; ROCm: ROCm's flash-attention fork)")
 FA3 = Requirement("flash_attn_interface", "flash-attn-3",
                   "build FlashAttention's hopper/ directory from source (python setup.py install)")
-FA4 = Requirement("flash_attn.cute", "flash-attn-4", "pip install 'flash-attn-4>=4.0.0b1'")
+# FlashAttention-4 is a beta on PyPI whose Python API still changes between betas: the adapter is written for one.
+FA4 = Requirement("flash_attn.cute", "flash-attn-4", "pip install 'flash-attn-4==4.0.0b36'", exact_version="4.0.0b36")
 
 BACKENDS = [
     Backend("fa2", _unbound(bind_fa2),

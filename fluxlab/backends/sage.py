@@ -1,4 +1,4 @@
-"""SageAttention (``sageattention.sageattn``, >= 1.0.6): INT8 Q·K, half-precision P·V. Quantised.
+"""SageAttention (``sageattention.sageattn``, 1.0.6): INT8 Q·K, half-precision P·V. Quantised.
 
 Called with ``tensor_layout="NHD"`` (= ``[B, S, H, D]``) and an explicit ``sm_scale``. It returns no
 log-sum-exp (and silently ignores unknown keywords, so none is asked for).
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .base import HALF_DTYPES, Backend, Capabilities, Requirement
 
-SAGE = Requirement("sageattention", "sageattention", "pip install 'sageattention>=1.0.6'", min_version="1.0.6")
+# The adapter and the emulator that models it (emu_sage) follow 1.0.6's Triton kernel exactly.
+SAGE = Requirement("sageattention", "sageattention", "pip install 'sageattention==1.0.6'", exact_version="1.0.6")
 
 
 def bind_sage():

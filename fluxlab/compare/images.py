@@ -16,6 +16,8 @@ from ..defaults import DEFAULT_PROMPT
 from .. import registry
 from ..dispatch import clear_caches, use_backend
 from ..models.limits import check_pipe_generation, seed_values
+from ..models.names import diffusers_names
+from ..results import Result, model_of
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -49,9 +51,10 @@ class ImageRow:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass
-class ImageComparison:
-    """Images, per-backend metrics against ``reference``, and the settings they were made with."""
+@dataclasses.dataclass(repr=False)
+class ImageComparison(Result):
+    """Images, per-backend metrics against ``reference``, and the settings they were made with (and the result
+    protocol, ``fluxlab.results``: ``save`` writes the metrics and settings, not the images)."""
 
     reference: str
     rows: list[ImageRow]
@@ -59,6 +62,19 @@ class ImageComparison:
     latents: dict[str, list[torch.Tensor]]  # backend -> latents after each step (CPU, float32)
     settings: dict
     spread: float = math.nan  # largest final-latent rel-L2 between two exact yardstick kernels (worst seed)
+    model: dict | None = None  # the pipeline that generated them (results.model_of)
+
+    def headline(self) -> str:
+        verdicts = ", ".join(f"{name} {verdict}" for name, verdict in self.verdicts.items())
+        return (f"{len(self.rows)} backend(s) vs {self.reference}, prompt {self.settings.get('prompt')!r}"
+                + (f": {verdicts}" if verdicts else ""))
+
+    def table_rows(self) -> list[dict]:
+        return [r.as_dict() for r in self.rows]
+
+    def as_dict(self) -> dict:
+        return {"reference": self.reference, "spread": self.spread, "settings": self.settings,
+                "rows": self.table_rows()}
 
     @property
     def metrics(self) -> dict[str, ImageRow]:
@@ -73,13 +89,6 @@ class ImageComparison:
         from .plots import plot_image_comparison
 
         return plot_image_comparison(self, path=path)
-
-    def to_dataframe(self):
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise ImportError("ImageComparison.to_dataframe() needs pandas: pip install pandas") from exc
-        return pd.DataFrame([r.as_dict() for r in self.rows])
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -229,6 +238,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
+@diffusers_names
 def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
@@ -343,7 +353,8 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, 
     settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
                 "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
-    return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread)
+    return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread,
+                           model=model_of(pipe))
 
 
 def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:

@@ -20,11 +20,9 @@ def _figure(width, height):
 
 def _rows_with_maps(source, backends=None):
     """The rows to draw: for a report, each backend's worst row that has an error map."""
-    from .report import ComparisonReport, ComparisonRow
-
-    if isinstance(source, ComparisonRow):
+    if hasattr(source, "error_map"):  # one ComparisonRow
         rows = [source]
-    elif isinstance(source, ComparisonReport):
+    elif hasattr(source, "rows_for"):  # a ComparisonReport
         names = backends or list(source.verdicts)
         rows = []
         for name in names:

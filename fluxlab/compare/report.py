@@ -6,6 +6,7 @@ import dataclasses
 import html
 import math
 
+from ..results import Result
 from .metrics import ErrorMap
 from .tolerances import FAIL, PASS, RULE_TEXT, SEVERITY, SKIP, WARN, worst
 
@@ -64,9 +65,10 @@ def _fmt(value, spec=".2e") -> str:
     return str(value)
 
 
-@dataclasses.dataclass
-class ComparisonReport:
-    """``verdicts``: backend -> worst verdict over all inputs; ``rows``: the full table."""
+@dataclasses.dataclass(repr=False)
+class ComparisonReport(Result):
+    """``verdicts``: backend -> worst verdict over all inputs; ``rows``: the full table (and the result protocol,
+    ``fluxlab.results``; ``figure()`` draws each backend's worst error map)."""
 
     rows: list[ComparisonRow]
     reference: str = "reference"
@@ -140,14 +142,22 @@ class ComparisonReport:
                      "max_abs", "baseline_max_abs", "max_abs_ratio", "mean_abs", "cosine", "lse_max_abs",
                      "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token", "notes")
 
-    def to_dataframe(self):
-        """All rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise ImportError("ComparisonReport.to_dataframe() needs pandas: pip install pandas "
-                              "(report.rows has the same data as dataclasses)") from exc
-        return pd.DataFrame([r.as_dict() for r in self.rows])
+    def headline(self) -> str:
+        return f"Reference: float64 ({self.reference}); yardstick: {self.baseline}."
+
+    def table_rows(self) -> list[dict]:
+        """Every row (backend x input), as ``to_dataframe()`` shows them."""
+        return [r.as_dict() for r in self.rows]
+
+    def as_dict(self) -> dict:
+        return {"reference": self.reference, "baseline": self.baseline, "verdicts": self.verdicts,
+                "platform": self.platform, "meta": self.meta, "rows": self.table_rows()}
+
+    def figure(self, path=None):
+        """Each backend's worst input: where its error sits, per (head, token) (``plots.plot_error_maps``)."""
+        from .plots import plot_error_maps
+
+        return plot_error_maps(self, path=path)
 
     def _table(self, columns=TABLE_COLUMNS):
         header = list(columns)
@@ -160,7 +170,7 @@ class ComparisonReport:
         return header, body
 
     def to_markdown(self, *, details: bool = True) -> str:
-        lines = [f"Reference: float64 ({self.reference}); yardstick: {self.baseline}.", ""]
+        lines = [self.headline(), ""]
         summary = self.summary_rows()
         if summary:
             keys = list(summary[0])

@@ -63,7 +63,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         if missing:
             notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
         else:
-            pipe = fluxlab.load_flux2(model, variant=variant, dtype=dtypes[0], device=device, offload=offload,
+            pipe = fluxlab.load_flux2(model, flux2_variant=variant, dtype=dtypes[0], device=device, offload=offload,
                                       height=64, width=64)
             variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
             last = max(steps - 1, 0)

@@ -20,7 +20,9 @@ from .. import registry
 from ..compare.image_rule import is_approximate
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
+from ..models.names import diffusers_names
 from ..models.schedule import Schedule
+from ..results import Result, model_of
 from .confirm import Confirmation, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
@@ -46,9 +48,10 @@ class Measurement:
     note: str = ""
 
 
-@dataclasses.dataclass
-class AutotunePlan:
-    """Per-layer backend choices with every measurement behind them; ``schedule`` goes to ``fluxlab.set_schedule``."""
+@dataclasses.dataclass(repr=False)
+class AutotunePlan(Result):
+    """Per-layer backend choices with every measurement behind them; ``schedule`` goes to ``fluxlab.set_schedule``
+    (and the result protocol: ``to_dataframe`` has one row per layer and candidate)."""
 
     choices: dict[str, str]  # layer -> backend
     measurements: list[Measurement]
@@ -61,6 +64,18 @@ class AutotunePlan:
     image_note: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
     confirmation: Confirmation | None = None  # the step-level timings and which variant was kept (None: not run)
+    model: dict | None = None  # the pipeline it was tuned on (results.model_of); None for records
+
+    def headline(self) -> str:
+        return (f"Autotune on {self.platform.get('device_name')} ({self.platform.get('vendor')}), torch "
+                f"{self.versions.get('torch')}: per layer the fastest candidate whose attention verdict is pass "
+                f"(times in ms: median of the timed calls per captured input, averaged over the layer's inputs)"
+                f"{CONFIRMED if self.confirmation is not None else ''}.")
+
+    def table_rows(self) -> list[dict]:
+        """One row per layer and candidate, with whether it was chosen."""
+        return [{**dataclasses.asdict(m), "chosen": self.choices.get(m.layer) == m.backend}
+                for m in self.measurements]
 
     @property
     def schedule(self) -> Schedule:
@@ -71,10 +86,7 @@ class AutotunePlan:
                       key=lambda m: (m.time_ms if math.isfinite(m.time_ms) else math.inf))
 
     def to_markdown(self) -> str:
-        lines = [f"Autotune on {self.platform.get('device_name')} ({self.platform.get('vendor')}), torch "
-                 f"{self.versions.get('torch')}: per layer the fastest candidate whose attention verdict is pass "
-                 f"(times in ms: median of the timed calls per captured input, averaged over the layer's inputs)"
-                 f"{CONFIRMED if self.confirmation is not None else ''}.", ""]
+        lines = [self.headline(), ""]
         candidates = list(dict.fromkeys(m.backend for m in self.measurements))
         lines += ["| layer | chosen | automatic | " + " | ".join(candidates) + " |",
                   "|---|---|---|" + "---|" * len(candidates)]
@@ -97,13 +109,11 @@ class AutotunePlan:
         lines += [f"- {note}" for note in notes]
         return "\n".join(lines) + "\n"
 
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
-
     def __repr__(self):
         chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
         return f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
 
+    @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
         """Generate with the plan's schedule and judge the image (``fidelity.image_verdict``); sets and returns
         ``image_verdict`` (``image_note`` says why)."""
@@ -151,11 +161,6 @@ class AutotunePlan:
                 "confirmation": self.confirmation.as_dict() if self.confirmation is not None else None,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
-    def save(self, path) -> Path:
-        """JSON with platform, versions and every measurement (written atomically)."""
-        from .files import write_json
-
-        return write_json(path, self.as_dict())
 
     @classmethod
     def load(cls, path, *, allow_mismatch: bool = False) -> AutotunePlan:
@@ -258,6 +263,7 @@ def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], di
     return chosen, left_out
 
 
+@diffusers_names
 def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allow_quantised: bool = False,
              capture_step: int | None = None, repeats: int = 5, height: int | None = None, width: int | None = None,
              confirm: bool = True, confirm_rounds: int = 5, confirm_uniform: int | None = 3, timer=None,
@@ -317,6 +323,7 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
         _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
     if confirm:
         confirm_plan(plan, pipe, replay, rounds=confirm_rounds, uniform=confirm_uniform, timer=timer)
+    plan.model = model_of(pipe)
     return plan
 
 

@@ -244,7 +244,8 @@ def _work_and_write(args, verb: str, stem: str, fn):
     """``_work`` then, where it succeeded, ``_write`` its result and print its table; the result, or None."""
     result = _work(verb, fn)
     if result is not None:
-        _write(args, verb, stem, result.to_markdown(), result.figure(), result.as_dict())
+        # the result and its provenance (platform, versions, model, command), as result.save(path) writes it
+        _write(args, verb, stem, result.to_markdown(), result.figure(), result.to_json_dict())
         print(result.to_markdown())
     return result
 

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from ..models.names import diffusers_names
+from ..results import Result, model_of
 from .runs import CellSchedule, Cells, DecideInputError, Run, Runner, as_schedule, describe, rel_l2
 
 # A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
@@ -53,9 +55,10 @@ def _group_label(layers: tuple[str, ...]) -> str:
     return layers[0] if len(layers) == 1 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
 
 
-@dataclasses.dataclass
-class DriftMap:
-    """Where switching ``good`` -> ``bad`` makes the final latents drift: culprits, grid, all-bad drift, figure."""
+@dataclasses.dataclass(repr=False)
+class DriftMap(Result):
+    """Where switching ``good`` -> ``bad`` makes the final latents drift: culprits, grid, all-bad drift, figure
+    (and the result protocol: ``to_dataframe``, ``to_markdown``, ``save``, ``fluxlab.results``)."""
 
     good: str
     bad: str
@@ -75,6 +78,7 @@ class DriftMap:
     # extra pipeline arguments themselves (``settings`` keeps only their repr).
     plans: tuple = ()
     pipe_kwargs: dict = dataclasses.field(default_factory=dict)
+    model: dict | None = None  # the pipeline it was located on (results.model_of)
 
     @property
     def top(self) -> Culprit | None:
@@ -107,10 +111,19 @@ class DriftMap:
         """The strongest single-cell (one layer, one step) culprits."""
         return [c for c in self.culprits if len(c.layers) == 1 and len(c.steps) == 1][:n]
 
+    def headline(self) -> str:
+        return (f"Drift of `{self.bad}` against `{self.good}`: final-latent rel-L2 with `{self.bad}` everywhere "
+                f"{self.all_bad_drift:.3g}; the strongest region alone gives {self.share:.0%} of it: "
+                f"**{self.kind}**. {self.generations} generations (bound {self.bound}).")
+
+    def table_rows(self) -> list[dict]:
+        """Every culprit region, strongest first."""
+        return [{"rank": i, "layer": c.layer, "steps": _steps_text(c.steps), "contribution": c.contribution,
+                 "share": c.contribution / self.all_bad_drift if self.all_bad_drift else math.nan}
+                for i, c in enumerate(self.culprits, 1)]
+
     def to_markdown(self, n: int = 8) -> str:
-        lines = [f"Drift of `{self.bad}` against `{self.good}`: final-latent rel-L2 with `{self.bad}` everywhere "
-                 f"{self.all_bad_drift:.3g}; the strongest region alone gives {self.share:.0%} of it: "
-                 f"**{self.kind}**. {self.generations} generations (bound {self.bound}).", ""]
+        lines = [self.headline(), ""]
         if self.note:
             lines += [self.note, ""]
         lines += ["| rank | layer | steps | contribution (final-latent rel-L2) | share of all-bad |",
@@ -164,9 +177,6 @@ class DriftMap:
         one cell only, with the same prompt, seed, steps, size and schedules (what ``DriftExplorer`` shows)."""
         return CellReplay(self, pipe)
 
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
-
     def __repr__(self):
         top = f", top {self.top}" if self.top else ""
         return f"DriftMap({self.bad} vs {self.good}: {self.kind}, {self.generations} generations{top})"
@@ -216,6 +226,7 @@ def _halves(region: Cells) -> list[Cells]:
     return [Cells(region.layers, region.steps[:mid]), Cells(region.layers, region.steps[mid:])]
 
 
+@diffusers_names
 def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, height: int | None = None,
                  width: int | None = None, beam: int = DEFAULT_BEAM, budget: int | None = None,
                  progress: bool = False, **pipe_kwargs) -> DriftMap:
@@ -287,7 +298,7 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
                 "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count, bound,
-                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs))
+                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe))
 
 
 def _key(value: float) -> float:

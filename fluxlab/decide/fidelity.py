@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..models.names import diffusers_names
 from .runs import Run, rel_l2
 
 
@@ -29,6 +30,7 @@ def fidelity(run: Run, reference: Run) -> dict:
     return numbers
 
 
+@diffusers_names
 def image_verdict(pipe, schedule, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None,
                   height=None, width=None, **pipe_kwargs) -> tuple[str, str]:
     """The image verdict of a whole schedule against ``exact`` everywhere (default: the pipeline's own choice).

@@ -15,7 +15,9 @@ import statistics
 from ..compare.image_rule import judge_budget
 from ..compare.tolerances import FAIL, PASS, worst
 from ..models.attach import check_allowed, state_of
+from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
+from ..results import Result, model_of
 from .fidelity import fidelity
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
@@ -38,22 +40,31 @@ class FrontierRow:
     error: str | None = None
 
 
-@dataclasses.dataclass
-class Frontier:
+@dataclasses.dataclass(repr=False)
+class Frontier(Result):
+    """Each schedule's step time against its image fidelity, with the Pareto set (and the result protocol)."""
+
     rows: list[FrontierRow]
     exact: str
     settings: dict
     drift_maps: dict = dataclasses.field(default_factory=dict)  # candidate -> DriftMap (with locate)
+    model: dict | None = None  # the pipeline it was measured on (results.model_of)
+
+    def headline(self) -> str:
+        s = self.settings
+        return (f"Frontier against `{self.exact}` (prompt {s['prompt']!r}, seeds {s['seeds']}, {s['steps']} steps): "
+                f"step time is the transformer's per denoising step (median of {s['repeats']} after a warm-up); "
+                "fidelity is the worst seed's. **P** marks the Pareto set.")
+
+    def table_rows(self) -> list[dict]:
+        return [dataclasses.asdict(r) for r in self.rows]
 
     @property
     def pareto(self) -> list[FrontierRow]:
         return sorted((r for r in self.rows if r.pareto), key=lambda r: r.step_ms)
 
     def to_markdown(self) -> str:
-        s = self.settings
-        lines = [f"Frontier against `{self.exact}` (prompt {s['prompt']!r}, seeds {s['seeds']}, {s['steps']} steps): "
-                 f"step time is the transformer's per denoising step (median of {s['repeats']} after a warm-up); "
-                 "fidelity is the worst seed's. **P** marks the Pareto set.", "",
+        lines = [self.headline(), "",
                  "| schedule | step (ms) | speed-up (x) | final-latent rel-L2 | SSIM | PSNR (dB) | verdict | Pareto | error |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
@@ -61,9 +72,6 @@ class Frontier:
                          f"{_f(r.final_latent_rel_l2, '.3g')} | {_f(r.ssim, '.4f')} | {_f(r.psnr, '.1f')} | "
                          f"{r.verdict} | {'P' if r.pareto else ''} | {r.error or ''} |")
         return "\n".join(lines) + "\n"
-
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
 
     def __repr__(self):
         return (f"Frontier({len(self.rows)} schedules against {self.exact}; Pareto: "
@@ -133,6 +141,7 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
     return Schedule(default=candidate, rules=tuple(Rule(exact, layers=c.layers, steps=c.steps) for c in kept))
 
 
+@diffusers_names
 def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
              height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
              drift_maps: dict | None = None, progress: bool = False, **pipe_kwargs) -> Frontier:
@@ -204,7 +213,8 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     settings = {"prompt": prompt, "seeds": seeds, "steps": steps, "height": height, "width": width,
                 "repeats": repeats, "candidates": candidates, "generations": runner.count,
                 **{k: repr(v) for k, v in pipe_kwargs.items()}}
-    return Frontier(rows, exact, settings, {k: v for k, v in drift_maps.items() if not isinstance(v, Exception)})
+    return Frontier(rows, exact, settings, {k: v for k, v in drift_maps.items() if not isinstance(v, Exception)},
+                    model=model_of(pipe))
 
 
 def _measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps) -> FrontierRow:

@@ -6,7 +6,8 @@ pre-hook to the transformer (where the denoising loop is), shadows diffusers' se
 back, so the model behaves exactly as before. Processors swapped in later through ``set_processor`` (as
 ``Flux2KleinKVPipeline`` does) get their layer's route too; one assigned plainly (``attn.processor = p``) is found
 at the next eager forward and routed the same way, with a warning, or, if it cannot be routed, warned about.
-Per call, the backend is: the schedule's answer > the model's ``set_backend`` > ``fluxlab.use_backend`` >
+Per call, the backend is: the schedule's answer > the model's ``set_backend`` > diffusers' ``attention_backend()``
+context (mapped, interop.py) > ``fluxlab.use_backend`` >
 ``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set, and decided
 when the call runs, also inside a compiled graph (no recompile on a switch). Masks, dropout and context-parallel
 calls are refused with an error (router.py), never run wrongly. Not routed: the VAE's and the text encoders'
@@ -109,7 +110,10 @@ class AttachedModel:
 
         self._diffusers = _AttentionBackendRegistry
         self.active_seen = None  # diffusers' process-wide backend when last looked at (interop.py)
-        self.active_warned: set[str] = set()
+        self.active_at_attach = None  # ... and when attaching (its warning said fluxlab's choice runs instead)
+        self.context_choice: BackendChoice | None = None  # diffusers' attention_backend() context, mapped
+        self.active_warned: set[str] = set()  # diffusers names refused once already
+        self.setter_warned = False  # diffusers' set_attention_backend mapping announced once per model
 
     @property
     def transformer(self):
@@ -236,7 +240,8 @@ class AttachedModel:
                 if answer not in self._parsed:
                     self._parsed[answer] = BackendChoice.parse(answer)
                 return self._parsed[answer]
-        return self.backend
+        # The model's own backend beats diffusers' attention_backend() context, as set_attention_backend does there.
+        return self.backend if self.backend is not None else self.context_choice
 
     def run_attention(self, layer: str, q, k, v, *, scale, causal=False):
         """One attention call of ``layer`` (eagerly from the router, or from inside the compiled graph's op)."""

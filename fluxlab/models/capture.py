@@ -11,6 +11,7 @@ from .. import registry
 from ..dispatch import BackendChoice, plan
 from ..errors import FallbackWarning
 from ..record import AttentionRecord
+from ..results import Result, model_of
 from .attach import state_of
 from .errors import AttachError, CaptureError, CaptureLimitError
 from .schedule import as_step_set, layer_matches, step_matches
@@ -20,8 +21,9 @@ def _nbytes(*shapes_and_dtypes) -> int:
     return sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in shapes_and_dtypes)
 
 
-class Capture:
-    """The records of one ``with fluxlab.capture(pipe) as cap:`` block: ``cap.records`` (``AttentionRecord``s).
+class Capture(Result):
+    """The records of one ``with fluxlab.capture(pipe) as cap:`` block: ``cap.records`` (``AttentionRecord``s),
+    with the result protocol (``fluxlab.results``: one table row per record, tensors by shape).
 
     Each record holds q, k, v exactly as the kernel received them ([B, S, H, D], post-QK-norm, post-RoPE, text
     first), the output, the LSE where the backend returns one, and layer / step / branch / backend / text_tokens.
@@ -38,6 +40,7 @@ class Capture:
         self.lse = lse
         self.records: list[AttentionRecord] = []
         self.nbytes = 0
+        self.model = model_of(state.pipe or state.transformer)  # now: the model may be gone when this is saved
 
     # -- context manager -----------------------------------------------------------------------------------------
 
@@ -66,9 +69,14 @@ class Capture:
         """How many recorded calls each backend served (proof of what actually ran)."""
         return dict(collections.Counter(r.backend for r in self.records))
 
-    def __repr__(self):
-        return (f"Capture({len(self.records)} records, {self.nbytes / 2**20:.1f} MiB on {self.device}, "
-                f"backends {self.backends_used()})")
+    def headline(self) -> str:
+        return (f"{len(self.records)} records, {self.nbytes / 2**20:.1f} MiB on {self.device}, "
+                f"backends {self.backends_used()}")
+
+    def table_rows(self) -> list[dict]:
+        return [{"layer": r.layer, "step": r.step, "branch": r.branch, "backend": r.backend, "q": r.q, "k": r.k,
+                 "v": r.v, "out": r.out, "lse": r.lse, "scale": r.scale, "text_tokens": r.text_tokens}
+                for r in self.records]
 
     # -- called by the attached model ----------------------------------------------------------------------------
 

@@ -176,7 +176,7 @@ def run(args) -> int:
 
     with output_folder(args.out, verb="generate", overwrite=args.overwrite) as out:
         start = time.perf_counter()
-        pipe = load_flux2(args.model, variant=args.variant, device=args.device, offload=offload,
+        pipe = load_flux2(args.model, flux2_variant=args.variant, device=args.device, offload=offload,
                           dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None, height=height, width=width)
         load_s = time.perf_counter() - start
         print(f"{type(pipe).__name__} from {args.model!r}, loaded in {load_s:.1f} s; {width}x{height}, "

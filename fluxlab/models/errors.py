@@ -25,6 +25,10 @@ class ModelSourceError(FluxlabError, FileNotFoundError):
     """``load_flux2`` cannot find or read the model it was pointed at."""
 
 
+class LoadArgumentError(FluxlabError, ValueError):
+    """``load_flux2`` arguments that contradict each other or cannot apply to the chosen model."""
+
+
 class InvalidSizeError(FluxlabError, ValueError):
     """An image size FLUX.2 cannot generate (not a positive multiple of 16)."""
 

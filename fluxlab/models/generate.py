@@ -19,6 +19,7 @@ from pathlib import Path
 from ..util import atomic_write, utc_now
 from .errors import GenerationInterrupted, InvalidSizeError
 from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
+from .names import diffusers_names
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
 # FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.
@@ -145,6 +146,7 @@ class Generated:
     peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the call; None on the CPU
 
 
+@diffusers_names
 def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, width: int = 64, height: int = 64,
              out_dir=None, guidance_scale: float | None = None, progress: bool = True, model_info: dict | None = None,
              force: bool = False, on_step=None, **pipe_kwargs) -> list[Generated]:

@@ -1,11 +1,19 @@
 """diffusers' own attention settings next to fluxlab's: names mapped, hub kernels refused, nothing silently ignored.
 
-While fluxlab is attached to a FLUX.2 transformer, fluxlab decides its attention. A diffusers choice made before
-attaching (``transformer.set_attention_backend(...)``, ``DIFFUSERS_ATTN_BACKEND``) is named in a warning at attach;
-``transformer.set_attention_backend(name)`` made while attached becomes ``fluxlab.set_backend`` with the fluxlab name
-of the same kernel family (warned, so the mapping is visible); ``reset_attention_backend()`` becomes
-``set_backend(None)``; a per-layer ``attn.set_attention_backend`` and diffusers' ``attention_backend()`` context are
-warned about, naming what fluxlab runs instead. Detaching restores the diffusers settings the model had before.
+While fluxlab is attached to a FLUX.2 transformer, fluxlab decides its attention, and diffusers' idioms keep working
+through it, with the fluxlab backend of the same kernel family:
+
+- ``transformer.set_attention_backend(name)`` while attached becomes ``fluxlab.set_backend`` with the mapped name
+  (warned once per model, so the mapping is visible); ``reset_attention_backend()`` becomes ``set_backend(None)``.
+- diffusers' ``attention_backend(name)`` context (or any change of diffusers' process-wide backend while attached)
+  applies to an attached model that has no backend of its own, as in diffusers, where a model's
+  ``set_attention_backend`` beats the context: schedule > the model's backend > diffusers' context >
+  ``fluxlab.use_backend`` > ``$FLUXLAB_ATTENTION_BACKEND`` > the priority list. A name that cannot apply (a hub
+  kernel, no fluxlab equivalent, outside the model's allowed set, or overridden by the model's own backend) is
+  refused once per model and name, with the reason, and fluxlab's choice runs.
+- A diffusers choice made before attaching (``set_attention_backend``, ``DIFFUSERS_ATTN_BACKEND``) is named in a
+  warning at attach; a per-layer ``attn.set_attention_backend`` is warned about (use a fluxlab Schedule). Detaching
+  restores the diffusers settings the model had before.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import functools
 import warnings
 
+from ..dispatch import BackendChoice
 from ..errors import FluxlabWarning
 
 DIFFUSERS_DEFAULT = "native"
@@ -144,25 +153,52 @@ def warn_at_attach(state) -> None:
             f" or process-wide) is not used while fluxlab is attached; fluxlab runs {_runs_instead(state)} instead. "
             f"{_equivalent(name)}.{keep} fluxlab.detach puts diffusers' setting back.",
             DiffusersBackendWarning, stacklevel=3)
-    state.active_seen = _registry()._active_backend
+    state.active_seen = state.active_at_attach = _registry()._active_backend
 
 
 def note_active_change(state, active) -> None:
     """Called when diffusers' process-wide backend changed while attached (``attention_backend()``, a setter on
-    another model): warn once per backend that this model keeps running fluxlab's choice."""
+    another model): from now on it applies to this model, mapped, where the model has no backend of its own
+    (``state.context_choice``); a name that cannot apply is refused once per name, with the reason."""
     state.active_seen = active
+    state.context_choice = None
     name = _name(active)
-    if name == DIFFUSERS_DEFAULT or name in state.active_warned:
+    if active == state.active_at_attach:
+        return  # back to what attaching found (and warned about): fluxlab's own choice runs
+    mapped = SAME_KERNEL.get(name)
+    if mapped is not None and mapped in state.allowed:
+        state.context_choice = BackendChoice.parse(mapped)
+        if state.schedule is None and state.backend is None:
+            return  # the context applies, as in diffusers
+        own = "its schedule's backends" if state.schedule is not None else f"its own backend '{state.backend}'"
+        reason = (f"this model has {own} (fluxlab.set_backend / set_schedule / attach(backend=...)), which takes "
+                  "precedence over the context, as a model's set_attention_backend does in diffusers; "
+                  f"fluxlab.set_backend(pipe, None) lets the context choose '{mapped}'")
+    elif mapped is not None:
+        reason = (f"its fluxlab equivalent '{mapped}' is outside this model's allowed set "
+                  f"({', '.join(sorted(state.allowed))}); widen it with fluxlab.attach(pipe, "
+                  f"allowed=fluxlab.FLUX2_BACKENDS | {{'{mapped}'}})")
+    else:
+        reason = refusal(name) or f"'{name}' is not a diffusers 0.42 attention backend name fluxlab knows"
+    if name in state.active_warned:
         return
     state.active_warned.add(name)
     warnings.warn(
-        f"diffusers' active attention backend is now '{name}' (diffusers' attention_backend() context, or "
-        "set_attention_backend on another model); this FLUX.2 model is attached to fluxlab, which runs "
-        f"{_runs_instead(state)} instead. {_equivalent(name)}; choose it with fluxlab.set_backend(pipe, ...) or "
-        "fluxlab.use_backend(...).", DiffusersBackendWarning, stacklevel=4)
+        f"diffusers' active attention backend '{name}' (diffusers' attention_backend() context, or "
+        "set_attention_backend on another model) does not apply to this fluxlab-attached FLUX.2 model: "
+        f"{reason}. fluxlab runs {_runs_instead(state)}.", DiffusersBackendWarning, stacklevel=4)
 
 
 # -- diffusers' setters while attached ------------------------------------------------------------------------------
+
+
+def _warn_setter_once(state, message: str) -> None:
+    """diffusers' setters map silently after the first call on a model: the first says what the mapping is."""
+    if state.setter_warned:
+        return
+    state.setter_warned = True
+    warnings.warn(message + " Further diffusers setter calls on this model are mapped the same way without a "
+                  "warning.", DiffusersBackendWarning, stacklevel=3)
 
 
 def _set_attention_backend(state, backend: str) -> None:
@@ -171,18 +207,17 @@ def _set_attention_backend(state, backend: str) -> None:
     name = _name(backend).strip().lower()
     mapped = fluxlab_name(name)  # hub and unmatched names raise, naming the fluxlab backend to use
     set_backend(state.transformer, mapped)
-    warnings.warn(f"diffusers' set_attention_backend('{name}') on a fluxlab-attached FLUX.2 model: fluxlab now runs "
-                  f"'{mapped}' (the same kernel family) for it, as fluxlab.set_backend(pipe, '{mapped}') would.",
-                  DiffusersBackendWarning, stacklevel=2)
+    _warn_setter_once(state, f"diffusers' set_attention_backend('{name}') on a fluxlab-attached FLUX.2 model: fluxlab "
+                             f"now runs '{mapped}' (the same kernel family) for it, as "
+                             f"fluxlab.set_backend(pipe, '{mapped}') would.")
 
 
 def _reset_attention_backend(state) -> None:
     from .attach import set_backend
 
     set_backend(state.transformer, None)
-    warnings.warn("diffusers' reset_attention_backend() on a fluxlab-attached FLUX.2 model: fluxlab goes back to "
-                  "its automatic choice for it, as fluxlab.set_backend(pipe, None) would.",
-                  DiffusersBackendWarning, stacklevel=2)
+    _warn_setter_once(state, "diffusers' reset_attention_backend() on a fluxlab-attached FLUX.2 model: fluxlab goes "
+                             "back to its automatic choice for it, as fluxlab.set_backend(pipe, None) would.")
 
 
 def _set_layer_backend(state, layer: str, backend: str) -> None:

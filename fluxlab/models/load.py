@@ -6,11 +6,12 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
 from .attach import attach, check_allowed
-from .errors import ModelSourceError
+from .errors import LoadArgumentError, ModelSourceError
 from .supported import resolve_allowed
 
 # Where issue 8's trained FLUX.2-architecture model ships (diffusers layout, model_index.json at the top).
@@ -29,16 +30,24 @@ log = logging.getLogger("fluxlab")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=None, dtype=None, backend=None,
-               allowed=None, offload=None, *, height: int = 1024, width: int = 1024, memory_budget=None):
+def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, device=None, dtype=None, backend=None,
+               allowed=None, offload=None, *, height: int = 1024, width: int = 1024, memory_budget=None,
+               variant: str | None = None, torch_dtype=None, revision: str | None = None, cache_dir=None,
+               use_safetensors: bool | None = None):
     """A FLUX.2 pipeline with fluxlab attached.
 
     ``source``: ``"embedded"`` (the default: the small trained model fluxlab ships, offline; it draws captions
     such as "a red circle at the top left on a blue background"), ``"tiny"`` (random weights: noise, built offline
-    in well under a second; ``variant`` "dev" or "klein"), a local folder written by ``save_pretrained``
-    (model_index.json inside) or a Hugging Face Hub id. ``variant`` for folders and Hub ids is read from
+    in well under a second; ``flux2_variant`` "dev" or "klein"), a local folder written by ``save_pretrained``
+    (model_index.json inside) or a Hugging Face Hub id. ``flux2_variant`` for folders and Hub ids is read from
     model_index.json; passing one that disagrees raises. ``backend`` / ``allowed``: as for ``fluxlab.attach``,
     checked before any weights load.
+
+    diffusers' own keywords mean what they mean in ``DiffusionPipeline.from_pretrained``: ``dtype`` (diffusers 0.42's
+    name; its older ``torch_dtype`` is accepted too), ``variant`` (the weight files' variant, e.g. ``"fp16"`` for
+    ``diffusion_pytorch_model.fp16.safetensors``), ``revision``, ``cache_dir``, ``use_safetensors``; they apply to
+    folders and Hub ids (``tiny`` is built in memory, ``embedded`` ships one float32 set). ``variant="dev"`` /
+    ``"klein"`` (fluxlab's old name for ``flux2_variant``) still works, with a DeprecationWarning.
 
     ``offload``: None (weights on ``device``), ``"model"`` (each component moves to the accelerator when it runs),
     ``"sequential"`` (each layer does: least memory, slowest) or ``"auto"`` (the first of those that fits the free
@@ -52,17 +61,23 @@ def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=N
 
     from .offload import apply_offload, plan_offload, resolve_device
 
+    flux2_variant, weights = _diffusers_keywords(flux2_variant, variant, dtype, torch_dtype, revision=revision,
+                                                 cache_dir=cache_dir, use_safetensors=use_safetensors)
+    dtype = weights.pop("dtype")
     allowed_set = resolve_allowed(allowed)
     check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
-    if variant is not None and variant not in VARIANT_PIPELINES:
-        raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose 'dev' or 'klein' (or None to read it from "
-                         "the model folder)")
     source = os.fspath(source)
+    if weights and source in ("tiny", "embedded"):
+        raise LoadArgumentError(
+            f"{', '.join(f'{k}={v!r}' for k, v in weights.items())}: diffusers' from_pretrained options choose "
+            f"weight files, and '{source}' has none to choose ("
+            + ("built in memory" if source == "tiny" else "one float32 set ships with fluxlab")
+            + "). Leave them out, or load a folder or Hub id.")
     target = resolve_device(offload, device)  # refuses unknown values, and offloading without an accelerator
     estimate = None
     if offload is not None or memory_budget is not None or (target is not None and target.type != "cpu"):
         try:
-            estimate = estimate_source(source, variant, dtype, height, width)
+            estimate = estimate_source(source, flux2_variant, dtype, height, width)
         except ModelSourceError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unusual config must not block loading; the plan says so
@@ -71,7 +86,7 @@ def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=N
     if source == "tiny":
         from .tiny import build_tiny_pipeline
 
-        pipe = build_tiny_pipeline(variant or "dev", dtype=dtype or torch.float32)
+        pipe = build_tiny_pipeline(flux2_variant or "dev", dtype=dtype or torch.float32)
     elif source == "embedded":
         if not (EMBEDDED_DIR / "model_index.json").is_file():
             raise NotImplementedError(
@@ -80,11 +95,11 @@ def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=N
                 "folder written by pipe.save_pretrained(...).")
         from .embedded import load_embedded  # issue 8's loader: 64x64 defaults, offline
 
-        pipe = load_embedded(dtype=dtype, variant=variant)
+        pipe = load_embedded(dtype=dtype, flux2_variant=flux2_variant)
     elif Path(source).expanduser().exists():
-        pipe = _from_folder(Path(source).expanduser(), variant, dtype)
+        pipe = _from_folder(Path(source).expanduser(), flux2_variant, dtype, weights)
     elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")):
-        pipe = _from_hub(source, variant, dtype)
+        pipe = _from_hub(source, flux2_variant, dtype, weights)
     else:
         raise ModelSourceError(
             f"no FLUX.2 model at '{source}': that folder does not exist. Pass a diffusers pipeline folder (with "
@@ -97,6 +112,28 @@ def load_flux2(source: str = DEFAULT_MODEL, variant: str | None = None, device=N
 
         realign_weights(pipe)
     return attach(pipe, backend=backend, allowed=allowed_set)
+
+
+def _diffusers_keywords(flux2_variant, variant, dtype, torch_dtype, **weights) -> tuple[str | None, dict]:
+    """-> (the FLUX.2 variant, diffusers' from_pretrained keywords that were given, ``dtype`` included)."""
+    if variant in VARIANT_PIPELINES:  # fluxlab's old meaning of variant=: diffusers' weight variant is never these
+        if flux2_variant is not None and flux2_variant != variant:
+            raise LoadArgumentError(f"flux2_variant={flux2_variant!r} and variant={variant!r} disagree; variant= is "
+                                    "diffusers' weight-file variant (e.g. 'fp16'): pass flux2_variant only")
+        warnings.warn(f"load_flux2(variant={variant!r}) is deprecated: variant= is diffusers' weight-file variant "
+                      f"(e.g. 'fp16'); FLUX.2 [dev] or [klein] is flux2_variant={variant!r}.", DeprecationWarning,
+                      stacklevel=3)
+        flux2_variant, variant = variant, None
+    if flux2_variant is not None and flux2_variant not in VARIANT_PIPELINES:
+        raise LoadArgumentError(f"unknown FLUX.2 variant flux2_variant={flux2_variant!r}; choose 'dev' or 'klein' (or "
+                                "None to read it from the model folder)")
+    if torch_dtype is not None:  # diffusers' older name, which diffusers 0.42 still takes
+        if dtype is not None and dtype != torch_dtype:
+            raise LoadArgumentError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; they are one setting "
+                                    "(diffusers 0.42 calls it dtype): pass one")
+        dtype = torch_dtype
+    given = {key: value for key, value in dict(weights, variant=variant).items() if value is not None}
+    return flux2_variant, {"dtype": dtype, **given}
 
 
 def estimate_source(source: str, variant: str | None, dtype, height: int = 1024, width: int = 1024):
@@ -143,8 +180,8 @@ def _check_variant(class_name: str, variant: str | None, where) -> None:
     if found is None:
         raise ModelSourceError(f"{where} holds a {class_name}, not a FLUX.2 pipeline ({', '.join(PIPELINE_VARIANTS)})")
     if variant is not None and variant != found:
-        raise ValueError(f"{where} holds a {class_name} (FLUX.2 [{found}]) but variant={variant!r} was asked for; "
-                         f"pass variant={found!r} or leave it out")
+        raise LoadArgumentError(f"{where} holds a {class_name} (FLUX.2 [{found}]) but flux2_variant={variant!r} was "
+                                f"asked for; pass flux2_variant={found!r} or leave it out")
 
 
 def _read_json(path: Path) -> dict:
@@ -164,7 +201,7 @@ def _validate_folder_configs(folder: Path, class_name: str) -> None:
                           text_encoder_out_layers=_default_out_layers(_pipeline_class(class_name)))
 
 
-def _from_folder(folder: Path, variant: str | None, dtype):
+def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
     if not folder.is_dir():
         raise ModelSourceError(f"'{folder}' is a file; load_flux2 expects a diffusers pipeline folder containing "
                                "model_index.json (as pipe.save_pretrained(folder) writes)")
@@ -177,20 +214,20 @@ def _from_folder(folder: Path, variant: str | None, dtype):
     class_name = _read_json(index).get("_class_name", "?")
     _check_variant(class_name, variant, f"'{folder}'")
     _validate_folder_configs(folder, class_name)
-    return _pipeline_class(class_name).from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    return _pipeline_class(class_name).from_pretrained(folder, dtype=dtype, local_files_only=True, **weights)
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _from_hub(repo_id: str, variant: str | None, dtype):
+def _from_hub(repo_id: str, variant: str | None, dtype, weights: dict):
     import diffusers
 
     cls = _pipeline_class(VARIANT_PIPELINES[variant]) if variant else diffusers.DiffusionPipeline
     try:
         # HF_HUB_OFFLINE is read here, per call, so setting it after import is honoured too.
-        pipe = cls.from_pretrained(repo_id, torch_dtype=dtype, local_files_only=_offline())
+        pipe = cls.from_pretrained(repo_id, dtype=dtype, local_files_only=_offline(), **weights)
     except OSError as exc:
         raise _hub_error(repo_id, exc) from exc
     _check_variant(type(pipe).__name__, variant, f"'{repo_id}'")

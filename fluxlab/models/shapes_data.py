@@ -208,3 +208,45 @@ def cell_colour(image: np.ndarray, position: int) -> str:
 def shape_hits(image: np.ndarray, scene: Scene) -> list[bool]:
     """For each shape of ``scene``: does ``image`` show the shape's colour at the shape's position?"""
     return [cell_colour(image, s.position) == COLOUR_NAMES[s.colour] for s in scene.shapes]
+
+
+def parse_caption(text: str) -> Scene:
+    """The scene a caption describes (the inverse of ``Scene.caption``; shapes at their cell centres, size 8).
+
+    Raises ValueError naming the part that is not of the form "a red circle at the top left [and ...] on a blue
+    background".
+    """
+    words = text.strip().rstrip(".")
+    head, sep, tail = words.rpartition(" on ")
+    background = tail.split()
+    if not sep or len(background) != 3 or background[2] != "background" or background[1] not in COLOURS:
+        raise ValueError(f"caption {text!r} does not end in 'on a <colour> background' (colours: "
+                         f"{', '.join(COLOUR_NAMES)})")
+    shapes = []
+    for phrase in head.split(" and "):
+        what, at, where = phrase.partition(" at the ")
+        parts = what.split()
+        if not at or len(parts) != 3 or parts[1] not in COLOURS or parts[2] not in SHAPES or where not in POSITIONS:
+            raise ValueError(f"{phrase!r} in caption {text!r} is not '<a/an> <colour> <shape> at the <position>' "
+                             f"(shapes: {', '.join(SHAPES)}; positions: {', '.join(POSITIONS)})")
+        shapes.append(Shape(colour=COLOUR_NAMES.index(parts[1]), shape=SHAPES.index(parts[2]),
+                            position=POSITIONS.index(where)))
+    return Scene(background=COLOUR_NAMES.index(background[1]), shapes=tuple(shapes))
+
+
+FREE_CORNERS = (0, 2, 6, 8)  # grid cells where the background shows when no shape sits there
+
+
+def scene_problems(image: np.ndarray, scene: Scene | str) -> list[str]:
+    """Where ``image`` departs from ``scene`` (or a caption) under the pixel test: each shape's colour at its cell
+    (``shape_hits``) and the background colour in every corner cell no shape occupies. Empty: the scene is drawn."""
+    scene = parse_caption(scene) if isinstance(scene, str) else scene
+    problems = [f"{s.phrase()}: the cell shows {cell_colour(image, s.position)}"
+                for s, hit in zip(scene.shapes, shape_hits(image, scene)) if not hit]
+    used = {s.position for s in scene.shapes}
+    background = COLOUR_NAMES[scene.background]
+    for position in FREE_CORNERS:
+        seen = cell_colour(image, position)
+        if position not in used and seen != background:
+            problems.append(f"background at the {POSITIONS[position]}: {seen}, not {background}")
+    return problems

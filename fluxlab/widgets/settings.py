@@ -54,7 +54,7 @@ class NotebookSettings:
         if not self.small:
             kwargs.update(offload="auto", height=self.height, width=self.width)
         if self.variant is not None:
-            kwargs["variant"] = self.variant
+            kwargs["flux2_variant"] = self.variant
         return kwargs
 
     def generation(self) -> dict:

@@ -17,20 +17,20 @@ EMBEDDED_DIR = Path(__file__).resolve().parent
 IMAGE_SIZE = 64
 
 
-def load_embedded(device=None, dtype=None, *, variant: str | None = None):
+def load_embedded(device=None, dtype=None, *, flux2_variant: str | None = None):
     """The shipped pipeline, loaded offline with ``Flux2KleinPipeline.from_pretrained`` (no network, no download).
 
     ``dtype`` defaults to float32 (the stored precision). ``height``/``width`` default to 64 on the returned pipeline
     (``default_sample_size`` is set so), the size the model was trained at; call it with ``prompt=...``.
-    ``variant``: None or "klein" (the embedded model is FLUX.2 [klein]: Qwen3 text encoder, true CFG).
+    ``flux2_variant``: None or "klein" (the embedded model is FLUX.2 [klein]: Qwen3 text encoder, true CFG).
     """
     import torch
     from diffusers import Flux2KleinPipeline
 
-    if variant not in (None, "klein"):
-        raise ValueError(f"the embedded model is FLUX.2 [klein] (Qwen3 text encoder, true CFG); variant={variant!r} "
-                         "cannot be loaded from it. Pass variant='klein' or leave it out, or use source='tiny' for a "
-                         "random-weight [dev] pipeline.")
+    if flux2_variant not in (None, "klein"):
+        raise ValueError(f"the embedded model is FLUX.2 [klein] (Qwen3 text encoder, true CFG); "
+                         f"flux2_variant={flux2_variant!r} cannot be loaded from it. Pass flux2_variant='klein' or "
+                         "leave it out, or use source='tiny' for a random-weight [dev] pipeline.")
     if not (EMBEDDED_DIR / "model_index.json").is_file():
         raise FileNotFoundError(f"the embedded model's files are missing from {EMBEDDED_DIR} (model_index.json and "
                                 "the component folders); reinstall fluxlab, or train them with "

@@ -1,0 +1,243 @@
+"""One protocol for every result object fluxlab hands back: a readable repr, ``_repr_html_``, ``to_dataframe()``,
+``to_markdown()``, ``figure()`` where a picture fits, and ``save()`` to JSON with provenance.
+
+A result class mixes in :class:`Result` and supplies its table (``table_rows()``: one dict per row) and one line
+(``headline()``); everything else has a default here, rendered by the one table renderer below
+(:func:`markdown_table`, :func:`html_table`). Classes with a richer rendering of their own keep it.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from .util import atomic_write, provenance
+
+
+# -- the one table renderer -----------------------------------------------------------------------------------------
+
+
+def format_cell(value) -> str:
+    """A table cell: floats in 4 significant digits ("-" for NaN), None blank, sequences joined, tensors by shape."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return format(value, ".4g")
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):  # a tensor or array: never its numbers
+        return f"{str(value.dtype).replace('torch.', '')}[{', '.join(map(str, shape))}]"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(format_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {format_cell(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _columns(rows: list[dict], columns) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def markdown_table(rows: list[dict], columns=None) -> str:
+    """A GitHub markdown table of ``rows`` (dicts; missing keys blank)."""
+    keys = _columns(rows, columns)
+    if not keys:
+        return "(no rows)\n"
+
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    out = [line(keys), line(["---"] * len(keys))]
+    out += [line(format_cell(row.get(k)) for k in keys) for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def html_table(rows: list[dict], columns=None) -> str:
+    """The same table as HTML, for notebooks."""
+    keys = _columns(rows, columns)
+    if not keys:
+        return "<p>(no rows)</p>"
+    head = "".join(f"<th>{_html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_html.escape(format_cell(row.get(k)))}</td>" for k in keys) + "</tr>"
+                   for row in rows)
+    return (f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def _inline(text: str) -> str:
+    """Markdown inline marks fluxlab's tables use (``code``, **bold**) as HTML, everything else escaped."""
+    out = _html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """fluxlab's own markdown (paragraphs, ``- `` lists, ``|`` tables, code, bold) as HTML: a result's notebook view
+    is its ``to_markdown()``, rendered once here rather than written twice."""
+    blocks, table, items, paragraph = [], [], [], []
+
+    def flush():
+        if table:
+            rows = [[c.strip().replace("\\|", "|") for c in _split_row(line)] for line in table]
+            rows = [row for row in rows if not all(re.fullmatch(r":?-{3,}:?", c) for c in row)]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+            blocks.append(f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
+                          f"<tbody>{body}</tbody></table>")
+            table.clear()
+        if items:
+            blocks.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+        if paragraph:
+            blocks.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+
+    for line in markdown.splitlines():
+        stripped = line.strip()
+        kind = "table" if stripped.startswith("|") else "item" if stripped.startswith("- ") else \
+            "blank" if not stripped else "text"
+        if (kind != "table" and table) or (kind != "item" and items) or (kind != "text" and paragraph):
+            flush()
+        if kind == "table":
+            table.append(stripped)
+        elif kind == "item":
+            items.append(stripped[2:])
+        elif kind == "text":
+            paragraph.append(stripped)
+    flush()
+    return "\n".join(blocks)
+
+
+def _split_row(line: str) -> list[str]:
+    """The cells of a markdown table row (escaped pipes stay inside their cell)."""
+    return re.split(r"(?<!\\)\|", line.strip().strip("|"))
+
+
+def jsonable(value):
+    """``value`` with NaN/inf as None, tuples as lists, tensors and arrays by dtype and shape (never their data)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if getattr(value, "shape", None) is not None and hasattr(value, "dtype"):
+        return format_cell(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+# -- the protocol ---------------------------------------------------------------------------------------------------
+
+
+def command_line() -> str:
+    """How this process was started (the CLI's argv; a notebook's kernel says so)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("ipykernel_launcher.py"):
+        return "a Jupyter kernel"
+    return " ".join(argv) if argv else "python"
+
+
+def model_of(pipe) -> dict | None:
+    """What a result says about the model it came from: pipeline class, source, transformer dtype."""
+    if pipe is None:
+        return None
+    transformer = getattr(pipe, "transformer", pipe)
+    config = getattr(pipe, "config", None) or getattr(transformer, "config", None)
+    source = getattr(config, "_name_or_path", None) if config is not None else None
+    dtype = getattr(transformer, "dtype", None)
+    return {"pipeline": type(pipe).__name__, "source": str(source) if source else None,
+            "dtype": str(dtype).replace("torch.", "") if dtype is not None else None}
+
+
+class Result:
+    """Mixin of every result object. Subclasses supply ``table_rows()`` and ``headline()``; they may override any
+    rendering, ``figure()`` (default: none fits) and ``as_dict()`` (default: headline and rows)."""
+
+    #: where the result came from (``model_of(pipe)``); set by whatever made it, saved by ``save()``
+    model: dict | None = None
+
+    def table_rows(self) -> list[dict]:
+        raise NotImplementedError
+
+    def headline(self) -> str:
+        return type(self).__name__
+
+    # renderings
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.headline()})"
+
+    def to_markdown(self) -> str:
+        return f"{self.headline()}\n\n{markdown_table(self.table_rows())}"
+
+    def to_html(self) -> str:
+        return markdown_to_html(self.to_markdown())
+
+    def _repr_html_(self) -> str:
+        """The notebook view: the table (``figure()`` draws the picture, where one fits, when asked)."""
+        return self.to_html()
+
+    def to_dataframe(self):
+        """The table as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError(f"{type(self).__name__}.to_dataframe() needs pandas: pip install pandas "
+                              "(to_markdown() gives the same table without it)") from exc
+        return pd.DataFrame(self.table_rows())
+
+    @property
+    def has_figure(self) -> bool:
+        return type(self).figure is not Result.figure
+
+    def figure(self, path=None):
+        raise NotImplementedError(f"{type(self).__name__} has no picture; to_markdown() and to_dataframe() show it")
+
+    # files
+    def as_dict(self) -> dict:
+        return {"headline": self.headline(), "rows": self.table_rows()}
+
+    def provenance(self, command: str | None = None) -> dict:
+        """platform, versions, date and git revision (``fluxlab.util.provenance``), the model and the command."""
+        return {**provenance(), "model": self.model, "command": command or command_line()}
+
+    def to_json_dict(self, command: str | None = None) -> dict:
+        """What ``save`` writes: ``result_type``, the result's own fields, and ``provenance``."""
+        return jsonable({"result_type": type(self).__name__, **self.as_dict(), "provenance": self.provenance(command)})
+
+    def save(self, path, *, command: str | None = None) -> Path:
+        """JSON with the result and its provenance, written atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, json.dumps(self.to_json_dict(command), indent=2, allow_nan=False) + "\n")
+
+
+class ResultList(list, Result):
+    """A list of result rows (``fluxlab.backends()``) with the protocol; ``row_dict(item)`` makes its table rows."""
+
+    def __init__(self, items=(), headline: str = ""):
+        super().__init__(items)
+        self._headline = headline
+
+    def headline(self) -> str:
+        return self._headline or f"{len(self)} rows"
+
+    def table_rows(self) -> list[dict]:
+        import dataclasses
+
+        return [dataclasses.asdict(item) if dataclasses.is_dataclass(item) else dict(item) for item in self]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.headline()})"
