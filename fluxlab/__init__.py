@@ -49,7 +49,7 @@ _LAZY = {
 
 # Subpackages reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``),
 # imported on first use like the names above.
-_SUBPACKAGES = ("compare", "decide", "models", "widgets", "parallel", "backends")
+_SUBPACKAGES = ("compare", "decide", "models", "widgets", "parallel")  # not "backends": that name is the function
 
 
 def __getattr__(name):
