@@ -26,7 +26,7 @@ from .choice import BackendChoice
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
                      InvalidBackendSpecError, InvalidInputError, NoBackendError, UnknownBackendError)
 from .platform import Platform, current_platform, platform_for_device
-from .priority import GROUPS, priority_for
+from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
@@ -297,8 +297,9 @@ def _canonical_allowed(allowed) -> frozenset[str] | None:
     if allowed is None:
         return None
     names = {registry.canonical_name(n) for n in allowed}
-    for group in names & set(GROUPS):
-        names.update(member for row in GROUPS[group].values() for member in row)
+    for group in registry.all_groups():
+        if group.name in names:
+            names.update(member.name for member in group.all_members())
     return frozenset(names)
 
 
@@ -436,7 +437,7 @@ class Plan:
                 if self.requested is not None:
                     reasons = [f"could run, but '{self.requested}' was asked for"]
                 elif other.name in order and rank is not None and order.index(other.name) > rank:
-                    reasons = [f"could run, but ranked below {self.backend} (fluxlab/priority.py)"]
+                    reasons = [f"could run, but ranked below {self.backend} (its declared priority)"]
                 else:
                     reasons = ["could run, but is never picked automatically: choose it explicitly"]
             answer[other.name] = reasons

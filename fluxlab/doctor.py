@@ -12,7 +12,7 @@ from .priority import priority_for
 
 def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str:
     if name in order and pick in order and order.index(name) > order.index(pick):
-        return f"ranked below {pick} in this platform's priority list (fluxlab/priority.py)"
+        return f"ranked below {pick} in this platform's priority list (the backends' declared ranks)"
     if name in order:
         return "in the priority list, but cannot run FLUX-shaped bf16 inputs here"
     return ("never picked automatically (quantised, experimental, emulated or for debugging): choose it "

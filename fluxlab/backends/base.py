@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -125,6 +125,25 @@ class Backend:
     option_values: dict[str, dict[Any, str]] = dataclasses.field(default_factory=dict)
     # Returns the kernel with its library already imported (called once, when a plan is made); None: ``fn``.
     binder: Callable[[], Callable[..., Any]] | None = None
+    # -- where the backend sits in fluxlab (the registry, priority lists and name maps are derived from these) --
+    aliases: tuple[str, ...] = ()  # other names users type for it, e.g. "torch_sdpa"
+    diffusers: tuple[str, ...] = ()  # diffusers' attention-backend names of the same kernel, e.g. "_native_flash"
+    # Rank in the automatic choice per platform row, lower first: "vendor/arch" (e.g. "nvidia/sm_90") wins over
+    # "vendor" (e.g. "nvidia"); a platform with no entry never picks it automatically.
+    priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, int] = dataclasses.field(default_factory=dict)  # group name -> rank in it, e.g. {"fa": 3}
+    flux2: bool = True  # a FLUX.2 model may use it (False only for a kernel that cannot serve FLUX.2's calls)
+
+    def rank(self, platform: Platform) -> int | None:
+        """Its place in ``platform``'s automatic choice (lower first); None: never picked automatically there."""
+        rank = self.priority.get(f"{platform.vendor}/{platform.arch}")
+        return self.priority.get(platform.vendor) if rank is None else rank
+
+    def runs_on(self, platform: Platform) -> bool:
+        """The vendor and arch fit (packages and inputs aside)."""
+        caps = self.caps
+        return platform.vendor in caps.vendors and (platform.vendor not in caps.arches
+                                                    or arch_matches(platform, caps.arches[platform.vendor]))
 
     def kernel(self) -> Callable[..., Any]:
         """The callable a plan runs: imports resolved now, so no call pays for them."""
@@ -201,6 +220,17 @@ class Backend:
         ``lse_grad``: the LSE is asked for and the inputs require grad (its backward must exist)."""
         return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
                                                                     return_lse=return_lse, lse_grad=lse_grad)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A priority group such as ``fa``: a name that stands for its best member that can run the inputs. Members
+    join it with ``Backend(groups={name: rank})``; the group has no kernel of its own."""
+
+    name: str
+    description: str
+    caps: Capabilities  # what its members offer, for listings
+    aliases: tuple[str, ...] = ()
 
 
 def to_bhsd(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

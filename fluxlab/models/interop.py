@@ -13,26 +13,14 @@ from __future__ import annotations
 import functools
 import warnings
 
+from ..backends import BUILTIN_BACKENDS
 from ..errors import FluxlabWarning
 
 DIFFUSERS_DEFAULT = "native"
 
-# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family.
-SAME_KERNEL: dict[str, str] = {
-    "native": "sdpa",
-    "_native_cudnn": "sdpa_cudnn",
-    "_native_efficient": "sdpa_efficient",
-    "_native_flash": "sdpa_flash",
-    "_native_math": "sdpa_math",
-    "flash": "fa2",  # diffusers' `flash` is the flash-attn package: FlashAttention-2
-    "flash_varlen": "fa2",  # the same kernel over packed sequences; FLUX.2's calls have no padding to pack
-    "_flash_3": "fa3",
-    "_flash_varlen_3": "fa3",
-    "flex": "flex",
-    "sage": "sage",  # SageAttention (diffusers wants >= 2.1.1; fluxlab's adapter runs 1.0.6's Triton kernel)
-    "sage_varlen": "sage",
-    "_sage_qk_int8_pv_fp16_triton": "sage",  # SageAttention's Triton kernel: int8 QK^T, fp16 PV
-}
+# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter declares its
+# ``diffusers=`` names).
+SAME_KERNEL: dict[str, str] = {name: b.name for b in BUILTIN_BACKENDS for name in b.diffusers}
 
 # Kernels diffusers downloads from the Hugging Face Hub at run time -> (fluxlab backend to use, what it is).
 HUB_KERNELS: dict[str, tuple[str, str]] = {
