@@ -37,6 +37,7 @@ class BackendStatus:
     group_members: tuple[str, ...] = ()  # for a priority group (``fa``): its members on this platform, best first
     emulated: bool = False  # a float32 emulation of another kernel's numerics (backends/emulated.py)
     emulates: str | None = None  # the real backend it models
+    plugin: str | None = None  # the distribution that declared it through the ``fluxlab.backends`` entry point
 
 
 def backends(platform: Platform | None = None) -> list[BackendStatus]:
@@ -53,7 +54,7 @@ def backends(platform: Platform | None = None) -> list[BackendStatus]:
                                   caps.experimental, backend.builtin,
                                   None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order),
                                   stand_in_only=caps.stand_in_only, emulated=caps.emulated,
-                                  emulates=caps.emulates))
+                                  emulates=caps.emulates, plugin=backend.plugin))
     for group in registry.all_groups():
         reasons = group.platform_reasons(platform)
         members = tuple(m.name for m in group.members(platform))
@@ -76,7 +77,8 @@ def doctor_text(platform: Platform | None = None) -> str:
     for r in rows:
         status = "DEFAULT" if r.default else ("available" if r.available else "no")
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
-                                ("lse", r.returns_lse), ("user", not r.builtin),
+                                ("lse", r.returns_lse), ("user", not r.builtin and not r.plugin),
+                                (f"plug-in {r.plugin}", r.plugin is not None),
                                 ("proven on a stand-in only", r.stand_in_only),
                                 (f"emulated: emulates {r.emulates}", r.emulated)) if on]
         note = "; ".join(r.reasons) if r.reasons else r.description
@@ -85,4 +87,16 @@ def doctor_text(platform: Platform | None = None) -> str:
         if tags:
             note = f"[{', '.join(tags)}] {note}"
         lines.append(f"{r.name:<{width}}{status:<12}{(r.version or '-'):<14}{note}")
+    problems = registry.plugin_problems()
+    if problems:
+        lines += ["", f"plug-ins that failed to load (entry point group {registry.PLUGIN_GROUP}):"]
+        lines += [f"  {p.entry_point} ({p.distribution or 'unknown distribution'}): {p.error}" for p in problems]
     return "\n".join(lines)
+
+
+def report(platform: Platform | None = None) -> dict:
+    """What ``fluxlab doctor --json`` prints: the platform, every backend, and the plug-ins that failed to load."""
+    platform = platform or current_platform()
+    return {"platform": platform.as_dict(),
+            "backends": [dataclasses.asdict(status) for status in backends(platform)],
+            "plugin_problems": [dataclasses.asdict(p) for p in registry.plugin_problems()]}

@@ -47,7 +47,7 @@ _cache: dict = {}
 
 def priority_for(platform: Platform) -> tuple[str, ...]:
     """The backends automatic choice tries on ``platform``, best first."""
-    key = (platform.vendor, platform.arch, registry._generation)
+    key = (platform.vendor, platform.arch, registry.generation())
     order = _cache.get(key)
     if order is None:
         order = _cache[key] = _row(registry.all_backends(), platform.vendor, platform.arch)

@@ -1,10 +1,13 @@
-"""The table of backends: the built-in adapters, the priority groups (``fa``), and any a researcher registers."""
+"""The table of backends: the built-in adapters, the priority groups (``fa``), any a researcher registers, and
+third-party plug-ins (entry point group ``fluxlab.backends``, loaded on the table's first use)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata
 import re
+import types
 from collections.abc import Callable, Iterable
 
 import torch
@@ -87,7 +90,60 @@ def _changed():
     _generation += 1
 
 
+PLUGIN_GROUP = "fluxlab.backends"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginProblem:
+    """A plug-in that could not be loaded; ``fluxlab doctor`` lists it with its error."""
+
+    entry_point: str  # "name = module:attribute"
+    distribution: str | None
+    error: str
+
+
+_plugins: dict = {"loaded": False, "problems": [], "loading": None}
+
+
+def load_plugins() -> None:
+    """Register the backends of every installed ``fluxlab.backends`` entry point, once per process.
+
+    An entry point's object is a ``fluxlab.Backend``, a list of them, or a module that calls
+    ``fluxlab.register_backend`` when imported. One that fails is kept in ``plugin_problems()``, never raised."""
+    if _plugins["loaded"]:
+        return
+    _plugins["loaded"] = True
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(getattr(entry, "dist", None), "name", None)
+        _plugins["loading"] = dist or entry.value  # what register_backend calls made while importing it record
+        try:
+            loaded = entry.load()
+            if isinstance(loaded, Backend):
+                declared = [loaded]
+            elif isinstance(loaded, types.ModuleType):
+                declared = []  # it registered its backends while being imported
+            elif isinstance(loaded, (list, tuple)) and all(isinstance(b, Backend) for b in loaded):
+                declared = list(loaded)
+            else:
+                raise TypeError(f"the entry point's object is a {type(loaded).__name__}; it must be a fluxlab.Backend, "
+                                "a list of them, or a module that calls fluxlab.register_backend when imported")
+            for backend in declared:
+                _add(dataclasses.replace(backend, builtin=False, plugin=dist or entry.value), replace=False)
+        except Exception as exc:  # a broken plug-in must not break fluxlab: doctor reports it
+            _plugins["problems"].append(PluginProblem(f"{entry.name} = {entry.value}", dist,
+                                                      f"{type(exc).__name__}: {exc}"))
+        finally:
+            _plugins["loading"] = None
+
+
+def plugin_problems() -> list[PluginProblem]:
+    """The plug-ins that failed to load, with their errors."""
+    load_plugins()
+    return list(_plugins["problems"])
+
+
 def canonical_name(name: str) -> str:
+    load_plugins()
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in _registry and key not in _groups:
@@ -112,11 +168,19 @@ def get_backend(name: str) -> Backend | BackendGroup:
 
 def all_backends() -> list[Backend]:
     """Every concrete backend (groups are listed by ``all_groups``)."""
+    load_plugins()
     return list(_registry.values())
 
 
 def all_groups() -> list[BackendGroup]:
+    load_plugins()
     return list(_groups.values())
+
+
+def generation() -> int:
+    """Bumped on every change of the table (plug-ins loaded first), so cached decisions can be dropped."""
+    load_plugins()
+    return _generation
 
 
 _CAPABILITY_FIELDS = {f.name for f in dataclasses.fields(Capabilities)}
@@ -137,8 +201,9 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     names for it; ``priority``: its rank in the automatic choice per platform row (``Backend.priority``;
     none: chosen only by name). A ready ``fluxlab.Backend`` may be passed instead of ``name, fn``.
     """
+    load_plugins()  # a plug-in's names are taken before the user's
     if isinstance(name, Backend):
-        return _add(dataclasses.replace(name, builtin=False), replace)
+        return _add(dataclasses.replace(name, builtin=False, plugin=name.plugin or _plugins["loading"]), replace)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
                          "(e.g. 'my_kernel')")
@@ -157,7 +222,7 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     backend = Backend(name, fn, Capabilities(**capabilities), description or f"user backend {name}",
                       requires=tuple(requires), options=dict(options or {}), builtin=False,
                       option_values=dict(option_values or {}), aliases=tuple(aliases),
-                      priority=dict(priority or {}))
+                      priority=dict(priority or {}), plugin=_plugins["loading"])
     return _add(backend, replace)
 
 

@@ -133,6 +133,7 @@ class Backend:
     priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
     groups: Mapping[str, int] = dataclasses.field(default_factory=dict)  # group name -> rank in it, e.g. {"fa": 3}
     flux2: bool = True  # a FLUX.2 model may use it (False only for a kernel that cannot serve FLUX.2's calls)
+    plugin: str | None = None  # the distribution whose ``fluxlab.backends`` entry point declared it
 
     def rank(self, platform: Platform) -> int | None:
         """Its place in ``platform``'s automatic choice (lower first); None: never picked automatically there."""

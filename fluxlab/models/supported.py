@@ -22,9 +22,9 @@ _cached: list = [None, None]  # [registry generation, set]
 
 def flux2_backends() -> frozenset[str]:
     """Every backend and group registered now that a FLUX.2 model may use: the default allowed set."""
-    if _cached[0] != registry._generation:
+    if _cached[0] != registry.generation():
         names = [b.name for b in registry.all_backends() if b.flux2] + [g.name for g in registry.all_groups()]
-        _cached[:] = [registry._generation, frozenset(names)]
+        _cached[:] = [registry.generation(), frozenset(names)]
     return _cached[1]
 
 
