@@ -10,7 +10,7 @@ from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavaila
 from .platform import Platform, current_platform
 from .registry import get_backend, register_backend, unregister_backend
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # The FLUX.2 integration imports diffusers (seconds); it loads on first use so `import fluxlab` stays light.
 _LAZY = {

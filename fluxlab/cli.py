@@ -105,7 +105,7 @@ def _doctor(args) -> int:
     if args.json:
         import json
 
-        from . import __version__
+        from .version import __version__
         from .doctor import report
 
         print(json.dumps({"fluxlab": __version__, **report(platform)}, indent=2))
@@ -129,7 +129,7 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
     from .platform import PROFILES
 
     parser = Parser(prog="fluxlab", description="Which attention kernel to trust for FLUX.2, and how fast each "

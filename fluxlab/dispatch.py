@@ -25,6 +25,7 @@ from .backends.base import Backend
 from .choice import BackendChoice
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
                      InvalidBackendSpecError, InvalidInputError, NoBackendError, UnknownBackendError)
+from .ops import compiled_attention, use_dispatcher
 from .platform import Platform, current_platform, platform_for_device
 from .priority import priority_for
 
@@ -527,8 +528,6 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
     """
     if _is_compiling():  # dynamo is tracing: give it one opaque op; this dispatcher runs inside it at run time
-        from .ops import compiled_attention
-
         return compiled_attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
                                   allowed=allowed, fallback=fallback, heads=heads, check_finite=check_finite,
                                   platform=platform)
@@ -566,6 +565,9 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     if first_call or getattr(out, "shape", None) != plan_.out_shape or out.dtype != q.dtype:
         check_output(result, q, v, return_lse=return_lse, backend_name=plan_.backend)
     return result
+
+
+use_dispatcher(attention)  # the fluxlab::attention op (ops.py) runs this dispatcher when a compiled graph calls it
 
 
 def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):

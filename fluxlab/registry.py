@@ -14,6 +14,7 @@ import torch
 
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Group, Requirement
+from .diffusers_names import refusal
 from .errors import UnknownBackendError
 from .platform import Platform
 
@@ -147,9 +148,7 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in _registry and key not in _groups:
-        from .models.interop import refusal  # diffusers' hub kernels and kernels fluxlab has no equivalent of
-
-        if refusal(key):
+        if refusal(key):  # diffusers' hub kernels and kernels fluxlab has no equivalent of
             raise UnknownBackendError(refusal(key))
         known = sorted(_registry) + sorted(_groups) + sorted(ALIASES)
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)

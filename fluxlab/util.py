@@ -132,7 +132,7 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             found[dist] = None
     if found["fluxlab"] is None:
-        from . import __version__
+        from .version import __version__
 
         found["fluxlab"] = __version__
     return found

@@ -222,7 +222,7 @@ def current_identity(backends=()) -> tuple[dict, dict]:
     import diffusers
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     from ..platform import current_platform
 
     versions = {"fluxlab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}

@@ -23,7 +23,7 @@ import weakref
 
 import torch
 
-from .. import ops
+from . import op as ops
 from ..dispatch import BackendChoice, attention
 from ..errors import BackendNotAllowedError
 from . import interop, router
@@ -120,6 +120,10 @@ class AttachedModel:
     @property
     def transformer(self):
         return self._transformer()
+
+    def set_backend(self, name) -> None:
+        """This model's backend from the next call on (None: ``use_backend`` / automatic); refused if not allowed."""
+        self.backend = check_allowed(name, self.allowed)
 
     @property
     def pipe(self):
@@ -366,8 +370,7 @@ def detach(pipe_or_transformer):
 
 def set_backend(pipe_or_transformer, name) -> None:
     """This model's backend from the next call on (no reload); None: back to ``use_backend`` / automatic."""
-    state = state_of(pipe_or_transformer)
-    state.backend = check_allowed(name, state.allowed)
+    state_of(pipe_or_transformer).set_backend(name)
 
 
 def check_schedule(schedule: Schedule, state: AttachedModel, *, what: str = "schedule", error=ValueError) -> None:

@@ -165,7 +165,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     import torch
     from tqdm.auto import tqdm
 
-    from .. import get_backend
+    from ..registry import get_backend
     from .attach import set_backend, state_of
     from .capture import capture
     from .memory import PeakMemory
