@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 from . import registry
-from .dispatch import default_backend
+from .dispatch import Reasons, flux_reasons
 from .platform import Platform, current_platform
 from .priority import priority_for
 
 
-def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str:
+def _why_not_default(name: str, pick: str | None, order: tuple[str, ...], reasons: Reasons) -> str:
     if name in order and pick in order and order.index(name) > order.index(pick):
         return f"ranked below {pick} in this platform's priority list (the backends' declared ranks)"
     if name in order:
-        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here"
+        refused = reasons(registry.get_backend(name))
+        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here" + (
+            f": {'; '.join(refused)}" if refused else "")
     return ("never picked automatically (quantised, experimental, emulated or for debugging): choose it "
             "explicitly")
 
@@ -43,16 +45,18 @@ class BackendStatus:
 def backends(platform: Platform | None = None) -> list[BackendStatus]:
     """Every registered backend as a record, judged for ``platform`` (default: this machine)."""
     platform = platform or current_platform()
-    pick = default_backend(platform=platform)
+    reasons = flux_reasons(platform)  # each backend's reasons for FLUX-shaped inputs, computed once
+    picked = reasons.automatic()
+    pick = picked.name if picked else None
     order = priority_for(platform)
     rows = []
     for backend in registry.all_backends():
-        reasons = backend.platform_reasons(platform)
+        why = backend.platform_reasons(platform)
         caps = backend.caps
-        rows.append(BackendStatus(backend.name, not reasons, tuple(reasons), backend.version,
+        not_default = None if why or backend.name == pick else _why_not_default(backend.name, pick, order, reasons)
+        rows.append(BackendStatus(backend.name, not why, tuple(why), backend.version,
                                   backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
-                                  caps.experimental, backend.builtin,
-                                  None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order),
+                                  caps.experimental, backend.builtin, not_default,
                                   stand_in_only=caps.stand_in_only, emulated=caps.emulated,
                                   emulates=caps.emulates, plugin=backend.plugin))
     for group in registry.all_groups():

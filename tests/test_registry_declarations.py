@@ -81,3 +81,33 @@ def test_a_registered_backend_with_a_rank_takes_part_in_automatic_choice():
         fluxlab.unregister_backend("ranked_first")
     assert "ranked_first" not in priority.priority_for(Platform.cpu())
     assert "rf" not in registry.ALIASES
+
+
+def test_no_selection_function_takes_more_than_five_positional_parameters():
+    """The call is described once (dispatch.Call); selection passes that, not loose positional arguments."""
+    import ast
+    from pathlib import Path
+
+    package = Path(fluxlab.__file__).parent
+    too_many = []
+    for name in ("registry.py", "choice.py", "priority.py", "dispatch.py", "doctor.py", "backends/base.py"):
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if len(positional) > 5:
+                    too_many.append(f"{name}:{node.lineno} {node.name}({', '.join(positional)})")
+    assert too_many == []
+
+
+def test_a_plan_keeps_each_backends_reasons_computed_once():
+    import torch
+
+    q = torch.randn(1, 8, 2, 16)
+    made = fluxlab.plan(q, q, q, platform=Platform.cpu())
+    assert made.call.q_shape == q.shape and made.call.platform == Platform.cpu()
+    kept = made.reasons.by_backend
+    assert "sdpa" in kept and kept["sdpa"] == []  # judged while selecting
+    first = made.reasons_for_others()["fa4"]
+    assert kept["fa4"] is made.reasons(registry.get_backend("fa4"))  # the same list, not computed again
+    assert any("runs on nvidia" in r for r in first)
+    assert made.reasons._tensors is None  # the cached plan holds no input tensor
