@@ -28,7 +28,7 @@ _LAZY = {
     # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
     "compare_attention": "fluxlab.compare",
     "compare_images": "fluxlab.compare",
-    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune (issue 14).
+    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune.
     "locate_drift": "fluxlab.decide",
     "DriftMap": "fluxlab.decide",
     "autotune": "fluxlab.decide",

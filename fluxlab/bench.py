@@ -211,7 +211,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue-6 targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
+    """The speed targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
     pick = results["default_pick"]
     ran = [r for r in results["rows"] if r.get("status") == "ran"]
     figures = []

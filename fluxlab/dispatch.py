@@ -32,7 +32,7 @@ from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
-# os.environ.get costs ~2 us (key encoding); the mapping's own dict is read on the hot path instead.
+# os.environ.get encodes the key on every call; the mapping's own dict is read on the hot path instead.
 _ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _ENV_BACKEND_KEY = ENV_BACKEND.encode()
 _ENV_CHECK_FINITE_KEY = ENV_CHECK_FINITE.encode()
@@ -286,7 +286,8 @@ class Call:
 
     def meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shape-only stand-ins for the inputs (judging again later needs no tensor kept alive)."""
-        return tuple(torch.empty(s, dtype=self.dtype, device="meta") for s in (self.q_shape, self.k_shape, self.v_shape))
+        shapes = (self.q_shape, self.k_shape, self.v_shape)
+        return tuple(torch.empty(s, dtype=self.dtype, device="meta") for s in shapes)
 
     def describe(self) -> str:
         return (f"q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} [batch, seq, heads, "

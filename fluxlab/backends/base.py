@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 
 from ..platform import Platform
+from ..util import torch_dtype_name
 
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
@@ -76,7 +78,7 @@ class Requirement:
                     f"'{self.distribution}': {self.install}")
         if self.min_version:
             have = self.version()
-            if have and _version_tuple(have) < _version_tuple(self.min_version):
+            if have and _older(have, self.min_version):
                 return (f"'{self.distribution}' {have} is installed but >= {self.min_version} is needed: "
                         f"{self.install}")
         return None
@@ -88,14 +90,12 @@ class Requirement:
             return None
 
 
-def _version_tuple(version: str) -> tuple:
-    parts = []
-    for piece in version.replace("+", ".").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def _older(have: str, need: str) -> bool:
+    """PEP 440 comparison (packaging.version); a version string that is not PEP 440 counts as not older."""
+    try:
+        return Version(have) < Version(need)
+    except InvalidVersion:
+        return False
 
 
 def arch_matches(platform: Platform, allowed: tuple[str, ...]) -> bool:
@@ -189,8 +189,8 @@ class Backend:
         if not platform.is_gpu and q.device.type not in ("cpu", "meta"):
             reasons.append(f"inputs are on {q.device.type} but the platform is {platform.vendor}")
         if q.dtype not in caps.dtypes:
-            names = ", ".join(sorted(str(d).replace("torch.", "") for d in caps.dtypes))
-            reasons.append(f"dtype {str(q.dtype).replace('torch.', '')} is not supported by {self.name} "
+            names = ", ".join(sorted(torch_dtype_name(d) for d in caps.dtypes))
+            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} "
                            f"(supports {names})")
         head_dim = q.shape[-1]
         if caps.head_dims is not None and head_dim not in caps.head_dims:

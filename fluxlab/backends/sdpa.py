@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..platform import Platform
+from ..util import torch_dtype_name
 from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities
 
 _GPU = frozenset({"nvidia", "amd"})
@@ -84,7 +85,7 @@ def _torch_says_no(check, q, k) -> list[str]:
 def _half_only_on_gpu(name):
     def check(q, k, platform: Platform):
         if platform.is_gpu and q.dtype not in HALF_DTYPES:
-            return [f"{name} on GPU runs float16/bfloat16 only, got {str(q.dtype).replace('torch.', '')}"]
+            return [f"{name} on GPU runs float16/bfloat16 only, got {torch_dtype_name(q.dtype)}"]
         return []
     return check
 

@@ -12,7 +12,7 @@ from ..platform import current_platform
 from .attention import compare_attention, parse_dtype
 from .document import Section, write_document
 from .inputs import CPU_INPUTS, FLUX_INPUTS, SMOKE_INPUTS, default_inputs
-from ..util import atomic_write, git_revision, versions
+from ..util import atomic_write, git_revision, torch_dtype_name, versions
 from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
@@ -73,7 +73,7 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
         report = compare_attention(captured, backends, progress=progress, device=device)
         _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
                                "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
-                               f"{steps}-step 64x64 generation in {str(dtypes[0]).replace('torch.', '')}, "
+                               f"{steps}-step 64x64 generation in {torch_dtype_name(dtypes[0])}, "
                                f"prompt {prompt!r}, seed {seed}; the row 'recorded:...' judges the output the "
                                "model's own backend produced.")
         if save_captures:

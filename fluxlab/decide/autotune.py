@@ -21,6 +21,7 @@ from ..compare.image_rule import is_approximate
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
 from ..models.schedule import Schedule
+from ..util import json_safe
 from .confirm import Confirmation, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
@@ -147,7 +148,7 @@ class AutotunePlan:
         return {"format": PLAN_FORMAT, "choices": self.choices, "automatic": self.automatic,
                 "reasons": self.reasons, "platform": self.platform, "versions": self.versions,
                 "settings": self.settings, "image_verdict": self.image_verdict, "image_note": self.image_note,
-                "notes": self.notes, "measurements": [_finite(dataclasses.asdict(m)) for m in self.measurements],
+                "notes": self.notes, "measurements": [json_safe(dataclasses.asdict(m)) for m in self.measurements],
                 "confirmation": self.confirmation.as_dict() if self.confirmation is not None else None,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -203,10 +204,6 @@ def _count(values) -> dict:
     import collections
 
     return dict(collections.Counter(values))
-
-
-def _finite(record: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 def _ms(value: float) -> str:

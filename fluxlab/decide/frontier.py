@@ -16,6 +16,7 @@ from ..compare.image_rule import judge_budget
 from ..compare.tolerances import FAIL, PASS, worst
 from ..models.attach import check_allowed, state_of
 from ..models.schedule import Rule, Schedule
+from ..util import json_safe
 from .fidelity import fidelity
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
@@ -71,8 +72,7 @@ class Frontier:
 
     def as_dict(self) -> dict:
         return {"exact": self.exact, "settings": self.settings,
-                "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                          for k, v in dataclasses.asdict(r).items()} for r in self.rows],
+                "rows": [json_safe(dataclasses.asdict(r)) for r in self.rows],
                 "drift_maps": {k: v.as_dict() for k, v in self.drift_maps.items()}}
 
     def figure(self, path=None):
