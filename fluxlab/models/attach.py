@@ -117,6 +117,10 @@ class AttachedModel:
         """The backends this model may use now."""
         return self.chosen_allowed if self.chosen_allowed is not None else flux2_backends()
 
+    @allowed.setter
+    def allowed(self, names) -> None:
+        self.chosen_allowed = resolve_allowed(names)
+
     @property
     def transformer(self):
         return self._transformer()
