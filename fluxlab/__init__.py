@@ -7,7 +7,7 @@ from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavaila
                      FluxlabError, FluxlabWarning, InvalidBackendSpecError, InvalidInputError, NoBackendError,
                      UnknownBackendError)
 
-from ._version import __version__
+from .version import __version__
 
 # Everything that needs torch loads on first use, so `import fluxlab` (and `fluxlab --help`) stays light.
 _CORE = {
@@ -37,7 +37,7 @@ _LAZY = {
     # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
     "compare_attention": "fluxlab.compare",
     "compare_images": "fluxlab.compare",
-    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune (issue 14).
+    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune.
     "locate_drift": "fluxlab.decide",
     "DriftMap": "fluxlab.decide",
     "autotune": "fluxlab.decide",

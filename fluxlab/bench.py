@@ -79,7 +79,7 @@ def raw_calls() -> dict:
 
 
 def machine_info() -> dict:
-    import fluxlab
+    from .doctor import backends
 
     made = provenance()
     info = {"platform": made["platform"], "python": made["versions"]["python"], "torch": made["versions"]["torch"],
@@ -89,7 +89,7 @@ def machine_info() -> dict:
                                         capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         info["driver"] = None
-    info["backend_versions"] = {s.name: s.version for s in fluxlab.backends() if s.available}
+    info["backend_versions"] = {s.name: s.version for s in backends() if s.available}
     return info
 
 
@@ -100,7 +100,7 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000,
     keeps its best round: measured one after the other, whichever side ran first paid for clocks and caches
     settling (an H200 run showed both sides 10-60 us apart in either direction that way).
     """
-    import fluxlab
+    from .dispatch import attention
 
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     scale = shape[-1] ** -0.5
@@ -112,7 +112,7 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000,
         return calls_in_a_row
 
     sides = {"raw": round_of(lambda: raw(q, k, v, scale)),
-             "fluxlab": round_of(lambda: fluxlab.attention(q, k, v, backend=backend, scale=scale))}
+             "fluxlab": round_of(lambda: attention(q, k, v, backend=backend, scale=scale))}
     for fn in sides.values():  # one untimed round each: JIT compiles, plan caches, allocator
         fn()
     best = {name: math.inf for name in sides}
@@ -125,10 +125,13 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000,
 
 
 def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=False, progress=True) -> dict:
-    import fluxlab
-    from fluxlab.backends.reference import reference_attention
+    from . import doctor
+    from .backends.reference import reference_attention
+    from .dispatch import attention, default_backend
+    from .platform import current_platform
+    from .registry import get_backend
 
-    available = [s.name for s in fluxlab.backends() if s.available and s.name not in ("reference", "fa")]
+    available = [s.name for s in doctor.backends() if s.available and s.name not in ("reference", "fa")]
     names = [b for b in (backends or available)]
     raws = raw_calls()
     shapes = shapes or FLUX_SHAPES
@@ -147,13 +150,13 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
         flops = attention_flops(*shape)
         for name in names:
             row = {"backend": name, "shape": list(shape), "dtype": dtype_name}
-            reasons = fluxlab.get_backend(name).not_supported_reasons(q, k, v, fluxlab.current_platform())
+            reasons = get_backend(name).not_supported_reasons(q, k, v, current_platform())
             if reasons:
                 results["rows"].append(row | {"status": "refused", "reasons": reasons})
                 continue
             try:
-                out = fluxlab.attention(q, k, v, backend=name, scale=scale)  # also compiles / warms up
-                ours = lambda: fluxlab.attention(q, k, v, backend=name, scale=scale)  # noqa: E731
+                out = attention(q, k, v, backend=name, scale=scale)  # also compiles / warms up
+                ours = lambda: attention(q, k, v, backend=name, scale=scale)  # noqa: E731
                 if name in raws:
                     raw = lambda: raws[name](q, k, v, scale)  # noqa: E731
                     ms, raw_ms = paired_ms(ours, raw)
@@ -174,7 +177,7 @@ def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=Fa
                 results["overhead"].append(dispatch_overhead_us(name, raw))
             except Exception as exc:
                 results["overhead"].append({"backend": name, "error": str(exc)[:300]})
-    results["default_pick"] = fluxlab.default_backend()
+    results["default_pick"] = default_backend()
     return results
 
 
@@ -206,7 +209,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue-6 targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
+    """The speed targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
     pick = results["default_pick"]
     ran = [r for r in results["rows"] if r.get("status") == "ran"]
     figures = []

@@ -50,14 +50,12 @@ def _doctor(args) -> int:
         print(f"fluxlab doctor: note: {exc}", file=sys.stderr)
     platform = PROFILES[args.profile]() if args.profile else current_platform()
     if args.json:
-        import dataclasses
         import json
 
-        from . import __version__
-        from .doctor import backends
+        from .version import __version__
+        from .doctor import report
 
-        print(json.dumps({"fluxlab": __version__, "platform": platform.as_dict(),
-                          "backends": [dataclasses.asdict(status) for status in backends(platform)]}, indent=2))
+        print(json.dumps({"fluxlab": __version__, **report(platform)}, indent=2))
     else:
         print(doctor_text(platform))
     return 0

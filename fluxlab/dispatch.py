@@ -25,12 +25,14 @@ from .backends.base import Backend
 from .choice import BackendChoice
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
                      InvalidBackendSpecError, InvalidInputError, NoBackendError, UnknownBackendError)
+from .ops import compiled_attention, use_dispatcher
 from .platform import Platform, current_platform, platform_for_device
-from .priority import GROUPS, priority_for
+from .util import torch_dtype_name
+from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
-# os.environ.get costs ~2 us (key encoding); the mapping's own dict is read on the hot path instead.
+# os.environ.get encodes the key on every call; the mapping's own dict is read on the hot path instead.
 _ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _ENV_BACKEND_KEY = ENV_BACKEND.encode()
 _ENV_CHECK_FINITE_KEY = ENV_CHECK_FINITE.encode()
@@ -248,12 +250,12 @@ def check_scale_fits(q, k, scale: float) -> None:
         raise InvalidInputError(
             f"scale {scale:g} can overflow the attention scores: |scale * q.k| <= scale x head_dim x max|q| x "
             f"max|k| = {scale:g} x {q.shape[-1]} x {q_max:.3g} x {k_max:.3g} = {bound:.3g}, beyond "
-            f"{str(accumulator).replace('torch.', '')}'s largest value {limit:.3g} (kernels hold scores in it); "
+            f"{torch_dtype_name(accumulator)}'s largest value {limit:.3g} (kernels hold scores in it); "
             f"the softmax of inf scores is NaN. Use a smaller scale ({usual}) or rescale q and k.")
     dtype_limit = torch.finfo(q.dtype).max
     if math.sqrt(scale) * max(q_max, k_max) > dtype_limit:
         raise InvalidInputError(
-            f"scale {scale:g} overflows {str(q.dtype).replace('torch.', '')} when q and k are pre-scaled by "
+            f"scale {scale:g} overflows {torch_dtype_name(q.dtype)} when q and k are pre-scaled by "
             f"sqrt(scale) (as SDPA's math kernel does): sqrt(scale) x max(|q|, |k|) = "
             f"{math.sqrt(scale) * max(q_max, k_max):.3g} > {dtype_limit:.3g}. Use a smaller scale ({usual}), "
             "rescale q and k, or use float32 inputs.")
@@ -262,34 +264,79 @@ def check_scale_fits(q, k, scale: float) -> None:
 # ------------------------------------------------------------------------------------------ selection
 
 
-def _describe_inputs(q, k, v, causal, return_lse) -> str:
-    return (f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)} [batch, seq, heads, head_dim], dtype "
-            f"{str(q.dtype).replace('torch.', '')}, device {q.device}, causal={causal}, return_lse={return_lse}")
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One kind of attention call, described once: what selection judges every backend against."""
+
+    q_shape: torch.Size
+    k_shape: torch.Size
+    v_shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    causal: bool
+    return_lse: bool
+    lse_grad: bool  # the LSE is asked for and the inputs require grad (its backward must exist)
+    platform: Platform
+    allowed: frozenset[str] | None  # canonical names (a group brings its members); None: any backend
+
+    @classmethod
+    def of(cls, q, k, v, *, causal=False, return_lse=False, lse_grad=False, platform=None, allowed=None) -> Call:
+        return cls(q.shape, k.shape, v.shape, q.dtype, q.device, bool(causal), bool(return_lse), bool(lse_grad),
+                   platform or platform_for_device(q.device), allowed)
+
+    def meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shape-only stand-ins for the inputs (judging again later needs no tensor kept alive)."""
+        shapes = (self.q_shape, self.k_shape, self.v_shape)
+        return tuple(torch.empty(s, dtype=self.dtype, device="meta") for s in shapes)
+
+    def describe(self) -> str:
+        return (f"q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} [batch, seq, heads, "
+                f"head_dim], dtype {torch_dtype_name(self.dtype)}, device {self.device}, causal={self.causal}, "
+                f"return_lse={self.return_lse}; platform: {self.platform.describe()}")
 
 
-def _reasons_for(backend, q, k, v, platform, causal, return_lse, lse_grad, allowed) -> list[str]:
-    reasons = []
-    if allowed is not None and backend.name not in allowed:
-        reasons.append(f"outside the model's allowed set ({', '.join(sorted(allowed))})")
-    return reasons + backend.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse,
-                                                   lse_grad=lse_grad)
+class Reasons:
+    """Why each backend cannot run one ``Call``, each computed once (on the real inputs while they are at hand,
+    on shape-only stand-ins afterwards) and kept: the plan, its errors, ``doctor`` and the widgets read them."""
 
+    def __init__(self, call: Call, tensors=None):
+        self.call = call
+        self._tensors = tensors
+        self.by_backend: dict[str, list[str]] = {}
 
-def _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed) -> Backend | None:
-    for name in priority_for(platform):
-        backend = registry.get_backend(name)
-        if not _reasons_for(backend, q, k, v, platform, causal, return_lse, lse_grad, allowed):
-            return backend
-    return None
+    def __call__(self, backend) -> list[str]:
+        found = self.by_backend.get(backend.name)
+        if found is None:
+            call = self.call
+            found = []
+            if call.allowed is not None and backend.name not in call.allowed:
+                found.append(f"outside the model's allowed set ({', '.join(sorted(call.allowed))})")
+            q, k, v = self._tensors or call.meta()
+            found += backend.not_supported_reasons(q, k, v, call.platform, causal=call.causal,
+                                                   return_lse=call.return_lse, lse_grad=call.lse_grad)
+            self.by_backend[backend.name] = found
+        return found
 
+    def release_inputs(self) -> None:
+        self._tensors = None
 
-def _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed, headline) -> NoBackendError:
-    reasons = {b.name: _reasons_for(b, q, k, v, platform, causal, return_lse, lse_grad, allowed)
-               for b in registry.all_backends()}
-    lines = [f"  {name}: {'; '.join(r) if r else 'could run, but is not on the priority list'}"
-             for name, r in reasons.items()]
-    return NoBackendError(f"{headline}\nInputs: {_describe_inputs(q, k, v, causal, return_lse)}; platform: "
-                          f"{platform.describe()}.\nEvery backend:\n" + "\n".join(lines), reasons)
+    def automatic(self) -> Backend | None:
+        """The first backend of the platform's priority list with no reason not to run."""
+        for name in priority_for(self.call.platform):
+            backend = registry.get_backend(name)
+            if not self(backend):
+                return backend
+        return None
+
+    def everything(self) -> dict[str, list[str]]:
+        return {b.name: self(b) for b in registry.all_backends()}
+
+    def nothing_runs(self, headline: str) -> NoBackendError:
+        reasons = self.everything()
+        lines = [f"  {name}: {'; '.join(r) if r else 'could run, but is not on the priority list'}"
+                 for name, r in reasons.items()]
+        return NoBackendError(f"{headline}\nInputs: {self.call.describe()}.\nEvery backend:\n" + "\n".join(lines),
+                              reasons)
 
 
 def _canonical_allowed(allowed) -> frozenset[str] | None:
@@ -297,56 +344,54 @@ def _canonical_allowed(allowed) -> frozenset[str] | None:
     if allowed is None:
         return None
     names = {registry.canonical_name(n) for n in allowed}
-    for group in names & set(GROUPS):
-        names.update(member for row in GROUPS[group].values() for member in row)
+    for group in registry.all_groups():
+        if group.name in names:
+            names.update(member.name for member in group.all_members())
     return frozenset(names)
 
 
-def _select(q, k, v, choice, causal, return_lse, lse_grad, allowed, fallback, platform):
+def _select(reasons: Reasons, choice: BackendChoice | None, fallback: bool):
     """-> (backend or group, options, warning or None). Raises with every reason when nothing may run."""
+    call = reasons.call
     if choice is None:
-        backend = _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed)
+        backend = reasons.automatic()
         if backend is None:
-            raise _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed,
-                                      "No attention backend can run these inputs.")
+            raise reasons.nothing_runs("No attention backend can run these inputs.")
         return backend, {}, None
     requested = registry.get_backend(choice.name)
-    if allowed is not None and requested.name not in allowed:
+    if call.allowed is not None and requested.name not in call.allowed:
         raise BackendNotAllowedError(
             f"backend '{requested.name}' is outside this model's allowed set "
-            f"({', '.join(sorted(allowed))}); fluxlab refuses instead of falling back to another kernel. "
+            f"({', '.join(sorted(call.allowed))}); fluxlab refuses instead of falling back to another kernel. "
             "Widen the set (fluxlab.attach(..., allowed=...)) or choose one of those.",
             {requested.name: ["outside the model's allowed set"]})
-    reasons = requested.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse,
-                                              lse_grad=lse_grad)
-    if not reasons:
+    refused = reasons(requested)
+    if not refused:
         return requested, dict(requested.options) | dict(choice.options), None
-    message = (f"backend '{requested.name}' cannot run here:\n  - " + "\n  - ".join(reasons) +
-               f"\nInputs: {_describe_inputs(q, k, v, causal, return_lse)}; platform: {platform.describe()}.")
+    message = (f"backend '{requested.name}' cannot run here:\n  - " + "\n  - ".join(refused) +
+               f"\nInputs: {call.describe()}.")
     if not fallback:
         raise BackendUnavailableError(message + "\nChoose another backend (fluxlab doctor lists them) or opt "
-                                      "into fallback=True.", {requested.name: reasons})
-    substitute = _auto(q, k, v, platform, causal, return_lse, lse_grad, allowed)
+                                      "into fallback=True.", {requested.name: refused})
+    substitute = reasons.automatic()
     if substitute is None:
-        raise _everything_refused(q, k, v, platform, causal, return_lse, lse_grad, allowed,
-                                  message + "\nFallback was allowed, but nothing else can run either.")
-    warning = (f"fluxlab: '{requested.name}' cannot run ({'; '.join(reasons)}); using '{substitute.name}' "
+        raise reasons.nothing_runs(message + "\nFallback was allowed, but nothing else can run either.")
+    warning = (f"fluxlab: '{requested.name}' cannot run ({'; '.join(refused)}); using '{substitute.name}' "
                "instead (fallback=True)")
     return substitute, {}, warning
 
 
-def _concrete(backend, q, k, platform, causal, return_lse, lse_grad=False) -> Backend:
+def _concrete(backend, reasons: Reasons) -> Backend:
     """A group (``fa``) stands for its best member that runs these inputs; a backend is itself."""
-    resolve = getattr(backend, "resolve", None)
-    if resolve is None:
+    if not hasattr(backend, "members"):
         return backend
-    member = resolve(q, k, platform, causal=causal, return_lse=return_lse, lse_grad=lse_grad)
-    if member is None:
-        raise BackendUnavailableError(f"group '{backend.name}' has no member that can run these inputs here: "
-                                      + "; ".join(backend.not_supported_reasons(q, k, k, platform, causal=causal,
-                                                                                 return_lse=return_lse)),
-                                      {backend.name: ["no runnable member"]})
-    return member
+    members = backend.members(reasons.call.platform)
+    for member in members:
+        if not reasons(member):
+            return member
+    raise BackendUnavailableError(f"group '{backend.name}' has no member that can run these inputs here: " +
+                                  "; ".join(f"{m.name}: {'; '.join(reasons(m))}" for m in members),
+                                  {backend.name: ["no runnable member"]})
 
 
 def _bind(backend: Backend, choice: BackendChoice | None):
@@ -368,12 +413,13 @@ def _bind(backend: Backend, choice: BackendChoice | None):
 # ----------------------------------------------------------------------------------------------- plans
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class Plan:
     """What runs for one kind of call: ``plan(q, k, v)`` runs it. Made by ``fluxlab.plan``.
 
     ``backend`` is the concrete kernel that runs (a group such as ``fa`` resolved to its member), ``requested``
     what the caller asked for (None: automatic), ``warnings`` what the caller must know (e.g. a fallback).
+    ``call`` describes the call; ``reasons`` holds each backend's reasons not to run it, computed once;
     ``reasons_for_others()`` says why each other backend was not picked.
     """
 
@@ -393,13 +439,24 @@ class Plan:
     dtype: torch.dtype
     device: torch.device
     fn: object = dataclasses.field(repr=False)
-    allowed: frozenset | None = dataclasses.field(default=None, repr=False)
-    lse_grad: bool = dataclasses.field(default=False, repr=False)
+    reasons: Reasons = dataclasses.field(repr=False)
     _checked: bool = dataclasses.field(default=False, repr=False)
     out_shape: torch.Size = dataclasses.field(init=False, repr=False)  # [B, S, H, D_v]: checked per call, cheaply
 
     def __post_init__(self):
         self.out_shape = torch.Size((*self.q_shape[:3], self.v_shape[3]))
+
+    @property
+    def call(self) -> Call:
+        return self.reasons.call
+
+    @property
+    def allowed(self) -> frozenset | None:
+        return self.call.allowed
+
+    @property
+    def lse_grad(self) -> bool:
+        return self.call.lse_grad
 
     def __call__(self, q, k, v):
         """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``."""
@@ -407,8 +464,8 @@ class Plan:
                 or q.device != self.device):
             raise InvalidInputError(
                 f"this plan was made for q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
-                f"{str(self.dtype).replace('torch.', '')} on {self.device}; got q {_shape(q)}, k {_shape(k)}, "
-                f"v {_shape(v)} {str(q.dtype).replace('torch.', '')} on {q.device}. Make a plan for these inputs: "
+                f"{torch_dtype_name(self.dtype)} on {self.device}; got q {_shape(q)}, k {_shape(k)}, "
+                f"v {_shape(v)} {torch_dtype_name(q.dtype)} on {q.device}. Make a plan for these inputs: "
                 "fluxlab.plan(q, k, v, ...)")
         for warning in self.warnings:
             warnings.warn(warning, FallbackWarning, stacklevel=2)
@@ -422,21 +479,19 @@ class Plan:
     run = __call__
 
     def reasons_for_others(self) -> dict[str, list[str]]:
-        """Every other backend with why it was not picked (judged on the planned shapes and dtype)."""
-        q, k, v = (torch.empty(s, dtype=self.dtype, device="meta") for s in (self.q_shape, self.k_shape, self.v_shape))
+        """Every other backend with why it was not picked (the plan's reasons, for the planned call)."""
         order = priority_for(self.platform)
         rank = order.index(self.backend) if self.backend in order else None
         answer = {}
         for other in registry.all_backends():
             if other.name == self.backend:
                 continue
-            reasons = _reasons_for(other, q, k, v, self.platform, self.causal, self.return_lse, self.lse_grad,
-                                   self.allowed)
+            reasons = list(self.reasons(other))
             if not reasons:
                 if self.requested is not None:
                     reasons = [f"could run, but '{self.requested}' was asked for"]
                 elif other.name in order and rank is not None and order.index(other.name) > rank:
-                    reasons = [f"could run, but ranked below {self.backend} (fluxlab/priority.py)"]
+                    reasons = [f"could run, but ranked below {self.backend} (its declared priority)"]
                 else:
                     reasons = ["could run, but is never picked automatically: choose it explicitly"]
             answer[other.name] = reasons
@@ -449,7 +504,7 @@ class Plan:
         lines = [f"runs: {self.backend} {self.version or ''}".rstrip() +
                  f" (requested: {self.requested or 'automatic'}) on {self.platform.describe()}",
                  f"inputs: q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
-                 f"{str(self.dtype).replace('torch.', '')} on {self.device}",
+                 f"{torch_dtype_name(self.dtype)} on {self.device}",
                  f"scale {self.scale:.6g}, causal={self.causal}, return_lse={self.return_lse}; options: {options}"
                  + (f"; torch knobs: {knobs}" if knobs else "")]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -475,28 +530,28 @@ def plan(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, a
     tell apart (see ``validate_inputs``).
     """
     validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
-    lse_grad = bool(return_lse) and _lse_grad(q, k, v)
-    return _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad,
-                      validated=True)
+    return _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
+                      fallback=fallback, platform=platform, lse_grad=bool(return_lse) and _lse_grad(q, k, v))
 
 
-def _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad,
-               validated=False) -> Plan:
-    if not validated:
-        validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
+def _make_plan(q, k, v, *, backend, scale, causal, return_lse, allowed, fallback, platform, lse_grad) -> Plan:
+    """A plan for validated inputs."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
     check_scale_fits(q, k, float(scale))
-    platform = platform or platform_for_device(q.device)
+    call = Call.of(q, k, v, causal=causal, return_lse=return_lse, lse_grad=lse_grad, platform=platform,
+                   allowed=_canonical_allowed(allowed))
     choice, fallback = _requested(backend, fallback)
-    allowed = _canonical_allowed(allowed)
-    picked, options, warning = _select(q, k, v, choice, causal, return_lse, lse_grad, allowed, fallback, platform)
-    concrete = _concrete(picked, q, k, platform, causal, return_lse, lse_grad)
+    reasons = Reasons(call, (q, k, v))
+    picked, options, warning = _select(reasons, choice, fallback)
+    concrete = _concrete(picked, reasons)
+    reasons.release_inputs()  # the plan is cached: it must not keep the caller's tensors alive
     knobs = choice.knobs if choice is not None and picked.name == choice.name else ()
-    fn = _bind(concrete, choice if knobs else None)
-    return Plan(concrete.name, concrete.version, platform, options, knobs, float(scale), bool(causal),
-                bool(return_lse), str(choice) if choice is not None else None, (warning,) if warning else (),
-                q.shape, k.shape, v.shape, q.dtype, q.device, fn, allowed, lse_grad)
+    return Plan(backend=concrete.name, version=concrete.version, platform=call.platform, options=options,
+                knobs=knobs, scale=float(scale), causal=call.causal, return_lse=call.return_lse,
+                requested=str(choice) if choice is not None else None, warnings=(warning,) if warning else (),
+                q_shape=q.shape, k_shape=k.shape, v_shape=v.shape, dtype=q.dtype, device=q.device,
+                fn=_bind(concrete, choice if knobs else None), reasons=reasons)
 
 
 # ------------------------------------------------------------------------------------------- calling
@@ -526,8 +581,6 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
     """
     if _is_compiling():  # dynamo is tracing: give it one opaque op; this dispatcher runs inside it at run time
-        from .ops import compiled_attention
-
         return compiled_attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
                                   allowed=allowed, fallback=fallback, heads=heads, check_finite=check_finite,
                                   platform=platform)
@@ -547,8 +600,9 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
         lse_grad = False
     first_call = plan_ is None
     if first_call:
-        plan_ = _make_plan(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, platform,
-                           lse_grad)
+        validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
+        plan_ = _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
+                           allowed=allowed, fallback=fallback, platform=platform, lse_grad=lse_grad)
         if key is not None:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
@@ -567,12 +621,16 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     return result
 
 
+use_dispatcher(attention)  # the fluxlab::attention op (ops.py) runs this dispatcher when a compiled graph calls it
+
+
 def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):
     """Call one backend's kernel directly, skipping selection and capability checks, and check what it returns
     against the contract. For adapter authors and stand-in contract tests; everything else uses ``plan``."""
     if isinstance(backend, str):
         backend = registry.get_backend(backend)
-    backend = _concrete(backend, q, k, platform or platform_for_device(q.device), causal, return_lse)
+    backend = _concrete(backend, Reasons(Call.of(q, k, v, causal=causal, return_lse=return_lse, platform=platform),
+                                         (q, k, v)))
     result = backend.kernel()(q, k, v, scale=scale, causal=causal, return_lse=return_lse, **options)
     check_output(result, q, v, return_lse=return_lse, backend_name=backend.name)
     return result
@@ -601,11 +659,18 @@ def check_output(result, q, v, *, return_lse: bool, backend_name: str) -> None:
                                      f"contract is float32 [batch, heads, seq] = {want}")
 
 
+def flux_reasons(platform: Platform | None = None) -> Reasons:
+    """Every backend's reasons not to run FLUX-shaped inputs (bf16, else fp16) on ``platform`` (default: here)."""
+    platform = platform or current_platform()
+    q = torch.empty(1, 4608, 24, 128, dtype=torch.bfloat16 if platform.bf16 else torch.float16, device="meta")
+    return Reasons(Call.of(q, q, q, platform=platform))
+
+
 def default_backend(q=None, *, platform: Platform | None = None) -> str | None:
     """The backend automatic choice picks on this machine for FLUX-shaped bf16 inputs (or ``q``'s kind)."""
-    platform = platform or current_platform()
     if q is None:
-        dtype = torch.bfloat16 if platform.bf16 else torch.float16
-        q = torch.empty(1, 4608, 24, 128, dtype=dtype, device="meta")
-    backend = _auto(q, q, q, platform, False, False, False, None)
+        reasons = flux_reasons(platform)
+    else:
+        reasons = Reasons(Call.of(q, q, q, platform=platform or current_platform()))
+    backend = reasons.automatic()
     return backend.name if backend else None

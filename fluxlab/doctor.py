@@ -5,17 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 from . import registry
-from .dispatch import default_backend
+from .dispatch import Reasons, flux_reasons
 from .platform import Platform, current_platform
 from .priority import priority_for
 from .results import ResultList
 
 
-def _why_not_default(name: str, pick: str | None, order: tuple[str, ...]) -> str:
+def _why_not_default(name: str, pick: str | None, order: tuple[str, ...], reasons: Reasons) -> str:
     if name in order and pick in order and order.index(name) > order.index(pick):
-        return f"ranked below {pick} in this platform's priority list (fluxlab/priority.py)"
+        return f"ranked below {pick} in this platform's priority list (the backends' declared ranks)"
     if name in order:
-        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here"
+        refused = reasons(registry.get_backend(name))
+        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here" + (
+            f": {'; '.join(refused)}" if refused else "")
     return ("never picked automatically (quantised, experimental, emulated or for debugging): choose it "
             "explicitly")
 
@@ -38,6 +40,7 @@ class BackendStatus:
     group_members: tuple[str, ...] = ()  # for a priority group (``fa``): its members on this platform, best first
     emulated: bool = False  # a float32 emulation of another kernel's numerics (backends/emulated.py)
     emulates: str | None = None  # the real backend it models
+    plugin: str | None = None  # the distribution that declared it through the ``fluxlab.backends`` entry point
 
 
 class BackendList(ResultList):
@@ -51,18 +54,20 @@ class BackendList(ResultList):
 def backends(platform: Platform | None = None) -> BackendList:
     """Every registered backend as a record, judged for ``platform`` (default: this machine)."""
     platform = platform or current_platform()
-    pick = default_backend(platform=platform)
+    reasons = flux_reasons(platform)  # each backend's reasons for FLUX-shaped inputs, computed once
+    picked = reasons.automatic()
+    pick = picked.name if picked else None
     order = priority_for(platform)
     rows = []
     for backend in registry.all_backends():
-        reasons = backend.platform_reasons(platform)
+        why = backend.platform_reasons(platform)
         caps = backend.caps
-        rows.append(BackendStatus(backend.name, not reasons, tuple(reasons), backend.version,
+        not_default = None if why or backend.name == pick else _why_not_default(backend.name, pick, order, reasons)
+        rows.append(BackendStatus(backend.name, not why, tuple(why), backend.version,
                                   backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
-                                  caps.experimental, backend.builtin,
-                                  None if reasons or backend.name == pick else _why_not_default(backend.name, pick, order),
+                                  caps.experimental, backend.builtin, not_default,
                                   stand_in_only=caps.stand_in_only, emulated=caps.emulated,
-                                  emulates=caps.emulates))
+                                  emulates=caps.emulates, plugin=backend.plugin))
     for group in registry.all_groups():
         reasons = group.platform_reasons(platform)
         members = tuple(m.name for m in group.members(platform))
@@ -86,7 +91,8 @@ def doctor_text(platform: Platform | None = None) -> str:
     for r in rows:
         status = "DEFAULT" if r.default else ("available" if r.available else "no")
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
-                                ("lse", r.returns_lse), ("user", not r.builtin),
+                                ("lse", r.returns_lse), ("user", not r.builtin and not r.plugin),
+                                (f"plug-in {r.plugin}", r.plugin is not None),
                                 ("proven on a stand-in only", r.stand_in_only),
                                 (f"emulated: emulates {r.emulates}", r.emulated)) if on]
         note = "; ".join(r.reasons) if r.reasons else r.description
@@ -95,4 +101,16 @@ def doctor_text(platform: Platform | None = None) -> str:
         if tags:
             note = f"[{', '.join(tags)}] {note}"
         lines.append(f"{r.name:<{width}}{status:<12}{(r.version or '-'):<14}{note}")
+    problems = registry.plugin_problems()
+    if problems:
+        lines += ["", f"plug-ins that failed to load (entry point group {registry.PLUGIN_GROUP}):"]
+        lines += [f"  {p.entry_point} ({p.distribution or 'unknown distribution'}): {p.error}" for p in problems]
     return "\n".join(lines)
+
+
+def report(platform: Platform | None = None) -> dict:
+    """What ``fluxlab doctor --json`` prints: the platform, every backend, and the plug-ins that failed to load."""
+    platform = platform or current_platform()
+    return {"platform": platform.as_dict(),
+            "backends": [dataclasses.asdict(status) for status in backends(platform)],
+            "plugin_problems": [dataclasses.asdict(p) for p in registry.plugin_problems()]}

@@ -1,44 +1,59 @@
-"""Which exact backend runs when nobody chose: one row per vendor/arch, best first; and the priority groups.
+"""Which exact backend runs when nobody chose: per platform, the backends in the order of their declared ranks.
 
-Measured on an H100 at FLUX.2 shapes (bf16, D 128; benchmarks/results/h100/attention.json): FA4 and SDPA's
-cuDNN kernel run at ~1.8x SDPA's flash (FA2) kernel. fa2 and fa3 are proven on stand-ins only (their call
-contract, tests/test_standin_contracts.py; no build of either has run on a GPU here), so their ranks are the
-upstream projects' published ordering, not our measurement: fa3 stays on the Hopper row below the measured
-kernels (fa4, cuDNN), so it is only picked on a machine that has it and lacks both. Quantised kernels (sage,
-aiter_sage) are never picked automatically: a researcher opts into them. Rows are tried most specific first:
-(vendor, arch), then (vendor, None).
+Each backend declares its rank per platform row in its adapter (``Backend.priority``, e.g. ``{"nvidia/sm_90": 10,
+"amd": 40}``): a "vendor/arch" entry wins over the "vendor" entry; no entry means it is never picked
+automatically there (quantised, emulated and debugging kernels: a researcher opts into them). ``PRIORITY`` and
+``GROUPS`` are the built-in tables derived from those declarations, for reading; ``priority_for`` also counts
+registered and plug-in backends that declare a rank.
 """
 
 from __future__ import annotations
 
+from . import registry
+from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from .platform import Platform
 
-PRIORITY: dict[tuple[str, str | None], tuple[str, ...]] = {
-    ("nvidia", "sm_90"): ("fa4", "sdpa_cudnn", "fa3", "sdpa_flash", "fa2", "sdpa_efficient", "sdpa"),
-    ("nvidia", "sm_100"): ("fa4", "sdpa_cudnn", "sdpa_flash", "fa2", "sdpa_efficient", "sdpa"),
-    ("nvidia", "sm_103"): ("fa4", "sdpa_cudnn", "sdpa_flash", "fa2", "sdpa_efficient", "sdpa"),
-    ("nvidia", None): ("sdpa_cudnn", "sdpa_flash", "fa2", "sdpa_efficient", "sdpa"),
-    ("amd", "gfx942"): ("aiter", "fa2", "sdpa_flash", "sdpa_efficient", "sdpa"),
-    ("amd", "gfx950"): ("aiter", "fa2", "sdpa_flash", "sdpa_efficient", "sdpa"),
-    ("amd", None): ("aiter", "sdpa_flash", "sdpa_efficient", "sdpa"),
-    # On CPU torch's own pick is the fastest exact kernel, and bit-identical to diffusers' default.
-    ("cpu", None): ("sdpa", "sdpa_flash", "sdpa_math"),
-    ("other", None): ("sdpa",),
-}
+
+def _row(backends, vendor: str, arch: str | None) -> tuple[str, ...]:
+    key = f"{vendor}/{arch}"
+    ranked = []
+    for backend in backends:
+        rank = backend.priority.get(key, backend.priority.get(vendor))
+        if rank is not None:
+            ranked.append((rank, backend.name))
+    return tuple(name for _, name in sorted(ranked))
 
 
-# Priority groups: a name that stands for the best member that can run the inputs, tried in this order.
-# ``fa`` is the best FlashAttention generation (fa4 measured fastest on H100; fa3/fa2 stand-in-tested).
-GROUPS: dict[str, dict[str | None, tuple[str, ...]]] = {
-    "fa": {"sm_90": ("fa4", "fa3", "fa2"), "sm_100": ("fa4", "fa2"), "sm_103": ("fa4", "fa2"), None: ("fa2",)},
-}
+def _table(backends) -> dict[tuple[str, str | None], tuple[str, ...]]:
+    rows = set()
+    for backend in backends:
+        for key in backend.priority:
+            vendor, _, arch = key.partition("/")
+            rows.add((vendor, arch or None))
+            rows.add((vendor, None))
+    return {row: _row(backends, *row) for row in sorted(rows, key=lambda r: (r[0], r[1] or "~"))}
+
+
+# The built-in priority lists: (vendor, arch) -> backends, best first; (vendor, None) for the vendor's other arches.
+PRIORITY: dict[tuple[str, str | None], tuple[str, ...]] = _table(BUILTIN_BACKENDS)
+# The built-in priority groups -> their members, best first (on a given platform only those that fit it).
+GROUPS: dict[str, tuple[str, ...]] = {
+    group.name: tuple(b.name for b in sorted((b for b in BUILTIN_BACKENDS if group.name in b.groups),
+                                             key=lambda b: b.groups[group.name]))
+    for group in BUILTIN_GROUPS}
+
+_cache: dict = {}
 
 
 def priority_for(platform: Platform) -> tuple[str, ...]:
-    return PRIORITY.get((platform.vendor, platform.arch)) or PRIORITY[(platform.vendor, None)]
+    """The backends automatic choice tries on ``platform``, best first."""
+    key = (platform.vendor, platform.arch, registry.generation())
+    order = _cache.get(key)
+    if order is None:
+        order = _cache[key] = _row(registry.all_backends(), platform.vendor, platform.arch)
+    return order
 
 
 def group_members(group: str, platform: Platform) -> tuple[str, ...]:
     """The backends a priority group tries on ``platform``, best first."""
-    rows = GROUPS[group]
-    return rows.get(platform.arch) or rows[None]
+    return tuple(b.name for b in registry.get_backend(group).members(platform))

@@ -1,44 +1,38 @@
-"""The table of backends: the built-in adapters, the priority groups (``fa``), and any a researcher registers."""
+"""The table of backends: the built-in adapters, the priority groups (``fa``), any a researcher registers, and
+third-party plug-ins (entry point group ``fluxlab.backends``, loaded on the table's first use)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata
 import re
+import types
 from collections.abc import Callable, Iterable
 
 import torch
 
-from .backends import BUILTIN_BACKENDS
-from .backends.base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, Requirement
+from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
+from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Group, Requirement
+from .diffusers_names import refusal
 from .errors import UnknownBackendError
 from .platform import Platform
-from .priority import GROUPS, group_members
 
-# The serving framework's and diffusers' names for the same kernels.
-ALIASES = {
-    "torch_sdpa": "sdpa",
-    "native": "sdpa",
-    "_native_math": "sdpa_math",
-    "_native_flash": "sdpa_flash",
-    "_native_efficient": "sdpa_efficient",
-    "_native_cudnn": "sdpa_cudnn",
-    "sage_attn": "sage",
-    "flash_attn": "fa",
-    "flash": "fa2",  # diffusers' `flash` is FlashAttention-2 (models/interop.py maps every diffusers name)
-    "flash_varlen": "fa2",
-    "flex_attention": "flex",
-    "_flash_3": "fa3",
-    "_flash_varlen_3": "fa3",
-    "sage_varlen": "sage",
-    "_sage_qk_int8_pv_fp16_triton": "sage",
-    "float64": "reference",
-}
+
+def _aliases(declared) -> dict[str, str]:
+    """Other names -> backend: the declared aliases and diffusers' names of the same kernel."""
+    return {alias: b.name for b in declared for alias in (*b.aliases, *getattr(b, "diffusers", ()))
+            if alias != b.name}
+
+
+# Other names for the built-in backends (the serving framework's and diffusers'), from their declarations.
+ALIASES = _aliases([*BUILTIN_BACKENDS, *BUILTIN_GROUPS])
+
 
 @dataclasses.dataclass(frozen=True)
 class BackendGroup:
-    """A priority group, e.g. ``fa``: stands for the best member that can run the inputs (priority.GROUPS).
-    It has no kernel of its own; a plan resolves it to a member, and records that member."""
+    """A priority group, e.g. ``fa``: stands for the best member that can run the inputs (members declare
+    ``groups={"fa": rank}``). It has no kernel of its own; a plan resolves it to a member, and records that member."""
 
     name: str
     description: str
@@ -47,10 +41,17 @@ class BackendGroup:
     option_values: dict = dataclasses.field(default_factory=dict)
     requires: tuple = ()
     builtin: bool = True
+    aliases: tuple = ()
     version = None
 
+    def all_members(self) -> list[Backend]:
+        """Every member, best first."""
+        return sorted((b for b in _registry.values() if self.name in b.groups), key=lambda b: b.groups[self.name])
+
     def members(self, platform: Platform) -> list[Backend]:
-        return [_registry[name] for name in group_members(self.name, platform)]
+        """The members whose vendor and arch fit ``platform``, best first (all of them where none fits)."""
+        members = self.all_members()
+        return [b for b in members if b.runs_on(platform)] or members
 
     def resolve(self, q, k, platform: Platform, *, causal=False, return_lse=False, lse_grad=False) -> Backend | None:
         """The first member with no reason not to run these inputs; None if none can."""
@@ -76,12 +77,11 @@ class BackendGroup:
                 " | ".join(f"{name}: {'; '.join(r)}" for name, r in per_member) + ")"]
 
 
-_GROUP_DESCRIPTIONS = {"fa": "the best FlashAttention generation that runs the inputs (fa4 > fa3 > fa2 on Hopper)"}
-_groups: dict[str, BackendGroup] = {
-    name: BackendGroup(name, _GROUP_DESCRIPTIONS[name],
-                       Capabilities(vendors=frozenset({"nvidia", "amd"}), dtypes=HALF_DTYPES, max_head_dim=256,
-                                    returns_lse=True))
-    for name in GROUPS}
+def _group(declared: Group, builtin: bool = True) -> BackendGroup:
+    return BackendGroup(declared.name, declared.description, declared.caps, builtin=builtin, aliases=declared.aliases)
+
+
+_groups: dict[str, BackendGroup] = {g.name: _group(g) for g in BUILTIN_GROUPS}
 _registry: dict[str, Backend] = {b.name: b for b in BUILTIN_BACKENDS}
 _generation = 0  # bumped on every change, so cached decisions are dropped
 
@@ -91,13 +91,64 @@ def _changed():
     _generation += 1
 
 
+PLUGIN_GROUP = "fluxlab.backends"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginProblem:
+    """A plug-in that could not be loaded; ``fluxlab doctor`` lists it with its error."""
+
+    entry_point: str  # "name = module:attribute"
+    distribution: str | None
+    error: str
+
+
+_plugins: dict = {"loaded": False, "problems": [], "loading": None}
+
+
+def load_plugins() -> None:
+    """Register the backends of every installed ``fluxlab.backends`` entry point, once per process.
+
+    An entry point's object is a ``fluxlab.Backend``, a list of them, or a module that calls
+    ``fluxlab.register_backend`` when imported. One that fails is kept in ``plugin_problems()``, never raised."""
+    if _plugins["loaded"]:
+        return
+    _plugins["loaded"] = True
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(getattr(entry, "dist", None), "name", None)
+        _plugins["loading"] = dist or entry.value  # what register_backend calls made while importing it record
+        try:
+            loaded = entry.load()
+            if isinstance(loaded, Backend):
+                declared = [loaded]
+            elif isinstance(loaded, types.ModuleType):
+                declared = []  # it registered its backends while being imported
+            elif isinstance(loaded, (list, tuple)) and all(isinstance(b, Backend) for b in loaded):
+                declared = list(loaded)
+            else:
+                raise TypeError(f"the entry point's object is a {type(loaded).__name__}; it must be a fluxlab.Backend, "
+                                "a list of them, or a module that calls fluxlab.register_backend when imported")
+            for backend in declared:
+                _add(dataclasses.replace(backend, builtin=False, plugin=dist or entry.value), replace=False)
+        except Exception as exc:  # a broken plug-in must not break fluxlab: doctor reports it
+            _plugins["problems"].append(PluginProblem(f"{entry.name} = {entry.value}", dist,
+                                                      f"{type(exc).__name__}: {exc}"))
+        finally:
+            _plugins["loading"] = None
+
+
+def plugin_problems() -> list[PluginProblem]:
+    """The plug-ins that failed to load, with their errors."""
+    load_plugins()
+    return list(_plugins["problems"])
+
+
 def canonical_name(name: str) -> str:
+    load_plugins()
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in _registry and key not in _groups:
-        from .models.interop import refusal  # diffusers' hub kernels and kernels fluxlab has no equivalent of
-
-        if refusal(key):
+        if refusal(key):  # diffusers' hub kernels and kernels fluxlab has no equivalent of
             raise UnknownBackendError(refusal(key))
         known = sorted(_registry) + sorted(_groups) + sorted(ALIASES)
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
@@ -116,19 +167,28 @@ def get_backend(name: str) -> Backend | BackendGroup:
 
 def all_backends() -> list[Backend]:
     """Every concrete backend (groups are listed by ``all_groups``)."""
+    load_plugins()
     return list(_registry.values())
 
 
 def all_groups() -> list[BackendGroup]:
+    load_plugins()
     return list(_groups.values())
+
+
+def generation() -> int:
+    """Bumped on every change of the table (plug-ins loaded first), so cached decisions can be dropped."""
+    load_plugins()
+    return _generation
 
 
 _CAPABILITY_FIELDS = {f.name for f in dataclasses.fields(Capabilities)}
 
 
-def register_backend(name: str, fn: Callable, *, description: str = "", requires: Iterable[Requirement] = (),
-                     options: dict | None = None, option_values: dict | None = None, replace: bool = False,
-                     **capabilities) -> Backend:
+def register_backend(name: str | Backend, fn: Callable | None = None, *, description: str = "",
+                     requires: Iterable[Requirement] = (), options: dict | None = None,
+                     option_values: dict | None = None, replace: bool = False, aliases: Iterable[str] = (),
+                     priority: dict[str, int] | None = None, **capabilities) -> Backend:
     """Add a kernel that then behaves like a built-in one: dispatch, doctor, comparisons, models.
 
     ``fn(q, k, v, *, scale, causal, return_lse, **options)`` takes and returns ``[B, S, H, D]``; with
@@ -136,9 +196,14 @@ def register_backend(name: str, fn: Callable, *, description: str = "", requires
     fields of :class:`fluxlab.backends.base.Capabilities` (``vendors``, ``dtypes``, ``head_dims``,
     ``gqa``, ``causal``, ``returns_lse``, ``quantised``, ...); unspecified ones default to permissive
     values except ``returns_lse`` (False). ``options``: tunables and defaults; ``option_values``: for an
-    option, ``{valid value: meaning}`` (other values are refused when a spec is parsed).
+    option, ``{valid value: meaning}`` (other values are refused when a spec is parsed). ``aliases``: other
+    names for it; ``priority``: its rank in the automatic choice per platform row (``Backend.priority``;
+    none: chosen only by name). A ready ``fluxlab.Backend`` may be passed instead of ``name, fn``.
     """
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
+    load_plugins()  # a plug-in's names are taken before the user's
+    if isinstance(name, Backend):
+        return _add(dataclasses.replace(name, builtin=False, plugin=name.plugin or _plugins["loading"]), replace)
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
                          "(e.g. 'my_kernel')")
     if not callable(fn):
@@ -147,11 +212,6 @@ def register_backend(name: str, fn: Callable, *, description: str = "", requires
     if unknown:
         raise TypeError(f"unknown capability {sorted(unknown)} for backend {name!r}; "
                         f"valid: {sorted(_CAPABILITY_FIELDS)}")
-    if name in _groups:
-        raise ValueError(f"{name!r} is a priority group (fluxlab/priority.py GROUPS); pick another name")
-    if (name in _registry or name in ALIASES) and not replace:
-        raise ValueError(f"a backend named {name!r} already exists; pass replace=True to replace it, "
-                         "or pick another name")
     for key in ("vendors", "dtypes"):
         if key in capabilities:
             value = capabilities[key]
@@ -160,8 +220,28 @@ def register_backend(name: str, fn: Callable, *, description: str = "", requires
     capabilities.setdefault("dtypes", FLOAT_DTYPES)
     backend = Backend(name, fn, Capabilities(**capabilities), description or f"user backend {name}",
                       requires=tuple(requires), options=dict(options or {}), builtin=False,
-                      option_values=dict(option_values or {}))
+                      option_values=dict(option_values or {}), aliases=tuple(aliases),
+                      priority=dict(priority or {}), plugin=_plugins["loading"])
+    return _add(backend, replace)
+
+
+def _add(backend: Backend, replace: bool) -> Backend:
+    name = backend.name
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
+                         "(e.g. 'my_kernel')")
+    if not callable(backend.fn):
+        raise TypeError(f"backend {name!r}: fn must be callable, got {type(backend.fn).__name__}")
+    if name in _groups:
+        raise ValueError(f"{name!r} is a priority group; pick another name")
+    if (name in _registry or name in ALIASES) and not replace:
+        raise ValueError(f"a backend named {name!r} already exists; pass replace=True to replace it, "
+                         "or pick another name")
+    taken = [a for a in backend.aliases if a in _registry or a in _groups or ALIASES.get(a, name) != name]
+    if taken:
+        raise ValueError(f"backend {name!r}: alias {taken} already names another backend; pick other aliases")
     _registry[name] = backend
+    ALIASES.update(_aliases([backend]))
     _changed()
     return backend
 
@@ -172,4 +252,6 @@ def unregister_backend(name: str) -> None:
     if _registry[key].builtin:
         raise ValueError(f"'{key}' is built in and cannot be unregistered")
     del _registry[key]
+    for alias in [a for a, target in ALIASES.items() if target == key]:
+        del ALIASES[alias]
     _changed()

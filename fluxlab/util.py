@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import math
 import os
 import platform as _host
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._version import __version__
+from .version import __version__
 from .errors import FluxlabError, FluxlabWarning
 
 # -- files ---------------------------------------------------------------------------------------------------------
@@ -149,16 +150,31 @@ def provenance() -> dict:
 # -- numbers -------------------------------------------------------------------------------------------------------
 
 
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64. An all-zero ``ref`` gives 0.0 when ``out`` equals it, else inf."""
+def rel_l2(out: torch.Tensor, ref: torch.Tensor, *, non_finite: float | None = None) -> float:
+    """||out - ref|| / ||ref|| in float64. An all-zero ``ref`` gives 0.0 when ``out`` equals it, else inf.
+    ``non_finite``: the answer where ``out`` holds NaN/inf (None: whatever the arithmetic gives, NaN or inf)."""
     out64, ref64 = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
     if out64.shape != ref64.shape:
         raise ValueError(f"rel_l2 needs equal shapes, got {tuple(out64.shape)} and {tuple(ref64.shape)} "
                          "(broadcasting would compare the wrong elements)")
+    if non_finite is not None and not torch.isfinite(out64).all():
+        return non_finite
     diff, norm = (out64 - ref64).norm().item(), ref64.norm().item()
     if norm == 0.0:
         return 0.0 if diff == 0.0 else float("inf")
     return diff / norm
+
+
+def json_safe(value):
+    """``value`` with every NaN/inf float (in dicts, lists and tuples, at any depth) as None: JSON has no NaN, and
+    ``json.dumps(..., allow_nan=False)`` then accepts it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
@@ -250,4 +266,4 @@ def dtype_name(dtype) -> str:
 
 def torch_dtype_name(dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"`` (the names manifests and reports use; ``getattr(torch, name)``)."""
-    return str(parse_dtype(dtype)).replace("torch.", "")
+    return str(dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)).replace("torch.", "")

@@ -14,7 +14,7 @@ import torch
 import diffusers  # noqa: E402
 import transformers  # noqa: E402,F401
 
-from fluxlab.models import quality, shapes_data  # noqa: E402
+from training import quality, shapes_data  # noqa: E402
 from fluxlab.models.embedded import EMBEDDED_DIR, load_embedded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

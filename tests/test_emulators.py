@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import numerics, registry
+from fluxlab import numerics, registry, util
 from fluxlab.backends import emulated
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare import compare_attention
@@ -24,8 +24,7 @@ def qkv(seq=256, heads=2, dist="normal", dtype=torch.bfloat16, seed=0, kv_heads=
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-def rel_l2(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+rel_l2 = util.rel_l2
 
 
 def test_emulators_are_registered_as_emulated_and_name_a_real_backend():

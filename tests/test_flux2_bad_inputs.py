@@ -72,15 +72,25 @@ def test_a_user_backend_can_be_allowed(pipe):
 
     from _flux2 import attached, generate
 
-    fluxlab.register_backend("my_kernel", lambda q, k, v, *, scale, causal=False, return_lse=False:
-                             _sdpa(q, k, v, scale=scale, causal=causal, return_lse=False))
-    try:
-        with attached(pipe, backend="my_kernel", allowed=fluxlab.FLUX2_BACKENDS | {"my_kernel"}):
+    with attached(pipe):  # attached (as load_flux2 does) before the kernel exists
+        fluxlab.register_backend("my_kernel", lambda q, k, v, *, scale, causal=False, return_lse=False:
+                                 _sdpa(q, k, v, scale=scale, causal=causal, return_lse=False))
+        try:
+            fluxlab.set_backend(pipe, "my_kernel")  # no re-attach: the default set follows the registry
             with fluxlab.capture(pipe, to="meta") as cap:
                 generate(pipe, steps=1)
-        assert cap.backends_used() == {"my_kernel": 4}
-    finally:
-        fluxlab.unregister_backend("my_kernel")
+            assert cap.backends_used() == {"my_kernel": 4}
+        finally:
+            fluxlab.set_backend(pipe, None)
+            fluxlab.unregister_backend("my_kernel")
+        assert "my_kernel" not in fluxlab.models.attach.state_of(pipe).allowed
+    with attached(pipe, allowed=fluxlab.FLUX2_BACKENDS):  # a set the user narrowed keeps refusing it
+        fluxlab.register_backend("my_kernel", lambda q, k, v, *, scale, causal=False, return_lse=False: q)
+        try:
+            with pytest.raises(fluxlab.BackendNotAllowedError, match="my_kernel"):
+                fluxlab.set_backend(pipe, "my_kernel")
+        finally:
+            fluxlab.unregister_backend("my_kernel")
 
 
 def test_not_a_flux2_model():

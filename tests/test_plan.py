@@ -272,8 +272,8 @@ def test_stand_in_only_backends_are_marked_in_doctor():
     assert not rows["fa4"].stand_in_only and not rows["sdpa"].stand_in_only
     lines = {line.split()[0]: line for line in fluxlab.doctor_text().splitlines()[4:]}
     assert "proven on a stand-in only" in lines["fa3"] and "proven on a stand-in only" not in lines["fa4"]
-    priority_doc = importlib.import_module("fluxlab.priority").__doc__
-    assert "H200" not in priority_doc and "stand-in" in priority_doc
+    ranks_doc = importlib.import_module("fluxlab.backends.flash_attn").__doc__  # where fa2/fa3 get their ranks
+    assert "H200" not in ranks_doc and "stand-in" in ranks_doc
     assert "see README" not in (ROOT / "fluxlab" / "backends" / "aiter_triton.py").read_text()
 
 

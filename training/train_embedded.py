@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fluxlab.models import quality, shapes_data, tiny  # noqa: E402
+from fluxlab.models import tiny  # noqa: E402
+from training import quality, shapes_data  # noqa: E402
 
 TEXT_HIDDEN = 32
 TEXT_OUT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's default text_encoder_out_layers

@@ -1,17 +1,33 @@
-"""One adapter per attention library, all behind the [batch, seq, heads, head_dim] contract (base.py)."""
+"""One adapter per attention library, all behind the [batch, seq, heads, head_dim] contract (base.py).
 
-from . import aiter, aiter_triton, emulated, flash_attn, flex, reference, sage, sdpa
-from .base import Backend, Capabilities, Requirement
+Each adapter module declares ``BACKENDS`` (a list of ``Backend``) and, optionally, ``GROUPS`` (a list of
+``Group``); every module in this folder is collected here, so adding a built-in backend is one new file
+(docs/backends.md, "Adding a backend"). Modules whose name starts with ``_`` and ``base`` are helpers.
+"""
 
-BUILTIN_BACKENDS = [
-    *sdpa.BACKENDS,
-    *flash_attn.BACKENDS,
-    *aiter.BACKENDS,
-    *aiter_triton.BACKENDS,
-    *sage.BACKENDS,
-    *flex.BACKENDS,
-    *reference.BACKENDS,
-    *emulated.BACKENDS,  # never picked automatically: not in any priority list
-]
+from __future__ import annotations
 
-__all__ = ["BUILTIN_BACKENDS", "Backend", "Capabilities", "Requirement"]
+import importlib
+import pkgutil
+
+from .base import Backend, Capabilities, Group, Requirement
+
+
+def _adapter_modules():
+    names = sorted(info.name for info in pkgutil.iter_modules(__path__)
+                   if not info.name.startswith("_") and info.name != "base")
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+def _collect():
+    backends, groups = [], []
+    for module in _adapter_modules():
+        backends.extend(getattr(module, "BACKENDS", ()))
+        groups.extend(getattr(module, "GROUPS", ()))
+    backends.sort(key=lambda b: (b.caps.emulated, b.name))  # listings: by name, emulations last
+    return backends, groups
+
+
+BUILTIN_BACKENDS, BUILTIN_GROUPS = _collect()
+
+__all__ = ["BUILTIN_BACKENDS", "BUILTIN_GROUPS", "Backend", "Capabilities", "Group", "Requirement"]

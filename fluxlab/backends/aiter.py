@@ -54,5 +54,5 @@ BACKENDS = [
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
             "AMD AITER flash attention (CK / hand-written assembly on MI300), ROCm only",
             requires=(AITER,), options={"how_v3_bf16_cvt": 1},
-            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES}, binder=bind_aiter),
+            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES}, binder=bind_aiter, priority={"amd": 10}),
 ]

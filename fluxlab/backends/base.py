@@ -12,12 +12,14 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 
 from ..platform import Platform
+from ..util import torch_dtype_name
 
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
@@ -85,7 +87,7 @@ class Requirement:
                         f"{self.exact_version} exactly (its call contract and numerics): {self.install}")
         if self.min_version:
             have = self.version()
-            if have and _version_tuple(have) < _version_tuple(self.min_version):
+            if have and _older(have, self.min_version):
                 return (f"'{self.distribution}' {have} is installed but >= {self.min_version} is needed: "
                         f"{self.install}")
         return None
@@ -97,14 +99,12 @@ class Requirement:
             return None
 
 
-def _version_tuple(version: str) -> tuple:
-    parts = []
-    for piece in version.replace("+", ".").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def _older(have: str, need: str) -> bool:
+    """PEP 440 comparison (packaging.version); a version string that is not PEP 440 counts as not older."""
+    try:
+        return Version(have) < Version(need)
+    except InvalidVersion:
+        return False
 
 
 def arch_matches(platform: Platform, allowed: tuple[str, ...]) -> bool:
@@ -134,6 +134,26 @@ class Backend:
     option_values: dict[str, dict[Any, str]] = dataclasses.field(default_factory=dict)
     # Returns the kernel with its library already imported (called once, when a plan is made); None: ``fn``.
     binder: Callable[[], Callable[..., Any]] | None = None
+    # -- where the backend sits in fluxlab (the registry, priority lists and name maps are derived from these) --
+    aliases: tuple[str, ...] = ()  # other names users type for it, e.g. "torch_sdpa"
+    diffusers: tuple[str, ...] = ()  # diffusers' attention-backend names of the same kernel, e.g. "_native_flash"
+    # Rank in the automatic choice per platform row, lower first: "vendor/arch" (e.g. "nvidia/sm_90") wins over
+    # "vendor" (e.g. "nvidia"); a platform with no entry never picks it automatically.
+    priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, int] = dataclasses.field(default_factory=dict)  # group name -> rank in it, e.g. {"fa": 3}
+    flux2: bool = True  # a FLUX.2 model may use it (False only for a kernel that cannot serve FLUX.2's calls)
+    plugin: str | None = None  # the distribution whose ``fluxlab.backends`` entry point declared it
+
+    def rank(self, platform: Platform) -> int | None:
+        """Its place in ``platform``'s automatic choice (lower first); None: never picked automatically there."""
+        rank = self.priority.get(f"{platform.vendor}/{platform.arch}")
+        return self.priority.get(platform.vendor) if rank is None else rank
+
+    def runs_on(self, platform: Platform) -> bool:
+        """The vendor and arch fit (packages and inputs aside)."""
+        caps = self.caps
+        return platform.vendor in caps.vendors and (platform.vendor not in caps.arches
+                                                    or arch_matches(platform, caps.arches[platform.vendor]))
 
     def kernel(self) -> Callable[..., Any]:
         """The callable a plan runs: imports resolved now, so no call pays for them."""
@@ -178,8 +198,8 @@ class Backend:
         if not platform.is_gpu and q.device.type not in ("cpu", "meta"):
             reasons.append(f"inputs are on {q.device.type} but the platform is {platform.vendor}")
         if q.dtype not in caps.dtypes:
-            names = ", ".join(sorted(str(d).replace("torch.", "") for d in caps.dtypes))
-            reasons.append(f"dtype {str(q.dtype).replace('torch.', '')} is not supported by {self.name} "
+            names = ", ".join(sorted(torch_dtype_name(d) for d in caps.dtypes))
+            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} "
                            f"(supports {names})")
         head_dim = q.shape[-1]
         if caps.head_dims is not None and head_dim not in caps.head_dims:
@@ -210,6 +230,17 @@ class Backend:
         ``lse_grad``: the LSE is asked for and the inputs require grad (its backward must exist)."""
         return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
                                                                     return_lse=return_lse, lse_grad=lse_grad)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A priority group such as ``fa``: a name that stands for its best member that can run the inputs. Members
+    join it with ``Backend(groups={name: rank})``; the group has no kernel of its own."""
+
+    name: str
+    description: str
+    caps: Capabilities  # what its members offer, for listings
+    aliases: tuple[str, ...] = ()
 
 
 def to_bhsd(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

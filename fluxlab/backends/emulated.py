@@ -21,7 +21,7 @@ Sources of the algorithms (read, not copied):
   ``fma(qk_int, q_descale * k_descale, -m)``, ``exp2``, ``p`` cast to V's fp8 type before ``P.V`` with float32
   accumulation, epilogue ``acc * (1 / max(l, 1e-7)) * v_descale``). The PyPI ``amd-aiter`` 0.1.7 wheel does
   not contain this kernel.
-- ``emu_aiter``: aiter's ``how_v3_bf16_cvt`` (0 RTNE, 1 RTNA, 2 RTZ; ANCHORS §4). Which bf16 conversions the
+- ``emu_aiter``: aiter's ``how_v3_bf16_cvt`` (0 RTNE, 1 RTNA, 2 RTZ). Which bf16 conversions the
   closed assembly kernel applies the mode to is not public: by default P and O both (``cvt_probs=1``).
 Validation against real kernels: ``benchmarks/emulators_gpu.py`` (sage, emu_bf16). ``emu_aiter`` and
 ``emu_aiter_sage`` are validated against their documented algorithm only.

@@ -1,10 +1,14 @@
 """FlashAttention 2 (``flash_attn``), 3 (``flash_attn_interface``) and 4 (``flash_attn.cute``); ``fa``, the best
-generation for the inputs, is a priority group (priority.GROUPS). All take ``[B, S, H, D]``: no layout change.
+generation for the inputs, is a priority group (``GROUPS`` below). All take ``[B, S, H, D]``: no layout change.
+
+Ranks: fa4 and SDPA's cuDNN kernel are the measured fastest on Hopper (benchmarks/results/h100/attention.json);
+fa2 and fa3 are proven on stand-ins only, so their ranks follow the upstream projects' published ordering: fa3 sits
+below the measured kernels and is picked only on a machine that has it and lacks both.
 """
 
 from __future__ import annotations
 
-from .base import HALF_DTYPES, Backend, Capabilities, Requirement
+from .base import HALF_DTYPES, Backend, Capabilities, Group, Requirement
 
 
 def _split_lse(result, return_lse: bool):
@@ -93,15 +97,25 @@ BACKENDS = [
             Capabilities(vendors=frozenset({"nvidia", "amd"}),
                          arches={"nvidia": ("sm_80+",), "amd": ("gfx90a", "gfx942", "gfx950")},
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
-            "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,), binder=bind_fa2),
+            "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,), binder=bind_fa2,
+            diffusers=("flash", "flash_varlen"),  # varlen: the same kernel over packed sequences (FLUX.2 has none)
+            priority={"nvidia": 50, "amd/gfx942": 20, "amd/gfx950": 20}, groups={"fa": 3}),
     Backend("fa3", _unbound(bind_fa3),
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90",)},
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
             "FlashAttention-3, Hopper only (flash_attn_interface.flash_attn_func)", requires=(FA3,),
-            binder=bind_fa3),
+            binder=bind_fa3, diffusers=("_flash_3", "_flash_varlen_3"), priority={"nvidia/sm_90": 30},
+            groups={"fa": 2}),
     Backend("fa4", _unbound(bind_fa4),
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90", "sm_100", "sm_103")},
                          dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
             "FlashAttention-4, CuTe DSL (flash_attn.cute.flash_attn_func), Hopper and Blackwell",
-            requires=(FA4,), extra_checks=_multiple_of_8("fa4"), binder=bind_fa4),
+            requires=(FA4,), extra_checks=_multiple_of_8("fa4"), binder=bind_fa4,
+            priority={"nvidia/sm_90": 10, "nvidia/sm_100": 10, "nvidia/sm_103": 10}, groups={"fa": 1}),
+]
+
+GROUPS = [
+    Group("fa", "the best FlashAttention generation that runs the inputs (fa4 > fa3 > fa2 on Hopper)",
+          Capabilities(vendors=frozenset({"nvidia", "amd"}), dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
+          aliases=("flash_attn",)),
 ]

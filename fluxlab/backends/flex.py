@@ -74,6 +74,6 @@ BACKENDS = [
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), dtypes=FLOAT_DTYPES, returns_lse=True),
         "FlexAttention (torch.compile'd Triton kernel on GPU; eager reference path on CPU)",
         options={"compile": "auto"},
-        extra_checks=_flex_checks,
+        extra_checks=_flex_checks, aliases=("flex_attention",), diffusers=("flex",),
     ),
 ]

@@ -55,5 +55,6 @@ BACKENDS = [
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"}), dtypes=FLOAT_DTYPES,
                      returns_lse=True, lse_grad=True),  # plain torch ops: autograd differentiates the LSE
         "exact float64 attention, chunked over queries (slow; the yardstick for every comparison)",
+        aliases=("float64",),
     ),
 ]

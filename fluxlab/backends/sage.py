@@ -31,5 +31,7 @@ BACKENDS = [
     Backend("sage", sage,
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                          head_dims=(64, 96, 128), gqa=False, quantised=True),
-            "SageAttention (int8 QK^T with K smoothing; quantised)", requires=(SAGE,), binder=bind_sage),
+            "SageAttention (int8 QK^T with K smoothing; quantised)", requires=(SAGE,), binder=bind_sage,
+            # diffusers wants sageattention >= 2.1.1 for these; fluxlab's adapter runs 1.0.6's Triton kernel.
+            aliases=("sage_attn",), diffusers=("sage", "sage_varlen", "_sage_qk_int8_pv_fp16_triton")),
 ]

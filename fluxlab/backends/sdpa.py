@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..platform import Platform
+from ..util import torch_dtype_name
 from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities
 
 _GPU = frozenset({"nvidia", "amd"})
@@ -84,7 +85,7 @@ def _torch_says_no(check, q, k) -> list[str]:
 def _half_only_on_gpu(name):
     def check(q, k, platform: Platform):
         if platform.is_gpu and q.dtype not in HALF_DTYPES:
-            return [f"{name} on GPU runs float16/bfloat16 only, got {str(q.dtype).replace('torch.', '')}"]
+            return [f"{name} on GPU runs float16/bfloat16 only, got {torch_dtype_name(q.dtype)}"]
         return []
     return check
 
@@ -108,12 +109,16 @@ BACKENDS = [
         _sdpa,
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
         "torch.nn.functional.scaled_dot_product_attention; torch picks the kernel (version-dependent)",
+        aliases=("torch_sdpa",), diffusers=("native",),
+        # On CPU torch's own pick is the fastest exact kernel, and bit-identical to diffusers' default.
+        priority={"nvidia": 90, "amd": 90, "cpu": 10, "other": 10},
     ),
     Backend(
         "sdpa_math",
         functools.partial(_sdpa, kernel=SDPBackend.MATH),
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
         "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)",
+        diffusers=("_native_math",), priority={"cpu": 30},
     ),
     Backend(
         "sdpa_flash",
@@ -121,7 +126,7 @@ BACKENDS = [
         Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), arches={"nvidia": ("sm_80+",)},
                      dtypes=FLOAT_DTYPES, max_head_dim=256, returns_lse=True),
         "SDPA's FlashAttention-2 kernel (CUDA/ROCm) or its CPU flash kernel",
-        extra_checks=_flash_checks,
+        extra_checks=_flash_checks, diffusers=("_native_flash",), priority={"nvidia": 40, "amd": 40, "cpu": 20},
     ),
     Backend(
         "sdpa_efficient",
@@ -129,7 +134,7 @@ BACKENDS = [
         Capabilities(vendors=_GPU, dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
                      gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
         "SDPA's memory-efficient (xformers/cutlass) kernel",
-        extra_checks=_efficient_checks,
+        extra_checks=_efficient_checks, diffusers=("_native_efficient",), priority={"nvidia": 60, "amd": 60},
     ),
     Backend(
         "sdpa_cudnn",
@@ -137,6 +142,6 @@ BACKENDS = [
         Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                      max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
         "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
-        extra_checks=_cudnn_checks,
+        extra_checks=_cudnn_checks, diffusers=("_native_cudnn",), priority={"nvidia": 20},
     ),
 ]

@@ -16,7 +16,7 @@ from ..dispatch import plan
 from ..errors import BackendUnavailableError, InvalidInputError, UnknownBackendError
 from ..platform import platform_for_device
 from ..record import AttentionRecord
-from ..util import DTYPES, parse_dtype, time_calls
+from ..util import DTYPES, parse_dtype, time_calls, torch_dtype_name
 from .baseline import BASELINE_NAME, baseline_attention
 from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases, record_case
 from .metrics import ErrorStats, error_map, error_stats
@@ -79,7 +79,7 @@ def compare_attention(inputs=None, backends=None, reference: str = "reference", 
         bar.close()
     return ComparisonReport(rows, reference=reference if reference != "reference" else "fluxlab reference_attention",
                             baseline=BASELINE_NAME, platform=platform.as_dict(),
-                            meta={"dtypes": [str(d).replace("torch.", "") for d in dtypes], "seeds": list(seeds),
+                            meta={"dtypes": [torch_dtype_name(d) for d in dtypes], "seeds": list(seeds),
                                   "backends": [s.label for s in specs], "device": str(device)})
 
 
@@ -102,25 +102,10 @@ def _on_device(case: AttentionCase, device) -> AttentionCase:
     return dataclasses.replace(case, **moved)
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix_str(self, text):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="compare_attention", unit="run", leave=False)
+    from ..terminal import progress_bar  # a bar on a terminal or in a notebook, log lines in pipes
+
+    return progress_bar(total=total, desc="compare_attention", unit="run", leave=False, disable=not enabled)
 
 
 def _reference_fn(reference: str):

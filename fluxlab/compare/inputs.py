@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..record import AttentionRecord
+from ..util import torch_dtype_name
 
 # Per distribution: how q, k, v are drawn (all start from standard normal).
 DISTRIBUTIONS = {
@@ -76,7 +77,7 @@ class AttentionCase:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.q.dtype).replace("torch.", "")
+        return torch_dtype_name(self.q.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import torch
 from ..errors import FluxlabError, InvalidInputError
 from ..platform import current_platform
 from ..record import AttentionRecord
-from ..util import atomic_path, atomic_write, git_revision, utc_now, versions
+from ..util import atomic_path, atomic_write, git_revision, torch_dtype_name, utc_now, versions
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "RecordIntegrityError", "RecordsFolderError",
            "RecordsNotFoundError", "git_revision", "load_records", "read_manifest", "recorded_on", "save_records"]
@@ -66,7 +66,7 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
+        return torch_dtype_name(value)
     return str(value)
 
 
@@ -166,7 +166,7 @@ def _entries(records) -> tuple[dict, list, list]:
                     owned = owned.clone()
                 storages.add(owned.untyped_storage().data_ptr())
                 tensors[key] = owned
-                entry["tensors"][name] = {"key": key, "dtype": str(tensor.dtype).replace("torch.", ""),
+                entry["tensors"][name] = {"key": key, "dtype": torch_dtype_name(tensor.dtype),
                                           "shape": list(tensor.shape)}
         entries.append(entry)
         if record.backend and record.backend not in backends:
@@ -390,10 +390,10 @@ def _record_from(entry: dict, i: int, tensors: dict, manifest_path: Path) -> Att
             raise RecordIntegrityError(f"{manifest_path}: field '{field}.key' names {info['key']!r}, which the "
                                        "tensor file does not hold")
         tensor = tensors[info["key"]]
-        if str(tensor.dtype).replace("torch.", "") != info["dtype"] or list(tensor.shape) != info["shape"]:
+        if torch_dtype_name(tensor.dtype) != info["dtype"] or list(tensor.shape) != info["shape"]:
             raise RecordIntegrityError(
                 f"{manifest_path}: field {field!r} says {info['dtype']} {info['shape']}, but the tensor file holds "
-                f"{str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
+                f"{torch_dtype_name(tensor.dtype)} {list(tensor.shape)}")
         fields[name] = tensor
     record = AttentionRecord(
         **fields, scale=entry["scale"], causal=entry.get("causal", False), layer=entry.get("layer", ""),

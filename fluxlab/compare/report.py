@@ -8,7 +8,7 @@ import math
 
 from ..results import Result
 from .metrics import ErrorMap
-from .tolerances import FAIL, PASS, RULE_TEXT, SEVERITY, SKIP, WARN, worst
+from .tolerances import FAIL, PASS, SEVERITY, SKIP, WARN, worst
 
 VERDICT_COLOURS = {PASS: "#c8e6c9", WARN: "#ffe0b2", FAIL: "#ffcdd2", SKIP: "#eeeeee"}
 
@@ -213,11 +213,6 @@ class ComparisonReport(Result):
     def __repr__(self):
         verdicts = ", ".join(f"{k}: {v}" for k, v in self.verdicts.items())
         return f"<ComparisonReport {len(self.rows)} rows; {verdicts}>"
-
-    @staticmethod
-    def rule_text() -> str:
-        return RULE_TEXT
-
 
 def _cell(key, value) -> str:
     if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x") and isinstance(value, float):

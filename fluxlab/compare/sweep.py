@@ -7,13 +7,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import fluxlab
-
+from ..dispatch import default_backend
 from ..platform import current_platform
 from .attention import compare_attention, parse_dtype
 from .document import Section, write_document
 from .inputs import CPU_INPUTS, FLUX_INPUTS, SMOKE_INPUTS, default_inputs
-from ..util import atomic_write, git_revision, versions
+from ..util import atomic_write, git_revision, torch_dtype_name, versions
 from .records import save_records
 
 INPUT_SETS = {"default": None, "cpu": CPU_INPUTS, "flux": FLUX_INPUTS, "smoke": SMOKE_INPUTS, "none": ()}
@@ -59,28 +58,27 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
 
     pipe = None
     if model != "none":
-        missing = [name for name in ("load_flux2", "capture") if not hasattr(fluxlab, name)]
-        if missing:
-            notes.append(f"tiny FLUX.2 model skipped: this fluxlab has no {' / '.join(missing)} yet")
-        else:
-            pipe = fluxlab.load_flux2(model, flux2_variant=variant, dtype=dtypes[0], device=device, offload=offload,
-                                      height=64, width=64)
-            variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
-            last = max(steps - 1, 0)
-            with fluxlab.capture(pipe, steps=sorted({0, last})) as captured:
-                pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
-                     generator=_generator(seed))
-            captured = list(captured)
-            log(f"captured {len(captured)} attention calls from the {model} FLUX.2 [{variant}] model")
-            report = compare_attention(captured, backends, progress=progress, device=device)
-            _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
-                                   "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
-                                   f"{steps}-step 64x64 generation in {str(dtypes[0]).replace('torch.', '')}, "
-                                   f"prompt {prompt!r}, seed {seed}; the row 'recorded:...' judges the output the "
-                                   "model's own backend produced.")
-            if save_captures:
-                save_records(out / "records", captured, results=report, extra={"command": command})
-                notes.append(f"captured records saved to {out / 'records'}")
+        from ..models.capture import capture
+        from ..models.load import load_flux2
+
+        pipe = load_flux2(model, flux2_variant=variant, dtype=dtypes[0], device=device, offload=offload, height=64,
+                          width=64)
+        variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
+        last = max(steps - 1, 0)
+        with capture(pipe, steps=sorted({0, last})) as captured:
+            pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, output_type="np",
+                 generator=_generator(seed))
+        captured = list(captured)
+        log(f"captured {len(captured)} attention calls from the {model} FLUX.2 [{variant}] model")
+        report = compare_attention(captured, backends, progress=progress, device=device)
+        _add_attention_section(sections, reports, report, out, f"Captured from the {model} FLUX.2 [{variant}] "
+                               "model", "captured", f"Attention inputs of steps {sorted({0, last})} of a "
+                               f"{steps}-step 64x64 generation in {torch_dtype_name(dtypes[0])}, "
+                               f"prompt {prompt!r}, seed {seed}; the row 'recorded:...' judges the output the "
+                               "model's own backend produced.")
+        if save_captures:
+            save_records(out / "records", captured, results=report, extra={"command": command})
+            notes.append(f"captured records saved to {out / 'records'}")
 
     for path in records:
         from .replay import replay
@@ -107,8 +105,6 @@ def run_compare(out_dir="fluxlab-compare", *, backends=None, inputs: str = "defa
             sections.append(Section("Images from identical noise", "PSNR and SSIM from scikit-image against the "
                                     f"reference backend ({result.reference}); latent drift = relative L2 of the "
                                     "latents after each step.", result, ["images.png"]))
-    elif images and model != "none" and pipe is None:
-        notes.append("image comparison skipped: no tiny FLUX.2 model (fluxlab.load_flux2) in this fluxlab")
 
     if notes:
         sections.append(Section("Notes", "\n".join(f"- {n}" for n in notes)))
@@ -151,7 +147,7 @@ def _image_backends(backends) -> list[str]:
     from .specs import parse_backends
 
     specs = [s.label for s in parse_backends(backends, current_platform())]
-    first = fluxlab.default_backend() or "sdpa"
+    first = default_backend() or "sdpa"
     return [first] + [s for s in specs if s != first]
 
 

@@ -23,6 +23,7 @@ from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Schedule
 from ..results import Result, model_of
+from ..util import json_safe
 from .confirm import Confirmation, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
@@ -157,7 +158,7 @@ class AutotunePlan(Result):
         return {"format": PLAN_FORMAT, "choices": self.choices, "automatic": self.automatic,
                 "reasons": self.reasons, "platform": self.platform, "versions": self.versions,
                 "settings": self.settings, "image_verdict": self.image_verdict, "image_note": self.image_note,
-                "notes": self.notes, "measurements": [_finite(dataclasses.asdict(m)) for m in self.measurements],
+                "notes": self.notes, "measurements": [json_safe(dataclasses.asdict(m)) for m in self.measurements],
                 "confirmation": self.confirmation.as_dict() if self.confirmation is not None else None,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -210,10 +211,6 @@ def _count(values) -> dict:
     return dict(collections.Counter(values))
 
 
-def _finite(record: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
 def _ms(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "-"
 
@@ -227,7 +224,7 @@ def current_identity(backends=()) -> tuple[dict, dict]:
     import diffusers
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     from ..platform import current_platform
 
     versions = {"fluxlab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}

@@ -19,6 +19,7 @@ from .. import registry
 from ..compare.image_rule import is_approximate
 from ..models.attach import set_schedule, state_of
 from ..models.schedule import Schedule
+from ..util import json_safe
 from .runs import DecideInputError
 
 PER_LAYER, AUTOMATIC = "per-layer plan", "automatic pick"
@@ -86,7 +87,7 @@ class Confirmation:
         return "\n".join(lines + ["", f"Decision: {self.decision}"]) + "\n"
 
     def as_dict(self) -> dict:
-        return {"timings": [_finite(t.as_dict()) for t in self.timings], "kept": self.kept, "decision": self.decision,
+        return {"timings": [json_safe(t.as_dict()) for t in self.timings], "kept": self.kept, "decision": self.decision,
                 "per_layer_choices": self.per_layer_choices, "rounds": self.rounds, "warmup": self.warmup}
 
     @classmethod
@@ -100,10 +101,6 @@ class Confirmation:
 
 def _f(value: float, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
-
-def _finite(record: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 # -- the step to time ----------------------------------------------------------------------------------------------
@@ -271,7 +268,7 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
 def _winner(timings: list[StepTiming], automatic: StepTiming) -> StepTiming:
     """The eligible variant with the lowest median ratio to the automatic pick; but an eligible automatic pick is
     left only for a variant that beat it in every round. A switch must be faster beyond run-to-run noise, not a
-    coin toss a fresh measurement reverses (an H200's [dev] step at 1024² wanders by a few % between rounds)."""
+    coin toss a fresh measurement reverses (the rounds of benchmarks/results/h200/decide show the step's spread)."""
     eligible = [t for t in timings if t.eligible]
     if not automatic.eligible:
         return min(eligible, key=lambda t: t.median_ratio)

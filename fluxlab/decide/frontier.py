@@ -18,6 +18,7 @@ from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
 from ..results import Result, model_of
+from ..util import json_safe
 from .fidelity import fidelity
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
@@ -79,8 +80,7 @@ class Frontier(Result):
 
     def as_dict(self) -> dict:
         return {"exact": self.exact, "settings": self.settings,
-                "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                          for k, v in dataclasses.asdict(r).items()} for r in self.rows],
+                "rows": [json_safe(dataclasses.asdict(r)) for r in self.rows],
                 "drift_maps": {k: v.as_dict() for k, v in self.drift_maps.items()}}
 
     def figure(self, path=None):

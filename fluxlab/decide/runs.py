@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 import time
 
 import numpy as np
 import torch
 
 from ..errors import FluxlabError
+from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
 from ..models.errors import InvalidSettingError
 from ..models.limits import seed_problem, seed_values
-from ..models.schedule import Schedule, layer_matches
+from ..models.schedule import Schedule
 
 
 class DecideInputError(FluxlabError, ValueError):
@@ -205,14 +208,5 @@ class _TransformerTimer:
         return False
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64 (inf where a holds NaN/inf)."""
-    a64, b64 = a.double(), b.double()
-    if not torch.isfinite(a64).all():
-        return float("inf")
-    return ((a64 - b64).norm() / b64.norm().clamp_min(1e-300)).item()
-
-
-def expand_layers(patterns, layer_names) -> tuple[str, ...]:
-    """Layer names matched by glob patterns (or the names themselves), in the model's order."""
-    return tuple(n for n in layer_names if any(layer_matches(n, p) for p in patterns))
+# ||a - b|| / ||b|| in float64, inf where a holds NaN/inf: a drift that cannot be measured ranks worst.
+rel_l2 = functools.partial(util_rel_l2, non_finite=math.inf)

@@ -24,14 +24,14 @@ import weakref
 
 import torch
 
-from .. import ops
+from . import op as ops
 from ..dispatch import BackendChoice, attention
 from ..errors import BackendNotAllowedError
 from . import interop, router
 from .errors import AttachError, UnsupportedAttentionCallError
 from .schedule import Schedule
 from .steps import OUTSIDE_LOOP, StepTracker
-from .supported import resolve_allowed
+from .supported import flux2_backends, resolve_allowed
 
 # transformer -> its AttachedModel. Weak keys: a model dropped by the user is not kept alive by fluxlab.
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -65,11 +65,12 @@ def split_target(obj):
                     f"...) or its Flux2Transformer2DModel (torch.compile'd or not), got {type(obj).__name__}{held}")
 
 
-def check_allowed(name, allowed: frozenset[str]) -> BackendChoice | None:
-    """Parse a backend choice and refuse it, now, if the model does not allow it."""
+def check_allowed(name, allowed: frozenset[str] | None) -> BackendChoice | None:
+    """Parse a backend choice and refuse it, now, if the model does not allow it (None: FLUX.2's default set)."""
     if name is None:
         return None
     choice = BackendChoice.parse(name)  # unknown names and options raise here, with a suggestion
+    allowed = flux2_backends() if allowed is None else allowed
     if choice.name not in allowed:
         raise BackendNotAllowedError(
             f"backend '{choice.name}' is outside this FLUX.2 model's allowed set ({', '.join(sorted(allowed))}); "
@@ -82,10 +83,10 @@ def check_allowed(name, allowed: frozenset[str]) -> BackendChoice | None:
 class AttachedModel:
     """fluxlab's state for one attached transformer: allowed set, backend, schedule, capture, loop position."""
 
-    def __init__(self, transformer, pipe, allowed: frozenset[str], backend: BackendChoice | None):
+    def __init__(self, transformer, pipe, allowed: frozenset[str] | None, backend: BackendChoice | None):
         self._transformer = weakref.ref(transformer)
         self._pipe = weakref.ref(pipe) if pipe is not None else None
-        self.allowed = allowed
+        self.chosen_allowed = allowed  # the user's set; None: every backend FLUX.2 may use, registered ones included
         self.backend = backend
         self.schedule = None
         self.capture = None  # the active fluxlab.capture, if any
@@ -116,8 +117,21 @@ class AttachedModel:
         self.setter_warned = False  # diffusers' set_attention_backend mapping announced once per model
 
     @property
+    def allowed(self) -> frozenset[str]:
+        """The backends this model may use now."""
+        return self.chosen_allowed if self.chosen_allowed is not None else flux2_backends()
+
+    @allowed.setter
+    def allowed(self, names) -> None:
+        self.chosen_allowed = resolve_allowed(names)
+
+    @property
     def transformer(self):
         return self._transformer()
+
+    def set_backend(self, name) -> None:
+        """This model's backend from the next call on (None: ``use_backend`` / automatic); refused if not allowed."""
+        self.backend = check_allowed(name, self.allowed)
 
     @property
     def pipe(self):
@@ -312,7 +326,7 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
     """Route every FLUX.2 attention call of this pipeline (or transformer) through ``fluxlab.attention``.
 
     ``backend``: this model's backend (None: ``fluxlab.use_backend`` / automatic). ``allowed``: the backends the
-    model may use (None: ``fluxlab.FLUX2_BACKENDS``; widen with ``FLUX2_BACKENDS | {"my_kernel"}``). A backend
+    model may use (None: every backend that can serve FLUX.2, registered ones included). A backend
     outside the set raises ``BackendNotAllowedError`` here, not during generation. Returns its argument.
     The transformer may be compiled, before or after attaching (``compile_repeated_blocks``, ``.compile()``, or
     ``torch.compile(transformer)`` held by the pipeline); a diffusers backend it had is named in a
@@ -365,8 +379,7 @@ def detach(pipe_or_transformer):
 
 def set_backend(pipe_or_transformer, name) -> None:
     """This model's backend from the next call on (no reload); None: back to ``use_backend`` / automatic."""
-    state = state_of(pipe_or_transformer)
-    state.backend = check_allowed(name, state.allowed)
+    state_of(pipe_or_transformer).set_backend(name)
 
 
 def check_schedule(schedule: Schedule, state: AttachedModel, *, what: str = "schedule", error=ValueError) -> None:

@@ -133,14 +133,14 @@ def check_backends(text: str, device) -> list[str]:
     from ..command import check_distinct, split_list
     from ..errors import BackendNotAllowedError
     from .generate import parse_backends, unavailable_reasons
-    from .supported import FLUX2_BACKENDS
+    from .supported import flux2_backends
 
     backends = parse_backends(text)
     check_distinct("--backends", split_list(text), backends)
-    outside = [b for b in backends if b != "auto" and b.split(":")[0] not in FLUX2_BACKENDS]
+    outside = [b for b in backends if b != "auto" and b.split(":")[0] not in flux2_backends()]
     if outside:
         raise BackendNotAllowedError(f"{outside} are outside FLUX.2's backend set "
-                                     f"({', '.join(sorted(FLUX2_BACKENDS))})")
+                                     f"({', '.join(sorted(flux2_backends()))})")
     unavailable = unavailable_reasons(backends, device)
     if unavailable:
         why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in unavailable.items())

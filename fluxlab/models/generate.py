@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..util import atomic_write, utc_now
+from ..util import atomic_write, torch_dtype_name, utc_now
 from .errors import GenerationInterrupted, InvalidSizeError
 from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
 from .names import diffusers_names
@@ -167,7 +167,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     import torch
     from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
-    from .. import get_backend
+    from ..registry import get_backend
     from .attach import set_backend, state_of
     from .capture import capture
     from .memory import PeakMemory
@@ -236,7 +236,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                 "backend_versions": {b: get_backend(b).version for b in ran},
                 "prompt": prompt, "seed": seed, "steps": steps, "size": {"width": width, "height": height},
                 "guidance_scale": guidance_scale,
-                "model": {"pipeline": type(pipe).__name__, "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+                "model": {"pipeline": type(pipe).__name__, "dtype": torch_dtype_name(pipe.transformer.dtype),
                           "device": str(device), **_offload_info(pipe), **(model_info or {})},
                 "memory": peak.as_dict(),
                 "timings": {"generate_s": round(total, 4), "steps_s": [round(s, 4) for s in steps_s],

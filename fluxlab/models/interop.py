@@ -22,48 +22,15 @@ import functools
 import warnings
 
 from ..dispatch import BackendChoice
+from ..backends import BUILTIN_BACKENDS
+from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
 from ..errors import FluxlabWarning
 
 DIFFUSERS_DEFAULT = "native"
 
-# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family.
-SAME_KERNEL: dict[str, str] = {
-    "native": "sdpa",
-    "_native_cudnn": "sdpa_cudnn",
-    "_native_efficient": "sdpa_efficient",
-    "_native_flash": "sdpa_flash",
-    "_native_math": "sdpa_math",
-    "flash": "fa2",  # diffusers' `flash` is the flash-attn package: FlashAttention-2
-    "flash_varlen": "fa2",  # the same kernel over packed sequences; FLUX.2's calls have no padding to pack
-    "_flash_3": "fa3",
-    "_flash_varlen_3": "fa3",
-    "flex": "flex",
-    "sage": "sage",  # SageAttention (diffusers wants >= 2.1.1; fluxlab's adapter runs 1.0.6's Triton kernel)
-    "sage_varlen": "sage",
-    "_sage_qk_int8_pv_fp16_triton": "sage",  # SageAttention's Triton kernel: int8 QK^T, fp16 PV
-}
-
-# Kernels diffusers downloads from the Hugging Face Hub at run time -> (fluxlab backend to use, what it is).
-HUB_KERNELS: dict[str, tuple[str, str]] = {
-    "flash_hub": ("fa2", "FlashAttention-2"),
-    "flash_varlen_hub": ("fa2", "FlashAttention-2 (varlen)"),
-    "_flash_3_hub": ("fa3", "FlashAttention-3"),
-    "_flash_3_varlen_hub": ("fa3", "FlashAttention-3 (varlen)"),
-    "flash_4_hub": ("fa4", "FlashAttention-4"),
-    "aiter_fa2_hub": ("aiter", "AMD AITER's CK FlashAttention-2"),
-    "sage_hub": ("sage", "SageAttention"),
-    "sage_blackwell_hub": ("sage", "SageAttention 3 for Blackwell"),
-}
-
-# diffusers backends with no fluxlab backend of the same family -> (nearest fluxlab backend or None, what it is).
-NO_EQUIVALENT: dict[str, tuple[str | None, str]] = {
-    "_native_npu": (None, "Ascend NPU attention (torch_npu)"),
-    "_native_xla": (None, "XLA / TPU flash attention"),
-    "xformers": ("sdpa_efficient", "xFormers' memory-efficient kernel"),
-    "_sage_qk_int8_pv_fp8_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp8 PV)"),
-    "_sage_qk_int8_pv_fp8_cuda_sm90": ("sage", "SageAttention 2's Hopper CUDA kernel (int8 QK^T, fp8 PV)"),
-    "_sage_qk_int8_pv_fp16_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp16 PV)"),
-}
+# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter declares its
+# ``diffusers=`` names).
+SAME_KERNEL: dict[str, str] = {name: b.name for b in BUILTIN_BACKENDS for name in b.diffusers}
 
 
 class DiffusersBackendWarning(FluxlabWarning):
@@ -72,21 +39,6 @@ class DiffusersBackendWarning(FluxlabWarning):
 
 def _name(backend) -> str:
     return getattr(backend, "value", backend)  # AttentionBackendName members are str enums
-
-
-def refusal(name: str) -> str | None:
-    """Why a diffusers backend name has no fluxlab backend here, naming the one to use; None if it maps."""
-    key = name.strip().lower()
-    if key in HUB_KERNELS:
-        use, what = HUB_KERNELS[key]
-        return (f"'{key}' is diffusers' Hugging Face Hub build of {what}, downloaded when it is first used; "
-                f"fluxlab runs installed kernels only. Use fluxlab's '{use}' (fluxlab doctor says how to install "
-                "it).")
-    if key in NO_EQUIVALENT:
-        nearest, what = NO_EQUIVALENT[key]
-        use = f" The nearest fluxlab backend is '{nearest}'." if nearest else ""
-        return f"diffusers' '{key}' is {what}; fluxlab has no backend of that kernel family.{use}"
-    return None
 
 
 def fluxlab_name(name) -> str:
@@ -202,20 +154,16 @@ def _warn_setter_once(state, message: str) -> None:
 
 
 def _set_attention_backend(state, backend: str) -> None:
-    from .attach import set_backend
-
     name = _name(backend).strip().lower()
     mapped = fluxlab_name(name)  # hub and unmatched names raise, naming the fluxlab backend to use
-    set_backend(state.transformer, mapped)
+    state.set_backend(mapped)
     _warn_setter_once(state, f"diffusers' set_attention_backend('{name}') on a fluxlab-attached FLUX.2 model: fluxlab "
                              f"now runs '{mapped}' (the same kernel family) for it, as "
                              f"fluxlab.set_backend(pipe, '{mapped}') would.")
 
 
 def _reset_attention_backend(state) -> None:
-    from .attach import set_backend
-
-    set_backend(state.transformer, None)
+    state.set_backend(None)
     _warn_setter_once(state, "diffusers' reset_attention_backend() on a fluxlab-attached FLUX.2 model: fluxlab goes "
                              "back to its automatic choice for it, as fluxlab.set_backend(pipe, None) would.")
 

@@ -14,7 +14,7 @@ from .attach import attach, check_allowed
 from .errors import LoadArgumentError, ModelSourceError
 from .supported import resolve_allowed
 
-# Where issue 8's trained FLUX.2-architecture model ships (diffusers layout, model_index.json at the top).
+# Where the trained FLUX.2-architecture model fluxlab ships lives (diffusers layout, model_index.json at the top).
 EMBEDDED_DIR = Path(__file__).with_name("embedded")
 
 # diffusers pipeline class -> variant; the variant picks the class when loading from the Hub.
@@ -91,9 +91,9 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
         if not (EMBEDDED_DIR / "model_index.json").is_file():
             raise NotImplementedError(
                 f"the embedded FLUX.2 model is not in this install (expected a diffusers folder at {EMBEDDED_DIR}; "
-                "it ships with the trained model, issue 8). Use source='tiny' (random weights, offline) or a local "
+                "it ships with the trained model). Use source='tiny' (random weights, offline) or a local "
                 "folder written by pipe.save_pretrained(...).")
-        from .embedded import load_embedded  # issue 8's loader: 64x64 defaults, offline
+        from .embedded import load_embedded  # 64x64 defaults, offline
 
         pipe = load_embedded(dtype=dtype, flux2_variant=flux2_variant)
     elif Path(source).expanduser().exists():

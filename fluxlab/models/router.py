@@ -10,7 +10,7 @@ other call to diffusers' original function unchanged. The router is installed wi
 removed with the last.
 
 Under ``torch.compile`` the router is traced like the rest of the block: the Route's type is a guard, and the call
-becomes one ``fluxlab::flux2_attention`` op (``fluxlab/ops.py``) whose route token is a graph input, so one compiled
+becomes one ``fluxlab::flux2_attention`` op (``fluxlab/models/op.py``) whose route token is a graph input, so one compiled
 block serves every layer and the backend is chosen when the op runs (no recompile on a switch).
 """
 
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .. import ops  # registers the fluxlab:: custom ops the compiled path calls
+from . import op as ops  # registers the fluxlab::flux2_attention op the compiled path calls
 from .errors import AttachError, UnsupportedAttentionCallError
 
 # The parameters of diffusers 0.42's dispatch_attention_fn, which the router must accept exactly.

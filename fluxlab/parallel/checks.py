@@ -17,6 +17,7 @@ import torch
 from .. import registry
 from ..errors import FluxlabError, UnknownBackendError
 from ..platform import Platform, current_platform
+from ..util import torch_dtype_name
 
 MODES = ("ulysses", "ring")
 
@@ -143,7 +144,7 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
     reasons += [f"'{chosen.name}' cannot run here: {r}" for r in platform_reasons]
     if not platform_reasons and heads is not None and head_dim is not None and dtype is not None:
         share = _share_text(spec, heads, head_dim, seq_lens, batch)
-        reasons += [f"'{chosen.name}' cannot run each rank's share (q {share}, {str(dtype).replace('torch.', '')}): {r}"
+        reasons += [f"'{chosen.name}' cannot run each rank's share (q {share}, {torch_dtype_name(dtype)}): {r}"
                     for r in _rank_input_reasons(chosen, spec, heads, head_dim, dtype, seq_lens, batch, platform)]
     return reasons
 

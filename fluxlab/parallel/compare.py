@@ -459,9 +459,3 @@ class _GenerateRunner:
             return self.pipe(prompt=self.PROMPT, height=p["height"], width=p["width"],
                              num_inference_steps=p["steps"], max_sequence_length=p["text_tokens"],
                              generator=generator, output_type="pt").images
-
-
-def summarise(rows: Iterable[ParallelRow]) -> str:
-    """One line per row: ``ring=2 / reference: rel_l2 3.7e-08 <= 1e-05 pass``."""
-    return "\n".join(f"{r.parallel} / {r.backend}: rel_l2 {r.rel_l2:.2e} "
-                     f"{'<=' if r.rel_l2 <= r.tolerance else '>'} {r.tolerance:.2e} {r.verdict}" for r in rows)

@@ -14,10 +14,9 @@ ERROR_STYLE = "color:#b71c1c"
 OK_STYLE = "color:#1b5e20"
 MUTED_STYLE = "color:#616161"
 
-from ..models.limits import BOUNDS, DEFAULT_MULTIPLE, seed_problem, side_problem, steps_problem, tokens_problem
+from ..models.limits import BOUNDS, seed_problem, side_problem, steps_problem, tokens_problem
 
 # The bounds live in one table (fluxlab.models.limits.BOUNDS); the widgets never force past them.
-SIZE_MULTIPLE = DEFAULT_MULTIPLE
 MAX_SIDE = BOUNDS["side"].high
 MAX_STEPS = BOUNDS["steps"].high
 
@@ -77,11 +76,6 @@ def check_prompt(prompt) -> str | None:
     if not isinstance(prompt, str) or not prompt.strip():
         return "enter a prompt (it is empty)"
     return None
-
-
-def check_side(value, name: str, multiple: int = SIZE_MULTIPLE) -> str | None:
-    """Why an image side cannot be used by FLUX.2 (not a multiple, or beyond fluxlab's bound), or None."""
-    return side_problem(value, name, multiple)
 
 
 def check_size(height, width, pipe=None) -> str | None:

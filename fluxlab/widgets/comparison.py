@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import os
 
+from ..util import torch_dtype_name
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_seed, figure_png, hbox_with_message,
                       message_html, run_shown, set_message, widgets)
 from .picker import BackendPicker
@@ -115,14 +116,8 @@ class ComparisonPanel(widgets.VBox):
     def _layer_options(self):
         if not self.records:
             return [("(no captured layers: pass records=fluxlab.capture(...) output)", None)]
-        return [(f"{r.name}  {'x'.join(map(str, r.q.shape))} {str(r.q.dtype).replace('torch.', '')}", i)
+        return [(f"{r.name}  {'x'.join(map(str, r.q.shape))} {torch_dtype_name(r.q.dtype)}", i)
                 for i, r in enumerate(self.records)]
-
-    def set_records(self, records) -> None:
-        """Offer these captured records as inputs (replacing any before)."""
-        self.records = _records_list(records)
-        self.layer.options = self._layer_options()
-        self.layer.value = 0 if self.records else None
 
     def _show_source(self):
         synthetic = self.source.value == "synthetic shape"

@@ -3,7 +3,7 @@
 The files beside this module are a ``diffusers.Flux2KleinPipeline`` written by ``save_pretrained`` (float32
 safetensors, ~14 MB): ``AutoencoderKLFlux2`` (x4), a 27-layer Qwen3 text encoder of width 32 with a byte-level
 tokenizer, and a ``Flux2Transformer2DModel`` of 4 double + 4 single blocks. ``training/train_embedded.py`` trains it
-(training/README.md); ``fluxlab.models.shapes_data`` is its data. It draws 64x64 images of captions such as
+(training/README.md); ``training/shapes_data.py`` is its data. It draws 64x64 images of captions such as
 "a red circle at the top left on a blue background".
 """
 

@@ -1,3 +1,0 @@
-"""fluxlab's version, in a module of its own so that core modules can read it without importing the package."""
-
-__version__ = "0.1.0"

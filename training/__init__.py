@@ -1,0 +1,1 @@
+"""Training the embedded model (train_embedded.py) and the data and quality checks only it and its tests use."""
