@@ -105,7 +105,7 @@ def build_parser(verbs=None) -> Parser:
     get their one-line help only, enough for ``fluxlab --help``. None: every verb."""
     import importlib
 
-    from . import __version__
+    from .version import __version__
 
     parser = Parser(prog="fluxlab", description="Which attention kernel to trust for FLUX.2, and how fast each "
                     "one is.", epilog=EXIT_TEXT)

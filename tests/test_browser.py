@@ -264,7 +264,7 @@ def click_decide(nb: Notebook, stored: dict):
     and all three show the caption's scene under the embedded-model tests' pixel test."""
     import numpy as np
 
-    from fluxlab.models.shapes_data import scene_problems
+    from training.shapes_data import scene_problems
 
     rendered = ".jp-OutputArea .jp-RenderedHTMLCommon"  # the results' _repr_html_ (fluxlab.results)
     wait_for(lambda: nb.page.locator(f"{rendered}:has-text('Drift of')").count() > 0, CLICK_S,

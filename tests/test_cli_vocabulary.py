@@ -231,7 +231,7 @@ def test_default_generate_draws_the_default_caption(tmp_path, capsys):
     """`fluxlab generate` with its defaults: the embedded model puts the caption's colours where it says."""
     from PIL import Image
 
-    from fluxlab.models import shapes_data
+    from training import shapes_data
 
     out = tmp_path / "run"
     assert main(["generate", "--backends", "sdpa", "--out", str(out)]) == 0

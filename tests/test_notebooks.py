@@ -48,8 +48,9 @@ EXPECTED = {
 # own drift map (locate_drift's prompt, seed, steps and size) without touching the explorer widget.
 SCENE_CHECKS = {
     "04_decide.ipynb": (
-        "import json as _json\n"
-        "from fluxlab.models.shapes_data import scene_problems as _scene_problems\n"
+        "import json as _json, sys as _sys\n"
+        f"_sys.path.insert(0, {str(ROOT)!r})  # the pixel rule lives in training/ (the repository, not the package)\n"
+        "from training.shapes_data import scene_problems as _scene_problems\n"
         "_replay, _top = drift.replay(pipe), drift.cells(1)[0]\n"
         "_runs = {'all good': None, 'one cell bad': _replay.cell(_top.layer, _top.steps[0]), 'all bad': _replay.all_cells}\n"
         "print('SCENE ' + _json.dumps({'caption': RUN['prompt'], 'problems': {\n"
