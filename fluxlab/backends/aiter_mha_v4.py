@@ -59,7 +59,10 @@ def bind_aiter_mha_v4():
     mha_v4, formats, native_fp8 = module.mha_v4, module.AttentionFormat, module.native_fp8_format
 
     def aiter_mha_v4(q, k, v, *, scale, causal=False, return_lse=False, format="i8fp8"):
-        reasons = format_reasons(format, current_platform().arch)
+        platform = current_platform()
+        # on an AMD GPU the arch's manifest is checked here, with the reason; elsewhere (a stand-in) aiter decides
+        reasons = format_reasons(format, platform.arch) if platform.vendor == "amd" else (
+            [] if format in MHA_V4_FORMATS else format_reasons(format, None))
         if causal or return_lse:
             reasons.append("aiter MHA v4 is dense non-causal attention without the log-sum-exp")
         if reasons:
