@@ -36,7 +36,7 @@ HEAD_DIM = 128
 # float32(1/sqrt(128)): the constant aiter's rotation multiplies by (written 0.08838834764831845f in the kernel).
 HADAMARD128_SCALE = torch.tensor(1 / math.sqrt(HEAD_DIM), dtype=torch.float32).item()
 LOG2E = 1.4426950408889634  # aiter's MHA_V4_LOG2E
-TIES = ("even", "down")
+TIES = ("even", "down", "away")
 
 
 def _grid(fmt: str) -> torch.Tensor:
@@ -50,7 +50,7 @@ def encode_element(x: torch.Tensor, fmt: str = "e2m1", *, ties: str = "even") ->
     """``x`` (float32, already divided by its block scale) -> the element codes (uint8: sign bit over the
     magnitude index), rounding to the nearest grid value, saturating at the largest (these formats have no
     infinity). ``ties="even"``: a value exactly halfway goes to the even code (IEEE / hardware conversion);
-    ``"down"``: to the smaller magnitude. Zero and negative zero encode as +0 and -0. NaN is refused: these
+    ``"down"``: to the smaller magnitude; ``"away"``: to the larger (round half away from zero). Zero and negative zero encode as +0 and -0. NaN is refused: these
     formats cannot hold it."""
     if ties not in TIES:
         raise ValueError(f"ties={ties!r} is not one of {TIES}")
@@ -65,7 +65,7 @@ def encode_element(x: torch.Tensor, fmt: str = "e2m1", *, ties: str = "even") ->
     if ties == "even":
         tie_up = (upper % 2) == 0
     else:
-        tie_up = torch.zeros_like(upper, dtype=torch.bool)
+        tie_up = torch.full_like(upper, ties == "away", dtype=torch.bool)
     pick_upper = (magnitude > midpoint) | ((magnitude == midpoint) & tie_up)
     index = torch.where(exact_or_top | pick_upper, upper, lower)
     sign = torch.signbit(x).to(torch.int64) * SIGN_BIT[fmt]
@@ -244,6 +244,14 @@ def quantise_mxfp4_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values[..., :seq].permute(0, 3, 1, 2).contiguous(), codes
 
 
+def quantise_mxfp4_downcast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """aiter's Triton ``downcast_to_mxfp(x, torch.uint8, axis=-1)`` (``aiter/ops/triton/moe/quant_moe.py``, the
+    quantiser of the MXFP4 Sage kernel's rotated Q/K) with its default ROUND_UP scale: the same scale as MHA v4's
+    MXFP4 Q/K (``amax / 6`` rounded up to a power of two) but elements rounded half away from zero (its bit
+    arithmetic looks at the first dropped bit only), saturating at 6. [..., n] -> (values, codes [..., n/32])."""
+    return quantise_mx_blocks(x.float(), "e2m1", "aiter_mxfp4_qk", ties="away")
+
+
 def quantise_int8_per_tensor(x: torch.Tensor, clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """aiter's ``quantize_int8``: ``scale = amax / float32(127 / clip)`` (1.0 for an all-zero tensor), integers
     ``rint(x / scale)`` (one float32 division, ties to even) clamped to [-128, 127]. -> (integers as float32,
@@ -277,6 +285,6 @@ def quantise_fp8_v_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[to
 
 __all__ = ["E2M1_GRID", "E2M3_GRID", "ELEMENT_EMAX", "HADAMARD128_SCALE", "decode_element", "e8m0_to_float",
            "encode_element", "hadamard128", "q_multiplier", "quantise_fp8_per_tensor", "quantise_fp8_v_per_channel",
-           "quantise_int8_per_tensor", "quantise_mx_blocks", "quantise_mxfp4_qk", "quantise_mxfp4_v",
+           "quantise_int8_per_tensor", "quantise_mx_blocks", "quantise_mxfp4_downcast", "quantise_mxfp4_qk", "quantise_mxfp4_v",
            "quantise_mxfp6_qk", "rotate_for_mx", "round_e2m1_ties_down_native", "round_element",
            "scale_code_aiter_mxfp4_qk", "scale_code_aiter_mxfp4_v", "scale_code_aiter_mxfp6_qk", "scale_code_ocp"]

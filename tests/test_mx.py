@@ -45,16 +45,18 @@ def test_every_e2m3_value():
 # Midpoints of the E2M1 grid and where each tie goes. Ties to even: the neighbour whose code is even
 # (0.25: 0 [code 0] vs 0.5 [1] -> 0; 0.75: 0.5 [1] vs 1 [2] -> 1; 1.25: 1 [2] vs 1.5 [3] -> 1; 1.75: 1.5 vs 2 [4]
 # -> 2; 2.5: 2 [4] vs 3 [5] -> 2; 3.5: 3 [5] vs 4 [6] -> 4; 5: 4 [6] vs 6 [7] -> 4). Ties down: the smaller one.
-E2M1_TIES = [(0.25, 0.0, 0.0), (0.75, 1.0, 0.5), (1.25, 1.0, 1.0), (1.75, 2.0, 1.5), (2.5, 2.0, 2.0),
-             (3.5, 4.0, 3.0), (5.0, 4.0, 4.0)]
+# Ties away: the larger magnitude.
+E2M1_TIES = [(0.25, 0.0, 0.0, 0.5), (0.75, 1.0, 0.5, 1.0), (1.25, 1.0, 1.0, 1.5), (1.75, 2.0, 1.5, 2.0),
+             (2.5, 2.0, 2.0, 3.0), (3.5, 4.0, 3.0, 4.0), (5.0, 4.0, 4.0, 6.0)]
 
 
-@pytest.mark.parametrize("tie,even,down", E2M1_TIES)
-def test_e2m1_ties(tie, even, down):
+@pytest.mark.parametrize("tie,even,down,away", E2M1_TIES)
+def test_e2m1_ties(tie, even, down, away):
     for sign in (1, -1):
         x = t(sign * tie)
         assert mx.round_element(x, "e2m1", ties="even").item() == sign * even
         assert mx.round_element(x, "e2m1", ties="down").item() == sign * down
+        assert mx.round_element(x, "e2m1", ties="away").item() == sign * away
         # the V packer's trick (one ulp down, then nearest-even) is ties-down on a tie
         assert mx.round_e2m1_ties_down_native(x).item() == sign * down
 
@@ -227,3 +229,13 @@ def test_mxfp4_v_blocks_run_along_the_sequence():
     assert codes[0, 0, 0, :2].tolist() == [127, 123]
     assert values[0, :32, 0, 0].unique().tolist() == [1.0, 6.0]
     assert values[0, 32:, 0, 0].unique().tolist() == [0.25]
+
+
+def test_triton_downcast_recipe_rounds_half_away():
+    # block amax 6 -> scale 1 (code 127): 0.25 -> 0.5, 2.5 -> 3, 5 -> 6 (MHA v4's hardware path gives 0, 2, 4)
+    block = torch.zeros(32)
+    block[:4] = t(6.0, 0.25, 2.5, 5.0)
+    values, codes = mx.quantise_mxfp4_downcast(block)
+    assert codes.tolist() == [127] and values[:4].tolist() == [6.0, 0.5, 3.0, 6.0]
+    values, _ = mx.quantise_mx_blocks(block, "e2m1", "aiter_mxfp4_qk", ties="even")
+    assert values[:4].tolist() == [6.0, 0.0, 2.0, 4.0]
