@@ -56,7 +56,9 @@ def transformer_like(seq: int, heads: int, seed: int) -> tuple[torch.Tensor, tor
         return x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
     q, k, v = (rms_rows(torch.randn(1, heads, seq, d, generator=gen)) for _ in range(3))
-    channel = lambda spread, lo, hi: torch.exp(spread * torch.randn(1, heads, 1, d, generator=gen)).clamp(lo, hi)  # noqa: E731
+    def channel(spread, lo, hi):  # one log-normal scale per channel
+        return torch.exp(spread * torch.randn(1, heads, 1, d, generator=gen)).clamp(lo, hi)
+
     q, k, v = q * channel(0.35, 0.35, 2.5), k * channel(0.35, 0.35, 2.5), v * channel(0.45, 0.25, 3.5)
     shared = torch.randn(1, heads, seq, d, generator=gen)
     q, k = q + 0.35 * shared, k + 0.35 * shared

@@ -50,8 +50,8 @@ def encode_element(x: torch.Tensor, fmt: str = "e2m1", *, ties: str = "even") ->
     """``x`` (float32, already divided by its block scale) -> the element codes (uint8: sign bit over the
     magnitude index), rounding to the nearest grid value, saturating at the largest (these formats have no
     infinity). ``ties="even"``: a value exactly halfway goes to the even code (IEEE / hardware conversion);
-    ``"down"``: to the smaller magnitude; ``"away"``: to the larger (round half away from zero). Zero and negative zero encode as +0 and -0. NaN is refused: these
-    formats cannot hold it."""
+    ``"down"``: to the smaller magnitude; ``"away"``: to the larger (round half away from zero). Zero and negative
+    zero encode as +0 and -0. NaN is refused: these formats cannot hold it."""
     if ties not in TIES:
         raise ValueError(f"ties={ties!r} is not one of {TIES}")
     if torch.isnan(x).any():
@@ -285,6 +285,6 @@ def quantise_fp8_v_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[to
 
 __all__ = ["E2M1_GRID", "E2M3_GRID", "ELEMENT_EMAX", "HADAMARD128_SCALE", "decode_element", "e8m0_to_float",
            "encode_element", "hadamard128", "q_multiplier", "quantise_fp8_per_tensor", "quantise_fp8_v_per_channel",
-           "quantise_int8_per_tensor", "quantise_mx_blocks", "quantise_mxfp4_downcast", "quantise_mxfp4_qk", "quantise_mxfp4_v",
-           "quantise_mxfp6_qk", "rotate_for_mx", "round_e2m1_ties_down_native", "round_element",
+           "quantise_int8_per_tensor", "quantise_mx_blocks", "quantise_mxfp4_downcast", "quantise_mxfp4_qk",
+           "quantise_mxfp4_v", "quantise_mxfp6_qk", "rotate_for_mx", "round_e2m1_ties_down_native", "round_element",
            "scale_code_aiter_mxfp4_qk", "scale_code_aiter_mxfp4_v", "scale_code_aiter_mxfp6_qk", "scale_code_ocp"]
