@@ -149,7 +149,18 @@ def table(data: dict) -> str:
         image = images.get(f"{PADDED}:format={fmt}", {}).get("verdict", "")
         lines.append(f"| {fmt} | {t['rel_l2_vs_fp64']:.4f} | {t['cosine_vs_bf16']:.6f} | "
                      f"{'' if published is None else f'{published:.6f}'} | {n['rel_l2_vs_fp64']:.4f} | {image} |")
+    published = PUBLISHED["cosine_vs_bf16"]
+    emulated = {fmt: k["transformer"][fmt]["cosine_vs_bf16"] for fmt in published}
+    same = sorted(published, key=published.get) == sorted(emulated, key=emulated.get)
+    lines += ["", f"Cosine vs bf16, emulated beside published: {'the same' if same else 'a different'} ordering; "
+              "emulated minus published: " + ", ".join(f"{emulated[f] - published[f]:+.4f} ({f})" for f in published)
+              + "."]
     if images:
+        verdicts = {}
+        for fmt in FORMATS:
+            verdicts.setdefault(images.get(f"{PADDED}:format={fmt}", {}).get("verdict"), []).append(fmt)
+        lines.append("Image verdicts on the embedded model: " + "; ".join(
+            f"{verdict}: {', '.join(fmts)}" for verdict, fmts in verdicts.items()) + ".")
         lines += ["", f"Images: embedded model, {data['images']['steps']} steps, seeds {data['images']['seeds']}, "
                   "against `reference` (float64)", "", "| backend | final-latent rel-L2 (worst) | SSIM (worst) | "
                   "verdict |", "|---|---:|---:|---|"]
