@@ -90,6 +90,12 @@ class Platform:
                    cudnn_attention=False, fp8=True, device_count=1)
 
     @classmethod
+    def mi355x(cls) -> Platform:
+        # gfx950 (MI350 series): the arch of aiter's MHA v4 MX kernels; torch/HIP as for the MI300X profile.
+        return cls("amd", "gfx950", "AMD Instinct MI355X", "2.11.0", hip_version="7.1",
+                   cudnn_attention=False, fp8=True, device_count=1)
+
+    @classmethod
     def cpu(cls) -> Platform:
         return cls("cpu", None, _host.processor() or _host.machine() or "cpu", torch.__version__)
 
@@ -133,4 +139,5 @@ def platform_for_device(device: torch.device, machine: Platform | None = None) -
 
 
 PROFILES = {"h100": Platform.h100, "h200": Platform.h200, "a100": Platform.a100, "mi300x": Platform.mi300x,
+            "mi355x": Platform.mi355x,
             "cpu": Platform.cpu}
