@@ -12,7 +12,8 @@ PACKAGE = ROOT / "fluxlab"
 # Lowest first; a module may import its own layer or lower ones. The longest matching prefix decides.
 LAYERS = [
     ("core", ["fluxlab.errors", "fluxlab.platform", "fluxlab.numerics", "fluxlab.util", "fluxlab.version",
-              "fluxlab.outputs", "fluxlab.command", "fluxlab.terminal", "fluxlab.defaults", "fluxlab.results"]),
+              "fluxlab.outputs", "fluxlab.command", "fluxlab.terminal", "fluxlab.defaults", "fluxlab.results",
+              "fluxlab.mx"]),
     ("backends", ["fluxlab.backends"]),
     ("dispatch", ["fluxlab.registry", "fluxlab.diffusers_names", "fluxlab.priority", "fluxlab.choice",
                   "fluxlab.ops", "fluxlab.dispatch", "fluxlab.record", "fluxlab.doctor"]),
