@@ -231,6 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sage-source", default=None, help="where the SageAttention 2 build came from (recorded)")
+    parser.add_argument("--code-commit", default=None,
+                        help="the fluxlab commit that ran, where the checkout has no git history (recorded)")
     args = parser.parse_args(argv)
     for name in ("warmup", "reps", "rounds"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
                          "cudnn": torch.backends.cudnn.version(), "flash-attn-4": _version("flash-attn-4"),
                          "fa3-fwd": _version("fa3-fwd"), "flash-attn-3": _version("flash-attn-3"),
                          "sageattention": _version("sageattention"), "sageattention source": args.sage_source},
-            "target": {"emulator_to_kernel_over_kernel_error": TARGET}}
+            "code_commit": args.code_commit, "target": {"emulator_to_kernel_over_kernel_error": TARGET}}
     start = time.perf_counter()
     data["speed"] = speed(kernels, seqs, heads, head_dim, device, warmup=args.warmup, reps=args.reps,
                           rounds=args.rounds)

@@ -27,11 +27,15 @@ FLUX2_BACKEND_REASONS: dict[str, str] = {
     "reference": "float64 attention; exact yardstick, slow",
     # Quantised.
     "sage": "SageAttention (int8 QK^T); quantised — judged against its own error budget",
+    "fa3_fp8": "FlashAttention-3 FP8 (Hopper; e4m3 Q/K/V/P); quantised",
+    "sage2": "SageAttention 2's Hopper kernel (int8 QK^T, fp8 PV); quantised",
     # Emulated: another kernel's rounding/quantisation points in float32 (backends/emulated.py), for the CPU lab.
     "emu_bf16": "emulated bf16 flash kernel (bf16 probabilities and output); exact class",
     "emu_aiter": "emulated AITER kernel with its how_v3_bf16_cvt output rounding; exact class",
     "emu_sage": "emulated SageAttention 1.0.6; quantised",
     "emu_aiter_sage": "emulated AITER Sage kernel (int8 Q/K, fp8 V and P); quantised",
+    "emu_fa3_fp8": "emulated FlashAttention-3 FP8; quantised",
+    "emu_sage2": "emulated SageAttention 2 sm90 kernel; quantised",
 }
 
 FLUX2_BACKENDS: frozenset[str] = frozenset(FLUX2_BACKEND_REASONS)
