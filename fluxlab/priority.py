@@ -1,11 +1,12 @@
 """Which exact backend runs when nobody chose: one row per vendor/arch, best first; and the priority groups.
 
 Measured on an H100 at FLUX.2 shapes (bf16, D 128; benchmarks/results/h100/attention.json): FA4 and SDPA's
-cuDNN kernel run at ~1.8x SDPA's flash (FA2) kernel. fa2 and fa3 are proven on stand-ins only (their call
-contract, tests/test_standin_contracts.py; no build of either has run on a GPU here), so their ranks are the
-upstream projects' published ordering, not our measurement: fa3 stays on the Hopper row below the measured
-kernels (fa4, cuDNN), so it is only picked on a machine that has it and lacks both. Quantised kernels (sage,
-aiter_sage) are never picked automatically: a researcher opts into them. Rows are tried most specific first:
+cuDNN kernel run at ~1.8x SDPA's flash (FA2) kernel. fa2 is proven on stand-ins only (its call contract,
+tests/test_standin_contracts.py; no build has run on a GPU here), so its rank is the upstream project's published
+ordering. fa3 ran on an H100 from PyPI's fa3-fwd (benchmarks/results/h100/hopper_quant/): level with fa4 and cuDNN,
+ahead of neither at both FLUX.2 sizes, so it stays on the Hopper row below them and is only picked on a machine that
+lacks both. Quantised kernels (sage, sage2, fa3_fp8, aiter_sage) are never picked automatically: a researcher opts
+into them. Rows are tried most specific first:
 (vendor, arch), then (vendor, None).
 """
 

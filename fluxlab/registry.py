@@ -32,6 +32,7 @@ ALIASES = {
     "_flash_varlen_3": "fa3",
     "sage_varlen": "sage",
     "_sage_qk_int8_pv_fp16_triton": "sage",
+    "_sage_qk_int8_pv_fp8_cuda_sm90": "sage2",
     "float64": "reference",
 }
 

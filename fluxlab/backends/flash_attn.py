@@ -142,7 +142,7 @@ BACKENDS = [
             "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,), binder=bind_fa2),
     Backend("fa3", _unbound(bind_fa3),
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_90",)},
-                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True, stand_in_only=True),
+                         dtypes=HALF_DTYPES, max_head_dim=256, returns_lse=True),
             "FlashAttention-3, Hopper only (flash_attn_interface or fa3_fwd_interface .flash_attn_func)",
             requires=(FA3,), extra_checks=fa3_build_reasons, binder=bind_fa3),
     Backend("fa4", _unbound(bind_fa4),

@@ -32,6 +32,7 @@ SAME_KERNEL: dict[str, str] = {
     "sage": "sage",  # SageAttention (diffusers wants >= 2.1.1; fluxlab's adapter runs 1.0.6's Triton kernel)
     "sage_varlen": "sage",
     "_sage_qk_int8_pv_fp16_triton": "sage",  # SageAttention's Triton kernel: int8 QK^T, fp16 PV
+    "_sage_qk_int8_pv_fp8_cuda_sm90": "sage2",  # SageAttention 2's Hopper kernel: int8 QK^T, fp8 PV
 }
 
 # Kernels diffusers downloads from the Hugging Face Hub at run time -> (fluxlab backend to use, what it is).
@@ -52,7 +53,6 @@ NO_EQUIVALENT: dict[str, tuple[str | None, str]] = {
     "_native_xla": (None, "XLA / TPU flash attention"),
     "xformers": ("sdpa_efficient", "xFormers' memory-efficient kernel"),
     "_sage_qk_int8_pv_fp8_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp8 PV)"),
-    "_sage_qk_int8_pv_fp8_cuda_sm90": ("sage", "SageAttention 2's Hopper CUDA kernel (int8 QK^T, fp8 PV)"),
     "_sage_qk_int8_pv_fp16_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp16 PV)"),
 }
 
