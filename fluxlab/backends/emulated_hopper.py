@@ -85,7 +85,9 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
     block = int(block_n) if block_n else fa3_fp8_block_n(q.shape[-1])
     if block < 1:
         raise ValueError(f"block_n must be >= 1, got {block_n}")
-    descale = lambda d: d.repeat_interleave(groups, dim=1) if groups > 1 else d  # noqa: E731 - [B, H]
+
+    def descale(per_kv_head):  # [B, Hkv] -> [B, H]
+        return per_kv_head.repeat_interleave(groups, dim=1) if groups > 1 else per_kv_head
     scale_log2 = torch.tensor(scale * LOG2E_F32, dtype=torch.float32).item()
     row_scale = (scale_log2 * (descale(dq) * descale(dk)))[:, :, None, None].to(q.device)  # [B, H, 1, 1]
     # FA3 walks key blocks from the last (ragged) one to the first: reverse the keys and pad the front so that the
