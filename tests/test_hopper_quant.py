@@ -83,7 +83,11 @@ def test_quantised_hopper_backends_are_declared_and_never_picked_automatically()
         assert all(name not in members for group in GROUPS.values() for members in group.values())
     for emulator, real in (("emu_fa3_fp8", "fa3_fp8"), ("emu_sage2", "sage2")):
         caps = registry.get_backend(emulator).caps
-        assert caps.emulated and caps.emulates == real and caps.quantised and caps.returns_lse
+        assert caps.emulated and caps.emulates == real and caps.quantised and caps.returns_lse and caps.experimental
+    from fluxlab.compare.specs import parse_backends
+
+    cpu_sweep = {spec.name for spec in parse_backends(None, Platform.cpu())}
+    assert "emu_sage" in cpu_sweep and not {"emu_fa3_fp8", "emu_sage2"} & cpu_sweep  # opt-in: named only
     assert fluxlab.default_backend(platform=Platform.h100()) not in ("fa3_fp8", "sage2")
     assert registry.get_backend("sage2").option_values["qk_quant_gran"].keys() == {"per_thread", "per_warp"}
 
