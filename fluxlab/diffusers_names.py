@@ -24,7 +24,6 @@ NO_EQUIVALENT: dict[str, tuple[str | None, str]] = {
     "_native_xla": (None, "XLA / TPU flash attention"),
     "xformers": ("sdpa_efficient", "xFormers' memory-efficient kernel"),
     "_sage_qk_int8_pv_fp8_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp8 PV)"),
-    "_sage_qk_int8_pv_fp8_cuda_sm90": ("sage", "SageAttention 2's Hopper CUDA kernel (int8 QK^T, fp8 PV)"),
     "_sage_qk_int8_pv_fp16_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp16 PV)"),
 }
 

@@ -36,6 +36,7 @@ PACKAGE_KERNELS = {  # distribution -> {vendor: (backends, arches or None for an
     "flash-attn-4": {"nvidia": (("fa4",), ("sm_90", "sm_100", "sm_103"))},
     "flash-attn": {"nvidia": (("fa2",), None), "amd": (("fa2",), ("gfx90a", "gfx942", "gfx950"))},
     "flash-attn-3": {"nvidia": (("fa3",), ("sm_90",))},
+    "fa3-fwd": {"nvidia": (("fa3", "fa3_fp8"), ("sm_90",))},
     "sageattention": {"nvidia": (("sage",), None)},
     "amd-aiter": {"nvidia": (("aiter_triton",), None),
                   "amd": (("aiter", "aiter_sage", "aiter_triton"), ("gfx942", "gfx950"))},

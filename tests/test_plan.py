@@ -268,10 +268,11 @@ def test_lse_gradient_is_right_where_it_is_returned():
 
 def test_stand_in_only_backends_are_marked_in_doctor():
     rows = {r.name: r for r in fluxlab.backends()}
-    assert {n for n, r in rows.items() if r.stand_in_only} >= {"fa2", "fa3", "aiter", "aiter_sage"}
-    assert not rows["fa4"].stand_in_only and not rows["sdpa"].stand_in_only
+    assert {n for n, r in rows.items() if r.stand_in_only} >= {"fa2", "aiter", "aiter_sage"}
+    # fa3 ran on an H100 (PyPI's fa3-fwd: benchmarks/results/h100/hopper_quant/)
+    assert not rows["fa4"].stand_in_only and not rows["sdpa"].stand_in_only and not rows["fa3"].stand_in_only
     lines = {line.split()[0]: line for line in fluxlab.doctor_text().splitlines()[4:]}
-    assert "proven on a stand-in only" in lines["fa3"] and "proven on a stand-in only" not in lines["fa4"]
+    assert "proven on a stand-in only" in lines["fa2"] and "proven on a stand-in only" not in lines["fa3"]
     ranks_doc = importlib.import_module("fluxlab.backends.flash_attn").__doc__  # where fa2/fa3 get their ranks
     assert "H200" not in ranks_doc and "stand-in" in ranks_doc
     assert "see README" not in (ROOT / "fluxlab" / "backends" / "aiter_triton.py").read_text()

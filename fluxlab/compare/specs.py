@@ -49,12 +49,13 @@ class BackendSpec:
 
 def parse_backends(backends, platform: Platform) -> list[BackendSpec]:
     """None: every backend that runs on ``platform`` except the float64 reference (emulated kernels only on a
-    CPU, where they stand in for the GPU kernels); a comma-separated string or a list of names/specs otherwise
-    (duplicates dropped, order kept)."""
+    CPU, where they stand in for the GPU kernels; experimental emulators only when named); a comma-separated string
+    or a list of names/specs otherwise (duplicates dropped, order kept)."""
     if backends is None:
         names = [b.name for b in registry.all_backends()
                  if b.name != "reference" and not b.platform_reasons(platform)
-                 and (platform.vendor == "cpu" or not b.caps.emulated)]
+                 and (platform.vendor == "cpu" or not b.caps.emulated)
+                 and not (b.caps.emulated and b.caps.experimental)]
         return [BackendSpec.parse(n) for n in names]
     if isinstance(backends, (str, BackendChoice, BackendSpec)):
         backends = [backends] if not isinstance(backends, str) else _split_specs(backends)
