@@ -6,6 +6,7 @@ import dataclasses
 import html
 import math
 
+from .gate import GateStats
 from .metrics import ErrorMap
 from .tolerances import FAIL, PASS, RULE_TEXT, SEVERITY, SKIP, WARN, worst
 
@@ -44,14 +45,41 @@ class ComparisonRow:
     worst_head_rel_l2: float | None = None
     worst_token: int | None = None
     worst_token_rel_l2: float | None = None
+    # The gate (compare.gate): bias, worst slices, clear top-channel flips, NaN/inf structure.
+    bias: float | None = None  # mean error / RMS error, the larger of signed and toward-zero, with its sign
+    bias_direction: str | None = None  # "toward +inf", "toward zero", ...
+    biased: bool = False  # the bias is beyond the gate (a fail)
+    worst_head_ratio: float | None = None  # the worst head's rel_l2 over the yardstick's on that head
+    worst_batch_ratio: float | None = None  # the same per batch element (batch > 1)
+    worst_segment_ratio: float | None = None  # text tokens vs image tokens (text length known)
+    worst_slice: str | None = None  # e.g. "head 3", "batch 1", "text tokens"
+    flip_rate: float | None = None  # share of clear rows whose top channel changed
+    flipped_rows: int | None = None
+    clear_rows: int | None = None
+    nonfinite_where_finite: int | None = None
+    finite_where_nonfinite: int | None = None
     error: str | None = None  # exception text, NaN count, or why it was skipped
     notes: str = ""  # why this verdict
     error_map: ErrorMap | None = dataclasses.field(default=None, repr=False, compare=False)
+    gate: GateStats | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error_map"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("error_map", "gate")}
         data["shape"] = "x".join(map(str, self.shape))
         return data
+
+    def set_gate(self, stats: GateStats, biased: bool) -> None:
+        """Copy the gate's statistics into the row's flat fields."""
+        self.gate, self.biased = stats, biased
+        self.bias, self.bias_direction = stats.bias, stats.bias_direction
+        for kind in ("head", "batch", "segment"):
+            piece = stats.worst_slice(kind)
+            setattr(self, f"worst_{kind}_ratio", piece.ratio if piece else None)
+        piece = stats.worst_slice()
+        self.worst_slice = piece.label if piece else None
+        self.flip_rate, self.flipped_rows, self.clear_rows = stats.flip_rate, stats.flipped_rows, stats.clear_rows
+        self.nonfinite_where_finite = stats.nonfinite_where_finite
+        self.finite_where_nonfinite = stats.finite_where_nonfinite
 
 
 def _fmt(value, spec=".2e") -> str:

@@ -57,6 +57,68 @@ LSE_TOLERANCE = {
 }
 QUANTISED_LSE_TOLERANCE = LseTolerance(2e-2, 5e-2)  # not measured here: no quantised kernel returns an LSE yet
 
+@dataclasses.dataclass(frozen=True)
+class GateRule:
+    """The gate beside the error size (``compare.gate``): limits derived from measured exact kernels.
+
+    ``derive_gate_rule`` turns the committed measurement files (``GATE_FILES``, written by
+    ``benchmarks/gate_thresholds.py``) into these numbers with the margins in ``GATE_MARGINS``; a test checks that
+    the numbers below are that derivation, so they cannot drift from the files. docs/verdicts.md explains each.
+    """
+
+    bias_floor: float  # |mean error| / RMS allowed on any input ...
+    bias_z: float  # ... or bias_z / sqrt(rows), whichever is larger (a mean over few rows is noisier)
+    slice_pass: float  # worst head / batch element / segment: rel_l2 <= slice_pass x the yardstick on that slice
+    slice_warn: float
+    flip_margin_eps: float  # a row's float64 top channel is clear when it leads by > this x eps(dtype) x max|row|
+    flip_pass: float  # share of clear rows whose top channel the kernel changes
+    flip_warn: float
+    quantised_slice_pass: float = QUANTISED_BUDGET.pass_rel_l2  # quantised kernels: the budget holds per slice
+    quantised_slice_warn: float = QUANTISED_BUDGET.warn_rel_l2
+
+    def bias_limit(self, rows: int) -> float:
+        return max(self.bias_floor, self.bias_z / math.sqrt(max(rows, 1)))
+
+
+# Where the gate's numbers come from, and the margins put on the worst measured exact kernel.
+GATE_FILES = ("cpu/gate_thresholds.json", "h100/gate_thresholds.json", "h200/gate_thresholds.json")
+GATE_MARGINS = {"bias": 2.0, "slice_pass": 1.35, "slice_warn": 2.0, "flip_pass": 2.0, "flip_warn": 10.0}
+FLIP_MARGIN_EPS = 4.0  # a clear top channel: ahead by > 4 eps of the row's largest value (see docs/verdicts.md)
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a limit never below what it was derived from)."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    exponent = math.floor(math.log10(value)) - digits + 1
+    return math.ceil(value / 10**exponent - 1e-9) * 10**exponent
+
+
+def derive_gate_rule(measurements) -> GateRule:
+    """The gate's limits from measurement files (dicts from ``benchmarks/gate_thresholds.py``): the worst exact
+    kernel's bias, bias x sqrt(rows), worst-slice ratio and clear-flip rate, times ``GATE_MARGINS``. A measured
+    flip rate of 0 gives the measurement's resolution (one row of the largest input) instead."""
+    worst = {"bias": 0.0, "bias_z": 0.0, "slice_ratio": 0.0, "flip_rate": 0.0, "flip_resolution": 1.0}
+    for data in measurements:
+        summary = data["exact_summary"]
+        worst["bias"] = max(worst["bias"], summary["max_abs_bias_large"])
+        worst["bias_z"] = max(worst["bias_z"], summary["max_bias_z"])
+        worst["slice_ratio"] = max(worst["slice_ratio"], summary["max_slice_ratio"])
+        worst["flip_rate"] = max(worst["flip_rate"], summary["max_flip_rate"])
+        worst["flip_resolution"] = min(worst["flip_resolution"], 1.0 / summary["max_clear_rows"])
+    flip = max(worst["flip_rate"], worst["flip_resolution"])
+    slice_pass = _round_up(GATE_MARGINS["slice_pass"] * worst["slice_ratio"])
+    return GateRule(bias_floor=_round_up(GATE_MARGINS["bias"] * worst["bias"]),
+                    bias_z=_round_up(GATE_MARGINS["bias"] * worst["bias_z"]),
+                    slice_pass=slice_pass, slice_warn=_round_up(GATE_MARGINS["slice_warn"] * slice_pass),
+                    flip_margin_eps=FLIP_MARGIN_EPS, flip_pass=_round_up(GATE_MARGINS["flip_pass"] * flip),
+                    flip_warn=_round_up(GATE_MARGINS["flip_warn"] * flip))
+
+
+# derive_gate_rule(the committed GATE_FILES); tests/test_gate.py checks it.
+GATE_RULE = GateRule(bias_floor=0.1, bias_z=8.0, slice_pass=2.0, slice_warn=4.0, flip_margin_eps=FLIP_MARGIN_EPS,
+                     flip_pass=1e-3, flip_warn=1e-2)
+
 # The table README and reports print (one row per rule).
 RULE_TABLE = [
     ("exact kernel", "rel_l2 <= 2 x yardstick and max_abs <= 4 x yardstick",
