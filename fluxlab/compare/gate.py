@@ -95,10 +95,15 @@ class Yardstick:
         self.ref_sign = torch.sign(self.ref)
         self.ref2 = self._slice_sums(self.ref.square().sum(dim=-1))
         rounded = self._masked(ref.to(dtype))
+        self.rounding = error_stats(rounded, self.ref)  # the least error the dtype allows
         yard_err2 = [self._slice_sums((rounded - self.ref).square_().sum(dim=-1))]
         del rounded
+        self.baseline = None  # torch's math kernel in the dtype
         if baseline_out is not None:
-            yard_err2.append(self._slice_sums((self._masked(baseline_out) - self.ref).square_().sum(dim=-1)))
+            baseline64 = self._masked(baseline_out)
+            self.baseline = error_stats(baseline64, self.ref)
+            yard_err2.append(self._slice_sums((baseline64 - self.ref).square_().sum(dim=-1)))
+            del baseline64
         self.yardstick = {kind: torch.maximum(*[self._rel(e[kind], kind) for e in yard_err2])
                           if len(yard_err2) > 1 else self._rel(yard_err2[0][kind], kind) for kind in self.ref2}
         top = self.ref.topk(2, dim=-1) if self.ref.shape[-1] > 1 else None
@@ -250,16 +255,15 @@ def _grade(value: float, pass_limit: float, warn_limit: float) -> str:
     return PASS if value <= pass_limit else WARN if value <= warn_limit else FAIL
 
 
-def judge_attention(out: torch.Tensor, yardstick: Yardstick, baseline_stats, rounding_stats, *,
-                    quantised: bool = False) -> Judgement:
+def judge_attention(out: torch.Tensor, yardstick: Yardstick, *, quantised: bool = False) -> Judgement:
     """The one rule for an attention output (the engine, replays and the tests use it): the error size against
-    the yardstick (``tolerances.judge_output``) and the gate (``judge_gate``). ``baseline_stats`` /
-    ``rounding_stats``: ``error_stats`` of torch's math kernel and of the rounded float64 answer."""
+    the yardstick (``tolerances.judge_output``) and the gate (``judge_gate``)."""
     if tuple(out.shape) != tuple(yardstick.ref.shape):
         return Judgement(FAIL, [f"wrong output shape {tuple(out.shape)}, expected {tuple(yardstick.ref.shape)}"], None)
     stats = yardstick.measure(out)
     size = error_stats(*comparable(out, yardstick))
-    size_verdict, size_note = judge_output(size, baseline_stats, rounding_stats, quantised=quantised)
+    baseline = yardstick.baseline or yardstick.rounding
+    size_verdict, size_note = judge_output(size, baseline, yardstick.rounding, quantised=quantised)
     verdicts, notes, biased = judge_gate(stats, quantised=quantised)
     return Judgement(worst([size_verdict, *verdicts]), [size_note, *notes], stats, biased, size)
 
@@ -274,11 +278,4 @@ def comparable(out: torch.Tensor, yardstick: Yardstick) -> tuple[torch.Tensor, t
     return torch.where(use, out.to(torch.float64), 0.0), torch.where(use, yardstick.ref, 0.0)
 
 
-def reference_stats(yardstick: Yardstick, baseline_out: torch.Tensor):
-    """(baseline, rounding) ``error_stats`` of an input, on the positions where float64 is finite."""
-    rounded = yardstick._masked(yardstick.ref.to(yardstick.dtype))
-    return error_stats(yardstick._masked(baseline_out), yardstick.ref), error_stats(rounded, yardstick.ref)
-
-
-__all__ = ["GateStats", "Judgement", "SliceError", "Yardstick", "comparable", "judge_attention", "judge_gate",
-           "reference_stats"]
+__all__ = ["GateStats", "Judgement", "SliceError", "Yardstick", "comparable", "judge_attention", "judge_gate"]
