@@ -201,6 +201,7 @@ def _judge(row: ComparisonRow, case, out, yardstick: Yardstick, lse, ref_lse, wi
     row.max_abs, row.mean_abs, row.rel_l2, row.cosine = stats.max_abs, stats.mean_abs, stats.rel_l2, stats.cosine
     row.rel_l2_ratio, row.max_abs_ratio = yardstick_ratios(stats, yardstick.baseline, yardstick.rounding)
     row.set_gate(judgement.stats, judgement.biased)
+    row.fail_fraction, row.closest_rule = judgement.fail_fraction, judgement.closest_rule
     verdicts, notes = [judgement.verdict], list(judgement.notes)
     if judgement.stats.nonfinite_where_finite:
         nan = torch.isnan(out).sum().item()

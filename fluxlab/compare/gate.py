@@ -11,7 +11,8 @@ import math
 import torch
 
 from .metrics import ErrorStats, error_stats
-from .tolerances import FAIL, GATE_RULE, PASS, WARN, GateRule, judge_output, worst
+from .tolerances import (EXACT_RULE, FAIL, GATE_RULE, PASS, QUANTISED_BUDGET, WARN, GateRule, judge_output, worst,
+                         yardstick_ratios)
 
 _TINY = 1e-300
 SLICE_KINDS = ("head", "batch", "segment")
@@ -202,6 +203,8 @@ class Judgement:
     stats: GateStats | None
     biased: bool = False
     size: ErrorStats | None = None  # max_abs, rel_l2, ... on the positions finite in both
+    fail_fraction: float | None = None  # the closest rule's value over its fail limit (>= 1: beyond it)
+    closest_rule: str | None = None  # which rule that is, e.g. "bias", "worst head", "rel_l2"
 
 
 def judge_gate(stats: GateStats, *, quantised: bool, rule: GateRule = GATE_RULE) -> tuple[list[str], list[str], bool]:
@@ -265,7 +268,34 @@ def judge_attention(out: torch.Tensor, yardstick: Yardstick, *, quantised: bool 
     baseline = yardstick.baseline or yardstick.rounding
     size_verdict, size_note = judge_output(size, baseline, yardstick.rounding, quantised=quantised)
     verdicts, notes, biased = judge_gate(stats, quantised=quantised)
-    return Judgement(worst([size_verdict, *verdicts]), [size_note, *notes], stats, biased, size)
+    closest, fraction = closest_to_failing(stats, size, yardstick, quantised=quantised)
+    return Judgement(worst([size_verdict, *verdicts]), [size_note, *notes], stats, biased, size, fraction, closest)
+
+
+def closest_to_failing(stats: GateStats, size: ErrorStats, yardstick: Yardstick, *, quantised: bool,
+                       rule: GateRule = GATE_RULE) -> tuple[str, float]:
+    """(rule, value / its fail limit) of the rule closest to failing: how close an output is to a "fail", on one
+    scale for every rule (the error size, bias, worst slice, flips). 1.0 or more: that rule fails."""
+    if stats.nonfinite_where_finite:
+        return "NaN/inf", math.inf
+    used = {}
+    if quantised:
+        used["rel_l2"] = size.rel_l2 / QUANTISED_BUDGET.warn_rel_l2
+    else:
+        rel_ratio, max_ratio = yardstick_ratios(size, yardstick.baseline or yardstick.rounding, yardstick.rounding)
+        used["rel_l2"] = rel_ratio / EXACT_RULE.warn_rel_l2
+        used["max_abs"] = max_ratio / EXACT_RULE.warn_max_abs
+        if stats.clear_rows:
+            used["top-channel flips"] = stats.flip_rate / rule.flip_warn
+    used["bias"] = abs(stats.bias) / rule.bias_limit(stats.rows)
+    used["bias of one head"] = abs(stats.worst_head_bias) / rule.bias_limit(stats.head_rows)
+    for kind in SLICE_KINDS:
+        piece = stats.worst_slice(kind)
+        if piece is not None:
+            used[f"worst {kind}"] = (piece.rel_l2 / rule.quantised_slice_warn if quantised
+                                     else piece.ratio / rule.slice_warn)
+    name = max(used, key=lambda k: used[k] if math.isfinite(used[k]) else math.inf)
+    return name, used[name]
 
 
 def comparable(out: torch.Tensor, yardstick: Yardstick) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,4 +308,4 @@ def comparable(out: torch.Tensor, yardstick: Yardstick) -> tuple[torch.Tensor, t
     return torch.where(use, out.to(torch.float64), 0.0), torch.where(use, yardstick.ref, 0.0)
 
 
-__all__ = ["GateStats", "Judgement", "SliceError", "Yardstick", "comparable", "judge_attention", "judge_gate"]
+__all__ = ["GateStats", "Judgement", "SliceError", "Yardstick", "closest_to_failing", "comparable", "judge_attention", "judge_gate"]

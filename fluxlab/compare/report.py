@@ -58,6 +58,8 @@ class ComparisonRow:
     clear_rows: int | None = None
     nonfinite_where_finite: int | None = None
     finite_where_nonfinite: int | None = None
+    fail_fraction: float | None = None  # the closest rule's value over its fail limit (>= 1: it fails)
+    closest_rule: str | None = None  # which rule that is
     error: str | None = None  # exception text, NaN count, or why it was skipped
     notes: str = ""  # why this verdict
     error_map: ErrorMap | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -139,6 +141,19 @@ class ComparisonReport:
 
         return max(rows, key=badness)
 
+    def closest_to_failing(self, n: int = 5, backend: str | None = None) -> list[ComparisonRow]:
+        """The ``n`` rows (of ``backend``, or all) whose closest rule uses the largest share of its fail limit:
+        on captured inputs, the layers and steps a kernel is nearest to failing on."""
+        rows = [r for r in self.rows if r.fail_fraction is not None and (backend is None or r.backend == backend)]
+        return sorted(rows, key=lambda r: -r.fail_fraction)[:n]
+
+    def closest_to_failing_rows(self, per_backend: int = 3) -> list[dict]:
+        """Each backend's ``per_backend`` inputs closest to failing, as table lines."""
+        names = list(dict.fromkeys(r.backend for r in self.rows))
+        return [{"backend": r.backend, "input": r.input, "verdict": r.verdict, "closest rule": r.closest_rule,
+                 "share of fail limit": r.fail_fraction, "bias": r.bias, "worst slice": r.worst_slice}
+                for name in names for r in self.closest_to_failing(per_backend, name)]
+
     def summary_rows(self) -> list[dict]:
         """One line per backend: its verdict and its worst input."""
         lines = []
@@ -151,6 +166,7 @@ class ComparisonReport:
                 "inputs": len(runs),
                 "worst input": f"{row.input} {row.dtype}" + (f" seed {row.seed}" if row.seed is not None else ""),
                 "rel_l2": row.rel_l2, "x yardstick": row.rel_l2_ratio, "max_abs x": row.max_abs_ratio,
+                "bias": row.bias, "worst slice": row.worst_slice,
                 "median ms": sorted(times)[len(times) // 2] if times else None,
                 "note": row.error or (row.notes if verdict != PASS else ""),
             })
@@ -158,15 +174,17 @@ class ComparisonReport:
             if name not in self.verdicts:
                 lines.append({"backend": name, "verdict": SKIP, "quantised": False, "emulates": None, "inputs": 0,
                               "worst input": "",
-                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "median ms": None,
+                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "bias": None,
+                              "worst slice": None, "median ms": None,
                               "note": "; ".join(reasons)})
         return lines
 
     # ------------------------------------------------------------------------------------------ renderings
 
     TABLE_COLUMNS = ("backend", "emulates", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
-                     "max_abs", "baseline_max_abs", "max_abs_ratio", "mean_abs", "cosine", "lse_max_abs",
-                     "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token", "notes")
+                     "max_abs", "baseline_max_abs", "max_abs_ratio", "bias", "worst_slice", "flip_rate", "mean_abs",
+                     "cosine", "lse_max_abs", "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token",
+                     "fail_fraction", "notes")
 
     def to_dataframe(self):
         """All rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
@@ -194,6 +212,13 @@ class ComparisonReport:
             keys = list(summary[0])
             lines += [_md_row(keys), _md_row(["---"] * len(keys))]
             lines += [_md_row([_cell(k, s[k]) for k in keys]) for s in summary]
+        if any(r.source == "record" for r in self.rows):
+            closest = self.closest_to_failing_rows()
+            if closest:
+                keys = list(closest[0])
+                lines += ["", "Closest to failing (the rule nearest its fail limit; 1.00 = at the limit):", "",
+                          _md_row(keys), _md_row(["---"] * len(keys))]
+                lines += [_md_row([_cell(k, c[k]) for k in keys]) for c in closest]
         if details:
             header, body = self._table()
             lines += ["", _md_row(header), _md_row(["---"] * len(header))] + [_md_row(b) for b in body]
@@ -238,7 +263,8 @@ class ComparisonReport:
 
 
 def _cell(key, value) -> str:
-    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x") and isinstance(value, float):
+    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x", "share of fail limit", "fail_fraction",
+               "bias") and isinstance(value, float):
         return _fmt(value, ".2f")
     if key in ("time_ms", "median ms") and isinstance(value, float):
         return _fmt(value, ".2f")
