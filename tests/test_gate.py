@@ -160,3 +160,26 @@ def test_engine_and_test_helper_give_one_verdict(registered):
         out = fluxlab.attention(case.q, case.k, case.v, backend=row.backend, scale=case.scale)
         result = judgement(out, case.q, case.k, case.v, scale=case.scale, text_tokens=case.text_tokens)
         assert result.verdict == row.verdict and result.biased == row.biased
+
+
+def test_captured_activations_go_through_the_gate_and_the_report_names_the_closest_layers(registered):
+    from fluxlab.compare.captured import compare_captured
+    from fluxlab.models.tiny import build_tiny_pipeline
+
+    registered("planted_round_to_zero", PLANTED["planted_round_to_zero"][0])
+    pipe = build_tiny_pipeline("dev")
+    fluxlab.attach(pipe, backend="sdpa")
+    try:
+        report = compare_captured(pipe, ["sdpa_math", "sdpa_flash", "planted_round_to_zero"], steps=2,
+                                  capture_steps=[-1], dtype="bf16", progress=False, error_maps=False,
+                                  pipe_kwargs={"max_sequence_length": 64})
+    finally:
+        fluxlab.detach(pipe)
+    layers = {r.input for r in report.rows}
+    assert len(layers) == 4 and all(name.endswith("/step1") for name in layers)  # 2 double + 2 single blocks
+    assert report.verdicts == {"sdpa_math": "pass", "sdpa_flash": "pass", "planted_round_to_zero": "fail"}
+    closest = report.closest_to_failing(backend="sdpa_flash")
+    assert closest[0].fail_fraction == max(r.fail_fraction for r in report.rows_for("sdpa_flash")) < 1
+    assert all(r.biased for r in report.rows_for("planted_round_to_zero"))
+    markdown = report.to_markdown(details=False)
+    assert "Closest to failing" in markdown and closest[0].input in markdown

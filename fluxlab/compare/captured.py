@@ -14,17 +14,17 @@ DEFAULT_PROMPT = "a red circle at the top left on a blue background"  # a captio
 
 def compare_captured(pipe, backends=None, *, prompt: str = DEFAULT_PROMPT, steps: int = 4, seed: int = 0,
                      layers=None, capture_steps=None, height: int = 64, width: int = 64, dtype=None,
-                     **compare_kwargs) -> ComparisonReport:
+                     pipe_kwargs: dict | None = None, **compare_kwargs) -> ComparisonReport:
     """Generate once with ``pipe`` while capturing every attention call (``layers`` / ``capture_steps``: as
     ``fluxlab.capture``'s ``layers`` / ``steps``; None: all), then judge ``backends`` on each captured q/k/v against
     float64 (``compare_attention``). The row "recorded:<backend>" judges what the pipeline's own backend returned.
     ``dtype``: cast the captured q/k/v to it, e.g. bf16, to judge a float32 model's activations as a bf16 pipeline
     would see them (the recorded outputs, computed from the uncast inputs, are then left out). ``report.closest_to_failing()`` lists the layer/step inputs
-    nearest a fail; the Markdown report shows them."""
+    nearest a fail; the Markdown report shows them. ``pipe_kwargs``: more arguments for the pipeline call."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with capture(pipe, layers=layers, steps=capture_steps) as captured:
         pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, output_type="np",
-             generator=generator)
+             generator=generator, **(pipe_kwargs or {}))
     records = list(captured)
     if dtype is not None:
         import dataclasses
