@@ -50,6 +50,9 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
     add_offload_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--invariance", action="store_true",
+                        help="instead of the sweep: per backend, are reruns bitwise identical, is a sample the same "
+                             "alone and inside a batch of 4, and at any position in the batch (per --dtypes)")
     parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
                         help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
                              "--parallel ulysses=2 --parallel ring=2 (repeatable; see `fluxlab parallel`)")
@@ -120,7 +123,29 @@ def _run(args) -> int:
 
     _check(args)
     with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
-        return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+        if args.parallel:
+            return _run_parallel(args, out)
+        return _run_invariance(args, out) if args.invariance else _sweep(args, out)
+
+
+def _run_invariance(args, out) -> int:
+    import json
+
+    from ..util import atomic_write, provenance
+    from .invariance import check_invariance
+
+    sections, data = [], {"provenance": provenance(), "command": "fluxlab " + " ".join(sys.argv[1:]), "runs": []}
+    for dtype in _csv(args.dtypes):
+        report = check_invariance(args.backends or None, dtype=dtype, device=args.device)
+        sections.append(f"## {report.meta['dtype']}, {report.meta['input']}, batch {report.meta['batch']}\n\n"
+                        + report.to_markdown())
+        data["runs"].append({"meta": report.meta, "rows": [r.as_dict() for r in report.rows]})
+    text = "# Determinism and invariance\n\n" + "\n".join(sections)
+    atomic_write(out / "invariance.md", text)
+    atomic_write(out / "invariance.json", json.dumps(data, indent=1))
+    print(text)
+    print(f"report: {out / 'invariance.md'}")
+    return 0
 
 
 def _sweep(args, out) -> int:
