@@ -18,6 +18,7 @@ turns the committed files into the gate's limits (tests/test_gate.py checks that
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -43,12 +44,12 @@ FLIP_MARGINS = (1.0, 2.0, FLIP_MARGIN_EPS, 8.0)  # the gate uses FLIP_MARGIN_EPS
 LARGE_ROWS = 4096  # inputs with at least this many query rows set the bias floor (smaller ones: bias x sqrt(rows))
 QUERY_CHUNK = 1024  # the reference variants hold [B, H, chunk, S] scores at most
 
-# (batch, seq, heads, head_dim, text tokens); every distribution and dtype runs on each, small ones with two seeds.
+# (batch, seq, heads, head_dim, text tokens): every distribution and dtype on the small shapes; the default CPU
+# inputs (compare.inputs.CPU_INPUTS: ragged S, batch 2, text + image) in bf16 and fp16, exact kernels only.
 CPU_SHAPES = [
     (1, 77, 3, 64, None), (1, 256, 4, 64, None), (2, 256, 4, 128, 28), (1, 320, 2, 128, None), (2, 192, 2, 64, 21),
 ]
-CPU_LARGE_SHAPES = [(1, 512, 4, 128, None), (2, 520, 4, 128, 56), (2, 1000, 4, 128, 104), (1, 1000, 4, 128, 104)]
-CPU_DTYPES, CPU_SEEDS = ("bf16", "fp16", "fp32"), (0, 1)
+CPU_DTYPES, CPU_SEEDS, CPU_LARGE_DTYPES = ("bf16", "fp16", "fp32"), (0,), ("bf16", "fp16")
 # GPU: the FLUX.2 shapes (512 text tokens; 4608 = 1024^2, 3537 = 880^2 with batch 2, 16896 = 2048^2).
 GPU_SHAPES = [(1, 4608, 24, 128, 512), (2, 3537, 24, 128, 512), (1, 4608, 48, 128, 512)]
 GPU_LARGE = [(1, 16896, 48, 128, 512)]  # one seed, normal only: the largest FLUX.2 call
@@ -212,6 +213,7 @@ def _clear_rows(yardstick, margin, dtype):
 
 
 def run_case(spec: InputSpec, dtype, seed, device, exact, info, platform) -> list[dict]:
+    """Every kernel of ``exact`` and ``info`` on one input: one dict per kernel."""
     case = spec.materialise(dtype, seed, device)
     ref = reference_attention(case.q, case.k, case.v, scale=case.scale)
     base = baseline_attention(case.q, case.k, case.v, scale=case.scale)
@@ -283,19 +285,24 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def input_set(device_type: str, dry_run: bool):
-    """[(InputSpec, dtype, seed)]: ``shapes`` with every distribution, dtype and seed; ``large`` with one seed
-    (on a GPU: the normal distribution only)."""
+    """[(InputSpec, dtype, seed, with_info)]: ``shapes`` with every distribution, dtype and seed, the not-exact
+    kernels too; the large inputs with one seed, exact kernels only."""
     if device_type == "cuda":
-        shapes, large, dtypes, seeds, large_dists = GPU_SHAPES, GPU_LARGE, GPU_DTYPES, GPU_SEEDS, ("normal",)
+        shapes, dtypes, seeds = GPU_SHAPES, GPU_DTYPES, GPU_SEEDS
+        large = [InputSpec(s, h, d, distribution="normal", text_tokens=t, batch=b) for b, s, h, d, t in GPU_LARGE]
+        large_dtypes = GPU_DTYPES
     else:
-        shapes, large, dtypes, seeds, large_dists = CPU_SHAPES, CPU_LARGE_SHAPES, CPU_DTYPES, CPU_SEEDS, DISTRIBUTIONS
+        from fluxlab.compare.inputs import CPU_INPUTS
+
+        shapes, dtypes, seeds, large, large_dtypes = CPU_SHAPES, CPU_DTYPES, CPU_SEEDS, list(CPU_INPUTS), CPU_LARGE_DTYPES
     if dry_run:  # the same structure, shrunk so a CPU runs it in seconds
         shrink = lambda s: (s[0], max(33, s[1] // 32), max(2, s[2] // 8), s[3], s[4] and max(1, s[4] // 32))  # noqa: E731
-        shapes, large, seeds = [shrink(s) for s in shapes][:2], [shrink(s) for s in large], seeds[:1]
-    cases = [(InputSpec(s, h, d, distribution=dist, text_tokens=t, batch=b), dtype, seed)
+        shapes, seeds = [shrink(s) for s in shapes][:2], seeds[:1]
+        large = [InputSpec(*shrink((x.batch, x.seq, x.heads, x.head_dim, x.text_tokens))[1:4], distribution=x.distribution,
+                           text_tokens=shrink((0, 0, 0, 0, x.text_tokens))[4], batch=x.batch) for x in large]
+    cases = [(InputSpec(s, h, d, distribution=dist, text_tokens=t, batch=b), dtype, seed, True)
              for b, s, h, d, t in shapes for dist in DISTRIBUTIONS for dtype in dtypes for seed in seeds]
-    cases += [(InputSpec(s, h, d, distribution=dist, text_tokens=t, batch=b), dtype, 0)
-              for b, s, h, d, t in large for dist in large_dists for dtype in dtypes]
+    cases += [(spec, dtype, 0, False) for spec in large for dtype in large_dtypes]
     return cases
 
 
@@ -323,25 +330,30 @@ def main(argv=None) -> int:
     exact, info = kernels_for(platform)
     cases = input_set(torch.device(args.device).type, args.dry_run)
     start = time.perf_counter()
+    out = None if args.dry_run and args.out is None else (args.out or default_out(device))
     runs = []
-    for i, (spec, dtype, seed) in enumerate(cases):
-        runs += run_case(spec, parse_dtype(dtype), seed, device, exact, info, platform)
-        print(f"[{i + 1}/{len(cases)}] {spec.name} B{spec.batch} {dtype} seed {seed} "
-              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    for i, (spec, dtype, seed, with_info) in enumerate(cases):
+        runs += run_case(spec, parse_dtype(dtype), seed, device, exact, info if with_info else [], platform)
+        print(f"[{i + 1}/{len(cases)}] {spec.name} {dtype} seed {seed} ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
+        if out is not None:  # after every input: an interrupted run keeps what it measured (complete: false)
+            write(out, argv, args, device, runs, start, complete=i + 1 == len(cases))
+    if out is None:
+        print(json.dumps(summarise(runs)["exact_summary"], indent=1))
+        return 0
+    print(f"wrote {out / 'gate_thresholds.json'} ({len(runs)} runs, {time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def write(out: Path, argv, args, device, runs, start, *, complete: bool) -> None:
     data = {"benchmark": "gate_thresholds", "command": "python benchmarks/gate_thresholds.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
-            "provenance": provenance(), "device": str(device), "dry_run": args.dry_run,
+            "provenance": provenance(), "device": str(device), "dry_run": args.dry_run, "complete": complete,
             "seconds": round(time.perf_counter() - start, 1), "large_rows": LARGE_ROWS,
-            "flip_margins": list(FLIP_MARGINS), "gate_rule_at_measurement": GATE_RULE.__dict__,
+            "flip_margins": list(FLIP_MARGINS), "gate_rule_at_measurement": dataclasses.asdict(GATE_RULE),
             **summarise(runs), "runs": runs}
-    if args.dry_run and args.out is None:
-        print(json.dumps(data["exact_summary"], indent=1))
-        return 0
-    out = args.out or default_out(device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "gate_thresholds.json", json.dumps(data, indent=1))
-    print(f"wrote {out / 'gate_thresholds.json'} ({len(runs)} runs, {data['seconds']} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ RULE_TABLE = [
     ("LSE, where returned", "max abs(lse - lse_fp64) <= 1e-3 (half dtypes), 2e-4 (fp32)", "<= 4e-3 / 1e-3",
      "beyond warn"),
     ("any kernel", "-", "-", "exception, NaN/inf, wrong shape or dtype"),
+    ("the gate, any kernel (compare.gate)", "no bias; worst head / batch element / segment and top-channel flips "
+     "within GATE_RULE", "worst slice or flips in the warn band; finite where float64 is NaN/inf",
+     "biased; NaN/inf where float64 is finite; beyond warn"),
 ]
 
 RULE_TEXT = """\
@@ -148,6 +151,8 @@ outlier channels (fail); broken kernels (wrong scale, swapped layout, K/V swappe
 shifted at the text/image boundary) land at 98-3700 x. Quantised: SageAttention 1.0.6 on H100 measures
 rel_l2 0.0135 (normal), 0.0333 (outliers), 0.0034 (peaky) at S 4608-16896: inside the 0.05 budget, which
 is cosine >= ~0.9987. LSE: worst measured 7.8e-5 (CPU flash kernel), 3.4e-5 on H100.
+The gate's limits (bias, worst slice, flips) come from benchmarks/results/*/gate_thresholds.json through
+derive_gate_rule; docs/verdicts.md defines each statistic.
 """
 
 
