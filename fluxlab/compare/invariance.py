@@ -14,7 +14,7 @@ from ..util import parse_dtype
 from .inputs import InputSpec, synthetic_qkv
 from .specs import parse_backends
 
-DEFAULT_INPUT = InputSpec(1000, 4, 128, distribution="normal", text_tokens=104)  # ragged: 104 keys past 7 x 128
+DEFAULT_INPUT = InputSpec(520, 4, 128, distribution="normal", text_tokens=56)  # ragged: 8 keys past 4 x 128
 BATCH = 4
 RERUNS = 3
 

@@ -91,7 +91,7 @@ def _round_up(value: float, digits: int = 2) -> float:
     if value <= 0 or not math.isfinite(value):
         return value
     exponent = math.floor(math.log10(value)) - digits + 1
-    return math.ceil(value / 10**exponent - 1e-9) * 10**exponent
+    return float(f"{math.ceil(value / 10**exponent - 1e-9) * 10**exponent:.{digits}g}")
 
 
 def derive_gate_rule(measurements) -> GateRule:
@@ -116,8 +116,8 @@ def derive_gate_rule(measurements) -> GateRule:
 
 
 # derive_gate_rule(the committed GATE_FILES); tests/test_gate.py checks it.
-GATE_RULE = GateRule(bias_floor=0.1, bias_z=8.0, slice_pass=2.0, slice_warn=4.0, flip_margin_eps=FLIP_MARGIN_EPS,
-                     flip_pass=1e-3, flip_warn=1e-2)
+GATE_RULE = GateRule(bias_floor=0.2, bias_z=13.0, slice_pass=3.3, slice_warn=6.6, flip_margin_eps=FLIP_MARGIN_EPS,
+                     flip_pass=0.00026, flip_warn=0.0013)
 
 # The table README and reports print (one row per rule).
 RULE_TABLE = [
