@@ -387,6 +387,8 @@ def gate_thresholds(results: Path) -> str:
              f"| worst head / batch element / text-or-image segment | pass ≤ {rule.slice_pass:g}× its yardstick, "
              f"warn ≤ {rule.slice_warn:g}× | {worst('max_slice_ratio'):.2f}× | × {GATE_MARGINS['slice_pass']:g}, "
              f"warn × {GATE_MARGINS['slice_warn']:g} |",
+             f"| one slice of a quantised kernel | pass ≤ rel-L2 {rule.quantised_slice_pass:g}, warn ≤ "
+             f"{rule.quantised_slice_warn:g} | – | its budget × the exact slice limit / the exact whole-tensor limit |",
              f"| top-channel flips of clear rows (lead > {rule.flip_margin_eps:g} eps · max\\|row\\|) | pass ≤ "
              f"{rule.flip_pass:.2g}, warn ≤ {rule.flip_warn:.2g} | {worst('max_flip_rate'):.2g} "
              f"({sum(d['exact_summary']['flipped_rows_by_margin'][f'{rule.flip_margin_eps:g}'] for d in data)} of "
