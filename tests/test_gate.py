@@ -108,7 +108,7 @@ def test_nan_where_float64_is_nan_is_not_a_failure_and_hiding_it_is_reported(reg
 
 def test_bias_statistics_tell_signed_from_toward_zero():
     gen = torch.Generator().manual_seed(0)
-    ref = torch.randn(1, 64, 2, 32, generator=gen, dtype=torch.float64)
+    ref = torch.randn(2, 512, 4, 32, generator=gen, dtype=torch.float64)  # 4096 rows: the bias limit is its floor
     noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64) * 1e-3
     yard = Yardstick(ref, None, torch.bfloat16)
     plain = yard.measure(ref + noise)
@@ -119,6 +119,9 @@ def test_bias_statistics_tell_signed_from_toward_zero():
     assert shrunk.magnitude_bias < -0.7 and abs(shrunk.signed_bias) < 0.1 and shrunk.bias_direction == "toward zero"
     _, notes, biased = judge_gate(shrunk, quantised=False)
     assert biased and any(n.startswith("biased:") for n in notes)
+    assert not judge_gate(plain, quantised=False)[2]
+    few_rows = Yardstick(ref[:1, :8, :2], None, torch.bfloat16).measure(ref[:1, :8, :2] + noise[:1, :8, :2].abs())
+    assert not judge_gate(few_rows, quantised=False)[2]  # 16 rows: a mean of so few cannot tell bias from chance
 
 
 def test_one_bad_head_and_one_bad_batch_element_are_judged_on_their_own():
