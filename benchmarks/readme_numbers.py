@@ -363,6 +363,40 @@ def embedded_quality(results: Path, log: Path = TRAIN_LOG) -> str:
 EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
 
 
+@block("gate-thresholds")
+def gate_thresholds(results: Path) -> str:
+    """The gate's limits (fluxlab.compare.tolerances.GATE_RULE) with the measurement each came from."""
+    from fluxlab.compare.tolerances import GATE_FILES, GATE_MARGINS, derive_gate_rule
+
+    files = [name for name in GATE_FILES if (results / name).is_file()]
+    data = [load(results, name) for name in files]
+    rule = derive_gate_rule(data)
+    worst = lambda key: max(d["exact_summary"][key] for d in data)  # noqa: E731
+    sources = ", ".join(f"`benchmarks/results/{name}`" for name in files)
+    runs = sum(d["exact_summary"]["runs"] for d in data)
+    kernels = sorted({k for d in data for k in d["exact_summary"]["kernels"]})
+    clear = sum(d["exact_summary"]["clear_rows_by_margin"][f"{rule.flip_margin_eps:g}"] for d in data)
+    lines = [prose(f"The gate's limits, derived by `fluxlab.compare.tolerances.derive_gate_rule` from {sources} "
+                   f"({runs} runs of {len(kernels)} exact kernels and reduction orders; `python "
+                   "benchmarks/gate_thresholds.py [--device cuda]`):"), "",
+             "| rule | limit | worst exact kernel measured | margin |", "|---|---|---|---|",
+             f"| bias: \\|mean error\\| / RMS (signed, and toward zero) | ≤ max({rule.bias_floor:g}, "
+             f"{rule.bias_z:g} / √rows) | {worst('max_abs_bias_large'):.3f} on inputs of ≥ "
+             f"{data[0]['large_rows']} rows; {worst('max_bias_z'):.2f} / √rows on any | "
+             f"× {GATE_MARGINS['bias']:g} |",
+             f"| worst head / batch element / text-or-image segment | pass ≤ {rule.slice_pass:g}× its yardstick, "
+             f"warn ≤ {rule.slice_warn:g}× | {worst('max_slice_ratio'):.2f}× | × {GATE_MARGINS['slice_pass']:g}, "
+             f"warn × {GATE_MARGINS['slice_warn']:g} |",
+             f"| one slice of a quantised kernel | pass ≤ rel-L2 {rule.quantised_slice_pass:g}, warn ≤ "
+             f"{rule.quantised_slice_warn:g} | – | its budget × the exact slice limit / the exact whole-tensor limit |",
+             f"| top-channel flips of clear rows (lead > {rule.flip_margin_eps:g} eps · max\\|row\\|) | pass ≤ "
+             f"{rule.flip_pass:.2g}, warn ≤ {rule.flip_warn:.2g} | {worst('max_flip_rate'):.2g} "
+             f"({sum(d['exact_summary']['flipped_rows_by_margin'][f'{rule.flip_margin_eps:g}'] for d in data)} of "
+             f"{clear} clear rows) | × {GATE_MARGINS['flip_pass']:g} / × {GATE_MARGINS['flip_warn']:g} of "
+             "max(rate, one row of the largest input) |"]
+    return "\n".join(lines)
+
+
 @block("emulators-cpu")
 def emulators_cpu(results: Path) -> str:
     data = load(results, EMULATORS)

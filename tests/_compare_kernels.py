@@ -81,3 +81,74 @@ BROKEN = {
     "broken_head": head_dropped,
     "broken_boundary": boundary_off_by_one,
 }
+
+
+# --- kernels a sceptic plants: each is "almost right" and passes a gate that only looks at the error size ---------
+
+
+def _exact_float32(q, k, v, scale):
+    return _sdpa(q.float(), k.float(), v.float(), scale)
+
+
+def _round_directed(exact, dtype, toward):
+    """``exact`` (float32) to ``dtype``, rounded toward +inf ("up") or toward zero ("zero") instead of to nearest."""
+    low = exact.to(dtype)
+    if toward == "up":
+        step = low.float() < exact
+        target = torch.full_like(low, float("inf"))
+    else:
+        step = low.float().abs() > exact.abs()
+        target = torch.zeros_like(low)
+    return torch.where(step, torch.nextafter(low, target), low)
+
+
+def round_up(q, k, v, *, scale, causal=False, return_lse=False):
+    """The exact output rounded toward +inf: every error has the same sign, each at most one unit."""
+    return _round_directed(_exact_float32(q, k, v, scale), q.dtype, "up")
+
+
+def round_to_zero(q, k, v, *, scale, causal=False, return_lse=False):
+    """The exact output truncated (round toward zero), as aiter's how_v3_bf16_cvt=2 converts."""
+    return _round_directed(_exact_float32(q, k, v, scale), q.dtype, "zero")
+
+
+def ragged_tail_ignored(q, k, v, *, scale, causal=False, return_lse=False, tile=128):
+    """Keys past the last multiple of 128 are never read (a tile loop without the remainder)."""
+    keep = max(tile, k.shape[1] // tile * tile)
+    return _sdpa(q, k[:, :keep], v[:, :keep], scale)
+
+
+def batch_mixing(q, k, v, *, scale, causal=False, return_lse=False):
+    """Every batch element after the first attends to batch 0's keys and values (a wrong batch stride)."""
+    return _sdpa(q, k[:1].expand_as(k), v[:1].expand_as(v), scale)
+
+
+def one_bad_head(q, k, v, *, scale, causal=False, return_lse=False, factor=1.01):
+    """The last head's softmax scale is 1 % off (a per-head table read one entry wrong); the others are exact."""
+    out = _sdpa(q, k, v, scale).clone()
+    out[:, :, -1:] = _sdpa(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], scale * factor)
+    return out
+
+
+def unsafe_softmax(q, k, v, *, scale, causal=False, return_lse=False):
+    """exp of the scores without subtracting the row maximum, in fp16: fine on tame logits, inf/NaN where a logit
+    passes ~11 (real DiT activations with outlier channels)."""
+    qh, kh, vh = (t.transpose(1, 2).float() for t in (q, k, v))
+    weights = torch.exp((qh @ kh.transpose(-1, -2) * scale).half()).float()
+    return ((weights @ vh) / weights.sum(dim=-1, keepdim=True)).transpose(1, 2).to(q.dtype)
+
+
+def hides_nan(q, k, v, *, scale, causal=False, return_lse=False):
+    """Replaces NaN outputs by zero: float64 says the inputs were NaN, the kernel answers with numbers."""
+    return torch.nan_to_num(_sdpa(q, k, v, scale), nan=0.0)
+
+
+# Each fails compare_attention() with its defaults; the word the verdict's note must contain.
+PLANTED = {
+    "planted_round_up": (round_up, "biased"),
+    "planted_round_to_zero": (round_to_zero, "biased"),
+    "planted_ragged_tail": (ragged_tail_ignored, "rel_l2"),
+    "planted_batch_mixing": (batch_mixing, "batch 1"),
+    "planted_bad_head": (one_bad_head, "head 3"),
+    "planted_unsafe_softmax": (unsafe_softmax, "NaN/inf values where float64 is finite"),
+}

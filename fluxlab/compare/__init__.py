@@ -1,8 +1,11 @@
 """Numerical equivalence of attention backends: against float64, judged by torch's own error; images; records."""
 
 from .attention import compare_attention, parse_dtype
+from .captured import compare_captured
+from .gate import GateStats, Judgement, Yardstick, judge_attention
 from .image_rule import EXACT_IMAGE_RULE, FIDELITY_BUDGET, IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
 from .images import ImageComparison, ImageRow, compare_images
+from .invariance import InvarianceReport, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)
 from .metrics import ErrorMap, ErrorStats, error_map, error_stats
@@ -12,10 +15,12 @@ from .replay import replay
 from .report import ComparisonReport, ComparisonRow
 from .specs import KNOBS, BackendSpec
 from .sweep import run_compare
-from .tolerances import EXACT_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TABLE, RULE_TEXT
+from .tolerances import EXACT_RULE, GATE_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TABLE, RULE_TEXT
 
 __all__ = [
-    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "IMAGE_RULE_TEXT",
+    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "GATE_RULE", "GateStats",
+    "IMAGE_RULE_TEXT", "InvarianceReport", "Judgement", "Yardstick", "check_invariance", "compare_captured",
+    "judge_attention",
     "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
     "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",
     "ErrorMap", "ErrorStats", "ImageComparison", "ImageRow", "InputSpec", "RecordIntegrityError",

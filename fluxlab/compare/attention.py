@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from types import SimpleNamespace
-
 import torch
 
 from .. import registry
@@ -19,10 +17,11 @@ from ..record import AttentionRecord
 from ..util import DTYPES, parse_dtype, time_calls, torch_dtype_name
 from .baseline import BASELINE_NAME, baseline_attention
 from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases, record_case
-from .metrics import ErrorStats, error_map, error_stats
+from .gate import Yardstick, comparable, judge_attention
+from .metrics import error_map, error_stats
 from .report import ComparisonReport, ComparisonRow
 from .specs import BackendSpec, parse_backends
-from .tolerances import FAIL, SKIP, judge_lse, judge_output, worst, yardstick_ratios
+from .tolerances import FAIL, SKIP, judge_lse, worst, yardstick_ratios
 
 DTYPE_NAMES = DTYPES  # the one name -> dtype table (fluxlab.util); parse_dtype below comes from there too
 GPU_TIMING_REPEATS = 5
@@ -124,18 +123,19 @@ def _reference_fn(reference: str):
     return other
 
 
-def _yardstick(case, ref):
-    rounding = error_stats(ref.to(case.q.dtype), ref)
-    baseline = error_stats(baseline_attention(case.q, case.k, case.v, scale=case.scale, causal=case.causal), ref)
-    return baseline, rounding
+def _yardstick(case, ref) -> Yardstick:
+    """The input's yardstick, once for every backend: torch's math kernel and float64 rounded to the dtype, with
+    their errors per head, batch element and text/image segment (``compare.gate``)."""
+    baseline_out = baseline_attention(case.q, case.k, case.v, scale=case.scale, causal=case.causal)
+    return Yardstick(ref, baseline_out, case.q.dtype, text_tokens=case.text_tokens)
 
 
 def _compare_case(case, specs, reference_fn, platform, timing_repeats, with_maps, bar) -> list[ComparisonRow]:
     ref, ref_lse = reference_fn(case.q, case.k, case.v, scale=case.scale, causal=case.causal)
-    baseline, rounding = _yardstick(case, ref)
+    yardstick = _yardstick(case, ref)
     rows = []
     if case.recorded_out is not None:
-        rows.append(_recorded_row(case, ref, baseline, rounding, with_maps))
+        rows.append(_recorded_row(case, yardstick, with_maps))
     as_bf16 = None
     for spec in specs:
         bar.set_postfix_str(f"{case.name} {case.dtype_name}: {spec.label}")
@@ -143,7 +143,7 @@ def _compare_case(case, specs, reference_fn, platform, timing_repeats, with_maps
             as_bf16 = as_bf16 or _bf16_case(case, reference_fn)
             rows.append(_run_one(spec, *as_bf16, platform, timing_repeats, with_maps))
         else:
-            rows.append(_run_one(spec, case, ref, ref_lse, baseline, rounding, platform, timing_repeats, with_maps))
+            rows.append(_run_one(spec, case, yardstick, ref_lse, platform, timing_repeats, with_maps))
         bar.update(1)
         if case.q.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -162,11 +162,11 @@ def _bf16_case(case, reference_fn):
     half = dataclasses.replace(case, q=case.q.to(torch.bfloat16), k=case.k.to(torch.bfloat16),
                                v=case.v.to(torch.bfloat16))
     ref, ref_lse = reference_fn(half.q, half.k, half.v, scale=half.scale, causal=half.causal)
-    baseline, rounding = _yardstick(half, ref)
-    return half, ref, ref_lse, baseline, rounding
+    return half, _yardstick(half, ref), ref_lse
 
 
-def _new_row(label, case, baseline: ErrorStats, rounding: ErrorStats, quantised=False, source=None):
+def _new_row(label, case, yardstick: Yardstick, quantised=False, source=None):
+    baseline, rounding = yardstick.baseline, yardstick.rounding
     return ComparisonRow(
         backend=label, input=case.name, dtype=case.dtype_name, shape=case.shape, source=source or case.source,
         seed=case.seed, quantised=quantised, baseline_max_abs=baseline.max_abs, baseline_mean_abs=baseline.mean_abs,
@@ -174,24 +174,24 @@ def _new_row(label, case, baseline: ErrorStats, rounding: ErrorStats, quantised=
         rounding_max_abs=rounding.max_abs)
 
 
-def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
-    """Fill the error numbers and the verdict of ``row`` from ``out`` (and ``lse``)."""
+def _judge(row: ComparisonRow, case, out, yardstick: Yardstick, lse, ref_lse, with_maps):
+    """Fill the error numbers and the verdict of ``row`` from ``out`` (and ``lse``): the one rule of
+    ``gate.judge_attention`` (error size against the yardstick, bias, NaN/inf structure, worst slices, flips)."""
+    ref = yardstick.ref
     if tuple(out.shape) != tuple(ref.shape):
         row.verdict, row.error = FAIL, f"wrong output shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
         return row
-    bad = (~torch.isfinite(out)).sum().item()
-    if bad:
-        nan = torch.isnan(out).sum().item()
-        row.verdict = FAIL
-        row.error = f"output has {nan} NaN and {bad - nan} inf values (of {out.numel()})"
-        return row
-    stats = error_stats(out, ref)
+    judgement = judge_attention(out, yardstick, quantised=row.quantised)
+    stats = judgement.size
     row.max_abs, row.mean_abs, row.rel_l2, row.cosine = stats.max_abs, stats.mean_abs, stats.rel_l2, stats.cosine
-    yardstick = SimpleNamespace(rel_l2=row.baseline_rel_l2, max_abs=row.baseline_max_abs)
-    rounding = SimpleNamespace(rel_l2=row.rounding_rel_l2, max_abs=row.rounding_max_abs)
-    row.rel_l2_ratio, row.max_abs_ratio = yardstick_ratios(stats, yardstick, rounding)
-    verdict, note = judge_output(stats, yardstick, rounding, quantised=row.quantised)  # the tests' rule too
-    verdicts, notes = [verdict], [note]
+    row.rel_l2_ratio, row.max_abs_ratio = yardstick_ratios(stats, yardstick.baseline, yardstick.rounding)
+    row.set_gate(judgement.stats, judgement.biased)
+    row.fail_fraction, row.closest_rule = judgement.fail_fraction, judgement.closest_rule
+    verdicts, notes = [judgement.verdict], list(judgement.notes)
+    if judgement.stats.nonfinite_where_finite:
+        nan = torch.isnan(out).sum().item()
+        bad = (~torch.isfinite(out)).sum().item()
+        row.error = f"output has {nan} NaN and {bad - nan} inf values (of {out.numel()})"
     if lse is not None and ref_lse is not None:
         row.lse_max_abs = (lse.double() - ref_lse.double()).abs().max().item()
         lse_verdict, lse_note = judge_lse(row.lse_max_abs, case.dtype_name, row.quantised)
@@ -200,7 +200,7 @@ def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
     if case.recorded_out is not None and row.source != "recorded output":
         row.rel_l2_vs_recorded = error_stats(out, case.recorded_out).rel_l2
     if with_maps:
-        emap = error_map(out, ref, text_tokens=case.text_tokens)
+        emap = error_map(*comparable(out, yardstick), text_tokens=case.text_tokens)
         row.error_map = emap
         row.worst_head, row.worst_token = emap.worst_head, emap.worst_token
         row.worst_head_rel_l2 = float(emap.per_head[emap.worst_head])
@@ -212,24 +212,23 @@ def _judge(row: ComparisonRow, case, out, ref, lse, ref_lse, with_maps):
     return row
 
 
-def _recorded_row(case, ref, baseline, rounding, with_maps) -> ComparisonRow:
+def _recorded_row(case, yardstick, with_maps) -> ComparisonRow:
     backend = case.recorded_backend or "unknown"
     try:
         quantised = registry.get_backend(backend).caps.quantised
     except UnknownBackendError:
         quantised = False
     label = f"recorded:{backend}" + (f"@{case.recorded_on}" if case.recorded_on else "")
-    row = _new_row(label, case, baseline, rounding, quantised, source="recorded output")
+    row = _new_row(label, case, yardstick, quantised, source="recorded output")
     out = case.recorded_out
     if out.dtype != case.q.dtype:
         out = out.to(case.q.dtype)
-    return _judge(row, case, out, ref, case.recorded_lse, None, with_maps)
+    return _judge(row, case, out, yardstick, case.recorded_lse, None, with_maps)
 
 
-def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform, timing_repeats,
-             with_maps) -> ComparisonRow:
+def _run_one(spec: BackendSpec, case, yardstick, ref_lse, platform, timing_repeats, with_maps) -> ComparisonRow:
     backend = registry.get_backend(spec.name)
-    row = _new_row(spec.label, case, baseline, rounding, backend.caps.quantised)
+    row = _new_row(spec.label, case, yardstick, backend.caps.quantised)
     row.emulates = backend.caps.emulates  # an emulator's row names the real kernel it models
     want_lse = backend.caps.returns_lse
     try:  # the same Plan fluxlab.attention would make: one answer to "what runs", kernel bound once
@@ -260,7 +259,7 @@ def _run_one(spec: BackendSpec, case, ref, ref_lse, baseline, rounding, platform
         return row
     row.time_ms = sorted(times_ms)[len(times_ms) // 2]
     out, lse = result if want_lse else (result, None)
-    return _judge(row, case, out, ref, lse, ref_lse, with_maps)
+    return _judge(row, case, out, yardstick, lse, ref_lse, with_maps)
 
 
 def _error_text(exc: BaseException, limit: int = 400) -> str:

@@ -55,6 +55,9 @@ def add_subcommand(subparsers) -> None:
     add_offload_argument(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (there are none anyway when stderr is not a terminal or a notebook)")
+    parser.add_argument("--invariance", action="store_true",
+                        help="instead of the sweep: per backend, are reruns bitwise identical, is a sample the same "
+                             "alone and inside a batch of 4, and at any position in the batch (per --dtypes)")
     parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
                         help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
                              "--parallel ulysses=2 --parallel ring=2 (repeatable; see `fluxlab parallel`)")
@@ -139,10 +142,32 @@ def _run(args) -> int:
     _check(args)  # every mistake of the command line: exit code 2 (main prints it)
     try:
         with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
-            return _run_parallel(args, out) if args.parallel else _sweep(args, out)
+            if args.parallel:
+                return _run_parallel(args, out)
+            return _run_invariance(args, out) if args.invariance else _sweep(args, out)
     except FluxlabError as exc:  # the work failed, not the command line
         print(f"fluxlab compare: failed: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _run_invariance(args, out) -> int:
+    import json
+
+    from ..util import atomic_write, provenance
+    from .invariance import check_invariance
+
+    sections, data = [], {"provenance": provenance(), "command": "fluxlab " + " ".join(sys.argv[1:]), "runs": []}
+    for dtype in _csv(args.dtypes):
+        report = check_invariance(args.backends or None, dtype=dtype, device=args.device)
+        sections.append(f"## {report.meta['dtype']}, {report.meta['input']}, batch {report.meta['batch']}\n\n"
+                        + report.to_markdown())
+        data["runs"].append({"meta": report.meta, "rows": [r.as_dict() for r in report.rows]})
+    text = "# Determinism and invariance\n\n" + "\n".join(sections)
+    atomic_write(out / "invariance.md", text)
+    atomic_write(out / "invariance.json", json.dumps(data, indent=1))
+    print(text)
+    print(f"report: {out / 'invariance.md'}")
+    return 0
 
 
 def _sweep(args, out) -> int:

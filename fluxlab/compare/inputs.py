@@ -46,7 +46,8 @@ class InputSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.distribution} S{self.seq} H{self.heads} D{self.head_dim}"
+        batch = f"B{self.batch} " if self.batch != 1 else ""
+        return f"{self.distribution} {batch}S{self.seq} H{self.heads} D{self.head_dim}"
 
     def materialise(self, dtype: torch.dtype, seed: int, device="cpu") -> AttentionCase:
         q, k, v = synthetic_qkv(self.batch, self.seq, self.heads, self.head_dim, self.distribution, seed)
@@ -102,16 +103,22 @@ def synthetic_qkv(batch, seq, heads, head_dim, distribution="normal", seed=0):
     return q, k, v
 
 
-# The default sets. GPU: the FLUX.2 shapes. CPU (2 cores): S 512-1024 with 4 heads, so the whole sweep with
-# the float64 reference takes seconds; the text:image split keeps FLUX's 1:8.
+# The default sets, built to expose shape bugs as well as numerics: a sequence length that is not a multiple of
+# 64 or 128 (a kernel that drops or misreads the ragged tail of keys), batch > 1 with different content per element
+# (a kernel that mixes batch elements up), and FLUX's text + image split (text tokens first).
+# GPU: the FLUX.2 shapes; 3537 = 512 text + 55 x 55 image tokens (880^2), tail of 81 keys past 27 x 128, batch 2.
 FLUX_INPUTS = (
     *(InputSpec(4608, 24, distribution=d, text_tokens=FLUX_TEXT_TOKENS) for d in DISTRIBUTIONS),
+    InputSpec(3537, 24, distribution="normal", text_tokens=FLUX_TEXT_TOKENS, batch=2),
     InputSpec(4608, 48, distribution="normal", text_tokens=FLUX_TEXT_TOKENS),
     InputSpec(16896, 48, distribution="normal", text_tokens=FLUX_TEXT_TOKENS),
 )
+# CPU (2 cores): 4 heads, S 520-1000 (S 1000 = 104 text + 896 image tokens: a tail of 104 keys past 7 x 128, of
+# 40 past 15 x 64), about as much work as a single S 1024 set; the whole sweep with float64 takes seconds.
 CPU_INPUTS = (
-    InputSpec(512, 4, distribution="normal"),
-    *(InputSpec(1024, 4, distribution=d) for d in DISTRIBUTIONS),
+    InputSpec(1000, 4, distribution="normal", text_tokens=104, batch=2),
+    InputSpec(1000, 4, distribution="outliers", text_tokens=104),
+    InputSpec(520, 4, distribution="peaky", text_tokens=56, batch=2),
 )
 
 SMOKE_INPUTS = tuple(InputSpec(192, 2, 64, distribution=d) for d in DISTRIBUTIONS)  # seconds, for checks

@@ -7,6 +7,7 @@ import html
 import math
 
 from ..results import Result
+from .gate import GateStats
 from .metrics import ErrorMap
 from .tolerances import FAIL, PASS, SEVERITY, SKIP, WARN, worst
 
@@ -45,14 +46,43 @@ class ComparisonRow:
     worst_head_rel_l2: float | None = None
     worst_token: int | None = None
     worst_token_rel_l2: float | None = None
+    # The gate (compare.gate): bias, worst slices, clear top-channel flips, NaN/inf structure.
+    bias: float | None = None  # mean error / RMS error, the larger of signed and toward-zero, with its sign
+    bias_direction: str | None = None  # "toward +inf", "toward zero", ...
+    biased: bool = False  # the bias is beyond the gate (a fail)
+    worst_head_ratio: float | None = None  # the worst head's rel_l2 over the yardstick's on that head
+    worst_batch_ratio: float | None = None  # the same per batch element (batch > 1)
+    worst_segment_ratio: float | None = None  # text tokens vs image tokens (text length known)
+    worst_slice: str | None = None  # e.g. "head 3", "batch 1", "text tokens"
+    flip_rate: float | None = None  # share of clear rows whose top channel changed
+    flipped_rows: int | None = None
+    clear_rows: int | None = None
+    nonfinite_where_finite: int | None = None
+    finite_where_nonfinite: int | None = None
+    fail_fraction: float | None = None  # the closest rule's value over its fail limit (>= 1: it fails)
+    closest_rule: str | None = None  # which rule that is
     error: str | None = None  # exception text, NaN count, or why it was skipped
     notes: str = ""  # why this verdict
     error_map: ErrorMap | None = dataclasses.field(default=None, repr=False, compare=False)
+    gate: GateStats | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error_map"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("error_map", "gate")}
         data["shape"] = "x".join(map(str, self.shape))
         return data
+
+    def set_gate(self, stats: GateStats, biased: bool) -> None:
+        """Copy the gate's statistics into the row's flat fields."""
+        self.gate, self.biased = stats, biased
+        self.bias, self.bias_direction = stats.bias, stats.bias_direction
+        for kind in ("head", "batch", "segment"):
+            piece = stats.worst_slice(kind)
+            setattr(self, f"worst_{kind}_ratio", piece.ratio if piece else None)
+        piece = stats.worst_slice()
+        self.worst_slice = piece.label if piece else None
+        self.flip_rate, self.flipped_rows, self.clear_rows = stats.flip_rate, stats.flipped_rows, stats.clear_rows
+        self.nonfinite_where_finite = stats.nonfinite_where_finite
+        self.finite_where_nonfinite = stats.finite_where_nonfinite
 
 
 def _fmt(value, spec=".2e") -> str:
@@ -113,6 +143,19 @@ class ComparisonReport(Result):
 
         return max(rows, key=badness)
 
+    def closest_to_failing(self, n: int = 5, backend: str | None = None) -> list[ComparisonRow]:
+        """The ``n`` rows (of ``backend``, or all) whose closest rule uses the largest share of its fail limit:
+        on captured inputs, the layers and steps a kernel is nearest to failing on."""
+        rows = [r for r in self.rows if r.fail_fraction is not None and (backend is None or r.backend == backend)]
+        return sorted(rows, key=lambda r: -r.fail_fraction)[:n]
+
+    def closest_to_failing_rows(self, per_backend: int = 3) -> list[dict]:
+        """Each backend's ``per_backend`` inputs closest to failing, as table lines."""
+        names = list(dict.fromkeys(r.backend for r in self.rows))
+        return [{"backend": r.backend, "input": r.input, "verdict": r.verdict, "closest rule": r.closest_rule,
+                 "share of fail limit": r.fail_fraction, "bias": r.bias, "worst slice": r.worst_slice}
+                for name in names for r in self.closest_to_failing(per_backend, name)]
+
     def summary_rows(self) -> list[dict]:
         """One line per backend: its verdict and its worst input."""
         lines = []
@@ -125,6 +168,7 @@ class ComparisonReport(Result):
                 "inputs": len(runs),
                 "worst input": f"{row.input} {row.dtype}" + (f" seed {row.seed}" if row.seed is not None else ""),
                 "rel_l2": row.rel_l2, "x yardstick": row.rel_l2_ratio, "max_abs x": row.max_abs_ratio,
+                "bias": row.bias, "worst slice": row.worst_slice,
                 "median ms": sorted(times)[len(times) // 2] if times else None,
                 "note": row.error or (row.notes if verdict != PASS else ""),
             })
@@ -132,15 +176,17 @@ class ComparisonReport(Result):
             if name not in self.verdicts:
                 lines.append({"backend": name, "verdict": SKIP, "quantised": False, "emulates": None, "inputs": 0,
                               "worst input": "",
-                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "median ms": None,
+                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "bias": None,
+                              "worst slice": None, "median ms": None,
                               "note": "; ".join(reasons)})
         return lines
 
     # ------------------------------------------------------------------------------------------ renderings
 
     TABLE_COLUMNS = ("backend", "emulates", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
-                     "max_abs", "baseline_max_abs", "max_abs_ratio", "mean_abs", "cosine", "lse_max_abs",
-                     "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token", "notes")
+                     "max_abs", "baseline_max_abs", "max_abs_ratio", "bias", "worst_slice", "flip_rate", "mean_abs",
+                     "cosine", "lse_max_abs", "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token",
+                     "fail_fraction", "notes")
 
     def headline(self) -> str:
         return f"Reference: float64 ({self.reference}); yardstick: {self.baseline}."
@@ -176,6 +222,13 @@ class ComparisonReport(Result):
             keys = list(summary[0])
             lines += [_md_row(keys), _md_row(["---"] * len(keys))]
             lines += [_md_row([_cell(k, s[k]) for k in keys]) for s in summary]
+        if any(r.source == "record" for r in self.rows):
+            closest = self.closest_to_failing_rows()
+            if closest:
+                keys = list(closest[0])
+                lines += ["", "Closest to failing (the rule nearest its fail limit; 1.00 = at the limit):", "",
+                          _md_row(keys), _md_row(["---"] * len(keys))]
+                lines += [_md_row([_cell(k, c[k]) for k in keys]) for c in closest]
         if details:
             header, body = self._table()
             lines += ["", _md_row(header), _md_row(["---"] * len(header))] + [_md_row(b) for b in body]
@@ -215,7 +268,8 @@ class ComparisonReport(Result):
         return f"<ComparisonReport {len(self.rows)} rows; {verdicts}>"
 
 def _cell(key, value) -> str:
-    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x") and isinstance(value, float):
+    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x", "share of fail limit", "fail_fraction",
+               "bias") and isinstance(value, float):
         return _fmt(value, ".2f")
     if key in ("time_ms", "median ms") and isinstance(value, float):
         return _fmt(value, ".2f")

@@ -57,6 +57,73 @@ LSE_TOLERANCE = {
 }
 QUANTISED_LSE_TOLERANCE = LseTolerance(2e-2, 5e-2)  # not measured here: no quantised kernel returns an LSE yet
 
+@dataclasses.dataclass(frozen=True)
+class GateRule:
+    """The gate beside the error size (``compare.gate``): limits derived from measured exact kernels.
+
+    ``derive_gate_rule`` turns the committed measurement files (``GATE_FILES``, written by
+    ``benchmarks/gate_thresholds.py``) into these numbers with the margins in ``GATE_MARGINS``; a test checks that
+    the numbers below are that derivation, so they cannot drift from the files. docs/verdicts.md explains each.
+    """
+
+    bias_floor: float  # |mean error| / RMS allowed on any input ...
+    bias_z: float  # ... or bias_z / sqrt(rows), whichever is larger (a mean over few rows is noisier)
+    slice_pass: float  # worst head / batch element / segment: rel_l2 <= slice_pass x the yardstick on that slice
+    slice_warn: float
+    flip_margin_eps: float  # a row's float64 top channel is clear when it leads by > this x eps(dtype) x max|row|
+    flip_pass: float  # share of clear rows whose top channel the kernel changes
+    flip_warn: float
+    # Quantised kernels: one slice may exceed their budget by as much as an exact kernel's slice limit exceeds the
+    # whole-tensor rule (slice_pass / EXACT_RULE.pass_rel_l2).
+    quantised_slice_pass: float = QUANTISED_BUDGET.pass_rel_l2
+    quantised_slice_warn: float = QUANTISED_BUDGET.warn_rel_l2
+
+    def bias_limit(self, rows: int) -> float:
+        return max(self.bias_floor, self.bias_z / math.sqrt(max(rows, 1)))
+
+
+# Where the gate's numbers come from, and the margins put on the worst measured exact kernel.
+GATE_FILES = ("cpu/gate_thresholds.json", "h100/gate_thresholds.json", "h200/gate_thresholds.json")
+GATE_MARGINS = {"bias": 2.0, "slice_pass": 1.35, "slice_warn": 2.0, "flip_pass": 2.0, "flip_warn": 10.0}
+FLIP_MARGIN_EPS = 4.0  # a clear top channel: ahead by > 4 eps of the row's largest value (see docs/verdicts.md)
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a limit never below what it was derived from)."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    exponent = math.floor(math.log10(value)) - digits + 1
+    return float(f"{math.ceil(value / 10**exponent - 1e-9) * 10**exponent:.{digits}g}")
+
+
+def derive_gate_rule(measurements) -> GateRule:
+    """The gate's limits from measurement files (dicts from ``benchmarks/gate_thresholds.py``): the worst exact
+    kernel's bias, bias x sqrt(rows), worst-slice ratio and clear-flip rate, times ``GATE_MARGINS``. A measured
+    flip rate of 0 gives the measurement's resolution (one row of the largest input) instead."""
+    worst = {"bias": 0.0, "bias_z": 0.0, "slice_ratio": 0.0, "flip_rate": 0.0, "flip_resolution": 1.0}
+    for data in measurements:
+        summary = data["exact_summary"]
+        worst["bias"] = max(worst["bias"], summary["max_abs_bias_large"])
+        worst["bias_z"] = max(worst["bias_z"], summary["max_bias_z"])
+        worst["slice_ratio"] = max(worst["slice_ratio"], summary["max_slice_ratio"])
+        worst["flip_rate"] = max(worst["flip_rate"], summary["max_flip_rate"])
+        worst["flip_resolution"] = min(worst["flip_resolution"], 1.0 / summary["max_clear_rows"])
+    flip = max(worst["flip_rate"], worst["flip_resolution"])
+    slice_pass = _round_up(GATE_MARGINS["slice_pass"] * worst["slice_ratio"])
+    slice_warn = _round_up(GATE_MARGINS["slice_warn"] * slice_pass)
+    return GateRule(bias_floor=_round_up(GATE_MARGINS["bias"] * worst["bias"]),
+                    bias_z=_round_up(GATE_MARGINS["bias"] * worst["bias_z"]),
+                    slice_pass=slice_pass, slice_warn=slice_warn,
+                    flip_margin_eps=FLIP_MARGIN_EPS, flip_pass=_round_up(GATE_MARGINS["flip_pass"] * flip),
+                    flip_warn=_round_up(GATE_MARGINS["flip_warn"] * flip),
+                    quantised_slice_pass=_round_up(QUANTISED_BUDGET.pass_rel_l2 * slice_pass / EXACT_RULE.pass_rel_l2),
+                    quantised_slice_warn=_round_up(QUANTISED_BUDGET.warn_rel_l2 * slice_warn / EXACT_RULE.warn_rel_l2))
+
+
+# derive_gate_rule(the committed GATE_FILES); tests/test_gate.py checks it.
+GATE_RULE = GateRule(bias_floor=0.2, bias_z=13.0, slice_pass=3.3, slice_warn=6.6, flip_margin_eps=FLIP_MARGIN_EPS,
+                     flip_pass=0.00026, flip_warn=0.0013, quantised_slice_pass=0.083, quantised_slice_warn=0.17)
+
 # The table README and reports print (one row per rule).
 RULE_TABLE = [
     ("exact kernel", "rel_l2 <= 2 x yardstick and max_abs <= 4 x yardstick",
@@ -66,6 +133,9 @@ RULE_TABLE = [
     ("LSE, where returned", "max abs(lse - lse_fp64) <= 1e-3 (half dtypes), 2e-4 (fp32)", "<= 4e-3 / 1e-3",
      "beyond warn"),
     ("any kernel", "-", "-", "exception, NaN/inf, wrong shape or dtype"),
+    ("the gate, any kernel (compare.gate)", "no bias; worst head / batch element / segment and top-channel flips "
+     "within GATE_RULE", "worst slice or flips in the warn band; finite where float64 is NaN/inf",
+     "biased; NaN/inf where float64 is finite; beyond warn"),
 ]
 
 RULE_TEXT = """\
@@ -86,6 +156,8 @@ outlier channels (fail); broken kernels (wrong scale, swapped layout, K/V swappe
 shifted at the text/image boundary) land at 98-3700 x. Quantised: SageAttention 1.0.6 on H100 measures
 rel_l2 0.0135 (normal), 0.0333 (outliers), 0.0034 (peaky) at S 4608-16896: inside the 0.05 budget, which
 is cosine >= ~0.9987. LSE: worst measured 7.8e-5 (CPU flash kernel), 3.4e-5 on H100.
+The gate's limits (bias, worst slice, flips) come from benchmarks/results/*/gate_thresholds.json through
+derive_gate_rule; docs/verdicts.md defines each statistic.
 """
 
 
