@@ -20,20 +20,20 @@ import time
 SAFETY_CAP_S = 900
 
 
-def _sigint(disposition):
-    def reset():  # runs in the child between fork and exec; an ignored signal stays ignored across exec
-        signal.signal(signal.SIGINT, disposition)
-    return reset
-
-
 class Child:
-    def __init__(self, argv: list[str], *, sigint=signal.SIG_DFL):
+    def __init__(self, argv: list[str]):
         controller, terminal = pty.openpty()
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        # exec keeps an ignored signal ignored but resets a handler to the default: with a handler here while the
+        # child starts, its SIGINT is at default whatever this process inherited (no code runs between fork and
+        # exec, which is what preexec_fn would need, unsafe beside torch's threads).
+        runner_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
-                                         process_group=0, preexec_fn=_sigint(sigint))
+                                         process_group=0)
         finally:
+            if runner_sigint is not None:  # None: a handler not set from Python, which stays
+                signal.signal(signal.SIGINT, runner_sigint)
             os.close(terminal)
         self._terminal = controller
         self.err = b""  # everything the child wrote to stderr so far

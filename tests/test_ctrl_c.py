@@ -29,7 +29,7 @@ def sigint_disposition():
     """``set(disposition)`` for this test; the runner's disposition comes back after it."""
     before = signal.getsignal(signal.SIGINT)
     yield lambda disposition: signal.signal(signal.SIGINT, disposition)
-    signal.signal(signal.SIGINT, before)
+    signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)
 
 
 def ctrl_c():
