@@ -11,7 +11,7 @@ PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_PROBE := import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=3)
 
-.PHONY: demo test test-gpu venv browser-deps lab clean
+.PHONY: demo test test-gpu venv browser-deps screenshots lab clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +33,22 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fluxlab demo --out fluxlab-demo
 
-# Debian's Chromium for the real-browser notebook test (never `playwright install`).
+# Debian's Chromium for the real-browser notebook test (never `playwright install`). Installing needs root (CI is):
+# without it `make test` goes on and the browser tests are skipped with one line saying so.
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$FLUXLAB_CHROMIUM" ] || \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else echo "browser-deps: no chromium, and installing it needs root: the browser tests will be skipped" \
+		"(sudo make browser-deps enables them)"; fi
 
 # --durations: the slowest tests are listed on every run (speed is watched here, never asserted in a test).
+# PYTHONUTF8: text files are read as UTF-8 whatever the locale.
 test: venv browser-deps
-	$(PY) -m pytest -m "not gpu" -q --durations=20
+	PYTHONUTF8=1 $(PY) -m pytest -m "not gpu" -q --durations=20
+
+# Re-take the README's notebook screenshots into docs/screenshots/ (a plain `make test` writes them to a temp folder).
+screenshots: venv browser-deps
+	FLUXLAB_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -m browser -q tests/test_browser.py
 
 # JupyterLab on the notebooks (as root, e.g. in a container: make lab LAB_FLAGS=--allow-root).
 lab: venv

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ import pytest
 import fluxlab
 from fluxlab.cli import main
 from fluxlab.outputs import RUN_FILE
+
+from _child import Child
 
 FLUXLAB = Path(sys.executable).with_name("fluxlab")  # the installed entry point of this venv
 
@@ -236,20 +236,12 @@ def test_real_entry_point_mistake_is_one_line_exit_2(tmp_path):
 def test_sigint_stops_a_real_generation_between_steps(tmp_path):
     out = tmp_path / "run"
     steps = 1000
-    child = subprocess.Popen([str(FLUXLAB), "generate", "--model", "tiny", "--backends", "sdpa,reference",
-                              "--steps", str(steps), "--size", "64", "--max-sequence-length", "16", "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.set_blocking(child.stderr.fileno(), False)
-    seen, deadline = b"", time.monotonic() + 300
-    while not re.search(rb"\b[1-9]\d*/%d\b" % (2 * steps), seen):  # the bar (2 backends) shows a finished step
-        assert child.poll() is None, (seen + (child.stderr.read() or b"")).decode()[-2000:]
-        assert time.monotonic() < deadline, seen.decode()[-2000:]
-        seen += child.stderr.read() or b""
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=300)
-    err = (seen + err).decode()
-    assert child.returncode == 130, err
+    with Child([str(FLUXLAB), "generate", "--model", "tiny", "--backends", "sdpa,reference", "--steps", str(steps),
+                "--size", "64", "--max-sequence-length", "16", "--out", str(out)]) as child:
+        child.wait_for(rb"\b[1-9]\d*/%d\b" % (2 * steps))  # the bar (2 backends) shows a finished step
+        child.proc.send_signal(signal.SIGINT)
+        code, _, err = child.finish()
+    assert code == 130, err
     assert "stopping after the current step" in err
     assert "interrupted after step" in err and "not run: reference" in err
     manifest = json.loads((out / "sdpa" / "manifest.json").read_text())

@@ -119,8 +119,10 @@ def environment() -> dict:
 @contextlib.contextmanager
 def _ctrl_c_stops_after_step(stop: dict):
     """In the main thread, the first Ctrl-C asks the generation to stop after the current denoising step (so the
-    output can be written whole, marked interrupted); a second Ctrl-C interrupts at once. Elsewhere (other threads,
-    a handler someone else installed) Ctrl-C keeps its behaviour and nothing half-written is left either."""
+    output can be written whole, marked interrupted); a second Ctrl-C interrupts at once, the writing included.
+    Elsewhere (other threads, a handler someone else installed) Ctrl-C keeps its behaviour and nothing half-written
+    is left either; a process started with SIGINT ignored (``nohup``, ``cmd &`` in a script) keeps ignoring it, as
+    Python itself does: fluxlab never turns Ctrl-C back on."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
@@ -223,9 +225,10 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                     sync()
                     total = time.perf_counter() - start
             except KeyboardInterrupt as exc:  # mid-step (a second Ctrl-C, or no handler of ours): nothing written
-                raise GenerationInterrupted(
-                    f"interrupted during step {len(step_ends) + 1} of {steps} on {name}; nothing was written for "
-                    "it", results, name, len(step_ends), steps) from exc
+                where = (f"again before {name}'s partial image was decoded" if stop["requested"] else
+                         f"during step {len(step_ends) + 1} of {steps} on {name}")
+                raise GenerationInterrupted(f"interrupted {where}; nothing was written for it", results, name,
+                                            len(step_ends), steps) from exc
             completed = len(step_ends)
             interrupted = completed < steps
             steps_s = [b - a for a, b in zip([start, *step_ends], step_ends)]
@@ -248,8 +251,18 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
             }
             if out_dir is not None:
                 folder = Path(out_dir) / folder_name(name)
-                manifest["image_sha256"] = write_png(folder / manifest["image"], image)
-                write_json(folder / "manifest.json", manifest)
+                written = []
+                try:
+                    manifest["image_sha256"] = write_png(folder / manifest["image"], image)
+                    written.append(folder / manifest["image"])
+                    write_json(folder / "manifest.json", manifest)
+                except KeyboardInterrupt as exc:  # Ctrl-C (again) while writing: stop at once, leave nothing of it
+                    for path in written:
+                        path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only if empty
+                    raise GenerationInterrupted(f"interrupted while writing {name}'s image; nothing was written for "
+                                                "it", results, name, completed, steps) from exc
             results.append(Generated(name, image, manifest, peak.bytes))
             if stop["requested"]:
                 left = backends[backends.index(name) + 1:]
