@@ -48,3 +48,8 @@ class FluxlabWarning(UserWarning):
 
 class FallbackWarning(FluxlabWarning):
     """The caller opted into fallback and a different backend than requested ran."""
+
+
+class BadReferenceError(FluxlabError, RuntimeError):
+    """The backend a comparison measures the others against is not exact and finite here (NaN/inf, approximate by
+    design, or outside the exact-kernel band against the float64 reference); the message says which and why."""

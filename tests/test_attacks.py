@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from fluxlab.outputs import RUN_FILE
 
@@ -81,3 +84,80 @@ def test_a_run_file_naming_only_its_own_files_still_replaces_them(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not (out / "sdpa" / "stale.txt").exists()
     assert (out / "sdpa" / "image.png").is_file()
+
+
+# -- compare_images judges its reference too ------------------------------------------------------------------------
+
+
+def _nan_kernel(q, k, v, *, scale, **_):
+    return torch.full_like(q, float("nan"))
+
+
+def _scale_1_5(q, k, v, *, scale, **_):
+    """An otherwise exact kernel whose softmax scale is 1.5x too large: close, finite, and wrong."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=1.5 * scale)
+    return out.transpose(1, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe_with_bad_kernels():
+    import fluxlab
+    from fluxlab.models.attach import attach, detach
+    from fluxlab.models.supported import FLUX2_BACKENDS
+
+    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    fluxlab.register_backend("attack_nan", _nan_kernel)
+    fluxlab.register_backend("attack_scale_1_5", _scale_1_5)
+    detach(pipe)
+    attach(pipe, allowed=FLUX2_BACKENDS | {"attack_nan", "attack_scale_1_5"})
+    yield pipe
+    detach(pipe)
+    fluxlab.unregister_backend("attack_nan")
+    fluxlab.unregister_backend("attack_scale_1_5")
+
+
+SMALL = dict(steps=2, seeds=(0, 1), height=32, width=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, why", [("attack_nan", "gives NaN/inf at seed 0"),
+                                        ("attack_scale_1_5", "is not exact at seed 0: against the float64")])
+def test_a_broken_first_backend_is_not_a_reference_that_passes_itself(tiny_pipe_with_bad_kernels, first, why):
+    from fluxlab.compare.images import compare_images
+    from fluxlab.errors import BadReferenceError
+
+    with pytest.raises(BadReferenceError, match=re.escape(why)) as caught:
+        compare_images(tiny_pipe_with_bad_kernels, [first, "sdpa"], **SMALL)
+    assert "reference='sdpa'" in str(caught.value)  # the fix is named
+
+
+@pytest.mark.slow
+def test_the_same_broken_kernels_fail_when_an_exact_backend_is_the_reference(tiny_pipe_with_bad_kernels):
+    from fluxlab.compare.images import compare_images
+
+    result = compare_images(tiny_pipe_with_bad_kernels, ["sdpa", "attack_nan", "attack_scale_1_5"], **SMALL)
+    assert result.verdicts == {"sdpa": "pass", "attack_nan": "fail", "attack_scale_1_5": "fail"}
+    assert "against the float64 'reference' backend" in result.metrics["sdpa"].verdict_note
+
+
+@pytest.mark.parametrize("call", [dict(backends=["emu_sage", "sdpa"], reference="emu_sage"),
+                                  dict(backends=["emu_sage", "emu_bf16"])], ids=["named", "all-approximate"])
+def test_an_approximate_reference_is_refused_before_any_generation(monkeypatch, call):
+    import fluxlab.compare.images as images
+    from fluxlab.errors import BadReferenceError
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a generation started before the reference was refused")
+
+    monkeypatch.setattr(images, "_generate", refuse)
+    with pytest.raises(BadReferenceError, match="approximate"):
+        images.compare_images(object(), call["backends"], reference=call.get("reference"), steps=1)
+
+
+@pytest.mark.slow
+def test_an_approximate_first_backend_is_judged_against_an_exact_default_reference(tiny_pipe_with_bad_kernels):
+    from fluxlab.compare.images import compare_images
+
+    result = compare_images(tiny_pipe_with_bad_kernels, ["emu_sage", "sdpa"], **SMALL)
+    assert result.reference == "sdpa"
+    assert "the reference" not in result.metrics["emu_sage"].verdict_note
