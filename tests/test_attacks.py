@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,3 +162,132 @@ def test_an_approximate_first_backend_is_judged_against_an_exact_default_referen
     result = compare_images(tiny_pipe_with_bad_kernels, ["emu_sage", "sdpa"], **SMALL)
     assert result.reference == "sdpa"
     assert "the reference" not in result.metrics["emu_sage"].verdict_note
+
+
+# -- autotune: a candidate is its whole spec ------------------------------------------------------------------------
+
+
+def _image(pipe):
+    generator = torch.Generator().manual_seed(0)
+    return pipe(prompt="a fox", height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+                generator=generator, output_type="np").images
+
+
+@pytest.mark.slow
+def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
+    import fluxlab
+    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.models.attach import set_backend, set_schedule
+
+    rtz = "emu_aiter:how_v3_bf16_cvt=2"  # aiter's round-toward-zero variant: not the default rounding
+    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    plan = autotune(pipe, candidates=[rtz, "emu_aiter"], prompt="a fox", steps=2, allow_quantised=True,
+                    confirm=False, repeats=1, height=32, width=32, max_sequence_length=16)
+    measured = {(m.layer, m.backend): m.rel_l2 for m in plan.measurements}
+    layers = list(plan.automatic)
+    assert {b for _, b in measured} == {rtz, "emu_aiter"}  # not collapsed into one "emu_aiter"
+    assert all(measured[(layer, rtz)] != measured[(layer, "emu_aiter")] for layer in layers)
+    assert plan.settings["candidates"] == [rtz, "emu_aiter"]
+    # stored: the loaded plan keeps the spec apart; applied: a schedule of it runs the option, not the default
+    loaded = AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    assert {(m.layer, m.backend): m.rel_l2 for m in loaded.measurements} == measured
+    assert loaded.choices == plan.choices and rtz not in loaded.choices.values()  # it is judged warn there
+    assert rtz in loaded.reasons and "warn" in loaded.reasons[rtz]
+    plan.choices = {layer: rtz for layer in layers}
+    set_schedule(pipe, plan.schedule)
+    scheduled = _image(pipe)
+    set_schedule(pipe, None)
+    set_backend(pipe, rtz)
+    direct = _image(pipe)
+    set_backend(pipe, "emu_aiter")
+    default = _image(pipe)
+    set_backend(pipe, None)
+    assert np.array_equal(scheduled, direct)
+    assert not np.array_equal(scheduled, default)
+
+
+# -- AutotunePlan.load checks a plan against its own evidence --------------------------------------------------------
+
+H200_PLAN = REPO / "benchmarks/results/h200/decide/autotune_plan_1024.json"
+
+
+def _edited_plan(tmp_path, edit) -> Path:
+    data = json.loads(H200_PLAN.read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _first_layer(data) -> str:
+    return next(iter(data["choices"]))
+
+
+def _choose_failing(data):
+    layer = _first_layer(data)
+    data["choices"][layer] = "fa4"
+    for m in data["measurements"]:
+        if m["layer"] == layer and m["backend"] == "fa4":
+            m["verdict"] = "fail"
+
+
+def _choose_unmeasured_quantised(data):
+    data["choices"][_first_layer(data)] = "sage"
+
+
+def _choose_quantised_measured_pass(data):
+    layer = _first_layer(data)
+    data["choices"][layer] = "emu_sage"
+    data["measurements"].append({"layer": layer, "backend": "emu_sage", "verdict": "pass", "time_ms": 0.1,
+                                 "quantised": True})
+
+
+def _choose_unmeasured_exact(data):
+    data["choices"][_first_layer(data)] = "sdpa"
+
+
+def _choose_untimed(data):
+    layer = _first_layer(data)
+    for m in data["measurements"]:
+        if m["layer"] == layer and m["backend"] == data["choices"][layer]:
+            m["time_ms"] = None
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_choose_failing, "fa4 on {layer} was judged fail"),
+    (_choose_unmeasured_quantised, "sage on {layer} was never measured there"),
+    (_choose_quantised_measured_pass, "emu_sage on {layer} is quantised/emulated but the plan was made with "
+                                      "allow_quantised=False"),
+    (_choose_unmeasured_exact, "sdpa on {layer} was never measured there"),
+    (_choose_untimed, "on {layer} has no measured time"),
+], ids=["failing", "unmeasured-quantised", "quantised-not-allowed", "unmeasured-exact", "untimed"])
+def test_a_hand_edited_plan_is_refused_by_its_own_evidence(tmp_path, edit, why):
+    from fluxlab.decide import AutotunePlan, InvalidPlanError
+
+    path = _edited_plan(tmp_path, edit)
+    layer = _first_layer(json.loads(path.read_text()))
+    for allow_mismatch in (False, True):  # evidence is not a platform difference: allow_mismatch does not skip it
+        with pytest.raises(InvalidPlanError, match=re.escape(why.format(layer=layer))):
+            AutotunePlan.load(path, allow_mismatch=allow_mismatch)
+    assert AutotunePlan.load(H200_PLAN, allow_mismatch=True).choices  # the unedited plan loads
+
+
+def _made_here(data, versions):
+    from fluxlab.decide.autotune import current_identity
+
+    platform, here = current_identity(sorted({b for b in data["choices"].values()}))
+    data["platform"] = platform
+    data["versions"] = here if versions == "here" else versions
+
+
+@pytest.mark.parametrize("versions, loads", [("here", True), ({}, False), ({"fluxlab": "0.1.0"}, False)],
+                         ids=["all-versions", "no-versions", "fluxlab-only"])
+def test_missing_versions_do_not_skip_the_version_check(tmp_path, versions, loads):
+    from fluxlab.decide import AutotunePlan, PlanMismatchError
+
+    path = _edited_plan(tmp_path, lambda data: _made_here(data, versions))
+    if loads:
+        assert AutotunePlan.load(path).choices
+    else:
+        with pytest.raises(PlanMismatchError, match=r"version torch None there, '.+' here"):
+            AutotunePlan.load(path)
