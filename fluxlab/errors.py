@@ -53,3 +53,11 @@ class FallbackWarning(FluxlabWarning):
 class BadReferenceError(FluxlabError, RuntimeError):
     """The backend a comparison measures the others against is not exact and finite here (NaN/inf, approximate by
     design, or outside the exact-kernel band against the float64 reference); the message says which and why."""
+
+
+class LayoutWarning(FluxlabWarning):
+    """The inputs' head axis is longer than their sequence axis: they may be [batch, heads, seq, head_dim]."""
+
+
+class BackendRegistrationError(FluxlabError, ValueError, TypeError):
+    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""

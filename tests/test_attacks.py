@@ -291,3 +291,159 @@ def test_missing_versions_do_not_skip_the_version_check(tmp_path, versions, load
     else:
         with pytest.raises(PlanMismatchError, match=r"version torch None there, '.+' here"):
             AutotunePlan.load(path)
+
+
+# -- a Plan refuses what attention() refuses -------------------------------------------------------------------------
+
+
+def _qkv(*shape, dtype=torch.float32):
+    torch.manual_seed(0)
+    return tuple(torch.randn(*shape, dtype=dtype) for _ in range(3))
+
+
+def test_a_plan_made_without_grad_refuses_grad_inputs_when_its_lse_has_no_backward():
+    import fluxlab
+    from fluxlab.errors import BackendUnavailableError
+
+    q, k, v = _qkv(1, 16, 2, 32)
+    p = fluxlab.plan(q, k, v, backend="sdpa_flash", return_lse=True)  # no grad at plan time
+    assert p(q, k, v)[1].shape == (1, 2, 16)  # still runs without grad
+    with pytest.raises(BackendUnavailableError, match="sdpa_flash', whose log-sum-exp carries no gradient"):
+        p(q.clone().requires_grad_(), k, v)
+    with pytest.raises(BackendUnavailableError):  # attention() refuses the same call
+        fluxlab.attention(q.clone().requires_grad_(), k, v, backend="sdpa_flash", return_lse=True)
+    with torch.no_grad():  # no gradient wanted: runs
+        p(q.clone().requires_grad_(), k, v)
+    # a backend whose LSE has a backward runs, and its gradient is the float64 truth's
+    exact = fluxlab.plan(q, k, v, backend="reference", return_lse=True)
+    qg = q.clone().requires_grad_()
+    exact(qg, k, v)[1].sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+def test_a_plan_called_with_k_in_another_dtype_is_refused_with_the_fix():
+    import fluxlab
+    from fluxlab.errors import InvalidInputError
+
+    q, k, v = _qkv(1, 16, 2, 32)
+    p = fluxlab.plan(q, k, v, backend="sdpa")
+    with pytest.raises(InvalidInputError, match=r"k 1x16x2x32 bfloat16 on cpu.*k = k.to\(q\)"):
+        p(q, k.bfloat16(), v)
+
+
+# -- [B, H, S, D] with few tokens ------------------------------------------------------------------------------------
+
+
+def test_a_head_axis_longer_than_the_sequence_axis_warns_once_naming_heads():
+    import warnings
+
+    import fluxlab
+    from fluxlab.errors import LayoutWarning
+
+    bhsd = torch.randn(1, 4, 128, 64)  # [B, H, S, D]: read as 128 heads of 4 tokens
+    with pytest.warns(LayoutWarning, match=r"128 in the heads dim but 4 in the sequence dim.*heads=128"):
+        fluxlab.attention(bhsd, bhsd, bhsd, backend="sdpa_math")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        fluxlab.attention(bhsd, bhsd, bhsd, backend="sdpa")  # once per shape, not per call
+        other = torch.randn(1, 4, 96, 64)
+        fluxlab.attention(other, other, other, heads=96)  # the layout confirmed: no warning
+        bshd = torch.randn(1, 128, 4, 64)
+        fluxlab.attention(bshd, bshd, bshd)  # the usual layout: no warning
+
+
+# -- outputs that break the contract ---------------------------------------------------------------------------------
+
+
+def _all_nan(q, k, v, *, scale, causal=False, return_lse=False):
+    return torch.full_like(q, float("nan"))
+
+
+def _on_meta(q, k, v, *, scale, causal=False, return_lse=False):
+    return torch.empty_like(q, device="meta")
+
+
+@pytest.mark.parametrize("fn, error, fragment", [
+    (_all_nan, "BackendOutputError", "returned 1024 NaN/inf values of 1024 for finite inputs"),
+    (_on_meta, "BackendOutputError", "returned its output on meta for inputs on cpu"),
+], ids=["nan-out", "other-device"])
+def test_a_user_backend_breaking_the_output_contract_is_refused(fn, error, fragment):
+    import fluxlab
+
+    fluxlab.register_backend("attack_out", fn)
+    try:
+        q, k, v = _qkv(1, 16, 2, 32)
+        for call in (lambda: fluxlab.attention(q, k, v, backend="attack_out"),
+                     lambda: fluxlab.plan(q, k, v, backend="attack_out")(q, k, v)):
+            fluxlab.clear_caches()
+            with pytest.raises(getattr(fluxlab, error), match=re.escape(fragment)):
+                call()
+    finally:
+        fluxlab.unregister_backend("attack_out")
+
+
+def test_nan_inputs_are_named_on_a_plans_first_call():
+    import fluxlab
+    from fluxlab.errors import InvalidInputError
+
+    q, k, v = _qkv(1, 16, 2, 32)
+    q[0, 3, 1, 0] = float("nan")
+    fluxlab.clear_caches()
+    with pytest.raises(InvalidInputError, match="q contains 1 NaN/inf values"):
+        fluxlab.attention(q, k, v, backend="sdpa")
+    assert torch.isnan(fluxlab.attention(q, k, v, backend="sdpa", check_finite=False)).any()  # asked: no check
+
+
+# -- register_backend refuses what could only fail later --------------------------------------------------------------
+
+
+def _no_scale(q, k, v, *, causal=False, return_lse=False):
+    return q
+
+
+def _good(q, k, v, *, scale, causal=False, return_lse=False):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          scale=scale).transpose(1, 2)
+
+
+REGISTRATIONS = [  # (id, name, fn, keyword arguments, message fragment)
+    ("no-scale-keyword", "attack_k", _no_scale, {}, "fn must take the keyword argument(s) scale"),
+    ("option-not-taken", "attack_k", _good, {"options": {"block": 64}}, "keyword argument(s) block"),
+    ("replace-reference", "reference", _good, {"replace": True}, "'reference' is a built-in backend"),
+    ("replace-sdpa", "sdpa", _good, {"replace": True}, "'sdpa' is a built-in backend"),
+    ("alias", "native", _good, {"replace": True}, "'native' is an alias of the built-in 'sdpa'"),
+    ("dtype-typo", "attack_k", _good, {"dtypes": "bfloat17"}, "dtypes has 'bfloat17', not a floating"),
+]
+
+
+@pytest.mark.parametrize("case", REGISTRATIONS, ids=[c[0] for c in REGISTRATIONS])
+def test_register_backend_refuses_at_registration(case):
+    import fluxlab
+    from fluxlab.errors import BackendRegistrationError
+
+    _, name, fn, kwargs, fragment = case
+    with pytest.raises(BackendRegistrationError, match=re.escape(fragment)):
+        fluxlab.register_backend(name, fn, **kwargs)
+    assert fluxlab.registry.get_backend("reference").builtin  # nothing replaced
+
+
+def test_register_backend_takes_dtypes_by_name():
+    import fluxlab
+
+    backend = fluxlab.register_backend("attack_bf16", _good, dtypes="bfloat16")
+    try:
+        assert backend.caps.dtypes == frozenset({torch.bfloat16})
+        q, k, v = _qkv(1, 16, 2, 32, dtype=torch.bfloat16)
+        assert fluxlab.attention(q, k, v, backend="attack_bf16").dtype == torch.bfloat16
+    finally:
+        fluxlab.unregister_backend("attack_bf16")
+
+
+@pytest.mark.parametrize("scale", [True, False], ids=["True", "False"])
+def test_a_bool_scale_is_refused(scale):
+    import fluxlab
+    from fluxlab.errors import InvalidInputError
+
+    q, k, v = _qkv(1, 16, 2, 32)
+    with pytest.raises(InvalidInputError, match="scale must be a Python float, got bool"):
+        fluxlab.attention(q, k, v, scale=scale)
