@@ -447,3 +447,31 @@ def test_a_bool_scale_is_refused(scale):
     q, k, v = _qkv(1, 16, 2, 32)
     with pytest.raises(InvalidInputError, match="scale must be a Python float, got bool"):
         fluxlab.attention(q, k, v, scale=scale)
+
+
+# -- DriftExplorer never leaves a schedule installed ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_drift_explorer_leaves_no_schedule_behind_across_a_detach_and_attach():
+    import fluxlab
+    from fluxlab.decide.runs import DecideInputError
+    from fluxlab.models.attach import state_of
+    from fluxlab.widgets import DriftExplorer
+
+    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    drift = fluxlab.locate_drift(pipe, "sdpa", "emu_bf16", prompt="a fox", steps=2, height=32, width=32,
+                                 max_sequence_length=16, beam=1)
+    plain = _image(pipe)
+    explorer = DriftExplorer(pipe, drift, threaded=False)
+    fluxlab.detach(pipe)
+    fluxlab.attach(pipe)  # a new attachment: the explorer's runner was made on the old one
+    layer = drift.layers[0]
+    explorer.click(layer, 0)
+    assert explorer.last_error is None and (layer, 0) in explorer.views
+    assert state_of(pipe).schedule is None  # the one-cell schedule is gone
+    assert np.array_equal(_image(pipe), plain)  # a plain call runs sdpa everywhere again
+    with pytest.raises(DecideInputError, match="layer 'bogus' is not in this DriftMap"):
+        explorer.click("bogus", 0)
+    with pytest.raises(DecideInputError, match="this DriftMap has steps 0..1"):
+        explorer.click(layer, 7)

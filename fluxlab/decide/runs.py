@@ -163,7 +163,9 @@ class Runner:
 
     @contextlib.contextmanager
     def _installed(self, schedule):
-        state = self.state
+        # The model's state now: after a detach and attach since this Runner was made it is a new one, and the
+        # schedule must be taken off the state it was put on.
+        state = self.state = state_of(self.pipe)
         backend, previous = state.backend, state.schedule
         bar_config = dict(getattr(self.pipe, "_progress_bar_config", {}))
         self.pipe.set_progress_bar_config(**{**bar_config, "disable": True})
