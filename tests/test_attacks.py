@@ -475,3 +475,44 @@ def test_drift_explorer_leaves_no_schedule_behind_across_a_detach_and_attach():
         explorer.click("bogus", 0)
     with pytest.raises(DecideInputError, match="this DriftMap has steps 0..1"):
         explorer.click(layer, 7)
+
+
+# -- bad backend options are refused when the spec is parsed ---------------------------------------------------------
+
+BAD_SPECS = [  # (spec, message fragment)
+    ("emu_aiter:how_v3_bf16_cvt=7", "how_v3_bf16_cvt=7 is not valid; valid values: 0 (RTNE"),
+    ("emu_bf16:probs=fp16", "probs='fp16' is not valid; valid values: 'bf16'"),
+    ("emu_sage:pv_chunk=3", "pv_chunk=3 is not valid; valid values: 1 ("),
+    ("emu_aiter_sage:fp8=e5m2", "fp8='e5m2' is not valid; valid values: 'e4m3fnuz'"),
+    ("emu_bf16:block_n=abc", "block_n='abc' is not valid: block_n takes a whole number of keys >= 0"),
+    ("emu_aiter:block_n=-5", "block_n=-5 is not valid"),  # once silently "all keys"
+    ("emu_bf16:block_n=true", "block_n=True is not valid"),
+    ("reference:cudnn=0", "knob 'cudnn' in 'reference:cudnn=0' changes nothing for 'reference'"),
+    ("emu_bf16:lowp_reduction=1", "changes nothing for 'emu_bf16' (it acts on sdpa, sdpa_math only)"),
+]
+
+
+@pytest.mark.parametrize("spec, fragment", BAD_SPECS, ids=[s for s, _ in BAD_SPECS])
+def test_a_bad_backend_option_is_refused_at_parse_time_everywhere(spec, fragment, monkeypatch):
+    import fluxlab
+    from fluxlab.choice import BackendChoice
+    from fluxlab.errors import InvalidBackendSpecError
+
+    with pytest.raises(InvalidBackendSpecError, match=re.escape(fragment)):
+        BackendChoice.parse(spec)
+    q, k, v = _qkv(1, 16, 2, 32)
+    with pytest.raises(InvalidBackendSpecError, match=re.escape(fragment)):  # no kernel ran first
+        fluxlab.attention(q, k, v, backend=spec)
+    monkeypatch.setenv("FLUXLAB_ATTENTION_BACKEND", spec)
+    fluxlab.clear_caches()
+    with pytest.raises(InvalidBackendSpecError, match=re.escape(fragment)):
+        fluxlab.attention(q, k, v)
+
+
+@pytest.mark.parametrize("spec", ["emu_bf16:block_n=8", "emu_aiter:how_v3_bf16_cvt=2,block_n=0",
+                                  "emu_sage:pv_chunk=64", "sdpa:cudnn=0", "sdpa_math:lowp_reduction=1"])
+def test_valid_backend_options_still_parse_and_run(spec):
+    import fluxlab
+
+    q, k, v = _qkv(1, 16, 2, 64)
+    assert torch.isfinite(fluxlab.attention(q, k, v, backend=spec)).all()
