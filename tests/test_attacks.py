@@ -516,3 +516,142 @@ def test_valid_backend_options_still_parse_and_run(spec):
 
     q, k, v = _qkv(1, 16, 2, 64)
     assert torch.isfinite(fluxlab.attention(q, k, v, backend=spec)).all()
+
+
+# -- the library verbs refuse what they are told up front -----------------------------------------------------------
+
+
+def test_the_compiled_op_refuses_a_gradient_with_a_message():
+    import fluxlab
+    from fluxlab.errors import InvalidInputError
+
+    compiled = torch.compile(lambda q, k, v: fluxlab.attention(q, k, v, backend="sdpa"), backend="eager",
+                             fullgraph=True)
+    q, k, v = (torch.randn(1, 16, 2, 32, requires_grad=True) for _ in range(3))
+    with pytest.raises(InvalidInputError, match="op without a backward.*outside torch.compile for training"):
+        compiled(q, k, v).sum().backward()
+    with torch.no_grad():
+        assert torch.equal(compiled(q, k, v), fluxlab.attention(q, k, v, backend="sdpa"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import fluxlab
+
+    return fluxlab.load_flux2("tiny", variant="dev")
+
+
+def _verbs(tiny):
+    import fluxlab
+    from fluxlab.compare.images import compare_images
+
+    small = dict(height=32, width=32)
+    return {
+        "compare-seed-and-seeds": (lambda: compare_images(tiny, ["sdpa"], seed=3, seeds=[0, 1], steps=1, **small),
+                                   "InvalidSettingError", "got seed=3 and seeds=[0, 1]: pass one of them"),
+        "compare-output-type": (lambda: compare_images(tiny, ["sdpa"], steps=1, output_type="pil", **small),
+                                "InvalidSettingError", "output_type cannot be passed through to the pipeline"),
+        "locate-output-type": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
+                                                            output_type="pil", **small),
+                               "DecideInputError", "output_type cannot be passed through to the pipeline"),
+        "locate-generator": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
+                                                          generator=torch.Generator(), **small),
+                             "DecideInputError", "use seed= instead of generator"),
+        "locate-seed-1.5": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2, seed=1.5,
+                                                         **small),
+                            "DecideInputError", "seed must be a whole number from 0 to 2**63 - 1, got 1.5"),
+        "generate-seed-1.5": (lambda: fluxlab.generate(tiny, ["sdpa"], prompt="a", steps=1, seed=1.5, **small),
+                              "InvalidSettingError", "seed must be a whole number"),
+        "load-empty": (lambda: fluxlab.load_flux2(""), "ModelSourceError", "the model source is empty"),
+        "load-blank": (lambda: fluxlab.load_flux2("  "), "ModelSourceError", "the model source is empty"),
+    }
+
+
+@pytest.mark.parametrize("case", ["compare-seed-and-seeds", "compare-output-type", "locate-output-type",
+                                  "locate-generator", "locate-seed-1.5", "generate-seed-1.5", "load-empty",
+                                  "load-blank"])
+def test_a_verb_refuses_a_bad_argument_before_generating(tiny, case, monkeypatch):
+    import fluxlab
+    from fluxlab.decide.runs import Runner
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a generation started before the mistake was reported")
+
+    monkeypatch.setattr(type(tiny), "__call__", refuse)
+    monkeypatch.setattr(Runner, "run", refuse)
+    call, error, fragment = _verbs(tiny)[case]
+    with pytest.raises(fluxlab.FluxlabError, match=re.escape(fragment)) as caught:
+        call()
+    assert type(caught.value).__name__ == error
+
+
+@pytest.mark.slow
+def test_numpy_integers_are_whole_numbers_for_the_verbs(tiny, tmp_path):
+    import fluxlab
+
+    results = fluxlab.generate(tiny, ["sdpa"], prompt="a", steps=np.int64(2), seed=np.int64(1), width=np.int64(32),
+                               height=32, max_sequence_length=16, out_dir=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "sdpa" / "manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["seed"] == 1 and results[0].manifest["steps"] == 2
+    drift = fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=np.int64(2), budget=3, height=32,
+                                 width=32, max_sequence_length=16)
+    assert drift.steps == 2
+
+
+# -- plan files -------------------------------------------------------------------------------------------------------
+
+
+def _plan_file_cases(tmp_path):
+    good = json.loads(H200_PLAN.read_text())
+    cases = {
+        "not-json": ("{not json", "InvalidPlanError", "is not a JSON autotune plan"),
+        "a-list": ("[1, 2]", "PlanMismatchError", "is not a fluxlab-autotune/1 plan (format 'list')"),
+        "no-choices": ({k: v for k, v in good.items() if k != "choices"}, "InvalidPlanError",
+                       "its field 'choices' is missing"),
+        "choices-a-list": ({**good, "choices": ["sdpa"]}, "InvalidPlanError",
+                           "its field 'choices' is a list, not a dict"),
+        "measurement-extra-field": ({**good, "measurements": [{**good["measurements"][0], "speed": 1}]},
+                                    "InvalidPlanError", "unexpected keyword argument 'speed'"),
+        "unknown-backend": ({**good, "choices": {"x.attn": "sdpa_flsh"}}, "UnknownBackendError", "sdpa_flsh"),
+        "bad-option": ({**good, "choices": {"x.attn": "emu_aiter:how_v3_bf16_cvt=7"}}, "InvalidBackendSpecError",
+                       "how_v3_bf16_cvt=7 is not valid"),
+    }
+    for name, (content, error, fragment) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        yield name, path, error, fragment
+    yield "a-folder", tmp_path, "InvalidPlanError", "is a folder, not a plan file"
+    yield "missing", tmp_path / "nope.json", "PlanNotFoundError", "no autotune plan at"
+
+
+def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
+    import fluxlab
+    from fluxlab.decide import AutotunePlan
+
+    seen = []
+    for name, path, error, fragment in _plan_file_cases(tmp_path):
+        with pytest.raises(fluxlab.FluxlabError) as caught:
+            AutotunePlan.load(path, allow_mismatch=True)
+        assert type(caught.value).__name__ == error, (name, caught.value)
+        assert fragment in str(caught.value), (name, str(caught.value))
+        seen.append(name)
+    assert len(seen) == 9
+
+
+def test_plan_save_expands_home_and_names_the_path_it_was_given(tmp_path, monkeypatch):
+    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide.files import ResultFileError
+
+    plan = AutotunePlan.load(H200_PLAN, allow_mismatch=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    saved = plan.save("~/plans/p.json")
+    assert saved == tmp_path / "home" / "plans" / "p.json" and saved.is_file()
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(ResultFileError, match=re.escape(f"cannot write {tmp_path}: it is a folder")):
+        plan.save(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ResultFileError) as caught:
+        plan.save(tmp_path / "a-file" / "p.json")
+    assert f"cannot write {tmp_path / 'a-file' / 'p.json'}" in str(caught.value)
+    assert ".tmp" not in str(caught.value)

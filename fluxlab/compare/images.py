@@ -15,7 +15,8 @@ import torch
 from .. import registry
 from ..dispatch import clear_caches, use_backend
 from ..errors import BadReferenceError
-from ..models.limits import check_pipe_generation, seed_values
+from ..models.errors import InvalidSettingError
+from ..models.limits import check_pipe_generation, check_pipe_kwargs, seed_values
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -229,7 +230,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
     return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
-def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int = 0, steps: int = 4,
+def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: int | None = None, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
                    force: bool = False, **pipe_kwargs) -> ImageComparison:
@@ -242,7 +243,7 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
     and at every seed its final latent is compared with a generation by the float64 ``reference`` backend (one
     more generation per seed unless that backend is among ``backends``) and judged by the exact-kernel rule;
     a reference that gives NaN/inf or fails that rule raises ``BadReferenceError`` saying why.
-    ``seeds``: several seeds instead of ``seed``: PSNR/SSIM/latent numbers are means over the seeds, the
+    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent numbers are means over the seeds, the
     ``*_worst`` fields and the verdict the worst seed's; images and latents kept are the first seed's.
     Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
     the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
@@ -271,11 +272,16 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
         raise ValueError("compare_images needs at least one backend")
     labels = _unique_labels(specs)
     ref_label = _pick_reference(reference, labels, specs)
-    seed_list = seed_values([seed] if seeds is None else seeds)
+    if seed is not None and seeds is not None:
+        raise InvalidSettingError(f"compare_images got seed={seed!r} and seeds={seeds!r}: pass one of them (seeds= "
+                                  "for several)")
+    check_pipe_kwargs(pipe_kwargs, "compare_images")
+    seed_list = seed_values([0 if seed is None else seed] if seeds is None else seeds)
     for seed_value in seed_list:  # everything before the first generation, with generate's messages
         check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed_value,
                               force=force, guidance_scale=pipe_kwargs.get("guidance_scale"),
                               max_sequence_length=pipe_kwargs.get("max_sequence_length", 512))
+    seed_list, steps, height, width = [int(s) for s in seed_list], int(steps), int(height), int(width)
 
     def generate(spec, seed_value, count=True):
         return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs, control, count)

@@ -6,14 +6,26 @@ import io
 import json
 from pathlib import Path
 
+from ..errors import FluxlabError
 from ..util import atomic_write
 
 
+class ResultFileError(FluxlabError, OSError):
+    """A result file cannot be written where asked; the message names that path (not a temporary file)."""
+
+
 def write_atomic(path, data: bytes | str) -> Path:
-    """``fluxlab.util.atomic_write`` (the umask's mode, 0644 under 022), creating the folder if missing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, data)
+    """``fluxlab.util.atomic_write`` (the umask's mode, 0644 under 022), creating the folder if missing; ``~`` is
+    the home folder. Failures name ``path`` and the reason (``ResultFileError``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ResultFileError(f"cannot write {path}: it is a folder; pass a file name, e.g. {path / 'plan.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, data)
+    except OSError as exc:
+        raise ResultFileError(f"cannot write {path}: {exc.strerror or exc}; pass a path in a folder you can write "
+                              "to") from None
 
 
 def write_json(path, payload: dict) -> Path:

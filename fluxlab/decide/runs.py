@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from ..errors import FluxlabError
 from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
 from ..models.errors import InvalidSettingError
-from ..models.limits import seed_problem, seed_values
+from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
 from ..models.schedule import Schedule, layer_matches
 
 
@@ -28,7 +29,7 @@ class DecideInputError(FluxlabError, ValueError):
 def check_generation_args(prompt, steps) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise DecideInputError(f"prompt must be a non-empty text, got {prompt!r}; e.g. prompt='a red circle'")
-    if not isinstance(steps, int) or steps < 2:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
         raise DecideInputError(f"steps={steps!r}: at least 2 denoising steps are needed (with 1 there is no "
                                "'which step' to ask about); e.g. steps=4")
 
@@ -117,7 +118,10 @@ class Runner:
     def __init__(self, pipe, *, prompt: str, seed: int = 0, steps: int, height=None, width=None,
                  pipe_kwargs: dict | None = None, progress=None):
         check_generation_args(prompt, steps)
-        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, seed, steps
+        if seed_problem(seed):
+            raise DecideInputError(seed_problem(seed))
+        check_pipe_kwargs(pipe_kwargs, "the decide tools", DecideInputError)
+        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, int(seed), int(steps)
         self.height, self.width = height, width
         self.pipe_kwargs = dict(pipe_kwargs or {})
         self.state = state_of(pipe)

@@ -56,6 +56,9 @@ def load_flux2(source: str = "tiny", variant: str | None = None, device=None, dt
         raise ValueError(f"unknown FLUX.2 variant {variant!r}; choose 'dev' or 'klein' (or None to read it from "
                          "the model folder)")
     source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        raise ModelSourceError(f"load_flux2({source!r}): the model source is empty; pass 'tiny', 'embedded', a "
+                               "local diffusers pipeline folder or a Hub id (e.g. 'black-forest-labs/FLUX.2-dev')")
     target = resolve_device(offload, device)  # refuses unknown values, and offloading without an accelerator
     estimate = None
     if offload is not None or memory_budget is not None or (target is not None and target.type != "cpu"):
