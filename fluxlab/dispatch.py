@@ -410,8 +410,10 @@ class Plan:
     def __post_init__(self):
         self.out_shape = torch.Size((*self.q_shape[:3], self.v_shape[3]))
 
-    def __call__(self, q, k, v):
-        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``."""
+    def __call__(self, q, k, v, *, check_finite: bool | None = None):
+        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``. The scale was
+        checked against the inputs the plan was made with; ``check_finite`` (as for ``attention``; default
+        $FLUXLAB_CHECK_FINITE) checks every call's inputs for NaN/inf and their scores for overflow (a sync each)."""
         if (q.shape != self.q_shape or k.shape != self.k_shape or v.shape != self.v_shape or q.dtype != self.dtype
                 or k.dtype != self.dtype or v.dtype != self.dtype or q.device != self.device
                 or k.device != self.device or v.device != self.device):
@@ -429,13 +431,16 @@ class Plan:
                 "grad; make it with the inputs that require grad (fluxlab.plan then picks a backend whose LSE has "
                 "a backward, e.g. 'reference'), or detach the inputs / run under torch.no_grad()",
                 {self.backend: ["log-sum-exp carries no gradient"]})
+        if _finite_checks_on(check_finite):
+            _check_finite(q, k, v)
+            check_scale_fits(q, k, self.scale)
         for warning in self.warnings:
             warnings.warn(warning, FallbackWarning, stacklevel=2)
         result = self.fn(q, k, v, scale=self.scale, causal=self.causal, return_lse=self.return_lse, **self.options)
         out = result[0] if self.return_lse and isinstance(result, tuple) else result
         if not self._checked or getattr(out, "shape", None) != self.out_shape or out.dtype != q.dtype:
             check_output(result, q, v, return_lse=self.return_lse, backend_name=self.backend)
-            check_output_finite(out, q, k, v, backend_name=self.backend)
+            check_output_finite(out, q, k, v, backend_name=self.backend, scale=self.scale)
             self._checked = True
         return result
 
@@ -587,7 +592,7 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     if first_call or getattr(out, "shape", None) != plan_.out_shape or out.dtype != q.dtype:
         check_output(result, q, v, return_lse=return_lse, backend_name=plan_.backend)
         if first_call and check_finite is not False:
-            check_output_finite(out, q, k, v, backend_name=plan_.backend)
+            check_output_finite(out, q, k, v, backend_name=plan_.backend, scale=plan_.scale)
     return result
 
 
@@ -628,12 +633,15 @@ def check_output(result, q, v, *, return_lse: bool, backend_name: str) -> None:
                                      f"contract is float32 [batch, heads, seq] = {want}")
 
 
-def check_output_finite(out, q, k, v, *, backend_name: str) -> None:
-    """A plan's first output with NaN/inf is refused: NaN/inf inputs are named as the cause (``InvalidInputError``),
-    else the backend broke the contract (``BackendOutputError``). One reduction per new plan, not per call."""
+def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None = None) -> None:
+    """A plan's first output with NaN/inf is refused: NaN/inf inputs or scores that overflow with ``scale`` are
+    named as the cause (``InvalidInputError``), else the backend broke the contract (``BackendOutputError``). One
+    reduction per new plan, not per call."""
     if out.device.type == "meta" or _is_compiling() or bool(torch.isfinite(out).all()):
         return
     _check_finite(q, k, v)  # NaN in: say so, with where to look
+    if scale is not None:
+        check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
     bad = int((~torch.isfinite(out)).sum())
     raise BackendOutputError(f"backend '{backend_name}' returned {bad} NaN/inf values of {out.numel()} for finite "
                              "inputs; choose another backend, or fix this one (compare it with "

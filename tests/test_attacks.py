@@ -655,3 +655,20 @@ def test_plan_save_expands_home_and_names_the_path_it_was_given(tmp_path, monkey
         plan.save(tmp_path / "a-file" / "p.json")
     assert f"cannot write {tmp_path / 'a-file' / 'p.json'}" in str(caught.value)
     assert ".tmp" not in str(caught.value)
+
+
+def test_a_later_larger_input_cannot_overflow_a_plan_silently():
+    import fluxlab
+    from fluxlab.errors import InvalidInputError
+
+    q, k, v = _qkv(1, 16, 2, 64)
+    p = fluxlab.plan(q, k, v, backend="sdpa_math", scale=0.125)  # the scale fits these inputs
+    big_q, big_k = q * 1e22, k * 1e22  # the same shape: |scale * q.k| now beyond float32
+    with pytest.raises(InvalidInputError, match="scale 0.125 can overflow the attention scores"):
+        p(big_q, big_k, v)  # the plan's first call: its output is checked, the overflow named
+    assert torch.isfinite(p(q, k, v)).all()
+    with pytest.raises(InvalidInputError, match="can overflow the attention scores"):
+        p(big_q, big_k, v, check_finite=True)  # every later call, when asked
+    fluxlab.clear_caches()
+    with pytest.raises(InvalidInputError, match="can overflow the attention scores"):
+        fluxlab.attention(big_q, big_k, v, scale=0.125, backend="sdpa_math")  # a new plan: checked at plan time
