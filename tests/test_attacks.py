@@ -672,3 +672,38 @@ def test_a_later_larger_input_cannot_overflow_a_plan_silently():
     fluxlab.clear_caches()
     with pytest.raises(InvalidInputError, match="can overflow the attention scores"):
         fluxlab.attention(big_q, big_k, v, scale=0.125, backend="sdpa_math")  # a new plan: checked at plan time
+
+
+# -- an attached pipeline's call ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_attached_pipe_refuses_a_shrunk_size_and_a_second_thread():
+    import threading
+
+    import fluxlab
+    from fluxlab.models.errors import InvalidSizeError, PipelineBusyError
+
+    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    with pytest.raises(InvalidSizeError, match="height 40 is not a multiple of 16.*use 32 or 48"):
+        pipe(prompt="a", height=40, width=32, num_inference_steps=1, max_sequence_length=16)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(pipeline, step, timestep, tensors):  # the first generation waits here, mid-run
+        started.set()
+        release.wait(timeout=300)
+        return tensors
+
+    first = threading.Thread(target=lambda: pipe(prompt="a", height=32, width=32, num_inference_steps=2,
+                                                 max_sequence_length=16, callback_on_step_end=hold))
+    first.start()
+    try:
+        assert started.wait(timeout=300)
+        with pytest.raises(PipelineBusyError, match="a pipeline serves one generation at a time"):
+            pipe(prompt="a", height=32, width=32, num_inference_steps=1, max_sequence_length=16)
+    finally:
+        release.set()
+        first.join()
+    assert _image(pipe).shape == (1, 32, 32, 3)  # free again afterwards
+    fluxlab.detach(pipe)
+    assert not hasattr(type(pipe), "_fluxlab_unguarded")  # detach gives the pipeline its own class back
