@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterable
 
@@ -11,7 +12,7 @@ import torch
 
 from .backends import BUILTIN_BACKENDS
 from .backends.base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, Requirement
-from .errors import UnknownBackendError
+from .errors import BackendRegistrationError, UnknownBackendError
 from .platform import Platform
 from .priority import GROUPS, group_members
 
@@ -173,8 +174,6 @@ _CONTRACT_KEYWORDS = ("scale", "causal", "return_lse")  # dispatch passes these 
 def _check_definition(name, fn, options, capabilities) -> None:
     """Refuse, at registration, what would only fail at the first call or be silently unreachable: a built-in
     or alias name, a function that does not take the contract's keywords, dtypes given by name are resolved."""
-    from .errors import BackendRegistrationError
-
     key = name.strip().lower() if isinstance(name, str) else name
     if key in ALIASES:
         raise BackendRegistrationError(f"{name!r} is an alias of the built-in '{ALIASES[key]}' (a backend of that "
@@ -183,8 +182,6 @@ def _check_definition(name, fn, options, capabilities) -> None:
         raise BackendRegistrationError(f"'{key}' is a built-in backend and cannot be replaced (comparisons and "
                                        "models rely on it); register yours under another name, e.g. 'my_{key}'")
     try:
-        import inspect
-
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C function without a signature: its first call will tell
         parameters = None
@@ -204,8 +201,6 @@ def _check_definition(name, fn, options, capabilities) -> None:
 
 
 def _dtype_of(name, value) -> torch.dtype:
-    from .errors import BackendRegistrationError
-
     if isinstance(value, torch.dtype):
         return value
     found = getattr(torch, str(value).lower().replace("torch.", ""), None)
