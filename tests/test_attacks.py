@@ -121,15 +121,27 @@ SMALL = dict(steps=2, seeds=(0, 1), height=32, width=32)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first, why", [("attack_nan", "gives NaN/inf at seed 0"),
-                                        ("attack_scale_1_5", "is not exact at seed 0: against the float64")])
-def test_a_broken_first_backend_is_not_a_reference_that_passes_itself(tiny_pipe_with_bad_kernels, first, why):
+@pytest.mark.parametrize("first, why", [
+    ("attack_nan", r"the reference backend 'attack_nan' failed: BackendOutputError: .* NaN/inf values"),
+    ("attack_scale_1_5", "is not exact at seed 0: against the float64")])
+def test_a_broken_reference_is_refused_with_the_reason(tiny_pipe_with_bad_kernels, first, why):
     from fluxlab.compare.images import compare_images
     from fluxlab.errors import BadReferenceError
 
-    with pytest.raises(BadReferenceError, match=re.escape(why)) as caught:
-        compare_images(tiny_pipe_with_bad_kernels, [first, "sdpa"], **SMALL)
+    with pytest.raises(BadReferenceError, match=why) as caught:
+        compare_images(tiny_pipe_with_bad_kernels, [first, "sdpa"], reference=first, **SMALL)
     assert "reference='sdpa'" in str(caught.value)  # the fix is named
+
+
+@pytest.mark.slow
+def test_a_broken_first_backend_is_not_a_default_reference_that_passes_itself(tiny_pipe_with_bad_kernels):
+    from fluxlab.compare.images import compare_images
+    from fluxlab.errors import BadReferenceError
+
+    result = compare_images(tiny_pipe_with_bad_kernels, ["attack_nan", "sdpa"], **SMALL)
+    assert result.reference == "sdpa" and result.verdicts == {"attack_nan": "fail", "sdpa": "pass"}
+    with pytest.raises(BadReferenceError, match="is not exact at seed 0"):  # exact-looking, but 1.5x the scale
+        compare_images(tiny_pipe_with_bad_kernels, ["attack_scale_1_5", "sdpa"], **SMALL)
 
 
 @pytest.mark.slow

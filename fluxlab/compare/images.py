@@ -332,7 +332,8 @@ def compare_images(pipe, backends, prompt: str = "a red fox in the snow", seed: 
         if images is None:  # the first seed fixes the reference
             if ref_label not in got_images:
                 if reference is not None or not got_images:
-                    raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
+                    raise BadReferenceError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}; "
+                                            "pass an exact backend that runs here, e.g. reference='sdpa'")
                 ref_label = next((label for label, spec in zip(labels, specs)  # the first exact one that ran
                                   if label in got_images and not _approximate(spec)), None)
                 if ref_label is None:
