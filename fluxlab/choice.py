@@ -32,13 +32,15 @@ def _lowp_reduction(on):
 class Knob:
     description: str
     apply: object  # value -> undo callable
+    backends: frozenset = frozenset()  # the backends whose kernel it changes; elsewhere it is refused as a no-op
 
 
 KNOBS = {
     "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
-                  _cudnn_sdp),
+                  _cudnn_sdp, frozenset({"sdpa"})),
     "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
-                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)", _lowp_reduction),
+                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)", _lowp_reduction,
+                           frozenset({"sdpa", "sdpa_math"})),
 }
 
 
@@ -68,6 +70,11 @@ class BackendChoice:
             items.update(options)
         backend = registry.get_backend(name)  # unknown names raise UnknownBackendError with a suggestion
         knobs = {k: _flag(v, k, spec) for k, v in items.items() if k in KNOBS and k not in backend.options}
+        for key in knobs:
+            if KNOBS[key].backends and backend.name not in KNOBS[key].backends:
+                raise InvalidBackendSpecError(
+                    f"knob '{key}' in {str(spec)!r} changes nothing for '{backend.name}' (it acts on "
+                    f"{', '.join(sorted(KNOBS[key].backends))} only); drop it, or use it with one of those")
         opts = {k: v for k, v in items.items() if k not in knobs}
         unknown = set(opts) - set(backend.options)
         if unknown:
@@ -76,7 +83,12 @@ class BackendChoice:
                                           f"{valid}; torch knobs: {', '.join(sorted(KNOBS))}")
         for key, value in opts.items():
             valid_values = backend.option_values.get(key)
-            if valid_values is not None and value not in valid_values:
+            if callable(valid_values):  # an open set (e.g. any block size): the check says why a value is not in it
+                why = valid_values(value)
+                if why:
+                    raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid: "
+                                                  f"{why}")
+            elif valid_values is not None and value not in valid_values:
                 listed = ", ".join(f"{v!r} ({meaning})" for v, meaning in valid_values.items())
                 raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid; "
                                               f"valid values: {listed}")

@@ -24,7 +24,7 @@ from . import registry
 from .backends.base import Backend
 from .choice import BackendChoice
 from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
-                     InvalidBackendSpecError, InvalidInputError, NoBackendError, UnknownBackendError)
+                     InvalidBackendSpecError, InvalidInputError, LayoutWarning, NoBackendError, UnknownBackendError)
 from .ops import compiled_attention, use_dispatcher
 from .platform import Platform, current_platform, platform_for_device
 from .util import torch_dtype_name
@@ -62,6 +62,7 @@ def _check_finite(q, k, v) -> None:
 
 # No model has more heads than this; a larger dim 2 means the tensor is [B, H, S, D].
 MAX_PLAUSIBLE_HEADS = 256
+_LAYOUT_WARNED: set = set()  # q shapes already warned about (a head axis longer than the sequence axis)
 
 
 # ------------------------------------------------------------------------------- choice (context-local)
@@ -164,9 +165,10 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
     """Raise InvalidInputError naming the problem and the fix, or return None.
 
     The layout check cannot always tell ``[B, S, H, D]`` from ``[B, H, S, D]``: both are 4-D with the same
-    dims. Without ``heads=`` it fires only when dim 2 exceeds ``MAX_PLAUSIBLE_HEADS`` (256), so a transposed
-    tensor with a short sequence (S <= 256, e.g. 1x24x77x128 read as 77 heads) passes and is computed wrongly.
-    Pass ``heads=`` (the model's query-head count; FLUX.2's router does) and any mismatch is refused.
+    dims. Without ``heads=`` it refuses dim 2 above ``MAX_PLAUSIBLE_HEADS`` (256) and warns once per shape
+    (``LayoutWarning``) where dim 2 (heads) is larger than dim 1 (seq), the usual sign of a transposed tensor
+    with a short sequence (e.g. 1x4x128x64 read as 128 heads of 4 tokens). Pass ``heads=`` (the model's
+    query-head count; FLUX.2's router does): any mismatch is refused, and a confirmed layout is not warned about.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -199,6 +201,13 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
                 f"{name} has {t.shape[2]} in the heads dim (shape {_shape(t)}); no model has that many heads, "
                 "so this is likely a [batch, heads, seq, head_dim] tensor. fluxlab takes "
                 "[batch, seq, heads, head_dim]: pass t.transpose(1, 2).")
+    if heads is None and q.shape[2] > q.shape[1] and q.shape not in _LAYOUT_WARNED:
+        _LAYOUT_WARNED.add(q.shape)
+        warnings.warn(
+            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_shape(q)}): if it is "
+            f"[batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
+            f"pass heads={q.shape[2]} to confirm the layout. fluxlab takes [batch, seq, heads, head_dim]; this "
+            "warning is shown once per shape.", LayoutWarning, stacklevel=3)
     if q.shape[0] != k.shape[0] or q.shape[0] != v.shape[0]:
         raise InvalidInputError(f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
     if k.shape[1] != v.shape[1]:
@@ -213,7 +222,7 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
         raise InvalidInputError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} key/value heads; "
                                 "grouped-query attention needs q heads = n x kv heads")
     if scale is not None:
-        if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)):
+        if isinstance(scale, (torch.Tensor, bool)) or not isinstance(scale, (int, float)):
             raise InvalidInputError(f"scale must be a Python float, got {type(scale).__name__}")
         if not math.isfinite(scale) or scale <= 0:
             raise InvalidInputError(f"scale must be a finite number > 0, got {scale}; the usual softmax "
@@ -458,21 +467,37 @@ class Plan:
     def lse_grad(self) -> bool:
         return self.call.lse_grad
 
-    def __call__(self, q, k, v):
-        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``."""
+    def __call__(self, q, k, v, *, check_finite: bool | None = None):
+        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``. The scale was
+        checked against the inputs the plan was made with; ``check_finite`` (as for ``attention``; default
+        $FLUXLAB_CHECK_FINITE) checks every call's inputs for NaN/inf and their scores for overflow (a sync each)."""
         if (q.shape != self.q_shape or k.shape != self.k_shape or v.shape != self.v_shape or q.dtype != self.dtype
-                or q.device != self.device):
+                or k.dtype != self.dtype or v.dtype != self.dtype or q.device != self.device
+                or k.device != self.device or v.device != self.device):
+            got = ", ".join(f"{n} {_shape(t)} {torch_dtype_name(t.dtype)} on {t.device}"
+                            for n, t in (("q", q), ("k", k), ("v", v)))
             raise InvalidInputError(
                 f"this plan was made for q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
-                f"{torch_dtype_name(self.dtype)} on {self.device}; got q {_shape(q)}, k {_shape(k)}, "
-                f"v {_shape(v)} {torch_dtype_name(q.dtype)} on {q.device}. Make a plan for these inputs: "
-                "fluxlab.plan(q, k, v, ...)")
+                f"{torch_dtype_name(self.dtype)} on {self.device}; got {got}. Make a plan for these inputs "
+                "(fluxlab.plan(q, k, v, ...)), or cast them to one dtype and device, e.g. k = k.to(q)")
+        if self.return_lse and not self.lse_grad and _lse_grad(q, k, v) \
+                and not registry.get_backend(self.backend).caps.lse_grad:
+            raise BackendUnavailableError(
+                f"this plan runs '{self.backend}', whose log-sum-exp carries no gradient, and these inputs require "
+                "grad: a loss that uses the LSE would get a wrong q/k grad. The plan was made for inputs without "
+                "grad; make it with the inputs that require grad (fluxlab.plan then picks a backend whose LSE has "
+                "a backward, e.g. 'reference'), or detach the inputs / run under torch.no_grad()",
+                {self.backend: ["log-sum-exp carries no gradient"]})
+        if _finite_checks_on(check_finite):
+            _check_finite(q, k, v)
+            check_scale_fits(q, k, self.scale)
         for warning in self.warnings:
             warnings.warn(warning, FallbackWarning, stacklevel=2)
         result = self.fn(q, k, v, scale=self.scale, causal=self.causal, return_lse=self.return_lse, **self.options)
         out = result[0] if self.return_lse and isinstance(result, tuple) else result
         if not self._checked or getattr(out, "shape", None) != self.out_shape or out.dtype != q.dtype:
             check_output(result, q, v, return_lse=self.return_lse, backend_name=self.backend)
+            check_output_finite(out, q, k, v, backend_name=self.backend, scale=self.scale)
             self._checked = True
         return result
 
@@ -575,7 +600,9 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     ``scale`` defaults to ``head_dim ** -0.5`` and is always passed to the kernel explicitly. With
     ``return_lse=True`` returns ``(out, lse)``: natural-log log-sum-exp, float32, ``[batch, heads, seq]``;
     where the inputs require grad, only a backend whose LSE carries a gradient is used (else refused).
-    ``heads``: the model's query-head count (strengthens the layout check). ``backend`` takes a spec such as
+    ``heads``: the model's query-head count (strengthens the layout check). ``check_finite``: True checks the
+    inputs for NaN/inf on every call (a sync each); None (default, or $FLUXLAB_CHECK_FINITE) checks the output of
+    each new plan's first call once (NaN/inf out: the NaN inputs or the backend are named); False checks nothing. ``backend`` takes a spec such as
     ``"aiter:how_v3_bf16_cvt=2"`` or ``"sdpa:cudnn=0"`` (``BackendChoice.parse``). The decision is a
     ``Plan`` (``fluxlab.plan``) cached per call signature, so a model's repeated calls pay a dictionary lookup.
     Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
@@ -618,6 +645,8 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     out = result[0] if return_lse and isinstance(result, tuple) else result
     if first_call or getattr(out, "shape", None) != plan_.out_shape or out.dtype != q.dtype:
         check_output(result, q, v, return_lse=return_lse, backend_name=plan_.backend)
+        if first_call and check_finite is not False:
+            check_output_finite(out, q, k, v, backend_name=plan_.backend, scale=plan_.scale)
     return result
 
 
@@ -652,6 +681,9 @@ def check_output(result, q, v, *, return_lse: bool, backend_name: str) -> None:
                                  f"[batch, seq, heads, head_dim] = {expected}")
     if out.dtype != q.dtype:
         raise BackendOutputError(f"backend '{backend_name}' returned dtype {out.dtype} for {q.dtype} inputs")
+    if out.device != q.device:
+        raise BackendOutputError(f"backend '{backend_name}' returned its output on {out.device} for inputs on "
+                                 f"{q.device}; the contract is the inputs' device")
     if lse is not None:
         want = (q.shape[0], q.shape[2], q.shape[1])
         if tuple(lse.shape) != want or lse.dtype != torch.float32:
@@ -664,6 +696,21 @@ def flux_reasons(platform: Platform | None = None) -> Reasons:
     platform = platform or current_platform()
     q = torch.empty(1, 4608, 24, 128, dtype=torch.bfloat16 if platform.bf16 else torch.float16, device="meta")
     return Reasons(Call.of(q, q, q, platform=platform))
+
+
+def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None = None) -> None:
+    """A plan's first output with NaN/inf is refused: NaN/inf inputs or scores that overflow with ``scale`` are
+    named as the cause (``InvalidInputError``), else the backend broke the contract (``BackendOutputError``). One
+    reduction per new plan, not per call."""
+    if out.device.type == "meta" or _is_compiling() or bool(torch.isfinite(out).all()):
+        return
+    _check_finite(q, k, v)  # NaN in: say so, with where to look
+    if scale is not None:
+        check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
+    bad = int((~torch.isfinite(out)).sum())
+    raise BackendOutputError(f"backend '{backend_name}' returned {bad} NaN/inf values of {out.numel()} for finite "
+                             "inputs; choose another backend, or fix this one (compare it with "
+                             "fluxlab.compare_attention)")
 
 
 def default_backend(q=None, *, platform: Platform | None = None) -> str | None:

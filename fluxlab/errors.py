@@ -48,3 +48,20 @@ class FluxlabWarning(UserWarning):
 
 class FallbackWarning(FluxlabWarning):
     """The caller opted into fallback and a different backend than requested ran."""
+
+
+class BadReferenceError(FluxlabError, RuntimeError):
+    """The backend a comparison measures the others against is not exact and finite here (NaN/inf, approximate by
+    design, or outside the exact-kernel band against the float64 reference); the message says which and why."""
+
+
+class LayoutWarning(FluxlabWarning):
+    """The inputs' head axis is longer than their sequence axis: they may be [batch, heads, seq, head_dim]."""
+
+
+class BackendRegistrationError(FluxlabError, ValueError, TypeError):
+    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""
+
+
+class ResultFileError(FluxlabError, OSError):
+    """A result file cannot be written where asked; the message names that path (not a temporary file)."""

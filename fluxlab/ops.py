@@ -90,3 +90,37 @@ def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, retur
     names = None if allowed is None else ",".join(sorted(allowed))
     op = torch.ops.fluxlab.attention_lse if return_lse else torch.ops.fluxlab.attention
     return op(q, k, v, spec, scale, bool(causal), names, fallback, heads, check_finite)
+
+
+# -- no backward ------------------------------------------------------------------------------------------------------
+
+NO_BACKWARD = ("fluxlab's attention under torch.compile is an op without a backward, and a gradient was asked "
+               "through it: call fluxlab.attention (or run the model) outside torch.compile for training, where the "
+               "kernels' own autograd works, or run the compiled function under torch.no_grad() / detach its inputs")
+
+
+@torch.library.custom_op("fluxlab::no_backward", mutates_args=())
+def no_backward_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Stands for the ops' backward in a graph: compiling a graph with one is fine, running it refuses, saying
+    why (instead of torch's "no autograd formula was registered")."""
+    from .errors import InvalidInputError
+
+    raise InvalidInputError(NO_BACKWARD)
+
+
+@no_backward_op.register_fake
+def _(q, k, v):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _keep_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.others = len(inputs) - 3
+
+
+def _backward(ctx, *grads):
+    return (*torch.ops.fluxlab.no_backward(*ctx.saved_tensors), *([None] * ctx.others))
+
+
+for _op in (attention_op, attention_lse_op):
+    _op.register_autograd(_backward, setup_context=_keep_inputs)

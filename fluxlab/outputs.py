@@ -24,12 +24,68 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
-def _own_files(folder: Path) -> set[str]:
+def _outside_reason(root: Path, name) -> str | None:
+    """Why the run file's entry ``name`` is not a file fluxlab may remove from the run folder ``root`` (resolved),
+    or None. Only a relative path whose resolved location, links included, stays inside the folder qualifies."""
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        return "not a file name"
+    relative = Path(name)
+    if relative.is_absolute() or relative.drive or name.startswith(("/", "\\")):
+        return "an absolute path"
+    if ".." in relative.parts or ".." in name.replace("\\", "/").split("/"):
+        return "a path through '..'"
+    path = root / relative
     try:
-        listed = json.loads((folder / RUN_FILE).read_text())["files"]
+        if not path.parent.resolve().is_relative_to(root):
+            return "inside a link that leads out of the folder"
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            return "a link that points out of the folder"
+        if path.is_dir() and not path.is_symlink():
+            return "a folder, not a file"
+    except (OSError, RuntimeError):  # a link loop, an unreadable parent
+        return "a path that cannot be resolved"
+    return None
+
+
+def _own_files(folder: Path) -> set[str]:
+    """The files an earlier run listed in ``.fluxlab-run.json``: fluxlab's to replace. An entry that could reach
+    anything outside the folder (absolute, ``..``, a link out) refuses the whole list: nothing is deleted then."""
+    run_file = folder / RUN_FILE
+    if run_file.is_symlink():
+        raise OutputFolderError(
+            f"--out {folder}: its {RUN_FILE} is a link ({os.readlink(run_file)}), not a run file fluxlab wrote; "
+            f"fluxlab deletes nothing on its word. Remove {run_file} or choose another folder")
+    try:
+        listed = json.loads(run_file.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
-    return {name for name in listed if isinstance(name, str) and ".." not in Path(name).parts}
+    if not isinstance(listed, list):
+        return set()
+    root = folder.resolve()
+    refused = [(name, why) for name in listed if (why := _outside_reason(root, name))]
+    if refused:
+        shown = "; ".join(f"{name!r} ({why})" for name, why in refused[:3])
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise OutputFolderError(
+            f"--out {folder}: its {RUN_FILE} lists files outside the folder: {shown}{more}. fluxlab removes only "
+            f"the files it wrote inside its run folder, so it deletes nothing and stops here. Remove {run_file} "
+            "if this folder came from someone else, or choose another folder")
+    return set(listed)
+
+
+def _links_out(folder: Path) -> list[str]:
+    """Links in ``folder`` that resolve outside it: writing a file of that name would write outside the run."""
+    root = folder.resolve()
+    found = []
+    for p in folder.rglob("*"):
+        if p.is_symlink():
+            try:
+                inside = p.resolve().is_relative_to(root)
+            except (OSError, RuntimeError):
+                inside = False
+            if not inside:
+                found.append(str(p.relative_to(folder)))
+    return sorted(found)
 
 
 def check_output_folder(out, *, overwrite: bool = False) -> Path:
@@ -44,8 +100,13 @@ def check_output_folder(out, *, overwrite: bool = False) -> Path:
                 raise OutputFolderError(f"--out {out}: cannot write in {parent} (permission denied); pass a folder "
                                         "you can write to")
             break
+    own = _own_files(out) if out.is_dir() else set()  # a run file naming anything outside is refused here
+    if out.is_dir() and overwrite and (links := _links_out(out)):
+        raise OutputFolderError(
+            f"--out {out} holds links that lead out of the folder ({', '.join(links[:5])}); writing a file of that "
+            "name would write outside it, so --overwrite refuses them. Remove the links or choose another folder")
     if out.is_dir() and not overwrite:
-        foreign = sorted(_files(out) - _own_files(out) - {RUN_FILE})
+        foreign = sorted(_files(out) - own - {RUN_FILE})
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputFolderError(
@@ -61,11 +122,13 @@ def _remove_empty_folders(folder: Path, keep: set[Path]) -> None:
 
 
 def _remove_previous_run(out: Path) -> None:
-    for name in _own_files(out):
-        path = out / name
+    root = out.resolve()
+    for name in _own_files(out):  # each checked: resolved inside ``root``, no link out
+        path = root / name
         path.unlink(missing_ok=True)
         for parent in path.parents:  # the sub-folders that run made, once empty
-            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+            if parent == root or not parent.is_relative_to(root) or parent.is_symlink() or not parent.is_dir() \
+                    or any(parent.iterdir()):
                 break
             parent.rmdir()
     (out / RUN_FILE).unlink(missing_ok=True)

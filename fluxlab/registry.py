@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.metadata
+import inspect
 import re
 import types
 from collections.abc import Callable, Iterable
@@ -13,9 +14,9 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
-from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Group, Requirement
+from .backends.base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, Group, Requirement
 from .diffusers_names import refusal
-from .errors import UnknownBackendError
+from .errors import BackendRegistrationError, UnknownBackendError
 from .platform import Platform
 
 
@@ -203,6 +204,7 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     load_plugins()  # a plug-in's names are taken before the user's
     if isinstance(name, Backend):
         return _add(dataclasses.replace(name, builtin=False, plugin=name.plugin or _plugins["loading"]), replace)
+    _check_definition(name, fn, options, capabilities)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
                          "(e.g. 'my_kernel')")
@@ -244,6 +246,49 @@ def _add(backend: Backend, replace: bool) -> Backend:
     ALIASES.update(_aliases([backend]))
     _changed()
     return backend
+
+
+_CONTRACT_KEYWORDS = ("scale", "causal", "return_lse")  # dispatch passes these to every kernel, by keyword
+
+
+def _check_definition(name, fn, options, capabilities) -> None:
+    """Refuse, at registration, what would only fail at the first call or be silently unreachable: a built-in
+    or alias name, a function that does not take the contract's keywords, dtypes given by name are resolved."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in ALIASES:
+        raise BackendRegistrationError(f"{name!r} is an alias of the built-in '{ALIASES[key]}' (a backend of that "
+                                       "name would never be reached); pick another name")
+    if key in _registry and _registry[key].builtin:
+        raise BackendRegistrationError(f"'{key}' is a built-in backend and cannot be replaced (comparisons and "
+                                       "models rely on it); register yours under another name, e.g. 'my_{key}'")
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function without a signature: its first call will tell
+        parameters = None
+    if parameters is not None:
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            takes = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+            missing = [k for k in (*_CONTRACT_KEYWORDS, *(options or {})) if k not in takes]
+            if missing:
+                raise BackendRegistrationError(
+                    f"register_backend({name!r}, fn): fn must take the keyword argument(s) {', '.join(missing)}; "
+                    "fluxlab calls fn(q, k, v, *, scale, causal, return_lse, **options). Define it as "
+                    "def fn(q, k, v, *, scale, causal=False, return_lse=False, **options)")
+    if "dtypes" in capabilities:
+        value = capabilities["dtypes"]
+        values = [value] if isinstance(value, (str, torch.dtype)) else list(value)
+        capabilities["dtypes"] = frozenset(_dtype_of(name, v) for v in values)
+
+
+def _dtype_of(name, value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, str(value).lower().replace("torch.", ""), None)
+    if isinstance(found, torch.dtype) and found.is_floating_point:
+        return found
+    raise BackendRegistrationError(f"register_backend({name!r}): dtypes has {value!r}, not a floating torch "
+                                   "dtype; pass e.g. dtypes={torch.bfloat16, torch.float16} or "
+                                   "dtypes={'bfloat16', 'float16'}")
 
 
 def unregister_backend(name: str) -> None:

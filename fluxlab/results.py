@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from .util import atomic_write, provenance
+from .util import provenance, write_result_file
 
 
 # -- the one table renderer -----------------------------------------------------------------------------------------
@@ -219,9 +219,7 @@ class Result:
 
     def save(self, path, *, command: str | None = None) -> Path:
         """JSON with the result and its provenance, written atomically; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, json.dumps(self.to_json_dict(command), indent=2, allow_nan=False) + "\n")
+        return write_result_file(path, json.dumps(self.to_json_dict(command), indent=2, allow_nan=False) + "\n")
 
 
 class ResultList(list, Result):

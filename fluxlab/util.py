@@ -73,6 +73,22 @@ def atomic_write(path, data: bytes | str, *, encoding: str = "utf-8") -> Path:
     return Path(path)
 
 
+def write_result_file(path, data: bytes | str) -> Path:
+    """``atomic_write`` for a result file a user named: ``~`` is the home folder, the folder is created if missing,
+    and a failure names ``path`` and the reason (``ResultFileError``), never the temporary file."""
+    from .errors import ResultFileError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ResultFileError(f"cannot write {path}: it is a folder; pass a file name, e.g. {path / 'result.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, data)
+    except OSError as exc:
+        raise ResultFileError(f"cannot write {path}: {exc.strerror or exc}; pass a path in a folder you can write "
+                              "to") from None
+
+
 # -- provenance ----------------------------------------------------------------------------------------------------
 
 _COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # SHA-1, or SHA-256 object names

@@ -90,7 +90,7 @@ def test_enough_cases():
 def test_finite_check_can_be_enabled_by_environment(monkeypatch):
     q = t(*Q)
     q[0, 0, 0, 0] = float("nan")
-    assert torch.isnan(fluxlab.attention(q, t(*Q), t(*Q))).any()  # off by default: no sync per call
+    assert torch.isnan(fluxlab.attention(q, t(*Q), t(*Q), check_finite=False)).any()  # off: no sync per call
     monkeypatch.setenv("FLUXLAB_CHECK_FINITE", "1")
     with pytest.raises(InvalidInputError, match="q contains 1 NaN/inf values"):
         fluxlab.attention(q, t(*Q), t(*Q))
@@ -106,8 +106,14 @@ def test_broken_backend_output_is_caught():
 
 
 def test_register_backend_rejects_bad_definitions():
-    with pytest.raises(ValueError, match="already exists; pass replace=True"):
+    with pytest.raises(ValueError, match="built-in backend and cannot be replaced"):
         fluxlab.register_backend("sdpa", lambda *a, **k: None)
+    fluxlab.register_backend("my_twice", lambda *a, **k: None)
+    try:
+        with pytest.raises(ValueError, match="already exists; pass replace=True"):
+            fluxlab.register_backend("my_twice", lambda *a, **k: None)
+    finally:
+        fluxlab.unregister_backend("my_twice")
     with pytest.raises(ValueError, match="must be lower-case"):
         fluxlab.register_backend("My Kernel", lambda *a, **k: None)
     with pytest.raises(TypeError, match="unknown capability \\['lse'\\]"):

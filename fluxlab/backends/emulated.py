@@ -40,6 +40,8 @@ import math
 import torch
 
 from .. import numerics
+from ..errors import InvalidBackendSpecError
+from .aiter import BF16_ROUNDING_MODES
 from .base import FLOAT_DTYPES, Backend, Capabilities
 
 # float32 scores held at once per chunk of query rows: a CPU's cache-sized share (a fresh tensor costs page faults and
@@ -185,9 +187,10 @@ def _finish(out_rounded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _check_options(**choices):
+    """For direct calls of the kernel functions (a spec is checked when parsed, by the backends' option_values)."""
     for name, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"option {name}={value!r} is not one of {sorted(allowed, key=str)}")
+            raise InvalidBackendSpecError(f"option {name}={value!r} is not one of {sorted(allowed, key=str)}")
 
 
 def flash_float32(q, k, v, *, scale, causal=False, block_n=0):
@@ -417,6 +420,19 @@ def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3f
     return result
 
 
+def _block_size(value) -> str | None:
+    """Why ``value`` is not a key-block size (a whole number >= 0; 0: all keys at once), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "block_n takes a whole number of keys >= 0 (0: all keys at once, e.g. block_n=128)"
+    return None
+
+
+_PROBS = {"bf16": "p rounded to bf16 before P.V", "fp32": "p kept in float32"}
+_CVT_PROBS = {0: "P rounded to nearest even", 1: "P rounded by how_v3_bf16_cvt (aiter's default)"}
+_PV_CHUNK = {n: f"fp16 P.V rounded every {n} keys" for n in (1, 2, 4, 8, 16, 32, 64)}
+_FP8 = {"e4m3fnuz": "MI300 / gfx942", "e4m3fn": "gfx950"}
+
+
 def _caps(emulates: str, **extra) -> Capabilities:
     return Capabilities(vendors=ALL_VENDORS, dtypes=FLOAT_DTYPES, emulated=True, emulates=emulates, **extra)
 
@@ -424,14 +440,15 @@ def _caps(emulates: str, **extra) -> Capabilities:
 BACKENDS = [
     Backend("emu_bf16", emu_bf16, _caps("sdpa_flash", returns_lse=True),
             "emulated bf16 flash kernel (float32 with bf16 q/k/v, probabilities and output)",
-            options={"probs": "bf16", "block_n": 0}),
+            options={"probs": "bf16", "block_n": 0}, option_values={"probs": _PROBS, "block_n": _block_size}),
     Backend("emu_aiter", emu_aiter, _caps("aiter", returns_lse=True),
             "emulated AMD aiter flash kernel: bf16 conversions by how_v3_bf16_cvt (0 RTNE, 1 RTNA, 2 RTZ)",
-            options={"how_v3_bf16_cvt": 1, "cvt_probs": 1, "block_n": 0}),
+            options={"how_v3_bf16_cvt": 1, "cvt_probs": 1, "block_n": 0},
+            option_values={"how_v3_bf16_cvt": BF16_ROUNDING_MODES, "cvt_probs": _CVT_PROBS, "block_n": _block_size}),
     Backend("emu_sage", emu_sage, _caps("sage", max_head_dim=EMULATED_MAX_HEAD_DIM, quantised=True),
             "emulated SageAttention 1.0.6 (int8 Q/K per block, smoothed K, fp16 P.V); quantised",
-            options={"pv_chunk": 16}),
+            options={"pv_chunk": 16}, option_values={"pv_chunk": _PV_CHUNK}),
     Backend("emu_aiter_sage", emu_aiter_sage, _caps("aiter_sage", max_head_dim=EMULATED_MAX_HEAD_DIM, quantised=True),
             "emulated aiter fav3 Sage kernel (int8 Q/K per block, fp8 V per channel, fp8 P); quantised",
-            options={"fp8": "e4m3fnuz"}),
+            options={"fp8": "e4m3fnuz"}, option_values={"fp8": _FP8}),
 ]

@@ -15,7 +15,9 @@ import torch
 from ..defaults import DEFAULT_PROMPT
 from .. import registry
 from ..dispatch import clear_caches, use_backend
-from ..models.limits import check_pipe_generation, seed_values
+from ..errors import BadReferenceError
+from ..models.errors import InvalidSettingError
+from ..models.limits import check_pipe_generation, check_pipe_kwargs, seed_values
 from ..models.names import diffusers_names
 from ..results import Result, model_of
 from ..util import rel_l2 as _rel_l2
@@ -239,16 +241,20 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
 
 
 @diffusers_names
-def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
+def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | None = None, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
                    force: bool = False, **pipe_kwargs) -> ImageComparison:
     """Generate one image per backend from the same noise, compare each with the reference backend's, judge it.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
-    inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first one that
-    generated an image; a backend that fails becomes a row with its error and verdict "fail").
-    ``seeds``: several seeds instead of ``seed``: PSNR/SSIM/latent numbers are means over the seeds, the
+    inf and SSIM 1); ``reference``: the backend the others are compared with (default: the first exact one
+    that generated an image; a backend that fails becomes a row with its error and verdict "fail"). The
+    reference is judged too: it must be an exact kernel (an approximate one is refused before any generation),
+    and at every seed its final latent is compared with a generation by the float64 ``reference`` backend (one
+    more generation per seed unless that backend is among ``backends``) and judged by the exact-kernel rule;
+    a reference that gives NaN/inf or fails that rule raises ``BadReferenceError`` saying why.
+    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent numbers are means over the seeds, the
     ``*_worst`` fields and the verdict the worst seed's; images and latents kept are the first seed's.
     Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
     the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
@@ -275,13 +281,18 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, 
     specs = [BackendSpec.parse(b) for b in backends]
     if not specs:
         raise ValueError("compare_images needs at least one backend")
-    seed_list = seed_values([seed] if seeds is None else seeds)
+    labels = _unique_labels(specs)
+    ref_label = _pick_reference(reference, labels, specs)
+    if seed is not None and seeds is not None:
+        raise InvalidSettingError(f"compare_images got seed={seed!r} and seeds={seeds!r}: pass one of them (seeds= "
+                                  "for several)")
+    check_pipe_kwargs(pipe_kwargs, "compare_images")
+    seed_list = seed_values([0 if seed is None else seed] if seeds is None else seeds)
     for seed_value in seed_list:  # everything before the first generation, with generate's messages
         check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed_value,
                               force=force, guidance_scale=pipe_kwargs.get("guidance_scale"),
                               max_sequence_length=pipe_kwargs.get("max_sequence_length", 512))
-    labels = _unique_labels(specs)
-    ref_label = labels[0] if reference is None else _find_reference(reference, labels)
+    seed_list, steps, height, width = [int(s) for s in seed_list], int(steps), int(height), int(width)
 
     def generate(spec, seed_value, count=True):
         return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs, control, count)
@@ -307,7 +318,7 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, 
     if control is not None:
         control.check()
     per_seed: dict[str, list[dict]] = {label: [] for label in labels}
-    images, latents, spreads = None, None, []
+    images, latents, spreads, ref_judged = None, None, [], []
     for seed_value in seed_list:
         got_images, got_latents = {}, {}
         for label, spec in zip(labels, specs):
@@ -332,17 +343,28 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, 
         if images is None:  # the first seed fixes the reference
             if ref_label not in got_images:
                 if reference is not None or not got_images:
-                    raise RuntimeError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}")
-                ref_label = next(label for label in labels if label in got_images)  # the first backend that ran
+                    raise BadReferenceError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}; "
+                                            "pass an exact backend that runs here, e.g. reference='sdpa'")
+                ref_label = next((label for label, spec in zip(labels, specs)  # the first exact one that ran
+                                  if label in got_images and not _approximate(spec)), None)
+                if ref_label is None:
+                    raise BadReferenceError(
+                        f"no exact backend generated an image to compare with ({_errors(rows)}); add one that "
+                        "runs here ('sdpa' or 'reference') to the backends")
             images, latents = got_images, got_latents
         if ref_label not in got_images:
-            raise RuntimeError(f"the reference backend '{ref_label}' failed at seed {seed_value}: "
-                               f"{rows[ref_label].error}")
+            raise BadReferenceError(f"the reference backend '{ref_label}' failed at seed {seed_value}: "
+                                    f"{rows[ref_label].error}")
         for label in got_images:
             per_seed[label].append(metrics_of(got_images[label], got_latents[label], got_images[ref_label],
                                               got_latents[ref_label]))
+        truth = _truth(specs, labels, got_images, got_latents, ref_label,
+                       lambda spec: generate(spec, seed_value, count=False))
         spreads.append(_exact_spread(specs, labels, got_latents, yardstick,
-                                     lambda spec: generate(spec, seed_value, count=False)))
+                                     lambda spec: generate(spec, seed_value, count=False),
+                                     known={"reference": truth[1][-1]} if truth else None))
+        ref_judged.append(_judge_reference(ref_label, seed_value, got_images[ref_label], got_latents[ref_label],
+                                           truth, spreads[-1]))
         if control is not None:
             control.check()
     finite_spreads = [v for v in spreads if math.isfinite(v)]
@@ -350,6 +372,8 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int = 0, 
     for label, spec in zip(labels, specs):
         _summarise(rows[label], per_seed[label])
         rows[label].verdict, rows[label].verdict_note = _verdict(rows[label], spec, spread, label == ref_label)
+    ref_row = rows[ref_label]
+    ref_row.verdict, ref_row.verdict_note = _reference_verdict(ref_judged, spread)
     settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
                 "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
@@ -390,8 +414,91 @@ def _peak_note(pipe) -> str:
     return "n/a on CPU"
 
 
-def _exact_spread(specs, labels, got_latents, generate_more: bool, generate) -> float:
-    """The largest final-latent rel-L2 between two yardstick kernels at one seed (NaN with fewer than two)."""
+def _approximate(spec: BackendSpec) -> bool:
+    from .image_rule import is_approximate
+
+    return is_approximate(registry.get_backend(spec.name))
+
+
+def _errors(rows) -> str:
+    return "; ".join(f"{row.backend}: {row.error}" for row in rows.values() if row.error) or "none ran"
+
+
+def _pick_reference(reference, labels, specs) -> str:
+    """The reference label: ``reference`` if given, else the first exact backend; an approximate one is refused
+    here, before any generation (it would be judged against itself)."""
+    if reference is not None:
+        label = _find_reference(reference, labels)
+        spec = specs[labels.index(label)]
+        if _approximate(spec):
+            raise BadReferenceError(
+                f"reference {reference!r} is approximate by design (quantised or emulated), so it cannot be what "
+                "the others are measured against; pass an exact one such as reference='sdpa' or 'reference'")
+        return label
+    exact = [label for label, spec in zip(labels, specs) if not _approximate(spec)]
+    if not exact:
+        raise BadReferenceError(
+            f"every backend here is approximate ({', '.join(labels)}): none can be the reference they are measured "
+            "against; add an exact one ('sdpa', or 'reference' in float64) to the backends")
+    return exact[0]
+
+
+def _is_truth(spec: BackendSpec) -> bool:
+    return spec.name == "reference" and not spec.options and not spec.knobs
+
+
+def _truth(specs, labels, got_images, got_latents, ref_label, generate):
+    """(image, latents) of the float64 ``reference`` backend at this seed: from the run if it is among the
+    backends, else generated once more. Refuses the comparison if it cannot run (the reference stays unjudged)."""
+    for label, spec in zip(labels, specs):
+        if _is_truth(spec) and label in got_images:
+            return got_images[label], got_latents[label]
+    if _is_truth(specs[labels.index(ref_label)]):
+        return None  # the reference is the truth itself (it failed above otherwise)
+    try:
+        image, latents = generate(BackendSpec.parse("reference"))[:2]
+    except Exception as exc:  # noqa: BLE001 - reported as the reason the reference cannot be judged
+        raise BadReferenceError(
+            f"the reference backend '{ref_label}' cannot be judged: the float64 'reference' backend it is checked "
+            f"against failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); allow 'reference' on this "
+            "model, or pass reference='reference'") from exc
+    return image, latents
+
+
+def _judge_reference(ref_label, seed, image, latents, truth, spread) -> float:
+    """The reference's final-latent rel-L2 against the float64 truth at one seed (0 when it is the truth);
+    NaN/inf, or a value the exact-kernel rule fails, refuses the comparison with the reason."""
+    from .image_rule import judge_exact_image
+    from .tolerances import FAIL
+
+    if not np.isfinite(image).all() or any(not torch.isfinite(x).all() for x in latents):
+        raise BadReferenceError(
+            f"the reference backend '{ref_label}' gives NaN/inf at seed {seed}: nothing can be measured against it; "
+            "pass an exact, finite one such as reference='sdpa' or 'reference'")
+    if truth is None:
+        return 0.0
+    rel = _rel_l2(latents[-1], truth[1][-1])
+    verdict, why = judge_exact_image(rel, spread)
+    if verdict == FAIL:
+        raise BadReferenceError(
+            f"the reference backend '{ref_label}' is not exact at seed {seed}: against the float64 'reference' "
+            f"backend its {why}; the others would be judged against a wrong image. Pass an exact one such as "
+            "reference='sdpa' or 'reference'")
+    return rel
+
+
+def _reference_verdict(rels: list[float], spread: float) -> tuple[str, str]:
+    from .image_rule import judge_exact_image
+
+    if rels and max(rels) == 0.0:
+        return judge_exact_image(0.0, spread)[0], "the reference: the float64 'reference' backend, finite"
+    verdict, why = judge_exact_image(max(rels) if rels else math.nan, spread)
+    return verdict, f"the reference, against the float64 'reference' backend: {why}"
+
+
+def _exact_spread(specs, labels, got_latents, generate_more: bool, generate, known=None) -> float:
+    """The largest final-latent rel-L2 between two yardstick kernels at one seed (NaN with fewer than two);
+    ``known``: yardstick finals already generated at this seed (name -> final latent)."""
     from .image_rule import YARDSTICK_BACKENDS
 
     finals = {}
@@ -400,6 +507,8 @@ def _exact_spread(specs, labels, got_latents, generate_more: bool, generate) -> 
                    if spec.name == name and not spec.options and not spec.knobs and label in got_latents]
         if present:
             finals[name] = got_latents[present[0]][-1]
+        elif known and name in known:
+            finals[name] = known[name]
         elif generate_more:
             try:
                 finals[name] = generate(BackendSpec.parse(name))[1][-1]
@@ -430,7 +539,7 @@ def _verdict(row: ImageRow, spec: BackendSpec, spread: float, is_reference: bool
     if row.error is not None:
         return FAIL, "generation failed: " + row.error
     if is_reference:
-        return PASS, "the reference"
+        return PASS, "the reference"  # replaced by its own judgement against the float64 truth
     latent = row.final_latent_rel_l2_worst
     if not math.isfinite(latent) or any(not math.isfinite(d) for d in row.latent_drift):
         return FAIL, "NaN/inf in the latents or the image"

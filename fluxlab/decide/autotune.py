@@ -17,14 +17,14 @@ import math
 from pathlib import Path
 
 from .. import registry
-from ..compare.image_rule import is_approximate
+from ..choice import BackendChoice
 from ..errors import FluxlabError, UnknownBackendError
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Schedule
 from ..results import Result, model_of
 from ..util import json_safe
-from .confirm import Confirmation, confirm_plan, record_step
+from .confirm import Confirmation, approximate, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
@@ -32,6 +32,14 @@ PLAN_FORMAT = "fluxlab-autotune/1"
 
 class PlanMismatchError(FluxlabError, RuntimeError):
     """A saved plan was measured on another platform or with other versions."""
+
+
+class InvalidPlanError(FluxlabError, ValueError):
+    """A plan file that is not a readable plan, or whose choices its own measurements do not support."""
+
+
+class PlanNotFoundError(FluxlabError, FileNotFoundError):
+    """No plan file where ``AutotunePlan.load`` was pointed."""
 
 
 @dataclasses.dataclass
@@ -165,43 +173,104 @@ class AutotunePlan(Result):
 
     @classmethod
     def load(cls, path, *, allow_mismatch: bool = False) -> AutotunePlan:
-        """A saved plan; refuses one measured on another platform or with other versions unless allowed."""
-        path = Path(path)
+        """A saved plan, checked against its own evidence: every choice must be measured "pass" with a finite time
+        on its layer, a quantised/emulated choice needs ``allow_quantised`` and a passing image verdict
+        (``InvalidPlanError`` otherwise, always). A plan measured on another platform or with other versions
+        (fluxlab, torch, diffusers and every chosen backend's; missing ones count as different) is refused
+        unless ``allow_mismatch``."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise InvalidPlanError(f"{path} is a folder, not a plan file; pass the plan.json inside it (e.g. "
+                                   f"{path / 'plan.json'})")
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no autotune plan at {path}; write one with plan.save(path) or "
+            raise PlanNotFoundError(f"no autotune plan at {path}; write one with plan.save(path) or "
                                     "`fluxlab autotune --out DIR`") from None
-        except json.JSONDecodeError as exc:
-            raise PlanMismatchError(f"{path} is not a JSON autotune plan ({exc}); write it again with "
-                                    "plan.save(path)") from None
-        if data.get("format") != PLAN_FORMAT:
-            raise PlanMismatchError(f"{path} is not a {PLAN_FORMAT} plan (format {data.get('format')!r}); write it "
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidPlanError(f"{path} is not a JSON autotune plan ({exc}); write it again with "
+                                   "plan.save(path)") from None
+        except OSError as exc:
+            raise InvalidPlanError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise PlanMismatchError(f"{path} is not a {PLAN_FORMAT} plan (format {found!r}); write it "
                                     "again with this fluxlab's plan.save(path)")
-        platform, versions = current_identity([k.removeprefix("backend:") for k in data["versions"]
-                                               if k.startswith("backend:")])
-        differences = _differences("platform", data["platform"], platform, PLATFORM_KEYS) + \
-            _differences("version", data["versions"], versions, tuple(data["versions"]))
+        try:
+            plan = cls._from_dict(data)
+        except FluxlabError:  # an unknown backend or option in a choice: its own message
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"its field {exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidPlanError(f"{path} is not a well-formed {PLAN_FORMAT} plan: {what}; write it again with "
+                                   "plan.save(path)") from None
+        unsupported = _unsupported_choices(plan)
+        if unsupported:
+            raise InvalidPlanError(
+                f"the plan in {path} chooses what its own measurements do not support: {'; '.join(unsupported[:3])}"
+                f"{f' and {len(unsupported) - 3} more' if len(unsupported) > 3 else ''}. A plan is applied only as "
+                "autotune chose it: run fluxlab.autotune again rather than editing its choices")
+        chosen = sorted({BackendChoice.parse(b).name for b in plan.choices.values()})
+        saved = [k.removeprefix("backend:") for k in plan.versions if k.startswith("backend:")]
+        platform, versions = current_identity(list(dict.fromkeys([*chosen, *saved])))
+        keys = tuple(dict.fromkeys([*IDENTITY_VERSIONS, *(f"backend:{n}" for n in chosen), *plan.versions]))
+        differences = _differences("platform", plan.platform, platform, PLATFORM_KEYS) + \
+            _differences("version", plan.versions, versions, keys)
         if differences and not allow_mismatch:
             raise PlanMismatchError(
                 f"the plan in {path} was measured elsewhere: {'; '.join(differences)}. Its timings and verdicts may "
                 "not hold here: run fluxlab.autotune again on this machine, or pass allow_mismatch=True to use it "
                 "anyway.")
-        measurements = [Measurement(**{k: (math.nan if v is None and k in _FLOAT_FIELDS else v)
-                                       for k, v in m.items()}) for m in data["measurements"]]
-        plan = cls(dict(data["choices"]), measurements, dict(data["reasons"]), data["platform"], data["versions"],
-                   data["settings"], dict(data.get("automatic", {})), data.get("image_verdict"),
-                   data.get("image_note", ""), list(data.get("notes", [])))
-        if data.get("confirmation"):  # plans saved before the step-level confirmation have none
-            plan.confirmation = Confirmation.from_dict(data["confirmation"])
         if differences:
             plan.notes.append("loaded despite: " + "; ".join(differences))
         return plan
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> AutotunePlan:
+        for key, kind in (("choices", dict), ("measurements", list), ("reasons", dict), ("platform", dict),
+                          ("versions", dict), ("settings", dict)):
+            if not isinstance(data[key], kind):
+                raise TypeError(f"its field {key!r} is a {type(data[key]).__name__}, not a {kind.__name__}")
+        measurements = [Measurement(**{k: (math.nan if v is None and k in _FLOAT_FIELDS else v)
+                                       for k, v in m.items()}) for m in data["measurements"]]
+        choices = dict(data["choices"])
+        for layer, backend in choices.items():
+            BackendChoice.parse(backend)  # an unknown backend or option raises here, with a suggestion
+        plan = cls(choices, measurements, dict(data["reasons"]), data["platform"], data["versions"],
+                   data["settings"], dict(data.get("automatic") or {}), data.get("image_verdict"),
+                   data.get("image_note", ""), list(data.get("notes") or []))
+        if data.get("confirmation"):  # plans saved before the step-level confirmation have none
+            plan.confirmation = Confirmation.from_dict(data["confirmation"])
+        return plan
+
+
+def _unsupported_choices(plan: AutotunePlan) -> list[str]:
+    """The plan's choices its own evidence does not back: not measured on that layer, not "pass" there, no finite
+    time, or quantised/emulated without ``allow_quantised`` and a passing image verdict."""
+    found = []
+    measured = {(m.layer, m.backend): m for m in plan.measurements}
+    allow_quantised = plan.settings.get("allow_quantised") is True
+    for layer, backend in plan.choices.items():
+        m = measured.get((layer, backend))
+        if m is None:
+            found.append(f"{backend} on {layer} was never measured there")
+        elif m.verdict != "pass":
+            found.append(f"{backend} on {layer} was judged {m.verdict}")
+        elif not (isinstance(m.time_ms, (int, float)) and math.isfinite(m.time_ms)):
+            found.append(f"{backend} on {layer} has no measured time")
+        elif approximate(backend) and not allow_quantised:
+            found.append(f"{backend} on {layer} is quantised/emulated but the plan was made with "
+                         "allow_quantised=False")
+        elif approximate(backend) and plan.image_verdict != "pass":
+            found.append(f"{backend} on {layer} is quantised/emulated and the plan's image verdict is "
+                         f"{plan.image_verdict!r}, not 'pass'")
+    return found
 
 
 _FLOAT_FIELDS = {"time_ms", "rel_l2", "rel_l2_ratio"}
 CONFIRMED = ("; then checked on the whole step (below), which may keep another variant: \"alone\" names the "
              "per-layer choice it replaced")
+IDENTITY_VERSIONS = ("fluxlab", "torch", "diffusers")  # always compared: a plan without them is "measured elsewhere"
 PLATFORM_KEYS = ("vendor", "arch", "device_name", "torch_version", "cuda_version", "hip_version")
 
 
@@ -248,10 +317,11 @@ def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], di
         if not names:
             raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names, e.g. "
                                    "candidates=['sdpa', 'flex'], or None for every allowed one")
-        names = [check_allowed(n, state.allowed).name for n in names]  # unknown / disallowed names raise here
+        # unknown / disallowed names and bad options raise here; a candidate is its whole spec, options included
+        names = [str(check_allowed(n, state.allowed)) for n in names]
     chosen = []
     for name in dict.fromkeys(names):
-        if is_approximate(registry.get_backend(name)) and not allow_quantised:
+        if approximate(name) and not allow_quantised:
             left_out[name] = "quantised or emulated: taken only with allow_quantised=True"
         else:
             chosen.append(name)
@@ -316,7 +386,7 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     plan.reasons = {**reasons, **plan.reasons}
     by_layer = {layer: None for layer in plan.automatic}
     choices = plan.choices
-    if any(is_approximate(registry.get_backend(b)) for b in choices.values()):
+    if any(approximate(b) for b in choices.values()):
         _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
     if confirm:
         confirm_plan(plan, pipe, replay, rounds=confirm_rounds, uniform=confirm_uniform, timer=timer)
@@ -333,8 +403,7 @@ def autotune_records(records, *, candidates, allow_quantised: bool = False, repe
     names = [candidates] if isinstance(candidates, str) else list(candidates)
     if not names:
         raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names")
-    for name in names:
-        registry.get_backend(name)  # unknown names raise here, with a suggestion
+    names = [str(BackendChoice.parse(name)) for name in names]  # unknown names and options raise here
     by_layer: dict[str, list] = {}
     for record in records:
         by_layer.setdefault(record.layer, []).append(record)
@@ -355,7 +424,7 @@ def autotune_records(records, *, candidates, allow_quantised: bool = False, repe
         if bar is not None:
             bar.close()
     choices = _choose(by_layer, measurements, allow_quantised=allow_quantised)
-    platform, versions = current_identity(sorted(set(names)))
+    platform, versions = current_identity(sorted({BackendChoice.parse(n).name for n in names}))
     settings = {**(settings or {}), "repeats": repeats, "candidates": names, "allow_quantised": allow_quantised}
     plan = AutotunePlan(choices, measurements, {}, platform, versions, settings, automatic)
     plan.reasons = _never_chosen(measurements, choices)
@@ -388,7 +457,7 @@ def _choose(by_layer, measurements, *, allow_quantised: bool) -> dict[str, str]:
     choices = {}
     for layer in by_layer:
         passing = [m for m in measurements if m.layer == layer and m.verdict == "pass" and math.isfinite(m.time_ms)
-                   and (allow_quantised or not is_approximate(registry.get_backend(m.backend)))]
+                   and (allow_quantised or not approximate(m.backend))]
         if passing:
             choices[layer] = min(passing, key=lambda m: m.time_ms).backend
     return choices
@@ -416,7 +485,7 @@ def _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_
     plan.image_verdict, plan.image_note = image_verdict(pipe, plan.schedule, prompt=prompt, steps=steps, seeds=seeds,
                                                         height=height, width=width, **pipe_kwargs)
     if plan.image_verdict != "pass":
-        dropped = sorted({b for b in plan.choices.values() if is_approximate(registry.get_backend(b))})
+        dropped = sorted({b for b in plan.choices.values() if approximate(b)})
         plan.choices = _choose(by_layer, plan.measurements, allow_quantised=False)
         for name in dropped:
             plan.reasons[name] = f"the plan with it failed the image verdict ({plan.image_verdict}): {plan.image_note}"

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from .. import registry
+from ..choice import BackendChoice
 from ..compare.image_rule import is_approximate
 from ..models.attach import set_schedule, state_of
 from ..models.schedule import Schedule
@@ -167,6 +168,11 @@ def wall_clock(device) -> Callable:
 # -- variants, timing, decision ------------------------------------------------------------------------------------
 
 
+def approximate(spec: str) -> bool:
+    """Whether a backend spec (a name, or "name:option=value") names a quantised or emulated kernel."""
+    return is_approximate(registry.get_backend(BackendChoice.parse(spec).name))
+
+
 def _passing(plan) -> dict[str, set[str]]:
     """layer -> the backends whose verdict there is pass with a finite time (exact ones, or the plan's own)."""
     passing = collections.defaultdict(set)
@@ -183,11 +189,11 @@ def _variants(plan, uniform: int | None) -> list[tuple[str, dict[str, str], bool
     per_layer = {layer: plan.choices.get(layer, plan.automatic[layer]) for layer in layers}
     variants = [(PER_LAYER, per_layer, True, "")]
     bad = [f"{layer} ({backend})" for layer, backend in plan.automatic.items()
-           if backend not in passing[layer] or is_approximate(registry.get_backend(backend))]
+           if backend not in passing[layer] or approximate(backend)]
     variants.append((AUTOMATIC, dict(plan.automatic), not bad,
                      "" if not bad else f"not judged pass (or quantised) on {len(bad)} layer(s), e.g. {bad[0]}"))
     everywhere = [b for b in dict.fromkeys(m.backend for m in plan.measurements)
-                  if all(b in passing[layer] for layer in layers) and not is_approximate(registry.get_backend(b))]
+                  if all(b in passing[layer] for layer in layers) and not approximate(b)]
     everywhere.sort(key=lambda b: _attention_ms(plan, {layer: b for layer in layers}))
     for backend in everywhere[:uniform]:
         variants.append((f"uniform {backend}", {layer: backend for layer in layers}, True, ""))

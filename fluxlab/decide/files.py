@@ -6,14 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from ..util import atomic_write
-
-
-def write_atomic(path, data: bytes | str) -> Path:
-    """``fluxlab.util.atomic_write`` (the umask's mode, 0644 under 022), creating the folder if missing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, data)
+from ..errors import ResultFileError  # noqa: F401  (raised by write_atomic; importable from here as before)
+from ..util import write_result_file as write_atomic
 
 
 def write_json(path, payload: dict) -> Path:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import numbers
 import time
 
 import numpy as np
@@ -20,8 +21,8 @@ from ..errors import FluxlabError
 from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
 from ..models.errors import InvalidSettingError
-from ..models.limits import seed_problem, seed_values
-from ..models.schedule import Schedule
+from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
+from ..models.schedule import Schedule, layer_matches
 
 
 class DecideInputError(FluxlabError, ValueError):
@@ -31,7 +32,7 @@ class DecideInputError(FluxlabError, ValueError):
 def check_generation_args(prompt, steps) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise DecideInputError(f"prompt must be a non-empty text, got {prompt!r}; e.g. prompt='a red circle'")
-    if not isinstance(steps, int) or steps < 2:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
         raise DecideInputError(f"steps={steps!r}: at least 2 denoising steps are needed (with 1 there is no "
                                "'which step' to ask about); e.g. steps=4")
 
@@ -120,7 +121,10 @@ class Runner:
     def __init__(self, pipe, *, prompt: str, seed: int = 0, steps: int, height=None, width=None,
                  pipe_kwargs: dict | None = None, progress=None):
         check_generation_args(prompt, steps)
-        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, seed, steps
+        if seed_problem(seed):
+            raise DecideInputError(seed_problem(seed))
+        check_pipe_kwargs(pipe_kwargs, "the decide tools", DecideInputError)
+        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, int(seed), int(steps)
         self.height, self.width = height, width
         self.pipe_kwargs = dict(pipe_kwargs or {})
         self.state = state_of(pipe)
@@ -166,7 +170,9 @@ class Runner:
 
     @contextlib.contextmanager
     def _installed(self, schedule):
-        state = self.state
+        # The model's state now: after a detach and attach since this Runner was made it is a new one, and the
+        # schedule must be taken off the state it was put on.
+        state = self.state = state_of(self.pipe)
         backend, previous = state.backend, state.schedule
         bar_config = dict(getattr(self.pipe, "_progress_bar_config", {}))
         self.pipe.set_progress_bar_config(**{**bar_config, "disable": True})

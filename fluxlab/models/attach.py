@@ -27,7 +27,7 @@ import torch
 from . import op as ops
 from ..dispatch import BackendChoice, attention
 from ..errors import BackendNotAllowedError
-from . import interop, router
+from . import guard, interop, router
 from .errors import AttachError, UnsupportedAttentionCallError
 from .schedule import Schedule
 from .steps import OUTSIDE_LOOP, StepTracker
@@ -357,6 +357,8 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
     # If the user drops the model without detaching, its share of the router is released with it.
     state.finalizer = weakref.finalize(transformer, router.release)
     _ATTACHED[transformer] = state
+    if pipe is not None:
+        guard.guard(pipe)  # one generation at a time; sizes diffusers would shrink are refused
     return pipe_or_transformer
 
 
@@ -374,6 +376,9 @@ def detach(pipe_or_transformer):
     del _ATTACHED[transformer]
     state.finalizer.detach()
     router.release()
+    pipe = state._pipe() if state._pipe is not None else None
+    if pipe is not None:
+        guard.unguard(pipe)
     return pipe_or_transformer
 
 

@@ -37,6 +37,10 @@ class InvalidSettingError(FluxlabError, ValueError):
     """A generation setting no pipeline can run: steps below 1 or fractional, a seed outside 0..2**63-1."""
 
 
+class PipelineBusyError(FluxlabError, RuntimeError):
+    """An attached pipeline was called while it is generating: a pipeline serves one generation at a time."""
+
+
 class LimitExceededError(FluxlabError, ValueError):
     """A generation beyond fluxlab's documented bounds (``fluxlab.models.limits.BOUNDS``); ``force=True`` runs it."""
 

@@ -178,6 +178,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed, force=force,
                           max_sequence_length=pipe_kwargs.get("max_sequence_length", 512),
                           guidance_scale=guidance_scale)
+    steps, seed, width, height = int(steps), int(seed), int(width), int(height)  # numpy integers: plain in manifests
     backends = parse_backends(backends)
     state = state_of(pipe)
     previous = state.backend

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from pathlib import Path
 
 from .errors import InvalidSettingError, InvalidSizeError, LimitExceededError
@@ -54,7 +55,8 @@ def size_multiple_for(source: str) -> int:
 
 
 def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def side_problem(value, name: str, multiple: int = DEFAULT_MULTIPLE, force: bool = False) -> str | None:
@@ -165,3 +167,21 @@ def check_pipe_generation(pipe, *, prompt, width, height, steps, seed, force: bo
     check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
                      max_sequence_length=max_sequence_length, force=force, guidance_scale=guidance_scale,
                      heads=getattr(config, "num_attention_heads", DEFAULT_HEADS), prompt=prompt)
+
+
+# What a generation of the decide tools or compare_images sets itself: passing one of them as a pipeline keyword
+# would clash (a TypeError deep in the call) or silently change what is compared.
+OWN_PIPE_KWARGS = ("prompt", "num_inference_steps", "generator", "output_type", "callback_on_step_end",
+                   "callback_on_step_end_tensor_inputs", "height", "width", "latents")
+
+
+def check_pipe_kwargs(pipe_kwargs, who: str, error=None) -> None:
+    """Refuse extra pipeline keywords that the generation sets itself, naming the argument to use instead."""
+    own = sorted(set(pipe_kwargs or ()) & set(OWN_PIPE_KWARGS))
+    if own:
+        instead = {"num_inference_steps": "steps=", "generator": "seed=", "height": "height=", "width": "width=",
+                   "prompt": "prompt="}
+        hints = ", ".join(f"{instead[k]} instead of {k}" for k in own if k in instead)
+        raise (error or InvalidSettingError)(
+            f"{', '.join(own)} cannot be passed through to the pipeline: {who} set "
+            f"{'it' if len(own) == 1 else 'them'} for every generation" + (f"; use {hints}" if hints else ""))

@@ -67,6 +67,9 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
     allowed_set = resolve_allowed(allowed)
     check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
     source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        raise ModelSourceError(f"load_flux2({source!r}): the model source is empty; pass 'tiny', 'embedded', a "
+                               "local diffusers pipeline folder or a Hub id (e.g. 'black-forest-labs/FLUX.2-dev')")
     if weights and source in ("tiny", "embedded"):
         raise LoadArgumentError(
             f"{', '.join(f'{k}={v!r}' for k, v in weights.items())}: diffusers' from_pretrained options choose "

@@ -157,7 +157,9 @@ class DriftExplorer(widgets.VBox):
         return self.replay.runner.count
 
     def click(self, layer: str, step: int) -> None:
-        """What a click on the cell does: show it, generating in the background inside a Jupyter kernel."""
+        """What a click on the cell does: show it, generating in the background inside a Jupyter kernel. A layer or
+        step not in the map raises ``DecideInputError`` naming the valid ones."""
+        self.replay.cell(layer, step)  # checked before the menus take the value
         self.layer.value, self.step.value = layer, step
         self.runner.launch(lambda: self.show(layer, step))
 
