@@ -160,7 +160,8 @@ def emu_aiter_quant(q, k, v, *, scale, causal=False, return_lse=False, format="i
 BACKENDS = [
     Backend("emu_aiter_quant", emu_aiter_quant,
             Capabilities(vendors=ALL_VENDORS, dtypes=FLOAT_DTYPES, head_dims=(HEAD_DIM,), gqa=False, causal=False,
-                         returns_lse=False, quantised=True, emulated=True, emulates="aiter_mha_v4"),
+                         returns_lse=False, quantised=True, emulated=True, emulates="aiter_mha_v4",
+                         experimental=True),  # opt-in: fails the quantised budget on outliers, as fp8 formats do
             "emulated aiter MHA v4 quantised attention (sglang AITER_QUANT formats: i8fp8, fp8, mxfp6, mxfp4, "
             "f6f4, f4f4); quantised",
             options={"format": "i8fp8", "arch": "gfx950", "p": "fp8", "bf16_cvt": 0, "clip": 1.0},

@@ -20,7 +20,7 @@ SEGMENT_NAMES = ("text", "image")
 
 
 @dataclasses.dataclass(frozen=True)
-class SliceError:
+class SliceResult:
     """One head, batch element or text/image segment: its rel-L2 and the yardstick's rel-L2 on the same slice."""
 
     kind: str  # "head" | "batch" | "segment"
@@ -47,7 +47,7 @@ class GateStats:
     worst_head_bias: float  # the head whose bias (either kind) is largest, signed
     worst_head_bias_index: int
     head_rows: int  # rows per head (the bias limit of one head depends on it)
-    slices: tuple[SliceError, ...]  # every head, batch element (B > 1) and segment (text tokens known)
+    slices: tuple[SliceResult, ...]  # every head, batch element (B > 1) and segment (text tokens known)
     clear_rows: int  # rows whose float64 top channel leads the runner-up clearly (``GateRule.flip_margin_eps``)
     flipped_rows: int  # of those, rows where the kernel's top channel is another one
     nonfinite_where_finite: int = 0  # NaN/inf in the output where float64 is finite (a failure)
@@ -69,7 +69,7 @@ class GateStats:
     def flip_rate(self) -> float:
         return self.flipped_rows / self.clear_rows if self.clear_rows else 0.0
 
-    def worst_slice(self, kind: str | None = None) -> SliceError | None:
+    def worst_slice(self, kind: str | None = None) -> SliceResult | None:
         candidates = [s for s in self.slices if kind is None or s.kind == kind]
         finite = [s for s in candidates if math.isfinite(s.ratio)]
         if not candidates:
@@ -176,7 +176,7 @@ class Yardstick:
             if kind in err2:
                 rel = self._rel(err2[kind], kind).tolist()
                 yard = self.yardstick[kind].tolist()
-                slices += [SliceError(kind, i, r, y) for i, (r, y) in enumerate(zip(rel, yard))]
+                slices += [SliceResult(kind, i, r, y) for i, (r, y) in enumerate(zip(rel, yard))]
         clear_rows = flipped = 0
         if self.clear is not None:
             clear = self.clear if use is None else self.clear & use.all(dim=-1)
@@ -308,4 +308,4 @@ def comparable(out: torch.Tensor, yardstick: Yardstick) -> tuple[torch.Tensor, t
     return torch.where(use, out.to(torch.float64), 0.0), torch.where(use, yardstick.ref, 0.0)
 
 
-__all__ = ["GateStats", "Judgement", "SliceError", "Yardstick", "closest_to_failing", "comparable", "judge_attention", "judge_gate"]
+__all__ = ["GateStats", "Judgement", "SliceResult", "Yardstick", "closest_to_failing", "comparable", "judge_attention", "judge_gate"]
