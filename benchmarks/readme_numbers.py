@@ -4,9 +4,11 @@
     python benchmarks/readme_numbers.py --check    # exit 1 and name the stale blocks
     python benchmarks/readme_numbers.py --write    # rewrite the generated blocks in place
 
-In README.md (and docs/parallel.md: DOCUMENTS) a block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated -->``. NAME is a function below
-registered with ``@block("NAME")``: adding a number to README is one such function and one marker pair.
-tests/test_readme_numbers.py checks that README's blocks equal this script's output.
+In README.md and the docs/*.md pages a block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated -->``.
+NAME is a function below registered with ``@block("NAME", "TARGET")``, TARGET the one document (README.md or a
+docs/ page, relative to the repository root) that shows it: adding a number is one such function and one marker
+pair in that document. ``--write`` and ``--check`` go through every target (DOCUMENTS);
+tests/test_readme_numbers.py checks that each target's blocks equal this script's output.
 """
 
 from __future__ import annotations
@@ -22,18 +24,27 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# Every document with generated blocks; a block name is rendered in one place only.
-DOCUMENTS = (README, ROOT / "docs" / "parallel.md")
+# Every document with generated blocks (filled in by @block: README first, then each docs page in order of first use);
+# a block name is rendered in one place only, its TARGETS entry.
+DOCUMENTS: tuple[Path, ...] = (README,)
 RESULTS = ROOT / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- generated:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /generated -->", re.S)
 
 BLOCKS: dict[str, Callable[[Path], str]] = {}
+TARGETS: dict[str, Path] = {}
 
 
-def block(name: str):
-    """Register ``fn(results_dir) -> markdown`` as README block ``name``."""
+def block(name: str, target: str):
+    """Register ``fn(results_dir) -> markdown`` as block ``name``, shown in ``target`` (README.md or docs/*.md)."""
+    path = ROOT / target
+    if not (path == README or (path.parent == ROOT / "docs" and path.suffix == ".md")):
+        raise ValueError(f"block {name!r}: target {target!r} is neither README.md nor a docs/*.md page")
+
     def register(fn):
-        BLOCKS[name] = fn
+        global DOCUMENTS
+        BLOCKS[name], TARGETS[name] = fn, path
+        if path not in DOCUMENTS:
+            DOCUMENTS = (*DOCUMENTS, path)
         return fn
     return register
 
@@ -96,7 +107,7 @@ def _default_configs(data: dict) -> list[dict]:
     return configs
 
 
-@block("attention-setup")
+@block("attention-setup", "docs/results.md")
 def attention_setup(results: Path) -> str:
     data = load(results, ATTENTION)
     machine, platform = data["machine"], data["machine"]["platform"]
@@ -114,7 +125,7 @@ def attention_setup(results: Path) -> str:
             f"{data['gemm_bf16_tflops']:.0f} TFLOP/s.")
 
 
-@block("attention-table")
+@block("attention-table", "docs/results.md")
 def attention_table(results: Path) -> str:
     data = load(results, ATTENTION)
     table = _attention_rows(data)
@@ -140,7 +151,7 @@ def attention_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-@block("attention-findings")
+@block("attention-findings", "docs/results.md")
 def attention_findings(results: Path) -> str:
     data = load(results, ATTENTION)
     pick, gemm = data["default_pick"], data["gemm_bf16_tflops"]
@@ -207,7 +218,7 @@ def _tiny_shape_tax(results: Path, attention: dict) -> list[str]:
 FLUX2_STEP = "h100/flux2_step/flux2_step.json"
 
 
-@block("flux2-step")
+@block("flux2-step", "docs/results.md")
 def flux2_step(results: Path) -> str:
     data = load(results, FLUX2_STEP)
     sizes = data["sizes"]
@@ -259,7 +270,7 @@ def flux2_step(results: Path) -> str:
 PARALLEL = "h200x2/parallel_flux2.json"
 
 
-@block("parallel-speedup")
+@block("parallel-speedup", "README.md")
 def parallel_speedup(results: Path) -> str:
     data = load(results, PARALLEL)
     meta, rows = data["meta"], data["rows"]
@@ -273,7 +284,7 @@ def parallel_speedup(results: Path) -> str:
             f"pass; `{Path('benchmarks/results') / PARALLEL}`).")
 
 
-@block("parallel-table")
+@block("parallel-table", "docs/parallel.md")
 def parallel_table(results: Path) -> str:
     data = load(results, PARALLEL)
     meta = data["meta"]
@@ -293,7 +304,7 @@ def parallel_table(results: Path) -> str:
 COMPARE = ("h100/compare/flux/results.json", "h100/compare/flux_seeds/results.json")
 
 
-@block("compare-h100")
+@block("compare-h100", "docs/compare.md")
 def compare_h100(results: Path) -> str:
     rows = []
     for relative in COMPARE:
@@ -337,7 +348,7 @@ def _log_match(text: str, pattern: str) -> list[tuple[str, ...]]:
     return found
 
 
-@block("embedded-quality")
+@block("embedded-quality", "docs/guide.md")
 def embedded_quality(results: Path, log: Path = TRAIN_LOG) -> str:
     text = log.read_text()
     (captions, test_acc, test_shapes), = _log_match(
@@ -363,7 +374,7 @@ def embedded_quality(results: Path, log: Path = TRAIN_LOG) -> str:
 EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
 
 
-@block("gate-thresholds")
+@block("gate-thresholds", "docs/compare.md")
 def gate_thresholds(results: Path) -> str:
     """The gate's limits (fluxlab.compare.tolerances.GATE_RULE) with the measurement each came from."""
     from fluxlab.compare.tolerances import GATE_FILES, GATE_MARGINS, derive_gate_rule
@@ -397,7 +408,7 @@ def gate_thresholds(results: Path) -> str:
     return "\n".join(lines)
 
 
-@block("emulators-cpu")
+@block("emulators-cpu", "docs/emulators.md")
 def emulators_cpu(results: Path) -> str:
     data = load(results, EMULATORS)
     cost, shape = data["cost"], data["cost"]["shape"]
@@ -477,7 +488,7 @@ def compile_timing(data: dict) -> str:
     return f"median of {data['repeats']} after {data['warmup']} warm-up calls"
 
 
-@block("flux2-compile")
+@block("flux2-compile", "docs/compile.md")
 def flux2_compile(results: Path) -> str:
     data = load(results, COMPILE)
     sizes, model = data["sizes"], data["model"]
@@ -555,7 +566,7 @@ def made_on(data: dict) -> str:
 BOUNDARY = "h200/compile_boundary/boundary.json"  # benchmarks/compile_boundary.py
 
 
-@block("compile-boundary")
+@block("compile-boundary", "docs/compile.md")
 def compile_boundary(results: Path) -> str:
     """One block of each kind compiled alone: alignment of fluxlab's op output, per-call ratio, CUDA graphs."""
     data = load(results, BOUNDARY)
@@ -576,7 +587,7 @@ def compile_boundary(results: Path) -> str:
     return prose(text)
 
 
-@block("flux2-offload")
+@block("flux2-offload", "docs/guide.md")
 def flux2_offload(results: Path) -> str:
     data = load(results, OFFLOAD)
     card, refused, auto, gen = data["card"], data["without_offload"], data["auto"], data["generation"]
@@ -609,7 +620,7 @@ def flux2_offload(results: Path) -> str:
 SAME_KERNELS = " (the same kernel on every layer as the automatic pick)"
 
 
-@block("decide-gpu")
+@block("decide-gpu", "docs/decide.md")
 def decide_gpu(results: Path) -> str:
     data = load(results, DECIDE)
     sweep = data["sweep"]
@@ -660,7 +671,7 @@ def _params(count: int) -> str:
     return f"{count / 1e9:.1f} B" if count >= 1e9 else f"{count / 1e6:.2f} M"
 
 
-@block("decide-frontier")
+@block("decide-frontier", "docs/decide.md")
 def decide_frontier(results: Path) -> str:
     """sage with exact fa4 ends: [dev]-size step time, fidelity from both models; 'not yet measured' until run."""
     if not (results / FRONTIER).is_file():
@@ -736,7 +747,7 @@ def _listed(items, fmt="{:.3f}") -> str:
     return ", ".join(parts)
 
 
-@block("emulators-gpu")
+@block("emulators-gpu", "docs/emulators.md")
 def emulators_gpu(results: Path) -> str:
     data = load(results, EMULATORS_GPU)
     versions, provenance, targets = data["versions"], data["provenance"], data["targets"]
@@ -784,14 +795,42 @@ def render(name: str, results: Path = RESULTS) -> str:
     return BLOCKS[name](results)
 
 
+LINK = re.compile(r"\]\((?!https?:|#|/)(?P<path>[^)\s]+)\)")
+
+
+def shown(name: str, results: Path = RESULTS) -> str:
+    """The block as its target document shows it: links (written from the repository root) made relative to it."""
+    body = render(name, results)
+    folder = TARGETS[name].parent if name in TARGETS else ROOT
+    if folder == ROOT:
+        return body
+    up = Path(*[".."] * len(folder.relative_to(ROOT).parts))
+    return LINK.sub(lambda m: f"]({(up / m['path']).as_posix()})", body)
+
+
 def rewrite(text: str, results: Path = RESULTS) -> str:
     """``text`` with every generated block's body replaced by this script's rendering."""
-    return MARKER.sub(lambda m: f"<!-- generated:{m['name']} -->\n{render(m['name'], results)}\n<!-- /generated -->",
+    return MARKER.sub(lambda m: f"<!-- generated:{m['name']} -->\n{shown(m['name'], results)}\n<!-- /generated -->",
                       text)
 
 
 def stale_blocks(text: str, results: Path = RESULTS) -> list[str]:
-    return [m["name"] for m in MARKER.finditer(text) if m["body"] != render(m["name"], results)]
+    return [m["name"] for m in MARKER.finditer(text) if m["body"] != shown(m["name"], results)]
+
+
+def placement_problems(documents=None) -> list[str]:
+    """Blocks missing from their target document, or shown in another one (each block sits once, in its target)."""
+    documents = DOCUMENTS if documents is None else documents
+    problems = []
+    for document in documents:
+        found = [m["name"] for m in MARKER.finditer(document.read_text())]
+        where = document.relative_to(ROOT) if document.is_relative_to(ROOT) else document
+        problems += [f"{where} shows '{name}' more than once" for name in sorted(set(found)) if found.count(name) > 1]
+        problems += [f"{where} shows '{name}', whose target is {TARGETS[name].relative_to(ROOT)}"
+                     for name in found if name in TARGETS and TARGETS[name] != document]
+        problems += [f"{where} lacks its block '{name}'" for name, target in TARGETS.items()
+                     if target == document and name not in found]
+    return problems
 
 
 def main(argv=None) -> int:
@@ -819,6 +858,11 @@ def main(argv=None) -> int:
             stale_anywhere = stale_anywhere or bool(stale)
             print(f"{where}: up to date" if not stale else f"{where} has stale blocks: {', '.join(stale)} "
                   f"(python {Path(__file__).relative_to(ROOT)} --write)")
+    if args.check:
+        misplaced = placement_problems([d for d in DOCUMENTS if d in TARGETS.values()])
+        for problem in misplaced:
+            print(problem)
+        stale_anywhere = stale_anywhere or bool(misplaced)
     return 1 if stale_anywhere else 0
 
 

@@ -11,7 +11,7 @@ import sys
 
 from .errors import FluxlabError
 
-# Exit codes, the same for every verb (README "The command line", docs/cli.md).
+# Exit codes, the same for every verb (docs/cli.md).
 EXIT_OK = 0
 EXIT_FAILED = 1  # the work ran and a backend failed, a verdict is "fail", or a check refused the run
 EXIT_USAGE = 2  # a command-line mistake, found before any model loads

@@ -272,7 +272,7 @@ def test_demo_rerun_into_its_own_folder(tmp_path, capsys, monkeypatch):
 def test_readme_limits_table_matches_the_bounds():
     from fluxlab.models.limits import BOUNDS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()  # README links it
     section = readme.split("### Limits, Ctrl-C and the command line")[1].split("\n#")[0]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| bound")}

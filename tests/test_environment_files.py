@@ -20,6 +20,9 @@ except ImportError:  # Python 3.10: the test extra installs tomli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILES = {"cuda": ROOT / "environment-cuda.yml", "rocm": ROOT / "environment-rocm.yml"}
+# README and the docs pages it links: installs live in docs/install.md, measured results in the other pages.
+DOC_PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+INSTALL_DOC = ROOT / "docs" / "install.md"
 # conda package names that provide a PyPI distribution under another name
 CONDA_TO_PYPI = {"pytorch": "torch", "pytorch-gpu": "torch", "pytorch-cpu": "torch"}
 # pyproject extras each environment must carry (beyond the core dependencies and the notebooks extra)
@@ -196,15 +199,15 @@ def test_one_rocm_version_story_across_env_file_profile_and_readme():
     assert (profile.torch_version, profile.hip_version) == (torch_version, rocm), \
         f"Platform.mi300x() says torch {profile.torch_version} / HIP {profile.hip_version}; " \
         f"environment-rocm.yml installs torch {torch_version}+rocm{rocm}"
-    for path in (ENV_FILES["rocm"], ROOT / "README.md", ROOT / "pyproject.toml"):
+    for path in (ENV_FILES["rocm"], *DOC_PAGES, ROOT / "pyproject.toml"):
         text = path.read_text()
         named = set(re.findall(r"ROCm (\d+\.\d+)", text)) | set(re.findall(r"rocm(\d+\.\d+)", text))
         assert named <= {rocm}, f"{path.name} names ROCm {sorted(named - {rocm})}; the story is ROCm {rocm}"
         torches = set(re.findall(r"torch==(\d+\.\d+\.\d+)\+rocm", text))
         assert torches <= {torch_version}, f"{path.name} pins torch {sorted(torches)} for ROCm; the story is " \
                                            f"{torch_version}"
-    readme = (ROOT / "README.md").read_text()
-    assert f"torch=={torch_version}+rocm{rocm}" in readme, "README's AMD section must name the ROCm torch pin"
+    install = INSTALL_DOC.read_text()
+    assert f"torch=={torch_version}+rocm{rocm}" in install, "docs/install.md's AMD section must name the ROCm torch pin"
 
 
 def test_cuda_environment_header_matches_its_lines():
@@ -216,9 +219,9 @@ def test_cuda_environment_header_matches_its_lines():
 
 def test_readme_install_commands_match_the_extras():
     """flash-attn builds against the installed torch; the aiter wheel is not called pure Python (it ships kernels)."""
-    readme = (ROOT / "README.md").read_text()
-    assert "--no-build-isolation" in readme and "[flash2]" in readme
-    for path in (ROOT / "README.md", ENV_FILES["rocm"], ROOT / "pyproject.toml"):
+    install = INSTALL_DOC.read_text()
+    assert "--no-build-isolation" in install and "[flash2]" in install
+    for path in (*DOC_PAGES, ENV_FILES["rocm"], ROOT / "pyproject.toml"):
         prose = re.sub(r"\s*\n\s*#?\s*", " ", path.read_text()).lower()
         wrong = [s for s in re.split(r"(?<=[.;:])\s", prose)
                  if "aiter" in s and "pure python" in s and "not pure python" not in s]
@@ -296,8 +299,8 @@ def test_gpu_kernel_libraries_are_pinned_to_the_adapters_releases():
 
 
 def test_the_cuda_environment_pins_the_cuda_the_results_ran_on():
-    readme_cuda = set(re.findall(r"torch 2\.\d+\.\d+\+cu(\d+)", (ROOT / "README.md").read_text()))
-    assert readme_cuda, "README records no torch+cuXY build"
+    readme_cuda = {code for page in DOC_PAGES for code in re.findall(r"torch 2\.\d+\.\d+\+cu(\d+)", page.read_text())}
+    assert readme_cuda, "README and docs/ record no torch+cuXY build"
     spec = environment("cuda")["conda"].get("cuda-version")
     assert spec is not None, "environment-cuda.yml leaves CUDA unpinned (cuda-version)"
     for code in readme_cuda:

@@ -32,6 +32,8 @@ def numbers():
 
 def test_readme_blocks_equal_the_scripts_output(numbers):
     assert ROOT / "README.md" in numbers.DOCUMENTS
+    assert set(numbers.TARGETS) == set(numbers.BLOCKS) and set(numbers.TARGETS.values()) == set(numbers.DOCUMENTS)
+    assert any(path.parent == ROOT / "docs" for path in numbers.DOCUMENTS), "the long results live in docs/ pages"
     for document in numbers.DOCUMENTS:
         stale = numbers.stale_blocks(document.read_text())
         assert not stale, (f"{document.name} blocks {stale} differ from the committed results: run "
@@ -48,6 +50,33 @@ def test_every_block_sits_in_one_document_once_and_every_marker_is_known(numbers
         names += found
     assert sorted(names) == sorted(numbers.BLOCKS), \
         f"markers {sorted(names)} vs the script's blocks {sorted(numbers.BLOCKS)}"
+    assert numbers.placement_problems() == []
+
+
+def test_a_block_outside_its_target_is_named(numbers, tmp_path, monkeypatch, capsys):
+    """--check names a block shown in a document that is not its target, and one missing from its target."""
+    name = "attention-table"
+    source = numbers.TARGETS[name]
+    moved = tmp_path / "docs" / "elsewhere.md"
+    moved.parent.mkdir()
+    block = numbers.MARKER.search(source.read_text()).group(0)
+    moved.write_text(f"# elsewhere\n\n{block}\n")
+    emptied = tmp_path / "docs" / source.name
+    emptied.write_text(numbers.MARKER.sub("", source.read_text()))
+    monkeypatch.setattr(numbers, "ROOT", tmp_path)
+    monkeypatch.setattr(numbers, "TARGETS", {**numbers.TARGETS, **{n: emptied for n, t in numbers.TARGETS.items()
+                                                                   if t == source}})
+    problems = numbers.placement_problems([moved, emptied])
+    assert any("elsewhere.md" in p and numbers.MARKER.search(block)["name"] in p for p in problems), problems
+    assert any(f"lacks its block '{name}'" in p for p in problems), problems
+
+
+def test_a_docs_page_shows_links_relative_to_itself(numbers):
+    """A block written with repository-root paths is shown in docs/ with ../ so its image and links resolve."""
+    for name, target in numbers.TARGETS.items():
+        for match in numbers.LINK.finditer(numbers.MARKER.search(
+                target.read_text()[target.read_text().index(f"<!-- generated:{name} -->"):])["body"]):
+            assert (target.parent / match["path"].split("#")[0]).exists(), f"{target.name}: {name} links {match['path']}"
 
 
 def test_a_changed_result_file_makes_its_block_stale(numbers, tmp_path):
@@ -60,9 +89,9 @@ def test_a_changed_result_file_makes_its_block_stale(numbers, tmp_path):
                and r["dtype"] == "bf16" and r["shape"][0] == 1)
     row["tflops"] = 123.0
     path.write_text(json.dumps(data))
-    readme = (ROOT / "README.md").read_text()
-    assert "attention-table" in numbers.stale_blocks(readme, results)
-    assert "**123**" in numbers.rewrite(readme, results)
+    page = numbers.TARGETS["attention-table"].read_text()
+    assert "attention-table" in numbers.stale_blocks(page, results)
+    assert "**123**" in numbers.rewrite(page, results)
 
 
 def test_write_mode_repairs_a_hand_edited_number(numbers, tmp_path, monkeypatch, capsys):

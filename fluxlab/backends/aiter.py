@@ -14,7 +14,7 @@ BF16_ROUNDING_MODES = {0: "RTNE, round-to-nearest-even", 1: "RTNA, round-to-near
                        2: "RTZ, round-toward-zero"}
 
 AITER = Requirement("aiter", "amd-aiter",
-                    "build aiter on a ROCm machine from ROCm's aiter repository (see README: AMD); "
+                    "build aiter on a ROCm machine from ROCm's aiter repository (see docs/install.md: AMD); "
                     "PyPI's `aiter` is an unrelated package")
 ROCM_ATTENTION_ARCHES = ("gfx90a", "gfx942", "gfx950")
 

@@ -23,7 +23,7 @@ class Bound:
     why: str
 
 
-# The documented bounds (README "Limits"). Image tokens are (height / m) x (width / m) for the model's multiple m.
+# The documented bounds (docs/guide.md "Limits"). Image tokens are (height / m) x (width / m) for the model's multiple m.
 BOUNDS = {
     "image_tokens": Bound(1, 16384, True, "2048x2048 on FLUX.2 [dev], about 4 MP, its largest documented size"),
     "side": Bound(1, 4096, True, "a side beyond 4096 px is outside what FLUX.2 was trained on"),
