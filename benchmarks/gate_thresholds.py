@@ -37,7 +37,7 @@ from fluxlab.compare.metrics import error_stats
 from fluxlab.compare.tolerances import FLIP_MARGIN_EPS, GATE_RULE, yardstick_ratios
 from fluxlab.dispatch import plan
 from fluxlab.platform import platform_for_device
-from fluxlab.util import atomic_write, parse_dtype, provenance
+from fluxlab.util import atomic_write, parse_dtype, provenance, torch_dtype_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FLIP_MARGINS = (1.0, 2.0, FLIP_MARGIN_EPS, 8.0)  # the gate uses FLIP_MARGIN_EPS; the others show the trend
@@ -238,7 +238,7 @@ def run_case(spec: InputSpec, dtype, seed, device, exact, info, platform) -> lis
         if device.type == "cuda":
             torch.cuda.empty_cache()
     meta = {"input": spec.name, "distribution": spec.distribution, "shape": list(case.shape),
-            "text_tokens": case.text_tokens, "dtype": str(dtype).replace("torch.", ""), "seed": seed}
+            "text_tokens": case.text_tokens, "dtype": torch_dtype_name(dtype), "seed": seed}
     return [{**meta, **row} for row in rows]
 
 

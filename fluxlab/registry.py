@@ -16,8 +16,9 @@ import torch
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from .backends.base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, Group, Requirement
 from .diffusers_names import refusal
-from .errors import BackendRegistrationError, UnknownBackendError
+from .errors import BackendRegistrationError, FluxlabError, UnknownBackendError
 from .platform import Platform
+from .util import parse_dtype
 
 
 def _aliases(declared) -> dict[str, str]:
@@ -283,8 +284,11 @@ def _check_definition(name, fn, options, capabilities) -> None:
 def _dtype_of(name, value) -> torch.dtype:
     if isinstance(value, torch.dtype):
         return value
-    found = getattr(torch, str(value).lower().replace("torch.", ""), None)
-    if isinstance(found, torch.dtype) and found.is_floating_point:
+    try:
+        found = parse_dtype(value)
+    except FluxlabError:
+        found = None
+    if found is not None and found.is_floating_point:
         return found
     raise BackendRegistrationError(f"register_backend({name!r}): dtypes has {value!r}, not a floating torch "
                                    "dtype; pass e.g. dtypes={torch.bfloat16, torch.float16} or "

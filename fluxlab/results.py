@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from .util import provenance, write_result_file
+from .util import provenance, torch_dtype_name, write_result_file
 
 
 # -- the one table renderer -----------------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def format_cell(value) -> str:
         return format(value, ".4g")
     shape = getattr(value, "shape", None)
     if shape is not None and hasattr(value, "dtype"):  # a tensor or array: never its numbers
-        return f"{str(value.dtype).replace('torch.', '')}[{', '.join(map(str, shape))}]"
+        return f"{torch_dtype_name(value.dtype)}[{', '.join(map(str, shape))}]"
     if isinstance(value, (list, tuple, set, frozenset)):
         return ", ".join(format_cell(v) for v in value)
     if isinstance(value, dict):
@@ -159,7 +159,7 @@ def model_of(pipe) -> dict | None:
     source = getattr(config, "_name_or_path", None) if config is not None else None
     dtype = getattr(transformer, "dtype", None)
     return {"pipeline": type(pipe).__name__, "source": str(source) if source else None,
-            "dtype": str(dtype).replace("torch.", "") if dtype is not None else None}
+            "dtype": torch_dtype_name(dtype) if dtype is not None else None}
 
 
 class Result:

@@ -7,6 +7,7 @@ import torch
 
 from ..models.capture import capture
 from .attention import compare_attention
+from ..util import torch_dtype_name
 from .report import ComparisonReport
 
 DEFAULT_PROMPT = "a red circle at the top left on a blue background"  # a caption the embedded model was trained on
@@ -36,7 +37,7 @@ def compare_captured(pipe, backends=None, *, prompt: str = DEFAULT_PROMPT, steps
                    for r in records]
     report = compare_attention(records, backends, **compare_kwargs)
     report.meta["captured"] = {"prompt": prompt, "steps": steps, "seed": seed, "height": height, "width": width,
-                               "calls": len(records), "dtype": str(records[0].q.dtype).replace("torch.", "")
+                               "calls": len(records), "dtype": torch_dtype_name(records[0].q.dtype)
                                if records else None}
     return report
 

@@ -10,7 +10,7 @@ import torch
 from ..dispatch import plan
 from ..errors import BackendUnavailableError
 from ..platform import platform_for_device
-from ..util import parse_dtype
+from ..util import parse_dtype, torch_dtype_name
 from .inputs import InputSpec, synthetic_qkv
 from .specs import parse_backends
 
@@ -98,7 +98,7 @@ def check_invariance(backends=None, *, spec: InputSpec = DEFAULT_INPUT, dtype="b
     order = list(range(1, batch)) + [0]  # sample 0 moved to the last index, the others shifted up
     rows = []
     for backend in parse_backends(backends, platform):
-        row = InvarianceRow(backend.label, str(dtype).replace("torch.", ""), (1, spec.seq, spec.heads, spec.head_dim))
+        row = InvarianceRow(backend.label, torch_dtype_name(dtype), (1, spec.seq, spec.heads, spec.head_dim))
         try:
             one = plan(q[:1], k[:1], v[:1], backend=backend.choice, scale=scale, fallback=False, platform=platform)
             many = plan(q, k, v, backend=backend.choice, scale=scale, fallback=False, platform=platform)
@@ -118,7 +118,7 @@ def check_invariance(backends=None, *, spec: InputSpec = DEFAULT_INPUT, dtype="b
         row.position_invariant, row.position_max_abs = _same(together[:1], moved[-1:])
         row.ulp_at_max = _ulp_max(alone[0])
         rows.append(row)
-    return InvarianceReport(rows, meta={"input": spec.name, "dtype": str(dtype).replace("torch.", ""),
+    return InvarianceReport(rows, meta={"input": spec.name, "dtype": torch_dtype_name(dtype),
                                         "batch": batch, "reruns": reruns, "seed": seed, "device": str(device),
                                         "platform": platform.describe()})
 

@@ -16,6 +16,7 @@ import torch
 
 from ..compare.tolerances import LSE_TOLERANCE
 from ..errors import FluxlabWarning
+from ..util import torch_dtype_name
 
 PROBE_SHAPE = (1, 32, 3, 16)  # [B, S, H, D]: 3 heads, so a roll of the heads is visible in either direction
 
@@ -64,7 +65,7 @@ def check_lse(backend: str, *, device="cpu", dtype: torch.dtype = torch.float32,
     generator = torch.Generator("cpu").manual_seed(seed)
     q, k, v = (torch.randn((b, s, h, d), generator=generator).to(device, dtype) for _ in range(3))
     scale = d ** -0.5
-    tolerance = LSE_TOLERANCE.get(str(dtype).replace("torch.", ""), LSE_TOLERANCE["float32"]).pass_max_abs
+    tolerance = LSE_TOLERANCE.get(torch_dtype_name(dtype), LSE_TOLERANCE["float32"]).pass_max_abs
     _, lse = attention(q, k, v, backend=backend, scale=scale, return_lse=True)
     if tuple(lse.shape) != (b, h, s):
         layout = " (that is [B, S, H], the layout diffusers merges with; fluxlab's contract is [B, H, S])" if tuple(
