@@ -17,17 +17,18 @@ from fluxlab.cli import main
 from fluxlab.dispatch import plan, run_backend
 
 STANDINS = pathlib.Path(__file__).parent / "standins"
+STANDIN_ROOTS = ("aiter", "flash_attn", "flash_attn_interface", "fa3_fwd_interface")
 
 
 @pytest.fixture
 def standins(monkeypatch):
-    for name in [m for m in sys.modules if m.split(".")[0] == "aiter"]:
+    for name in [m for m in sys.modules if m.split(".")[0] in STANDIN_ROOTS]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(STANDINS))
     importlib.invalidate_caches()
     fluxlab.clear_caches()
     yield
-    for name in [m for m in sys.modules if m.split(".")[0] == "aiter"]:
+    for name in [m for m in sys.modules if m.split(".")[0] in STANDIN_ROOTS]:  # every stand-in the folder holds
         sys.modules.pop(name)
     fluxlab.clear_caches()
 

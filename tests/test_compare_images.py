@@ -76,10 +76,16 @@ def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe, brok
 
 
 def test_backend_outside_the_models_allowed_set_is_an_error_row(tiny_pipe):
+    from fluxlab.models.attach import state_of
+
+    state = state_of(tiny_pipe)
     fluxlab.register_backend("image_not_allowed", head_dropped)
+    before = state.chosen_allowed
+    state.allowed = {"sdpa", "reference"}  # a set the user narrowed stays narrowed
     try:
         result = compare_images(tiny_pipe, ["sdpa", "image_not_allowed"], steps=1)
     finally:
+        state.chosen_allowed = before
         fluxlab.unregister_backend("image_not_allowed")
     assert "outside this FLUX.2 model's allowed set" in result.metrics["image_not_allowed"].error
 
