@@ -50,7 +50,7 @@ def broken_kernels_allowed(tiny_pipe):
 
     fluxlab.register_backend("image_broken_head", head_dropped)
     fluxlab.register_backend("image_raises", raises)
-    previous = state_of(tiny_pipe).allowed
+    previous = state_of(tiny_pipe).chosen_allowed  # None: the default set, which follows the registry
     detach(tiny_pipe)
     attach(tiny_pipe, allowed=FLUX2_BACKENDS | {"image_broken_head", "image_raises"})
     yield
