@@ -21,7 +21,6 @@ only, and are not run here.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import sys
 import time
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from fluxlab.backends import emulated
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import DISTRIBUTIONS, synthetic_qkv
-from fluxlab.util import provenance, rel_l2
+from fluxlab.util import distribution_version, provenance, rel_l2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulators import write_results  # noqa: E402
@@ -126,11 +125,7 @@ def checks(vs_fp64: dict, pairs: dict) -> list[dict]:
     return rows
 
 
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+_version = distribution_version  # installed version of a distribution, None where absent
 
 
 def markdown(data) -> str:

@@ -20,7 +20,6 @@ Writes ``hopper_quant.json`` and ``hopper_quant.md`` (card, versions, date, comm
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import sys
 import time
@@ -33,7 +32,7 @@ from fluxlab.backends.fa3_fp8 import bind_fa3_fp8, fp8_operands
 from fluxlab.backends.flash_attn import fa3_module
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import DISTRIBUTIONS, synthetic_qkv
-from fluxlab.util import provenance, rel_l2, time_calls
+from fluxlab.util import distribution_version, provenance, rel_l2, time_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulators import write_results  # noqa: E402
@@ -189,11 +188,7 @@ def accuracy(kernels: dict, seq: int, heads: int, head_dim: int, dist: str, devi
     return case
 
 
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+_version = distribution_version  # installed version of a distribution, None where absent
 
 
 def markdown(data) -> str:

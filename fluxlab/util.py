@@ -139,16 +139,21 @@ def git_commit() -> str | None:
     return revision["commit"] if revision else None
 
 
-def versions() -> dict:
-    """Versions of Python, torch and the libraries fluxlab results depend on (None where not installed)."""
+def distribution_version(dist: str) -> str | None:
+    """The installed version of the distribution ``dist`` (e.g. "flash-attn-4"), None where it is not installed."""
     import importlib.metadata
 
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    """Versions of Python, torch and the libraries fluxlab results depend on (None where not installed)."""
     found = {"python": _host.python_version(), "torch": torch.__version__}
     for dist in ("diffusers", "transformers", "safetensors", "fluxlab"):
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = None
+        found[dist] = distribution_version(dist)
     if found["fluxlab"] is None:
         found["fluxlab"] = __version__
     return found
