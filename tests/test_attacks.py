@@ -216,6 +216,7 @@ def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     set_backend(pipe, None)
     assert np.array_equal(scheduled, direct)
     assert not np.array_equal(scheduled, default)
+    fluxlab.detach(pipe)  # the router leaves with the last attached model
 
 
 # -- AutotunePlan.load checks a plan against its own evidence --------------------------------------------------------
@@ -487,6 +488,7 @@ def test_drift_explorer_leaves_no_schedule_behind_across_a_detach_and_attach():
         explorer.click("bogus", 0)
     with pytest.raises(DecideInputError, match="this DriftMap has steps 0..1"):
         explorer.click(layer, 7)
+    fluxlab.detach(pipe)  # the router leaves with the last attached model
 
 
 # -- bad backend options are refused when the spec is parsed ---------------------------------------------------------
@@ -550,7 +552,9 @@ def test_the_compiled_op_refuses_a_gradient_with_a_message():
 def tiny():
     import fluxlab
 
-    return fluxlab.load_flux2("tiny", variant="dev")
+    pipe = fluxlab.load_flux2("tiny", variant="dev")
+    yield pipe
+    fluxlab.detach(pipe)  # the router leaves with the last attached model: later modules see diffusers' own
 
 
 def _verbs(tiny):
