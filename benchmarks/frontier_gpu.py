@@ -46,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flux2_step import build_transformer, environment, step_inputs  # noqa: E402
 
 KS = (0, 1, 2, 3)
+# Kernels whose capabilities name no head_dim list but whose builds take nothing below 64 (FA3's Hopper kernels,
+# SageAttention 2's sm90 one): the embedded model's head_dim 32 runs on them zero-padded.
+SMALLEST_HEAD_DIM = {"fa3": (64,), "fa3_fp8": (64,), "sage2": (64,)}
 STEPS = 28  # FLUX.2 [dev]'s default number of denoising steps
 SIZE = 1024
 PROMPT = "a red circle at the top left on a blue background"  # the embedded model's kind of caption
@@ -208,6 +211,7 @@ def build_dev(args, kernels: dict, device):
                   "single_layers": full["num_single_layers"], "heads": full["num_attention_heads"],
                   "head_dim": full["attention_head_dim"], "dtype": "bfloat16", "weights": "random (seed 0)",
                   "build_s": time.perf_counter() - start},
+        "compiled": args.compile or "eager",
         "size": args.size, "text_tokens": args.text_tokens, "image_tokens": (args.size // 16) ** 2, "steps": args.steps,
         "loop": ("diffusers FlowMatchEulerDiscreteScheduler (FLUX.2 config), sigmas linspace(1, 1/T, T) with "
                  "compute_empirical_mu as Flux2Pipeline; seeded random initial latents and prompt embeddings, "
@@ -221,6 +225,8 @@ def dev_phase(args, kernels: dict, device, clock: Clock, results: dict, checkpoi
     ``between()`` (the embedded phase), then more timing rounds while the budget lasts. Fills ``results["dev"]``."""
     import fluxlab
 
+    from fluxlab import Schedule
+
     transformer, inputs, dev = build_dev(args, kernels, device)
     results["dev"] = dev
     plan = variants(kernels["exact"], kernels["fast"], args.steps)
@@ -228,7 +234,22 @@ def dev_phase(args, kernels: dict, device, clock: Clock, results: dict, checkpoi
     if skipped_ks:
         dev["notes"].append(f"k = {skipped_ks} left out: {args.steps} steps leave no fast step in between")
     warm_start = time.perf_counter()
-    dev["warmup_ran"] = warm_up(transformer, inputs, [kernels["exact"], kernels["fast"], kernels["spread"]], device)
+    used = [kernels["exact"], kernels["fast"], kernels["spread"]]
+    dev["warmup_ran"] = warm_up(transformer, inputs, used, device)  # eager: watched, so it shows what really ran
+    if args.compile:  # diffusers' regional compile; every kernel's graphs compile here, none while timed
+        from torch._dynamo.utils import counters
+
+        compile_start = time.perf_counter()
+        transformer.compile_repeated_blocks(fullgraph=True, backend=args.compile)
+        for name in used:
+            for _ in range(2):
+                fluxlab.set_schedule(transformer, Schedule(default=name))
+                with torch.inference_mode():
+                    transformer(**inputs)
+        fluxlab.set_schedule(transformer, None)
+        results["phases_s"]["compile"] = time.perf_counter() - compile_start
+        dev["graphs_compiled"] = counters["stats"]["unique_graphs"]
+        dev["graph_breaks"] = sum(counters["graph_break"].values())
     results["phases_s"]["build"] = dev["model"]["build_s"]
     results["phases_s"]["warm-up"] = time.perf_counter() - warm_start
     rows = {v["name"]: {"name": v["name"], "k": v["k"], "schedule": _describe(v["schedule"]), "runs_step_ms": [],
@@ -253,7 +274,8 @@ def dev_phase(args, kernels: dict, device, clock: Clock, results: dict, checkpoi
             results["phases_s"]["exact spread"] = time.perf_counter() - start
             summarise_dev(dev, kernels)
             checkpoint()
-            between()
+            if args.embedded:
+                between()
         else:
             results["phases_s"][f"round {round_index + 1}"] = round_s
         summarise_dev(dev, kernels)
@@ -367,7 +389,7 @@ def padded_backend(inner: str, head_dim: int) -> str:
     import fluxlab
 
     caps = fluxlab.get_backend(inner).caps
-    supported = caps.head_dims
+    supported = caps.head_dims or SMALLEST_HEAD_DIM.get(inner)
     if supported is None or head_dim in supported:
         return inner
     width = min((d for d in supported if d > head_dim), default=None)
@@ -656,6 +678,14 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=None, help="prompt tokens (default 512; --tiny 32)")
     parser.add_argument("--spread", default=None, help="the second exact kernel (default sdpa_cudnn; sdpa_math is "
                         "the closest to float64 but costs ~50 s more at 28 steps of 1024^2)")
+    parser.add_argument("--exact", default=None, help="the exact kernel (default fa4)")
+    parser.add_argument("--fast", default=None, help="the fast candidate between the exact ends (default sage; "
+                        "e.g. fa3_fp8 or sage2 on Hopper)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None,
+                        help="regional torch.compile of the [dev]-size blocks (compile_repeated_blocks, fullgraph) "
+                        "with this backend (default inductor; aot_eager for a CPU dry run)")
+    parser.add_argument("--no-embedded", dest="embedded", action="store_false",
+                        help="skip the embedded model's image frontier (the [dev]-size rounds only)")
     parser.add_argument("--no-locate", dest="locate", action="store_false",
                         help="skip the embedded frontier's 'except the culprit cells' row (locate_drift)")
     args = parser.parse_args(argv)
@@ -677,6 +707,8 @@ def main(argv=None) -> int:
             raise SystemExit("no GPU here: run this on the GPU machine, or pass --tiny for a CPU dry run")
         device, kernels = torch.device("cuda"), dict(GPU_KERNELS)
         kernels["spread"] = args.spread or kernels["spread"]
+        kernels["exact"] = args.exact or kernels["exact"]
+        kernels["fast"] = args.fast or kernels["fast"]
     out = Path(args.out)
     results = {"dry_run": args.tiny, "complete": False, "environment": environment(device), "kernels": kernels,
                "stands_in_for": {v: GPU_KERNELS[k] for k, v in kernels.items()} if args.tiny else None,

@@ -1,0 +1,97 @@
+"""The embedded model's images under each Hopper kernel (exact and quantised), judged by the image rule, on one GPU.
+
+    source benchmarks/device/env.sh && python3 benchmarks/hopper_images.py --out $OUT/hopper_images     # H100/H200
+    .venv/bin/python benchmarks/hopper_images.py --tiny --out /tmp/hopper_images                         # CPU dry run
+
+fluxlab's embedded FLUX.2 model (bf16 on the GPU) draws the default caption once per kernel from the same noise
+(``fluxlab.compare_images``, several seeds, the worst seed decides the verdict). Its head_dim is 32, below what the
+Hopper kernels take, so each kernel that needs it runs on q/k/v zero-padded to head_dim 64 (zero columns change
+neither Q·Kᵀ, nor the per-block scales of the quantised kernels, and the padded output columns are dropped) with the
+original softmax scale. A kernel that cannot run here is a row with its reason. Writes hopper_images.json / .md /
+.png (the images side by side) with card, versions, date, command and git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flux2_step import environment  # noqa: E402
+
+GPU_KERNELS = ("fa4", "sdpa_cudnn", "sdpa_flash", "fa3", "fa3_fp8", "sage", "sage2")
+DRY_RUN_KERNELS = ("sdpa", "sdpa_math", "emu_fa3_fp8", "emu_sage2")
+PAD_TO = 64  # the smallest head_dim every Hopper kernel here takes
+
+
+def padded(inner: str, head_dim: int) -> str:
+    """A registered backend that runs ``inner`` on q/k/v zero-padded from ``head_dim`` to ``PAD_TO``."""
+    import fluxlab
+
+    caps = fluxlab.get_backend(inner).caps
+    name = f"{inner}_pad{PAD_TO}"
+
+    def run(q, k, v, *, scale, causal=False, return_lse=False):
+        grow = (0, PAD_TO - head_dim)
+        out = fluxlab.attention(F.pad(q, grow), F.pad(k, grow), F.pad(v, grow), backend=inner, scale=scale,
+                                causal=causal)
+        return out[..., :head_dim].contiguous()
+
+    fluxlab.register_backend(name, run, replace=True, quantised=caps.quantised, dtypes=caps.dtypes,
+                             vendors=caps.vendors, arches=caps.arches,
+                             description=f"{inner} on q/k/v zero-padded from head_dim {head_dim} to {PAD_TO}")
+    return name
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tiny", action="store_true", help="DRY RUN on CPU with exact kernels and emulators")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
+    parser.add_argument("--kernels", default=None, help="comma-separated (default: the Hopper set)")
+    args = parser.parse_args(argv)
+
+    import fluxlab
+    from fluxlab.decide.files import write_atomic, write_figure, write_json
+    from fluxlab.util import git_commit
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    kernels = args.kernels.split(",") if args.kernels else list(DRY_RUN_KERNELS if args.tiny else GPU_KERNELS)
+    head_dim = 32  # the embedded model's
+    names, refused = [], {}
+    for kernel in kernels:
+        try:
+            backend = fluxlab.get_backend(kernel)
+        except Exception as exc:  # noqa: BLE001 - an unknown name is a row with its reason
+            refused[kernel] = str(exc)
+            continue
+        takes = backend.caps.head_dims
+        needs_pad = device.type == "cuda" and kernel not in ("sdpa_cudnn", "sdpa_flash", "sdpa", "sdpa_math")
+        names.append(padded(kernel, head_dim) if needs_pad or (takes and head_dim not in takes) else kernel)
+    pipe = fluxlab.load_flux2("embedded", device=device, dtype=dtype, allowed=None)
+    try:
+        comparison = fluxlab.compare_images(pipe, names, seeds=args.seeds, steps=args.steps)
+    finally:
+        fluxlab.detach(pipe)
+    out = Path(args.out)
+    rows = [{"backend": r.backend, "verdict": r.verdict, "why": r.verdict_note, "psnr_worst": r.psnr_worst,
+             "ssim_worst": r.ssim_worst, "final_latent_rel_l2": r.final_latent_rel_l2,
+             "attention_calls": r.attention_calls, "error": r.error} for r in comparison.rows]
+    payload = {"environment": environment(device), "git_commit": git_commit(), "command": " ".join(sys.argv),
+               "dry_run": args.tiny, "steps": args.steps, "seeds": args.seeds, "dtype": str(dtype),
+               "padded_to": PAD_TO, "refused": refused, "rows": rows}
+    write_json(out / "hopper_images.json", payload)
+    write_atomic(out / "hopper_images.md", comparison.to_markdown())
+    write_figure(out / "hopper_images.png", comparison.figure())
+    print(comparison.to_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
