@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     import fluxlab
     from fluxlab.decide.files import write_atomic, write_figure, write_json
-    from fluxlab.util import git_commit
+    from fluxlab.util import git_commit, json_safe
 
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     payload = {"environment": environment(device), "git_commit": git_commit(), "command": " ".join(sys.argv),
                "dry_run": args.tiny, "steps": args.steps, "seeds": args.seeds, "dtype": str(dtype),
                "padded_to": PAD_TO, "refused": refused, "rows": rows}
-    write_json(out / "hopper_images.json", payload)
+    write_json(out / "hopper_images.json", json_safe(payload))
     write_atomic(out / "hopper_images.md", comparison.to_markdown())
     write_figure(out / "hopper_images.png", comparison.figure())
     print(comparison.to_markdown())

@@ -118,6 +118,12 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     _check_options(pv_chunk=(pv_chunk, {1, 2, 4, 8, 16, 32, 64}))
     work, q_ints, q_row_scale, k_ints, k_col_scale, vh = _sage_operands(q, k, v, scale=scale)
     q_len, k_len = q.shape[1], k.shape[1]
+    tail = -k_len % SAGE_BLOCKS["k"]
+    if tail and not causal:  # 1.0.6's non-causal kernel: the last block's missing keys enter as zero keys
+        k_ints = torch.nn.functional.pad(k_ints, (0, 0, 0, tail))
+        k_col_scale = torch.nn.functional.pad(k_col_scale, (0, tail), value=1.0)
+        vh = torch.nn.functional.pad(vh, (0, 0, 0, tail))
+        k_len += tail
 
     def scores(rows, cols):
         qk = torch.matmul(q_ints[:, :, rows], k_ints[:, :, cols].transpose(-1, -2))

@@ -1,6 +1,10 @@
 """The emulated kernels (fluxlab/backends/emulated.py): registered as emulated, never picked automatically,
 judged by their own verdict class, bf16 outputs in the input dtype, and still catching a planted bug."""
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,7 +70,11 @@ def test_float32_inputs_give_the_bf16_kernels_values_in_float32(name):
 
 def test_each_emulator_passes_its_own_verdict_class_on_the_default_cpu_inputs():
     report = compare_attention(list(CPU_INPUTS), backends=list(EMULATORS), progress=False, error_maps=False)
-    assert report.verdicts == {name: "pass" for name in EMULATORS}
+    # emu_sage models SageAttention 1.0.6, whose kernel is wrong on key lengths that are not a multiple of 64 (the
+    # default inputs have 1000 and 520 keys): its verdict is the kernel's, a fail for bias toward zero.
+    assert report.verdicts == {name: "fail" if name == "emu_sage" else "pass" for name in EMULATORS}
+    assert all(row.biased and row.bias_direction == "toward zero"
+               for row in report.rows if row.backend == "emu_sage" and row.verdict == "fail")
     for row in report.rows:
         assert row.emulates == registry.get_backend(row.backend).caps.emulates
         assert row.quantised == registry.get_backend(row.backend).caps.quantised
@@ -149,7 +157,8 @@ def test_a_planted_wrong_scale_still_fails_through_an_emulator(base, quantised):
     name = f"planted_{base}"
     fluxlab.register_backend(name, planted, quantised=quantised, replace=True)
     try:
-        report = compare_attention(list(CPU_INPUTS[:1]), backends=[base, name], progress=False, error_maps=False)
+        aligned = dataclasses.replace(CPU_INPUTS[0], seq=1024)  # 1.0.6's ragged-key bug is tested on its own
+        report = compare_attention([aligned], backends=[base, name], progress=False, error_maps=False)
     finally:
         fluxlab.unregister_backend(name)
     assert report.verdicts == {base: "pass", name: "fail"}
@@ -247,3 +256,33 @@ def test_fast_emulators_are_bit_identical_on_fp16_inputs_with_batch_two():
             new, old = getattr(emulated, name)(q, k, v, **kwargs), getattr(emulated_reference, name)(q, k, v, **kwargs)
             assert new.dtype == torch.float16
             assert torch.equal(new, old), (name, options, causal)
+
+
+def test_emu_sage_reproduces_sage_1_0_6s_ragged_key_bug_as_measured_on_an_h100():
+    """SageAttention 1.0.6's non-causal kernel reads keys in blocks of 64 and lets the missing keys of the last block
+    into the softmax as zeros: on an H100 its output at 2 x 1029 keys was biased toward zero (the committed GPU
+    record). emu_sage must show the same numbers there, and none of it at 1024 keys; the sage adapter refuses such
+    inputs instead of running them."""
+    record = Path(__file__).resolve().parents[1] / "benchmarks/results/h100/gpu_backend_tests.jsonl"
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    measured = next(r for r in rows if r["backend"] == "sage" and r.get("shape") == [2, 1029, 8, 8, 128]
+                    and r["dtype"] == "torch.bfloat16")
+    assert measured["verdict"] == "fail" and "toward zero" in measured["note"]
+    measured_rel = float(measured["note"].split("rel_l2 ")[1].split()[0])
+    for seq, ragged in ((1029, True), (1024, False)):
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, seq, 8, 128, generator=gen).bfloat16() for _ in range(3))
+        out = emulated.emu_sage(q, k, v, scale=128 ** -0.5).double()
+        ref = reference_attention(q.double(), k.double(), v.double(), scale=128 ** -0.5)
+        error = out - ref
+        rel = (error.norm() / ref.norm()).item()
+        toward_zero = ((error * ref.sign()).mean() / error.pow(2).mean().sqrt()).item()
+        if ragged:
+            assert abs(rel - measured_rel) < 0.1 * measured_rel and toward_zero < -0.5
+        else:
+            assert rel < measured_rel / 2 and abs(toward_zero) < 0.1
+    sage = registry.get_backend("sage")
+    q = torch.zeros(1, 1029, 2, 64, dtype=torch.bfloat16)
+    assert any("1029 keys" in reason and "multiple of 64" in reason
+               for reason in sage.input_reasons(q, q, current_platform(), causal=False, return_lse=False))
+    assert not sage.input_reasons(q[:, :1024], q[:, :1024], current_platform(), causal=False, return_lse=False)

@@ -346,6 +346,15 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
     _check_options(pv_chunk=(pv_chunk, {1, 2, 4, 8, 16, 32, 64}))
     work, q_ints, q_row_scale, k_ints, k_col_scale, vh = _sage_operands(q, k, v, scale=scale)
     q_len, k_len = q.shape[1], k.shape[1]
+    tail = -k_len % SAGE_BLOCKS["k"]
+    if tail and not causal:
+        # The non-causal kernel loads the keys past the last one as zeros and never masks their scores: each scores
+        # exactly 0, enters the softmax's sum and brings a zero value, so the output shrinks toward zero. Modelled as
+        # it happens (the causal kernel's mask hides them; fluxlab's sage adapter refuses such inputs).
+        k_ints = torch.nn.functional.pad(k_ints, (0, 0, 0, tail))
+        k_col_scale = torch.nn.functional.pad(k_col_scale, (0, tail), value=1.0)
+        vh = torch.nn.functional.pad(vh, (0, 0, 0, tail))
+        k_len += tail
 
     def logits(rows):  # exact integer products, then (qk * q_scale) * k_scale in float32
         qk = torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))

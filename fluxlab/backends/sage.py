@@ -12,6 +12,22 @@ from .base import HALF_DTYPES, Backend, Capabilities, Requirement
 SAGE = Requirement("sageattention", "sageattention", "pip install 'sageattention==1.0.6'", exact_version="1.0.6")
 
 
+KEY_BLOCK = 64  # the non-causal kernel's BLOCK_N (attn_qk_int8_per_block.py)
+
+
+def _ragged_keys(q, k, platform):
+    """1.0.6's non-causal kernel lets the keys past the last multiple of 64 into the softmax as zero keys with zero
+    values (loaded masked, scores never masked): the output is biased toward zero. Refused rather than run (the
+    causal kernel's mask hides them, but the check does not see ``causal``: refused there too)."""
+    keys = k.shape[1]
+    if keys % KEY_BLOCK == 0:
+        return []
+    return [f"sage (sageattention 1.0.6) gives a wrong output for {keys} keys: its kernel reads keys in blocks of "
+            f"{KEY_BLOCK} and lets the {-keys % KEY_BLOCK} missing ones of the last block into the softmax with a "
+            "zero value, which shrinks every output toward zero (emu_sage reproduces it on any machine). Use a key "
+            f"length that is a multiple of {KEY_BLOCK} (e.g. pad the prompt), or another backend"]
+
+
 def bind_sage():
     """Import sageattention once (when a plan is made) and return the adapter around ``sageattn``."""
     from sageattention import sageattn
@@ -32,6 +48,7 @@ BACKENDS = [
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                          head_dims=(64, 96, 128), gqa=False, quantised=True),
             "SageAttention (int8 QK^T with K smoothing; quantised)", requires=(SAGE,), binder=bind_sage,
+            extra_checks=_ragged_keys,
             # diffusers wants sageattention >= 2.1.1 for these; fluxlab's adapter runs 1.0.6's Triton kernel.
             aliases=("sage_attn",), diffusers=("sage", "sage_varlen", "_sage_qk_int8_pv_fp16_triton")),
 ]
