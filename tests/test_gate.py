@@ -62,10 +62,17 @@ def test_the_planted_biases_pass_a_size_only_rule(registered):
 
 
 def test_every_exact_cpu_kernel_and_emulator_passes_the_defaults():
+    """Every exact kernel and every emulator passes, except emu_sage: it models SageAttention 1.0.6, whose kernel
+    is biased toward zero on key lengths that are not a multiple of 64 (the default inputs have 1000 and 520)."""
     report = compare_attention(progress=False)
-    assert set(report.verdicts.values()) == {"pass"}, report.to_markdown(details=False)
-    assert {"sdpa", "sdpa_math", "sdpa_flash", "flex", "emu_bf16", "emu_aiter"} <= set(report.verdicts)
+    verdicts = report.verdicts
+    assert verdicts.pop("emu_sage") == "fail" and set(verdicts.values()) == {"pass"}, report.to_markdown(details=False)
+    assert {"sdpa", "sdpa_math", "sdpa_flash", "flex", "emu_bf16", "emu_aiter"} <= set(verdicts)
+    failed = [r for r in report.rows_for("emu_sage") if r.verdict == "fail"]
+    assert failed and all(r.biased and r.bias_direction == "toward zero" for r in failed)
     for row in report.rows:
+        if row.backend == "emu_sage":
+            continue
         assert not row.biased and row.fail_fraction < 1
         if not row.quantised:
             assert row.flipped_rows == 0 and row.worst_head_ratio <= GATE_RULE.slice_pass
@@ -209,5 +216,5 @@ def test_the_measurement_script_feeds_the_derivation():
     summary = script.summarise(runs)
     assert summary["exact_summary"]["runs"] == 2
     assert summary["info_summary"]["info_round_to_zero_bf16"]["max_abs_bias"] > 0.3
-    rule = derive_gate_rule([summary])
+    rule = derive_gate_rule([{**summary, "runs": runs, "large_rows": script.LARGE_ROWS}])  # as the file holds
     assert rule.bias_z > 0 and rule.slice_pass >= 1 and rule.flip_pass > 0

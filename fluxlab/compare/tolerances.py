@@ -96,15 +96,29 @@ def _round_up(value: float, digits: int = 2) -> float:
     return float(f"{math.ceil(value / 10**exponent - 1e-9) * 10**exponent:.{digits}g}")
 
 
+def small_input_bias_z(data: dict) -> float:
+    """The worst exact kernel's |bias| x sqrt(rows) over the measured means of fewer than ``large_rows`` rows (whole
+    output or one head): the noise the ``bias_z`` term is there for. A mean over more rows is judged by the floor,
+    so an exact kernel's tiny systematic bias on a huge input (sqrt(rows) ~ 900) cannot loosen the small-input
+    limit."""
+    small, worst = data["large_rows"], 0.0
+    for run in data["runs"]:
+        if run["group"] == "exact" and run["status"] == "ran":
+            for bias, rows in ((run["bias"], run["rows"]), (run["worst_head_bias"], run["head_rows"])):
+                if rows < small:
+                    worst = max(worst, abs(bias) * math.sqrt(rows))
+    return worst
+
+
 def derive_gate_rule(measurements) -> GateRule:
     """The gate's limits from measurement files (dicts from ``benchmarks/gate_thresholds.py``): the worst exact
-    kernel's bias, bias x sqrt(rows), worst-slice ratio and clear-flip rate, times ``GATE_MARGINS``. A measured
+    kernel's bias on large inputs, bias x sqrt(rows) on small ones, worst-slice ratio and clear-flip rate, times ``GATE_MARGINS``. A measured
     flip rate of 0 gives the measurement's resolution (one row of the largest input) instead."""
     worst = {"bias": 0.0, "bias_z": 0.0, "slice_ratio": 0.0, "flip_rate": 0.0, "flip_resolution": 1.0}
     for data in measurements:
         summary = data["exact_summary"]
         worst["bias"] = max(worst["bias"], summary["max_abs_bias_large"])
-        worst["bias_z"] = max(worst["bias_z"], summary["max_bias_z"])
+        worst["bias_z"] = max(worst["bias_z"], small_input_bias_z(data))
         worst["slice_ratio"] = max(worst["slice_ratio"], summary["max_slice_ratio"])
         worst["flip_rate"] = max(worst["flip_rate"], summary["max_flip_rate"])
         worst["flip_resolution"] = min(worst["flip_resolution"], 1.0 / summary["max_clear_rows"])
@@ -121,7 +135,7 @@ def derive_gate_rule(measurements) -> GateRule:
 
 
 # derive_gate_rule(the committed GATE_FILES); tests/test_gate.py checks it.
-GATE_RULE = GateRule(bias_floor=0.2, bias_z=23.0, slice_pass=3.3, slice_warn=6.6, flip_margin_eps=FLIP_MARGIN_EPS,
+GATE_RULE = GateRule(bias_floor=0.2, bias_z=9.7, slice_pass=3.3, slice_warn=6.6, flip_margin_eps=FLIP_MARGIN_EPS,
                      flip_pass=3.1e-06, flip_warn=1.6e-05, quantised_slice_pass=0.083, quantised_slice_warn=0.17)
 
 # The table README and reports print (one row per rule).
