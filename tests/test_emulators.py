@@ -263,8 +263,8 @@ def test_emu_sage_reproduces_sage_1_0_6s_ragged_key_bug_as_measured_on_an_h100()
     into the softmax as zeros: on an H100 its output at 2 x 1029 keys was biased toward zero (the committed GPU
     record). emu_sage must show the same numbers there, and none of it at 1024 keys; the sage adapter refuses such
     inputs instead of running them."""
-    record = Path(__file__).resolve().parents[1] / "benchmarks/results/h100/gpu_backend_tests.jsonl"
-    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    record = Path(__file__).resolve().parents[1] / "benchmarks/results/h100/sage_ragged_keys.json"
+    rows = json.loads(record.read_text())["rows"]
     measured = next(r for r in rows if r["backend"] == "sage" and r.get("shape") == [2, 1029, 8, 8, 128]
                     and r["dtype"] == "torch.bfloat16")
     assert measured["verdict"] == "fail" and "toward zero" in measured["note"]
