@@ -48,12 +48,13 @@ TINY_OVERRIDES = {"attention_head_dim": 128, "num_attention_heads": 2, "axes_dim
 
 
 def plan(kernels: dict, rounding: bool, formats: list[str]) -> list[dict]:
-    """The runs, in order: exact, spread, the bf16 kernel (and its other roundings), the formats."""
+    """The runs, in order: exact, spread, the formats, then the bf16 kernel (and its other roundings): what the
+    budget cuts first is the last."""
     modes = (1, 0, 2) if rounding else (1,)
     runs = [{"name": kernels["exact"], "kind": "exact"}, {"name": kernels["spread"], "kind": "exact spread"}]
-    runs += [{"name": f"emu_aiter:how_v3_bf16_cvt={m}", "kind": "bf16 kernel (emulated)"} for m in modes]
     runs += [{"name": f"emu_aiter_quant:format={f}", "kind": "MHA v4 format (emulated)", "format": f}
              for f in formats]
+    runs += [{"name": f"emu_aiter:how_v3_bf16_cvt={m}", "kind": "bf16 kernel (emulated)"} for m in modes]
     return runs
 
 

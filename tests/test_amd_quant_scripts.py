@@ -29,8 +29,8 @@ def test_dev_dry_run_runs_every_kernel_on_every_step(dev_dry_run):
                                                                                "sdpa_math": "sdpa_flash"}
     assert data["model"]["head_dim"] == 128  # MHA v4's head_dim: the emulators see the model's own q/k/v
     rows = {r["name"]: r for r in data["rows"]}
-    assert list(rows) == ["sdpa", "sdpa_math", "emu_aiter:how_v3_bf16_cvt=1", "emu_aiter_quant:format=i8fp8",
-                          "emu_aiter_quant:format=mxfp4"]
+    assert list(rows) == ["sdpa", "sdpa_math", "emu_aiter_quant:format=i8fp8", "emu_aiter_quant:format=mxfp4",
+                          "emu_aiter:how_v3_bf16_cvt=1"]
     for name, row in rows.items():  # the schedule asked for that kernel in every layer of every step
         assert row["kernels"] == [name, name], name
         assert row["finite"] and "error" not in row and "skipped" not in row
