@@ -44,7 +44,7 @@ PUBLISHED = {  # ROCm/aiter PR 3495: cosine against aiter_bf16, b=1 hq=5 sq=sk=7
     "mae_vs_bf16": {"fp8": 8.275e-04, "i8fp8": 7.299e-04, "mxfp4": 2.528e-03},
 }
 BF16_MODES = {0: "RTNE", 1: "RTNA (aiter's default)", 2: "RTZ (xDiT's choice)"}
-PADDED = "emu_aiter_quant_pad128"
+PADDED = emu_aiter_quant.PADDED  # emu_aiter_quant on q/k/v zero-padded to head_dim 128
 
 
 def transformer_like(seq: int, heads: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,28 +98,10 @@ def kernel_level(seq: int, heads: int, seed: int) -> dict:
     return {"shape": [1, seq, heads, 128], "seed": seed, "rows": rows}
 
 
-def register_padded():
-    """``emu_aiter_quant`` on q/k/v zero-padded to head_dim 128 (original softmax scale, padded columns dropped)."""
-    def padded(q, k, v, *, scale, causal=False, return_lse=False, **options):
-        d = q.shape[-1]
-        if k.shape[2] != q.shape[2]:  # MHA v4 has no GQA: repeat the KV heads, as a caller would have to
-            k, v = (t.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for t in (k, v))
-        grow = (0, 128 - d)
-        out = emu_aiter_quant.emu_aiter_quant(F.pad(q, grow), F.pad(k, grow), F.pad(v, grow), scale=scale,
-                                              causal=causal, **options)
-        return out[..., :d].contiguous()
-
-    backend = fluxlab.get_backend("emu_aiter_quant")
-    fluxlab.register_backend(PADDED, padded, replace=True, quantised=True, emulated=True, emulates="aiter_mha_v4",
-                             causal=False, max_head_dim=128, options=dict(backend.options),
-                             option_values=dict(backend.option_values),
-                             description="emu_aiter_quant on q/k/v zero-padded to head_dim 128")
-
-
 def image_level(steps: int, seeds: list[int], figure: Path | None = None) -> dict:
     from fluxlab.compare import compare_images
 
-    register_padded()
+    emu_aiter_quant.register_padded()
     quant = [f"{PADDED}:format={fmt}" for fmt in FORMATS]
     rounding = [f"emu_aiter:how_v3_bf16_cvt={mode}" for mode in BF16_MODES]
     backends = ["reference", *rounding, *quant]

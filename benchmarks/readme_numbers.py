@@ -284,6 +284,27 @@ def parallel_speedup(results: Path) -> str:
             f"pass; `{Path('benchmarks/results') / PARALLEL}`).")
 
 
+AMD_QUANT = "cpu/amd_quant/amd_quant.json"
+
+
+@block("amd-quant-images", "README.md")
+def amd_quant_images(results: Path) -> str:
+    """The image verdicts of the embedded model under each aiter MHA v4 format and bf16 rounding mode."""
+    data = load(results, AMD_QUANT)
+    images = data["images"]
+    groups: dict[str, list[str]] = {}
+    for name, row in images["rows"].items():
+        if name == "reference":
+            continue
+        label = (f"`how_v3_bf16_cvt={name.rpartition('=')[2]}`" if name.startswith("emu_aiter:")
+                 else f"`{name.rpartition('=')[2]}`")
+        groups.setdefault(row["verdict"], []).append(label)
+    verdicts = "; ".join(f"{verdict}: {', '.join(names)}" for verdict, names in groups.items())
+    return prose(f"Image verdicts against float64 attention (embedded model, {images['steps']} steps, seeds "
+                 f"{', '.join(map(str, images['seeds']))}; emulated on {data['provenance']['platform']['device_name']}):"
+                 f" {verdicts} (`{Path('benchmarks/results') / AMD_QUANT}`).")
+
+
 @block("parallel-table", "docs/parallel.md")
 def parallel_table(results: Path) -> str:
     data = load(results, PARALLEL)

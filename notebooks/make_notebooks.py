@@ -162,12 +162,10 @@ def side_by_side() -> list:
             "On a CPU every exact kernel agrees to float32 rounding, so the images above barely differ. The emulated "
             "backends (`emu_*`, see `fluxlab doctor`) reproduce real kernels' rounding and quantisation points in "
             "float32: `emu_sage` is SageAttention 1.0.6 (int8 Q/K), `emu_aiter_sage` AITER's Sage kernel (int8 Q/K, "
-            "fp8 V), and `emu_aiter` AITER's bf16 kernel with each of its three output roundings "
-            "(`how_v3_bf16_cvt`: 0 nearest-even, 1 nearest-away, 2 toward zero). They are labelled as emulated in "
-            "every table; on a GPU compare the real kernels instead."),
+            "fp8 V); AITER's bf16 kernel and its quantised formats follow in the next section. They are labelled as "
+            "emulated in every table; on a GPU compare the real kernels instead."),
         new_code_cell(
-            "EMULATED = [\"sdpa\", \"emu_bf16\", \"emu_aiter:how_v3_bf16_cvt=0\", \"emu_aiter:how_v3_bf16_cvt=1\",\n"
-            "            \"emu_aiter:how_v3_bf16_cvt=2\", \"emu_sage\", \"emu_aiter_sage\"]\n"
+            "EMULATED = [\"sdpa\", \"emu_bf16\", \"emu_sage\", \"emu_aiter_sage\"]\n"
             "if settings.small:\n"
             "    emulation = compare_images(pipe, [settings.image_reference] + EMULATED, seed=SEED,\n"
             "                               reference=settings.image_reference, **settings.generation())\n"
@@ -175,6 +173,46 @@ def side_by_side() -> list:
             "else:\n"
             "    emulation = \"real weights on a GPU: compare the real kernels (sage, aiter) in the gallery\"\n"
             "emulation"),
+        new_markdown_cell(
+            "## AMD's quantised attention (aiter MHA v4) and the bf16 rounding axis\n\n"
+            "aiter's MHA v4 runs attention on quantised Q/K/V in six formats, named as sglang's and vLLM-Omni's "
+            "AITER_QUANT backends name them: `i8fp8` (INT8 Q/K, FP8 V), `fp8`, `mxfp6` and `mxfp4` (MX Q/K after a "
+            "Walsh-Hadamard rotation, FP8 V), `f6f4` and `f4f4` (MXFP4 V). `emu_aiter_quant` emulates each on any "
+            "machine (docs/amd_quant.md). MHA v4 takes head_dim 128 only; this model has 32, so here it runs on q/k/v "
+            "zero-padded to 128 (`emu_aiter_quant_pad128`), which is what running the model on MHA v4 would take. "
+            "Beside them, AITER's bf16 kernel (`emu_aiter`) under its three output roundings `how_v3_bf16_cvt`: "
+            "0 nearest-even, 1 nearest-away (aiter's default, and what sglang gets: it passes none), 2 toward zero "
+            "(xDiT's choice). Verdicts by the image rule, against float64 attention."),
+        new_code_cell(
+            "from fluxlab.backends.emu_aiter_quant import FORMATS, register_padded\n\n"
+            "QUANT = register_padded()  # the emulator on q/k/v zero-padded to head_dim 128\n"
+            "AMD = [f\"emu_aiter:how_v3_bf16_cvt={mode}\" for mode in (0, 1, 2)] + [f\"{QUANT}:format={name}\" for name in FORMATS]\n"
+            "# The small models' captions are byte-level (up to 129 tokens): 144 text tokens hold any of them, and the\n"
+            "# emulators run far faster than with the default 512.\n"
+            "TEXT = dict(max_sequence_length=144) if settings.small else {}\n"
+            "if settings.small:\n"
+            "    amd = compare_images(pipe, [settings.image_reference] + AMD, seed=SEED,\n"
+            "                         reference=settings.image_reference, **TEXT, **settings.generation())\n"
+            "    amd.figure()\n"
+            "else:\n"
+            "    amd = \"real weights on a GPU: on an MI355X compare aiter_mha_v4:format=... and aiter:how_v3_bf16_cvt=...\"\n"
+            "amd"),
+        new_code_cell("amd.verdicts if settings.small else amd"),
+        new_markdown_cell(
+            "## Exact first and last steps, per format\n\n"
+            "`fluxlab.frontier` with the format as the candidate and AITER's bf16 kernel (default rounding) as the "
+            "exact kernel: the format everywhere, then the exact kernel at the first and last k steps. Only the "
+            "fidelity is shown: on a CPU every kernel here is an emulation, and its time is the emulator's, not "
+            "aiter's kernel's. `benchmarks/amd_quant_frontier.py` runs all six formats."),
+        new_code_cell(
+            "if settings.small:\n"
+            "    front = fluxlab.frontier(pipe, [f\"{QUANT}:format=mxfp4\"], exact=\"emu_aiter\", seeds=[SEED], repeats=1,\n"
+            "                             locate=False, **TEXT, **settings.generation())\n"
+            "    fidelity = {row.name: {\"final-latent rel-L2\": round(row.final_latent_rel_l2, 4), \"SSIM\": round(row.ssim, 4),\n"
+            "                           \"verdict\": row.verdict} for row in front.rows}\n"
+            "else:\n"
+            "    fidelity = \"real weights on a GPU: benchmarks/amd_quant_dev.py measures the formats' latent drift\"\n"
+            "fidelity"),
         new_markdown_cell("## The gallery\n\nPick backends, change the prompt, seed or steps, and generate again. "
                           "Difference maps share one colour scale."),
         new_code_cell(

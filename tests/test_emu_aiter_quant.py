@@ -156,3 +156,30 @@ def test_the_emulator_covers_exactly_the_formats_aiter_ships():
         q_name, k_name, v_name = aiter_mha_v4.MHA_V4_FORMATS[name]
         assert q_name == k_name == kinds[recipe.qk]
         assert v_name == ("MXFP4" if recipe.v == "mxfp4" else "FP8")
+
+
+def test_padded_backend_is_the_emulator_on_zero_padded_inputs():
+    """emu_aiter_quant_pad128 (for models with head_dim < 128): the same numbers as padding by hand, the padded
+    columns dropped, KV heads repeated for grouped-query inputs; registered on demand, tagged like the emulator."""
+    name = emu.register_padded()
+    try:
+        gen = torch.Generator().manual_seed(3)
+        q, k, v = (torch.randn(1, 96, 4, 32, generator=gen) for _ in range(3))
+        scale = 32**-0.5
+        grow = (0, 96)
+        for fmt in ("i8fp8", "mxfp4"):
+            out = fluxlab.attention(q, k, v, backend=f"{name}:format={fmt}", scale=scale)
+            by_hand = emu.emu_aiter_quant(*(torch.nn.functional.pad(t, grow) for t in (q, k, v)), scale=scale,
+                                          format=fmt)
+            assert out.shape == q.shape and torch.equal(out, by_hand[..., :32])
+        gqa = fluxlab.attention(q, k[:, :, :2], v[:, :, :2], backend=f"{name}:format=f4f4", scale=scale)
+        repeated = fluxlab.attention(q, k[:, :, :2].repeat_interleave(2, dim=2),
+                                     v[:, :, :2].repeat_interleave(2, dim=2), backend=f"{name}:format=f4f4",
+                                     scale=scale)
+        assert torch.equal(gqa, repeated)
+        caps = registry.get_backend(name).caps
+        assert caps.quantised and caps.emulated and caps.emulates == "aiter_mha_v4" and not caps.causal
+        with pytest.raises(errors.FluxlabError, match="f4f4"):
+            fluxlab.attention(q, k, v, backend=f"{name}:format=mxfp3", scale=scale)
+    finally:
+        registry.unregister_backend(name)
