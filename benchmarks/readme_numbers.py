@@ -305,6 +305,48 @@ def amd_quant_images(results: Path) -> str:
                  f" {verdicts} (`{Path('benchmarks/results') / AMD_QUANT}`).")
 
 
+HOPPER_FRONTIERS = ("h100/frontier_fa3_fp8/frontier_1024.json", "h100/frontier_fa3_fp8/frontier_2048.json")
+HOPPER_IMAGES = "h100/hopper_images/hopper_images.json"
+
+
+@block("hopper-frontier", "docs/hopper.md")
+def hopper_frontier(results: Path) -> str:
+    """The compiled [dev]-size step under fa3_fp8 with exact FA4 ends, against FA4, and the embedded model's image
+    verdicts under each Hopper kernel."""
+    lines = []
+    for relative in HOPPER_FRONTIERS:
+        if not (results / relative).is_file():
+            continue
+        data = load(results, relative)
+        dev, env = data["dev"], data["environment"]
+        exact = dev["rows"][0]
+        noise = max((max(r["runs_step_ms"]) - min(r["runs_step_ms"])) / r["step_ms"] for r in dev["rows"]
+                    if len(r["runs_step_ms"]) > 1)
+        lines += [prose(f"{dev['size']}² ({dev['image_tokens']} + {dev['text_tokens']} tokens), {dev['steps']} steps, "
+                        f"regional torch.compile ({dev['compiled']}), {env['card']}, {env['date'][:10]} "
+                        f"(`benchmarks/results/{relative}`; run-to-run spread of a row's rounds up to "
+                        f"{100 * noise:.1f} %; two exact kernels, `{dev['spread']['kernel']}` against "
+                        f"`{exact['name'].split()[0]}`, land {dev['spread']['final_latent_rel_l2']:.2g} apart):"), "",
+                  "| schedule | step (ms) | × FA4 speed | final-latent rel-L2 vs FA4 | × exact spread |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in dev["rows"]:
+            lines.append(f"| {row['name']} | {row['step_ms']:.1f} | {row['speedup_vs_exact']:.3f} | "
+                         f"{_cell(row.get('final_latent_rel_l2'), '{:.3g}')} | "
+                         f"{_cell(row.get('drift_over_exact_spread'), '{:.2f}')} |")
+        faster = [r for r in dev["rows"][1:] if r["speedup_vs_exact"] > 1 + noise]
+        lines += ["", prose("Recommended: " + (", ".join(r["name"] for r in faster) if faster else
+                            "none: no quantised schedule is faster per step than FA4 beyond the run-to-run spread, "
+                            "so none is recommended whatever its verdict.")), ""]
+    if (results / HOPPER_IMAGES).is_file():
+        data = load(results, HOPPER_IMAGES)
+        verdicts = "; ".join(f"`{r['backend']}` {r['verdict']}" + (" (cannot run here)" if r["error"] else "")
+                             for r in data["rows"])
+        lines.append(prose(f"The embedded model under each kernel (bf16, {data['steps']} steps, seeds "
+                           f"{', '.join(map(str, data['seeds']))}, head_dim padded to {data['padded_to']}; "
+                           f"`benchmarks/results/{HOPPER_IMAGES}`, images beside it): {verdicts}."))
+    return "\n".join(lines).rstrip()
+
+
 @block("parallel-table", "docs/parallel.md")
 def parallel_table(results: Path) -> str:
     data = load(results, PARALLEL)
