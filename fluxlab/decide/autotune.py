@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .. import registry
 from ..choice import BackendChoice
-from ..errors import FluxlabError, UnknownBackendError
+from ..errors import (FluxlabError, InvalidPlanError, PlanMismatchError, PlanNotFoundError,  # noqa: F401
+                      UnknownBackendError)
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Schedule
@@ -28,18 +29,6 @@ from .confirm import Confirmation, approximate, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
-
-
-class PlanMismatchError(FluxlabError, RuntimeError):
-    """A saved plan was measured on another platform or with other versions."""
-
-
-class InvalidPlanError(FluxlabError, ValueError):
-    """A plan file that is not a readable plan, or whose choices its own measurements do not support."""
-
-
-class PlanNotFoundError(FluxlabError, FileNotFoundError):
-    """No plan file where ``AutotunePlan.load`` was pointed."""
 
 
 @dataclasses.dataclass

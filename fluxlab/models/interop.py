@@ -24,17 +24,13 @@ import warnings
 from ..dispatch import BackendChoice
 from ..backends import BUILTIN_BACKENDS
 from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
-from ..errors import FluxlabWarning
+from ..errors import DiffusersBackendWarning
 
 DIFFUSERS_DEFAULT = "native"
 
 # diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter declares its
 # ``diffusers=`` names).
 SAME_KERNEL: dict[str, str] = {name: b.name for b in BUILTIN_BACKENDS for name in b.diffusers}
-
-
-class DiffusersBackendWarning(FluxlabWarning):
-    """A diffusers attention setting meets a fluxlab-attached model: the message says what runs instead."""
 
 
 def _name(backend) -> str:

@@ -12,24 +12,11 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import FluxlabError
+from ..errors import MemoryBudgetError, OffloadError
 from .memory import MemoryEstimate, gib
 
 OFFLOAD_MODES = (None, "model", "sequential", "auto")
 log = logging.getLogger("fluxlab")
-
-
-class OffloadError(FluxlabError, ValueError):
-    """An ``offload`` value fluxlab does not know, or one this machine cannot do (no accelerator)."""
-
-
-class MemoryBudgetError(FluxlabError, MemoryError):
-    """The pipeline cannot fit the accelerator's free memory in the asked (or any) offload mode; ``plan`` holds the
-    estimate and the budget. Raised before any weight loads."""
-
-    def __init__(self, message: str, plan: OffloadPlan):
-        super().__init__(message)
-        self.plan = plan
 
 
 @dataclasses.dataclass(frozen=True)
