@@ -109,7 +109,7 @@ def register_padded():
                                               causal=causal, **options)
         return out[..., :d].contiguous()
 
-    backend = fluxlab.get_backend("emu_aiter_quant")
+    backend = fluxlab.registry.get_backend("emu_aiter_quant")
     fluxlab.register_backend(PADDED, padded, replace=True, quantised=True, emulated=True, emulates="aiter_mha_v4",
                              causal=False, max_head_dim=128, options=dict(backend.options),
                              option_values=dict(backend.option_values),

@@ -113,8 +113,8 @@ def tiny_pipe_with_bad_kernels():
     attach(pipe, allowed=FLUX2_BACKENDS | {"attack_nan", "attack_scale_1_5"})
     yield pipe
     detach(pipe)
-    fluxlab.unregister_backend("attack_nan")
-    fluxlab.unregister_backend("attack_scale_1_5")
+    fluxlab.registry.unregister_backend("attack_nan")
+    fluxlab.registry.unregister_backend("attack_scale_1_5")
 
 
 SMALL = dict(steps=2, seeds=(0, 1), height=32, width=32)
@@ -392,7 +392,7 @@ def test_a_user_backend_breaking_the_output_contract_is_refused(fn, error, fragm
             with pytest.raises(getattr(fluxlab, error), match=re.escape(fragment)):
                 call()
     finally:
-        fluxlab.unregister_backend("attack_out")
+        fluxlab.registry.unregister_backend("attack_out")
 
 
 def test_nan_inputs_are_named_on_a_plans_first_call():
@@ -449,7 +449,7 @@ def test_register_backend_takes_dtypes_by_name():
         q, k, v = _qkv(1, 16, 2, 32, dtype=torch.bfloat16)
         assert fluxlab.attention(q, k, v, backend="attack_bf16").dtype == torch.bfloat16
     finally:
-        fluxlab.unregister_backend("attack_bf16")
+        fluxlab.registry.unregister_backend("attack_bf16")
 
 
 @pytest.mark.parametrize("scale", [True, False], ids=["True", "False"])

@@ -39,8 +39,8 @@ def pipe():
     pipeline = fluxlab.load_flux2("embedded", allowed={"sdpa", "sdpa_math", "reference", PLANTED, STEADY})
     yield pipeline
     fluxlab.detach(pipeline)
-    fluxlab.unregister_backend(PLANTED)
-    fluxlab.unregister_backend(STEADY)
+    fluxlab.registry.unregister_backend(PLANTED)
+    fluxlab.registry.unregister_backend(STEADY)
 
 
 class ScriptedClock:

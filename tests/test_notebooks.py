@@ -35,7 +35,7 @@ EXPECTED = {
         ("state", "image(s) vs reference"), ("html", "emu_aiter:how_v3_bf16_cvt=2"), ("html", "emu_aiter_sage"),
     ],
     "04_decide.ipynb": [
-        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotunePlan("),
+        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotuneResult("),
         ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
         ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
         ("widget", "DriftExplorer"), ("state", "nothing is generated until"),

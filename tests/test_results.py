@@ -94,7 +94,7 @@ def test_a_record_names_its_tensors_by_shape(results):
 
 def test_a_saved_autotune_plan_still_loads(results, tmp_path):
     plan = results["AutotunePlan"]
-    loaded = fluxlab.AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    loaded = fluxlab.decide.AutotuneResult.load(plan.save(tmp_path / "plan.json"))
     assert loaded.choices == plan.choices and len(loaded.measurements) == len(plan.measurements)
 
 

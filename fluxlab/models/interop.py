@@ -125,7 +125,7 @@ def note_active_change(state, active) -> None:
     elif mapped is not None:
         reason = (f"its fluxlab equivalent '{mapped}' is outside this model's allowed set "
                   f"({', '.join(sorted(state.allowed))}); widen it with fluxlab.attach(pipe, "
-                  f"allowed=fluxlab.FLUX2_BACKENDS | {{'{mapped}'}})")
+                  f"allowed=fluxlab.models.FLUX2_BACKENDS | {{'{mapped}'}})")
     else:
         reason = refusal(name) or f"'{name}' is not a diffusers 0.42 attention backend name fluxlab knows"
     if name in state.active_warned:
