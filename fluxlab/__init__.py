@@ -42,7 +42,8 @@ _MOVED = {
 
 # Modules reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``,
 # ``fluxlab.registry.unregister_backend``), imported on first use. Not "backends": that name is the function.
-_MODULES = ("compare", "decide", "models", "widgets", "parallel", "dispatch", "registry", "platform", "choice", "doctor")
+_MODULES = ("compare", "decide", "models", "widgets", "parallel", "dispatch", "registry", "platform", "choice",
+            "doctor")
 
 
 _moved = _moved_from(__name__, _MOVED, stacklevel=3)

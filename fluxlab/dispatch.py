@@ -136,8 +136,7 @@ def _env_choice() -> BackendChoice | None:
 
 def selected_backend() -> BackendChoice | None:
     """What ``use_backend`` (in this context) or the environment currently asks for (None: automatic)."""
-    stack = _SETTINGS.get()
-    return stack[-1].choice if stack else _env_choice()
+    return _requested(None, None)[0]
 
 
 def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
@@ -198,8 +197,8 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
     if heads is None and q.shape[2] > q.shape[1] and q.shape not in _LAYOUT_WARNED:
         _LAYOUT_WARNED.add(q.shape)
         warnings.warn(
-            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_dims(q.shape)}): if it is "
-            f"[batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
+            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_dims(q.shape)}): if it "
+            f"is [batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
             f"pass heads={q.shape[2]} to confirm the layout. fluxlab takes [batch, seq, heads, head_dim]; this "
             "warning is shown once per shape.", LayoutWarning, stacklevel=4)
     if q.shape[0] != k.shape[0] or q.shape[0] != v.shape[0]:
@@ -671,15 +670,14 @@ def flux_reasons(platform: Platform | None = None) -> Reasons:
     return Reasons(Call.of(q, q, q, platform=platform))
 
 
-def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None = None) -> None:
+def check_output_finite(out, q, k, v, *, backend_name: str, scale: float) -> None:
     """A plan's first output with NaN/inf is refused: NaN/inf inputs or scores that overflow with ``scale`` are
     named as the cause (``InvalidInputError``), else the backend broke the contract (``BackendOutputError``). One
     reduction per new plan, not per call."""
     if out.device.type == "meta" or _is_compiling() or bool(torch.isfinite(out).all()):
         return
     _check_finite(q, k, v)  # NaN in: say so, with where to look
-    if scale is not None:
-        check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
+    check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
     bad = int((~torch.isfinite(out)).sum())
     raise BackendOutputError(f"backend '{backend_name}' returned {bad} NaN/inf values of {out.numel()} for finite "
                              "inputs; choose another backend, or fix this one (compare it with "
@@ -688,9 +686,7 @@ def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None 
 
 def default_backend(q=None, *, platform: Platform | None = None) -> str | None:
     """The backend automatic choice picks on this machine for FLUX-shaped bf16 inputs (or ``q``'s kind)."""
-    if q is None:
-        reasons = flux_reasons(platform)
-    else:
-        reasons = Reasons(Call.of(q, q, q, platform=platform or current_platform()))
+    platform = platform or current_platform()
+    reasons = flux_reasons(platform) if q is None else Reasons(Call.of(q, q, q, platform=platform))
     backend = reasons.automatic()
     return backend.name if backend else None

@@ -14,7 +14,7 @@ problem and the fix.
     ├── BackendOutputError       a backend returned something that breaks the contract (or is not exact)
     ├── InvalidFileError         a records folder, plan or result file is damaged, foreign or cannot be written
     │   └── FileMissingError     (a FileNotFoundError too) it is not there
-    ├── UsageError               a call or command that cannot work in this state (attached twice, busy, CLI flags)
+    ├── UsageError               a call or command that cannot work now (attached twice, busy, CLI flags)
     └── GenerationCancelled      the Cancel button stopped a generation (not a mistake)
 """
 
@@ -130,13 +130,11 @@ class DiffusersBackendWarning(FluxlabWarning):
     """A diffusers attention setting meets a fluxlab-attached model: the message says what runs instead."""
 
 
-# Older names, kept working: each is one of the classes above.
+# Older, finer names, kept importable (here and where they were defined): each is one of the classes above.
 InvalidBackendSpecError = UnknownDtypeError = InvalidSizeError = InvalidSettingError = LoadArgumentError = \
     LimitExceededError = CaptureError = UnsupportedAttentionCallError = OffloadError = DecideInputError = \
     MaskNotSupportedError = InvalidInputError
-CaptureLimitError = MemoryBudgetError
-SpawnError = BackendUnavailableError
-BadReferenceError = BackendOutputError
+CaptureLimitError, SpawnError, BadReferenceError = MemoryBudgetError, BackendUnavailableError, BackendOutputError
 RecordIntegrityError = RecordsFolderError = InvalidPlanError = PlanMismatchError = ResultFileError = \
     OutputFolderError = InvalidFileError
 RecordsNotFoundError = PlanNotFoundError = ModelSourceError = FileMissingError

@@ -188,7 +188,7 @@ def _image(pipe):
 @pytest.mark.slow
 def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     import fluxlab
-    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.decide import AutotuneResult, autotune
     from fluxlab.models.attach import set_backend, set_schedule
 
     rtz = "emu_aiter:how_v3_bf16_cvt=2"  # aiter's round-toward-zero variant: not the default rounding
@@ -201,7 +201,7 @@ def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     assert all(measured[(layer, rtz)] != measured[(layer, "emu_aiter")] for layer in layers)
     assert plan.settings["candidates"] == [rtz, "emu_aiter"]
     # stored: the loaded plan keeps the spec apart; applied: a schedule of it runs the option, not the default
-    loaded = AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    loaded = AutotuneResult.load(plan.save(tmp_path / "plan.json"))
     assert {(m.layer, m.backend): m.rel_l2 for m in loaded.measurements} == measured
     assert loaded.choices == plan.choices and rtz not in loaded.choices.values()  # it is judged warn there
     assert rtz in loaded.reasons and "warn" in loaded.reasons[rtz]
@@ -219,7 +219,7 @@ def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     fluxlab.detach(pipe)  # the router leaves with the last attached model
 
 
-# -- AutotunePlan.load checks a plan against its own evidence --------------------------------------------------------
+# -- AutotuneResult.load checks a plan against its own evidence --------------------------------------------------------
 
 H200_PLAN = REPO / "benchmarks/results/h200/decide/autotune_plan_1024.json"
 
@@ -275,14 +275,14 @@ def _choose_untimed(data):
     (_choose_untimed, "on {layer} has no measured time"),
 ], ids=["failing", "unmeasured-quantised", "quantised-not-allowed", "unmeasured-exact", "untimed"])
 def test_a_hand_edited_plan_is_refused_by_its_own_evidence(tmp_path, edit, why):
-    from fluxlab.decide import AutotunePlan, InvalidPlanError
+    from fluxlab.decide import AutotuneResult, InvalidPlanError
 
     path = _edited_plan(tmp_path, edit)
     layer = _first_layer(json.loads(path.read_text()))
     for allow_mismatch in (False, True):  # evidence is not a platform difference: allow_mismatch does not skip it
         with pytest.raises(InvalidPlanError, match=re.escape(why.format(layer=layer))):
-            AutotunePlan.load(path, allow_mismatch=allow_mismatch)
-    assert AutotunePlan.load(H200_PLAN, allow_mismatch=True).choices  # the unedited plan loads
+            AutotuneResult.load(path, allow_mismatch=allow_mismatch)
+    assert AutotuneResult.load(H200_PLAN, allow_mismatch=True).choices  # the unedited plan loads
 
 
 def _made_here(data, versions):
@@ -296,14 +296,14 @@ def _made_here(data, versions):
 @pytest.mark.parametrize("versions, loads", [("here", True), ({}, False), ({"fluxlab": "0.1.0"}, False)],
                          ids=["all-versions", "no-versions", "fluxlab-only"])
 def test_missing_versions_do_not_skip_the_version_check(tmp_path, versions, loads):
-    from fluxlab.decide import AutotunePlan, PlanMismatchError
+    from fluxlab.decide import AutotuneResult, PlanMismatchError
 
     path = _edited_plan(tmp_path, lambda data: _made_here(data, versions))
     if loads:
-        assert AutotunePlan.load(path).choices
+        assert AutotuneResult.load(path).choices
     else:
         with pytest.raises(PlanMismatchError, match=r"version torch None there, '.+' here"):
-            AutotunePlan.load(path)
+            AutotuneResult.load(path)
 
 
 # -- a Plan refuses what attention() refuses -------------------------------------------------------------------------
@@ -642,12 +642,12 @@ def _plan_file_cases(tmp_path):
 
 def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
     import fluxlab
-    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide import AutotuneResult
 
     seen = []
     for name, path, error, fragment in _plan_file_cases(tmp_path):
         with pytest.raises(fluxlab.FluxlabError) as caught:
-            AutotunePlan.load(path, allow_mismatch=True)
+            AutotuneResult.load(path, allow_mismatch=True)
         assert type(caught.value).__name__ == error, (name, caught.value)
         assert fragment in str(caught.value), (name, str(caught.value))
         seen.append(name)
@@ -655,10 +655,10 @@ def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
 
 
 def test_plan_save_expands_home_and_names_the_path_it_was_given(tmp_path, monkeypatch):
-    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide import AutotuneResult
     from fluxlab.decide.files import ResultFileError
 
-    plan = AutotunePlan.load(H200_PLAN, allow_mismatch=True)
+    plan = AutotuneResult.load(H200_PLAN, allow_mismatch=True)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     saved = plan.save("~/plans/p.json")

@@ -157,7 +157,7 @@ def _raising_kernel(q, k, v, **options):
 
 
 def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path):
-    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.decide import AutotuneResult, autotune
     from fluxlab.models.attach import state_of
 
     state = state_of(pipe)
@@ -182,7 +182,7 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
     assert plan.schedule(state.layer_names[0], 0, 3) == SLOW_CORRECT
     # saved and loaded; a plan from another machine is refused unless allowed
     path = plan.save(tmp_path / "plan.json")
-    assert AutotunePlan.load(path).choices == plan.choices
+    assert AutotuneResult.load(path).choices == plan.choices
     import json
 
     data = json.loads(path.read_text())
@@ -190,8 +190,8 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
     data["versions"]["torch"] = "2.11.0+cu130"
     path.write_text(json.dumps(data))
     with pytest.raises(fluxlab.decide.PlanMismatchError, match="H200.*run fluxlab.autotune again"):
-        AutotunePlan.load(path)
-    assert AutotunePlan.load(path, allow_mismatch=True).notes
+        AutotuneResult.load(path)
+    assert AutotuneResult.load(path, allow_mismatch=True).notes
 
 
 def test_autotune_refuses_unknown_candidates_before_generating(pipe):
@@ -275,14 +275,14 @@ def test_cli_mistakes_are_refused_before_the_model_loads(argv, message, monkeypa
 
 
 def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
-    from fluxlab.decide import AutotunePlan, cli
+    from fluxlab.decide import AutotuneResult, cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pipe)  # the module's pipeline: loading again costs seconds
     args = _parse(["autotune", "--candidates", f"sdpa,{PLANTED}", "--steps", "2", "--repeats", "1",
                    "--max-sequence-length", "32", "--no-progress", "--out", str(tmp_path)])
     assert args.func(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".fluxlab-run.json", "plan.json", "plan.md", "plan.png"]
-    plan = AutotunePlan.load(tmp_path / "plan.json")
+    plan = AutotuneResult.load(tmp_path / "plan.json")
     assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
     assert "plan.png" in (tmp_path / "plan.md").read_text()
     _assert_provenance(tmp_path / "plan.json")
