@@ -564,22 +564,22 @@ def _verbs(tiny):
     small = dict(height=32, width=32)
     return {
         "compare-seed-and-seeds": (lambda: compare_images(tiny, ["sdpa"], seed=3, seeds=[0, 1], steps=1, **small),
-                                   "InvalidSettingError", "got seed=3 and seeds=[0, 1]: pass one of them"),
+                                   "InvalidInputError", "got seed=3 and seeds=[0, 1]: pass one of them"),
         "compare-output-type": (lambda: compare_images(tiny, ["sdpa"], steps=1, output_type="pil", **small),
-                                "InvalidSettingError", "output_type cannot be passed through to the pipeline"),
+                                "InvalidInputError", "output_type cannot be passed through to the pipeline"),
         "locate-output-type": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
                                                             output_type="pil", **small),
-                               "DecideInputError", "output_type cannot be passed through to the pipeline"),
+                               "InvalidInputError", "output_type cannot be passed through to the pipeline"),
         "locate-generator": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
                                                           generator=torch.Generator(), **small),
-                             "DecideInputError", "use seed= instead of generator"),
+                             "InvalidInputError", "use seed= instead of generator"),
         "locate-seed-1.5": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2, seed=1.5,
                                                          **small),
-                            "DecideInputError", "seed must be a whole number from 0 to 2**63 - 1, got 1.5"),
+                            "InvalidInputError", "seed must be a whole number from 0 to 2**63 - 1, got 1.5"),
         "generate-seed-1.5": (lambda: fluxlab.generate(tiny, ["sdpa"], prompt="a", steps=1, seed=1.5, **small),
-                              "InvalidSettingError", "seed must be a whole number"),
-        "load-empty": (lambda: fluxlab.load_flux2(""), "ModelSourceError", "the model source is empty"),
-        "load-blank": (lambda: fluxlab.load_flux2("  "), "ModelSourceError", "the model source is empty"),
+                              "InvalidInputError", "seed must be a whole number"),
+        "load-empty": (lambda: fluxlab.load_flux2(""), "FileMissingError", "the model source is empty"),
+        "load-blank": (lambda: fluxlab.load_flux2("  "), "FileMissingError", "the model source is empty"),
     }
 
 
@@ -620,24 +620,24 @@ def test_numpy_integers_are_whole_numbers_for_the_verbs(tiny, tmp_path):
 def _plan_file_cases(tmp_path):
     good = json.loads(H200_PLAN.read_text())
     cases = {
-        "not-json": ("{not json", "InvalidPlanError", "is not a JSON autotune plan"),
-        "a-list": ("[1, 2]", "PlanMismatchError", "is not a fluxlab-autotune/1 plan (format 'list')"),
-        "no-choices": ({k: v for k, v in good.items() if k != "choices"}, "InvalidPlanError",
+        "not-json": ("{not json", "InvalidFileError", "is not a JSON autotune plan"),
+        "a-list": ("[1, 2]", "InvalidFileError", "is not a fluxlab-autotune/1 plan (format 'list')"),
+        "no-choices": ({k: v for k, v in good.items() if k != "choices"}, "InvalidFileError",
                        "its field 'choices' is missing"),
-        "choices-a-list": ({**good, "choices": ["sdpa"]}, "InvalidPlanError",
+        "choices-a-list": ({**good, "choices": ["sdpa"]}, "InvalidFileError",
                            "its field 'choices' is a list, not a dict"),
         "measurement-extra-field": ({**good, "measurements": [{**good["measurements"][0], "speed": 1}]},
-                                    "InvalidPlanError", "unexpected keyword argument 'speed'"),
+                                    "InvalidFileError", "unexpected keyword argument 'speed'"),
         "unknown-backend": ({**good, "choices": {"x.attn": "sdpa_flsh"}}, "UnknownBackendError", "sdpa_flsh"),
-        "bad-option": ({**good, "choices": {"x.attn": "emu_aiter:how_v3_bf16_cvt=7"}}, "InvalidBackendSpecError",
+        "bad-option": ({**good, "choices": {"x.attn": "emu_aiter:how_v3_bf16_cvt=7"}}, "InvalidInputError",
                        "how_v3_bf16_cvt=7 is not valid"),
     }
     for name, (content, error, fragment) in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(content if isinstance(content, str) else json.dumps(content))
         yield name, path, error, fragment
-    yield "a-folder", tmp_path, "InvalidPlanError", "is a folder, not a plan file"
-    yield "missing", tmp_path / "nope.json", "PlanNotFoundError", "no autotune plan at"
+    yield "a-folder", tmp_path, "InvalidFileError", "is a folder, not a plan file"
+    yield "missing", tmp_path / "nope.json", "FileMissingError", "no autotune plan at"
 
 
 def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
