@@ -110,7 +110,8 @@ class AutotuneResult(Result):
 
     def __repr__(self):
         chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
-        return f"AutotuneResult({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
+        return (f"AutotuneResult({len(self.choices)} layers: {chosen or 'none chosen'}; "
+                f"never chosen: {sorted(self.reasons)})")
 
     @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
