@@ -66,7 +66,7 @@ def build(args, kernels: dict, device):
     start = time.perf_counter()
     transformer = build_transformer(config, device, torch.bfloat16, seed=0)
     full = dict(transformer.config)
-    fluxlab.attach(transformer, allowed=fluxlab.FLUX2_BACKENDS | set(kernels.values())
+    fluxlab.attach(transformer, allowed=fluxlab.models.FLUX2_BACKENDS | set(kernels.values())
                    | {"emu_aiter", "emu_aiter_quant"})
     inputs = step_inputs(full, args.size, device, torch.bfloat16, text_tokens=args.text_tokens, seed=0)
     if "guidance" in inputs:

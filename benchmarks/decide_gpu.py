@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     results = {"environment": environment(device), "autotune": []}
     start = time.perf_counter()
     transformer = random_transformer(dict(config), device=device, dtype=dtype, seed=0)
-    fluxlab.attach(transformer, allowed=fluxlab.FLUX2_BACKENDS)
+    fluxlab.attach(transformer, allowed=fluxlab.models.FLUX2_BACKENDS)
     results["build_s"] = time.perf_counter() - start
     for size in sizes:
         results["autotune"].append(autotune_at(transformer, size, device, candidates, args.repeats, out, args.tiny,

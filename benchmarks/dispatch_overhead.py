@@ -38,7 +38,7 @@ def measure(calls: int) -> dict:
     raws = bench.raw_calls()  # FA4's function imported once there, as a plan binds it
     rows = []
     for name in BACKENDS:
-        reasons = fluxlab.get_backend(name).platform_reasons(platform)
+        reasons = fluxlab.registry.get_backend(name).platform_reasons(platform)
         if reasons:
             rows.append({"backend": name, "status": "refused", "reasons": reasons})
             continue

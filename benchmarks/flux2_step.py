@@ -190,14 +190,14 @@ def _fluxlab_backends(device, dtype, requested) -> tuple[list[str], dict[str, st
     probe = torch.empty(1, 8, 2, 128, dtype=dtype, device="meta")
     for status in fluxlab.backends(platform):
         name = status.name
-        if name not in fluxlab.FLUX2_BACKENDS or name == "fa":  # "fa" is fa4/fa3/fa2, each measured itself
+        if name not in fluxlab.models.FLUX2_BACKENDS or name == "fa":  # "fa" is fa4/fa3/fa2, each measured itself
             continue
         if requested is not None and name not in requested:
             continue
         if requested is None and name in SKIPPED:
             left_out[name] = SKIPPED[name]
             continue
-        reasons = list(status.reasons) or fluxlab.get_backend(name).input_reasons(probe, probe, platform,
+        reasons = list(status.reasons) or fluxlab.registry.get_backend(name).input_reasons(probe, probe, platform,
                                                                                    causal=False, return_lse=False)
         if reasons:
             left_out[name] = "; ".join(reasons)
@@ -261,7 +261,7 @@ def run(args) -> dict:
                              replace=True)
     names, left_out = _fluxlab_backends(device, dtype, set(args.backends) if args.backends else None)
     results["left_out"] = left_out
-    allowed = fluxlab.FLUX2_BACKENDS | {NOOP}
+    allowed = fluxlab.models.FLUX2_BACKENDS | {NOOP}
     calls = full_config["num_layers"] + full_config["num_single_layers"]
     try:
         for size in sizes:
@@ -305,11 +305,11 @@ def run(args) -> dict:
             results["sizes"][str(size)] = {
                 "target": verdict,
                 "seq": seq, "text_tokens": args.text_tokens, "image_tokens": seq - args.text_tokens,
-                "attention_calls_per_step": calls, "fluxlab_default": fluxlab.default_backend(probe),
+                "attention_calls_per_step": calls, "fluxlab_default": fluxlab.dispatch.default_backend(probe),
                 "rows": rows, "noop": {**noop, "ms_median": noop_ms}, "attention_alone": alone}
             print(f"{size}^2 done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     finally:
-        fluxlab.unregister_backend(NOOP)
+        fluxlab.registry.unregister_backend(NOOP)
     del transformer
     _free(device)
     if not args.skip_cpu:

@@ -200,7 +200,7 @@ def build_dev(args, kernels: dict, device):
     start = time.perf_counter()
     transformer = build_transformer(config, device, dtype, seed=0)
     full = dict(transformer.config)
-    fluxlab.attach(transformer, allowed=fluxlab.FLUX2_BACKENDS | set(kernels.values()))
+    fluxlab.attach(transformer, allowed=fluxlab.models.FLUX2_BACKENDS | set(kernels.values()))
     inputs = step_inputs(full, args.size, device, dtype, text_tokens=args.text_tokens, seed=0)
     if "guidance" in inputs:
         inputs["guidance"] = torch.full((1,), GUIDANCE, device=device, dtype=torch.float32)  # as Flux2Pipeline
@@ -388,7 +388,7 @@ def padded_backend(inner: str, head_dim: int) -> str:
 
     import fluxlab
 
-    caps = fluxlab.get_backend(inner).caps
+    caps = fluxlab.registry.get_backend(inner).caps
     supported = caps.head_dims or SMALLEST_HEAD_DIM.get(inner)
     if supported is None or head_dim in supported:
         return inner
@@ -429,7 +429,7 @@ def embedded_phase(args, kernels: dict, device) -> dict:
         fast = padded_backend(kernels["fast"], head_dim=config["attention_head_dim"])
         entry["fast"] = fast
         pipe = fluxlab.load_flux2("embedded", device=device, dtype=dtype,
-                                  allowed=fluxlab.FLUX2_BACKENDS | set(kernels.values()) | {fast})
+                                  allowed=fluxlab.models.FLUX2_BACKENDS | set(kernels.values()) | {fast})
     except Exception as exc:  # noqa: BLE001 - recorded; the [dev]-size rounds go on
         entry["error"] = _error(exc)
         return entry

@@ -32,7 +32,7 @@ def padded(inner: str, head_dim: int) -> str:
     """A registered backend that runs ``inner`` on q/k/v zero-padded from ``head_dim`` to ``PAD_TO``."""
     import fluxlab
 
-    caps = fluxlab.get_backend(inner).caps
+    caps = fluxlab.registry.get_backend(inner).caps
     name = f"{inner}_pad{PAD_TO}"
 
     def run(q, k, v, *, scale, causal=False, return_lse=False):
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     names, refused = [], {}
     for kernel in kernels:
         try:
-            backend = fluxlab.get_backend(kernel)
+            backend = fluxlab.registry.get_backend(kernel)
         except Exception as exc:  # noqa: BLE001 - an unknown name is a row with its reason
             refused[kernel] = str(exc)
             continue

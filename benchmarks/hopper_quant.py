@@ -57,7 +57,7 @@ def _reason(exc: BaseException) -> str:
 def make_kernel(name: str, device: torch.device):
     """A callable ``fn(q, k, v, scale, return_lse=False)`` for a KERNELS entry, or a string: why it cannot run."""
     backend_name, options = KERNELS[name]
-    backend = fluxlab.get_backend(backend_name)
+    backend = fluxlab.registry.get_backend(backend_name)
     probe = torch.empty(1, 128, 1, HEAD_DIM, dtype=torch.bfloat16, device="meta")
     reasons = backend.platform_reasons(fluxlab.current_platform()) if device.type == "cuda" else \
         [f"{backend_name} needs an NVIDIA GPU (this run is on {device.type})"]

@@ -1,69 +1,60 @@
 """fluxlab: which attention kernel to trust for FLUX.2, and how fast each one is."""
 
+import importlib as _importlib
 import sys as _sys
 import types as _types
 
-from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavailableError, FallbackWarning,
-                     FluxlabError, FluxlabWarning, InvalidBackendSpecError, InvalidInputError, NoBackendError,
-                     UnknownBackendError)
-
+from . import errors
+from ._compat import moved as _moved_from
+from .errors import FluxlabError
 from .version import __version__
 
-# Everything that needs torch loads on first use, so `import fluxlab` (and `fluxlab --help`) stays light.
-_CORE = {
-    "Backend": "fluxlab.backends.base", "Capabilities": "fluxlab.backends.base", "Requirement": "fluxlab.backends.base",
-    **{name: "fluxlab.dispatch" for name in ("BackendChoice", "Plan", "attention", "clear_caches", "default_backend",
-                                              "plan", "reset_backend_choice", "selected_backend", "use_backend",
-                                              "validate_inputs")},
-    "BackendStatus": "fluxlab.doctor", "backends": "fluxlab.doctor", "doctor_text": "fluxlab.doctor",
-    "Platform": "fluxlab.platform", "current_platform": "fluxlab.platform",
-    "get_backend": "fluxlab.registry", "register_backend": "fluxlab.registry", "unregister_backend": "fluxlab.registry",
+# The public surface (the README's API table), each loaded on first use: everything here needs torch, and the
+# FLUX.2 integration imports diffusers (seconds), so `import fluxlab` (and `fluxlab --help`) stays light.
+_PUBLIC = {
+    "attention": "fluxlab.dispatch", "plan": "fluxlab.dispatch", "Plan": "fluxlab.dispatch",
+    "use_backend": "fluxlab.dispatch", "clear_caches": "fluxlab.dispatch",
+    "backends": "fluxlab.doctor", "doctor_text": "fluxlab.doctor",
+    "Backend": "fluxlab.backends.base", "Capabilities": "fluxlab.backends.base", "register_backend": "fluxlab.registry",
+    "current_platform": "fluxlab.platform",
+    "load_flux2": "fluxlab.models.load", "generate": "fluxlab.models.generate", "capture": "fluxlab.models.capture",
+    "attach": "fluxlab.models.attach", "detach": "fluxlab.models.attach", "set_backend": "fluxlab.models.attach",
+    "set_schedule": "fluxlab.models.attach", "Schedule": "fluxlab.models.schedule",
+    "compare_attention": "fluxlab.compare", "compare_images": "fluxlab.compare",
+    "locate_drift": "fluxlab.decide", "frontier": "fluxlab.decide", "autotune": "fluxlab.decide",
 }
 
-# The FLUX.2 integration imports diffusers (seconds); it loads on first use so `import fluxlab` stays light.
-_LAZY = {
-    **_CORE,
-    "FLUX2_BACKENDS": "fluxlab.models.supported",
-    "load_flux2": "fluxlab.models.load",
-    "generate": "fluxlab.models.generate",
-    "attach": "fluxlab.models.attach",
-    "detach": "fluxlab.models.attach",
-    "set_backend": "fluxlab.models.attach",
-    "set_schedule": "fluxlab.models.attach",
-    "Schedule": "fluxlab.models.schedule",
-    "Rule": "fluxlab.models.schedule",
-    "capture": "fluxlab.models.capture",
-    "DiffusersBackendWarning": "fluxlab.models.interop",
-    # The comparison engine (pulls in numpy plotting/metrics helpers on first use).
-    "compare_attention": "fluxlab.compare",
-    "compare_images": "fluxlab.compare",
-    # Decide: drift localisation, speed-fidelity frontier, verdict-gated autotune.
-    "locate_drift": "fluxlab.decide",
-    "DriftMap": "fluxlab.decide",
-    "autotune": "fluxlab.decide",
-    "AutotunePlan": "fluxlab.decide",
-    "frontier": "fluxlab.decide",
-    "Frontier": "fluxlab.decide",
+# Names that were top-level before: still served from their module for one release, with a DeprecationWarning.
+_MOVED = {
+    **{name: f"fluxlab.errors:{name}" for name in (
+        "InvalidInputError", "UnknownBackendError", "BackendUnavailableError", "BackendNotAllowedError",
+        "NoBackendError", "InvalidBackendSpecError", "BackendOutputError", "FluxlabWarning", "FallbackWarning",
+        "DiffusersBackendWarning")},
+    **{name: f"fluxlab.dispatch:{name}" for name in (
+        "BackendChoice", "default_backend", "reset_backend_choice", "selected_backend", "validate_inputs")},
+    "Requirement": "fluxlab.backends.base:Requirement",
+    "BackendStatus": "fluxlab.doctor:BackendStatus", "Platform": "fluxlab.platform:Platform",
+    "get_backend": "fluxlab.registry:get_backend", "unregister_backend": "fluxlab.registry:unregister_backend",
+    "FLUX2_BACKENDS": "fluxlab.models:FLUX2_BACKENDS", "Rule": "fluxlab.models:Rule",
+    "DriftMap": "fluxlab.decide:DriftMap", "Frontier": "fluxlab.decide:Frontier",
+    "AutotunePlan": "fluxlab.decide:AutotuneResult",
 }
 
+# Modules reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``,
+# ``fluxlab.registry.unregister_backend``), imported on first use. Not "backends": that name is the function.
+_MODULES = ("compare", "decide", "models", "widgets", "parallel", "dispatch", "registry", "platform", "choice",
+            "doctor")
 
-# Subpackages reachable as attributes after a plain ``import fluxlab`` (``fluxlab.compare.IMAGE_RULE_TEXT``),
-# imported on first use like the names above.
-_SUBPACKAGES = ("compare", "decide", "models", "widgets", "parallel")  # not "backends": that name is the function
+
+_moved = _moved_from(__name__, _MOVED, stacklevel=3)
 
 
 def __getattr__(name):
-    if name in _SUBPACKAGES:
-        import importlib
-
-        return importlib.import_module(f"fluxlab.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fluxlab' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
+    if name in _MODULES:
+        return _importlib.import_module(f"fluxlab.{name}")
+    if name not in _PUBLIC:
+        return _moved(name)  # an old name (with a DeprecationWarning), else AttributeError
+    value = globals()[name] = getattr(_importlib.import_module(_PUBLIC[name]), name)
     return value
 
 
@@ -81,15 +72,7 @@ _sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted({*globals(), *_PUBLIC})
 
 
-__all__ = [
-    "Backend", "BackendChoice", "BackendNotAllowedError", "BackendOutputError", "BackendStatus",
-    "BackendUnavailableError", "Capabilities", "FallbackWarning", "FluxlabError", "FluxlabWarning",
-    "InvalidBackendSpecError", "InvalidInputError", "NoBackendError", "Plan", "Platform", "Requirement",
-    "UnknownBackendError", "attention", "backends", "clear_caches", "current_platform", "default_backend",
-    "doctor_text", "get_backend", "plan", "register_backend", "reset_backend_choice", "selected_backend",
-    "unregister_backend", "use_backend", "validate_inputs",
-    *_LAZY,
-]
+__all__ = ["FluxlabError", *_PUBLIC]

@@ -16,16 +16,13 @@ from . import registry
 from .errors import InvalidBackendSpecError
 
 
-def _cudnn_sdp(on):
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(bool(on))
-    return lambda: torch.backends.cuda.enable_cudnn_sdp(before)
-
-
-def _lowp_reduction(on):
-    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bool(on))
-    return lambda: torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
+def _torch_flag(get, set_):
+    """A knob's ``apply``: set a torch flag, return the callable that puts the previous value back."""
+    def apply(on):
+        before = get()
+        set_(bool(on))
+        return lambda: set_(before)
+    return apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +34,12 @@ class Knob:
 
 KNOBS = {
     "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
-                  _cudnn_sdp, frozenset({"sdpa"})),
+                  _torch_flag(torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
+                  frozenset({"sdpa"})),
     "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
-                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)", _lowp_reduction,
+                           "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)",
+                           _torch_flag(torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed,
+                                       torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp),
                            frozenset({"sdpa", "sdpa_math"})),
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import FluxlabError
+from .errors import NoDeviceError, UsageError  # noqa: F401 (the verbs import them from here)
 
 # Exit codes, the same for every verb (docs/cli.md).
 EXIT_OK = 0
@@ -26,14 +26,6 @@ from .defaults import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402 - the shared d
 
 MODEL_HELP = ("'embedded' (trained, ships with fluxlab, draws captions like the default prompt), 'tiny' (random "
               "weights: noise), a local pipeline folder, or a Hub id")
-
-
-class UsageError(FluxlabError, ValueError):
-    """A command-line mistake found before any work: printed as one line, exit code 2."""
-
-
-class NoDeviceError(FluxlabError, RuntimeError):
-    """The verb needs hardware this machine lacks: printed as one line, exit code 3."""
 
 
 def _unset(default) -> bool:

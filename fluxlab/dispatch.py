@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -32,14 +33,12 @@ from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
-# os.environ.get encodes the key on every call; the mapping's own dict is read on the hot path instead.
+# os.environ.get encodes the key on every call; the hot path reads the mapping's own (undecoded) dict instead.
 _ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
-_ENV_BACKEND_KEY = ENV_BACKEND.encode()
-_ENV_CHECK_FINITE_KEY = ENV_CHECK_FINITE.encode()
+_ENV_BACKEND_KEY, _ENV_CHECK_FINITE_KEY = ENV_BACKEND.encode(), ENV_CHECK_FINITE.encode()
 
 
 def _env_raw(key: bytes, name: str):
-    """Undecoded value for cache keys and flags (bytes on POSIX)."""
     return _ENV_DATA.get(key) if _ENV_DATA is not None else os.environ.get(name)
 
 
@@ -71,26 +70,15 @@ _LAYOUT_WARNED: set = set()  # q shapes already warned about (a head axis longer
 _SETTINGS: contextvars.ContextVar[tuple] = contextvars.ContextVar("fluxlab_use_backend", default=())
 
 
-class use_backend:
-    """Choose the backend for ``fluxlab.attention`` calls in this thread / task: ``with use_backend("fa4"): ...``
-    or, as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
-    overrides the environment variable). Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
+class _Setting:
+    """One ``use_backend`` entry of this context's stack; a ``with`` block removes exactly this entry on exit."""
 
-    The setting is context-local (a ``contextvars.ContextVar``): another thread's ``with`` block never serves
-    this thread, and a new thread starts with no setting (the environment variable and priority list apply).
-    Each ``with`` block removes exactly its own entry on exit, so interleaved exits (two generators, two
-    tasks) restore correctly; a plain setter replaces the plain setter before it.
-    """
-
-    def __init__(self, name: str | BackendChoice | None, *, fallback: bool = False, **options):
-        self.choice = BackendChoice.parse(name, **options) if name is not None else None
-        self.fallback = bool(fallback)
-        self.key = (self.choice, self.fallback)  # what plan caches are keyed on
-        self._scoped = False
-        _SETTINGS.set((*_compacted(_SETTINGS.get()), self))
+    def __init__(self, choice: BackendChoice | None, fallback: bool):
+        self.choice, self.fallback, self.scoped = choice, fallback, False
+        self.key = (choice, fallback)  # what plan caches are keyed on
 
     def __enter__(self):
-        self._scoped = True
+        self.scoped = True
         return self
 
     def __exit__(self, *exc):
@@ -101,15 +89,25 @@ class use_backend:
         return f"use_backend({str(self.choice) if self.choice else None!r}, fallback={self.fallback})"
 
 
-def _compacted(stack: tuple) -> list:
-    """Consecutive plain-setter entries (never entered as ``with`` blocks): only the latest counts."""
+def use_backend(name: str | BackendChoice | None, *, fallback: bool = False, **options) -> _Setting:
+    """Choose the backend for ``fluxlab.attention`` calls in this thread / task: ``with use_backend("fa4"): ...``
+    or, as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
+    overrides the environment variable). Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
+
+    The setting is context-local (a ``contextvars.ContextVar``): another thread's ``with`` block never serves
+    this thread, and a new thread starts with no setting (the environment variable and priority list apply).
+    Each ``with`` block removes exactly its own entry on exit, so interleaved exits (two generators, two
+    tasks) restore correctly; a plain setter replaces the plain setter before it.
+    """
+    setting = _Setting(BackendChoice.parse(name, **options) if name is not None else None, bool(fallback))
     kept: list = []
-    for entry in stack:
-        if kept and not entry._scoped and not kept[-1]._scoped:
+    for entry in _SETTINGS.get():  # consecutive plain setters (never entered as a ``with`` block): the latest counts
+        if kept and not entry.scoped and not kept[-1].scoped:
             kept[-1] = entry
         else:
             kept.append(entry)
-    return kept
+    _SETTINGS.set((*kept, setting))
+    return setting
 
 
 def reset_backend_choice() -> None:
@@ -138,8 +136,7 @@ def _env_choice() -> BackendChoice | None:
 
 def selected_backend() -> BackendChoice | None:
     """What ``use_backend`` (in this context) or the environment currently asks for (None: automatic)."""
-    stack = _SETTINGS.get()
-    return stack[-1].choice if stack else _env_choice()
+    return _requested(None, None)[0]
 
 
 def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
@@ -154,10 +151,6 @@ def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
 
 
 # --------------------------------------------------------------------------------------------- checks
-
-
-def _shape(t) -> str:
-    return "x".join(map(str, t.shape))
 
 
 def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = None,
@@ -175,7 +168,7 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
             raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise InvalidInputError(
-                f"{name} has {t.dim()} dims (shape {_shape(t)}); fluxlab attention takes 4-D "
+                f"{name} has {t.dim()} dims (shape {_dims(t.shape)}); fluxlab attention takes 4-D "
                 "[batch, seq, heads, head_dim] tensors. For [batch*heads, seq, head_dim] use "
                 ".unflatten(0, (batch, heads)).transpose(1, 2); for [batch, seq, heads*head_dim] "
                 "use .unflatten(-1, (heads, head_dim)).")
@@ -183,7 +176,7 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
             raise InvalidInputError(f"{name} has dtype {t.dtype}; attention needs a floating dtype "
                                     "(float16, bfloat16, float32 or float64)")
         if 0 in t.shape:
-            raise InvalidInputError(f"{name} is empty (shape {_shape(t)}); every dim must be >= 1")
+            raise InvalidInputError(f"{name} is empty (shape {_dims(t.shape)}); every dim must be >= 1")
     if q.dtype != k.dtype or q.dtype != v.dtype:
         raise InvalidInputError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one "
                                 "dtype, e.g. k = k.to(q.dtype)")
@@ -193,29 +186,29 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
     if heads is not None and q.shape[2] != heads:
         hint = (" It looks like [batch, heads, seq, head_dim]: pass q.transpose(1, 2)."
                 if q.shape[1] == heads else "")
-        raise InvalidInputError(f"q has {q.shape[2]} heads in dim 2 (shape {_shape(q)}) but the model "
+        raise InvalidInputError(f"q has {q.shape[2]} heads in dim 2 (shape {_dims(q.shape)}) but the model "
                                 f"declares {heads} heads.{hint}")
     for name, t in (("q", q), ("k", k)):
         if t.shape[2] > MAX_PLAUSIBLE_HEADS:
             raise InvalidInputError(
-                f"{name} has {t.shape[2]} in the heads dim (shape {_shape(t)}); no model has that many heads, "
+                f"{name} has {t.shape[2]} in the heads dim (shape {_dims(t.shape)}); no model has that many heads, "
                 "so this is likely a [batch, heads, seq, head_dim] tensor. fluxlab takes "
                 "[batch, seq, heads, head_dim]: pass t.transpose(1, 2).")
     if heads is None and q.shape[2] > q.shape[1] and q.shape not in _LAYOUT_WARNED:
         _LAYOUT_WARNED.add(q.shape)
         warnings.warn(
-            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_shape(q)}): if it is "
-            f"[batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
+            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_dims(q.shape)}): if it "
+            f"is [batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
             f"pass heads={q.shape[2]} to confirm the layout. fluxlab takes [batch, seq, heads, head_dim]; this "
-            "warning is shown once per shape.", LayoutWarning, stacklevel=3)
+            "warning is shown once per shape.", LayoutWarning, stacklevel=4)
     if q.shape[0] != k.shape[0] or q.shape[0] != v.shape[0]:
-        raise InvalidInputError(f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+        raise InvalidInputError(f"batch sizes differ: q {_dims(q.shape)}, k {_dims(k.shape)}, v {_dims(v.shape)}")
     if k.shape[1] != v.shape[1]:
         raise InvalidInputError(f"k and v sequence lengths differ ({k.shape[1]} vs {v.shape[1]}); "
                                 "each key needs a value")
     if q.shape[3] != k.shape[3]:
         raise InvalidInputError(f"q and k head dims differ ({q.shape[3]} vs {k.shape[3]}); q.k needs equal "
-                                f"head_dim (shapes q {_shape(q)}, k {_shape(k)})")
+                                f"head_dim (shapes q {_dims(q.shape)}, k {_dims(k.shape)})")
     if k.shape[2] != v.shape[2]:
         raise InvalidInputError(f"k and v head counts differ ({k.shape[2]} vs {v.shape[2]})")
     if q.shape[2] % k.shape[2]:
@@ -293,6 +286,10 @@ class Call:
         return cls(q.shape, k.shape, v.shape, q.dtype, q.device, bool(causal), bool(return_lse), bool(lse_grad),
                    platform or platform_for_device(q.device), allowed)
 
+    @functools.cached_property
+    def out_shape(self) -> torch.Size:  # [B, S, H, D_v]: what the kernel must return (read on every call)
+        return torch.Size((*self.q_shape[:3], self.v_shape[3]))
+
     def meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shape-only stand-ins for the inputs (judging again later needs no tensor kept alive)."""
         shapes = (self.q_shape, self.k_shape, self.v_shape)
@@ -302,6 +299,9 @@ class Call:
         return (f"q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} [batch, seq, heads, "
                 f"head_dim], dtype {torch_dtype_name(self.dtype)}, device {self.device}, causal={self.causal}, "
                 f"return_lse={self.return_lse}; platform: {self.platform.describe()}")
+
+
+_CALL_FIELDS = frozenset(f.name for f in dataclasses.fields(Call)) - {"allowed", "lse_grad"}
 
 
 class Reasons:
@@ -337,11 +337,8 @@ class Reasons:
                 return backend
         return None
 
-    def everything(self) -> dict[str, list[str]]:
-        return {b.name: self(b) for b in registry.all_backends()}
-
     def nothing_runs(self, headline: str) -> NoBackendError:
-        reasons = self.everything()
+        reasons = {b.name: self(b) for b in registry.all_backends()}
         lines = [f"  {name}: {'; '.join(r) if r else 'could run, but is not on the priority list'}"
                  for name, r in reasons.items()]
         return NoBackendError(f"{headline}\nInputs: {self.call.describe()}.\nEvery backend:\n" + "\n".join(lines),
@@ -434,53 +431,38 @@ class Plan:
 
     backend: str
     version: str | None
-    platform: Platform
     options: dict
     knobs: tuple
     scale: float
-    causal: bool
-    return_lse: bool
     requested: str | None
     warnings: tuple[str, ...]
-    q_shape: torch.Size
-    k_shape: torch.Size
-    v_shape: torch.Size
-    dtype: torch.dtype
-    device: torch.device
     fn: object = dataclasses.field(repr=False)
     reasons: Reasons = dataclasses.field(repr=False)
-    _checked: bool = dataclasses.field(default=False, repr=False)
-    out_shape: torch.Size = dataclasses.field(init=False, repr=False)  # [B, S, H, D_v]: checked per call, cheaply
+    _checked: bool = dataclasses.field(default=False, repr=False)  # the first output was checked
 
-    def __post_init__(self):
-        self.out_shape = torch.Size((*self.q_shape[:3], self.v_shape[3]))
+    def __getattr__(self, name):  # q_shape, k_shape, v_shape, dtype, device, causal, return_lse, platform
+        if name in _CALL_FIELDS:
+            return getattr(self.reasons.call, name)
+        raise AttributeError(f"'Plan' object has no attribute {name!r}")
 
     @property
     def call(self) -> Call:
         return self.reasons.call
 
-    @property
-    def allowed(self) -> frozenset | None:
-        return self.call.allowed
-
-    @property
-    def lse_grad(self) -> bool:
-        return self.call.lse_grad
-
     def __call__(self, q, k, v, *, check_finite: bool | None = None):
         """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``. The scale was
         checked against the inputs the plan was made with; ``check_finite`` (as for ``attention``; default
         $FLUXLAB_CHECK_FINITE) checks every call's inputs for NaN/inf and their scores for overflow (a sync each)."""
-        if (q.shape != self.q_shape or k.shape != self.k_shape or v.shape != self.v_shape or q.dtype != self.dtype
-                or k.dtype != self.dtype or v.dtype != self.dtype or q.device != self.device
-                or k.device != self.device or v.device != self.device):
-            got = ", ".join(f"{n} {_shape(t)} {torch_dtype_name(t.dtype)} on {t.device}"
+        call = self.call
+        if ((q.shape, k.shape, v.shape) != (call.q_shape, call.k_shape, call.v_shape)
+                or {q.dtype, k.dtype, v.dtype} != {call.dtype} or {q.device, k.device, v.device} != {call.device}):
+            got = ", ".join(f"{n} {_dims(t.shape)} {torch_dtype_name(t.dtype)} on {t.device}"
                             for n, t in (("q", q), ("k", k), ("v", v)))
             raise InvalidInputError(
-                f"this plan was made for q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
-                f"{torch_dtype_name(self.dtype)} on {self.device}; got {got}. Make a plan for these inputs "
+                f"this plan was made for q {_dims(call.q_shape)}, k {_dims(call.k_shape)}, v {_dims(call.v_shape)} "
+                f"{torch_dtype_name(call.dtype)} on {call.device}; got {got}. Make a plan for these inputs "
                 "(fluxlab.plan(q, k, v, ...)), or cast them to one dtype and device, e.g. k = k.to(q)")
-        if self.return_lse and not self.lse_grad and _lse_grad(q, k, v) \
+        if call.return_lse and not call.lse_grad and _lse_grad(q, k, v) \
                 and not registry.get_backend(self.backend).caps.lse_grad:
             raise BackendUnavailableError(
                 f"this plan runs '{self.backend}', whose log-sum-exp carries no gradient, and these inputs require "
@@ -488,21 +470,28 @@ class Plan:
                 "grad; make it with the inputs that require grad (fluxlab.plan then picks a backend whose LSE has "
                 "a backward, e.g. 'reference'), or detach the inputs / run under torch.no_grad()",
                 {self.backend: ["log-sum-exp carries no gradient"]})
-        if _finite_checks_on(check_finite):
+        return self._run(q, k, v, check_finite, check_scale=True)
+
+    run = __call__
+
+    def _run(self, q, k, v, check_finite, *, check_scale: bool):
+        """Run the kernel; the first output (or one of the wrong kind) is checked against the contract, and, unless
+        ``check_finite`` is False (the caller judges non-finite outputs itself: the compare engine), for NaN/inf."""
+        if _finite_checks_on(check_finite):  # data-dependent, so never part of a cached plan
             _check_finite(q, k, v)
-            check_scale_fits(q, k, self.scale)
+            if check_scale:
+                check_scale_fits(q, k, self.scale)
         for warning in self.warnings:
-            warnings.warn(warning, FallbackWarning, stacklevel=2)
-        result = self.fn(q, k, v, scale=self.scale, causal=self.causal, return_lse=self.return_lse, **self.options)
-        out = result[0] if self.return_lse and isinstance(result, tuple) else result
-        if not self._checked or getattr(out, "shape", None) != self.out_shape or out.dtype != q.dtype:
-            check_output(result, q, v, return_lse=self.return_lse, backend_name=self.backend)
-            if check_finite is not False:  # False: the caller judges non-finite outputs itself (the compare engine)
+            warnings.warn(warning, FallbackWarning, stacklevel=3)
+        call = self.call
+        result = self.fn(q, k, v, scale=self.scale, causal=call.causal, return_lse=call.return_lse, **self.options)
+        out = result[0] if call.return_lse and isinstance(result, tuple) else result
+        if not self._checked or getattr(out, "shape", None) != call.out_shape or out.dtype != q.dtype:
+            check_output(result, q, v, return_lse=call.return_lse, backend_name=self.backend)
+            if check_finite is not False:
                 check_output_finite(out, q, k, v, backend_name=self.backend, scale=self.scale)
             self._checked = True
         return result
-
-    run = __call__
 
     def reasons_for_others(self) -> dict[str, list[str]]:
         """Every other backend with why it was not picked (the plan's reasons, for the planned call)."""
@@ -527,14 +516,14 @@ class Plan:
         """A few lines a user can read: what runs, where, with what, and any warnings."""
         options = ", ".join(f"{k}={v}" for k, v in self.options.items()) or "defaults"
         knobs = ", ".join(f"{k}={int(v)}" for k, v in self.knobs)
+        call = self.call
         lines = [f"runs: {self.backend} {self.version or ''}".rstrip() +
-                 f" (requested: {self.requested or 'automatic'}) on {self.platform.describe()}",
-                 f"inputs: q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} "
-                 f"{torch_dtype_name(self.dtype)} on {self.device}",
-                 f"scale {self.scale:.6g}, causal={self.causal}, return_lse={self.return_lse}; options: {options}"
+                 f" (requested: {self.requested or 'automatic'}) on {call.platform.describe()}",
+                 f"inputs: q {_dims(call.q_shape)}, k {_dims(call.k_shape)}, v {_dims(call.v_shape)} "
+                 f"{torch_dtype_name(call.dtype)} on {call.device}",
+                 f"scale {self.scale:.6g}, causal={call.causal}, return_lse={call.return_lse}; options: {options}"
                  + (f"; torch knobs: {knobs}" if knobs else "")]
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 def _dims(shape) -> str:
@@ -555,13 +544,13 @@ def plan(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, a
     model's query-head count, which lets the layout check catch a ``[B, H, S, D]`` tensor it cannot otherwise
     tell apart (see ``validate_inputs``).
     """
-    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
     return _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
-                      fallback=fallback, platform=platform, lse_grad=bool(return_lse) and _lse_grad(q, k, v))
+                      fallback=fallback, heads=heads, platform=platform,
+                      lse_grad=bool(return_lse) and _lse_grad(q, k, v))
 
 
-def _make_plan(q, k, v, *, backend, scale, causal, return_lse, allowed, fallback, platform, lse_grad) -> Plan:
-    """A plan for validated inputs."""
+def _make_plan(q, k, v, *, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad) -> Plan:
+    validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
     check_scale_fits(q, k, float(scale))
@@ -573,10 +562,8 @@ def _make_plan(q, k, v, *, backend, scale, causal, return_lse, allowed, fallback
     concrete = _concrete(picked, reasons)
     reasons.release_inputs()  # the plan is cached: it must not keep the caller's tensors alive
     knobs = choice.knobs if choice is not None and picked.name == choice.name else ()
-    return Plan(backend=concrete.name, version=concrete.version, platform=call.platform, options=options,
-                knobs=knobs, scale=float(scale), causal=call.causal, return_lse=call.return_lse,
+    return Plan(backend=concrete.name, version=concrete.version, options=options, knobs=knobs, scale=float(scale),
                 requested=str(choice) if choice is not None else None, warnings=(warning,) if warning else (),
-                q_shape=q.shape, k_shape=k.shape, v_shape=v.shape, dtype=q.dtype, device=q.device,
                 fn=_bind(concrete, choice if knobs else None), reasons=reasons)
 
 
@@ -603,10 +590,10 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
     where the inputs require grad, only a backend whose LSE carries a gradient is used (else refused).
     ``heads``: the model's query-head count (strengthens the layout check). ``check_finite``: True checks the
     inputs for NaN/inf on every call (a sync each); None (default, or $FLUXLAB_CHECK_FINITE) checks the output of
-    each new plan's first call once (NaN/inf out: the NaN inputs or the backend are named); False checks nothing. ``backend`` takes a spec such as
-    ``"aiter:how_v3_bf16_cvt=2"`` or ``"sdpa:cudnn=0"`` (``BackendChoice.parse``). The decision is a
-    ``Plan`` (``fluxlab.plan``) cached per call signature, so a model's repeated calls pay a dictionary lookup.
-    Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
+    each new plan's first call once (NaN/inf out: the NaN inputs or the backend are named); False checks nothing.
+    ``backend`` takes a spec such as ``"aiter:how_v3_bf16_cvt=2"`` or ``"sdpa:cudnn=0"`` (``BackendChoice.parse``).
+    The decision is a ``Plan`` (``fluxlab.plan``) cached per call signature, so a model's repeated calls pay a
+    dictionary lookup. Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
     """
     if _is_compiling():  # dynamo is tracing: give it one opaque op; this dispatcher runs inside it at run time
         return compiled_attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
@@ -619,36 +606,20 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
         lse_grad = return_lse and _lse_grad(q, k, v)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend,
                scale, causal, return_lse, lse_grad, allowed, fallback, heads, platform,
-               stack[-1].key if stack else None,
-               _ENV_DATA.get(_ENV_BACKEND_KEY) if _ENV_DATA is not None else os.environ.get(ENV_BACKEND),
-               registry._generation)
+               stack[-1].key if stack else None, _env_raw(_ENV_BACKEND_KEY, ENV_BACKEND), registry._generation)
         plan_ = _plans.get(key)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path explains
         key = plan_ = None
         lse_grad = False
     first_call = plan_ is None
     if first_call:
-        validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
         plan_ = _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
-                           allowed=allowed, fallback=fallback, platform=platform, lse_grad=lse_grad)
+                           allowed=allowed, fallback=fallback, heads=heads, platform=platform, lse_grad=lse_grad)
         if key is not None:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
             _plans[key] = plan_
-    if _finite_checks_on(check_finite):  # data-dependent, so never part of the cached plan
-        _check_finite(q, k, v)
-        if not first_call:
-            check_scale_fits(q, k, plan_.scale)
-    if plan_.warnings:
-        for warning in plan_.warnings:
-            warnings.warn(warning, FallbackWarning, stacklevel=2)
-    result = plan_.fn(q, k, v, scale=plan_.scale, causal=causal, return_lse=return_lse, **plan_.options)
-    out = result[0] if return_lse and isinstance(result, tuple) else result
-    if first_call or getattr(out, "shape", None) != plan_.out_shape or out.dtype != q.dtype:
-        check_output(result, q, v, return_lse=return_lse, backend_name=plan_.backend)
-        if first_call and check_finite is not False:
-            check_output_finite(out, q, k, v, backend_name=plan_.backend, scale=plan_.scale)
-    return result
+    return plan_._run(q, k, v, check_finite, check_scale=not first_call)  # a new plan checked the scale
 
 
 use_dispatcher(attention)  # the fluxlab::attention op (ops.py) runs this dispatcher when a compiled graph calls it
@@ -699,15 +670,14 @@ def flux_reasons(platform: Platform | None = None) -> Reasons:
     return Reasons(Call.of(q, q, q, platform=platform))
 
 
-def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None = None) -> None:
+def check_output_finite(out, q, k, v, *, backend_name: str, scale: float) -> None:
     """A plan's first output with NaN/inf is refused: NaN/inf inputs or scores that overflow with ``scale`` are
     named as the cause (``InvalidInputError``), else the backend broke the contract (``BackendOutputError``). One
     reduction per new plan, not per call."""
     if out.device.type == "meta" or _is_compiling() or bool(torch.isfinite(out).all()):
         return
     _check_finite(q, k, v)  # NaN in: say so, with where to look
-    if scale is not None:
-        check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
+    check_scale_fits(q, k, scale)  # inputs larger than those the plan was made with
     bad = int((~torch.isfinite(out)).sum())
     raise BackendOutputError(f"backend '{backend_name}' returned {bad} NaN/inf values of {out.numel()} for finite "
                              "inputs; choose another backend, or fix this one (compare it with "
@@ -716,9 +686,7 @@ def check_output_finite(out, q, k, v, *, backend_name: str, scale: float | None 
 
 def default_backend(q=None, *, platform: Platform | None = None) -> str | None:
     """The backend automatic choice picks on this machine for FLUX-shaped bf16 inputs (or ``q``'s kind)."""
-    if q is None:
-        reasons = flux_reasons(platform)
-    else:
-        reasons = Reasons(Call.of(q, q, q, platform=platform or current_platform()))
+    platform = platform or current_platform()
+    reasons = flux_reasons(platform) if q is None else Reasons(Call.of(q, q, q, platform=platform))
     backend = reasons.automatic()
     return backend.name if backend else None

@@ -1,4 +1,22 @@
-"""Errors fluxlab raises. Each message names the problem and the fix."""
+"""Every error and warning fluxlab raises, in one small hierarchy that says what to catch; each message names the
+problem and the fix.
+
+    FluxlabError
+    ├── InvalidInputError        bad input: tensors, a backend spec, a setting, a size, a dtype, an argument
+    │   ├── UnknownBackendError  (a KeyError too) no backend of that name; the message suggests the closest
+    │   ├── BackendRegistrationError  (a TypeError too) register_backend got something that cannot work
+    │   ├── MemoryBudgetError    (a MemoryError too) it cannot fit this machine's memory
+    │   └── ParallelRefusedError a parallel run cannot start; ``reasons`` lists why
+    ├── BackendUnavailableError  the backend cannot run these inputs here; ``reasons`` says why, per backend
+    │   ├── BackendNotAllowedError   outside the model's allowed set: refused, never replaced
+    │   ├── NoBackendError           nothing can run them
+    │   └── NoDeviceError            the work needs a GPU this machine lacks
+    ├── BackendOutputError       a backend returned something that breaks the contract (or is not exact)
+    ├── InvalidFileError         a records folder, plan or result file is damaged, foreign or cannot be written
+    │   └── FileMissingError     (a FileNotFoundError too) it is not there
+    ├── UsageError               a call or command that cannot work now (attached twice, busy, CLI flags)
+    └── GenerationCancelled      the Cancel button stopped a generation (not a mistake)
+"""
 
 from __future__ import annotations
 
@@ -8,14 +26,36 @@ class FluxlabError(Exception):
 
 
 class InvalidInputError(FluxlabError, ValueError):
-    """The attention inputs break the [batch, seq, heads, head_dim] contract."""
+    """An input fluxlab cannot use: tensors that break the [batch, seq, heads, head_dim] contract, a bad backend
+    spec, setting, size, dtype or argument."""
 
 
-class UnknownBackendError(FluxlabError, KeyError):
+class UnknownBackendError(InvalidInputError, KeyError):
     """No backend of that name (the message suggests the closest)."""
 
     def __str__(self):  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class BackendRegistrationError(InvalidInputError, TypeError):
+    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""
+
+
+class MemoryBudgetError(InvalidInputError, MemoryError):
+    """It cannot fit the memory it may use (a pipeline on this accelerator, a capture's ``max_bytes``); ``plan``
+    holds the offload decision behind it where there is one. Raised before the memory is used."""
+
+    def __init__(self, message: str, plan=None):
+        super().__init__(message)
+        self.plan = plan
+
+
+class ParallelRefusedError(InvalidInputError):
+    """A parallel run cannot start; ``reasons`` lists every reason, each a sentence naming the fix."""
+
+    def __init__(self, reasons: list[str], what: str = "this parallel run"):
+        self.reasons = list(reasons)
+        super().__init__(f"fluxlab refuses {what}:\n  - " + "\n  - ".join(self.reasons))
 
 
 class BackendUnavailableError(FluxlabError, RuntimeError):
@@ -34,12 +74,40 @@ class NoBackendError(BackendUnavailableError):
     """Nothing qualifies; ``reasons`` maps every backend to why it was not picked."""
 
 
-class InvalidBackendSpecError(FluxlabError, ValueError):
-    """A backend spec ("name:option=value,knob=value") names an option or a value the backend does not take."""
+class NoDeviceError(BackendUnavailableError):
+    """The work needs hardware this machine lacks (the command line exits with code 3)."""
 
 
 class BackendOutputError(FluxlabError, RuntimeError):
-    """A backend returned something that breaks the contract (shape, dtype, missing LSE)."""
+    """A backend returned something that breaks the contract (shape, dtype, NaN, missing LSE), or the backend a
+    comparison measures against is not exact and finite here."""
+
+
+class InvalidFileError(FluxlabError, ValueError, OSError):
+    """A records folder, autotune plan, output folder or result file that is damaged, made on another machine, or
+    cannot be written where asked (a ValueError and an OSError, as its older names were)."""
+
+
+class FileMissingError(InvalidFileError, FileNotFoundError):
+    """A records folder, plan file or model folder that is not there."""
+
+
+class UsageError(FluxlabError, ValueError):
+    """A call that cannot work in this state (attached twice, a pipeline already generating), or a command-line
+    mistake (printed as one line, exit code 2)."""
+
+
+class GenerationCancelled(FluxlabError, RuntimeError):
+    """``StepControl.cancel()`` stopped a generation between denoising steps; its partial output is discarded."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``generate`` between denoising steps. ``results`` holds what finished (the interrupted
+    backend's marked ``"interrupted": true`` with ``completed_steps``, or absent if it stopped mid-step)."""
+
+    def __init__(self, message: str, results: list, backend: str, completed_steps: int, steps: int):
+        super().__init__(message)
+        self.results, self.backend, self.completed_steps, self.steps = results, backend, completed_steps, steps
 
 
 class FluxlabWarning(UserWarning):
@@ -50,18 +118,24 @@ class FallbackWarning(FluxlabWarning):
     """The caller opted into fallback and a different backend than requested ran."""
 
 
-class BadReferenceError(FluxlabError, RuntimeError):
-    """The backend a comparison measures the others against is not exact and finite here (NaN/inf, approximate by
-    design, or outside the exact-kernel band against the float64 reference); the message says which and why."""
-
-
 class LayoutWarning(FluxlabWarning):
     """The inputs' head axis is longer than their sequence axis: they may be [batch, heads, seq, head_dim]."""
 
 
-class BackendRegistrationError(FluxlabError, ValueError, TypeError):
-    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""
+class LseWarning(FluxlabWarning):
+    """``enable_sequence_parallel`` under ring with a backend whose LSE does not follow the contract."""
 
 
-class ResultFileError(FluxlabError, OSError):
-    """A result file cannot be written where asked; the message names that path (not a temporary file)."""
+class DiffusersBackendWarning(FluxlabWarning):
+    """A diffusers attention setting meets a fluxlab-attached model: the message says what runs instead."""
+
+
+# Older, finer names, kept importable (here and where they were defined): each is one of the classes above.
+InvalidBackendSpecError = UnknownDtypeError = InvalidSizeError = InvalidSettingError = LoadArgumentError = \
+    LimitExceededError = CaptureError = UnsupportedAttentionCallError = OffloadError = DecideInputError = \
+    MaskNotSupportedError = InvalidInputError
+CaptureLimitError, SpawnError, BadReferenceError = MemoryBudgetError, BackendUnavailableError, BackendOutputError
+RecordIntegrityError = RecordsFolderError = InvalidPlanError = PlanMismatchError = ResultFileError = \
+    OutputFolderError = InvalidFileError
+RecordsNotFoundError = PlanNotFoundError = ModelSourceError = FileMissingError
+AttachError = PipelineBusyError = UsageError

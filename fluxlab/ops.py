@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .errors import InvalidInputError
 
+
 def _owned(result: Tensor, *inputs: Tensor) -> Tensor:
     """Contiguous and not sharing storage with an input (a custom op's output may not alias its inputs)."""
     result = result.contiguous()
@@ -103,8 +104,6 @@ NO_BACKWARD = ("fluxlab's attention under torch.compile is an op without a backw
 def no_backward_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Stands for the ops' backward in a graph: compiling a graph with one is fine, running it refuses, saying
     why (instead of torch's "no autograd formula was registered")."""
-    from .errors import InvalidInputError
-
     raise InvalidInputError(NO_BACKWARD)
 
 

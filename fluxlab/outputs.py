@@ -10,14 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FluxlabError
+from .errors import OutputFolderError
 
 # Lists the files a run wrote, so the next run into the same folder knows which ones are fluxlab's to replace.
 RUN_FILE = ".fluxlab-run.json"
-
-
-class OutputFolderError(FluxlabError, ValueError):
-    """``--out`` names a file, or a folder holding files fluxlab did not write (``--overwrite`` writes anyway)."""
 
 
 def _files(folder: Path) -> set[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
-from .backends.base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities, Group, Requirement
+from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Requirement
 from .diffusers_names import refusal
 from .errors import BackendRegistrationError, FluxlabError, UnknownBackendError
 from .platform import Platform
@@ -55,35 +55,28 @@ class BackendGroup:
         members = self.all_members()
         return [b for b in members if b.runs_on(platform)] or members
 
-    def resolve(self, q, k, platform: Platform, *, causal=False, return_lse=False, lse_grad=False) -> Backend | None:
+    def resolve(self, q, k, platform: Platform, **call) -> Backend | None:
         """The first member with no reason not to run these inputs; None if none can."""
-        for member in self.members(platform):
-            if not member.not_supported_reasons(q, k, k, platform, causal=causal, return_lse=return_lse,
-                                                lse_grad=lse_grad):
-                return member
-        return None
+        return next((m for m in self.members(platform) if not m.not_supported_reasons(q, k, k, platform, **call)),
+                    None)
 
-    def not_supported_reasons(self, q, k, v, platform, *, causal=False, return_lse=False, lse_grad=False):
-        per_member = [(m.name, m.not_supported_reasons(q, k, v, platform, causal=causal, return_lse=return_lse,
-                                                       lse_grad=lse_grad)) for m in self.members(platform)]
-        if any(not reasons for _, reasons in per_member):
-            return []
-        return [f"no member of the '{self.name}' group can run here (" +
-                " | ".join(f"{name}: {'; '.join(r)}" for name, r in per_member) + ")"]
+    def not_supported_reasons(self, q, k, v, platform, **call) -> list[str]:
+        return self._no_member(platform, "can run here", lambda m: m.not_supported_reasons(q, k, v, platform, **call))
 
     def platform_reasons(self, platform: Platform) -> list[str]:
-        per_member = [(m.name, m.platform_reasons(platform)) for m in self.members(platform)]
+        return self._no_member(platform, "is usable here", lambda m: m.platform_reasons(platform))
+
+    def _no_member(self, platform: Platform, what: str, reasons_of) -> list[str]:
+        """No reasons if a member has none; else one reason quoting every member's."""
+        per_member = [(m.name, reasons_of(m)) for m in self.members(platform)]
         if any(not reasons for _, reasons in per_member):
             return []
-        return [f"no member of the '{self.name}' group is usable here (" +
+        return [f"no member of the '{self.name}' group {what} (" +
                 " | ".join(f"{name}: {'; '.join(r)}" for name, r in per_member) + ")"]
 
 
-def _group(declared: Group, builtin: bool = True) -> BackendGroup:
-    return BackendGroup(declared.name, declared.description, declared.caps, builtin=builtin, aliases=declared.aliases)
-
-
-_groups: dict[str, BackendGroup] = {g.name: _group(g) for g in BUILTIN_GROUPS}
+_groups: dict[str, BackendGroup] = {g.name: BackendGroup(g.name, g.description, g.caps, aliases=g.aliases)
+                                   for g in BUILTIN_GROUPS}
 _registry: dict[str, Backend] = {b.name: b for b in BUILTIN_BACKENDS}
 _generation = 0  # bumped on every change, so cached decisions are dropped
 
@@ -206,19 +199,13 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     if isinstance(name, Backend):
         return _add(dataclasses.replace(name, builtin=False, plugin=name.plugin or _plugins["loading"]), replace)
     _check_definition(name, fn, options, capabilities)
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
-                         "(e.g. 'my_kernel')")
-    if not callable(fn):
-        raise TypeError(f"register_backend({name!r}, fn): fn must be callable, got {type(fn).__name__}")
     unknown = set(capabilities) - _CAPABILITY_FIELDS
     if unknown:
-        raise TypeError(f"unknown capability {sorted(unknown)} for backend {name!r}; "
-                        f"valid: {sorted(_CAPABILITY_FIELDS)}")
-    for key in ("vendors", "dtypes"):
-        if key in capabilities:
-            value = capabilities[key]
-            capabilities[key] = frozenset([value] if isinstance(value, (str, torch.dtype)) else value)
+        raise BackendRegistrationError(f"unknown capability {sorted(unknown)} for backend {name!r}; "
+                                       f"valid: {sorted(_CAPABILITY_FIELDS)}")
+    if "vendors" in capabilities:
+        vendors = capabilities["vendors"]
+        capabilities["vendors"] = frozenset([vendors] if isinstance(vendors, str) else vendors)
     capabilities.setdefault("vendors", frozenset({"nvidia", "amd", "cpu", "other"}))
     capabilities.setdefault("dtypes", FLOAT_DTYPES)
     backend = Backend(name, fn, Capabilities(**capabilities), description or f"user backend {name}",
@@ -231,18 +218,20 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
 def _add(backend: Backend, replace: bool) -> Backend:
     name = backend.name
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"backend name {name!r} must be lower-case letters, digits and '_' "
-                         "(e.g. 'my_kernel')")
+        raise BackendRegistrationError(f"backend name {name!r} must be lower-case letters, digits and '_' "
+                                       "(e.g. 'my_kernel')")
     if not callable(backend.fn):
-        raise TypeError(f"backend {name!r}: fn must be callable, got {type(backend.fn).__name__}")
+        raise BackendRegistrationError(f"register_backend({name!r}, fn): fn must be callable, got "
+                                       f"{type(backend.fn).__name__}")
     if name in _groups:
-        raise ValueError(f"{name!r} is a priority group; pick another name")
+        raise BackendRegistrationError(f"{name!r} is a priority group; pick another name")
     if (name in _registry or name in ALIASES) and not replace:
-        raise ValueError(f"a backend named {name!r} already exists; pass replace=True to replace it, "
-                         "or pick another name")
+        raise BackendRegistrationError(f"a backend named {name!r} already exists; pass replace=True to replace it, "
+                                       "or pick another name")
     taken = [a for a in backend.aliases if a in _registry or a in _groups or ALIASES.get(a, name) != name]
     if taken:
-        raise ValueError(f"backend {name!r}: alias {taken} already names another backend; pick other aliases")
+        raise BackendRegistrationError(f"backend {name!r}: alias {taken} already names another backend; pick "
+                                       "other aliases")
     _registry[name] = backend
     ALIASES.update(_aliases([backend]))
     _changed()
@@ -275,7 +264,7 @@ def _check_definition(name, fn, options, capabilities) -> None:
                     f"register_backend({name!r}, fn): fn must take the keyword argument(s) {', '.join(missing)}; "
                     "fluxlab calls fn(q, k, v, *, scale, causal, return_lse, **options). Define it as "
                     "def fn(q, k, v, *, scale, causal=False, return_lse=False, **options)")
-    if "dtypes" in capabilities:
+    if "dtypes" in capabilities:  # given by name or as torch dtypes, one or several
         value = capabilities["dtypes"]
         values = [value] if isinstance(value, (str, torch.dtype)) else list(value)
         capabilities["dtypes"] = frozenset(_dtype_of(name, v) for v in values)
@@ -299,7 +288,7 @@ def unregister_backend(name: str) -> None:
     """Remove a user-registered backend (built-ins cannot be removed)."""
     key = canonical_name(name)
     if _registry[key].builtin:
-        raise ValueError(f"'{key}' is built in and cannot be unregistered")
+        raise BackendRegistrationError(f"'{key}' is built in and cannot be unregistered")
     del _registry[key]
     for alias in [a for a, target in ALIASES.items() if target == key]:
         del ALIASES[alias]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .version import __version__
-from .errors import FluxlabError, FluxlabWarning
+from .errors import FluxlabWarning, UnknownDtypeError
 
 # -- files ---------------------------------------------------------------------------------------------------------
 
@@ -263,10 +263,6 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, d
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 SHORT_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
-
-
-class UnknownDtypeError(FluxlabError, ValueError):
-    """A dtype name fluxlab does not know (the message lists the names it takes)."""
 
 
 def parse_dtype(value) -> torch.dtype:

@@ -72,7 +72,7 @@ def tour() -> list:
                           "generations without reloading anything."),
         new_code_cell(
             "import torch\n\n"
-            "fluxlab.set_backend(pipe, fluxlab.default_backend())\n"
+            "fluxlab.set_backend(pipe, fluxlab.dispatch.default_backend())\n"
             "image = pipe(**settings.pipe_kwargs(), generator=torch.Generator().manual_seed(0)).images[0]\n"
             "image.resize((192, 192))"),
     ]
@@ -151,7 +151,7 @@ def side_by_side() -> list:
             "SEED = 0\n"
             "# the exact kernels here; the emulated ones (emu_*) get their own section below\n"
             "backends = [settings.image_reference] + [b for b in model_backends(pipe, exclude=[settings.image_reference])\n"
-            "                                         if not fluxlab.get_backend(b).caps.emulated]\n"
+            "                                         if not fluxlab.registry.get_backend(b).caps.emulated]\n"
             "backends"),
         new_code_cell(
             "comparison = compare_images(pipe, backends, seed=SEED, reference=settings.image_reference,\n"
@@ -255,7 +255,7 @@ def decide() -> list:
             "RUN = dict(prompt=settings.prompt, steps=4, height=settings.height, width=settings.width,\n"
             "           max_sequence_length=144) if settings.small else \\\n"
             "    dict(prompt=settings.prompt, steps=settings.steps, height=settings.height, width=settings.width)\n"
-            "pipe = fluxlab.load_flux2(MODEL, allowed=fluxlab.FLUX2_BACKENDS | {\"planted_scale_bug\"},\n"
+            "pipe = fluxlab.load_flux2(MODEL, allowed=fluxlab.models.FLUX2_BACKENDS | {\"planted_scale_bug\"},\n"
             "                          **settings.load_kwargs())\n"
             "CANDIDATE, RUN"),
         new_markdown_cell(

@@ -13,7 +13,7 @@ LN2 = 0.6931471805599453
 
 
 def _sdpa_flash(q, k, v, scale, causal, return_lse):
-    return fluxlab.get_backend("sdpa_flash").fn(q, k, v, scale=scale, causal=causal, return_lse=return_lse)
+    return fluxlab.registry.get_backend("sdpa_flash").fn(q, k, v, scale=scale, causal=causal, return_lse=return_lse)
 
 
 def _lse_in_log2(q, k, v, *, scale, causal=False, return_lse=False):

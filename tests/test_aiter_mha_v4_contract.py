@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import Platform
+from fluxlab.platform import Platform
 from fluxlab.backends import aiter_mha_v4
 from fluxlab.cli import main
 from fluxlab.dispatch import plan, run_backend
@@ -43,7 +43,7 @@ def test_mha_v4_gets_the_formats_and_the_scale(standins, fmt):
     from aiter.ops import mha_v4
 
     q, k, v = inputs()
-    out = run_backend(fluxlab.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format=fmt)
+    out = run_backend(fluxlab.registry.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format=fmt)
     call = mha_v4.CALLS[-1]
     assert call["shapes"] == [(1, 40, 2, 128)] * 3 and call["softmax_scale"] == 0.07
     names = [f.name for f in call["formats"]]
@@ -58,10 +58,10 @@ def test_gfx942_gets_fnuz_v_and_only_i8fp8(standins, monkeypatch):
 
     monkeypatch.setattr(mha_v4, "GFX", "gfx942")
     q, k, v = inputs()
-    run_backend(fluxlab.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format="i8fp8")
+    run_backend(fluxlab.registry.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format="i8fp8")
     assert mha_v4.CALLS[-1]["formats"][2].name == "FP8_E4M3_FNUZ"  # native_fp8_format() on gfx942
     with pytest.raises(RuntimeError, match="no MHA v4 kernel"):  # the library itself refuses: no manifest row
-        run_backend(fluxlab.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format="mxfp4")
+        run_backend(fluxlab.registry.get_backend("aiter_mha_v4"), q, k, v, scale=0.07, format="mxfp4")
 
 
 def test_format_reasons_per_arch():
@@ -101,7 +101,7 @@ def test_sage_mxfp4_passes_rotation_and_refuses_another_scale(standins):
     from aiter.ops.triton.attention import fav3_sage_attention_mxfp4_wrapper as wrapper
 
     q, k, v = inputs()
-    backend = fluxlab.get_backend("aiter_sage_mxfp4")
+    backend = fluxlab.registry.get_backend("aiter_sage_mxfp4")
     out, lse = run_backend(backend, q, k, v, scale=128**-0.5, return_lse=True)
     call = wrapper.CALLS[-1]
     assert call["hadamard_rotation"] is True and call["layout"] == "bshd" and call["causal"] is False

@@ -113,8 +113,8 @@ def tiny_pipe_with_bad_kernels():
     attach(pipe, allowed=FLUX2_BACKENDS | {"attack_nan", "attack_scale_1_5"})
     yield pipe
     detach(pipe)
-    fluxlab.unregister_backend("attack_nan")
-    fluxlab.unregister_backend("attack_scale_1_5")
+    fluxlab.registry.unregister_backend("attack_nan")
+    fluxlab.registry.unregister_backend("attack_scale_1_5")
 
 
 SMALL = dict(steps=2, seeds=(0, 1), height=32, width=32)
@@ -188,7 +188,7 @@ def _image(pipe):
 @pytest.mark.slow
 def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     import fluxlab
-    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.decide import AutotuneResult, autotune
     from fluxlab.models.attach import set_backend, set_schedule
 
     rtz = "emu_aiter:how_v3_bf16_cvt=2"  # aiter's round-toward-zero variant: not the default rounding
@@ -201,7 +201,7 @@ def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     assert all(measured[(layer, rtz)] != measured[(layer, "emu_aiter")] for layer in layers)
     assert plan.settings["candidates"] == [rtz, "emu_aiter"]
     # stored: the loaded plan keeps the spec apart; applied: a schedule of it runs the option, not the default
-    loaded = AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    loaded = AutotuneResult.load(plan.save(tmp_path / "plan.json"))
     assert {(m.layer, m.backend): m.rel_l2 for m in loaded.measurements} == measured
     assert loaded.choices == plan.choices and rtz not in loaded.choices.values()  # it is judged warn there
     assert rtz in loaded.reasons and "warn" in loaded.reasons[rtz]
@@ -219,7 +219,7 @@ def test_autotune_measures_stores_and_applies_a_candidates_options(tmp_path):
     fluxlab.detach(pipe)  # the router leaves with the last attached model
 
 
-# -- AutotunePlan.load checks a plan against its own evidence --------------------------------------------------------
+# -- AutotuneResult.load checks a plan against its own evidence --------------------------------------------------------
 
 H200_PLAN = REPO / "benchmarks/results/h200/decide/autotune_plan_1024.json"
 
@@ -275,14 +275,14 @@ def _choose_untimed(data):
     (_choose_untimed, "on {layer} has no measured time"),
 ], ids=["failing", "unmeasured-quantised", "quantised-not-allowed", "unmeasured-exact", "untimed"])
 def test_a_hand_edited_plan_is_refused_by_its_own_evidence(tmp_path, edit, why):
-    from fluxlab.decide import AutotunePlan, InvalidPlanError
+    from fluxlab.decide import AutotuneResult, InvalidPlanError
 
     path = _edited_plan(tmp_path, edit)
     layer = _first_layer(json.loads(path.read_text()))
     for allow_mismatch in (False, True):  # evidence is not a platform difference: allow_mismatch does not skip it
         with pytest.raises(InvalidPlanError, match=re.escape(why.format(layer=layer))):
-            AutotunePlan.load(path, allow_mismatch=allow_mismatch)
-    assert AutotunePlan.load(H200_PLAN, allow_mismatch=True).choices  # the unedited plan loads
+            AutotuneResult.load(path, allow_mismatch=allow_mismatch)
+    assert AutotuneResult.load(H200_PLAN, allow_mismatch=True).choices  # the unedited plan loads
 
 
 def _made_here(data, versions):
@@ -296,14 +296,14 @@ def _made_here(data, versions):
 @pytest.mark.parametrize("versions, loads", [("here", True), ({}, False), ({"fluxlab": "0.1.0"}, False)],
                          ids=["all-versions", "no-versions", "fluxlab-only"])
 def test_missing_versions_do_not_skip_the_version_check(tmp_path, versions, loads):
-    from fluxlab.decide import AutotunePlan, PlanMismatchError
+    from fluxlab.decide import AutotuneResult, PlanMismatchError
 
     path = _edited_plan(tmp_path, lambda data: _made_here(data, versions))
     if loads:
-        assert AutotunePlan.load(path).choices
+        assert AutotuneResult.load(path).choices
     else:
         with pytest.raises(PlanMismatchError, match=r"version torch None there, '.+' here"):
-            AutotunePlan.load(path)
+            AutotuneResult.load(path)
 
 
 # -- a Plan refuses what attention() refuses -------------------------------------------------------------------------
@@ -392,7 +392,7 @@ def test_a_user_backend_breaking_the_output_contract_is_refused(fn, error, fragm
             with pytest.raises(getattr(fluxlab, error), match=re.escape(fragment)):
                 call()
     finally:
-        fluxlab.unregister_backend("attack_out")
+        fluxlab.registry.unregister_backend("attack_out")
 
 
 def test_nan_inputs_are_named_on_a_plans_first_call():
@@ -449,7 +449,7 @@ def test_register_backend_takes_dtypes_by_name():
         q, k, v = _qkv(1, 16, 2, 32, dtype=torch.bfloat16)
         assert fluxlab.attention(q, k, v, backend="attack_bf16").dtype == torch.bfloat16
     finally:
-        fluxlab.unregister_backend("attack_bf16")
+        fluxlab.registry.unregister_backend("attack_bf16")
 
 
 @pytest.mark.parametrize("scale", [True, False], ids=["True", "False"])
@@ -564,22 +564,22 @@ def _verbs(tiny):
     small = dict(height=32, width=32)
     return {
         "compare-seed-and-seeds": (lambda: compare_images(tiny, ["sdpa"], seed=3, seeds=[0, 1], steps=1, **small),
-                                   "InvalidSettingError", "got seed=3 and seeds=[0, 1]: pass one of them"),
+                                   "InvalidInputError", "got seed=3 and seeds=[0, 1]: pass one of them"),
         "compare-output-type": (lambda: compare_images(tiny, ["sdpa"], steps=1, output_type="pil", **small),
-                                "InvalidSettingError", "output_type cannot be passed through to the pipeline"),
+                                "InvalidInputError", "output_type cannot be passed through to the pipeline"),
         "locate-output-type": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
                                                             output_type="pil", **small),
-                               "DecideInputError", "output_type cannot be passed through to the pipeline"),
+                               "InvalidInputError", "output_type cannot be passed through to the pipeline"),
         "locate-generator": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2,
                                                           generator=torch.Generator(), **small),
-                             "DecideInputError", "use seed= instead of generator"),
+                             "InvalidInputError", "use seed= instead of generator"),
         "locate-seed-1.5": (lambda: fluxlab.locate_drift(tiny, "sdpa", "emu_bf16", prompt="a", steps=2, seed=1.5,
                                                          **small),
-                            "DecideInputError", "seed must be a whole number from 0 to 2**63 - 1, got 1.5"),
+                            "InvalidInputError", "seed must be a whole number from 0 to 2**63 - 1, got 1.5"),
         "generate-seed-1.5": (lambda: fluxlab.generate(tiny, ["sdpa"], prompt="a", steps=1, seed=1.5, **small),
-                              "InvalidSettingError", "seed must be a whole number"),
-        "load-empty": (lambda: fluxlab.load_flux2(""), "ModelSourceError", "the model source is empty"),
-        "load-blank": (lambda: fluxlab.load_flux2("  "), "ModelSourceError", "the model source is empty"),
+                              "InvalidInputError", "seed must be a whole number"),
+        "load-empty": (lambda: fluxlab.load_flux2(""), "FileMissingError", "the model source is empty"),
+        "load-blank": (lambda: fluxlab.load_flux2("  "), "FileMissingError", "the model source is empty"),
     }
 
 
@@ -620,34 +620,34 @@ def test_numpy_integers_are_whole_numbers_for_the_verbs(tiny, tmp_path):
 def _plan_file_cases(tmp_path):
     good = json.loads(H200_PLAN.read_text())
     cases = {
-        "not-json": ("{not json", "InvalidPlanError", "is not a JSON autotune plan"),
-        "a-list": ("[1, 2]", "PlanMismatchError", "is not a fluxlab-autotune/1 plan (format 'list')"),
-        "no-choices": ({k: v for k, v in good.items() if k != "choices"}, "InvalidPlanError",
+        "not-json": ("{not json", "InvalidFileError", "is not a JSON autotune plan"),
+        "a-list": ("[1, 2]", "InvalidFileError", "is not a fluxlab-autotune/1 plan (format 'list')"),
+        "no-choices": ({k: v for k, v in good.items() if k != "choices"}, "InvalidFileError",
                        "its field 'choices' is missing"),
-        "choices-a-list": ({**good, "choices": ["sdpa"]}, "InvalidPlanError",
+        "choices-a-list": ({**good, "choices": ["sdpa"]}, "InvalidFileError",
                            "its field 'choices' is a list, not a dict"),
         "measurement-extra-field": ({**good, "measurements": [{**good["measurements"][0], "speed": 1}]},
-                                    "InvalidPlanError", "unexpected keyword argument 'speed'"),
+                                    "InvalidFileError", "unexpected keyword argument 'speed'"),
         "unknown-backend": ({**good, "choices": {"x.attn": "sdpa_flsh"}}, "UnknownBackendError", "sdpa_flsh"),
-        "bad-option": ({**good, "choices": {"x.attn": "emu_aiter:how_v3_bf16_cvt=7"}}, "InvalidBackendSpecError",
+        "bad-option": ({**good, "choices": {"x.attn": "emu_aiter:how_v3_bf16_cvt=7"}}, "InvalidInputError",
                        "how_v3_bf16_cvt=7 is not valid"),
     }
     for name, (content, error, fragment) in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(content if isinstance(content, str) else json.dumps(content))
         yield name, path, error, fragment
-    yield "a-folder", tmp_path, "InvalidPlanError", "is a folder, not a plan file"
-    yield "missing", tmp_path / "nope.json", "PlanNotFoundError", "no autotune plan at"
+    yield "a-folder", tmp_path, "InvalidFileError", "is a folder, not a plan file"
+    yield "missing", tmp_path / "nope.json", "FileMissingError", "no autotune plan at"
 
 
 def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
     import fluxlab
-    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide import AutotuneResult
 
     seen = []
     for name, path, error, fragment in _plan_file_cases(tmp_path):
         with pytest.raises(fluxlab.FluxlabError) as caught:
-            AutotunePlan.load(path, allow_mismatch=True)
+            AutotuneResult.load(path, allow_mismatch=True)
         assert type(caught.value).__name__ == error, (name, caught.value)
         assert fragment in str(caught.value), (name, str(caught.value))
         seen.append(name)
@@ -655,10 +655,10 @@ def test_a_malformed_plan_file_is_one_clear_error(tmp_path):
 
 
 def test_plan_save_expands_home_and_names_the_path_it_was_given(tmp_path, monkeypatch):
-    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide import AutotuneResult
     from fluxlab.decide.files import ResultFileError
 
-    plan = AutotunePlan.load(H200_PLAN, allow_mismatch=True)
+    plan = AutotuneResult.load(H200_PLAN, allow_mismatch=True)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     saved = plan.save("~/plans/p.json")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import Platform
+from fluxlab.platform import Platform
 from fluxlab.errors import BackendUnavailableError, InvalidInputError, UnknownBackendError
 
 
@@ -99,10 +99,10 @@ def test_finite_check_can_be_enabled_by_environment(monkeypatch):
 def test_broken_backend_output_is_caught():
     fluxlab.register_backend("wrong_layout", lambda q, k, v, *, scale, causal, return_lse: q.transpose(1, 2))
     try:
-        with pytest.raises(fluxlab.BackendOutputError, match=r"returned shape \(1, 2, 16, 32\); the contract"):
+        with pytest.raises(fluxlab.errors.BackendOutputError, match=r"returned shape \(1, 2, 16, 32\); the contract"):
             fluxlab.attention(t(*Q), t(*Q), t(*Q), backend="wrong_layout")
     finally:
-        fluxlab.unregister_backend("wrong_layout")
+        fluxlab.registry.unregister_backend("wrong_layout")
 
 
 def test_register_backend_rejects_bad_definitions():
@@ -113,13 +113,13 @@ def test_register_backend_rejects_bad_definitions():
         with pytest.raises(ValueError, match="already exists; pass replace=True"):
             fluxlab.register_backend("my_twice", lambda *a, **k: None)
     finally:
-        fluxlab.unregister_backend("my_twice")
+        fluxlab.registry.unregister_backend("my_twice")
     with pytest.raises(ValueError, match="must be lower-case"):
         fluxlab.register_backend("My Kernel", lambda *a, **k: None)
     with pytest.raises(TypeError, match="unknown capability \\['lse'\\]"):
         fluxlab.register_backend("my_k", lambda *a, **k: None, lse=True)
     with pytest.raises(ValueError, match="built in and cannot be unregistered"):
-        fluxlab.unregister_backend("sdpa")
+        fluxlab.registry.unregister_backend("sdpa")
 
 
 # -- generation limits and Ctrl-C (fluxlab.generate, the widgets' settings) ----------------------------------------

@@ -164,7 +164,7 @@ def test_a_backend_failing_during_the_work_is_exit_1_and_leaves_no_folder(tmp_pa
     import fluxlab.models.generate
 
     def broken(*_args, **_kwargs):
-        raise fluxlab.BackendOutputError("sdpa returned shape (1, 2) (on purpose)")
+        raise fluxlab.errors.BackendOutputError("sdpa returned shape (1, 2) (on purpose)")
 
     monkeypatch.setattr(fluxlab.models.generate, "generate", broken)
     out = tmp_path / "deep" / "out"
@@ -199,7 +199,7 @@ def test_doctor_json_is_machine_readable(capsys):
     for row in rows.values():
         assert {"available", "reasons", "version", "default"} <= set(row)
         assert row["available"] == (not row["reasons"])
-    assert [name for name, row in rows.items() if row["default"]] == [fluxlab.default_backend()]
+    assert [name for name, row in rows.items() if row["default"]] == [fluxlab.dispatch.default_backend()]
     assert main(["doctor", "--json", "--profile", "mi300x"]) == 0
     mi300x = json.loads(capsys.readouterr().out)
     assert mi300x["platform"]["vendor"] == "amd"

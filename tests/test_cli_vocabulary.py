@@ -331,7 +331,7 @@ def test_a_failure_of_the_work_is_exit_1_not_a_usage_mistake(tmp_path, capsys, m
     import fluxlab.compare.sweep
 
     def broken(*_args, **_kwargs):
-        raise fluxlab.BackendOutputError("sdpa returned NaN (on purpose)")
+        raise fluxlab.errors.BackendOutputError("sdpa returned NaN (on purpose)")
 
     monkeypatch.setattr(fluxlab.compare.sweep, "run_compare", broken)
     assert main(["compare", "--model", "none", "--inputs", "smoke", "--out", str(tmp_path / "o")]) == 1

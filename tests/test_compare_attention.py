@@ -29,7 +29,7 @@ def registered():
 
     yield register
     for name in names:
-        fluxlab.unregister_backend(name)
+        fluxlab.registry.unregister_backend(name)
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))

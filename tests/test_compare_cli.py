@@ -29,7 +29,7 @@ def test_compare_exits_1_when_a_backend_fails(tmp_path, capsys):
         code = main(["compare", "--out", str(tmp_path), "--backends", "sdpa,cli_kv_swapped", "--format", "html",
                      *FAST])
     finally:
-        fluxlab.unregister_backend("cli_kv_swapped")
+        fluxlab.registry.unregister_backend("cli_kv_swapped")
     assert code == 1
     html = (tmp_path / "report.html").read_text()
     assert "cli_kv_swapped" in html and "#ffcdd2" in html  # the fail colour

@@ -56,8 +56,8 @@ def broken_kernels_allowed(tiny_pipe):
     yield
     detach(tiny_pipe)
     attach(tiny_pipe, allowed=previous)
-    fluxlab.unregister_backend("image_broken_head")
-    fluxlab.unregister_backend("image_raises")
+    fluxlab.registry.unregister_backend("image_broken_head")
+    fluxlab.registry.unregister_backend("image_raises")
 
 
 def test_different_kernels_differ_a_little_and_broken_ones_a_lot(tiny_pipe, broken_kernels_allowed):
@@ -86,7 +86,7 @@ def test_backend_outside_the_models_allowed_set_is_an_error_row(tiny_pipe):
         result = compare_images(tiny_pipe, ["sdpa", "image_not_allowed"], steps=1)
     finally:
         state.chosen_allowed = before
-        fluxlab.unregister_backend("image_not_allowed")
+        fluxlab.registry.unregister_backend("image_not_allowed")
     assert "outside this FLUX.2 model's allowed set" in result.metrics["image_not_allowed"].error
 
 

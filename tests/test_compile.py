@@ -51,11 +51,11 @@ def kernels():
     try:
         yield calls
     finally:
-        fluxlab.unregister_backend("counted")
-        fluxlab.unregister_backend("wrong_scale")
+        fluxlab.registry.unregister_backend("counted")
+        fluxlab.registry.unregister_backend("wrong_scale")
 
 
-ALLOWED = fluxlab.FLUX2_BACKENDS | {"counted", "wrong_scale"}
+ALLOWED = fluxlab.models.FLUX2_BACKENDS | {"counted", "wrong_scale"}
 
 
 def graph_breaks() -> int:
@@ -149,7 +149,7 @@ def test_fluxlab_attention_is_one_op_under_compile():
     torch.testing.assert_close(lse, eager_lse, rtol=0, atol=0)
     assert graph_breaks() == 0
     # Refusals made inside the op at run time reach the caller as fluxlab's own errors.
-    with pytest.raises(fluxlab.BackendNotAllowedError, match="outside this model's allowed set"):
+    with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="outside this model's allowed set"):
         torch.compile(lambda q: fluxlab.attention(q, q, q, backend="sdpa", allowed={"reference"}), fullgraph=True,
                       backend="aot_eager")(q)
 

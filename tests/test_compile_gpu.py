@@ -17,7 +17,7 @@ from _flux2 import generate, rel_l2
 pytestmark = pytest.mark.gpu
 COMPILED_VS_EAGER_MAX_REL_L2 = 2e-2  # bf16 Triton kernels fuse and round differently from eager ones
 SWITCH_MIN_REL_L2 = 1e-3  # a kernel at half the softmax scale moves the image far more than this
-ALLOWED = fluxlab.FLUX2_BACKENDS | {"half_scale"}
+ALLOWED = fluxlab.models.FLUX2_BACKENDS | {"half_scale"}
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def fresh_dynamo_and_a_planted_kernel():
     counters.clear()
     fluxlab.register_backend("half_scale", half_scale, description="SDPA at half the scale (GPU compile test)")
     yield
-    fluxlab.unregister_backend("half_scale")
+    fluxlab.registry.unregister_backend("half_scale")
     torch._dynamo.reset()
 
 

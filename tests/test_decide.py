@@ -7,7 +7,8 @@ import math
 import pytest
 
 import fluxlab
-from fluxlab import Rule, Schedule
+from fluxlab import Schedule
+from fluxlab.models import Rule
 from fluxlab.compare import IMAGE_RULE_TEXT, compare_images
 from fluxlab.decide import DecideInputError, generation_bound, locate_drift
 
@@ -38,8 +39,8 @@ def pipe():
     pipeline = fluxlab.load_flux2("embedded", allowed=allowed)
     yield pipeline
     fluxlab.detach(pipeline)
-    fluxlab.unregister_backend(PLANTED)
-    fluxlab.unregister_backend(SLOW_CORRECT)
+    fluxlab.registry.unregister_backend(PLANTED)
+    fluxlab.registry.unregister_backend(SLOW_CORRECT)
 
 
 class ForwardCounter:
@@ -130,7 +131,7 @@ def test_diffuse_drift_stays_within_the_bound_and_a_small_budget_says_so(pipe):
 
 def test_bad_arguments_are_refused_before_any_generation(pipe):
     with ForwardCounter(pipe) as counter:
-        with pytest.raises(fluxlab.UnknownBackendError, match="sdpx"):
+        with pytest.raises(fluxlab.errors.UnknownBackendError, match="sdpx"):
             locate_drift(pipe, "sdpa", "sdpx", prompt=PROMPT, steps=STEPS)
         with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="allowed"):
             locate_drift(pipe, "sdpa", "sdpa_flash", prompt=PROMPT, steps=STEPS)
@@ -156,7 +157,7 @@ def _raising_kernel(q, k, v, **options):
 
 
 def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path):
-    from fluxlab.decide import AutotunePlan, autotune
+    from fluxlab.decide import AutotuneResult, autotune
     from fluxlab.models.attach import state_of
 
     state = state_of(pipe)
@@ -169,8 +170,8 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
                         steps=3, repeats=2, **FAST)
     finally:
         state.allowed = allowed
-        fluxlab.unregister_backend("decide_nan")
-        fluxlab.unregister_backend("decide_raises")
+        fluxlab.registry.unregister_backend("decide_nan")
+        fluxlab.registry.unregister_backend("decide_raises")
     assert set(plan.choices) == set(state.layer_names)
     assert set(plan.choices.values()) == {SLOW_CORRECT}, plan.to_markdown()
     # the planted kernel (sdpa's speed) fails on every layer; the sleeping one passes (no timing is asserted)
@@ -181,7 +182,7 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
     assert plan.schedule(state.layer_names[0], 0, 3) == SLOW_CORRECT
     # saved and loaded; a plan from another machine is refused unless allowed
     path = plan.save(tmp_path / "plan.json")
-    assert AutotunePlan.load(path).choices == plan.choices
+    assert AutotuneResult.load(path).choices == plan.choices
     import json
 
     data = json.loads(path.read_text())
@@ -189,15 +190,15 @@ def test_autotune_never_chooses_a_fast_wrong_kernel_and_says_why(pipe, tmp_path)
     data["versions"]["torch"] = "2.11.0+cu130"
     path.write_text(json.dumps(data))
     with pytest.raises(fluxlab.decide.PlanMismatchError, match="H200.*run fluxlab.autotune again"):
-        AutotunePlan.load(path)
-    assert AutotunePlan.load(path, allow_mismatch=True).notes
+        AutotuneResult.load(path)
+    assert AutotuneResult.load(path, allow_mismatch=True).notes
 
 
 def test_autotune_refuses_unknown_candidates_before_generating(pipe):
     from fluxlab.decide import autotune
 
     with ForwardCounter(pipe) as counter:
-        with pytest.raises(fluxlab.UnknownBackendError):
+        with pytest.raises(fluxlab.errors.UnknownBackendError):
             autotune(pipe, candidates=["sdpa", "flesh"], prompt=PROMPT, steps=3)
         with pytest.raises(DecideInputError, match="nothing to choose"):
             autotune(pipe, candidates=[], prompt=PROMPT, steps=3)
@@ -220,7 +221,7 @@ def test_frontier_measures_every_schedule_marks_pareto_and_keeps_failing_candida
         result = frontier(pipe, [PLANTED, "decide_raises"], prompt=PROMPT, steps=STEPS, repeats=1, **FAST)
     finally:
         state.allowed = allowed
-        fluxlab.unregister_backend("decide_raises")
+        fluxlab.registry.unregister_backend("decide_raises")
     names = [r.name for r in result.rows]
     assert names[0] == "sdpa (exact)" and f"{PLANTED} everywhere" in names
     assert f"{PLANTED}, sdpa at 1 first+last" in names
@@ -274,14 +275,14 @@ def test_cli_mistakes_are_refused_before_the_model_loads(argv, message, monkeypa
 
 
 def test_cli_autotune_writes_markdown_png_and_json(pipe, monkeypatch, tmp_path):
-    from fluxlab.decide import AutotunePlan, cli
+    from fluxlab.decide import AutotuneResult, cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pipe)  # the module's pipeline: loading again costs seconds
     args = _parse(["autotune", "--candidates", f"sdpa,{PLANTED}", "--steps", "2", "--repeats", "1",
                    "--max-sequence-length", "32", "--no-progress", "--out", str(tmp_path)])
     assert args.func(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".fluxlab-run.json", "plan.json", "plan.md", "plan.png"]
-    plan = AutotunePlan.load(tmp_path / "plan.json")
+    plan = AutotuneResult.load(tmp_path / "plan.json")
     assert set(plan.choices.values()) == {"sdpa"} and PLANTED in plan.reasons
     assert "plan.png" in (tmp_path / "plan.md").read_text()
     _assert_provenance(tmp_path / "plan.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fluxlab
-from fluxlab.decide import AutotunePlan, DecideInputError, autotune, confirm_plan, record_step
+from fluxlab.decide import AutotuneResult, DecideInputError, autotune, confirm_plan, record_step
 from fluxlab.models.attach import state_of
 
 PROMPT = "a red circle at the top left on a blue background"
@@ -39,8 +39,8 @@ def pipe():
     pipeline = fluxlab.load_flux2("embedded", allowed={"sdpa", "sdpa_math", "reference", PLANTED, STEADY})
     yield pipeline
     fluxlab.detach(pipeline)
-    fluxlab.unregister_backend(PLANTED)
-    fluxlab.unregister_backend(STEADY)
+    fluxlab.registry.unregister_backend(PLANTED)
+    fluxlab.registry.unregister_backend(STEADY)
 
 
 class ScriptedClock:
@@ -86,26 +86,26 @@ def test_a_per_layer_plan_slower_at_step_level_than_a_uniform_candidate_is_repla
     assert f"| {layers[0]} | **{STEADY}** (alone: sdpa) |" in text
 
     # saved and loaded, the confirmation comes back whole
-    loaded = AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    loaded = AutotuneResult.load(plan.save(tmp_path / "plan.json"))
     assert loaded.confirmation == confirmation and loaded.choices == plan.choices
     assert loaded.to_markdown() == text
     # a plan saved before the confirmation existed (no "confirmation" key) still loads
     data = json.loads((tmp_path / "plan.json").read_text())
     del data["confirmation"]
     (tmp_path / "old.json").write_text(json.dumps(data))
-    old = AutotunePlan.load(tmp_path / "old.json")
+    old = AutotuneResult.load(tmp_path / "old.json")
     assert old.confirmation is None and old.choices == plan.choices and "Step-level" not in old.to_markdown()
 
 
 def test_a_committed_plan_loads_and_one_of_the_old_format_too(tmp_path):
     """The committed H200 plan (with its step-level confirmation) loads; the same plan written before the
     confirmation existed (no such key) loads with confirmation None."""
-    plan = AutotunePlan.load(H200_PLAN, allow_mismatch=True)  # measured on an H200: a mismatch here, by design
+    plan = AutotuneResult.load(H200_PLAN, allow_mismatch=True)  # measured on an H200: a mismatch here, by design
     assert plan.confirmation is not None and len(plan.choices) == 56 and "Step-level" in plan.to_markdown()
     old = json.loads(H200_PLAN.read_text())
     del old["confirmation"]
     (tmp_path / "old.json").write_text(json.dumps(old))
-    plan = AutotunePlan.load(tmp_path / "old.json", allow_mismatch=True)
+    plan = AutotuneResult.load(tmp_path / "old.json", allow_mismatch=True)
     assert plan.confirmation is None and len(plan.choices) == 56 and "Step-level" not in plan.to_markdown()
 
 

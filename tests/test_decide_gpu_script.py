@@ -14,7 +14,7 @@ from _benchmarks import ROOT, load_benchmark
 
 @pytest.mark.slow
 def test_tiny_dry_run_records_the_confirmation_and_the_paired_rounds(tmp_path):
-    from fluxlab.decide import AutotunePlan
+    from fluxlab.decide import AutotuneResult
 
     out = tmp_path / "h200" / "decide"
     assert load_benchmark("decide_gpu").main(["--tiny", "--sizes", "64", "--repeats", "3",
@@ -31,7 +31,7 @@ def test_tiny_dry_run_records_the_confirmation_and_the_paired_rounds(tmp_path):
     low, high = tune["paired_ratio_spread"]
     assert low <= tune["paired_ratio_median"] <= high
     assert tune["plan_over_automatic"] == tune["plan_median_ms"] / tune["automatic_median_ms"]
-    plan = AutotunePlan.load(out / "autotune_plan_64.json")
+    plan = AutotuneResult.load(out / "autotune_plan_64.json")
     assert plan.confirmation is not None and plan.confirmation.kept == tune["kept"]
     assert "### Step-level confirmation at 64^2" in (out / "decide_gpu.md").read_text()
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import Platform
 from fluxlab import plan
+from fluxlab.platform import Platform
 from fluxlab.errors import BackendNotAllowedError, BackendUnavailableError, NoBackendError
 
 
@@ -30,7 +30,7 @@ def cpu_inputs(shape=(1, 16, 2, 32), dtype=torch.float32):
 def clean_state(monkeypatch):
     monkeypatch.delenv("FLUXLAB_ATTENTION_BACKEND", raising=False)
     yield
-    fluxlab.reset_backend_choice()
+    fluxlab.dispatch.reset_backend_choice()
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def exact_user_backend():
 
     fluxlab.register_backend("my_kernel", kernel, description="test kernel")
     yield calls
-    fluxlab.unregister_backend("my_kernel")
+    fluxlab.registry.unregister_backend("my_kernel")
 
 
 # --- platform decisions -----------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def test_mi300x_never_picks_cudnn_although_device_type_is_cuda():
 
 def test_cpu_default_is_torch_sdpa():
     assert plan(*cpu_inputs()).backend == "sdpa"
-    assert fluxlab.default_backend() == "sdpa"
+    assert fluxlab.dispatch.default_backend() == "sdpa"
 
 
 def test_aiter_on_nvidia_explains_platform_and_package():
@@ -122,16 +122,16 @@ def test_user_backend_is_called_with_explicit_scale(exact_user_backend):
 
 
 def test_aliases_from_serving_frameworks():
-    assert fluxlab.get_backend("torch_sdpa").name == "sdpa"
-    assert fluxlab.get_backend("sage_attn").name == "sage"
-    assert fluxlab.get_backend("_native_cudnn").name == "sdpa_cudnn"
+    assert fluxlab.registry.get_backend("torch_sdpa").name == "sdpa"
+    assert fluxlab.registry.get_backend("sage_attn").name == "sage"
+    assert fluxlab.registry.get_backend("_native_cudnn").name == "sdpa_cudnn"
 
 
 def test_backend_options_parse_and_validate():
-    choice = fluxlab.BackendChoice.parse("aiter:how_v3_bf16_cvt=2")
+    choice = fluxlab.choice.BackendChoice.parse("aiter:how_v3_bf16_cvt=2")
     assert choice.name == "aiter" and dict(choice.options) == {"how_v3_bf16_cvt": 2}
     with pytest.raises(ValueError, match="has no option \\['rounding'\\]; its options: how_v3_bf16_cvt"):
-        fluxlab.BackendChoice.parse("aiter:rounding=2")
+        fluxlab.choice.BackendChoice.parse("aiter:rounding=2")
 
 
 # --- model restriction and fallback -----------------------------------------------------------------
@@ -166,10 +166,10 @@ def test_fallback_only_when_opted_in_and_reported():
     q, k, v = cpu_inputs()
     with pytest.raises(BackendUnavailableError, match="fa4 runs on nvidia, not on cpu"):
         fluxlab.attention(q, k, v, backend="fa4")
-    with pytest.warns(fluxlab.FallbackWarning, match="'fa4' cannot run .*using 'sdpa' instead"):
+    with pytest.warns(fluxlab.errors.FallbackWarning, match="'fa4' cannot run .*using 'sdpa' instead"):
         out = fluxlab.attention(q, k, v, backend="fa4", fallback=True)
     torch.testing.assert_close(out, fluxlab.attention(q, k, v, backend="sdpa"))
-    with fluxlab.use_backend("fa4", fallback=True), pytest.warns(fluxlab.FallbackWarning):
+    with fluxlab.use_backend("fa4", fallback=True), pytest.warns(fluxlab.errors.FallbackWarning):
         fluxlab.attention(q, k, v)
 
 

@@ -142,7 +142,7 @@ def test_tagged_quantised_and_emulated_and_never_picked():
     caps = registry.get_backend("emu_aiter_quant").caps
     assert caps.quantised and caps.emulated and caps.emulates == "aiter_mha_v4"
     registry.get_backend(caps.emulates)  # the real adapter it models is registered
-    assert fluxlab.default_backend(*qkv()[:1]) != "emu_aiter_quant"
+    assert fluxlab.dispatch.default_backend(*qkv()[:1]) != "emu_aiter_quant"
     line = next(line for line in fluxlab.doctor_text().splitlines() if line.startswith("emu_aiter_quant "))
     assert "emulates aiter_mha_v4" in line
 

@@ -44,9 +44,9 @@ def test_emulators_are_registered_as_emulated_and_name_a_real_backend():
 def test_emulators_are_never_picked_automatically():
     for order in PRIORITY.values():
         assert not any(name.startswith("emu_") for name in order)
-    assert fluxlab.default_backend() not in EMULATORS
+    assert fluxlab.dispatch.default_backend() not in EMULATORS
     q, k, v = qkv(64, 2, dtype=torch.float32)
-    assert fluxlab.default_backend(q) not in EMULATORS
+    assert fluxlab.dispatch.default_backend(q) not in EMULATORS
 
 
 def test_doctor_marks_emulators():
@@ -144,7 +144,7 @@ def test_aiter_sage_fp8_formats_differ_and_bad_options_are_refused():
     with pytest.raises(ValueError, match="probs"):
         emulated.emu_bf16(q, k, v, scale=SCALE, probs="fp8")
     with pytest.raises(ValueError, match="no option"):
-        fluxlab.BackendChoice.parse("emu_sage:how_v3_bf16_cvt=1")
+        fluxlab.choice.BackendChoice.parse("emu_sage:how_v3_bf16_cvt=1")
 
 
 @pytest.mark.parametrize("base,quantised", [("emu_bf16", False), ("emu_sage", True)])
@@ -160,7 +160,7 @@ def test_a_planted_wrong_scale_still_fails_through_an_emulator(base, quantised):
         aligned = dataclasses.replace(CPU_INPUTS[0], seq=1024)  # 1.0.6's ragged-key bug is tested on its own
         report = compare_attention([aligned], backends=[base, name], progress=False, error_maps=False)
     finally:
-        fluxlab.unregister_backend(name)
+        fluxlab.registry.unregister_backend(name)
     assert report.verdicts == {base: "pass", name: "fail"}
 
 

@@ -327,7 +327,7 @@ def test_another_sageattention_release_is_refused_naming_both_versions(tmp_path,
     import sys
 
     import fluxlab
-    from fluxlab import Platform
+    from fluxlab.platform import Platform
     from fluxlab.backends.sage import SAGE
 
     _stand_in_distribution(tmp_path, "sageattention", "sageattention", other)

@@ -20,15 +20,15 @@ def pipe():
 
 
 def test_import_fluxlab_does_not_import_diffusers():
-    code = "import sys, fluxlab; fluxlab.FLUX2_BACKENDS; fluxlab.Schedule; print('diffusers' in sys.modules)"
+    code = "import sys, fluxlab; fluxlab.models.FLUX2_BACKENDS; fluxlab.Schedule; print('diffusers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_public_names():
-    for name in ("load_flux2", "attach", "detach", "set_backend", "set_schedule", "Schedule", "capture",
-                 "FLUX2_BACKENDS"):
+    for name in ("load_flux2", "attach", "detach", "set_backend", "set_schedule", "Schedule", "capture"):
         assert name in fluxlab.__all__ and getattr(fluxlab, name) is not None
+    assert "FLUX2_BACKENDS" not in fluxlab.__all__ and fluxlab.models.FLUX2_BACKENDS
 
 
 def test_flux2_set_covers_the_seed_and_every_builtin():
@@ -36,8 +36,8 @@ def test_flux2_set_covers_the_seed_and_every_builtin():
     from fluxlab.priority import GROUPS
     from fluxlab.registry import all_backends
 
-    assert {"sdpa", "fa", "aiter", "aiter_sage"} <= fluxlab.FLUX2_BACKENDS
-    assert fluxlab.FLUX2_BACKENDS == {b.name for b in all_backends() if b.builtin} | set(GROUPS)
+    assert {"sdpa", "fa", "aiter", "aiter_sage"} <= fluxlab.models.FLUX2_BACKENDS
+    assert fluxlab.models.FLUX2_BACKENDS == {b.name for b in all_backends() if b.builtin} | set(GROUPS)
 
 
 def test_attaching_twice(pipe):
@@ -55,14 +55,14 @@ def test_attaching_twice(pipe):
 
 
 def test_backend_outside_the_model_set_is_refused_at_attach(pipe):
-    with pytest.raises(fluxlab.BackendNotAllowedError, match="outside this FLUX.2 model's allowed set.*widen|Widen"):
+    with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="outside this FLUX.2 model's allowed set.*widen|Widen"):
         fluxlab.attach(pipe, backend="reference", allowed={"sdpa"})
     assert not fluxlab.models.attach.is_attached(pipe)  # nothing left half-attached
 
 
 def test_allowed_set_names_must_exist(pipe):
-    with pytest.raises(fluxlab.UnknownBackendError, match="my_kernel"):
-        fluxlab.attach(pipe, allowed=fluxlab.FLUX2_BACKENDS | {"my_kernel"})  # not registered yet
+    with pytest.raises(fluxlab.errors.UnknownBackendError, match="my_kernel"):
+        fluxlab.attach(pipe, allowed=fluxlab.models.FLUX2_BACKENDS | {"my_kernel"})  # not registered yet
     with pytest.raises(ValueError, match="allowed= is empty"):
         fluxlab.attach(pipe, allowed=set())
 
@@ -82,15 +82,15 @@ def test_a_user_backend_can_be_allowed(pipe):
             assert cap.backends_used() == {"my_kernel": 4}
         finally:
             fluxlab.set_backend(pipe, None)
-            fluxlab.unregister_backend("my_kernel")
+            fluxlab.registry.unregister_backend("my_kernel")
         assert "my_kernel" not in fluxlab.models.attach.state_of(pipe).allowed
-    with attached(pipe, allowed=fluxlab.FLUX2_BACKENDS):  # a set the user narrowed keeps refusing it
+    with attached(pipe, allowed=fluxlab.models.FLUX2_BACKENDS):  # a set the user narrowed keeps refusing it
         fluxlab.register_backend("my_kernel", lambda q, k, v, *, scale, causal=False, return_lse=False: q)
         try:
-            with pytest.raises(fluxlab.BackendNotAllowedError, match="my_kernel"):
+            with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="my_kernel"):
                 fluxlab.set_backend(pipe, "my_kernel")
         finally:
-            fluxlab.unregister_backend("my_kernel")
+            fluxlab.registry.unregister_backend("my_kernel")
 
 
 def test_not_a_flux2_model():

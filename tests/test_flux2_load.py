@@ -35,7 +35,7 @@ def test_tiny_comes_back_attached():
         assert isinstance(pipe, diffusers.Flux2KleinPipeline) and type(pipe).__name__ == "Flux2KleinPipeline"
         assert is_attached(pipe)
         assert str(state_of(pipe).backend) == "reference"
-        assert state_of(pipe).allowed == fluxlab.FLUX2_BACKENDS
+        assert state_of(pipe).allowed == fluxlab.models.FLUX2_BACKENDS
         with pytest.raises(AttachError, match="already attached.*fluxlab.detach.*set_backend"):
             fluxlab.attach(pipe)
     finally:
@@ -154,7 +154,7 @@ def test_embedded_is_reserved_until_it_ships(monkeypatch, tmp_path):
 
 
 def test_backend_outside_the_set_is_refused_before_loading(tmp_path):
-    with pytest.raises(fluxlab.BackendNotAllowedError, match="sdpa_math"):
+    with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="sdpa_math"):
         fluxlab.load_flux2(tmp_path / "never-read", backend="sdpa_math", allowed={"sdpa"})
-    with pytest.raises(fluxlab.UnknownBackendError, match="Did you mean"):
+    with pytest.raises(fluxlab.errors.UnknownBackendError, match="Did you mean"):
         fluxlab.load_flux2("tiny", backend="sdpa_flsh")

@@ -89,13 +89,13 @@ def wrong_scale():
     try:
         yield "wrong_scale"
     finally:
-        fluxlab.unregister_backend("wrong_scale")
+        fluxlab.registry.unregister_backend("wrong_scale")
 
 
 def test_a_wrong_scale_backend_changes_the_image(pipe, native, wrong_scale):
     """Proves the calls really go through fluxlab: a user kernel registered through the public API is used."""
-    with pytest.raises(fluxlab.BackendNotAllowedError, match="FLUX2_BACKENDS"):
-        fluxlab.attach(pipe, backend=wrong_scale, allowed=fluxlab.FLUX2_BACKENDS)  # a narrowed set refuses it
+    with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="FLUX2_BACKENDS"):
+        fluxlab.attach(pipe, backend=wrong_scale, allowed=fluxlab.models.FLUX2_BACKENDS)  # a narrowed set refuses it
     with attached(pipe, backend=wrong_scale):  # the default set takes every backend FLUX.2 may use
         routed = generate(pipe)
     assert rel_l2(routed, native) > WRONG_SCALE_MIN_REL_L2
@@ -114,7 +114,7 @@ def test_global_use_backend_applies_within_the_allowed_set(pipe, native):
             with fluxlab.capture(pipe, to="meta") as cap:
                 generate(pipe, steps=1)
         assert cap.backends_used() == {"reference": len(cap)}
-        with fluxlab.use_backend("sdpa_math"), pytest.raises(fluxlab.BackendNotAllowedError, match="sdpa_math"):
+        with fluxlab.use_backend("sdpa_math"), pytest.raises(fluxlab.errors.BackendNotAllowedError, match="sdpa_math"):
             generate(pipe, steps=1)
 
 

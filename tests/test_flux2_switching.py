@@ -92,12 +92,12 @@ def test_klein_cfg_branches_share_the_step(pipe):
 
 def test_schedule_backends_outside_the_set_are_refused_when_set(pipe):
     with attached(pipe, allowed={"sdpa", "reference"}):
-        with pytest.raises(fluxlab.BackendNotAllowedError, match="sdpa_math"):
+        with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="sdpa_math"):
             fluxlab.set_schedule(pipe, fluxlab.Schedule.exact_ends("reference", "sdpa_math"))
-        with pytest.raises(fluxlab.BackendNotAllowedError, match="sdpa_math"):
+        with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="sdpa_math"):
             fluxlab.set_backend(pipe, "sdpa_math")
         with pytest.raises(ValueError, match="single_transformer_blocks.0.attn"):
             fluxlab.set_schedule(pipe, fluxlab.Schedule.by_layer({"decoder.*": "sdpa"}))
         fluxlab.set_schedule(pipe, lambda layer, step, n: "sdpa_math")  # a function is checked per call
-        with pytest.raises(fluxlab.BackendNotAllowedError, match="sdpa_math"):
+        with pytest.raises(fluxlab.errors.BackendNotAllowedError, match="sdpa_math"):
             generate(pipe, steps=1)

@@ -102,7 +102,7 @@ def test_padding_the_head_dim_leaves_a_quantised_kernel_s_answer_unchanged():
     try:
         assert script.padded_backend("fg_sage_hd64", head_dim=64) == "fg_sage_hd64"
         name = script.padded_backend("fg_sage_hd64", head_dim=32)
-        assert name == "fg_sage_hd64_padded64" and fluxlab.get_backend(name).caps.quantised
+        assert name == "fg_sage_hd64_padded64" and fluxlab.registry.get_backend(name).caps.quantised
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, 200, 4, 32, generator=gen) for _ in range(3))
         with pytest.raises(fluxlab.FluxlabError):
@@ -114,8 +114,8 @@ def test_padding_the_head_dim_leaves_a_quantised_kernel_s_answer_unchanged():
         assert fluxlab.util.rel_l2(padded, direct) < 1e-6  # padding changes nothing but rounding order
         assert fluxlab.util.rel_l2(padded, exact) > 1e-4  # and it is still the quantised kernel, not sdpa
     finally:
-        fluxlab.unregister_backend("fg_sage_hd64")
-        fluxlab.unregister_backend("fg_sage_hd64_padded64")
+        fluxlab.registry.unregister_backend("fg_sage_hd64")
+        fluxlab.registry.unregister_backend("fg_sage_hd64_padded64")
 
 
 def test_readme_block_says_not_yet_measured_without_the_results_file(tmp_path):

@@ -29,7 +29,7 @@ def registered():
 
     yield register
     for name in names:
-        fluxlab.unregister_backend(name)
+        fluxlab.registry.unregister_backend(name)
 
 
 # What each planted kernel's verdict must show on at least one default input (besides "fail").
@@ -211,7 +211,7 @@ def test_the_measurement_script_feeds_the_derivation():
                                ["sdpa_math", "ref_online_blocks64"], ["info_round_to_zero_bf16"], current_platform())
     finally:
         for name in {**script.VARIANTS, **script.INFO_VARIANTS}:
-            fluxlab.unregister_backend(name)
+            fluxlab.registry.unregister_backend(name)
     assert [r["kernel"] for r in runs] == ["sdpa_math", "ref_online_blocks64", "info_round_to_zero_bf16"]
     summary = script.summarise(runs)
     assert summary["exact_summary"]["runs"] == 2

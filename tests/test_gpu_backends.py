@@ -80,7 +80,7 @@ def _record(row):
     if path:
         row |= {"device": PLATFORM.device_name, "arch": PLATFORM.arch, "torch": torch.__version__,
                 "cuda": PLATFORM.cuda_version, "cudnn": PLATFORM.cudnn_version,
-                "version": fluxlab.get_backend(row["backend"]).version,
+                "version": fluxlab.registry.get_backend(row["backend"]).version,
                 "date": time.strftime("%Y-%m-%d")}
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -97,7 +97,7 @@ def _inputs(shape, dtype, seed=0):
 
 def _refused(backend, q, k, v, **kwargs):
     """Skip (recorded) only for a reason about these inputs; an expected backend refused for the machine fails."""
-    entry = fluxlab.get_backend(backend)
+    entry = fluxlab.registry.get_backend(backend)
     machine = entry.platform_reasons(PLATFORM)
     if machine and backend in EXPECTED:
         pytest.fail(f"{backend} is expected on {PLATFORM.describe()} but refused: {'; '.join(machine)}")
@@ -120,7 +120,7 @@ def test_gpu_backend_passes_the_engines_verdict(backend, dtype, shape):
     _refused(backend, q, k, v)
     scale = 1 / math.sqrt(shape[-1])
     out = fluxlab.attention(q, k, v, backend=backend, scale=scale)
-    quantised = fluxlab.get_backend(backend).caps.quantised
+    quantised = fluxlab.registry.get_backend(backend).caps.quantised
     result, note = verdict(out, q, k, v, scale=scale, quantised=quantised)
     _record({"backend": backend, "dtype": str(dtype), "shape": shape, "status": "ran", "verdict": result,
              "note": note, "quantised": quantised})
@@ -129,7 +129,7 @@ def test_gpu_backend_passes_the_engines_verdict(backend, dtype, shape):
     assert result == "pass" if not quantised else result != "fail", f"{backend}: {note}"
 
 
-@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if fluxlab.get_backend(b).caps.returns_lse])
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if fluxlab.registry.get_backend(b).caps.returns_lse])
 def test_gpu_lse_convention(backend):
     q, k, v = _inputs((2, 1029, 8, 8, 128), torch.bfloat16, seed=1)
     _refused(backend, q, k, v, return_lse=True)
@@ -137,9 +137,9 @@ def test_gpu_lse_convention(backend):
     _, exact_lse = reference_attention(q, k, v, scale=0.1, return_lse=True)
     assert lse.shape == (2, 8, 1029) and lse.dtype == torch.float32
     lse_error = (lse - exact_lse).abs().max().item()
-    result, note = judge_lse(lse_error, "bfloat16", fluxlab.get_backend(backend).caps.quantised)
+    result, note = judge_lse(lse_error, "bfloat16", fluxlab.registry.get_backend(backend).caps.quantised)
     _record({"backend": backend, "test": "lse", "lse_max_abs": lse_error, "verdict": result})
-    quantised = fluxlab.get_backend(backend).caps.quantised
+    quantised = fluxlab.registry.get_backend(backend).caps.quantised
     assert result == "pass" if not quantised else result != "fail", f"{backend}: {note}"
 
 
@@ -157,6 +157,6 @@ def test_gpu_platform_detected_by_properties_not_device_type():
     assert PLATFORM.arch and PLATFORM.arch.startswith("gfx" if torch.version.hip else "sm_")
     if PLATFORM.vendor == "nvidia":
         assert PLATFORM.cudnn_attention == (torch.backends.cudnn.version() >= 90000 and PLATFORM.sm >= 80)
-    default = fluxlab.default_backend()
+    default = fluxlab.dispatch.default_backend()
     _record({"backend": default or "none", "test": "default_pick", "platform": PLATFORM.as_dict()})
     assert default is not None

@@ -88,7 +88,7 @@ def test_quantised_hopper_backends_are_declared_and_never_picked_automatically()
 
     cpu_sweep = {spec.name for spec in parse_backends(None, Platform.cpu())}
     assert "emu_sage" in cpu_sweep and not {"emu_fa3_fp8", "emu_sage2"} & cpu_sweep  # opt-in: named only
-    assert fluxlab.default_backend(platform=Platform.h100()) not in ("fa3_fp8", "sage2")
+    assert fluxlab.dispatch.default_backend(platform=Platform.h100()) not in ("fa3_fp8", "sage2")
     assert registry.get_backend("sage2").option_values["qk_quant_gran"].keys() == {"per_thread", "per_warp"}
 
 

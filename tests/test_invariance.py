@@ -50,7 +50,7 @@ def planted():
         fluxlab.register_backend(name, fn, replace=True)
     yield list(kernels)
     for name in kernels:
-        fluxlab.unregister_backend(name)
+        fluxlab.registry.unregister_backend(name)
 
 
 def test_cpu_kernels_are_deterministic_and_batch_invariant():

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "fluxlab"
 LAYERS = [
     ("core", ["fluxlab.errors", "fluxlab.platform", "fluxlab.numerics", "fluxlab.util", "fluxlab.version",
               "fluxlab.outputs", "fluxlab.command", "fluxlab.terminal", "fluxlab.defaults", "fluxlab.results",
-              "fluxlab.mx"]),
+              "fluxlab.mx", "fluxlab._compat"]),
     ("backends", ["fluxlab.backends"]),
     ("dispatch", ["fluxlab.registry", "fluxlab.diffusers_names", "fluxlab.priority", "fluxlab.choice",
                   "fluxlab.ops", "fluxlab.dispatch", "fluxlab.record", "fluxlab.doctor"]),

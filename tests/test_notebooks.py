@@ -38,7 +38,7 @@ EXPECTED = {
         ("result", "'final-latent rel-L2'"),
     ],
     "04_decide.ipynb": [
-        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotunePlan("),
+        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotuneResult("),
         ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
         ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
         ("widget", "DriftExplorer"), ("state", "nothing is generated until"),

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import Platform, plan
+from fluxlab import plan
+from fluxlab.platform import Platform
 from fluxlab.errors import (BackendUnavailableError, FluxlabError, FluxlabWarning, InvalidBackendSpecError,
                             InvalidInputError, NoBackendError)
 
@@ -28,7 +29,7 @@ def clean_state(monkeypatch):
     monkeypatch.delenv("FLUXLAB_ATTENTION_BACKEND", raising=False)
     fluxlab.clear_caches()
     yield
-    fluxlab.reset_backend_choice()
+    fluxlab.dispatch.reset_backend_choice()
     fluxlab.clear_caches()
 
 
@@ -107,7 +108,7 @@ def test_kernel_is_bound_when_the_plan_is_made_nothing_imported_per_call(standin
 # --- fa as a priority group; no import circle ---------------------------------------------------------------------
 
 def test_fa_is_a_group_resolved_by_the_plan(standins):
-    group = fluxlab.get_backend("fa")
+    group = fluxlab.registry.get_backend("fa")
     assert not isinstance(group, fluxlab.Backend) and not hasattr(group, "fn")  # no kernel that raises
     p = plan(*meta(shape=(2, 40, 4, 128)), backend="fa", platform=Platform.h100())
     assert (p.backend, p.requested) == ("fa3", "fa")  # fa4 not installed; fa3's stand-in is
@@ -132,9 +133,9 @@ def test_one_grammar_for_attention_use_backend_and_compare():
     expected = fluxlab.attention(q, k, v, backend="sdpa")
     torch.testing.assert_close(fluxlab.attention(q, k, v, backend="sdpa:cudnn=0"), expected, rtol=0, atol=0)
     with fluxlab.use_backend("sdpa:cudnn=0"):
-        assert str(fluxlab.selected_backend()) == "sdpa:cudnn=0"
+        assert str(fluxlab.dispatch.selected_backend()) == "sdpa:cudnn=0"
         torch.testing.assert_close(fluxlab.attention(q, k, v), expected, rtol=0, atol=0)
-    assert BackendSpec.parse("sdpa:cudnn=0").choice == fluxlab.BackendChoice.parse("sdpa:cudnn=0")
+    assert BackendSpec.parse("sdpa:cudnn=0").choice == fluxlab.choice.BackendChoice.parse("sdpa:cudnn=0")
     assert plan(q, k, v, backend="native:cudnn=off").knobs == (("cudnn", False),)
 
 
@@ -144,7 +145,7 @@ def test_option_values_are_validated_by_the_backend(where):
 
     q, k, v = cpu_inputs()
     spec = "aiter:how_v3_bf16_cvt=7"
-    call = {"parse": lambda: fluxlab.BackendChoice.parse(spec), "attention": lambda: fluxlab.attention(q, k, v, backend=spec),
+    call = {"parse": lambda: fluxlab.choice.BackendChoice.parse(spec), "attention": lambda: fluxlab.attention(q, k, v, backend=spec),
             "use_backend": lambda: fluxlab.use_backend(spec), "compare": lambda: BackendSpec.parse(spec)}[where]
     with pytest.raises(InvalidBackendSpecError) as info:
         call()
@@ -171,7 +172,7 @@ def test_another_threads_with_block_does_not_serve_this_thread():
     assert entered.wait(10)
     try:
         assert plan(q, k, v).backend == "sdpa"  # this thread: automatic, not the other thread's choice
-        assert fluxlab.attention(q, k, v) is not None and fluxlab.selected_backend() is None
+        assert fluxlab.attention(q, k, v) is not None and fluxlab.dispatch.selected_backend() is None
     finally:
         release.set()
         thread.join(10)
@@ -184,9 +185,9 @@ def test_interleaved_exits_leave_nothing_selected():
     second = fluxlab.use_backend("sdpa_math")
     second.__enter__()
     first.__exit__(None, None, None)  # out of order, as two generators or tasks can do
-    assert str(fluxlab.selected_backend()) == "sdpa_math"
+    assert str(fluxlab.dispatch.selected_backend()) == "sdpa_math"
     second.__exit__(None, None, None)
-    assert fluxlab.selected_backend() is None  # before: 'reference' stayed selected for good
+    assert fluxlab.dispatch.selected_backend() is None  # before: 'reference' stayed selected for good
     q, k, v = cpu_inputs()
     assert plan(q, k, v).backend == "sdpa"
 
@@ -319,7 +320,7 @@ def test_widget_generation_thread_keeps_the_callers_backend_choice():
     seen, done = [], threading.Event()
 
     def generation():
-        seen.append(str(fluxlab.selected_backend()))
+        seen.append(str(fluxlab.dispatch.selected_backend()))
         done.set()
 
     with fluxlab.use_backend("sdpa_math"):
@@ -339,4 +340,4 @@ def test_registered_backend_declares_its_option_values():
         with pytest.raises(InvalidBackendSpecError, match="mode=2 is not valid; valid values: 0 \\(plain\\), 1 \\(fast\\)"):
             fluxlab.attention(q, k, v, backend="moded:mode=2")
     finally:
-        fluxlab.unregister_backend("moded")
+        fluxlab.registry.unregister_backend("moded")

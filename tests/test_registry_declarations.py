@@ -78,7 +78,7 @@ def test_a_registered_backend_with_a_rank_takes_part_in_automatic_choice():
         assert registry.canonical_name("rf") == "ranked_first"
         assert "ranked_first" in flux2_backends()
     finally:
-        fluxlab.unregister_backend("ranked_first")
+        fluxlab.registry.unregister_backend("ranked_first")
     assert "ranked_first" not in priority.priority_for(Platform.cpu())
     assert "rf" not in registry.ALIASES
 

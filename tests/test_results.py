@@ -33,7 +33,7 @@ def results():
             "ImageComparison": fluxlab.compare_images(pipe, ["sdpa", "sdpa_math"], steps=2, **RUN),
             "DriftMap": fluxlab.locate_drift(pipe, "sdpa", "sdpa_math", steps=2, budget=4, **RUN),
             "Frontier": fluxlab.frontier(pipe, ["sdpa_math"], exact="sdpa", steps=2, repeats=1, locate=False, **RUN),
-            "AutotunePlan": fluxlab.autotune(pipe, candidates=["sdpa", "sdpa_math"], steps=2, repeats=1,
+            "AutotuneResult": fluxlab.autotune(pipe, candidates=["sdpa", "sdpa_math"], steps=2, repeats=1,
                                              confirm=False, **RUN),
             "Capture": cap,
             "AttentionRecord": cap.records[0],
@@ -44,8 +44,8 @@ def results():
     return made
 
 
-FROM_A_MODEL = {"ImageComparison", "DriftMap", "Frontier", "AutotunePlan", "Capture"}
-WITH_A_PICTURE = {"ComparisonReport", "ImageComparison", "DriftMap", "Frontier", "AutotunePlan"}
+FROM_A_MODEL = {"ImageComparison", "DriftMap", "Frontier", "AutotuneResult", "Capture"}
+WITH_A_PICTURE = {"ComparisonReport", "ImageComparison", "DriftMap", "Frontier", "AutotuneResult"}
 
 
 def test_every_result_type_speaks_the_protocol(results, tmp_path):
@@ -93,8 +93,8 @@ def test_a_record_names_its_tensors_by_shape(results):
 
 
 def test_a_saved_autotune_plan_still_loads(results, tmp_path):
-    plan = results["AutotunePlan"]
-    loaded = fluxlab.AutotunePlan.load(plan.save(tmp_path / "plan.json"))
+    plan = results["AutotuneResult"]
+    loaded = fluxlab.decide.AutotuneResult.load(plan.save(tmp_path / "plan.json"))
     assert loaded.choices == plan.choices and len(loaded.measurements) == len(plan.measurements)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fluxlab
-from fluxlab import Platform
+from fluxlab.platform import Platform
 from fluxlab.backends.reference import reference_attention
 from fluxlab.dispatch import plan, run_backend
 
@@ -54,7 +54,7 @@ def test_aiter_contract(standins, rounding):
     import aiter
 
     q, k, v = _inputs(heads=8, kv_heads=2)
-    out, lse = run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.05, return_lse=True,
+    out, lse = run_backend(fluxlab.registry.get_backend("aiter"), q, k, v, scale=0.05, return_lse=True,
                            how_v3_bf16_cvt=rounding)
     call = aiter.CALLS[-1]
     assert call["shapes"] == [(2, 40, 8, 128), (2, 40, 2, 128), (2, 40, 2, 128)]  # [B,S,H,D], GQA as is
@@ -71,14 +71,14 @@ def test_aiter_without_lse_returns_tensor(standins):
     import aiter
 
     q, k, v = _inputs()
-    out = run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.1)
+    out = run_backend(fluxlab.registry.get_backend("aiter"), q, k, v, scale=0.1)
     assert isinstance(out, torch.Tensor) and aiter.CALLS[-1]["return_lse"] is False
 
 
 def test_aiter_rounding_mode_validated(standins):
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="how_v3_bf16_cvt must be one of \\[0, 1, 2\\]"):
-        run_backend(fluxlab.get_backend("aiter"), q, k, v, scale=0.1, how_v3_bf16_cvt=3)
+        run_backend(fluxlab.registry.get_backend("aiter"), q, k, v, scale=0.1, how_v3_bf16_cvt=3)
 
 
 def test_aiter_rounding_mode_through_backend_spec(standins):
@@ -96,7 +96,7 @@ def test_mi300x_picks_aiter_when_installed(standins):
     q, k, v = (t.to("meta") for t in _inputs())
     assert plan(q, k, v, platform=Platform.mi300x()).backend == "aiter"
     # ... and on an H100 the same installed package is refused for the platform, with the reason
-    with pytest.raises(fluxlab.BackendUnavailableError, match="aiter runs on amd, not on nvidia"):
+    with pytest.raises(fluxlab.errors.BackendUnavailableError, match="aiter runs on amd, not on nvidia"):
         plan(q, k, v, backend="aiter", platform=Platform.h100())
 
 
@@ -104,7 +104,7 @@ def test_aiter_sage_current_entry_point(standins):
     from aiter.ops.triton.attention import fav3_sage
 
     q, k, v = _inputs()
-    out = run_backend(fluxlab.get_backend("aiter_sage"), q, k, v, scale=0.07)
+    out = run_backend(fluxlab.registry.get_backend("aiter_sage"), q, k, v, scale=0.07)
     call = fav3_sage.CALLS[-1]
     assert call["layout"] == "bshd" and call["softmax_scale"] == 0.07
     assert call["shapes"][0] == (2, 40, 4, 128)
@@ -115,10 +115,10 @@ def test_aiter_sage_older_entry_point_refuses_a_scale_it_would_ignore(monkeypatc
     _use_standins(monkeypatch, "standins_old_sage")
     try:
         q, k, v = _inputs()
-        backend = fluxlab.get_backend("aiter_sage")
+        backend = fluxlab.registry.get_backend("aiter_sage")
         out = run_backend(backend, q, k, v, scale=128 ** -0.5)  # the default scale: fine
         assert (out.double() - _exact(q, k, v, 128 ** -0.5)[0]).abs().max() < 2e-2
-        with pytest.raises(fluxlab.BackendUnavailableError, match="ignores softmax_scale"):
+        with pytest.raises(fluxlab.errors.BackendUnavailableError, match="ignores softmax_scale"):
             run_backend(backend, q, k, v, scale=0.05)
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "aiter"]:
@@ -129,7 +129,7 @@ def test_aiter_triton_contract(standins):
     from aiter.ops.triton import mha
 
     q, k, v = _inputs()
-    out, lse = run_backend(fluxlab.get_backend("aiter_triton"), q, k, v, scale=0.09, return_lse=True)
+    out, lse = run_backend(fluxlab.registry.get_backend("aiter_triton"), q, k, v, scale=0.09, return_lse=True)
     call = mha.CALLS[-1]
     assert call["softmax_scale"] == 0.09 and call["return_lse"] is True
     assert call["shapes"][0] == (2, 40, 4, 128)
@@ -141,7 +141,7 @@ def test_aiter_triton_contract(standins):
 def test_flash_attention_contract(standins, name, module, return_lse):
     lib = importlib.import_module(module)
     q, k, v = _inputs(heads=6, kv_heads=3)
-    result = run_backend(fluxlab.get_backend(name), q, k, v, scale=0.06, return_lse=return_lse)
+    result = run_backend(fluxlab.registry.get_backend(name), q, k, v, scale=0.06, return_lse=return_lse)
     call = lib.CALLS[-1]
     assert call["softmax_scale"] == 0.06 and call["return_attn_probs"] is return_lse
     assert call["shapes"] == [(2, 40, 6, 128), (2, 40, 3, 128), (2, 40, 3, 128)]
@@ -154,7 +154,7 @@ def test_flash_attention_contract(standins, name, module, return_lse):
 
 def test_fa_resolves_to_best_installed_generation(standins):
     q, k, v = (t.to("meta") for t in _inputs())
-    fa = fluxlab.get_backend("fa")
+    fa = fluxlab.registry.get_backend("fa")
     assert fa.resolve(q, k, Platform.h100()).name == "fa3"  # fa4 not installed here, fa3 (stand-in) is
     assert fa.resolve(q, k, Platform.a100()).name == "fa2"  # fa3 is Hopper-only
     assert fa.resolve(q.float(), k.float(), Platform.h100()) is None  # no generation runs fp32
@@ -170,9 +170,9 @@ def test_namespace_folder_is_not_flash_attention_2(tmp_path, monkeypatch):
     importlib.invalidate_caches()
     importlib.import_module("flash_attn.cute")  # as fa4's availability check or first call does
     try:
-        reasons = fluxlab.get_backend("fa2").platform_reasons(Platform.h100())
+        reasons = fluxlab.registry.get_backend("fa2").platform_reasons(Platform.h100())
         assert any("only a namespace folder 'flash_attn' exists" in r for r in reasons)
-        assert not [r for r in fluxlab.get_backend("fa4").platform_reasons(Platform.h100()) if "flash-attn-4" in r]
+        assert not [r for r in fluxlab.registry.get_backend("fa4").platform_reasons(Platform.h100()) if "flash-attn-4" in r]
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
             sys.modules.pop(name)

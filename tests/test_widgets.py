@@ -51,7 +51,7 @@ class AttentionPipe:
         gen = torch.Generator().manual_seed(generator.initial_seed())
         q, k, v = (torch.randn(1, height * width // 16, 2, 16, generator=gen) for _ in range(3))
         out = fluxlab.attention(q, k, v)
-        self.calls.append(fluxlab.selected_backend())
+        self.calls.append(fluxlab.dispatch.selected_backend())
         pixels = torch.sigmoid(out[0, :, 0, :3]).reshape(height // 4, width // 4, 3).numpy()
         pixels = np.kron(pixels, np.ones((4, 4, 1)))
         return types.SimpleNamespace(images=[(pixels * 255).astype(np.uint8)])
@@ -64,7 +64,7 @@ def broken_backend():
 
     fluxlab.register_backend("widget_broken", broken, description="raises on every call")
     yield "widget_broken"
-    fluxlab.unregister_backend("widget_broken")
+    fluxlab.registry.unregister_backend("widget_broken")
 
 
 # ----------------------------------------------------------------------------------------------- picker
@@ -90,7 +90,7 @@ def test_picker_built_from_this_machines_registry():
         assert picker.buttons[row.name].disabled == (not row.available)
         for reason in row.reasons:
             assert reason in picker.buttons[row.name].tooltip
-    assert picker.value == fluxlab.default_backend()
+    assert picker.value == fluxlab.dispatch.default_backend()
 
 
 def test_picker_single_choice_click_and_callbacks():
@@ -131,7 +131,7 @@ def test_picker_multiple():
 def test_picker_refresh_sees_a_new_backend(broken_backend):
     picker = BackendPicker(exclude=("reference",))
     assert broken_backend in picker.buttons  # registered before the picker was built
-    fluxlab.unregister_backend(broken_backend)
+    fluxlab.registry.unregister_backend(broken_backend)
     try:
         picker.refresh()
         assert broken_backend not in picker.buttons
@@ -336,7 +336,7 @@ def tiny_pipe():
 
 def test_toggle_demo_on_the_tiny_flux2_pipeline(tiny_pipe, broken_backend):
     demo = BackendToggleDemo(tiny_pipe, height=32, width=32, steps=2)
-    assert demo.picker.value == fluxlab.default_backend()
+    assert demo.picker.value == fluxlab.dispatch.default_backend()
     assert is_png(demo.image.value)
     calls = demo.history[-1]["ran"]
     assert calls and set(calls) == {demo.picker.value}  # the capture saw who served the attention calls
@@ -446,16 +446,17 @@ def _exploding(q, k, v, **options):
 def explored():
     """The embedded model and the drift map of a planted scale bug (beam=1: some cells are never split)."""
     fluxlab.register_backend(SCALE_BUG, _scale_bug, replace=True, description="planted: softmax scale x1.1")
-    pipe = fluxlab.load_flux2("embedded", allowed=fluxlab.FLUX2_BACKENDS | {SCALE_BUG})
+    pipe = fluxlab.load_flux2("embedded", allowed=fluxlab.models.FLUX2_BACKENDS | {SCALE_BUG})
     drift = fluxlab.locate_drift(pipe, "sdpa", SCALE_BUG, beam=1, **EXPLORE)
     yield pipe, drift
     fluxlab.detach(pipe)
-    fluxlab.unregister_backend(SCALE_BUG)
+    fluxlab.registry.unregister_backend(SCALE_BUG)
 
 
 def _one_cell_generation(pipe, layer, step):
     """A direct generation with a one-cell Schedule (bad at that layer and step only): final latents and image."""
-    from fluxlab import Rule, Schedule
+    from fluxlab import Schedule
+    from fluxlab.models import Rule
 
     latents = []
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FluxlabError, InvalidInputError
+from ..errors import (InvalidInputError, RecordIntegrityError, RecordsFolderError,  # noqa: F401 (importable here)
+                      RecordsNotFoundError)
 from ..platform import current_platform
 from ..record import AttentionRecord
 from ..util import atomic_path, atomic_write, git_revision, torch_dtype_name, utc_now, versions
@@ -37,19 +38,6 @@ MANIFEST_FILE = "manifest.json"
 TENSOR_FILE = re.compile(rf"{TENSOR_PREFIX}-[0-9a-f]{{16}}\.safetensors")
 _TENSOR_FIELDS = ("q", "k", "v", "out", "lse")
 _REQUIRED_TENSORS = ("q", "k", "v")
-
-
-class RecordIntegrityError(FluxlabError, ValueError):
-    """A records folder is damaged or was edited: a file does not match the manifest, the manifest is malformed
-    (the message names the field), a file is a symbolic link, or a record is not a valid attention call."""
-
-
-class RecordsNotFoundError(FluxlabError, FileNotFoundError):
-    """The path holds no records manifest (a typo, or a folder that save_records did not write)."""
-
-
-class RecordsFolderError(FluxlabError, ValueError):
-    """save_records was pointed at a file, or at a folder whose manifest.json is not fluxlab's."""
 
 
 # -- shared helpers ------------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ import json
 import math
 from pathlib import Path
 
+from .._compat import moved
 from .. import registry
 from ..choice import BackendChoice
-from ..errors import FluxlabError, UnknownBackendError
+from ..errors import (FluxlabError, InvalidPlanError, PlanMismatchError, PlanNotFoundError,  # noqa: F401
+                      UnknownBackendError)
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Schedule
@@ -28,18 +30,6 @@ from .confirm import Confirmation, approximate, confirm_plan, record_step
 from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
-
-
-class PlanMismatchError(FluxlabError, RuntimeError):
-    """A saved plan was measured on another platform or with other versions."""
-
-
-class InvalidPlanError(FluxlabError, ValueError):
-    """A plan file that is not a readable plan, or whose choices its own measurements do not support."""
-
-
-class PlanNotFoundError(FluxlabError, FileNotFoundError):
-    """No plan file where ``AutotunePlan.load`` was pointed."""
 
 
 @dataclasses.dataclass
@@ -58,7 +48,7 @@ class Measurement:
 
 
 @dataclasses.dataclass(repr=False)
-class AutotunePlan(Result):
+class AutotuneResult(Result):
     """Per-layer backend choices with every measurement behind them; ``schedule`` goes to ``fluxlab.set_schedule``
     (and the result protocol: ``to_dataframe`` has one row per layer and candidate)."""
 
@@ -120,7 +110,8 @@ class AutotunePlan(Result):
 
     def __repr__(self):
         chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
-        return f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
+        return (f"AutotuneResult({len(self.choices)} layers: {chosen or 'none chosen'}; "
+                f"never chosen: {sorted(self.reasons)})")
 
     @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
@@ -172,7 +163,7 @@ class AutotunePlan(Result):
 
 
     @classmethod
-    def load(cls, path, *, allow_mismatch: bool = False) -> AutotunePlan:
+    def load(cls, path, *, allow_mismatch: bool = False) -> AutotuneResult:
         """A saved plan, checked against its own evidence: every choice must be measured "pass" with a finite time
         on its layer, a quantised/emulated choice needs ``allow_quantised`` and a passing image verdict
         (``InvalidPlanError`` otherwise, always). A plan measured on another platform or with other versions
@@ -226,7 +217,7 @@ class AutotunePlan(Result):
         return plan
 
     @classmethod
-    def _from_dict(cls, data: dict) -> AutotunePlan:
+    def _from_dict(cls, data: dict) -> AutotuneResult:
         for key, kind in (("choices", dict), ("measurements", list), ("reasons", dict), ("platform", dict),
                           ("versions", dict), ("settings", dict)):
             if not isinstance(data[key], kind):
@@ -244,7 +235,7 @@ class AutotunePlan(Result):
         return plan
 
 
-def _unsupported_choices(plan: AutotunePlan) -> list[str]:
+def _unsupported_choices(plan: AutotuneResult) -> list[str]:
     """The plan's choices its own evidence does not back: not measured on that layer, not "pass" there, no finite
     time, or quantised/emulated without ``allow_quantised`` and a passing image verdict."""
     found = []
@@ -334,7 +325,7 @@ def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], di
 def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allow_quantised: bool = False,
              capture_step: int | None = None, repeats: int = 5, height: int | None = None, width: int | None = None,
              confirm: bool = True, confirm_rounds: int = 5, confirm_uniform: int | None = 3, timer=None,
-             progress: bool = False, **pipe_kwargs) -> AutotunePlan:
+             progress: bool = False, **pipe_kwargs) -> AutotuneResult:
     """Choose per attention layer the fastest candidate whose verdict on that layer's captured inputs is pass.
 
     ``candidates``: backend names (None: every backend the model allows that runs here, less the float64
@@ -395,7 +386,7 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
 
 
 def autotune_records(records, *, candidates, allow_quantised: bool = False, repeats: int = 5, progress: bool = False,
-                     settings: dict | None = None) -> AutotunePlan:
+                     settings: dict | None = None) -> AutotuneResult:
     """The per-layer choice from captured ``AttentionRecord``s (``fluxlab.capture``; any model, e.g. a bare
     transformer): each candidate timed and judged on each layer's records. No image gate (``autotune`` adds it)."""
     from ..compare.attention import compare_attention
@@ -426,7 +417,7 @@ def autotune_records(records, *, candidates, allow_quantised: bool = False, repe
     choices = _choose(by_layer, measurements, allow_quantised=allow_quantised)
     platform, versions = current_identity(sorted({BackendChoice.parse(n).name for n in names}))
     settings = {**(settings or {}), "repeats": repeats, "candidates": names, "allow_quantised": allow_quantised}
-    plan = AutotunePlan(choices, measurements, {}, platform, versions, settings, automatic)
+    plan = AutotuneResult(choices, measurements, {}, platform, versions, settings, automatic)
     plan.reasons = _never_chosen(measurements, choices)
     return plan
 
@@ -499,3 +490,6 @@ def _bar(enabled: bool, total: int):
     from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     return tqdm(total=total, desc="autotune", unit="layer", leave=False)
+
+
+__getattr__ = moved(__name__, {"AutotunePlan": "fluxlab.decide:AutotuneResult"})

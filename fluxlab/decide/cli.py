@@ -64,7 +64,7 @@ def add_subcommand(subparsers) -> None:
         "autotune",
         description="Capture q/k/v of a real generation at every attention layer, time and judge each candidate "
                     "there, choose per layer the fastest that passes. Writes plan.md, plan.png and plan.json "
-                    "(load it with fluxlab.AutotunePlan.load) into --out.")
+                    "(load it with fluxlab.AutotuneResult.load) into --out.")
     _common(tune, "fluxlab-autotune")
     tune.add_argument("--backends", default=None, help="comma-separated candidate backends (default: every allowed "
                       "one that runs here, less the float64 reference)")

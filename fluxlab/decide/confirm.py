@@ -57,7 +57,7 @@ class StepTiming:
 
 @dataclasses.dataclass
 class Confirmation:
-    """Every variant's step timings, which variant was kept, and why (``AutotunePlan.confirmation``)."""
+    """Every variant's step timings, which variant was kept, and why (``AutotuneResult.confirmation``)."""
 
     timings: list[StepTiming]
     kept: str

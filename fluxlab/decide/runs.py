@@ -17,16 +17,12 @@ import time
 import numpy as np
 import torch
 
-from ..errors import FluxlabError
+from ..errors import DecideInputError
 from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
 from ..models.errors import InvalidSettingError
 from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
 from ..models.schedule import Schedule, layer_matches
-
-
-class DecideInputError(FluxlabError, ValueError):
-    """An argument of locate_drift / frontier / autotune that cannot work (named, with the fix)."""
 
 
 def check_generation_args(prompt, steps) -> None:

@@ -75,7 +75,7 @@ def check_allowed(name, allowed: frozenset[str] | None) -> BackendChoice | None:
         raise BackendNotAllowedError(
             f"backend '{choice.name}' is outside this FLUX.2 model's allowed set ({', '.join(sorted(allowed))}); "
             "fluxlab refuses rather than substitute another kernel. Widen the set: "
-            f"fluxlab.attach(pipe, allowed=fluxlab.FLUX2_BACKENDS | {{'{choice.name}'}}).",
+            f"fluxlab.attach(pipe, allowed=fluxlab.models.FLUX2_BACKENDS | {{'{choice.name}'}}).",
             {choice.name: ["outside the model's allowed set"]})
     return choice
 

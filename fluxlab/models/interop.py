@@ -24,17 +24,13 @@ import warnings
 from ..dispatch import BackendChoice
 from ..backends import BUILTIN_BACKENDS
 from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
-from ..errors import FluxlabWarning
+from ..errors import DiffusersBackendWarning
 
 DIFFUSERS_DEFAULT = "native"
 
 # diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter declares its
 # ``diffusers=`` names).
 SAME_KERNEL: dict[str, str] = {name: b.name for b in BUILTIN_BACKENDS for name in b.diffusers}
-
-
-class DiffusersBackendWarning(FluxlabWarning):
-    """A diffusers attention setting meets a fluxlab-attached model: the message says what runs instead."""
 
 
 def _name(backend) -> str:
@@ -129,7 +125,7 @@ def note_active_change(state, active) -> None:
     elif mapped is not None:
         reason = (f"its fluxlab equivalent '{mapped}' is outside this model's allowed set "
                   f"({', '.join(sorted(state.allowed))}); widen it with fluxlab.attach(pipe, "
-                  f"allowed=fluxlab.FLUX2_BACKENDS | {{'{mapped}'}})")
+                  f"allowed=fluxlab.models.FLUX2_BACKENDS | {{'{mapped}'}})")
     else:
         reason = refusal(name) or f"'{name}' is not a diffusers 0.42 attention backend name fluxlab knows"
     if name in state.active_warned:

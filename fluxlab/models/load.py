@@ -55,7 +55,7 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
     loads, the pipeline's memory at ``height`` x ``width`` is estimated (safetensors headers or configs, plus
     activations) and a run that cannot fit is refused with ``MemoryBudgetError``, naming the estimate.
     ``memory_budget``: bytes (or a function of the device) to use instead of the accelerator's free memory.
-    What was chosen and why: ``pipe.fluxlab_offload`` (an ``OffloadPlan``; also logged).
+    What was chosen and why: ``pipe.fluxlab_offload`` (an ``OffloadDecision``; also logged).
     """
     import torch
 

@@ -12,28 +12,16 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import FluxlabError
+from .._compat import moved
+from ..errors import MemoryBudgetError, OffloadError
 from .memory import MemoryEstimate, gib
 
 OFFLOAD_MODES = (None, "model", "sequential", "auto")
 log = logging.getLogger("fluxlab")
 
 
-class OffloadError(FluxlabError, ValueError):
-    """An ``offload`` value fluxlab does not know, or one this machine cannot do (no accelerator)."""
-
-
-class MemoryBudgetError(FluxlabError, MemoryError):
-    """The pipeline cannot fit the accelerator's free memory in the asked (or any) offload mode; ``plan`` holds the
-    estimate and the budget. Raised before any weight loads."""
-
-    def __init__(self, message: str, plan: OffloadPlan):
-        super().__init__(message)
-        self.plan = plan
-
-
 @dataclasses.dataclass(frozen=True)
-class OffloadPlan:
+class OffloadDecision:
     """What ``load_flux2`` did with ``offload=``: the mode it chose, why, the estimate and the memory budget."""
 
     requested: str | None
@@ -111,22 +99,22 @@ def budget_for(device: torch.device | None, memory_budget: Budget) -> int | None
     return None
 
 
-def plan_offload(estimate: MemoryEstimate | None, offload, device, memory_budget: Budget = None) -> OffloadPlan:
+def plan_offload(estimate: MemoryEstimate | None, offload, device, memory_budget: Budget = None) -> OffloadDecision:
     """Choose where the weights live, before loading them; raise MemoryBudgetError if the run cannot fit."""
     target = resolve_device(offload, device)
     where = str(target) if target is not None else None
     on_accelerator = target is not None and target.type != "cpu"
     if offload == "auto" and not on_accelerator:
-        return OffloadPlan("auto", None, where, "no accelerator here, so no offload: the pipeline runs on the CPU",
+        return OffloadDecision("auto", None, where, "no accelerator here, so no offload: the pipeline runs on the CPU",
                            estimate, budget_for(target, memory_budget))
     budget = budget_for(target, memory_budget)
     if offload == "auto" and estimate is None:  # size unknown (an unusual config): the safe choice
-        return OffloadPlan("auto", "model", where, "no memory estimate for this pipeline, so model offload (one "
+        return OffloadDecision("auto", "model", where, "no memory estimate for this pipeline, so model offload (one "
                            "component on the accelerator at a time)", None, budget)
     if estimate is None or budget is None:
         why = ("no offload asked: the pipeline stays on " + (where or "the CPU, where it is built") if offload is None
                else f"as asked ({'no memory budget on the CPU' if budget is None else 'no estimate'} to check)")
-        return OffloadPlan(offload, offload, where, why, estimate, budget)
+        return OffloadDecision(offload, offload, where, why, estimate, budget)
     need = {mode: estimate.peak_bytes(mode) for mode in (None, "model", "sequential")}
     have = f"{gib(budget)} free on {where or 'the CPU'}"
     if offload == "auto":
@@ -136,10 +124,10 @@ def plan_offload(estimate: MemoryEstimate | None, offload, device, memory_budget
                           ("sequential", "one module at a time (slow: weights cross the bus every step)")):
             if need[mode] <= budget:
                 reason = f"needs ~{gib(need[mode])} with offload={mode!r}, {how}; {have}"
-                plan = OffloadPlan("auto", mode, where, reason, estimate, budget)
+                plan = OffloadDecision("auto", mode, where, reason, estimate, budget)
                 log.info("fluxlab.load_flux2: %s", plan)
                 return plan
-        plan = OffloadPlan("auto", None, where, "does not fit", estimate, budget)
+        plan = OffloadDecision("auto", None, where, "does not fit", estimate, budget)
         raise MemoryBudgetError(
             f"this pipeline cannot run on {where} even offloaded: {estimate.describe()}; with sequential offload it "
             f"still needs ~{gib(need['sequential'])} at once, and {have}. Use a smaller image, a GPU with more "
@@ -152,14 +140,14 @@ def plan_offload(estimate: MemoryEstimate | None, offload, device, memory_budget
             hint = f"offload={fits[0]!r} fits (~{gib(need[fits[0]])}), or offload='auto' picks it"
         else:
             hint = "nothing fits, even sequential offload: use a smaller image or a GPU with more memory"
-        plan = OffloadPlan(offload, offload, where, "does not fit", estimate, budget)
+        plan = OffloadDecision(offload, offload, where, "does not fit", estimate, budget)
         raise MemoryBudgetError(
             f"refused before loading: with offload={offload!r} this pipeline needs ~{gib(need[offload])} on "
             f"{where or 'the CPU'} ({estimate.describe()}), and {have}. {hint}.", plan)
-    return OffloadPlan(offload, offload, where, f"as asked: needs ~{gib(need[offload])}; {have}", estimate, budget)
+    return OffloadDecision(offload, offload, where, f"as asked: needs ~{gib(need[offload])}; {have}", estimate, budget)
 
 
-def apply_offload(pipe, plan: OffloadPlan):
+def apply_offload(pipe, plan: OffloadDecision):
     """Place ``pipe`` as planned: ``.to(device)``, or diffusers' model / sequential CPU offload (accelerate)."""
     if plan.mode is None:
         if plan.device is not None:
@@ -176,3 +164,6 @@ def execution_device(pipe) -> torch.device:
     """Where ``pipe``'s models run: the accelerator for an offloaded pipeline (its weights rest on the CPU)."""
     device = getattr(pipe, "_execution_device", None)
     return torch.device(device) if device is not None else pipe.transformer.device
+
+
+__getattr__ = moved(__name__, {"OffloadPlan": "fluxlab.models.offload:OffloadDecision"})

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import FluxlabError
-
-
-class GenerationCancelled(FluxlabError, RuntimeError):
-    """``StepControl.cancel()`` stopped a generation between denoising steps; its partial output is discarded."""
+from ..errors import GenerationCancelled  # noqa: F401 (importable here)
 
 
 class StepControl:

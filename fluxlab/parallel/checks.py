@@ -15,19 +15,11 @@ import re
 import torch
 
 from .. import registry
-from ..errors import FluxlabError, UnknownBackendError
+from ..errors import ParallelRefusedError, UnknownBackendError
 from ..platform import Platform, current_platform
 from ..util import torch_dtype_name
 
 MODES = ("ulysses", "ring")
-
-
-class ParallelRefusedError(FluxlabError, ValueError):
-    """A parallel run cannot start; ``reasons`` lists every reason, each a sentence naming the fix."""
-
-    def __init__(self, reasons: list[str], what: str = "this parallel run"):
-        self.reasons = list(reasons)
-        super().__init__(f"fluxlab refuses {what}:\n  - " + "\n  - ".join(self.reasons))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import inspect
 import torch
 
 from ..dispatch import BackendChoice, attention
-from ..errors import FluxlabError
+from ..errors import MaskNotSupportedError
 
 PREFIX = "fluxlab:"
 
@@ -78,10 +78,6 @@ def _require_engine() -> None:
 
 
 # ------------------------------------------------------------------------------------------ the per-rank op
-
-
-class MaskNotSupportedError(FluxlabError, ValueError):
-    """fluxlab's attention takes no mask, dropout or causal flag inside diffusers' context parallelism."""
 
 
 def _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa) -> None:

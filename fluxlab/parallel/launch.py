@@ -18,7 +18,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from ..errors import FluxlabError
+from ..errors import SpawnError
 from . import engine
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel, sequence_reasons
 
@@ -208,10 +208,6 @@ def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, paylo
 # Imported once by the fork server (a fresh interpreter, no threads or CUDA yet), inherited by every rank.
 FORKSERVER_PRELOAD = ("fluxlab.parallel.compare", "fluxlab.parallel.model",
                       "diffusers.models.transformers.transformer_flux2", "diffusers.hooks.context_parallel")
-
-
-class SpawnError(FluxlabError, RuntimeError):
-    """A spawned rank failed or timed out; the message carries each rank's traceback."""
 
 
 def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:

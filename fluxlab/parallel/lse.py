@@ -15,14 +15,10 @@ import math
 import torch
 
 from ..compare.tolerances import LSE_TOLERANCE
-from ..errors import FluxlabWarning
+from ..errors import LseWarning
 from ..util import torch_dtype_name
 
 PROBE_SHAPE = (1, 32, 3, 16)  # [B, S, H, D]: 3 heads, so a roll of the heads is visible in either direction
-
-
-class LseWarning(FluxlabWarning):
-    """``enable_sequence_parallel`` under ring with a backend whose LSE does not follow the contract."""
 
 
 @dataclasses.dataclass(frozen=True)

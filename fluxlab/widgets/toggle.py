@@ -77,7 +77,7 @@ def model_statuses(pipe, statuses=None) -> list:
     for status in statuses:
         if status.available and status.name not in state.allowed:
             reason = ("outside this FLUX.2 model's allowed set; widen it with fluxlab.attach(pipe, "
-                      f"allowed=fluxlab.FLUX2_BACKENDS | {{'{status.name}'}})")
+                      f"allowed=fluxlab.models.FLUX2_BACKENDS | {{'{status.name}'}})")
             status = dataclasses.replace(status, available=False, reasons=(reason,), default=False)
         out.append(status)
     return out
