@@ -44,7 +44,7 @@ PUBLISHED = {  # ROCm/aiter PR 3495: cosine against aiter_bf16, b=1 hq=5 sq=sk=7
     "mae_vs_bf16": {"fp8": 8.275e-04, "i8fp8": 7.299e-04, "mxfp4": 2.528e-03},
 }
 BF16_MODES = {0: "RTNE", 1: "RTNA (aiter's default)", 2: "RTZ (xDiT's choice)"}
-PADDED = emu_aiter_quant.PADDED  # emu_aiter_quant on q/k/v zero-padded to head_dim 128
+PADDED = "emu_aiter_quant_pad128"  # emu_aiter_quant on q/k/v zero-padded to head_dim 128 (registry.register_padded)
 
 
 def transformer_like(seq: int, heads: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,7 +101,7 @@ def kernel_level(seq: int, heads: int, seed: int) -> dict:
 def image_level(steps: int, seeds: list[int], figure: Path | None = None) -> dict:
     from fluxlab.compare import compare_images
 
-    emu_aiter_quant.register_padded()
+    fluxlab.registry.register_padded("emu_aiter_quant", 128)
     quant = [f"{PADDED}:format={fmt}" for fmt in FORMATS]
     rounding = [f"emu_aiter:how_v3_bf16_cvt={mode}" for mode in BF16_MODES]
     backends = ["reference", *rounding, *quant]

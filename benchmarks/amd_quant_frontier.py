@@ -44,8 +44,11 @@ SPEED_NOTE = ("Speed not measured: on a CPU the kernels are emulations and their
               "aiter's kernel's. The speed axis is the share of denoising steps on the quantised kernel.")
 
 
+PADDED = "emu_aiter_quant_pad128"  # registry.register_padded("emu_aiter_quant", 128)
+
+
 def candidate(fmt: str) -> str:
-    return f"{emu_aiter_quant.PADDED}:format={fmt}"
+    return f"{PADDED}:format={fmt}"
 
 
 def quantised_share(name: str, cand: str, steps: int) -> float:
@@ -61,8 +64,8 @@ def quantised_share(name: str, cand: str, steps: int) -> float:
 def run(steps: int, seeds: list[int], formats: list[str]) -> dict:
     from fluxlab.decide.frontier import FrontierRow, mark_pareto
 
-    emu_aiter_quant.register_padded()
-    pipe = fluxlab.load_flux2("embedded", allowed={"reference", "sdpa", EXACT, emu_aiter_quant.PADDED})
+    fluxlab.registry.register_padded("emu_aiter_quant", 128)
+    pipe = fluxlab.load_flux2("embedded", allowed={"reference", "sdpa", EXACT, PADDED})
     per_format = {}
     for fmt in formats:
         cand = candidate(fmt)
@@ -88,7 +91,7 @@ def run(steps: int, seeds: list[int], formats: list[str]) -> dict:
 def table(data: dict) -> str:
     lines = [f"Frontier per MHA v4 format: embedded model, {data['steps']} steps, seeds {data['seeds']}, exact kernel "
              f"`{data['exact']}` (aiter's bf16 kernel, how_v3_bf16_cvt=1, emulated); candidate "
-             f"`{emu_aiter_quant.PADDED}:format=F` (emulated, zero-padded to head_dim 128). {SPEED_NOTE} "
+             f"`{PADDED}:format=F` (emulated, zero-padded to head_dim 128). {SPEED_NOTE} "
              "**P**: Pareto set on (share, final-latent rel-L2).", "",
              "| format | schedule | quantised steps | final-latent rel-L2 | SSIM | PSNR (dB) | verdict | Pareto |",
              "|---|---|---:|---:|---:|---:|---|---|"]

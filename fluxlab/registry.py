@@ -215,6 +215,36 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     return _add(backend, replace)
 
 
+def register_padded(inner: str, width: int, *, name: str | None = None) -> str:
+    """Register (again) and name ``<inner>_pad<width>``: ``inner`` on q/k/v zero-padded to head_dim ``width``, for a
+    model whose head_dim is below what the kernel takes (e.g. the embedded model's 32 on a 64/128-only kernel).
+
+    Zero columns change neither Q·Kᵀ nor a quantised kernel's per-block scales; the original softmax scale is passed
+    and the padded output columns are dropped. Grouped-query inputs get their KV heads repeated where ``inner`` has
+    no GQA. The padded backend copies ``inner``'s capabilities (quantised, emulated, vendors, options, ...)."""
+    backend = get_backend(inner)
+    caps = backend.caps
+    name = name or f"{inner}_pad{width}"
+
+    def padded(q, k, v, *, scale, causal=False, return_lse=False, **options):
+        d = q.shape[-1]
+        if d > width:
+            raise ValueError(f"{name} pads head_dim up to {width}; these inputs have {d}")
+        if k.shape[2] != q.shape[2] and not caps.gqa:
+            k, v = (t.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for t in (k, v))
+        grow = (0, width - d)
+        pad = torch.nn.functional.pad
+        out = backend.fn(pad(q, grow), pad(k, grow), pad(v, grow), scale=scale, causal=causal, **options)
+        return out[..., :d].contiguous()
+
+    kept = {f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)
+            if f.name not in ("head_dims", "max_head_dim", "returns_lse", "lse_grad", "gqa")}
+    register_backend(name, padded, replace=True, requires=backend.requires, options=dict(backend.options),
+                     option_values=dict(backend.option_values), max_head_dim=width, gqa=True, **kept,
+                     description=f"{inner} on q/k/v zero-padded to head_dim {width}")
+    return name
+
+
 def _add(backend: Backend, replace: bool) -> Backend:
     name = backend.name
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):

@@ -184,8 +184,9 @@ def side_by_side() -> list:
             "0 nearest-even, 1 nearest-away (aiter's default, and what sglang gets: it passes none), 2 toward zero "
             "(xDiT's choice). Verdicts by the image rule, against float64 attention."),
         new_code_cell(
-            "from fluxlab.backends.emu_aiter_quant import FORMATS, register_padded\n\n"
-            "QUANT = register_padded()  # the emulator on q/k/v zero-padded to head_dim 128\n"
+            "from fluxlab.backends.emu_aiter_quant import FORMATS\n"
+            "from fluxlab.registry import register_padded\n\n"
+            "QUANT = register_padded(\"emu_aiter_quant\", 128)  # the emulator on q/k/v zero-padded to head_dim 128\n"
             "AMD = [f\"emu_aiter:how_v3_bf16_cvt={mode}\" for mode in (0, 1, 2)] + [f\"{QUANT}:format={name}\" for name in FORMATS]\n"
             "# The small models' captions are byte-level (up to 129 tokens): 144 text tokens hold any of them, and the\n"
             "# emulators run far faster than with the default 512.\n"

@@ -161,7 +161,7 @@ def test_the_emulator_covers_exactly_the_formats_aiter_ships():
 def test_padded_backend_is_the_emulator_on_zero_padded_inputs():
     """emu_aiter_quant_pad128 (for models with head_dim < 128): the same numbers as padding by hand, the padded
     columns dropped, KV heads repeated for grouped-query inputs; registered on demand, tagged like the emulator."""
-    name = emu.register_padded()
+    name = registry.register_padded("emu_aiter_quant", 128)
     try:
         gen = torch.Generator().manual_seed(3)
         q, k, v = (torch.randn(1, 96, 4, 32, generator=gen) for _ in range(3))

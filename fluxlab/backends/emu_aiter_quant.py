@@ -157,38 +157,6 @@ def emu_aiter_quant(q, k, v, *, scale, causal=False, return_lse=False, format="i
     return _finish(numerics.round_bf16(out.contiguous(), bf16_cvt), q.dtype)
 
 
-PADDED = "emu_aiter_quant_pad128"
-
-
-def register_padded() -> str:
-    """Register (again) and name ``emu_aiter_quant_pad128``: this emulator for models whose head_dim is below 128.
-
-    q/k/v are zero-padded to head_dim 128, the original softmax scale is kept and the padded output columns are
-    dropped: exactly what running such a model on MHA v4 takes (it takes 128 only). Grouped-query inputs get their
-    KV heads repeated, as a caller of MHA v4 would have to. Options as ``emu_aiter_quant``'s (``format=`` ...).
-    Opt-in (the notebooks and ``benchmarks/amd_quant*.py`` call it): no head_dim-128 model needs it.
-    """
-    from ..registry import get_backend, register_backend
-
-    def padded(q, k, v, *, scale, causal=False, return_lse=False, **options):
-        d = q.shape[-1]
-        if k.shape[2] != q.shape[2]:
-            k, v = (t.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for t in (k, v))
-        grow = (0, HEAD_DIM - d)
-        pad = torch.nn.functional.pad
-        out = emu_aiter_quant(pad(q, grow), pad(k, grow), pad(v, grow), scale=scale, causal=causal,
-                              return_lse=return_lse, **options)
-        return out[..., :d].contiguous()
-
-    backend = get_backend("emu_aiter_quant")
-    register_backend(PADDED, padded, replace=True, quantised=True, emulated=True, emulates="aiter_mha_v4",
-                     experimental=True, causal=False, max_head_dim=HEAD_DIM, vendors=ALL_VENDORS,
-                     options=dict(backend.options), option_values=dict(backend.option_values),
-                     description="emulated aiter MHA v4 (emu_aiter_quant) on q/k/v zero-padded to head_dim 128; "
-                                 "quantised")
-    return PADDED
-
-
 BACKENDS = [
     Backend("emu_aiter_quant", emu_aiter_quant,
             Capabilities(vendors=ALL_VENDORS, dtypes=FLOAT_DTYPES, head_dims=(HEAD_DIM,), gqa=False, causal=False,
