@@ -14,6 +14,7 @@ emulators. tests/test_image_bands.py checks the file against the derivation and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ def register_planted():
             return fluxlab.attention(q, k, v, backend=backend, scale=scale * factor, causal=causal)
         return kernel
 
-    fluxlab.register_backend("band_scale_1pct", scaled("sdpa", 1.01), replace=True, description=JUDGED["band_scale_1pct"])
+    fluxlab.register_backend("band_scale_1pct", scaled("sdpa", 1.01), replace=True,
+                             description=JUDGED["band_scale_1pct"])
     for name, factor in (("band_scale_1pct_bf16", 1.01), ("band_scale_10pct_bf16", 1.1)):
         fluxlab.register_backend(name, scaled("emu_bf16", factor), replace=True, description=JUDGED[name],
                                  emulated=True)
@@ -50,34 +52,44 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--judge-seeds", default="0", help="seeds of the judged kernels (first prompt)")
     parser.add_argument("--max-sequence-length", type=int, default=32)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the reference latents (cross-card merge)")
+    parser.add_argument("--judge-only", action="store_true",
+                        help="keep the band file's measurement; judge the kernels that are not part of it again")
     args = parser.parse_args(argv)
 
     import fluxlab
     from fluxlab.compare import compare_images
     from fluxlab.compare import measure_image_band
-    from fluxlab.compare.bands import DEFAULT_BAND_PROMPTS, LOW_PRECISION
+    from fluxlab.compare.bands import DEFAULT_BAND_PROMPTS, LOW_PRECISION, ImageBand
 
     register_planted()
     pipe = fluxlab.load_flux2(args.model)
     seeds = [int(s) for s in args.seeds.split(",")]
+    judge_seeds = [int(s) for s in args.judge_seeds.split(",")]
     start = time.perf_counter()
 
     def progress(prompt, seed):
         print(f"[{time.perf_counter() - start:6.0f} s] {prompt!r} seed {seed}", flush=True)
 
-    band = measure_image_band(pipe, prompts=DEFAULT_BAND_PROMPTS, seeds=seeds, steps=args.steps, height=args.size,
-                              width=args.size, keep_outputs=args.keep_outputs, card=args.card, progress=progress,
-                              max_sequence_length=args.max_sequence_length)
-    band.command = " ".join(["python", *[a if a != sys.argv[0] else "benchmarks/image_bands.py" for a in sys.argv]])
-    band.source = f"benchmarks/results/{args.card}/image_bands.json"
+    command = " ".join(["python", "benchmarks/image_bands.py", *sys.argv[1:]])
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / args.card / "image_bands.json"
-    band.save(out)  # the band first (and the reference latents beside it with --keep-outputs)
+    if args.judge_only:
+        band = ImageBand.load(out)
+        measured_in = json.loads(out.read_text()).get("seconds")
+    else:
+        band = measure_image_band(pipe, prompts=DEFAULT_BAND_PROMPTS, seeds=seeds, steps=args.steps,
+                                  height=args.size, width=args.size, keep_outputs=args.keep_outputs, card=args.card,
+                                  progress=progress, max_sequence_length=args.max_sequence_length)
+        band.command = command
+        band.source = f"benchmarks/results/{args.card}/image_bands.json"
+        band.save(out)  # the band first (and the reference latents beside it with --keep-outputs)
+        measured_in = time.perf_counter() - start
     judged = {}
-    for prompt in DEFAULT_BAND_PROMPTS[:1]:  # the judged kernels: one prompt, every seed (information only)
-        result = compare_images(pipe, ["sdpa", *JUDGED], prompt=prompt, seeds=seeds, steps=args.steps,
+    for prompt in DEFAULT_BAND_PROMPTS[:1]:  # the judged kernels: one prompt (information only)
+        result = compare_images(pipe, ["sdpa", *JUDGED], prompt=prompt, seeds=judge_seeds, steps=args.steps,
                                 height=args.size, width=args.size, band=band,
                                 max_sequence_length=args.max_sequence_length)
         judged[prompt] = {r.backend: {"what": JUDGED.get(r.backend, "the reference"), "verdict": r.verdict,
@@ -87,12 +99,16 @@ def main(argv=None) -> int:
         print(result.to_markdown())
     data = band.as_dict()
     data["judged"] = judged
-    data["seconds"] = time.perf_counter() - start
+    data["judge_seeds"] = judge_seeds
+    data["judge_command"] = command  # the judged kernels' run (the same command unless --judge-only)
+    data["seconds"] = measured_in  # measuring the band
+    data["judge_seconds"] = time.perf_counter() - start - (0 if args.judge_only else measured_in)
     from fluxlab.decide.files import write_json
 
     write_json(out, data)
     print({k: {m: f"{v:.3g}" for m, v in b.items()} for k, b in band.bands.items()}, "headroom", band.headroom())
-    print(f"wrote {out} in {data['seconds']:.0f} s; low-precision band from {band.source_text(LOW_PRECISION)}")
+    print(f"wrote {out}: band {data['seconds']:.0f} s, judged {data['judge_seconds']:.0f} s; low-precision band from "
+          f"{band.source_text(LOW_PRECISION)}")
     return 0
 
 

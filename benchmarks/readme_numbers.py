@@ -397,7 +397,10 @@ def image_bands(results: Path) -> str:
                      + " | ".join(f"{band.band(kind, m):.2g}" for m in METRICS)
                      + f" | {data['headroom'][kind]:.2f} |")
     rows = next(iter(data["judged"].values()))
-    lines += ["", "Kernels that are not part of the band, judged by it (first prompt, worst of the seeds):", "",
+    seeds = data["judge_seeds"]
+    lines += ["", prose(f"Kernels that are not part of the band, judged by it (first prompt, "
+                        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; "
+                        f"`{command_text(data['judge_command'])}`):"), "",
               "| kernel | what | final-latent rel-L2 | SSIM | PSNR dB | verdict |", "|---|---|---|---|---|---|"]
     for name, row in rows.items():
         if row["what"] == "the reference":

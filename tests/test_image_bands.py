@@ -88,6 +88,8 @@ def test_judge_in_bands_counts_bands_and_names_the_source():
     # one metric out of band decides: an image far off with latents in band fails
     assert B.judge_in_bands({"final_latent_rel_l2": 0.001, "one_minus_ssim": 1e-2, "pixel_rmse": 1e-3}, band,
                             "x")[0] == "fail"
+    # 1 - SSIM is quadratic in a small change: 4x the band in 1 - SSIM is 2 bands
+    assert B.judge_in_bands({"one_minus_ssim": 4e-4}, band, "x", metrics=("one_minus_ssim",))[2] == pytest.approx(2)
     # a band of 0 (bit-identical variants) falls back to the floor, so rounding noise is not a failure
     assert B.judge_in_bands({"final_latent_rel_l2": 1e-6}, {"final_latent_rel_l2": 0.0}, "x",
                             metrics=("final_latent_rel_l2",))[0] == "pass"

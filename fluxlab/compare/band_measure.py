@@ -4,8 +4,8 @@ generation (``band_for``): given, committed for this setting, or measured here. 
 
 from __future__ import annotations
 
-from .bands import (CLASSES, DEFAULT_BAND_PROMPTS, ImageBand, ImageBandError, band_from_outputs, check_classes,
-                    resolve_band, setting_of)
+from . import bands as _bands
+from .bands import CLASSES, DEFAULT_BAND_PROMPTS, ImageBand
 
 
 def measure_image_band(pipe, *, prompts=DEFAULT_BAND_PROMPTS, seeds=(0, 1), steps: int = 4, height: int | None = 64,
@@ -21,11 +21,11 @@ def measure_image_band(pipe, *, prompts=DEFAULT_BAND_PROMPTS, seeds=(0, 1), step
     from .images import compare_images
     from .specs import BackendSpec
 
-    classes = check_classes(classes)
+    classes = _bands.check_classes(classes)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
     if not prompts or not seeds:
-        raise ImageBandError("measure_image_band needs at least one prompt and one seed")
+        raise _bands.ImageBandError("measure_image_band needs at least one prompt and one seed")
 
     def outputs_of(prompt, seed, names):
         specs = [name.replace("#rerun", "") for name in names]
@@ -40,8 +40,8 @@ def measure_image_band(pipe, *, prompts=DEFAULT_BAND_PROMPTS, seeds=(0, 1), step
         return {name: (result.images[label], result.latents[label][-1]) if label in result.latents
                 else (rows[label].error or "no image") for name, label in zip(names, labels)}
 
-    setting = setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
-    return band_from_outputs(outputs_of, setting=setting, prompts=prompts, seeds=seeds, classes=classes,
+    setting = _bands.setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
+    return _bands.band_from_outputs(outputs_of, setting=setting, prompts=prompts, seeds=seeds, classes=classes,
                              keep_outputs=keep_outputs, card=card, progress=progress)
 
 
@@ -50,8 +50,8 @@ def band_for(pipe, band, *, prompt: str, seeds, steps: int, height, width, pipe_
     """The band that judges a generation of ``pipe``: ``band`` (an ImageBand or a path, checked against the
     setting), else the committed band of this setting, else one of ``classes`` measured here at ``prompt`` and
     ``seeds`` (4 more generations per seed and class)."""
-    setting = setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
-    found = resolve_band(band, setting)
+    setting = _bands.setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
+    found = _bands.resolve_band(band, setting)
     if found is not None:
         return found
     return measure_image_band(pipe, prompts=[prompt], seeds=list(seeds), steps=steps, height=setting["height"],

@@ -47,8 +47,17 @@ LOW_PRECISION_VARIANTS = {
     "emu_bf16:block_n=64": "a bf16 flash kernel with online softmax over 64-key blocks (another reduction order)",
 }
 VARIANTS = {EXACT: EXACT_VARIANTS, LOW_PRECISION: LOW_PRECISION_VARIANTS}
+# How a verdict note names the changes behind a band: (variant names, words), in this order.
+SHORT_NAMES = {
+    EXACT: [(("sdpa#rerun",), "rerun"), (("sdpa", "sdpa_math", "reference"), "exact kernels")],
+    LOW_PRECISION: [(("emu_aiter:how_v3_bf16_cvt=0", "emu_aiter:how_v3_bf16_cvt=1"), "RTNE vs RTNA"),
+                    (("emu_bf16:probs=fp32",), "bf16 inputs/output"), (("emu_bf16:block_n=64",), "64-key blocks"),
+                    (("sdpa", "sdpa_math", "reference"), "exact kernels")],
+}
 # aiter's how_v3_bf16_cvt=2 rounds toward zero: biased, so it is judged by the band, never part of it.
 
+# 1 - SSIM grows with the square of a small perturbation (its variance term), rel-L2 and RMSE linearly: the SSIM
+# ratio is square-rooted so that every metric counts bands in the same units (twice the change: twice the bands).
 # Verdict limits in bands (docs/verdicts.md, "Image bands", says why these).
 PASS_BANDS = 2.0
 WARN_BANDS = 4.0
@@ -142,12 +151,14 @@ class ImageBand:
         return own
 
     def source_text(self, kind: str) -> str:
-        what = {EXACT: "exact kernels, rerun", LOW_PRECISION: "RTNE vs RTNA, bf16 inputs/output, 64-key blocks, "
-                                                              "exact kernels"}[kind]
+        """Where the band of ``kind`` came from: the file, the legitimate changes that ran, prompts x seeds."""
+        ran = {name for cell in self.cells for p in cell["pairs"] if p["class"] == kind for name in (p["a"], p["b"])}
+        what = [text for names, text in SHORT_NAMES[kind] if any(n in ran for n in names)]
         if len(self.cards) > 1:
-            what += f", {' vs '.join(self.cards)}"
-        return (f"{self.source}: {what}, {len(self.prompts)} prompt{'s' if len(self.prompts) != 1 else ''} x "
-                f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''}")
+            what.append(" vs ".join(self.cards))
+        return (f"{self.source}: {', '.join(what) or 'no legitimate change ran'}, {len(self.prompts)} "
+                f"prompt{'s' if len(self.prompts) != 1 else ''} x {len(self.seeds)} "
+                f"seed{'s' if len(self.seeds) != 1 else ''}")
 
     def mismatches(self, setting: dict) -> list[str]:
         """What differs between this band's setting and ``setting`` (empty: the band applies)."""
@@ -319,6 +330,8 @@ def judge_in_bands(numbers: dict, band_values: dict, source: str, *, metrics=MET
             continue
         band = max(band_values[metric], FLOORS[metric])
         ratio = value / band if math.isfinite(value) else math.inf
+        if metric == "one_minus_ssim" and math.isfinite(ratio):
+            ratio = math.sqrt(max(ratio, 0.0))  # 1 - SSIM grows with the square of a small change: same units
         ratios.append(math.inf if math.isnan(ratio) else ratio)
         parts.append(f"{METRIC_TEXT[metric]} {value:.3g} = {ratio:.3g} bands (band {band:.3g})")
     away = max(ratios) if ratios else math.nan

@@ -35,7 +35,8 @@ def image_verdict(pipe, schedule, *, prompt: str, steps: int, seeds=(0,), exact:
                   height=None, width=None, band=None, **pipe_kwargs) -> tuple[str, str]:
     """The image verdict of a whole schedule against ``exact`` everywhere (default: the pipeline's own choice),
     in bands (``IMAGE_RULE_TEXT``): a schedule with a quantised/emulated kernel by the low-precision band
-    (``band``, else the committed one of this setting, else one measured here: ``fluxlab.compare.band_measure.band_for``);
+    (``band``, else the committed one of this setting, else one measured here:
+    ``fluxlab.compare.band_measure.band_for``);
     an all-exact one by the spread between the exact kernels sdpa, sdpa_math and float64 at the same seeds.
     """
     from .. import registry
