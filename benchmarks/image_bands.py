@@ -105,9 +105,11 @@ def main(argv=None) -> int:
     data["judge_seconds"] = time.perf_counter() - start - (0 if args.judge_only else measured_in)
     from fluxlab.decide.files import write_json
 
-    write_json(out, data)
+    from fluxlab.util import json_safe
+
+    write_json(out, json_safe(data))  # PSNR inf (identical images) -> null
     print({k: {m: f"{v:.3g}" for m, v in b.items()} for k, b in band.bands.items()}, "headroom", band.headroom())
-    print(f"wrote {out}: band {data['seconds']:.0f} s, judged {data['judge_seconds']:.0f} s; low-precision band from "
+    print(f"wrote {out}: band {data['seconds']} s, judged {data['judge_seconds']:.0f} s; low-precision band from "
           f"{band.source_text(LOW_PRECISION)}")
     return 0
 
