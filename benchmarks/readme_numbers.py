@@ -405,7 +405,7 @@ def image_bands(results: Path) -> str:
     for name, row in rows.items():
         if row["what"] == "the reference":
             continue
-        away = max(float(v) for v in re.findall(r"= ([0-9.e+-]+|inf) bands", row["note"]))
+        away = max(float(v) for v in re.findall(r"= ([0-9.e+-]+|inf) bands \(band", row["note"]))
         lines.append(f"| `{name}` | {row['what']} | {row['final_latent_rel_l2_worst']:.2e} | {row['ssim_worst']:.5f} "
                      f"| {row['psnr_worst']:.1f} | {row['verdict']} ({away:.3g} bands) |")
     return "\n".join(lines)
