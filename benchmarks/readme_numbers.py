@@ -434,6 +434,46 @@ def embedded_quality(results: Path, log: Path = TRAIN_LOG) -> str:
     return "\n".join(prose(line) for line in lines)
 
 
+IMAGE_BANDS = "cpu/image_bands.json"  # benchmarks/image_bands.py
+
+
+@block("image-bands", "docs/verdicts.md")
+def image_bands(results: Path) -> str:
+    """The image bands (fluxlab.compare.bands) and the kernels judged by them, from the committed band file."""
+    from fluxlab.compare.bands import EXACT, LOW_PRECISION, METRIC_TEXT, METRICS, ImageBand
+
+    data = load(results, IMAGE_BANDS)
+    band = ImageBand.load(results / IMAGE_BANDS)
+    s = data["setting"]
+    made = f"{data['provenance']['date'][:10]}, commit {data['provenance']['git']['commit'][:12]}"
+    lines = [prose(f"Measured by `{command_text(data['command'])}` ({made}) on `{s['model']}` "
+                   f"({s['dtype']}, {s['device']}, {s['steps']} steps, {s['height']}x{s['width']}, "
+                   f"{s['max_sequence_length']} text tokens), {len(data['prompts'])} prompts x {len(data['seeds'])} "
+                   f"seeds; written to {results_path(IMAGE_BANDS)}:"), "",
+             "| class | legitimate changes | " + " | ".join(METRIC_TEXT[m] for m in METRICS)
+             + " | worst cell / median cell |", "|---|---|" + "---|" * len(METRICS) + "---|"]
+    for kind in (EXACT, LOW_PRECISION):
+        changes = "; ".join(f"`{spec.replace('#rerun', '')}`{' rerun' if '#rerun' in spec else ''}"
+                            for spec in data["variants"][kind]) + ("; against the exact kernels"
+                                                                   if kind == LOW_PRECISION else "")
+        lines.append(f"| {kind.replace('_', ' ')} | {changes} | "
+                     + " | ".join(f"{band.band(kind, m):.2g}" for m in METRICS)
+                     + f" | {data['headroom'][kind]:.2f} |")
+    rows = next(iter(data["judged"].values()))
+    seeds = data["judge_seeds"]
+    lines += ["", prose(f"Kernels that are not part of the band, judged by it (first prompt, "
+                        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; "
+                        f"`{command_text(data['judge_command'])}`):"), "",
+              "| kernel | what | final-latent rel-L2 | SSIM | PSNR dB | verdict |", "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if row["what"] == "the reference":
+            continue
+        away = max(float(v) for v in re.findall(r"= ([0-9.e+-]+|inf) bands \(band", row["note"]))
+        lines.append(f"| `{name}` | {row['what']} | {row['final_latent_rel_l2_worst']:.2e} | {row['ssim_worst']:.5f} "
+                     f"| {row['psnr_worst']:.1f} | {row['verdict']} ({away:.3g} bands) |")
+    return "\n".join(lines)
+
+
 EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
 
 

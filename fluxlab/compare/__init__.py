@@ -3,7 +3,9 @@
 from .attention import compare_attention, parse_dtype
 from .captured import compare_captured
 from .gate import GateStats, Judgement, Yardstick, judge_attention
-from .image_rule import EXACT_IMAGE_RULE, FIDELITY_BUDGET, IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
+from .band_measure import measure_image_band
+from .bands import ImageBand
+from .image_rule import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
 from .images import ImageComparison, ImageRow, compare_images
 from .invariance import InvarianceReport, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
@@ -18,7 +20,7 @@ from .sweep import run_compare
 from .tolerances import EXACT_RULE, GATE_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, RULE_TABLE, RULE_TEXT
 
 __all__ = [
-    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "GATE_RULE", "GateStats",
+    "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_RULE", "GATE_RULE", "GateStats", "ImageBand", "measure_image_band",
     "IMAGE_RULE_TEXT", "InvarianceReport", "Judgement", "Yardstick", "check_invariance", "compare_captured",
     "judge_attention",
     "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",

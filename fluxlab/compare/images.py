@@ -244,7 +244,7 @@ def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_
 def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | None = None, steps: int = 4,
                    height: int = 64, width: int = 64, *, seeds=None, reference: str | None = None,
                    yardstick: bool = True, require_routing: bool = True, warmup="auto", control=None,
-                   force: bool = False, **pipe_kwargs) -> ImageComparison:
+                   force: bool = False, band=None, **pipe_kwargs) -> ImageComparison:
     """Generate one image per backend from the same noise, compare each with the reference backend's, judge it.
 
     ``backends``: specs as for ``compare_attention`` (a backend may repeat: identical runs must give PSNR
@@ -259,7 +259,10 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
     Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
     the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
     those not among ``backends`` are generated too (up to 3 more generations per seed); else only those
-    present count. Quantised and emulated kernels against the fidelity budget.
+    present count. Quantised and emulated kernels in bands of legitimate low-precision variation
+    (``fluxlab.compare.bands``): ``band`` (an ``ImageBand`` or its file), else the committed band of this
+    pipeline's setting, else one measured here at the same prompt and seeds (8 more generations per seed);
+    ``band=False`` leaves them unjudged.
     The pipeline must route attention through fluxlab (``fluxlab.load_flux2`` does); with
     ``require_routing`` a generation in which the backend was never called raises instead of reporting
     a meaningless "identical". Extra keyword arguments go to the pipeline call.
@@ -293,6 +296,10 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
                               force=force, guidance_scale=pipe_kwargs.get("guidance_scale"),
                               max_sequence_length=pipe_kwargs.get("max_sequence_length", 512))
     seed_list, steps, height, width = [int(s) for s in seed_list], int(steps), int(height), int(width)
+    if band is not None and band is not False:  # a given band must fit this setting: said before any generation
+        from .bands import resolve_band, setting_of
+
+        band = resolve_band(band, setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs))
 
     def generate(spec, seed_value, count=True):
         return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs, control, count)
@@ -369,9 +376,14 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
             control.check()
     finite_spreads = [v for v in spreads if math.isfinite(v)]
     spread = max(finite_spreads) if finite_spreads else math.nan
+    low_band = None
+    if band is not False and any(_approximate(s) and rows[b].error is None for b, s in zip(labels, specs)):
+        low_band = _band_here(pipe, band, prompt, seed_list, steps, height, width, pipe_kwargs,
+                              lambda spec, seed_value: generate(spec, seed_value, count=False))
     for label, spec in zip(labels, specs):
         _summarise(rows[label], per_seed[label])
-        rows[label].verdict, rows[label].verdict_note = _verdict(rows[label], spec, spread, label == ref_label)
+        rows[label].verdict, rows[label].verdict_note = _verdict(rows[label], spec, spread, label == ref_label,
+                                                                 low_band, band is False, seed_list)
     ref_row = rows[ref_label]
     ref_row.verdict, ref_row.verdict_note = _reference_verdict(ref_judged, spread)
     settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
@@ -379,6 +391,29 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread,
                            model=model_of(pipe))
+
+
+def _band_here(pipe, band, prompt, seeds, steps, height, width, pipe_kwargs, generate):
+    """The low-precision band for this comparison: given or committed for this setting (``bands.resolve_band``),
+    else measured here at the same prompt and seeds (8 more generations per seed)."""
+    from .bands import band_from_outputs, resolve_band, setting_of
+
+    setting = setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs)
+    found = resolve_band(band, setting)
+    if found is not None:
+        return found
+
+    def outputs_of(prompt, seed, names):
+        got = {}
+        for name in names:
+            try:
+                image, latents = generate(BackendSpec.parse(name.replace("#rerun", "")), seed)[:2]
+                got[name] = (image, latents[-1])
+            except Exception as exc:  # noqa: BLE001 - named in the band's error if too few variants ran
+                got[name] = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return got
+
+    return band_from_outputs(outputs_of, setting=setting, prompts=[prompt], seeds=seeds)
 
 
 def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:
@@ -532,8 +567,10 @@ def _summarise(row: ImageRow, seeds_metrics: list[dict]) -> None:
                                         key=lambda v: math.inf if math.isnan(v) else v)
 
 
-def _verdict(row: ImageRow, spec: BackendSpec, spread: float, is_reference: bool) -> tuple[str, str]:
-    from .image_rule import is_approximate, judge_budget, judge_exact_image
+def _verdict(row: ImageRow, spec: BackendSpec, spread: float, is_reference: bool, band=None, unjudged=False,
+             seeds=()) -> tuple[str | None, str]:
+    from .bands import LOW_PRECISION, from_image_metrics, judge_with_band
+    from .image_rule import YARDSTICK_BACKENDS, is_approximate, judge_exact_image
     from .tolerances import FAIL, PASS
 
     if row.error is not None:
@@ -544,8 +581,11 @@ def _verdict(row: ImageRow, spec: BackendSpec, spread: float, is_reference: bool
     if not math.isfinite(latent) or any(not math.isfinite(d) for d in row.latent_drift):
         return FAIL, "NaN/inf in the latents or the image"
     if is_approximate(registry.get_backend(spec.name)):
-        return judge_budget(row.ssim_worst, row.psnr_worst, latent)
-    return judge_exact_image(latent, spread)
+        if unjudged:
+            return None, "not judged (band=False)"
+        return judge_with_band(from_image_metrics(row.ssim_worst, row.psnr_worst, latent), band, LOW_PRECISION)
+    return judge_exact_image(latent, spread, f"the exact kernels {', '.join(YARDSTICK_BACKENDS)} measured here at "
+                                             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
 
 
 def _unique_labels(specs) -> list[str]:

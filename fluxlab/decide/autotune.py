@@ -333,7 +333,8 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     and ``plan.reasons`` says why. ``capture_step``: the denoising step captured (default: the middle one; true
     CFG gives two calls per layer). ``repeats``: timed calls per input after one warm-up call.
     With ``allow_quantised`` quantised/emulated kernels compete too; the plan is then generated for every seed
-    and must pass the image verdict (fidelity budget) against the automatic choice, or its quantised choices
+    and must pass the image verdict (in image bands, ``fluxlab.compare.bands``) against the automatic choice, or
+    its quantised choices
     are dropped (``plan.notes`` says so).
 
     ``confirm``: then time the real transformer step (the captured step's inputs) under the per-layer plan, the

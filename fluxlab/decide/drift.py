@@ -79,6 +79,14 @@ class DriftMap(Result):
     plans: tuple = ()
     pipe_kwargs: dict = dataclasses.field(default_factory=dict)
     model: dict | None = None  # the pipeline it was located on (results.model_of)
+    # The image band the drift is counted in (final-latent rel-L2; NaN: no band for this setting) and its source.
+    band: float = math.nan
+    band_source: str = ""
+
+    @property
+    def bands_away(self) -> float:
+        """The all-bad drift in bands of legitimate variation (NaN without a band)."""
+        return self.all_bad_drift / self.band if self.band > 0 else math.nan
 
     @property
     def top(self) -> Culprit | None:
@@ -113,8 +121,13 @@ class DriftMap(Result):
 
     def headline(self) -> str:
         return (f"Drift of `{self.bad}` against `{self.good}`: final-latent rel-L2 with `{self.bad}` everywhere "
-                f"{self.all_bad_drift:.3g}; the strongest region alone gives {self.share:.0%} of it: "
-                f"**{self.kind}**. {self.generations} generations (bound {self.bound}).")
+                f"{self.all_bad_drift:.3g}{self._in_bands()}; the strongest region alone gives {self.share:.0%} of "
+                f"it: **{self.kind}**. {self.generations} generations (bound {self.bound}).")
+
+    def _in_bands(self) -> str:
+        if not math.isfinite(self.bands_away):
+            return f" ({self.band_source})" if self.band_source else ""
+        return f" = {self.bands_away:.3g} bands (band {self.band:.3g} from {self.band_source})"
 
     def table_rows(self) -> list[dict]:
         """Every culprit region, strongest first."""
@@ -140,7 +153,8 @@ class DriftMap(Result):
                 "culprits": [{"layer": c.layer, "layers": list(c.layers), "steps": list(c.steps),
                               "contribution": c.contribution} for c in self.culprits],
                 "grid": [[None if math.isnan(v) else v for v in row] for row in self.grid.tolist()],
-                "drift_per_step": self.drift_per_step, "settings": self.settings}
+                "drift_per_step": self.drift_per_step, "settings": self.settings, "band": self.band,
+                "band_source": self.band_source, "bands_away": self.bands_away}
 
     def figure(self, path=None):
         """Heatmap of single-cell contributions (layers x steps) beside the per-step drift of the latents."""
@@ -229,19 +243,23 @@ def _halves(region: Cells) -> list[Cells]:
 @diffusers_names
 def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, height: int | None = None,
                  width: int | None = None, beam: int = DEFAULT_BEAM, budget: int | None = None,
-                 progress: bool = False, **pipe_kwargs) -> DriftMap:
+                 progress: bool = False, band=None, **pipe_kwargs) -> DriftMap:
     """Find the (attention layer x denoising steps) cells that, switched alone from ``good`` to ``bad``, move the
     final latents most.
 
     ``good`` / ``bad``: backend names or ``fluxlab.Schedule``s (checked against the model's allowed set before any
     generation). ``beam``: regions split further per level. ``budget``: a cap on generations (the default is the
     bound, :func:`generation_bound`); when it stops the search early, ``DriftMap.note`` says so and the culprits
-    are regions. Extra keyword arguments go to the pipeline call (e.g. ``max_sequence_length``).
+    are regions. ``band``: the image band the drift is counted in (an ``ImageBand`` or its file; default: the
+    committed band of this setting, ``fluxlab.compare.bands``; the low-precision class when ``bad`` uses a
+    quantised/emulated kernel); without one the map says so. Extra keyword arguments go to the pipeline call
+    (e.g. ``max_sequence_length``).
     """
     if not isinstance(beam, int) or beam < 1:
         raise DecideInputError(f"beam={beam!r} must be a positive integer (regions split per level); e.g. beam=2")
     good_schedule = as_schedule(pipe, good, "good")
     bad_schedule = as_schedule(pipe, bad, "bad")
+    band_value, band_source = _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs)  # before generating
     bar = _bar(progress, "locate-drift")
     runner = Runner(pipe, prompt=prompt, seed=seed, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs,
                     progress=bar.update if bar is not None else None)
@@ -298,7 +316,23 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
                 "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count, bound,
-                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe))
+                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe),
+                    band=band_value, band_source=band_source)
+
+
+def _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs) -> tuple[float, str]:
+    """(final-latent rel-L2 band, its source) for counting the drift in bands; (NaN, why not) without one."""
+    from .. import registry
+    from ..compare.bands import EXACT, LOW_PRECISION, resolve_band, setting_of
+    from ..compare.image_rule import is_approximate
+
+    found = resolve_band(band, setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs))
+    if found is None:
+        return math.nan, ("no image band for this setting: measure one with fluxlab.compare.measure_image_band and "
+                          "pass band=")
+    kind = LOW_PRECISION if any(is_approximate(registry.get_backend(n.split(":")[0]))
+                                for n in bad_schedule.backend_names()) else EXACT
+    return found.band(kind, "final_latent_rel_l2"), found.source_text(kind)
 
 
 def _key(value: float) -> float:

@@ -12,13 +12,15 @@ import dataclasses
 import math
 import statistics
 
-from ..compare.image_rule import judge_budget
-from ..compare.tolerances import FAIL, PASS, worst
+from ..compare.band_measure import band_for
+from ..compare.bands import EXACT, LOW_PRECISION, from_image_metrics, judge_with_band
+from ..compare.tolerances import FAIL, PASS
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
 from ..results import Result, model_of
 from ..util import json_safe
+from .confirm import approximate
 from .fidelity import fidelity
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
@@ -36,7 +38,8 @@ class FrontierRow:
     final_latent_rel_l2: float = math.nan  # worst seed
     ssim: float = math.nan  # worst seed
     psnr: float = math.nan  # worst seed, dB
-    verdict: str = ""  # the fidelity budget (image_rule.FidelityBudget)
+    verdict: str = ""  # in image bands (compare.bands): the low-precision band for quantised/emulated schedules
+    verdict_note: str = ""
     pareto: bool = False
     error: str | None = None
 
@@ -144,7 +147,7 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
 @diffusers_names
 def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
              height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
-             drift_maps: dict | None = None, progress: bool = False, **pipe_kwargs) -> Frontier:
+             drift_maps: dict | None = None, progress: bool = False, band=None, **pipe_kwargs) -> Frontier:
     """Step time and fidelity of each candidate under each schedule, against the exact kernel; Pareto set marked.
 
     ``candidates``: fast backend names. ``schedules``: None (per candidate: everywhere, exact ends k = 1..3, and
@@ -152,6 +155,8 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     list of Schedules to measure as well. ``exact``: the reference kernel (default: the automatic pick).
     ``drift_maps``: candidate -> a DriftMap already found (same exact kernel and settings): reused, not located again.
     Names are checked before any generation; a schedule whose generation fails becomes a row with its error.
+    Verdicts count the worst seed's distance in image bands (``band``, else the committed band of this setting,
+    else one measured here: ``fluxlab.compare.band_measure.band_for``).
     """
     from ..dispatch import default_backend
     from .drift import locate_drift
@@ -201,7 +206,10 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
                 if schedule is not None:
                     plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
         references = {seed: runner.run(plans[0][2], seed=seed, image=True) for seed in seeds}
-        rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps)
+        low = any(approximate(n) for _, _, sch in plans if sch is not None for n in sch.backend_names())
+        band = band_for(pipe, band, prompt=prompt, seeds=seeds, steps=steps, height=height, width=width,
+                        pipe_kwargs=pipe_kwargs, classes=(EXACT, LOW_PRECISION) if low else (EXACT,))
+        rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps, band)
                 for label, candidate, schedule in plans]
     finally:
         if bar is not None:
@@ -217,7 +225,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
                     model=model_of(pipe))
 
 
-def _measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps) -> FrontierRow:
+def _measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps, band) -> FrontierRow:
     row = FrontierRow(label, candidate, describe(schedule) if schedule is not None else "")
     if schedule is None:
         exc = drift_maps.get(candidate)
@@ -233,8 +241,10 @@ def _measure(runner, label, candidate, schedule, seeds, references, repeats, dri
     row.final_latent_rel_l2 = max(n["final_latent_rel_l2"] for n in numbers)
     row.ssim = min(n["ssim"] for n in numbers)
     row.psnr = min(n["psnr"] for n in numbers)
-    verdicts = [judge_budget(n["ssim"], n["psnr"], n["final_latent_rel_l2"])[0] for n in numbers]
-    row.verdict = PASS if row.final_latent_rel_l2 == 0 else worst(verdicts)
+    kind = LOW_PRECISION if any(approximate(n) for n in schedule.backend_names()) else EXACT
+    verdict, row.verdict_note = judge_with_band(from_image_metrics(row.ssim, row.psnr, row.final_latent_rel_l2),
+                                                band, kind)
+    row.verdict = PASS if row.final_latent_rel_l2 == 0 else verdict
     return row
 
 
