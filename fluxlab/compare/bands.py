@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FluxlabError
+from ..errors import InvalidFileError
 from .tolerances import FAIL, PASS, WARN
 
 BAND_FORMAT = "fluxlab-image-band/1"
@@ -68,8 +68,8 @@ METRICS = ("final_latent_rel_l2", "one_minus_ssim", "pixel_rmse")
 METRIC_TEXT = {"final_latent_rel_l2": "final-latent rel-L2", "one_minus_ssim": "1 - SSIM", "pixel_rmse": "pixel RMSE"}
 
 
-class ImageBandError(FluxlabError, ValueError):
-    """A band file that cannot be read, or a band that does not fit the pipeline it is asked to judge."""
+# A band file that cannot be read, or a band that does not fit the pipeline it is asked to judge.
+ImageBandError = InvalidFileError
 
 
 # -- distances -----------------------------------------------------------------------------------------------------
