@@ -185,17 +185,12 @@ def _check_variant(class_name: str, variant: str | None, where) -> None:
                                 f"asked for; pass flux2_variant={found!r} or leave it out")
 
 
-def _read_json(path: Path) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
-
-
 def _validate_folder_configs(folder: Path, class_name: str) -> None:
     """Check the component configs fit together before loading weights: a clear message, not a shape error."""
     files = {name: folder / name / "config.json" for name in ("transformer", "vae", "text_encoder")}
     if not all(f.is_file() for f in files.values()):
         return  # diffusers will name the missing component itself
-    configs = {name: _read_json(f) for name, f in files.items()}
+    configs = {name: json.loads(f.read_text()) for name, f in files.items()}
     validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
                           text_encoder_out_layers=default_out_layers(_pipeline_class(class_name)))
 
@@ -210,7 +205,7 @@ def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
         raise ModelSourceError(f"'{folder}' has no model_index.json, so it is not a diffusers pipeline folder "
                                f"(it contains: {', '.join(inside) or 'nothing'}). Point load_flux2 at the folder "
                                "pipe.save_pretrained(folder) wrote, or at a downloaded FLUX.2 checkpoint.")
-    class_name = _read_json(index).get("_class_name", "?")
+    class_name = json.loads(index.read_text()).get("_class_name", "?")
     _check_variant(class_name, variant, f"'{folder}'")
     _validate_folder_configs(folder, class_name)
     return _pipeline_class(class_name).from_pretrained(folder, dtype=dtype, local_files_only=True, **weights)
