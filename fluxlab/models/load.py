@@ -66,7 +66,7 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
                                                  cache_dir=cache_dir, use_safetensors=use_safetensors)
     dtype = weights.pop("dtype")
     allowed_set = resolve_allowed(allowed)
-    check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
+    check_allowed(backend, allowed_set)  # refuse a bad backend before any weights load
     source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
         raise ModelSourceError(f"load_flux2({source!r}): the model source is empty; pass 'tiny', 'embedded', a "
