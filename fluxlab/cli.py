@@ -1,21 +1,10 @@
 """The ``fluxlab`` command: ``doctor``, ``demo`` and the verbs other modules add (``fluxlab.command.VERBS``).
-
-Exit codes, for every verb (``fluxlab.command.EXIT_CODES``): 0 done; 1 a backend failed, a verdict is "fail" or the
-work was refused; 2 a usage mistake, reported as one line on stderr before any model loads; 3 the verb needs a GPU
-this machine does not have; 130 Ctrl-C.
-
-Adding a verb: write a module with ``add_subcommand(subparsers)`` that calls ``subparsers.add_parser(name, ...)``
-(which gives it one-line usage errors and defaults in ``--help``) and ``set_defaults(func=run)``, where
-``run(args) -> int``; then add the name, module and one-line help to ``fluxlab.command.VERBS``. ``run`` raises
-``fluxlab.command.UsageError`` (any ``FluxlabError`` or ``ValueError`` does) for a user mistake found before the
-work starts: ``main`` prints it and returns 2. Failures of the work itself are the verb's to report: print them and
-return 1. Use ``--model`` (default ``fluxlab.command.DEFAULT_MODEL``), ``--backends`` (comma-separated), ``--seed``
-or ``--seeds`` (``add_seed_arguments``), ``--size`` and ``--out`` like the other verbs; ``deprecated_alias`` keeps an
-old spelling working with a note. Only the verb being run is imported: ``fluxlab --help`` imports no torch.
+Exit codes: ``fluxlab.command.EXIT_CODES``; how to add a verb: docs/cli.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -103,8 +92,6 @@ def _verb_of(argv: list[str]) -> str | None:
 def build_parser(verbs=None) -> Parser:
     """The ``fluxlab`` parser. ``verbs``: the verbs whose options are added (their modules imported); the others
     get their one-line help only, enough for ``fluxlab --help``. None: every verb."""
-    import importlib
-
     from .version import __version__
 
     parser = Parser(prog="fluxlab", description="Which attention kernel to trust for FLUX.2, and how fast each "
@@ -114,7 +101,7 @@ def build_parser(verbs=None) -> Parser:
     wanted = set(VERBS) if verbs is None else set(verbs) & set(VERBS)
     for module in dict.fromkeys(VERBS[name][0] for name in VERBS if name in wanted):
         before = set(sub.choices)
-        _import_verb_module(importlib, module).add_subcommand(sub)
+        _import_verb_module(module).add_subcommand(sub)
         for other in set(sub.choices) - before - wanted:  # a module adds all its verbs; keep the wanted ones
             del sub.choices[other]
             sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != other]
@@ -126,7 +113,7 @@ def build_parser(verbs=None) -> Parser:
     return parser
 
 
-def _import_verb_module(importlib, module: str):
+def _import_verb_module(module: str):
     if module == __name__:
         return sys.modules[__name__]
     try:

@@ -72,16 +72,14 @@ def _own_files(folder: Path) -> set[str]:
 def _links_out(folder: Path) -> list[str]:
     """Links in ``folder`` that resolve outside it: writing a file of that name would write outside the run."""
     root = folder.resolve()
-    found = []
-    for p in folder.rglob("*"):
-        if p.is_symlink():
-            try:
-                inside = p.resolve().is_relative_to(root)
-            except (OSError, RuntimeError):
-                inside = False
-            if not inside:
-                found.append(str(p.relative_to(folder)))
-    return sorted(found)
+
+    def inside(link: Path) -> bool:
+        try:
+            return link.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a link loop
+            return False
+
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink() and not inside(p))
 
 
 def check_output_folder(out, *, overwrite: bool = False) -> Path:

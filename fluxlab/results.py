@@ -15,14 +15,15 @@ import re
 import sys
 from pathlib import Path
 
-from .util import provenance, torch_dtype_name, write_result_file
+from .util import jsonable, provenance, torch_dtype_name, write_result_file
 
 
 # -- the one table renderer -----------------------------------------------------------------------------------------
 
 
-def format_cell(value) -> str:
-    """A table cell: floats in 4 significant digits ("-" for NaN), None blank, sequences joined, tensors by shape."""
+def format_cell(value, spec: str = ".4g") -> str:
+    """A table cell: floats by ``spec`` (4 significant digits; "-" for NaN), None blank, sequences joined, tensors by
+    shape."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -32,14 +33,14 @@ def format_cell(value) -> str:
             return "-"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return format(value, ".4g")
+        return format(value, spec)
     shape = getattr(value, "shape", None)
     if shape is not None and hasattr(value, "dtype"):  # a tensor or array: never its numbers
         return f"{torch_dtype_name(value.dtype)}[{', '.join(map(str, shape))}]"
     if isinstance(value, (list, tuple, set, frozenset)):
-        return ", ".join(format_cell(v) for v in value)
+        return ", ".join(format_cell(v, spec) for v in value)
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {format_cell(v)}" for k, v in value.items())
+        return ", ".join(f"{k}: {format_cell(v, spec)}" for k, v in value.items())
     return str(value)
 
 
@@ -63,14 +64,21 @@ def markdown_table(rows: list[dict], columns=None) -> str:
     return "\n".join(out) + "\n"
 
 
-def html_table(rows: list[dict], columns=None) -> str:
-    """The same table as HTML, for notebooks."""
+def html_table(rows: list[dict], columns=None, *, cell_style=None) -> str:
+    """The same table as HTML, for notebooks; ``cell_style(column, text)`` may return CSS for a cell."""
     keys = _columns(rows, columns)
     if not keys:
         return "<p>(no rows)</p>"
-    head = "".join(f"<th>{_html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_html.escape(format_cell(row.get(k)))}</td>" for k in keys) + "</tr>"
-                   for row in rows)
+    return _html_table(keys, [[format_cell(row.get(k)) for k in keys] for row in rows], cell_style=cell_style)
+
+
+def _html_table(keys, body_rows, *, escape=_html.escape, cell_style=None) -> str:
+    def cell(key, text):
+        css = cell_style(key, text) if cell_style else ""
+        return f'<td style="{css}">{escape(text)}</td>' if css else f"<td>{escape(text)}</td>"
+
+    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(cell(k, t) for k, t in zip(keys, row)) + "</tr>" for row in body_rows)
     return (f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>")
 
@@ -91,10 +99,7 @@ def markdown_to_html(markdown: str) -> str:
         if table:
             rows = [[c.strip().replace("\\|", "|") for c in _split_row(line)] for line in table]
             rows = [row for row in rows if not all(re.fullmatch(r":?-{3,}:?", c) for c in row)]
-            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
-            blocks.append(f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
-                          f"<tbody>{body}</tbody></table>")
+            blocks.append(_html_table(rows[0], rows[1:], escape=_inline))
             table.clear()
         if items:
             blocks.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
@@ -122,21 +127,6 @@ def markdown_to_html(markdown: str) -> str:
 def _split_row(line: str) -> list[str]:
     """The cells of a markdown table row (escaped pipes stay inside their cell)."""
     return re.split(r"(?<!\\)\|", line.strip().strip("|"))
-
-
-def jsonable(value):
-    """``value`` with NaN/inf as None, tuples as lists, tensors and arrays by dtype and shape (never their data)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if getattr(value, "shape", None) is not None and hasattr(value, "dtype"):
-        return format_cell(value)
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
 
 
 # -- the protocol ---------------------------------------------------------------------------------------------------

@@ -94,22 +94,13 @@ class LogBar:
         self.close()
 
 
-class _Off(LogBar):
-    """``disable=True``: nothing at all."""
-
-    def _line(self, what: str) -> None:
-        pass
-
-
 def progress_bar(iterable=None, total=None, desc: str = "", unit: str = "it", disable: bool = False, file=None,
                  **kwargs):
     """A tqdm bar where someone watches it redraw (``interactive()``), else a ``LogBar``; nothing if ``disable``."""
-    if disable:
-        return _Off(iterable, total=total, desc=desc, unit=unit)
-    if interactive(file):
+    if disable or interactive(file):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, file=file, **kwargs)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=file, disable=disable, **kwargs)
     return LogBar(iterable, total=total, desc=desc, unit=unit, file=file)
 
 

@@ -44,11 +44,9 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
-    """For writers that need a file name (safetensors ``save_file``, PIL ``Image.save``, ``savefig``): yields a
-    temporary path beside ``path``; when the block ends without an error the file gets the mode an ordinary
-    ``open(path, "w")`` would (0644 under umask 022), is flushed to disk and renamed onto ``path`` in one step.
-    On any error the temporary file is removed and ``path`` is left as it was: a reader never sees half a file.
-    """
+    """A temporary path beside ``path`` for writers that need a file name (``save_file``, ``Image.save``,
+    ``savefig``); when the block ends without an error the file gets the mode ``open(path, "w")`` would give, is
+    flushed and renamed onto ``path`` in one step. On an error it is removed: a reader never sees half a file."""
     final = Path(path)
     handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(handle)
@@ -74,8 +72,8 @@ def atomic_write(path, data: bytes | str, *, encoding: str = "utf-8") -> Path:
 
 
 def write_result_file(path, data: bytes | str) -> Path:
-    """``atomic_write`` for a result file a user named: ``~`` is the home folder, the folder is created if missing,
-    and a failure names ``path`` and the reason (``ResultFileError``), never the temporary file."""
+    """``atomic_write`` for a result file a user named (``~`` expanded, the folder created); a failure names ``path``
+    and the reason (``ResultFileError``), never the temporary file."""
     from .errors import ResultFileError
 
     path = Path(path).expanduser()
@@ -111,13 +109,10 @@ def _git(*args: str, cwd: Path) -> str | None:
 def git_revision() -> dict | None:
     """The fluxlab checkout's commit and whether it has local changes: ``{"commit": <hex>, "dirty": bool}``.
 
-    None when it cannot be known: fluxlab installed outside a git checkout, a repository without commits (where
-    ``git rev-parse HEAD`` prints the word "HEAD"), or no git. Only a checkout whose top level is fluxlab's own
-    source tree counts (a git repository around site-packages is someone else's). Where the tree was copied
-    without its history (or with a stale one), ``FLUXLAB_GIT_COMMIT=<hex>`` names the commit and wins over the
-    checkout (``dirty`` is then unknown: None).
+    None when it cannot be known: no git, no commit, or fluxlab installed outside its own checkout (a repository
+    around site-packages is someone else's). ``$FLUXLAB_GIT_COMMIT=<hex>`` names the commit of a tree copied
+    without its history (or with a stale one) and wins over the checkout (``dirty`` is then None).
     """
-    # A declared commit wins: the lent GPU machine's copy of the tree carries a .git of an older commit.
     declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
     if _COMMIT.fullmatch(declared):
         return {"commit": declared, "dirty": None}
@@ -186,16 +181,25 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor, *, non_finite: float | None = N
     return diff / norm
 
 
-def json_safe(value):
-    """``value`` with every NaN/inf float (in dicts, lists and tuples, at any depth) as None: JSON has no NaN, and
-    ``json.dumps(..., allow_nan=False)`` then accepts it."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+def jsonable(value, *, non_finite_as_text: bool = False):
+    """``value`` as JSON data: NaN/inf as None (or "nan"/"inf" with ``non_finite_as_text``), tuples and sets as lists,
+    dtypes by name, tensors and arrays by dtype and shape (never their data), anything else unknown as its str()."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value) if non_finite_as_text else None
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+        return {str(k): jsonable(v, non_finite_as_text=non_finite_as_text) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, non_finite_as_text=non_finite_as_text) for v in value]
+    if isinstance(value, torch.dtype):
+        return torch_dtype_name(value)
+    if getattr(value, "shape", None) is not None and hasattr(value, "dtype"):
+        return f"{torch_dtype_name(value.dtype)}[{', '.join(map(str, value.shape))}]"
+    if value is None or isinstance(value, (str, int, bool, float)):
+        return value
+    return str(value)
+
+
+json_safe = jsonable  # the name fluxlab.decide uses
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
@@ -234,12 +238,9 @@ def synchronize(device=None) -> None:
 
 def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, device=None,
                before_each: Callable[[], None] | None = None) -> Timing:
-    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock, ms each).
-
-    On a GPU (``device`` of type cuda, or None once CUDA is in use) the device is synchronised before the clock
-    starts and before it stops, so a time is the kernels' work, not the launch queue's. ``before_each`` runs
-    untimed before every timed call (e.g. a barrier so all ranks start together).
-    """
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock, ms each), the GPU (``device``
+    cuda, or None once CUDA is in use) synchronised before the clock starts and stops. ``before_each`` runs untimed
+    before every timed call (e.g. a barrier so all ranks start together)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     sync = _synchronizer(device)

@@ -12,7 +12,8 @@ import diffusers  # noqa: E402
 import transformers  # noqa: E402,F401
 
 from fluxlab.models import tiny  # noqa: E402
-from fluxlab.models.tiny import TINY_CONFIGS, build_tiny_pipeline, realign_weights, validate_flux2_config  # noqa: E402
+from fluxlab.models.checkpoint import realign_weights, validate_flux2_config  # noqa: E402
+from fluxlab.models.tiny import TINY_CONFIGS, build_tiny_pipeline  # noqa: E402
 
 VARIANTS = ("dev", "klein")
 PIPELINE_CLASS = {"dev": "Flux2Pipeline", "klein": "Flux2KleinPipeline"}

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fluxlab.models import tiny  # noqa: E402
+from fluxlab.models.checkpoint import validate_flux2_config  # noqa: E402
 from training import quality, shapes_data  # noqa: E402
 
 TEXT_HIDDEN = 32
@@ -187,8 +188,8 @@ def build_models(seed: int):
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    tiny.validate_flux2_config(CONFIGS["transformer"], CONFIGS["vae"], CONFIGS["text_encoder"],
-                               text_encoder_out_layers=TEXT_OUT_LAYERS)
+    validate_flux2_config(CONFIGS["transformer"], CONFIGS["vae"], CONFIGS["text_encoder"],
+                          text_encoder_out_layers=TEXT_OUT_LAYERS)
     torch.manual_seed(seed)
     vae = AutoencoderKLFlux2(**copy.deepcopy(CONFIGS["vae"]))
     torch.manual_seed(seed + 1)

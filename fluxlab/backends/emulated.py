@@ -6,30 +6,7 @@ Every emulator takes any float input dtype, computes in float32 from the values 
 kernel's bf16 (or fp16) output values in the input dtype: float32 in, bf16-valued float32 out. That is what
 makes a CPU lab realistic at float32 speed.
 
-Sources of the algorithms (read, not copied):
-- ``emu_sage``: SageAttention 1.0.6 (PyPI wheel ``sageattention-1.0.6-py3-none-any.whl``): ``core.py``
-  (``sageattn``: K minus its per-head token mean, V to fp16), ``quant_per_block.py`` (``per_block_int8``: Q blocks
-  of 128 tokens scaled by ``sm_scale * 1.44269504``, K blocks of 64, ``scale = amax / 127``, ties away from zero),
-  ``attn_qk_int8_per_block.py`` (BLOCK_M 128, BLOCK_N 64; ``qk * q_scale * k_scale``; exp2 online softmax;
-  ``p`` to fp16 and ``tl.dot(p, v, out_dtype=float16)`` added to a float32 accumulator).
-- ``emu_aiter_sage``: ROCm/aiter ``aiter/ops/triton/attention/fav3_sage.py`` (commit 0540e3f9fe8e: MI300 config
-  BLOCK_M 256, BLOCK_N 128; bf16 output), ``aiter/ops/triton/quant/sage_attention_quant_wrappers.py``
-  (commit 040df76b8a15: ``sage_quant``: K minus its token mean, V scale = per-channel amax over the sequence /
-  fp8 max), ``aiter/ops/triton/_triton_kernels/quant/sage_attention_quant.py`` (commit 2b0ebf91bd72:
-  ``_general_quant_kernel``, int8 ties away from zero) and
-  ``aiter/ops/triton/_triton_kernels/attention/fav3_sage_attention.py`` (commit 063c07191010:
-  ``fma(qk_int, q_descale * k_descale, -m)``, ``exp2``, ``p`` cast to V's fp8 type before ``P.V`` with float32
-  accumulation, epilogue ``acc * (1 / max(l, 1e-7)) * v_descale``). The PyPI ``amd-aiter`` 0.1.7 wheel does
-  not contain this kernel.
-- ``emu_aiter``: aiter's ``how_v3_bf16_cvt`` (0 RTNE, 1 RTNA, 2 RTZ). Which bf16 conversions the
-  closed assembly kernel applies the mode to is not public: by default P and O both (``cvt_probs=1``).
-Validation against real kernels: ``benchmarks/emulators_gpu.py`` (sage, emu_bf16). ``emu_aiter`` and
-``emu_aiter_sage`` are validated against their documented algorithm only.
-
-Speed (``benchmarks/emulators.py``): the kernels' loop runs vectorised over key blocks wherever no value depends on
-the order (``_flash_rows``), with reused buffers; its results are bit-identical to the first block-at-a-time version
-kept in ``tests/emulated_reference.py`` (``tests/test_emulators.py`` compares them). ``flash_float32`` is the same
-loop with no rounding point: the float32 kernel an emulator's cost is measured against.
+Where each algorithm comes from (read, not copied) and how it is validated: docs/emulators.md.
 """
 
 from __future__ import annotations
@@ -81,9 +58,13 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def _repeat_heads(groups: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each [B, Hkv, ...] tensor with every KV head repeated for the ``groups`` query heads that share it (GQA)."""
+    return tuple(t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in tensors)
+
+
 def _heads_first(x: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    x = x.transpose(1, 2)
-    return x.repeat_interleave(groups, dim=1) if groups > 1 else x
+    return _repeat_heads(groups, x.transpose(1, 2))[0]
 
 
 def _chunk_rows(batch_heads: int, seq_q: int, width: int, multiple: int, device: torch.device) -> int:
@@ -329,8 +310,7 @@ def _sage_operands(q, k, v, *, scale):
                                                         work=work)
     q_row_scale = numerics.expand_block_scales(q_scales, SAGE_BLOCKS["q"], q.shape[1])
     k_col_scale = numerics.expand_block_scales(k_scales, SAGE_BLOCKS["k"], k.shape[1])
-    if groups > 1:
-        k_ints, k_col_scale = k_ints.repeat_interleave(groups, 1), k_col_scale.repeat_interleave(groups, 1)
+    k_ints, k_col_scale = _repeat_heads(groups, k_ints, k_col_scale)
     vh = _heads_first(v.to(work).to(torch.float16).float(), groups)
     return work, q_ints, q_row_scale, k_ints, k_col_scale, vh
 
@@ -386,9 +366,7 @@ def _aiter_sage_operands(q, k, v, *, scale, fp8):
     v_scales = v_work.abs().amax(dim=-2).float() / fp8_max
     v_scales = torch.where(v_scales > 0, v_scales, torch.ones_like(v_scales))
     v_q = numerics.round_fp8(v_work.float() / v_scales[..., None, :], fp8)
-    if groups > 1:
-        k_ints, k_scales = k_ints.repeat_interleave(groups, 1), k_scales.repeat_interleave(groups, 1)
-        v_q, v_scales = v_q.repeat_interleave(groups, 1), v_scales.repeat_interleave(groups, 1)
+    k_ints, k_scales, v_q, v_scales = _repeat_heads(groups, k_ints, k_scales, v_q, v_scales)
     return q_ints, q_row_scale, k_ints, k_scales, v_q, v_scales
 
 

@@ -1,29 +1,7 @@
 """Emulated Hopper quantised kernels: FlashAttention-3's FP8 forward (``emu_fa3_fp8``) and SageAttention 2's sm90 kernel
 (``emu_sage2``), reproduced in float32 on any device with the machinery of emulated.py. Never picked automatically.
 
-Sources of the algorithms (read, not copied):
-- ``emu_fa3_fp8``: Dao-AILab/flash-attention ``hopper/``: ``tile_size.h`` (``tile_size_fwd_sm90``: FP8, head_dim
-  128: blocks of 128 queries x 224 keys; 160 keys up to head_dim 64, 128 up to 96, 160 up to 192, 128 above),
-  ``mainloop_fwd_sm90_tma_gmma_ws.hpp`` (key blocks from the last to the first; ``softmax_scale_log2 *= q_descale *
-  k_descale`` per (batch, KV head)), ``softmax.h`` (``Max_offset`` 8 for FP8: ``p = exp2(s * scale_log2 - (m *
-  scale_log2 - 8))`` in [0, 256], the row sum of the float32 ``p``, ``p`` converted to e4m3 for the P·V MMA;
-  ``finalize``: ``acc * v_descale / sum``, LSE ``m * scale_log2 * ln2 + log(sum / 256)``). Q/K/V quantisation:
-  ``fa3_fp8.fp8_operands`` (the adapter's own).
-- ``emu_sage2``: thu-ml/SageAttention at commit d1a57a5: ``sageattention/core.py``
-  (``sageattn_qk_int8_pv_fp8_cuda_sm90``: ``km = k.mean`` over tokens, ``per_thread_int8`` with BLKQ 64, WARPQ 16,
-  BLKK 128, WARPK 128 or ``per_warp_int8``; ``per_channel_fp8`` for V; LSE ``/ 1.44269504`` plus ``q.km * sm_scale``),
-  ``sageattention/triton/quant_per_thread.py`` (Q: rows r and r+8 of each 16 share a scale; K: keys with the same
-  ``(n % 8) // 2`` in each 128 share one; ``k - km`` in the input dtype; ``scale = amax / 127 + 1e-7``; ties away
-  from zero), ``csrc/fused/fused.cu`` (per warp: ``scale = max(amax, 1e-7) / 127``, ``x * (127 / amax)`` to nearest
-  even, K's mean subtracted in float32; V: ``scale = amax / 448`` per channel, ``x * (448 / amax)`` to e4m3,
-  saturating), ``csrc/qattn/qk_int_sv_f8_cuda_sm90.cu`` and ``attn_utils.cuh`` (blocks of 64 queries x 128 keys;
-  ``sm_scale * log2e * q_scale * k_scale``; ``m = max(s) - 8.807`` so ``p = exp2(s - m)`` reaches 448; row sum of
-  float32 ``p``; ``p`` to e4m3; each block's P·V from zero, added to the float32 ``RO``; ``RO / sum * v_scale``).
-
-Not modelled (both kernels): the FP8 MMA's accumulator keeping fewer than float32's bits (the reason Sage's
-"fp32+fp32" exists), the order of the sums inside an MMA, and ``exp2``'s hardware approximation. Validated against
-the real kernels by ``benchmarks/hopper_quant.py`` (target: rel-L2(emulator, kernel) <= 0.25 x the kernel's own error
-against float64).
+Where the algorithms come from (read, not copied), what is not modelled and how they are validated: docs/hopper.md.
 """
 
 from __future__ import annotations
@@ -35,7 +13,7 @@ import torch
 from .. import numerics
 from .base import Backend
 from .emulated import (EMULATED_MAX_HEAD_DIM, _add_matmul, _caps, _check_options, _exact_float32, _finish, _flash,
-                       _heads_first, _work_dtype)
+                       _heads_first, _repeat_heads, _work_dtype)
 from .fa3_fp8 import FP8_MAX, fp8_operands
 
 LOG2E_F32 = torch.tensor(math.log2(math.e), dtype=torch.float32).item()  # M_LOG2E as the float the kernels use
@@ -85,11 +63,9 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
     block = int(block_n) if block_n else fa3_fp8_block_n(q.shape[-1])
     if block < 1:
         raise ValueError(f"block_n must be >= 1, got {block_n}")
-
-    def descale(per_kv_head):  # [B, Hkv] -> [B, H]
-        return per_kv_head.repeat_interleave(groups, dim=1) if groups > 1 else per_kv_head
+    dq, dk, dv = _repeat_heads(groups, dq, dk, dv)  # [B, Hkv] -> [B, H]
     scale_log2 = torch.tensor(scale * LOG2E_F32, dtype=torch.float32).item()
-    row_scale = (scale_log2 * (descale(dq) * descale(dk)))[:, :, None, None].to(q.device)  # [B, H, 1, 1]
+    row_scale = (scale_log2 * (dq * dk))[:, :, None, None].to(q.device)  # [B, H, 1, 1]
     # FA3 walks key blocks from the last (ragged) one to the first: reverse the keys and pad the front so that the
     # ragged block comes first, whole; padded keys score -inf and carry zero values.
     pad = (-k_len) % block
@@ -110,7 +86,7 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
         acc, l, m = _flash(q_len, k_rev.shape[2], (batch, heads), v_rev, logits=logits, block_n=block, exp=torch.exp2,
                            causal=False, block_max=_offset_max(FA3_FP8_MAX_OFFSET), probs=_exp2_shifted,
                            round_p=_round_e4m3_, add_pv=_add_matmul)
-    out = acc * (descale(dv)[:, :, None, None].to(q.device) / l[..., None])
+    out = acc * (dv[:, :, None, None].to(q.device) / l[..., None])
     result = _finish(numerics.round_bf16(out), q.dtype)
     if not return_lse:
         return result
@@ -176,9 +152,7 @@ def sage2_operands(q, k, v, *, qk_quant_gran="per_thread", smooth_k=True):
     multiplier = torch.where(amax > 0, FP8_MAX / amax, torch.zeros_like(amax))  # an all-zero channel stays 0
     v8 = numerics.round_fp8((vh * multiplier[..., None, :]).clamp_(-FP8_MAX, FP8_MAX))
     kmh = km.float().transpose(1, 2)  # [B, Hkv, 1, D]
-    if groups > 1:
-        k_ints, k_scale, v8, v_scale, kmh = (t.repeat_interleave(groups, 1) for t in (k_ints, k_scale, v8, v_scale,
-                                                                                       kmh))
+    k_ints, k_scale, v8, v_scale, kmh = _repeat_heads(groups, k_ints, k_scale, v8, v_scale, kmh)
     return work, q_ints, q_scale, k_ints, k_scale, v8, v_scale, kmh
 
 

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -24,7 +23,7 @@ from ..errors import (InvalidInputError, RecordIntegrityError, RecordsFolderErro
                       RecordsNotFoundError)
 from ..platform import current_platform
 from ..record import AttentionRecord
-from ..util import atomic_path, atomic_write, git_revision, torch_dtype_name, utc_now, versions
+from ..util import atomic_path, atomic_write, git_revision, jsonable, torch_dtype_name, utc_now, versions
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "RecordIntegrityError", "RecordsFolderError",
            "RecordsNotFoundError", "git_revision", "load_records", "read_manifest", "recorded_on", "save_records"]
@@ -44,18 +43,8 @@ _REQUIRED_TENSORS = ("q", "k", "v")
 
 
 def _jsonable(value):
-    """Metadata as JSON (records' ``meta`` may hold anything: unknown objects become their str())."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.dtype):
-        return torch_dtype_name(value)
-    return str(value)
+    """Metadata as JSON (records' ``meta`` may hold anything): non-finite floats kept as text."""
+    return jsonable(value, non_finite_as_text=True)
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -124,12 +113,8 @@ def _open_regular(path: Path, what: str) -> int:
 def _results_json(results):
     if results is None:
         return None
-    rows = getattr(results, "rows", results)
-    out = []
-    for row in rows:
-        data = row.as_dict() if hasattr(row, "as_dict") else dataclasses.asdict(row)
-        out.append(_jsonable(data))
-    return out
+    return [_jsonable(row.as_dict() if hasattr(row, "as_dict") else dataclasses.asdict(row))
+            for row in getattr(results, "rows", results)]
 
 
 def _entries(records) -> tuple[dict, list, list]:

@@ -6,7 +6,7 @@ import dataclasses
 import html
 import math
 
-from ..results import Result
+from ..results import Result, format_cell, html_table, markdown_table
 from .gate import GateStats
 from .metrics import ErrorMap
 from .tolerances import FAIL, PASS, SEVERITY, SKIP, WARN, worst
@@ -83,16 +83,6 @@ class ComparisonRow:
         self.flip_rate, self.flipped_rows, self.clear_rows = stats.flip_rate, stats.flipped_rows, stats.clear_rows
         self.nonfinite_where_finite = stats.nonfinite_where_finite
         self.finite_where_nonfinite = stats.finite_where_nonfinite
-
-
-def _fmt(value, spec=".2e") -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return format(value, spec)
-    return str(value)
 
 
 @dataclasses.dataclass(repr=False)
@@ -174,18 +164,16 @@ class ComparisonReport(Result):
             })
         for name, reasons in self.skipped.items():
             if name not in self.verdicts:
+                blank = dict.fromkeys(("rel_l2", "x yardstick", "max_abs x", "bias", "worst slice", "median ms"))
                 lines.append({"backend": name, "verdict": SKIP, "quantised": False, "emulates": None, "inputs": 0,
-                              "worst input": "",
-                              "rel_l2": None, "x yardstick": None, "max_abs x": None, "bias": None,
-                              "worst slice": None, "median ms": None,
-                              "note": "; ".join(reasons)})
+                              "worst input": "", **blank, "note": "; ".join(reasons)})
         return lines
 
     # ------------------------------------------------------------------------------------------ renderings
 
-    TABLE_COLUMNS = ("backend", "emulates", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2", "rel_l2_ratio",
-                     "max_abs", "baseline_max_abs", "max_abs_ratio", "bias", "worst_slice", "flip_rate", "mean_abs",
-                     "cosine", "lse_max_abs", "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token",
+    TABLE_COLUMNS = ("backend", "emulates", "input", "dtype", "seed", "verdict", "rel_l2", "baseline_rel_l2",
+                     "rel_l2_ratio", "max_abs", "baseline_max_abs", "max_abs_ratio", "bias", "worst_slice", "flip_rate",
+                     "mean_abs", "cosine", "lse_max_abs", "rel_l2_vs_recorded", "time_ms", "worst_head", "worst_token",
                      "fail_fraction", "notes")
 
     def headline(self) -> str:
@@ -205,59 +193,39 @@ class ComparisonReport(Result):
 
         return plot_error_maps(self, path=path)
 
-    def _table(self, columns=TABLE_COLUMNS):
-        header = list(columns)
-        body = []
+    def _formatted(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """(summary, closest to failing, every row) with their cells formatted, for both renderings."""
+        every = []
         for row in self.rows:
             data = row.as_dict()
-            if row.error:
-                data["notes"] = row.error
-            body.append([_cell(c, data[c]) for c in columns])
-        return header, body
+            every.append({c: data[c] for c in self.TABLE_COLUMNS} | {"notes": row.error or row.notes})
+        closest = self.closest_to_failing_rows() if any(r.source == "record" for r in self.rows) else []
+        return tuple([{k: _cell(k, v) for k, v in line.items()} for line in lines]
+                     for lines in (self.summary_rows(), closest, every))
 
     def to_markdown(self, *, details: bool = True) -> str:
-        lines = [self.headline(), ""]
-        summary = self.summary_rows()
+        summary, closest, every = self._formatted()
+        parts = [self.headline(), ""]
         if summary:
-            keys = list(summary[0])
-            lines += [_md_row(keys), _md_row(["---"] * len(keys))]
-            lines += [_md_row([_cell(k, s[k]) for k in keys]) for s in summary]
-        if any(r.source == "record" for r in self.rows):
-            closest = self.closest_to_failing_rows()
-            if closest:
-                keys = list(closest[0])
-                lines += ["", "Closest to failing (the rule nearest its fail limit; 1.00 = at the limit):", "",
-                          _md_row(keys), _md_row(["---"] * len(keys))]
-                lines += [_md_row([_cell(k, c[k]) for k in keys]) for c in closest]
+            parts.append(markdown_table(summary))
+        if closest:
+            parts += ["Closest to failing (the rule nearest its fail limit; 1.00 = at the limit):", "",
+                      markdown_table(closest)]
         if details:
-            header, body = self._table()
-            lines += ["", _md_row(header), _md_row(["---"] * len(header))] + [_md_row(b) for b in body]
-        return "\n".join(lines) + "\n"
+            parts.append(markdown_table(every))
+        return "\n".join(parts)
 
     def to_html(self, *, details: bool = True) -> str:
-        def table(keys, rows, verdict_key="verdict"):
-            head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-            out = []
-            for values in rows:
-                cells = []
-                for key, value in zip(keys, values):
-                    style = ""
-                    if key == verdict_key:
-                        style = f' style="background:{VERDICT_COLOURS.get(value, "#fff")};font-weight:bold"'
-                    cells.append(f"<td{style}>{html.escape(str(value))}</td>")
-                out.append("<tr>" + "".join(cells) + "</tr>")
-            return (f'<table style="border-collapse:collapse;font-size:90%"><thead><tr>{head}</tr></thead>'
-                    f"<tbody>{''.join(out)}</tbody></table>")
+        def verdict_style(key, text):
+            return f"background:{VERDICT_COLOURS.get(text, '#fff')};font-weight:bold" if key == "verdict" else ""
 
-        summary = self.summary_rows()
-        parts = [f"<p>Reference: float64 ({html.escape(self.reference)}); yardstick: "
-                 f"{html.escape(self.baseline)}.</p>"]
+        summary, _, every = self._formatted()
+        parts = [f"<p>{html.escape(self.headline())}</p>"]
         if summary:
-            keys = list(summary[0])
-            parts.append(table(keys, [[_cell(k, s[k]) for k in keys] for s in summary]))
+            parts.append(html_table(summary, cell_style=verdict_style))
         if details:
-            header, body = self._table()
-            parts.append("<details><summary>every input</summary>" + table(header, body) + "</details>")
+            parts.append(f"<details><summary>every input</summary>{html_table(every, cell_style=verdict_style)}"
+                         "</details>")
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
@@ -267,18 +235,13 @@ class ComparisonReport(Result):
         verdicts = ", ".join(f"{k}: {v}" for k, v in self.verdicts.items())
         return f"<ComparisonReport {len(self.rows)} rows; {verdicts}>"
 
+
+_TWO_DECIMALS = {"rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x", "share of fail limit", "fail_fraction",
+                 "bias", "time_ms", "median ms"}
+
+
 def _cell(key, value) -> str:
-    if key in ("rel_l2_ratio", "max_abs_ratio", "x yardstick", "max_abs x", "share of fail limit", "fail_fraction",
-               "bias") and isinstance(value, float):
-        return _fmt(value, ".2f")
-    if key in ("time_ms", "median ms") and isinstance(value, float):
-        return _fmt(value, ".2f")
-    if key == "cosine" and isinstance(value, float):
-        return _fmt(value, ".6f")
+    """Report cells: errors in scientific notation, ratios and times to 2 decimals, "-" for NaN, "yes" for True."""
     if isinstance(value, bool):
         return "yes" if value else ""
-    return _fmt(value)
-
-
-def _md_row(cells) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+    return format_cell(value, ".2f" if key in _TWO_DECIMALS else ".6f" if key == "cosine" else ".2e")

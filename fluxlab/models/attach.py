@@ -1,18 +1,12 @@
 """``fluxlab.attach`` / ``detach`` / ``set_backend`` / ``set_schedule``: route a live FLUX.2 model's attention.
 
 Attaching puts a route (model, layer) in each attention processor as its ``_attention_backend``, adds one forward
-pre-hook to the transformer (where the denoising loop is), shadows diffusers' setters on the model's instances
-(``interop.py``) and joins the router (``router.py``); detaching removes all of it and puts diffusers' settings
-back, so the model behaves exactly as before. Processors swapped in later through ``set_processor`` (as
-``Flux2KleinKVPipeline`` does) get their layer's route too; one assigned plainly (``attn.processor = p``) is found
-at the next eager forward and routed the same way, with a warning, or, if it cannot be routed, warned about.
-Per call, the backend is: the schedule's answer > the model's ``set_backend`` > diffusers' ``attention_backend()``
-context (mapped, interop.py) > ``fluxlab.use_backend`` >
-``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list — always within the model's allowed set, and decided
-when the call runs, also inside a compiled graph (no recompile on a switch). Masks, dropout and context-parallel
-calls are refused with an error (router.py), never run wrongly. Not routed: the VAE's and the text encoders'
-attention (they are not FLUX.2 transformer attention). One generation at a time per model (the loop position is
-per model).
+pre-hook to the transformer, shadows diffusers' setters (``interop.py``) and joins the router (``router.py``);
+detaching puts diffusers' settings back. Per call, the backend is: the schedule's answer > the model's
+``set_backend`` > diffusers' ``attention_backend()`` context > ``fluxlab.use_backend`` > ``$FLUXLAB_ATTENTION_BACKEND``
+> the platform's priority list, within the model's allowed set, decided when the call runs (also inside a compiled
+graph). How diffusers' own settings and processor swaps are handled: docs/guide.md. The VAE's and the text
+encoders' attention are not routed; one generation at a time per model.
 """
 
 from __future__ import annotations

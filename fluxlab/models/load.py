@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
 from .attach import attach, check_allowed
+from .checkpoint import default_out_layers, realign_weights, validate_flux2_config
 from .errors import LoadArgumentError, ModelSourceError
 from .supported import resolve_allowed
 
@@ -65,7 +66,7 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
                                                  cache_dir=cache_dir, use_safetensors=use_safetensors)
     dtype = weights.pop("dtype")
     allowed_set = resolve_allowed(allowed)
-    check_allowed(backend, allowed_set)  # refuse a bad backend before loading 64 GB of weights
+    check_allowed(backend, allowed_set)  # refuse a bad backend before any weights load
     source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
         raise ModelSourceError(f"load_flux2({source!r}): the model source is empty; pass 'tiny', 'embedded', a "
@@ -110,10 +111,7 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
             "'black-forest-labs/FLUX.2-dev', or 'tiny' for the offline random-weight model.")
     apply_offload(pipe, plan)
     if source != "tiny" and plan.mode is None and pipe.transformer.device.type == "cpu":
-        # Loaded weights stay views of the mmap'd file, where CPU kernels round differently; see realign_weights.
-        from .tiny import realign_weights
-
-        realign_weights(pipe)
+        realign_weights(pipe)  # loaded weights stay views of the mmap'd file, where CPU kernels round differently
     return attach(pipe, backend=backend, allowed=allowed_set)
 
 
@@ -187,21 +185,14 @@ def _check_variant(class_name: str, variant: str | None, where) -> None:
                                 f"asked for; pass flux2_variant={found!r} or leave it out")
 
 
-def _read_json(path: Path) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
-
-
 def _validate_folder_configs(folder: Path, class_name: str) -> None:
     """Check the component configs fit together before loading weights: a clear message, not a shape error."""
-    from .tiny import _default_out_layers, validate_flux2_config
-
     files = {name: folder / name / "config.json" for name in ("transformer", "vae", "text_encoder")}
     if not all(f.is_file() for f in files.values()):
         return  # diffusers will name the missing component itself
-    configs = {name: _read_json(f) for name, f in files.items()}
+    configs = {name: json.loads(f.read_text()) for name, f in files.items()}
     validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
-                          text_encoder_out_layers=_default_out_layers(_pipeline_class(class_name)))
+                          text_encoder_out_layers=default_out_layers(_pipeline_class(class_name)))
 
 
 def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
@@ -214,7 +205,7 @@ def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
         raise ModelSourceError(f"'{folder}' has no model_index.json, so it is not a diffusers pipeline folder "
                                f"(it contains: {', '.join(inside) or 'nothing'}). Point load_flux2 at the folder "
                                "pipe.save_pretrained(folder) wrote, or at a downloaded FLUX.2 checkpoint.")
-    class_name = _read_json(index).get("_class_name", "?")
+    class_name = json.loads(index.read_text()).get("_class_name", "?")
     _check_variant(class_name, variant, f"'{folder}'")
     _validate_folder_configs(folder, class_name)
     return _pipeline_class(class_name).from_pretrained(folder, dtype=dtype, local_files_only=True, **weights)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -91,11 +92,11 @@ class MemoryEstimate:
 # -- weights ---------------------------------------------------------------------------------------------------
 
 
-def _itemsize(dtype: torch.dtype | None, stored: str) -> int:
+def _itemsize(dtype: torch.dtype | None, stored_floating: bool, stored_size: int) -> int:
     """Bytes per element once loaded: floating weights take the requested dtype, the rest keep theirs."""
-    if dtype is not None and stored in FLOATING_SAFETENSORS:
+    if dtype is not None and stored_floating:
         return torch.empty((), dtype=dtype).element_size()
-    return SAFETENSORS_ITEMSIZE[stored]
+    return stored_size
 
 
 def read_safetensors_header(path: Path) -> dict:
@@ -113,8 +114,7 @@ def weight_files(folder: Path) -> list[Path]:
     """The safetensors files ``from_pretrained`` loads from a component folder (index-listed shards if sharded)."""
     for index in sorted(folder.glob("*.safetensors.index.json")):
         if WEIGHT_FILES.fullmatch(index.name[: -len(".index.json")]):
-            with open(index) as fh:
-                return [folder / name for name in sorted(set(json.load(fh)["weight_map"].values()))]
+            return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     return [p for p in sorted(folder.glob("*.safetensors")) if WEIGHT_FILES.fullmatch(p.name)]
 
 
@@ -122,10 +122,9 @@ def size_from_headers(name: str, files: list[Path], dtype: torch.dtype | None) -
     elements, total, per_module = 0, 0, {}
     for path in files:
         for tensor, info in read_safetensors_header(path).items():
-            count = 1
-            for dim in info["shape"]:
-                count *= dim
-            nbytes = count * _itemsize(dtype, info["dtype"])
+            count = math.prod(info["shape"])
+            stored = info["dtype"]
+            nbytes = count * _itemsize(dtype, stored in FLOATING_SAFETENSORS, SAFETENSORS_ITEMSIZE[stored])
             elements += count
             total += nbytes
             module = tensor.rsplit(".", 1)[0]
@@ -143,10 +142,8 @@ def size_of_module(name: str, module: torch.nn.Module, dtype: torch.dtype | None
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            size = (torch.empty((), dtype=dtype).element_size() if dtype is not None and tensor.is_floating_point()
-                    else tensor.element_size())
             elements += tensor.numel()
-            own += tensor.numel() * size
+            own += tensor.numel() * _itemsize(dtype, tensor.is_floating_point(), tensor.element_size())
         total += own
         largest = max(largest, own)
     return ComponentSize(name, elements, total, largest)
@@ -178,14 +175,12 @@ def estimate_folder(folder, *, dtype: torch.dtype | None = None, height: int = 1
     """Estimate from a diffusers pipeline folder before loading it: safetensors headers where the weights are
     there, else each component built from its config on the meta device (e.g. a Hub snapshot of configs only)."""
     folder = Path(folder)
-    with open(folder / "model_index.json") as fh:
-        index = json.load(fh)
+    index = json.loads((folder / "model_index.json").read_text())
     sizes, sources, configs = {}, set(), {}
     for name, (library, class_name) in _model_components(index).items():
         sub = folder / name
         if (sub / "config.json").is_file():
-            with open(sub / "config.json") as fh:
-                configs[name] = json.load(fh)
+            configs[name] = json.loads((sub / "config.json").read_text())
         files = weight_files(sub) if sub.is_dir() else []
         if files:
             sizes[name] = size_from_headers(name, files, dtype)

@@ -3,17 +3,18 @@
 ``build_tiny_pipeline("dev")`` is a real ``diffusers.Flux2Pipeline``, ``build_tiny_pipeline("klein")`` a real
 ``diffusers.Flux2KleinPipeline``: the same code paths as the released checkpoints (prompt encoding, RoPE ids,
 attention processors, scheduler, VAE decode, ``save_pretrained``/``from_pretrained``) at toy sizes, with nothing
-downloaded. ``validate_flux2_config`` checks the rules that tie the component configs together.
+downloaded.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from .checkpoint import default_out_layers, validate_flux2_config
 
 VARIANTS = ("dev", "klein")
 
@@ -263,134 +264,10 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Consistency rules.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if isinstance(config, Mapping):
-        return dict(config)
-    if hasattr(config, "to_dict"):  # transformers PretrainedConfig
-        return config.to_dict()
-    return dict(config)  # diffusers FrozenDict
-
-
-def _text_model_config(text_config: Any) -> dict[str, Any]:
-    """The language-model part of a text encoder config (Mistral3's ``text_config``, or the config itself)."""
-    config = _as_dict(text_config)
-    inner = config.get("text_config")
-    return _as_dict(inner) if inner is not None else config
-
-
-def validate_flux2_config(
-    transformer_config: Any,
-    vae_config: Any,
-    text_config: Any,
-    *,
-    text_encoder_out_layers: Sequence[int] = (10, 20, 30),
-) -> None:
-    """Check that FLUX.2 component configs fit together; raise ``ValueError`` naming each broken rule and its fix.
-
-    Accepts dicts, diffusers ``FrozenDict`` configs or transformers configs (a Mistral3 config's ``text_config`` is
-    used). ``text_encoder_out_layers`` is the pipeline call argument of that name (which hidden states of the text
-    encoder are stacked into the prompt embedding).
-    """
-    tf, vae, text = _as_dict(transformer_config), _as_dict(vae_config), _text_model_config(text_config)
-    reasons: list[str] = []
-
-    head_dim = tf.get("attention_head_dim", 128)
-    axes = tuple(tf.get("axes_dims_rope", (32, 32, 32, 32)))
-    if len(axes) != 4:
-        reasons.append(
-            f"axes_dims_rope {axes} must have 4 entries, one per position-id coordinate (t, h, w, l) the pipelines "
-            f"build; split attention_head_dim ({head_dim}) in 4, e.g. {(head_dim // 4,) * 4}."
-        )
-    if sum(axes) != head_dim:
-        reasons.append(
-            f"sum(axes_dims_rope) = sum({axes}) = {sum(axes)} must equal attention_head_dim ({head_dim}): RoPE "
-            f"rotates every channel of a head; use e.g. axes_dims_rope={(head_dim // 4,) * 4}."
-        )
-    if any(a % 2 for a in axes):
-        reasons.append(f"every axes_dims_rope entry must be even (RoPE rotates channel pairs); got {axes}.")
-
-    n_layers = len(tuple(text_encoder_out_layers))
-    text_hidden = text.get("hidden_size")
-    joint = tf.get("joint_attention_dim", 15360)
-    if text_hidden is not None and joint != n_layers * text_hidden:
-        reasons.append(
-            f"joint_attention_dim ({joint}) must be {n_layers} x the text encoder hidden size ({text_hidden}) = "
-            f"{n_layers * text_hidden}: the prompt embedding stacks {n_layers} hidden-state layers "
-            f"(text_encoder_out_layers={tuple(text_encoder_out_layers)}); set joint_attention_dim="
-            f"{n_layers * text_hidden}."
-        )
-
-    depth = text.get("num_hidden_layers")
-    if depth is not None and any(not -(depth + 1) <= i <= depth for i in text_encoder_out_layers):
-        reasons.append(
-            f"text_encoder_out_layers {tuple(text_encoder_out_layers)} index hidden states of a text encoder with "
-            f"num_hidden_layers={depth} (valid indices 0..{depth}); pass text_encoder_out_layers=(1, 2, 3) to the "
-            f"pipeline call for a shallow encoder, or give it at least {max(text_encoder_out_layers)} layers."
-        )
-
-    latent = vae.get("latent_channels", 32)
-    in_channels = tf.get("in_channels", 128)
-    if in_channels != 4 * latent:
-        reasons.append(
-            f"in_channels ({in_channels}) must be 4 x the VAE latent_channels ({latent}) = {4 * latent}: the pipeline "
-            f"packs 2x2 latent patches into channels; set in_channels={4 * latent}."
-        )
-    out_channels = tf.get("out_channels")
-    if out_channels is not None and out_channels != in_channels:
-        reasons.append(
-            f"out_channels ({out_channels}) must equal in_channels ({in_channels}) or be None: the transformer "
-            f"predicts the velocity of its own input."
-        )
-    if tf.get("patch_size", 1) != 1:
-        reasons.append(
-            f"patch_size ({tf['patch_size']}) must be 1: the pipelines patchify latents 2x2 themselves; "
-            f"set patch_size=1."
-        )
-    if tuple(vae.get("patch_size", (2, 2))) != (2, 2):
-        reasons.append(
-            f"the VAE patch_size {tuple(vae['patch_size'])} must be (2, 2): the pipelines hard-code 2x2 packing."
-        )
-
-    groups = vae.get("norm_num_groups", 32)
-    channels = tuple(vae.get("block_out_channels", (128, 256, 512, 512)))
-    decoder_channels = tuple(vae.get("decoder_block_out_channels") or channels)
-    bad = sorted({c for c in channels + decoder_channels if c % groups})
-    if bad:
-        reasons.append(
-            f"VAE norm_num_groups ({groups}) must divide every block_out_channels entry; {bad} are not multiples "
-            f"(GroupNorm). Pick channels that are multiples of {groups}, or fewer groups."
-        )
-    if len(vae.get("down_block_types", ())) not in (0, len(channels)):
-        reasons.append(
-            f"the VAE has {len(vae['down_block_types'])} down_block_types but {len(channels)} block_out_channels; "
-            f"give one channel count per block."
-        )
-
-    if reasons:
-        raise ValueError("FLUX.2 config is inconsistent:\n- " + "\n- ".join(reasons))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Construction.
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _pipeline_class(variant: str):
     import diffusers
 
     return diffusers.Flux2Pipeline if variant == "dev" else diffusers.Flux2KleinPipeline
-
-
-def _default_out_layers(pipeline_class) -> tuple[int, ...]:
-    """The ``text_encoder_out_layers`` a pipeline call uses when the caller passes none."""
-    return tuple(inspect.signature(pipeline_class.__call__).parameters["text_encoder_out_layers"].default)
 
 
 def _build_text_encoder(variant: str, config: dict[str, Any]):
@@ -424,11 +301,8 @@ def build_tiny_pipeline(variant: str = "dev", *, seed: int = 0, dtype: torch.dty
 
     configs = TINY_CONFIGS[_check_variant(variant)]
     pipeline_class = _pipeline_class(variant)
-    out_layers = _default_out_layers(pipeline_class)
-    validate_flux2_config(
-        configs["transformer"], configs["vae"], _text_model_config(configs["text_encoder"]),
-        text_encoder_out_layers=out_layers,
-    )
+    validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
+                          text_encoder_out_layers=default_out_layers(pipeline_class))
 
     # Each component gets its own seed offset, so resizing one component leaves the others' weights unchanged.
     with torch.random.fork_rng(devices=[]):
@@ -454,19 +328,3 @@ def build_tiny_pipeline(variant: str = "dev", *, seed: int = 0, dtype: torch.dty
     pipe = pipeline_class(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def realign_weights(pipe) -> None:
-    """Copy every weight and buffer of ``pipe``'s models into freshly allocated tensors, in place.
-
-    ``from_pretrained`` on CPU leaves weights as views of the memory-mapped safetensors file, at addresses that are
-    not 64-byte aligned, and CPU matmul kernels round the last bit differently for such operands (measured: a
-    ``[1, 256] x [256, 32]`` linear in the timestep embedder). After this copy a loaded tiny pipeline reproduces the
-    pipeline it was saved from bit for bit. Not needed on GPU: moving a model there copies it anyway.
-    """
-    for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        with torch.no_grad():
-            for tensor in [*component.parameters(), *component.buffers()]:
-                tensor.data = tensor.data.clone()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import html
 import os
 
+from ..compare.report import VERDICT_COLOURS
 from ..util import torch_dtype_name
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_seed, figure_png, hbox_with_message,
-                      message_html, run_shown, set_message, widgets)
+                      message_html, run_shown, set_message, tagged, widgets)
 from .picker import BackendPicker
 
 DTYPES = ("bfloat16", "float16", "float32")
 MAX_SEQ = 65536
 MAX_HEADS = 256
-# The verdict colours of fluxlab.compare's report.
-VERDICT_COLOURS = {"pass": "#c8e6c9", "warn": "#ffe0b2", "fail": "#ffcdd2", "skip": "#eeeeee"}
 
 
 def _records_list(records):
@@ -36,14 +35,14 @@ def _positive_int(value, name, upper) -> str | None:
 
 def verdict_badges(verdicts: dict, skipped: dict | None = None) -> str:
     """HTML: one coloured badge per backend with its verdict (class ``fluxlab-verdicts``)."""
-    badges = [f'<span title="{html.escape(name)}: {verdict}" style="background:{VERDICT_COLOURS.get(verdict, "#fff")};'
-              f'padding:2px 8px;margin:2px;border-radius:4px;display:inline-block"><code>{html.escape(name)}</code> '
-              f"<b>{verdict.upper()}</b></span>" for name, verdict in verdicts.items()]
-    for name, reasons in (skipped or {}).items():
-        if name not in verdicts:
-            badges.append(f'<span title="{html.escape("; ".join(reasons))}" style="background:{VERDICT_COLOURS["skip"]};'
-                          f'padding:2px 8px;margin:2px;border-radius:4px;display:inline-block">'
-                          f"<code>{html.escape(name)}</code> SKIP</span>")
+    def badge(name, verdict, title):
+        return (f'<span title="{html.escape(title)}" style="background:{VERDICT_COLOURS.get(verdict, "#fff")};'
+                f'padding:2px 8px;margin:2px;border-radius:4px;display:inline-block"><code>{html.escape(name)}</code> '
+                f"<b>{verdict.upper()}</b></span>")
+
+    badges = [badge(name, verdict, f"{name}: {verdict}") for name, verdict in verdicts.items()]
+    badges += [badge(name, "skip", "; ".join(reasons)) for name, reasons in (skipped or {}).items()
+               if name not in verdicts]
     return '<div class="fluxlab-verdicts">' + "".join(badges) + "</div>"
 
 
@@ -72,10 +71,9 @@ class ComparisonPanel(widgets.VBox):
             self.picker.value = tuple(self.picker.available)
         picker_row, self.picker_message = hbox_with_message(self.picker)
 
-        self.source = widgets.ToggleButtons(options=["synthetic shape", "captured layer"],
-                                            value="captured layer" if self.records else "synthetic shape",
-                                            description="input")
-        self.source.add_class("fluxlab-input-source")
+        self.source = tagged(widgets.ToggleButtons(options=["synthetic shape", "captured layer"], description="input",
+                                                   value="captured layer" if self.records else "synthetic shape"),
+                             "fluxlab-input-source")
         small = widgets.Layout(width="170px")
         self.seq = widgets.IntText(value=seq, description="seq", layout=small)
         self.heads = widgets.IntText(value=heads, description="heads", layout=small)
@@ -85,8 +83,7 @@ class ComparisonPanel(widgets.VBox):
         self.dtype = widgets.Dropdown(options=DTYPES, value=dtype, description="dtype",
                                       layout=widgets.Layout(width="200px"))
         self.seed = widgets.IntText(value=seed, description="seed", layout=small)
-        self.shape_message = widgets.HTML("")
-        self.shape_message.add_class("fluxlab-message")
+        self.shape_message = tagged(widgets.HTML(""), "fluxlab-message")
         self.layer = widgets.Dropdown(options=self._layer_options(), description="layer",
                                       layout=widgets.Layout(width="520px"))
         layer_row, self.layer_message = hbox_with_message(self.layer)
@@ -94,15 +91,13 @@ class ComparisonPanel(widgets.VBox):
                                        widgets.HBox([self.dtype, self.seed, self.shape_message])])
         self.layer_box = widgets.VBox([layer_row])
 
-        self.button = widgets.Button(description="Compare", button_style="primary", icon="balance-scale")
-        self.button.add_class("fluxlab-compare")
-        self.status = widgets.HTML(message_html("not run yet"))
-        self.status.add_class("fluxlab-result")
+        self.button = tagged(widgets.Button(description="Compare", button_style="primary", icon="balance-scale"),
+                             "fluxlab-compare")
+        self.status = tagged(widgets.HTML(message_html("not run yet")), "fluxlab-result")
         self.verdicts = widgets.HTML("")
-        self.table = widgets.HTML("")
-        self.table.add_class("fluxlab-metrics")
-        self.heatmap = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none"))
-        self.heatmap.add_class("fluxlab-heatmap")
+        self.table = tagged(widgets.HTML(""), "fluxlab-metrics")
+        self.heatmap = tagged(widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none")),
+                              "fluxlab-heatmap")
 
         self.button.on_click(lambda _: self.run())
         self.source.observe(lambda _: self._show_source(), names="value")

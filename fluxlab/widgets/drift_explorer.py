@@ -7,7 +7,8 @@ import html
 import math
 import threading
 
-from ._common import ERROR_STYLE, MUTED_STYLE, OK_STYLE, error_text, message_html, png_bytes, widgets
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, error_text, figure_png, message_html, png_bytes, tagged,
+                      widgets)
 from .running import RunControls
 
 # Above this many cells the grid is drawn as the map's heatmap, and cells are picked with the two menus only.
@@ -77,15 +78,14 @@ class DriftExplorer(widgets.VBox):
         top = drift_map.cells(1)
         if top:
             self.layer.value, self.step.value = top[0].layer, top[0].steps[0]
-        self.button = widgets.Button(description="Show this cell", icon="play", button_style="primary")
-        self.button.add_class("fluxlab-generate")
+        self.button = tagged(widgets.Button(description="Show this cell", icon="play", button_style="primary"),
+                             "fluxlab-generate")
         self.button.on_click(lambda _: self.click(self.layer.value, self.step.value))
         self.buttons: dict[tuple[str, int], widgets.Button] = {}
         grid = self._grid(layers, steps) if len(layers) * steps <= max_buttons else self._heatmap()
-        self.status = widgets.HTML(message_html("click a cell: nothing is generated until then"))
-        self.status.add_class("fluxlab-result")
-        self.error = widgets.HTML("")
-        self.error.add_class("fluxlab-error")
+        self.status = tagged(widgets.HTML(message_html("click a cell: nothing is generated until then")),
+                             "fluxlab-result")
+        self.error = tagged(widgets.HTML(""), "fluxlab-error")
         self.cards = {key: self._card(image_width) for key in ("good", "cell", "bad")}
         intro = widgets.HTML(
             f"<b>good</b> <code>{html.escape(drift_map.good)}</code> &rarr; <b>bad</b> "
@@ -113,34 +113,28 @@ class DriftExplorer(widgets.VBox):
                                         layout=widgets.Layout(width="auto", padding="0 2px"))
                 button.style.font_size = "11px"
                 self._colour(button, value)
-                button.add_class("fluxlab-drift-cell")
-                button.add_class(f"fluxlab-drift-cell-{row}-{step}")  # a stable hook for browser tests
+                tagged(button, "fluxlab-drift-cell", f"fluxlab-drift-cell-{row}-{step}")  # hooks for browser tests
                 button.on_click(lambda _, layer=layer, step=step: self.click(layer, step))
                 self.buttons[(layer, step)] = button
                 cells.append(button)
-        grid = widgets.GridBox(cells, layout=widgets.Layout(
-            grid_template_columns=f"max-content repeat({steps}, 72px)", grid_gap="2px 2px", align_items="center"))
-        grid.add_class("fluxlab-drift-grid")
-        return grid
+        return tagged(widgets.GridBox(cells, layout=widgets.Layout(
+            grid_template_columns=f"max-content repeat({steps}, 72px)", grid_gap="2px 2px", align_items="center")),
+            "fluxlab-drift-grid")
 
     def _colour(self, button: widgets.Button, value: float) -> None:
         button.style.button_color, button.style.text_color = cell_colours(value, self._vmax)
 
     def _heatmap(self) -> widgets.Image:
-        from ._common import figure_png
-
-        image = widgets.Image(value=figure_png(self.drift.figure()), format="png",
-                              layout=widgets.Layout(max_width="900px"))
-        image.add_class("fluxlab-drift-grid")
-        return image
+        return tagged(widgets.Image(value=figure_png(self.drift.figure()), format="png",
+                                    layout=widgets.Layout(max_width="900px")), "fluxlab-drift-grid")
 
     @staticmethod
     def _card(image_width: int) -> tuple[widgets.VBox, widgets.HTML, widgets.Image]:
         caption = widgets.HTML("")
-        image = widgets.Image(format="png", layout=widgets.Layout(width=f"{image_width}px", display="none"))
-        image.add_class("fluxlab-image")
-        box = widgets.VBox([caption, image], layout=widgets.Layout(margin="4px 12px 4px 0"))
-        box.add_class("fluxlab-drift-card")
+        image = tagged(widgets.Image(format="png", layout=widgets.Layout(width=f"{image_width}px", display="none")),
+                       "fluxlab-image")
+        box = tagged(widgets.VBox([caption, image], layout=widgets.Layout(margin="4px 12px 4px 0")),
+                     "fluxlab-drift-card")
         return box, caption, image
 
     def _tooltip(self, layer: str, step: int, value: float) -> str:

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_PROMPT
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
-                      widgets)
+                      tagged, widgets)
 from .picker import BackendPicker
 from ..models.memory import gib
+from ..results import format_cell, html_table
 from .running import RunControls
 
 
-def _num(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return format(value, spec)
+def difference(image, reference):
+    """|image - reference| averaged over colour channels, in float64."""
+    import numpy as np
+
+    diff = np.abs(np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
+    return diff.mean(axis=-1) if diff.ndim == 3 else diff
 
 
-def difference_png(image, reference, vmax: float) -> bytes:
-    """|image - reference| averaged over colour channels, as an inferno heat map scaled to ``vmax``."""
+def difference_png(diff, vmax: float) -> bytes:
+    """A ``difference`` map as an inferno heat map scaled to ``vmax``."""
     import numpy as np
     from matplotlib import colormaps
 
-    diff = np.abs(np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
-    if diff.ndim == 3:
-        diff = diff.mean(axis=-1)
-    rgba = colormaps["inferno"](np.clip(diff / max(vmax, 1e-12), 0.0, 1.0))
-    return png_bytes(rgba[..., :3])
+    return png_bytes(colormaps["inferno"](np.clip(diff / max(vmax, 1e-12), 0.0, 1.0))[..., :3])
 
 
 def drift_figure(comparison):
@@ -91,17 +87,13 @@ class ImageGallery(widgets.VBox):
         self.height = widgets.IntText(value=height, description="height", layout=small)
         self.width = widgets.IntText(value=width, description="width", layout=small)
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
-        self.settings_message = widgets.HTML("")
-        self.settings_message.add_class("fluxlab-message")
-        self.button = widgets.Button(description="Generate all", button_style="primary", icon="th")
-        self.button.add_class("fluxlab-generate")
-        self.status = widgets.HTML(message_html("not run yet"))
-        self.status.add_class("fluxlab-result")
-        self.cards = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
-        self.cards.add_class("fluxlab-gallery")
+        self.settings_message = tagged(widgets.HTML(""), "fluxlab-message")
+        self.button = tagged(widgets.Button(description="Generate all", button_style="primary", icon="th"),
+                             "fluxlab-generate")
+        self.status = tagged(widgets.HTML(message_html("not run yet")), "fluxlab-result")
+        self.cards = tagged(widgets.HBox(layout=widgets.Layout(flex_flow="row wrap")), "fluxlab-gallery")
         self.drift = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
-        self.table = widgets.HTML("")
-        self.table.add_class("fluxlab-metrics")
+        self.table = tagged(widgets.HTML(""), "fluxlab-metrics")
 
         self._update_reference_options()
         self.picker.on_change(lambda _: self._update_reference_options())
@@ -121,23 +113,16 @@ class ImageGallery(widgets.VBox):
         if options:
             self.reference.value = wanted if wanted in options else options[0]
 
-    def _compare_fn(self):
-        if self._compare_override is not None:
-            return self._compare_override
-        from .. import compare
-
-        fn = getattr(compare, "compare_images", None)
-        if fn is None:
-            raise ImportError("this fluxlab has no fluxlab.compare.compare_images yet")
-        return fn
-
     def _run_compare(self, backends, cancelled: list):
         """compare_images (or the override) with this panel's step control and warm-up, when it takes them."""
         import inspect
 
         from ..models.progress import GenerationCancelled
 
-        fn = self._compare_fn()
+        if self._compare_override is not None:
+            fn = self._compare_override
+        else:
+            from ..compare import compare_images as fn
         params = inspect.signature(fn).parameters
         takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
         extra = {k: v for k, v in (("control", self.runner.control), ("warmup", self.warmup))
@@ -188,49 +173,39 @@ class ImageGallery(widgets.VBox):
         return comparison
 
     def show(self, comparison) -> None:
-        import numpy as np
-
         ref_image = comparison.images.get(comparison.reference)
-        diffs = {}
-        if ref_image is not None:
-            for label, image in comparison.images.items():
-                diff = np.abs(np.asarray(image, dtype=np.float64) - ref_image)
-                diffs[label] = diff.mean(axis=-1) if diff.ndim == 3 else diff
+        diffs = ({label: difference(image, ref_image) for label, image in comparison.images.items()}
+                 if ref_image is not None else {})
         vmax = max([float(d.max()) for d in diffs.values()] + [1e-6])
+        size = widgets.Layout(width=f"{self.image_width}px")
         cards = []
         for row in comparison.rows:
             title = f"<b><code>{html.escape(row.backend)}</code></b>"
             if row.error:
                 body = [widgets.HTML(f'{title}<br><span style="{ERROR_STYLE};font-size:85%">'
-                                     f"{html.escape(row.error)}</span>",
-                                     layout=widgets.Layout(width=f"{self.image_width}px"))]
+                                     f"{html.escape(row.error)}</span>", layout=size)]
             else:
-                is_ref = row.backend == comparison.reference
                 timing = f"{row.time_s * 1e3:.0f} ms" if row.time_s is not None else ""
                 peak = getattr(row, "peak_memory_bytes", None)
                 timing += f", peak {gib(peak)}" if peak is not None else ""
-                metrics = ("reference" if is_ref else f"PSNR {_num(row.psnr, '.1f')} dB, SSIM {_num(row.ssim, '.4f')}")
+                metrics = ("reference" if row.backend == comparison.reference else
+                           f"PSNR {format_cell(row.psnr, '.1f')} dB, SSIM {format_cell(row.ssim, '.4f')}")
                 body = [widgets.HTML(f"{title} <span style='{MUTED_STYLE}'>{timing}</span><br>"
                                      f"<span style='font-size:85%'>{metrics}</span>"),
-                        widgets.Image(value=png_bytes(comparison.images[row.backend]), format="png",
-                                      layout=widgets.Layout(width=f"{self.image_width}px")),
-                        widgets.Image(value=difference_png(comparison.images[row.backend], ref_image, vmax),
-                                      format="png", layout=widgets.Layout(width=f"{self.image_width}px")),
+                        widgets.Image(value=png_bytes(comparison.images[row.backend]), format="png", layout=size),
+                        widgets.Image(value=difference_png(diffs[row.backend], vmax), format="png", layout=size),
                         widgets.HTML(f"<span style='font-size:80%;{MUTED_STYLE}'>|diff| max "
                                      f"{float(diffs[row.backend].max()):.3g} (scale 0-{vmax:.3g})</span>")]
-            card = widgets.VBox(body, layout=widgets.Layout(margin="4px 10px 4px 0"))
-            card.add_class("fluxlab-gallery-card")
-            cards.append(card)
+            cards.append(tagged(widgets.VBox(body, layout=widgets.Layout(margin="4px 10px 4px 0")),
+                                "fluxlab-gallery-card"))
         self.cards.children = cards
-        header = ("<tr><th>backend</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th><th>final latent rel-L2</th>"
-                  "<th>time ms</th><th>error</th></tr>")
-        body = "".join(
-            f"<tr><td><code>{html.escape(r.backend)}</code>{' (reference)' if r.backend == comparison.reference else ''}"
-            f"</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td><td>{_num(r.max_abs_pixel, '.3g')}</td>"
-            f"<td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
-            f"<td>{_num(r.time_s * 1e3 if r.time_s is not None else None, '.1f')}</td>"
-            f"<td>{html.escape(r.error or '')}</td></tr>" for r in comparison.rows)
-        self.table.value = f'<table style="font-size:90%">{header}{body}</table>'
+        self.table.value = html_table([
+            {"backend": r.backend + (" (reference)" if r.backend == comparison.reference else ""),
+             "PSNR dB": format_cell(r.psnr, ".2f"), "SSIM": format_cell(r.ssim, ".5f"),
+             "max |pixel|": format_cell(r.max_abs_pixel, ".3g"),
+             "final latent rel-L2": format_cell(r.final_latent_rel_l2, ".3g"),
+             "time ms": format_cell(r.time_s * 1e3 if r.time_s is not None else None, ".1f"), "error": r.error}
+            for r in comparison.rows])
         self.drift.value = figure_png(drift_figure(comparison))
         self.drift.layout.display = None
         failed = [r.backend for r in comparison.rows if r.error]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import traitlets
 
-from ._common import widgets
+from ._common import tagged, widgets
 
 DEFAULT_MARK = " \u2605"  # shown after the default backend's name
 EMULATED_MARK = " (emulated)"  # shown after an emulator's name: float32 numerics of another kernel
@@ -84,8 +84,7 @@ class BackendPicker(widgets.VBox):
                 value=False, description=button_label(status),
                 disabled=not status.available, tooltip=_status_tooltip(status),
                 layout=widgets.Layout(width="auto", margin="2px"))
-            button.add_class("fluxlab-backend")
-            button.add_class(f"fluxlab-backend-{status.name}")
+            tagged(button, "fluxlab-backend", f"fluxlab-backend-{status.name}")
             button.observe(self._on_button(status.name), names="value")
             self.buttons[status.name] = button
         self._row.children = [self._label, *self.buttons.values()]

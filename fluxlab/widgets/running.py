@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from ..models.progress import StepControl
-from ._common import widgets
+from ._common import tagged, widgets
 
 
 def in_kernel() -> bool:
@@ -32,12 +32,10 @@ class RunControls:
         self.control = StepControl()
         self.threaded = threaded
         self.busy = False
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps",
-                                            layout=widgets.Layout(width="300px"))
-        self.progress.add_class("fluxlab-progress")
-        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
-                                            tooltip="stop after the current denoising step")
-        self.cancel_button.add_class("fluxlab-cancel")
+        self.progress = tagged(widgets.IntProgress(value=0, min=0, max=1, description="steps",
+                                                   layout=widgets.Layout(width="300px")), "fluxlab-progress")
+        self.cancel_button = tagged(widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                                   tooltip="stop after the current denoising step"), "fluxlab-cancel")
         self.cancel_button.on_click(lambda _: self.control.cancel())
         self.box = widgets.HBox([self.progress, self.cancel_button])
         self.control.listen(self._show)

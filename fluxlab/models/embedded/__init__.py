@@ -42,8 +42,7 @@ def load_embedded(device=None, dtype=None, *, flux2_variant: str | None = None):
     if device is not None:
         pipe.to(device)
     if pipe.transformer.device.type == "cpu":
-        # Loaded weights stay views of the mmap'd files, where CPU kernels round differently; see realign_weights.
-        from ..tiny import realign_weights
+        from ..checkpoint import realign_weights
 
-        realign_weights(pipe)
+        realign_weights(pipe)  # loaded weights stay views of the mmap'd files, where CPU kernels round differently
     return pipe
