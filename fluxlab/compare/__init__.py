@@ -5,6 +5,7 @@ from .captured import compare_captured
 from .gate import GateStats, Judgement, Yardstick, judge_attention
 from .image_rule import EXACT_IMAGE_RULE, FIDELITY_BUDGET, IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
 from .images import ImageComparison, ImageRow, compare_images
+from .generation_invariance import GenerationInvarianceReport, check_generation_invariance
 from .invariance import InvarianceReport, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)
@@ -19,7 +20,7 @@ from .tolerances import EXACT_RULE, GATE_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, 
 
 __all__ = [
     "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_IMAGE_RULE", "EXACT_RULE", "FIDELITY_BUDGET", "GATE_RULE", "GateStats",
-    "IMAGE_RULE_TEXT", "InvarianceReport", "Judgement", "Yardstick", "check_invariance", "compare_captured",
+    "IMAGE_RULE_TEXT", "GenerationInvarianceReport", "InvarianceReport", "Judgement", "Yardstick", "check_generation_invariance", "check_invariance", "compare_captured",
     "judge_attention",
     "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
     "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",
