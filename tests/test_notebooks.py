@@ -33,6 +33,7 @@ EXPECTED = {
     "03_flux2_side_by_side.ipynb": [
         ("result", "'reference'"), ("html", "PSNR"), ("widget", "ImageGallery"), ("state", "PSNR"),
         ("state", "image(s) vs reference"), ("html", "emu_aiter:how_v3_bf16_cvt=2"), ("html", "emu_aiter_sage"),
+        ("html", "alone vs batch"), ("html", "whole-generation invariance of 1 backend(s)"),
     ],
     "04_decide.ipynb": [
         ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotunePlan("),
