@@ -1,6 +1,6 @@
 """Determinism and invariance per backend, for the attention call and for a whole generation of the embedded model.
 
-    .venv/bin/python benchmarks/invariance.py --device cpu --out benchmarks/results/cpu/invariance
+    .venv/bin/python benchmarks/invariance.py --device cpu --out benchmarks/results/cpu/invariance [--steps 1]
     python benchmarks/invariance.py --device cuda --out $OUT/invariance      # one H100/H200, about 2 minutes
     .venv/bin/python benchmarks/invariance.py --dry-run --out /tmp/inv       # the GPU run's code path, shrunk, here
 
@@ -59,13 +59,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="folder for invariance.md/.json and generation.md/.json")
     parser.add_argument("--backends", default=None, help="comma-separated (default: every backend that runs here)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"denoising steps per generation (default {STEPS})")
     parser.add_argument("--dry-run", action="store_true", help="two backends, one dtype, 2 prompts, 1 step")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = torch.device(device).type
     dtypes = DTYPES[kind]
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
-    prompts, steps = PROMPTS, STEPS
+    prompts, steps = PROMPTS, args.steps
     if args.dry_run:
         backends = backends or ["sdpa", "sdpa_math"]
         dtypes, prompts, steps = dtypes[:1], PROMPTS[:2], 1

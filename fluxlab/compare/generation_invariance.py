@@ -26,9 +26,9 @@ PER_SAMPLE_BACKEND = "invariance_per_sample"
 AXES = ("rerun", "batch", "kernel_batch", "position")
 AXIS_TEXT = {
     "rerun": "the same generation twice (sample 0 alone)",
-    "batch": "each sample alone vs inside the batch of 4 (the user's question: includes the rest of the model, "
-             "whose linear layers run at batch 1 vs 4)",
-    "kernel_batch": "the batch of 4 with the kernel called once on the batch vs once per sample (the rest of the "
+    "batch": "each sample alone vs inside the batch of {batch} (the user's question: includes the rest of the "
+             "model, whose linear layers run at batch 1 vs {batch})",
+    "kernel_batch": "the batch of {batch} with the kernel called once on the batch vs once per sample (the rest of the "
                     "model identical: the attention kernel's own share of the batch difference)",
     "position": "the batch in order vs rotated by one (every sample at another index)",
 }
@@ -107,7 +107,7 @@ class GenerationInvarianceReport(Result):
                  "one latent step": r.latent_step,
                  "attention calls": ", ".join(f"{k} {v}" for k, v in r.attention_calls.items()),
                  "error": r.error} for r in self.rows]
-        axes = "\n".join(f"- **{name}**: {AXIS_TEXT[axis]}" for name, axis in
+        axes = "\n".join(f"- **{name}**: {AXIS_TEXT[axis].format(batch=self.meta.get('batch'))}" for name, axis in
                          (("rerun", "rerun"), ("alone vs batch", "batch"), ("kernel's share", "kernel_batch"),
                           ("position", "position")))
         return (f"{self.headline()}; prompts {list(self.meta.get('prompts', []))}.\n\n{axes}\n\n"
@@ -141,7 +141,7 @@ def _per_sample(pipe, choice):
 
     def per_sample(q, k, v, *, scale, causal=False, return_lse=False):
         outs = [attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], backend=choice, scale=scale, causal=causal,
-                          return_lse=return_lse) for i in range(q.shape[0])]
+                          return_lse=return_lse, fallback=False) for i in range(q.shape[0])]
         if return_lse:
             return torch.cat([o for o, _ in outs]), torch.cat([lse for _, lse in outs])
         return torch.cat(outs)
