@@ -214,6 +214,21 @@ def side_by_side() -> list:
             "else:\n"
             "    fidelity = \"real weights on a GPU: benchmarks/amd_quant_dev.py measures the formats' latent drift\"\n"
             "fidelity"),
+        new_markdown_cell(
+            "## Determinism and invariance of a whole generation\n\n"
+            "Is a rerun bitwise identical? Is a sample the same generated alone and inside a batch of 4 (diffusers' "
+            "idiom: a list of prompts and a list of generators)? Does it matter where it sits in the batch? "
+            "*Alone vs batch* is what a user sees: it includes the model's own layers, which run at batch 1 vs 4; "
+            "*kernel's share* runs the same batch with the kernel called once per sample, so only the attention "
+            "kernel differs. Each backend costs 17 generations: here one kernel, briefly; every backend: "
+            "`benchmarks/results/cpu/invariance/generation.md` (`python benchmarks/invariance.py`)."),
+        new_code_cell(
+            "from fluxlab.compare import check_generation_invariance\n\n"
+            "invariance = check_generation_invariance(pipe, [\"sdpa\"] if settings.small else backends,\n"
+            "                                         steps=2 if settings.small else 4, height=settings.height,\n"
+            "                                         width=settings.width,\n"
+            "                                         **(dict(max_sequence_length=144) if settings.small else {}))\n"
+            "invariance"),
         new_markdown_cell("## The gallery\n\nPick backends, change the prompt, seed or steps, and generate again. "
                           "Difference maps share one colour scale."),
         new_code_cell(

@@ -179,6 +179,8 @@ MISTAKES = [
     ("frontier-without-backends", ["frontier", "--out", "OUT"], ["frontier needs --backends"]),
     ("repeats-0", ["frontier", "--backends", "sdpa_math", "--repeats", "0", "--out", "OUT"],
      ["--repeats: must be at least 1, got 0"]),
+    ("invariance-seed-past-the-end", ["compare", "--invariance", "--seed", str(2**63 - 2), "--out", "OUT"],
+     ["--seed to --seed + 3", "pass a smaller --seed"]),
 ]
 
 

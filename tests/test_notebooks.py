@@ -36,6 +36,7 @@ EXPECTED = {
         ("html", "emu_aiter_quant_pad128:format=f4f4"), ("result", "'emu_aiter_quant_pad128:format=i8fp8': '"),
         ("result", "'emu_aiter_quant_pad128:format=mxfp4, emu_aiter at 1 first+last'"),
         ("result", "'final-latent rel-L2'"),
+        ("html", "alone vs batch"), ("html", "whole-generation invariance of 1 backend(s)"),
     ],
     "04_decide.ipynb": [
         ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotuneResult("),

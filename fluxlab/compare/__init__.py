@@ -7,6 +7,7 @@ from .band_measure import measure_image_band
 from .bands import ImageBand
 from .image_rule import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
 from .images import ImageComparison, ImageRow, compare_images
+from .generation_invariance import GenerationInvarianceReport, check_generation_invariance
 from .invariance import InvarianceReport, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)
@@ -21,7 +22,8 @@ from .tolerances import EXACT_RULE, GATE_RULE, LSE_TOLERANCE, QUANTISED_BUDGET, 
 
 __all__ = [
     "CPU_INPUTS", "DISTRIBUTIONS", "EXACT_RULE", "GATE_RULE", "GateStats", "ImageBand", "measure_image_band",
-    "IMAGE_RULE_TEXT", "InvarianceReport", "Judgement", "Yardstick", "check_invariance", "compare_captured",
+    "IMAGE_RULE_TEXT", "GenerationInvarianceReport", "InvarianceReport", "Judgement", "Yardstick",
+    "check_generation_invariance", "check_invariance", "compare_captured",
     "judge_attention",
     "YARDSTICK_BACKENDS", "FLUX_INPUTS", "KNOBS", "LSE_TOLERANCE", "QUANTISED_BUDGET",
     "RULE_TABLE", "RULE_TEXT", "SMOKE_INPUTS", "AttentionCase", "BackendSpec", "ComparisonReport", "ComparisonRow",

@@ -57,7 +57,9 @@ def add_subcommand(subparsers) -> None:
                         help="no progress bars (there are none anyway when stderr is not a terminal or a notebook)")
     parser.add_argument("--invariance", action="store_true",
                         help="instead of the sweep: per backend, are reruns bitwise identical, is a sample the same "
-                             "alone and inside a batch of 4, and at any position in the batch (per --dtypes)")
+                             "alone and inside a batch of 4, and at any position in the batch: for the attention "
+                             "call (per --dtypes) and for whole generations of --model (4 prompts, seeds --seed to "
+                             "--seed + 3, --steps; --model none or --no-images skips those)")
     parser.add_argument("--parallel", action="append", default=[], metavar="MODE",
                         help="instead of the sweep: the same transformer step on N ranks vs 1 rank per backend, e.g. "
                              "--parallel ulysses=2 --parallel ring=2 (repeatable; see `fluxlab parallel`)")
@@ -108,6 +110,9 @@ def _check(args) -> None:
         if not (Path(folder) / MANIFEST_FILE).is_file():
             raise UsageError(f"--records {folder}: no {MANIFEST_FILE} there, so it holds no records; pass the folder "
                              "fluxlab.compare.save_records (or --save-captures) wrote")
+    if args.invariance and args.model != "none" and not args.no_images and args.seed > 2**63 - 4:
+        raise UsageError(f"--seed {args.seed}: --invariance generates with seeds --seed to --seed + 3, which must stay "
+                         "at most 2**63 - 1; pass a smaller --seed")
     if args.parallel:
         from ..parallel.cli import parallel_modes
 
@@ -162,12 +167,32 @@ def _run_invariance(args, out) -> int:
         sections.append(f"## {report.meta['dtype']}, {report.meta['input']}, batch {report.meta['batch']}\n\n"
                         + report.to_markdown())
         data["runs"].append({"meta": report.meta, "rows": [r.as_dict() for r in report.rows]})
+    if args.model != "none" and not args.no_images:
+        generation = _generation_invariance(args)
+        sections.append(f"## Whole generations of the {args.model} model\n\n" + generation.to_markdown())
+        data["generation"] = generation.as_dict()
     text = "# Determinism and invariance\n\n" + "\n".join(sections)
     atomic_write(out / "invariance.md", text)
     atomic_write(out / "invariance.json", json.dumps(data, indent=1))
     print(text)
     print(f"report: {out / 'invariance.md'}")
     return 0
+
+
+def _generation_invariance(args):
+    from ..models.attach import detach
+    from ..models.cli import OFFLOAD_CHOICES
+    from ..models.load import load_flux2
+    from .attention import parse_dtype
+    from .generation_invariance import PROMPTS, check_generation_invariance
+
+    pipe = load_flux2(args.model, flux2_variant=args.variant, dtype=parse_dtype(_csv(args.dtypes)[0]),
+                      device=args.device, offload=OFFLOAD_CHOICES[args.offload], height=64, width=64)
+    try:
+        return check_generation_invariance(pipe, args.backends or None, prompts=(args.prompt, *PROMPTS[1:]),
+                                           seed=args.seed, steps=args.steps)
+    finally:
+        detach(pipe)
 
 
 def _sweep(args, out) -> int:
