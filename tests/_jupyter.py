@@ -3,8 +3,10 @@ XDG folders under one temporary directory, and a ``python3`` kernelspec that run
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,3 +65,75 @@ def widget_state_text(nb) -> str:
             if isinstance(value, str):
                 texts.append(value)
     return "\n".join(texts)
+
+
+# What each notebook must show: (kind, text). Kinds: "stream" and "html" search those outputs, "result" the plain
+# text of execute results, "png" needs an image, "widget" a widget view, "state" the stored widget state (what the
+# widgets displayed after their handlers ran).
+EXPECTED = {
+    "01_backends_tour.ipynb": [
+        ("stream", "platform: "), ("stream", "DEFAULT"), ("stream", "backend "), ("widget", "BackendPicker"),
+        ("widget", "BackendToggleDemo"), ("png", ""), ("state", "ran on "), ("state", "attention calls"),
+    ],
+    "02_attention_equivalence.ipynb": [
+        ("html", "verdict"), ("html", "yardstick"), ("result", "'planted_scale_bug': 'fail'"),
+        ("result", "'sdpa': 'pass'"), ("html", "recorded:"), ("png", ""), ("widget", "ComparisonPanel"),
+        ("state", "PASS"), ("state", "transformer_blocks.0"),
+    ],
+    "03_flux2_side_by_side.ipynb": [
+        ("result", "'reference'"), ("html", "PSNR"), ("widget", "ImageGallery"), ("state", "PSNR"),
+        ("state", "image(s) vs reference"), ("html", "emu_aiter:how_v3_bf16_cvt=2"), ("html", "emu_aiter_sage"),
+        ("html", "emu_aiter_quant_pad128:format=f4f4"), ("result", "'emu_aiter_quant_pad128:format=i8fp8': '"),
+        ("result", "'emu_aiter_quant_pad128:format=mxfp4, emu_aiter at 1 first+last'"),
+        ("result", "'final-latent rel-L2'"),
+        ("html", "alone vs batch"), ("html", "whole-generation invariance of 1 backend(s)"),
+    ],
+    "04_decide.ipynb": [
+        ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotuneResult("),
+        ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
+        ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
+        ("widget", "DriftExplorer"), ("state", "nothing is generated until"),
+    ],
+}
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else value  # a notebook file may store a text as its lines
+
+
+def outputs(nb, kind):
+    found = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if kind == "stream" and out["output_type"] == "stream":
+                found.append(_text(out["text"]))
+            elif kind == "html" and "text/html" in data:
+                found.append(_text(data["text/html"]))
+            elif kind == "result" and "text/plain" in data:
+                found.append(_text(data["text/plain"]))
+            elif kind == "png" and "image/png" in data:
+                found.append("png")
+            elif kind == "widget" and "application/vnd.jupyter.widget-view+json" in data:
+                found.append(_text(data.get("text/plain", "")))
+    return found
+
+
+def missing_outputs(nb, name: str) -> list[str]:
+    """What ``EXPECTED[name]`` asks for and the run notebook ``nb`` (run headless, or in JupyterLab and saved from
+    the browser) does not show."""
+    missing = []
+    for kind, text in EXPECTED[name]:
+        haystack = widget_state_text(nb) if kind == "state" else "\n".join(outputs(nb, kind))
+        if (not haystack) or (text and text not in haystack):
+            missing.append(f"{kind} output containing {text!r}" if text else f"a {kind} output")
+    return missing
+
+
+def chromium_path() -> str:
+    return os.environ.get("FLUXLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def browser_available() -> bool:
+    """Whether tests/test_browser.py can run here: a Chromium and the ``playwright`` package (the test extra)."""
+    return Path(chromium_path()).is_file() and importlib.util.find_spec("playwright") is not None

@@ -18,9 +18,11 @@ from pathlib import Path
 from _jupyter import isolated_env
 
 # JupyterLab settings for a test run: every cell attached to the DOM (windowing would detach cells out of view),
-# no news, no update checks, no announcement pop-up.
+# widget state saved with the notebook (what the widgets showed, read back as the headless test reads it), no news,
+# no update checks, no announcement pop-up.
 USER_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                         "checkForUpdates": False},
 }

@@ -53,6 +53,16 @@ def _fixed_terminal_width(monkeypatch):
 
 
 @pytest.fixture
+def standins():
+    """tests/standins (STAND-INS with FlashAttention's and aiter's signatures) on the path for one test; every module
+    they could have imported is forgotten after it (tests/_standins.py)."""
+    from _standins import standins_on_path
+
+    with standins_on_path():
+        yield
+
+
+@pytest.fixture
 def umask_022():
     """The usual umask for the test (file-mode checks expect 0644), the caller's restored after."""
     old = os.umask(0o022)

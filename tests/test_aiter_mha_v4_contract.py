@@ -2,10 +2,7 @@
 and manifest rows, attention in plain torch). Passing shows fluxlab calls aiter's MHA v4 correctly; it is no
 evidence that the kernels run (they need ROCm gfx950/gfx942)."""
 
-import importlib
 import json
-import pathlib
-import sys
 
 import pytest
 import torch
@@ -15,22 +12,6 @@ from fluxlab.platform import Platform
 from fluxlab.backends import aiter_mha_v4
 from fluxlab.cli import main
 from fluxlab.dispatch import plan, run_backend
-
-STANDINS = pathlib.Path(__file__).parent / "standins"
-STANDIN_ROOTS = ("aiter", "flash_attn", "flash_attn_interface", "fa3_fwd_interface")
-
-
-@pytest.fixture
-def standins(monkeypatch):
-    for name in [m for m in sys.modules if m.split(".")[0] in STANDIN_ROOTS]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(STANDINS))
-    importlib.invalidate_caches()
-    fluxlab.clear_caches()
-    yield
-    for name in [m for m in sys.modules if m.split(".")[0] in STANDIN_ROOTS]:  # every stand-in the folder holds
-        sys.modules.pop(name)
-    fluxlab.clear_caches()
 
 
 def inputs(seq=40, heads=2, dtype=torch.bfloat16):

@@ -3,11 +3,10 @@ refused with a message naming the problem (or judged correctly), and nothing out
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,17 @@ import torch.nn.functional as F
 
 from fluxlab.outputs import RUN_FILE
 
-FLUXLAB = Path(sys.executable).with_name("fluxlab")  # the installed entry point of this venv
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _fluxlab(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's fluxlab, not whichever is installed
-    return subprocess.run([str(FLUXLAB), *argv], capture_output=True, text=True, env=env, timeout=600)
+def _fluxlab(capsys, *argv: str) -> tuple[int, str]:
+    """The CLI in this process (the installed entry point's exit codes and one-line errors are test_cli's): its
+    exit code and what it wrote to stderr. An exception escaping ``main`` fails the test as a traceback would."""
+    from fluxlab.cli import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
 
 
 def _plant(out: Path, victim: Path, how: str) -> None:
@@ -51,7 +54,7 @@ def _plant(out: Path, victim: Path, how: str) -> None:
 
 @pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
 @pytest.mark.parametrize("how", ["absolute", "parent", "link-to-folder", "link-to-file", "run-file-is-a-link"])
-def test_a_planted_run_file_cannot_delete_anything_outside_the_run_folder(tmp_path, how, overwrite):
+def test_a_planted_run_file_cannot_delete_anything_outside_the_run_folder(tmp_path, capsys, how, overwrite):
     victim = tmp_path / "home" / "precious" / "important.txt"
     victim.parent.mkdir(parents=True)
     victim.write_text("irreplaceable")
@@ -60,31 +63,35 @@ def test_a_planted_run_file_cannot_delete_anything_outside_the_run_folder(tmp_pa
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     beside_victim = sorted(p.name for p in victim.parent.iterdir())
 
-    done = _fluxlab("generate", "--model", "tiny", "--backends", "sdpa", "--steps", "1", "--size", "32",
-                    "--max-sequence-length", "16", "--no-progress", "--out", str(out),
-                    *(["--overwrite"] if overwrite else []))
+    code, err = _fluxlab(capsys, "generate", "--model", "tiny", "--backends", "sdpa", "--steps", "1", "--size", "32",
+                         "--max-sequence-length", "16", "--no-progress", "--out", str(out),
+                         *(["--overwrite"] if overwrite else []))
 
     assert victim.read_text() == "irreplaceable"  # the victim and its folder survive
     assert sorted(p.name for p in victim.parent.iterdir()) == beside_victim
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert "deletes nothing" in done.stderr or "links that lead out of the folder" in done.stderr, done.stderr
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "deletes nothing" in err or "links that lead out of the folder" in err, err
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # the folder itself untouched
 
 
-def test_a_run_file_naming_only_its_own_files_still_replaces_them(tmp_path):
+def test_a_run_file_naming_only_its_own_files_still_replaces_them(tmp_path, capsys):
     """The guard refuses routes out, not fluxlab's own earlier files: a re-run replaces them."""
     out = tmp_path / "run"
     args = ["generate", "--model", "tiny", "--backends", "sdpa", "--steps", "1", "--size", "32",
             "--max-sequence-length", "16", "--no-progress", "--out", str(out)]
-    assert _fluxlab(*args).returncode == 0
-    (out / "sdpa" / "stale.txt").write_text("from an older fluxlab")  # listed as its own: it goes
-    listed = json.loads((out / RUN_FILE).read_text())
-    (out / RUN_FILE).write_text(json.dumps({**listed, "files": [*listed["files"], "sdpa/stale.txt"]}))
-    done = _fluxlab(*args)
-    assert done.returncode == 0, done.stderr
-    assert not (out / "sdpa" / "stale.txt").exists()
-    assert (out / "sdpa" / "image.png").is_file()
+    try:
+        code, err = _fluxlab(capsys, *args)
+        assert code == 0, err
+        (out / "sdpa" / "stale.txt").write_text("from an older fluxlab")  # listed as its own: it goes
+        listed = json.loads((out / RUN_FILE).read_text())
+        (out / RUN_FILE).write_text(json.dumps({**listed, "files": [*listed["files"], "sdpa/stale.txt"]}))
+        code, err = _fluxlab(capsys, *args)
+        assert code == 0, err
+        assert not (out / "sdpa" / "stale.txt").exists()
+        assert (out / "sdpa" / "image.png").is_file()
+    finally:
+        gc.collect()  # the CLI's pipelines are dropped, not detached: their share of the router goes with them now
 
 
 # -- compare_images judges its reference too ------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import shutil
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
-from _jupyter import NOTEBOOK_DIR, NOTEBOOKS, ROOT
+from _jupyter import NOTEBOOK_DIR, NOTEBOOKS, ROOT, chromium_path, missing_outputs
 from _jupyterlab import CHROMIUM_FLAGS, BrowserTestError, JupyterLab, wait_for
 
 pytestmark = pytest.mark.browser
@@ -30,7 +31,7 @@ OPEN_S, KERNEL_S, RUN_ALL_S, CLICK_S, SAVE_S = 90, 120, 300, 120, 90
 
 
 def chromium_executable() -> str:
-    path = os.environ.get("FLUXLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    path = chromium_path()
     if not Path(path).is_file():  # no root to install it: skipped, said once in the summary (-ra); CI is root
         pytest.skip(f"no Chromium at {path}: `sudo make browser-deps` installs Debian's (`make test` does when run as "
                     "root), or FLUXLAB_CHROMIUM=/path/to/chromium names one")
@@ -318,6 +319,9 @@ def test_notebook_in_jupyterlab(name, browser, lab):
         ran = time.perf_counter() - start
         stored = nb.save_and_read()
         assert not stored_errors(stored), f"{name}: cells raised in JupyterLab: {stored_errors(stored)}"
+        # what the headless test checks (tests/test_notebooks.py runs it only where this test cannot run)
+        missing = missing_outputs(nbformat.from_dict(stored), name)
+        assert not missing, f"{name} ran in JupyterLab but lacks: {'; '.join(missing)}"
         anchor = SCENARIOS[name](nb, stored)
         shot = nb.screenshot(anchor)
         assert shot.stat().st_size > 10_000, f"{shot} looks empty"

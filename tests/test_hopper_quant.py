@@ -6,7 +6,6 @@ loops. The real kernels are measured by benchmarks/hopper_quant.py on an H100/H2
 import importlib
 import math
 import pathlib
-import sys
 
 import pytest
 import torch
@@ -22,9 +21,9 @@ from fluxlab.platform import Platform
 from fluxlab.priority import GROUPS, PRIORITY
 
 from _benchmarks import load_benchmark
+from _standins import forget as _forget_modules
 
 HERE = pathlib.Path(__file__).parent
-ROOTS = ("flash_attn", "flash_attn_interface", "fa3_fwd_interface", "sageattention", "aiter")
 SCALE = 128 ** -0.5
 
 
@@ -37,11 +36,6 @@ def qkv(seq=256, heads=2, dist="normal", dtype=torch.bfloat16, seed=0, kv_heads=
 
 def rel_l2(out, ref):
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def _forget_modules():
-    for name in [m for m in sys.modules if m.split(".")[0] in ROOTS]:
-        sys.modules.pop(name)
 
 
 @pytest.fixture

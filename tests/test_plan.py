@@ -8,7 +8,6 @@ import ast
 import builtins
 import importlib
 import pathlib
-import sys
 import threading
 
 import pytest
@@ -21,7 +20,6 @@ from fluxlab.errors import (BackendUnavailableError, FluxlabError, FluxlabWarnin
                             InvalidInputError, NoBackendError)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STANDINS = ROOT / "tests" / "standins"
 
 
 @pytest.fixture(autouse=True)
@@ -41,21 +39,6 @@ def cpu_inputs(shape=(1, 16, 2, 32), dtype=torch.float32, seed=0, requires_grad=
 def meta(shape=(1, 4608, 24, 128), dtype=torch.bfloat16):
     t = torch.empty(shape, dtype=dtype, device="meta")
     return t, t, t
-
-
-@pytest.fixture
-def standins(monkeypatch):
-    """tests/standins: STAND-INS with FlashAttention's and aiter's signatures (see tests/standins/README.md)."""
-    roots = ("aiter", "flash_attn", "flash_attn_interface")
-    for name in [m for m in sys.modules if m.split(".")[0] in roots]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(STANDINS))
-    importlib.invalidate_caches()
-    fluxlab.clear_caches()
-    yield
-    for name in [m for m in sys.modules if m.split(".")[0] in roots]:
-        sys.modules.pop(name)
-    fluxlab.clear_caches()
 
 
 # --- the plan object ----------------------------------------------------------------------------------------------

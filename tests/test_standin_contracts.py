@@ -6,8 +6,6 @@ The modules under tests/standins are STAND-INS with the real libraries' signatur
 """
 
 import importlib
-import pathlib
-import sys
 
 import pytest
 import torch
@@ -17,24 +15,7 @@ from fluxlab.platform import Platform
 from fluxlab.backends.reference import reference_attention
 from fluxlab.dispatch import plan, run_backend
 
-HERE = pathlib.Path(__file__).parent
-
-
-def _use_standins(monkeypatch, folder="standins"):
-    for name in [m for m in sys.modules if m.split(".")[0] in ("aiter", "flash_attn", "flash_attn_interface")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(HERE / folder))
-    importlib.invalidate_caches()
-    fluxlab.clear_caches()  # which packages are installed changed under the dispatcher
-
-
-@pytest.fixture
-def standins(monkeypatch):
-    _use_standins(monkeypatch)
-    yield
-    for name in [m for m in sys.modules if m.split(".")[0] in ("aiter", "flash_attn", "flash_attn_interface")]:
-        sys.modules.pop(name)
-    fluxlab.clear_caches()
+from _standins import standins_on_path
 
 
 def _inputs(heads=4, kv_heads=4, dtype=torch.bfloat16, seq=40, head_dim=128):
@@ -111,18 +92,14 @@ def test_aiter_sage_current_entry_point(standins):
     assert (out.double() - _exact(q, k, v, 0.07)[0]).abs().max() < 2e-2
 
 
-def test_aiter_sage_older_entry_point_refuses_a_scale_it_would_ignore(monkeypatch):
-    _use_standins(monkeypatch, "standins_old_sage")
-    try:
+def test_aiter_sage_older_entry_point_refuses_a_scale_it_would_ignore():
+    with standins_on_path("standins_old_sage"):
         q, k, v = _inputs()
         backend = fluxlab.registry.get_backend("aiter_sage")
         out = run_backend(backend, q, k, v, scale=128 ** -0.5)  # the default scale: fine
         assert (out.double() - _exact(q, k, v, 128 ** -0.5)[0]).abs().max() < 2e-2
         with pytest.raises(fluxlab.errors.BackendUnavailableError, match="ignores softmax_scale"):
             run_backend(backend, q, k, v, scale=0.05)
-    finally:
-        for name in [m for m in sys.modules if m.split(".")[0] == "aiter"]:
-            sys.modules.pop(name)
 
 
 def test_aiter_triton_contract(standins):
@@ -160,19 +137,12 @@ def test_fa_resolves_to_best_installed_generation(standins):
     assert fa.resolve(q.float(), k.float(), Platform.h100()) is None  # no generation runs fp32
 
 
-def test_namespace_folder_is_not_flash_attention_2(tmp_path, monkeypatch):
+def test_namespace_folder_is_not_flash_attention_2(tmp_path):
     """FA4 installs flash_attn/cute without flash_attn/__init__.py; importing it must not make fa2 'installed'."""
     (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
     (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
-    for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    importlib.import_module("flash_attn.cute")  # as fa4's availability check or first call does
-    try:
+    with standins_on_path(tmp_path):  # a folder of our own in place of the stand-ins
+        importlib.import_module("flash_attn.cute")  # as fa4's availability check or first call does
         reasons = fluxlab.registry.get_backend("fa2").platform_reasons(Platform.h100())
         assert any("only a namespace folder 'flash_attn' exists" in r for r in reasons)
         assert not [r for r in fluxlab.registry.get_backend("fa4").platform_reasons(Platform.h100()) if "flash-attn-4" in r]
-    finally:
-        for name in [m for m in sys.modules if m.split(".")[0] == "flash_attn"]:
-            sys.modules.pop(name)
