@@ -19,7 +19,7 @@ from ..models.limits import check_pipe_generation, check_pipe_kwargs, seed_value
 from ..models.names import diffusers_names
 from ..models.progress import StepControl
 from ..models.memory import gib
-from ..models.runner import run, warm_up as run_warm_up
+from ..models.runner import device_of, run, warm_up as run_warm_up
 from ..results import Result, markdown_table, model_of
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
@@ -96,12 +96,7 @@ class ImageComparison(Result):
     def to_markdown(self) -> str:
         s = self.settings
         seeds = s.get("seeds", [s["seed"]])
-        table = markdown_table([{
-            "backend": r.backend, "verdict": r.verdict, "PSNR (dB)": _num(r.psnr, ".2f"), "SSIM": _num(r.ssim, ".5f"),
-            "max abs pixel": _num(r.max_abs_pixel, ".3g"), "final latent rel-L2": _num(r.final_latent_rel_l2, ".3g"),
-            "worst seed rel-L2": _num(r.final_latent_rel_l2_worst, ".3g"), "attention calls": r.attention_calls,
-            "time (s)": _num(r.time_s, ".2f"), "peak GPU memory": None if r.peak_memory_bytes is None else gib(r.peak_memory_bytes),
-            "error": r.error} for r in self.rows])
+        table = markdown_table([_shown(row) for row in self.rows])
         return (f"Prompt {s['prompt']!r}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
                 f"{s['steps']} steps, {s['height']}x{s['width']}; reference backend: {self.reference}; "
                 f"exact-kernel spread {_num(self.spread, '.3g')}.\n\n{table}\n"
@@ -120,6 +115,15 @@ class ImageComparison(Result):
         except (ImportError, ValueError) as exc:
             picture = f"<p>(no figure: {html.escape(str(exc))})</p>"
         return self.to_html() + picture
+
+
+def _shown(r: ImageRow) -> dict:
+    """A row of the markdown table, each number at the precision that tells kernels apart."""
+    return {"backend": r.backend, "verdict": r.verdict, "PSNR (dB)": _num(r.psnr, ".2f"), "SSIM": _num(r.ssim, ".5f"),
+            "max abs pixel": _num(r.max_abs_pixel, ".3g"), "final latent rel-L2": _num(r.final_latent_rel_l2, ".3g"),
+            "worst seed rel-L2": _num(r.final_latent_rel_l2_worst, ".3g"), "attention calls": r.attention_calls,
+            "time (s)": _num(r.time_s, ".2f"),
+            "peak GPU memory": None if r.peak_memory_bytes is None else gib(r.peak_memory_bytes), "error": r.error}
 
 
 def _num(value, spec) -> str:
@@ -144,8 +148,9 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
     and at every seed its final latent is compared with a generation by the float64 ``reference`` backend (one
     more generation per seed unless that backend is among ``backends``) and judged by the exact-kernel rule;
     a reference that gives NaN/inf or fails that rule raises ``BadReferenceError`` saying why.
-    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent numbers are means over the seeds, the
-    ``*_worst`` fields and the verdict the worst seed's; images and latents kept are the first seed's.
+    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent
+    numbers are means over the seeds, the ``*_worst`` fields and the verdict the worst seed's; images and latents
+    kept are the first seed's.
     Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
     the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
     those not among ``backends`` are generated too (up to 3 more generations per seed); else only those
@@ -190,7 +195,7 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
         with spec.context():
             return run(pipe, backend=spec.choice, schedule=None, prompt=prompt, seed=seed_value, steps=steps,
                        height=height, width=width, output="np", latents=True, control=control, count_steps=count,
-                       partial=True, calls=spec.name, **pipe_kwargs)
+                       partial=True, calls=True, **pipe_kwargs)
 
     def metrics_of(ran, ref) -> dict:
         image, ref_image = ran.image, ref.image
@@ -227,10 +232,10 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
                 row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
                 continue
             control.check()  # cancelled: stop here, between two steps
-            row.attention_calls = None if ran.calls is None else ran.calls[spec.name]
+            row.attention_calls = None if ran.calls is None else sum(ran.calls.values())  # all on this spec
             row.time_s, peak = ran.total_s, ran.peak.bytes
             row.peak_memory_bytes = peak if row.peak_memory_bytes is None else max(row.peak_memory_bytes, peak)
-            if require_routing and row.attention_calls == 0:
+            if require_routing and not row.attention_calls:
                 raise RuntimeError(
                     f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention "
                     "does not go through fluxlab, so every backend would give the same image. Load it with "
@@ -275,9 +280,7 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
 
 
 def _peak_note(pipe) -> str:
-    from ..models.offload import execution_device
-
-    if execution_device(pipe).type == "cuda":
+    if device_of(pipe).type == "cuda":
         return "torch.cuda.max_memory_allocated per backend's timed run, reset before it"
     return "n/a on CPU"
 
@@ -296,9 +299,11 @@ def _pick_reference(reference, labels, specs) -> str:
     """The reference label: ``reference`` if given, else the first exact backend; an approximate one is refused
     here, before any generation (it would be judged against itself)."""
     if reference is not None:
-        label = _find_reference(reference, labels)
-        spec = specs[labels.index(label)]
-        if _approximate(spec):
+        label = BackendSpec.parse(reference).label
+        if label not in labels:
+            raise ValueError(f"reference backend {reference!r} is not among the compared backends "
+                             f"({', '.join(labels)})")
+        if _approximate(specs[labels.index(label)]):
             raise BadReferenceError(
                 f"reference {reference!r} is approximate by design (quantised or emulated), so it cannot be what "
                 "the others are measured against; pass an exact one such as reference='sdpa' or 'reference'")
@@ -311,17 +316,18 @@ def _pick_reference(reference, labels, specs) -> str:
     return exact[0]
 
 
-def _is_truth(spec: BackendSpec) -> bool:
-    return spec.name == "reference" and not spec.options and not spec.knobs
+def _is_plain(spec: BackendSpec, name: str) -> bool:
+    """``spec`` is backend ``name`` as registered: no kernel options, no torch knobs."""
+    return spec.name == name and not spec.options and not spec.knobs
 
 
 def _truth(specs, labels, got, ref_label, generate):
     """The float64 ``reference`` backend's Run at this seed: from the run if it is among the backends, else
     generated once more. Refuses the comparison if it cannot run (the reference stays unjudged)."""
     for label, spec in zip(labels, specs):
-        if _is_truth(spec) and label in got:
+        if _is_plain(spec, "reference") and label in got:
             return got[label]
-    if _is_truth(specs[labels.index(ref_label)]):
+    if _is_plain(specs[labels.index(ref_label)], "reference"):
         return None  # the reference is the truth itself (it failed above otherwise)
     try:
         return generate(BackendSpec.parse("reference"))
@@ -370,8 +376,7 @@ def _exact_spread(specs, labels, got, generate_more: bool, generate, known=None)
 
     finals = {}
     for name in YARDSTICK_BACKENDS:
-        present = [label for label, spec in zip(labels, specs)
-                   if spec.name == name and not spec.options and not spec.knobs and label in got]
+        present = [label for label, spec in zip(labels, specs) if _is_plain(spec, name) and label in got]
         if present:
             finals[name] = got[present[0]].final
         elif known and name in known:
@@ -421,10 +426,3 @@ def _unique_labels(specs) -> list[str]:
         seen[spec.label] = seen.get(spec.label, 0) + 1
         labels.append(spec.label if seen[spec.label] == 1 else f"{spec.label}#{seen[spec.label]}")
     return labels
-
-
-def _find_reference(reference: str, labels: list[str]) -> str:
-    label = BackendSpec.parse(reference).label
-    if label not in labels:
-        raise ValueError(f"reference backend {reference!r} is not among the compared backends ({', '.join(labels)})")
-    return label

@@ -169,7 +169,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
             try:  # capturing to "meta" keeps no tensors, only which backend served each call
                 ran = run(pipe, backend=None if name == AUTO else name, prompt=prompt, seed=seed, steps=steps,
                           height=height, width=width, output="pil", control=control, partial=True, ctrl_c=True,
-                          calls="routed", on_step=None if on_step is None else (lambda i, n=name: on_step(n, i)),
+                          calls=True, on_step=None if on_step is None else (lambda i, n=name: on_step(n, i)),
                           **pipe_kwargs)
             except KeyboardInterrupt as exc:  # mid-step (a second Ctrl-C, or no handler of ours): nothing written
                 done = control.done - before

@@ -13,9 +13,8 @@ import time
 import numpy as np
 import torch
 
-from .. import registry
 from ..choice import BackendChoice
-from ..dispatch import clear_caches, use_backend
+from ..dispatch import use_backend
 from .attach import is_attached, set_backend, set_schedule, state_of
 from .capture import capture
 from .memory import PeakMemory
@@ -69,31 +68,29 @@ class Run:
 
 
 class Measure:
-    """Around any block: synchronised seconds, peak accelerator memory, and which backend served how many attention
-    calls: ``calls="routed"`` from a shapes-only ``capture`` (pipelines fluxlab is attached to), or a backend name
-    whose function is counted however it is reached (the dispatcher's caches are cleared around the wrapper).
+    """Around any block: synchronised seconds, peak accelerator memory and, with ``calls`` on a pipeline fluxlab is
+    attached to, which backend served how many attention calls (a shapes-only ``capture``: proof of what ran).
     ``transformer``: also the seconds inside the transformer's forwards."""
 
-    def __init__(self, pipe, *, calls=None, transformer: bool = False):
+    def __init__(self, pipe, *, calls: bool = False, transformer: bool = False):
         self.pipe, self.device = pipe, device_of(pipe)
         self.peak = PeakMemory(self.device)
         self.calls: dict[str, int] | None = None
         self.total_s, self.transformer_s = 0.0, (0.0 if transformer else None)
-        self._count, self._stack = calls, contextlib.ExitStack()
+        self._count, self._capture = calls and attached_state(pipe) is not None, None
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so a time is the GPU's, not the launch queue's
 
     def __enter__(self):
-        stack = self._stack.__enter__()
-        if self._count == "routed" and attached_state(self.pipe) is not None:
-            self._capture = stack.enter_context(capture(self.pipe, to="meta", lse=False))
-        elif self._count not in (None, "routed"):
-            self._counted(stack, registry.get_backend(self._count))
-        if self.transformer_s is not None:
-            self._time_transformer(stack, self.pipe.transformer)
-        stack.enter_context(self.peak)
+        with contextlib.ExitStack() as stack:  # kept open only if everything is in place
+            if self._count:
+                self._capture = stack.enter_context(capture(self.pipe, to="meta", lse=False))
+            if self.transformer_s is not None:
+                self._time_transformer(stack, self.pipe.transformer)
+            stack.enter_context(self.peak)
+            self._stack = stack.pop_all()
         self.sync()
         self.start = time.perf_counter()
         return self
@@ -101,26 +98,9 @@ class Measure:
     def __exit__(self, *exc):
         self.sync()
         self.total_s = time.perf_counter() - self.start
-        if getattr(self, "_capture", None) is not None:
+        if self._capture is not None:
             self.calls = self._capture.backends_used()
         return self._stack.__exit__(*exc)
-
-    def _counted(self, stack, backend) -> None:
-        if getattr(backend, "resolve", None) is not None:
-            return  # a group resolved per call: its members run, not this function
-        original, self.calls = backend.fn, {backend.name: 0}
-
-        def counted(*args, **kwargs):
-            self.calls[backend.name] += 1
-            return original(*args, **kwargs)
-
-        def restore():
-            backend.fn = original
-            clear_caches()
-
-        backend.fn = counted
-        clear_caches()  # plans are rebuilt around the wrapper, and again after it is removed
-        stack.callback(restore)
 
     def _time_transformer(self, stack, transformer) -> None:
         started = [time.perf_counter()]
@@ -189,7 +169,7 @@ def ctrl_c_cancels(control: StepControl):
 
 def run(pipe, *, prompt: str, seed: int, steps: int, height=None, width=None, output: str = "np",
         latents: bool = False, backend=KEEP, schedule=KEEP, control: StepControl | None = None,
-        count_steps: bool = True, on_step=None, partial: bool = False, ctrl_c: bool = False, calls=None,
+        count_steps: bool = True, on_step=None, partial: bool = False, ctrl_c: bool = False, calls: bool = False,
         transformer_time: bool = False, **pipe_kwargs) -> Run:
     """One generation of ``pipe`` from the noise of ``seed`` (a CPU generator: the same on every device).
 

@@ -81,10 +81,8 @@ class BackendToggleDemo(widgets.VBox):
 
         self.picker = BackendPicker(model_statuses(pipe, statuses), include=backends, description="attention backend")
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
-        self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
-        self.steps = widgets.IntText(value=steps, description="steps", layout=widgets.Layout(width="180px"))
-        self.height = widgets.IntText(value=height, description="height", layout=widgets.Layout(width="180px"))
-        self.width = widgets.IntText(value=width, description="width", layout=widgets.Layout(width="180px"))
+        for name, value in (("seed", seed), ("steps", steps), ("height", height), ("width", width)):
+            setattr(self, name, widgets.IntText(value=value, description=name, layout=widgets.Layout(width="180px")))
         for name in ("prompt", "seed", "steps", "height", "width"):
             getattr(self, name).add_class(f"fluxlab-{name}")  # stable hooks for browser tests
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
@@ -156,7 +154,7 @@ class BackendToggleDemo(widgets.VBox):
         self.button.disabled = True
         self.runner.begin()
         self.runner.control.start(settings["steps"])
-        outcome, measure = "failed", Measure(self.pipe, calls="routed")  # which backend served how many calls
+        outcome, measure = "failed", Measure(self.pipe, calls=True)  # which backend served how many calls
         try:
             warmed = self._warm_up(backend, settings)
             self.result.value = message_html(f"running on {backend} ...")
