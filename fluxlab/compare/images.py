@@ -36,7 +36,7 @@ class ImageRow:
     mean_abs_pixel: float = math.nan
     final_latent_rel_l2: float = math.nan
     latent_drift: list[float] = dataclasses.field(default_factory=list)  # rel. L2 vs reference, per step
-    attention_calls: int | None = None  # how often the pipeline called this backend
+    attention_calls: int | None = None  # attention calls routed through fluxlab (a shapes-only capture)
     time_s: float | None = None  # after any warm-up (see ImageComparison.settings["warm_up"])
     peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the timed run; None on the CPU
     warmup_s: float | None = None  # the 1-step warm-up run of a backend that compiles on first use
