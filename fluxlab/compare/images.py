@@ -4,22 +4,23 @@ PSNR and SSIM come from scikit-image; latents are collected per step through dif
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import math
-import time
 
 import numpy as np
 import torch
 
 from ..defaults import DEFAULT_PROMPT
 from .. import registry
-from ..dispatch import clear_caches, use_backend
 from ..errors import BadReferenceError
 from ..models.errors import InvalidSettingError
 from ..models.limits import check_pipe_generation, check_pipe_kwargs, seed_values
 from ..models.names import diffusers_names
-from ..results import Result, model_of
+from ..models.progress import StepControl
+from ..models.memory import gib
+from ..models.runner import device_of, run, warm_up as run_warm_up
+from ..results import Result, markdown_table, model_of
 from ..util import rel_l2 as _rel_l2
 from .specs import BackendSpec
 
@@ -35,7 +36,7 @@ class ImageRow:
     mean_abs_pixel: float = math.nan
     final_latent_rel_l2: float = math.nan
     latent_drift: list[float] = dataclasses.field(default_factory=list)  # rel. L2 vs reference, per step
-    attention_calls: int | None = None  # how often the pipeline called this backend
+    attention_calls: int | None = None  # attention calls routed through fluxlab (a shapes-only capture)
     time_s: float | None = None  # after any warm-up (see ImageComparison.settings["warm_up"])
     peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the timed run; None on the CPU
     warmup_s: float | None = None  # the 1-step warm-up run of a backend that compiles on first use
@@ -95,44 +96,34 @@ class ImageComparison(Result):
     def to_markdown(self) -> str:
         s = self.settings
         seeds = s.get("seeds", [s["seed"]])
-        lines = [f"Prompt {s['prompt']!r}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
-                 f"{s['steps']} steps, {s['height']}x{s['width']}; reference backend: {self.reference}; "
-                 f"exact-kernel spread {_num(self.spread, '.3g')}.", "",
-                 "| backend | verdict | PSNR (dB) | SSIM | max abs pixel | final latent rel-L2 | worst seed rel-L2 "
-                 "| attention calls | time (s) | peak GPU memory | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            calls = r.attention_calls if r.attention_calls is not None else ""
-            lines.append(f"| {r.backend} | {r.verdict or ''} | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.5f')} "
-                         f"| {_num(r.max_abs_pixel, '.3g')} | {_num(r.final_latent_rel_l2, '.3g')} "
-                         f"| {_num(r.final_latent_rel_l2_worst, '.3g')} | {calls} "
-                         f"| {_num(r.time_s, '.2f')} | {_memory(r.peak_memory_bytes)} | {r.error or ''} |")
-        lines.append(f"\nTimes: {s.get('warm_up', 'no warm-up')}. Peak memory: {s.get('peak_memory', '')}.")
-        return "\n".join(lines) + "\n"
-
-    def to_html(self) -> str:
-        """The metrics table (``_repr_html_`` adds the figure)."""
-        import html
-
-        rows = "".join(
-            f"<tr><td>{html.escape(r.backend)}</td><td>{r.verdict or ''}</td><td>{_num(r.psnr, '.2f')}</td><td>{_num(r.ssim, '.5f')}</td>"
-            f"<td>{_num(r.max_abs_pixel, '.3g')}</td><td>{_num(r.final_latent_rel_l2, '.3g')}</td>"
-            f"<td>{html.escape(r.error or '')}</td></tr>" for r in self.rows)
-        return ("<table><thead><tr><th>backend</th><th>verdict</th><th>PSNR dB</th><th>SSIM</th><th>max |pixel|</th>"
-                f"<th>latent rel-L2</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+        table = markdown_table([_shown(row) for row in self.rows])
+        return (f"Prompt {s['prompt']!r}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
+                f"{s['steps']} steps, {s['height']}x{s['width']}; reference backend: {self.reference}; "
+                f"exact-kernel spread {_num(self.spread, '.3g')}.\n\n{table}\n"
+                f"Times: {s.get('warm_up', 'no warm-up')}. Peak memory: {s.get('peak_memory', '')}.\n")
 
     def _repr_html_(self) -> str:
+        """The metrics table and the figure."""
         import base64
         import html
 
         from .plots import figure_png
 
-        table = self.to_html()
         try:
             png = base64.b64encode(figure_png(self.figure())).decode()
             picture = f'<img src="data:image/png;base64,{png}"/>'
         except (ImportError, ValueError) as exc:
             picture = f"<p>(no figure: {html.escape(str(exc))})</p>"
-        return table + picture
+        return self.to_html() + picture
+
+
+def _shown(r: ImageRow) -> dict:
+    """A row of the markdown table, each number at the precision that tells kernels apart."""
+    return {"backend": r.backend, "verdict": r.verdict, "PSNR (dB)": _num(r.psnr, ".2f"), "SSIM": _num(r.ssim, ".5f"),
+            "max abs pixel": _num(r.max_abs_pixel, ".3g"), "final latent rel-L2": _num(r.final_latent_rel_l2, ".3g"),
+            "worst seed rel-L2": _num(r.final_latent_rel_l2_worst, ".3g"), "attention calls": r.attention_calls,
+            "time (s)": _num(r.time_s, ".2f"),
+            "peak GPU memory": None if r.peak_memory_bytes is None else gib(r.peak_memory_bytes), "error": r.error}
 
 
 def _num(value, spec) -> str:
@@ -141,103 +132,6 @@ def _num(value, spec) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     return format(value, spec)
-
-
-class _CallCounter:
-    """Counts calls of one backend's function while active, to prove the pipeline routes attention through it.
-
-    The dispatcher caches each call signature's function: its caches are cleared on entry and exit, so plans
-    are rebuilt around the counting wrapper and again after it is removed.
-    """
-
-    def __init__(self, name: str):
-        self.backend = registry.get_backend(name)
-        self.calls = 0
-
-    def __enter__(self):
-        original = self._original = self.backend.fn
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
-
-        self.backend.fn = counted
-        clear_caches()
-        return self
-
-    def __exit__(self, *exc):
-        self.backend.fn = self._original
-        clear_caches()
-        return False
-
-
-def _to_image(output) -> np.ndarray:
-    images = output.images if hasattr(output, "images") else output[0]
-    if isinstance(images, torch.Tensor):
-        images = images.float().cpu().numpy()
-    images = np.asarray(images, dtype=np.float64)
-    return images[0] if images.ndim == 4 else images
-
-
-@contextlib.contextmanager
-def _backend_for(pipe, spec: BackendSpec):
-    """Make ``pipe`` use ``spec``: the model's own backend when fluxlab is attached to it (a schedule is set aside
-    for the generation), else ``use_backend``; the previous setting comes back afterwards."""
-    try:
-        from ..models.attach import is_attached, set_backend, set_schedule, state_of
-    except ImportError:  # a fluxlab without model attachment
-        is_attached = None
-    if is_attached is not None and _safe_is_attached(is_attached, pipe):
-        state = state_of(pipe)
-        backend, schedule = state.backend, state.schedule
-        set_backend(pipe, spec.choice)  # refuses a backend outside the model's allowed set
-        set_schedule(pipe, None)
-        try:
-            with use_backend(spec.name, **spec.options):
-                yield
-        finally:
-            state.backend, state.schedule = backend, schedule
-    else:
-        with use_backend(spec.name, **spec.options):
-            yield
-
-
-def _safe_is_attached(is_attached, pipe) -> bool:
-    try:
-        return is_attached(pipe)
-    except TypeError:  # not a FLUX.2 pipeline
-        return False
-
-
-def _memory(value) -> str:
-    from ..models.memory import gib
-
-    return "" if value is None else gib(value)
-
-
-def _generate(pipe, spec: BackendSpec, prompt, seed, steps, height, width, pipe_kwargs, control=None, count=True):
-    """(image, latents per step, attention calls, seconds, peak GPU bytes or None) of one generation."""
-    from ..models.memory import PeakMemory
-    from ..models.offload import execution_device
-
-    latents = []
-
-    def collect(pipeline, step, timestep, callback_kwargs):
-        latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
-        return callback_kwargs
-
-    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on every device
-    counter = _CallCounter(spec.name)
-    has_resolver = getattr(counter.backend, "resolve", None) is not None
-    on_step = collect if control is None else control.callback(collect, count=count)
-    with _backend_for(pipe, spec), spec.context(), (contextlib.nullcontext() if has_resolver else counter), \
-            PeakMemory(execution_device(pipe)) as peak:
-        start = time.perf_counter()
-        output = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
-                      output_type="np", callback_on_step_end=on_step,
-                      callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
-        elapsed = time.perf_counter() - start
-    return _to_image(output), latents, (None if has_resolver else counter.calls), elapsed, peak.bytes
 
 
 @diffusers_names
@@ -254,8 +148,9 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
     and at every seed its final latent is compared with a generation by the float64 ``reference`` backend (one
     more generation per seed unless that backend is among ``backends``) and judged by the exact-kernel rule;
     a reference that gives NaN/inf or fails that rule raises ``BadReferenceError`` saying why.
-    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent numbers are means over the seeds, the
-    ``*_worst`` fields and the verdict the worst seed's; images and latents kept are the first seed's.
+    ``seed``: the noise seed (default 0); ``seeds``: several seeds instead of ``seed`` (not both): PSNR/SSIM/latent
+    numbers are means over the seeds, the ``*_worst`` fields and the verdict the worst seed's; images and latents
+    kept are the first seed's.
     Verdicts (``ImageComparison.verdicts``, rule ``fluxlab.compare.IMAGE_RULE_TEXT``): exact kernels against
     the spread between the exact kernels ``sdpa``, ``sdpa_math`` and ``reference`` here; with ``yardstick``
     those not among ``backends`` are generated too (up to 3 more generations per seed); else only those
@@ -301,12 +196,18 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
 
         band = resolve_band(band, setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs))
 
-    def generate(spec, seed_value, count=True):
-        return _generate(pipe, spec, prompt, seed_value, steps, height, width, pipe_kwargs, control, count)
+    control = control if control is not None else StepControl()
 
-    def metrics_of(image, steps_latents, ref_image, ref_latents) -> dict:
+    def generate(spec, seed_value, count=True, steps=steps):  # a cancel is checked between generations
+        with spec.context():
+            return run(pipe, backend=spec.choice, schedule=None, prompt=prompt, seed=seed_value, steps=steps,
+                       height=height, width=width, output="np", latents=True, control=control, count_steps=count,
+                       partial=True, calls=True, **pipe_kwargs)
+
+    def metrics_of(ran, ref) -> dict:
+        image, ref_image = ran.image, ref.image
         diff = np.abs(image - ref_image)
-        drift = [_rel_l2(a, b) for a, b in zip(steps_latents, ref_latents)]
+        drift = [_rel_l2(a, b) for a, b in zip(ran.latents, ref.latents)]
         with np.errstate(divide="ignore"):
             psnr = float(peak_signal_noise_ratio(ref_image, image, data_range=1.0))
         finite = bool(np.isfinite(image).all())
@@ -317,63 +218,59 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
                 "latent_drift": drift, "final_latent_rel_l2": drift[-1] if drift else math.nan}
 
     rows = {label: ImageRow(label, seeds=list(seed_list)) for label in labels}
-    if control is not None:
-        control.start(len(labels) * len(seed_list) * steps)  # warm-up steps are not counted, but can be cancelled
-    warm_up = _warm_up(pipe, labels, specs, rows, warmup, height, width, pipe_kwargs.get("max_sequence_length"),
-                       lambda spec: _generate(pipe, spec, prompt, seed_list[0], 1, height, width, pipe_kwargs,
-                                              control, count=False))
-    if control is not None:
-        control.check()
+    control.start(len(labels) * len(seed_list) * steps)  # warm-up steps are not counted, but can be cancelled
+    warm_up, warmed = run_warm_up(pipe, {label: (spec.name, spec.label) for label, spec in zip(labels, specs)},
+                                  lambda label: generate(specs[labels.index(label)], seed_list[0], False, 1), warmup,
+                                  height, width, pipe_kwargs.get("max_sequence_length"))
+    for label, seconds in warmed.items():
+        rows[label].warmup_s = seconds
+    control.check()
     per_seed: dict[str, list[dict]] = {label: [] for label in labels}
-    images, latents, spreads, ref_judged = None, None, [], []
+    first, spreads, ref_judged = None, [], []
     for seed_value in seed_list:
-        got_images, got_latents = {}, {}
+        got = {}  # label -> Run
         for label, spec in zip(labels, specs):
             row = rows[label]
             if row.error is not None:
                 continue
             try:
-                image, steps_latents, calls, elapsed, peak = generate(spec, seed_value)
+                ran = generate(spec, seed_value)
             except Exception as exc:  # noqa: BLE001 - one backend failing must not end the comparison
                 row.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
                 continue
-            if control is not None:
-                control.check()  # cancelled: stop here, between two steps
-            row.attention_calls, row.time_s = calls, elapsed
+            control.check()  # cancelled: stop here, between two steps
+            row.attention_calls = None if ran.calls is None else sum(ran.calls.values())  # all on this spec
+            row.time_s, peak = ran.total_s, ran.peak.bytes
             row.peak_memory_bytes = peak if row.peak_memory_bytes is None else max(row.peak_memory_bytes, peak)
-            if require_routing and calls == 0:
+            if require_routing and not row.attention_calls:
                 raise RuntimeError(
                     f"the pipeline never called fluxlab's '{spec.name}' backend during generation: its attention "
                     "does not go through fluxlab, so every backend would give the same image. Load it with "
                     "fluxlab.load_flux2(...) (or attach fluxlab to it) first.")
-            got_images[label], got_latents[label] = image, steps_latents
-        if images is None:  # the first seed fixes the reference
-            if ref_label not in got_images:
-                if reference is not None or not got_images:
+            got[label] = ran
+        if first is None:  # the first seed fixes the reference
+            if ref_label not in got:
+                if reference is not None or not got:
                     raise BadReferenceError(f"the reference backend '{ref_label}' failed: {rows[ref_label].error}; "
                                             "pass an exact backend that runs here, e.g. reference='sdpa'")
                 ref_label = next((label for label, spec in zip(labels, specs)  # the first exact one that ran
-                                  if label in got_images and not _approximate(spec)), None)
+                                  if label in got and not _approximate(spec)), None)
                 if ref_label is None:
                     raise BadReferenceError(
                         f"no exact backend generated an image to compare with ({_errors(rows)}); add one that "
                         "runs here ('sdpa' or 'reference') to the backends")
-            images, latents = got_images, got_latents
-        if ref_label not in got_images:
+            first = got
+        if ref_label not in got:
             raise BadReferenceError(f"the reference backend '{ref_label}' failed at seed {seed_value}: "
                                     f"{rows[ref_label].error}")
-        for label in got_images:
-            per_seed[label].append(metrics_of(got_images[label], got_latents[label], got_images[ref_label],
-                                              got_latents[ref_label]))
-        truth = _truth(specs, labels, got_images, got_latents, ref_label,
-                       lambda spec: generate(spec, seed_value, count=False))
-        spreads.append(_exact_spread(specs, labels, got_latents, yardstick,
-                                     lambda spec: generate(spec, seed_value, count=False),
-                                     known={"reference": truth[1][-1]} if truth else None))
-        ref_judged.append(_judge_reference(ref_label, seed_value, got_images[ref_label], got_latents[ref_label],
-                                           truth, spreads[-1]))
-        if control is not None:
-            control.check()
+        for label in got:
+            per_seed[label].append(metrics_of(got[label], got[ref_label]))
+        more = functools.partial(generate, seed_value=seed_value, count=False)
+        truth = _truth(specs, labels, got, ref_label, more)
+        spreads.append(_exact_spread(specs, labels, got, yardstick, more,
+                                     known={"reference": truth.final} if truth else None))
+        ref_judged.append(_judge_reference(ref_label, seed_value, got[ref_label], truth, spreads[-1]))
+        control.check()
     finite_spreads = [v for v in spreads if math.isfinite(v)]
     spread = max(finite_spreads) if finite_spreads else math.nan
     low_band = None
@@ -389,7 +286,8 @@ def compare_images(pipe, backends, prompt: str = DEFAULT_PROMPT, seed: int | Non
     settings = {"prompt": prompt, "seed": seed_list[0], "seeds": seed_list, "steps": steps, "height": height,
                 "width": width, "pipeline": type(pipe).__name__, "warm_up": warm_up,
                 "peak_memory": _peak_note(pipe), **{k: repr(v) for k, v in pipe_kwargs.items()}}
-    return ImageComparison(ref_label, list(rows.values()), images, latents, settings, spread=spread,
+    return ImageComparison(ref_label, list(rows.values()), {label: ran.image for label, ran in first.items()},
+                           {label: ran.latents for label, ran in first.items()}, settings, spread=spread,
                            model=model_of(pipe))
 
 
@@ -407,8 +305,8 @@ def _band_here(pipe, band, prompt, seeds, steps, height, width, pipe_kwargs, gen
         got = {}
         for name in names:
             try:
-                image, latents = generate(BackendSpec.parse(name.replace("#rerun", "")), seed)[:2]
-                got[name] = (image, latents[-1])
+                ran = generate(BackendSpec.parse(name.replace("#rerun", "")), seed)
+                got[name] = (ran.image, ran.latents[-1])
             except Exception as exc:  # noqa: BLE001 - named in the band's error if too few variants ran
                 got[name] = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         return got
@@ -416,35 +314,8 @@ def _band_here(pipe, band, prompt, seeds, steps, height, width, pipe_kwargs, gen
     return band_from_outputs(outputs_of, setting=setting, prompts=[prompt], seeds=seeds)
 
 
-def _warm_up(pipe, labels, specs, rows, warmup, height, width, text_tokens, run_one_step) -> str:
-    """Run 1 step on each backend that compiles on first use and is not warm yet; the label timings carry."""
-    from ..models.offload import execution_device
-    from ..models.warmup import is_warm, mark_warm, to_warm, warmup_note
-
-    device = execution_device(pipe)
-    transformer = pipe.transformer
-    chosen = set(to_warm([spec.name for spec in specs], device, warmup))
-    warmed, already = {}, []
-    for label, spec in zip(labels, specs):
-        if spec.name not in chosen or label in warmed or label in already:
-            continue
-        if is_warm(transformer, spec.label, device, height, width, text_tokens):
-            already.append(label)
-            continue
-        start = time.perf_counter()
-        try:
-            run_one_step(spec)
-        except Exception:  # noqa: BLE001 - the timed run reports this backend's error
-            continue
-        warmed[label] = rows[label].warmup_s = time.perf_counter() - start
-        mark_warm(transformer, spec.label, device, height, width, text_tokens)
-    return warmup_note(warmed, already, height, width)
-
-
 def _peak_note(pipe) -> str:
-    from ..models.offload import execution_device
-
-    if execution_device(pipe).type == "cuda":
+    if device_of(pipe).type == "cuda":
         return "torch.cuda.max_memory_allocated per backend's timed run, reset before it"
     return "n/a on CPU"
 
@@ -463,9 +334,11 @@ def _pick_reference(reference, labels, specs) -> str:
     """The reference label: ``reference`` if given, else the first exact backend; an approximate one is refused
     here, before any generation (it would be judged against itself)."""
     if reference is not None:
-        label = _find_reference(reference, labels)
-        spec = specs[labels.index(label)]
-        if _approximate(spec):
+        label = BackendSpec.parse(reference).label
+        if label not in labels:
+            raise ValueError(f"reference backend {reference!r} is not among the compared backends "
+                             f"({', '.join(labels)})")
+        if _approximate(specs[labels.index(label)]):
             raise BadReferenceError(
                 f"reference {reference!r} is approximate by design (quantised or emulated), so it cannot be what "
                 "the others are measured against; pass an exact one such as reference='sdpa' or 'reference'")
@@ -478,41 +351,41 @@ def _pick_reference(reference, labels, specs) -> str:
     return exact[0]
 
 
-def _is_truth(spec: BackendSpec) -> bool:
-    return spec.name == "reference" and not spec.options and not spec.knobs
+def _is_plain(spec: BackendSpec, name: str) -> bool:
+    """``spec`` is backend ``name`` as registered: no kernel options, no torch knobs."""
+    return spec.name == name and not spec.options and not spec.knobs
 
 
-def _truth(specs, labels, got_images, got_latents, ref_label, generate):
-    """(image, latents) of the float64 ``reference`` backend at this seed: from the run if it is among the
-    backends, else generated once more. Refuses the comparison if it cannot run (the reference stays unjudged)."""
+def _truth(specs, labels, got, ref_label, generate):
+    """The float64 ``reference`` backend's Run at this seed: from the run if it is among the backends, else
+    generated once more. Refuses the comparison if it cannot run (the reference stays unjudged)."""
     for label, spec in zip(labels, specs):
-        if _is_truth(spec) and label in got_images:
-            return got_images[label], got_latents[label]
-    if _is_truth(specs[labels.index(ref_label)]):
+        if _is_plain(spec, "reference") and label in got:
+            return got[label]
+    if _is_plain(specs[labels.index(ref_label)], "reference"):
         return None  # the reference is the truth itself (it failed above otherwise)
     try:
-        image, latents = generate(BackendSpec.parse("reference"))[:2]
+        return generate(BackendSpec.parse("reference"))
     except Exception as exc:  # noqa: BLE001 - reported as the reason the reference cannot be judged
         raise BadReferenceError(
             f"the reference backend '{ref_label}' cannot be judged: the float64 'reference' backend it is checked "
             f"against failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); allow 'reference' on this "
             "model, or pass reference='reference'") from exc
-    return image, latents
 
 
-def _judge_reference(ref_label, seed, image, latents, truth, spread) -> float:
+def _judge_reference(ref_label, seed, ran, truth, spread) -> float:
     """The reference's final-latent rel-L2 against the float64 truth at one seed (0 when it is the truth);
     NaN/inf, or a value the exact-kernel rule fails, refuses the comparison with the reason."""
     from .image_rule import judge_exact_image
     from .tolerances import FAIL
 
-    if not np.isfinite(image).all() or any(not torch.isfinite(x).all() for x in latents):
+    if not np.isfinite(ran.image).all() or any(not torch.isfinite(x).all() for x in ran.latents):
         raise BadReferenceError(
             f"the reference backend '{ref_label}' gives NaN/inf at seed {seed}: nothing can be measured against it; "
             "pass an exact, finite one such as reference='sdpa' or 'reference'")
     if truth is None:
         return 0.0
-    rel = _rel_l2(latents[-1], truth[1][-1])
+    rel = _rel_l2(ran.final, truth.final)
     verdict, why = judge_exact_image(rel, spread)
     if verdict == FAIL:
         raise BadReferenceError(
@@ -531,22 +404,21 @@ def _reference_verdict(rels: list[float], spread: float) -> tuple[str, str]:
     return verdict, f"the reference, against the float64 'reference' backend: {why}"
 
 
-def _exact_spread(specs, labels, got_latents, generate_more: bool, generate, known=None) -> float:
+def _exact_spread(specs, labels, got, generate_more: bool, generate, known=None) -> float:
     """The largest final-latent rel-L2 between two yardstick kernels at one seed (NaN with fewer than two);
     ``known``: yardstick finals already generated at this seed (name -> final latent)."""
     from .image_rule import YARDSTICK_BACKENDS
 
     finals = {}
     for name in YARDSTICK_BACKENDS:
-        present = [label for label, spec in zip(labels, specs)
-                   if spec.name == name and not spec.options and not spec.knobs and label in got_latents]
+        present = [label for label, spec in zip(labels, specs) if _is_plain(spec, name) and label in got]
         if present:
-            finals[name] = got_latents[present[0]][-1]
+            finals[name] = got[present[0]].final
         elif known and name in known:
             finals[name] = known[name]
         elif generate_more:
             try:
-                finals[name] = generate(BackendSpec.parse(name))[1][-1]
+                finals[name] = generate(BackendSpec.parse(name)).final
             except Exception:  # noqa: BLE001 - a kernel the model does not allow is simply not part of the spread
                 continue
     values = [_rel_l2(finals[a], finals[b]) for a in finals for b in finals if a < b]
@@ -594,10 +466,3 @@ def _unique_labels(specs) -> list[str]:
         seen[spec.label] = seen.get(spec.label, 0) + 1
         labels.append(spec.label if seen[spec.label] == 1 else f"{spec.label}#{seen[spec.label]}")
     return labels
-
-
-def _find_reference(reference: str, labels: list[str]) -> str:
-    label = BackendSpec.parse(reference).label
-    if label not in labels:
-        raise ValueError(f"reference backend {reference!r} is not among the compared backends ({', '.join(labels)})")
-    return label

@@ -343,9 +343,8 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     that passes everywhere (``plan.confirmation``; ``confirm_plan`` says how). ``timer(variant, run) -> ms``
     replaces the synchronised wall clock there.
     """
-    import torch
-
     from ..models.capture import capture
+    from ..models.runner import run
 
     check_generation_args(prompt, steps)
     seeds = seed_list(seeds)
@@ -360,14 +359,9 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
     if confirm and (not isinstance(confirm_rounds, int) or confirm_rounds < 1):
         raise DecideInputError(f"confirm_rounds={confirm_rounds!r} must be a positive number of rounds (or "
                                "confirm=False)")
-    call = dict(prompt=prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seeds[0]),
-                output_type="latent", **pipe_kwargs)
-    if height is not None:
-        call["height"] = height
-    if width is not None:
-        call["width"] = width
     with capture(pipe, steps=[step]) as cap, record_step(pipe, step, steps) as replay:
-        pipe(**call)
+        run(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width, output="latent",
+            **pipe_kwargs)
     settings = {"prompt": prompt, "steps": steps, "seeds": seeds, "capture_step": step, "height": height,
                 "width": width, "confirm": confirm, "confirm_rounds": confirm_rounds if confirm else None,
                 "confirm_uniform": confirm_uniform if confirm else None,

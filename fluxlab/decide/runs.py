@@ -7,22 +7,18 @@ otherwise). The pipeline's backend and schedule come back afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import numbers
-import time
-
-import numpy as np
-import torch
 
 from ..errors import DecideInputError
 from ..util import rel_l2 as util_rel_l2
-from ..models.attach import check_allowed, check_schedule, set_schedule, state_of
+from ..models.attach import check_allowed, check_schedule, state_of
 from ..models.errors import InvalidSettingError
 from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
-from ..models.schedule import Schedule, layer_matches
+from ..models.runner import Run, run
+from ..models.schedule import Schedule
 
 
 def check_generation_args(prompt, steps) -> None:
@@ -99,18 +95,6 @@ class CellSchedule:
         return (self.bad if inside else self.good)(layer, step, num_steps)
 
 
-@dataclasses.dataclass
-class Run:
-    latents: list[torch.Tensor]  # after each step, CPU float32
-    image: np.ndarray | None  # [H, W, 3] in [0, 1] when asked for
-    transformer_s: float  # time inside the transformer's forwards (synchronised on GPU)
-    total_s: float
-
-    @property
-    def final(self) -> torch.Tensor:
-        return self.latents[-1]
-
-
 class Runner:
     """Generations of one pipeline with fixed prompt, seed, steps and size; ``count`` says how many ran."""
 
@@ -134,80 +118,15 @@ class Runner:
     def run(self, schedule, *, seed: int | None = None, image: bool = False, control=None) -> Run:
         """One generation with ``schedule`` (a Schedule or a schedule function) installed. ``control``: a
         ``StepControl`` that sees each step and can stop between steps (then GenerationCancelled is raised)."""
-        latents = []
-
-        def collect(pipeline, step, timestep, callback_kwargs):
-            latents.append(callback_kwargs["latents"].detach().float().cpu().clone())
-            return callback_kwargs
-
-        kwargs = dict(prompt=self.prompt, num_inference_steps=self.steps,
-                      generator=torch.Generator(device="cpu").manual_seed(self.seed if seed is None else seed),
-                      output_type="np" if image else "latent",
-                      callback_on_step_end=collect if control is None else control.callback(collect),
-                      callback_on_step_end_tensor_inputs=["latents"], **self.pipe_kwargs)
-        if self.height is not None:
-            kwargs["height"] = self.height
-        if self.width is not None:
-            kwargs["width"] = self.width
-        with self._installed(schedule), _TransformerTimer(self.pipe.transformer) as timer:
-            start = time.perf_counter()
-            output = self.pipe(**kwargs)
-            total = time.perf_counter() - start
-        if control is not None:
-            control.check()  # a cancelled run stopped early: its latents are no result (and it is not counted)
-        self.count += 1
+        # The model's state now: after a detach and attach since this Runner was made it is a new one.
+        self.state = state_of(self.pipe)
+        ran = run(self.pipe, schedule=schedule, prompt=self.prompt, seed=self.seed if seed is None else seed,
+                  steps=self.steps, height=self.height, width=self.width, output="np" if image else "latent",
+                  latents=True, control=control, transformer_time=True, **self.pipe_kwargs)
+        self.count += 1  # a cancelled run raised above: its latents are no result, and it is not counted
         if self.progress is not None:
             self.progress()
-        picture = None
-        if image:
-            images = output.images
-            picture = np.asarray(images[0] if len(np.shape(images)) == 4 else images, dtype=np.float64)
-        return Run(latents, picture, timer.seconds, total)
-
-    @contextlib.contextmanager
-    def _installed(self, schedule):
-        # The model's state now: after a detach and attach since this Runner was made it is a new one, and the
-        # schedule must be taken off the state it was put on.
-        state = self.state = state_of(self.pipe)
-        backend, previous = state.backend, state.schedule
-        bar_config = dict(getattr(self.pipe, "_progress_bar_config", {}))
-        self.pipe.set_progress_bar_config(**{**bar_config, "disable": True})
-        set_schedule(self.pipe, schedule)
-        try:
-            yield
-        finally:
-            state.schedule = previous
-            state._parsed.clear()
-            state.backend = backend
-            self.pipe._progress_bar_config = bar_config
-
-
-class _TransformerTimer:
-    """Seconds spent in the transformer's forwards (pre/post hooks; the GPU is synchronised at both ends)."""
-
-    def __init__(self, transformer):
-        self.transformer = transformer
-        self.seconds = 0.0
-        # An offloaded transformer (load_flux2(offload=...)) rests on the CPU between calls and runs on the GPU.
-        self._sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-
-    def __enter__(self):
-        def before(module, args, kwargs):
-            self._sync()
-            self._start = time.perf_counter()
-
-        def after(module, args, kwargs, output):
-            self._sync()
-            self.seconds += time.perf_counter() - self._start
-
-        self._handles = [self.transformer.register_forward_pre_hook(before, with_kwargs=True),
-                         self.transformer.register_forward_hook(after, with_kwargs=True, always_call=True)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        return False
+        return ran
 
 
 # ||a - b|| / ||b|| in float64, inf where a holds NaN/inf: a drift that cannot be measured ranks worst.

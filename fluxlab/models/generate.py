@@ -10,10 +10,7 @@ import json
 import os
 import platform as host
 import re
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 from ..util import atomic_write, torch_dtype_name, utc_now
@@ -116,30 +113,6 @@ def environment() -> dict:
 # -- generation ----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _ctrl_c_stops_after_step(stop: dict):
-    """In the main thread, the first Ctrl-C asks the generation to stop after the current denoising step (so the
-    output can be written whole, marked interrupted); a second Ctrl-C interrupts at once, the writing included.
-    Elsewhere (other threads, a handler someone else installed) Ctrl-C keeps its behaviour and nothing half-written
-    is left either; a process started with SIGINT ignored (``nohup``, ``cmd &`` in a script) keeps ignoring it, as
-    Python itself does: fluxlab never turns Ctrl-C back on."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-
-    def request_stop(_signum, _frame):
-        stop["requested"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nfluxlab: stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 @dataclasses.dataclass
 class Generated:
     backend: str
@@ -166,116 +139,89 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     ``"interrupted": true`` and ``completed_steps`` in its manifest, and ``GenerationInterrupted`` is raised with
     the results so far.
     """
-    import torch
     from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
 
     from ..registry import get_backend
-    from .attach import set_backend, state_of
-    from .capture import capture
-    from .memory import PeakMemory
-    from .offload import execution_device
+    from .attach import state_of
+    from .progress import StepControl
+    from .runner import run
 
     check_pipe_generation(pipe, prompt=prompt, width=width, height=height, steps=steps, seed=seed, force=force,
                           max_sequence_length=pipe_kwargs.get("max_sequence_length", 512),
                           guidance_scale=guidance_scale)
     steps, seed, width, height = int(steps), int(seed), int(width), int(height)  # numpy integers: plain in manifests
     backends = parse_backends(backends)
-    state = state_of(pipe)
-    previous = state.backend
+    state_of(pipe)  # attached, or the error that says how
     env = environment()
-    device = execution_device(pipe)  # an offloaded pipeline's weights rest on the CPU but run here
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    results = []
-    # One bar for the whole run instead of diffusers' per-call bar; the pipeline's own setting comes back after.
-    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(**{**bar_config, "disable": True})
+    if guidance_scale is not None:
+        pipe_kwargs["guidance_scale"] = guidance_scale
+    # One bar for the whole run instead of diffusers' per-call bar.
     bar = tqdm(total=len(backends) * steps, unit="step", desc="fluxlab generate", disable=not progress,
                file=sys.stderr, leave=False)
-    stop = {"requested": False}
+    control = StepControl()  # Ctrl-C cancels after the current step
+    control.listen(lambda done, _total: bar.update(done - bar.n) if done > bar.n else None)
+    control.start(len(backends) * steps)
+    results = []
     try:
         for name in backends:
-            set_backend(pipe, None if name == AUTO else name)
             bar.set_postfix_str(name)
-            step_ends = []
-
-            def step_done(pipe_, i, _t, _tensors, name=name, step_ends=step_ends):
-                sync()  # so the step's time is the GPU's, not the launch queue's
-                step_ends.append(time.perf_counter())
-                bar.update(1)
-                if on_step is not None:
-                    try:
-                        on_step(name, i)
-                    except KeyboardInterrupt:
-                        stop["requested"] = True
-                if stop["requested"]:
-                    pipe_._interrupt = True  # diffusers skips the remaining steps, then decodes what there is
-                return {}
-
-            kwargs = dict(prompt=prompt, height=height, width=width, num_inference_steps=steps,
-                          generator=torch.Generator().manual_seed(seed), output_type="pil",
-                          callback_on_step_end=step_done, **pipe_kwargs)
-            if guidance_scale is not None:
-                kwargs["guidance_scale"] = guidance_scale
-            # Capturing to "meta" keeps no tensors, only which backend served each call.
-            try:
-                with _ctrl_c_stops_after_step(stop), capture(pipe, to="meta", lse=False) as cap, \
-                        PeakMemory(device) as peak:
-                    sync()
-                    start = time.perf_counter()
-                    image = pipe(**kwargs).images[0]
-                    sync()
-                    total = time.perf_counter() - start
+            before = control.done
+            try:  # capturing to "meta" keeps no tensors, only which backend served each call
+                ran = run(pipe, backend=None if name == AUTO else name, prompt=prompt, seed=seed, steps=steps,
+                          height=height, width=width, output="pil", control=control, partial=True, ctrl_c=True,
+                          calls=True, on_step=None if on_step is None else (lambda i, n=name: on_step(n, i)),
+                          **pipe_kwargs)
             except KeyboardInterrupt as exc:  # mid-step (a second Ctrl-C, or no handler of ours): nothing written
-                where = (f"again before {name}'s partial image was decoded" if stop["requested"] else
-                         f"during step {len(step_ends) + 1} of {steps} on {name}")
+                done = control.done - before
+                where = (f"again before {name}'s partial image was decoded" if control.cancel_requested else
+                         f"during step {done + 1} of {steps} on {name}")
                 raise GenerationInterrupted(f"interrupted {where}; nothing was written for it", results, name,
-                                            len(step_ends), steps) from exc
-            completed = len(step_ends)
-            interrupted = completed < steps
-            steps_s = [b - a for a, b in zip([start, *step_ends], step_ends)]
-            ran = cap.backends_used()
+                                            done, steps) from exc
             manifest = {
                 "backend": name,
-                "attention_calls": ran,
-                "backend_versions": {b: get_backend(b).version for b in ran},
+                "attention_calls": ran.calls,
+                "backend_versions": {b: get_backend(b).version for b in ran.calls},
                 "prompt": prompt, "seed": seed, "steps": steps, "size": {"width": width, "height": height},
                 "guidance_scale": guidance_scale,
                 "model": {"pipeline": type(pipe).__name__, "dtype": torch_dtype_name(pipe.transformer.dtype),
-                          "device": str(device), **_offload_info(pipe), **(model_info or {})},
-                "memory": peak.as_dict(),
-                "timings": {"generate_s": round(total, 4), "steps_s": [round(s, 4) for s in steps_s],
+                          "device": str(ran.peak.device), **_offload_info(pipe), **(model_info or {})},
+                "memory": ran.peak.as_dict(),
+                "timings": {"generate_s": round(ran.total_s, 4), "steps_s": [round(s, 4) for s in ran.steps_s],
                             "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
                 **env,
                 "created": utc_now(),
-                "image": "image.partial.png" if interrupted else "image.png",
-                "interrupted": interrupted, "completed_steps": completed,
+                "image": "image.partial.png" if ran.interrupted else "image.png",
+                "interrupted": ran.interrupted, "completed_steps": ran.completed,
             }
             if out_dir is not None:
-                folder = Path(out_dir) / folder_name(name)
-                written = []
-                try:
-                    manifest["image_sha256"] = write_png(folder / manifest["image"], image)
-                    written.append(folder / manifest["image"])
-                    write_json(folder / "manifest.json", manifest)
-                except KeyboardInterrupt as exc:  # Ctrl-C (again) while writing: stop at once, leave nothing of it
-                    for path in written:
-                        path.unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()  # only if empty
-                    raise GenerationInterrupted(f"interrupted while writing {name}'s image; nothing was written for "
-                                                "it", results, name, completed, steps) from exc
-            results.append(Generated(name, image, manifest, peak.bytes))
-            if stop["requested"]:
+                _write(Path(out_dir) / folder_name(name), ran.image, manifest, results)
+            results.append(Generated(name, ran.image, manifest, ran.peak.bytes))
+            if control.cancel_requested:
                 left = backends[backends.index(name) + 1:]
                 raise GenerationInterrupted(
-                    (f"interrupted after step {completed} of {steps} on {name} (its image is partial, marked "
-                     "\"interrupted\": true in its manifest)" if interrupted else f"interrupted after {name}")
-                    + (f"; not run: {', '.join(left)}" if left else ""), results, name, completed, steps)
+                    (f"interrupted after step {ran.completed} of {steps} on {name} (its image is partial, marked "
+                     "\"interrupted\": true in its manifest)" if ran.interrupted else f"interrupted after {name}")
+                    + (f"; not run: {', '.join(left)}" if left else ""), results, name, ran.completed, steps)
     finally:
         bar.close()
-        pipe._progress_bar_config = bar_config
-        state.backend = previous
     return results
+
+
+def _write(folder: Path, image, manifest: dict, results: list) -> None:
+    """The image and its manifest into ``folder``; a Ctrl-C (again) while writing stops at once, leaving nothing."""
+    written = []
+    try:
+        manifest["image_sha256"] = write_png(folder / manifest["image"], image)
+        written.append(folder / manifest["image"])
+        write_json(folder / "manifest.json", manifest)
+    except KeyboardInterrupt as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+        raise GenerationInterrupted(f"interrupted while writing {manifest['backend']}'s image; nothing was written "
+                                    "for it", results, manifest["backend"], manifest["completed_steps"],
+                                    manifest["steps"]) from exc
 
 
 def _offload_info(pipe) -> dict:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
-import time
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_PROMPT
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
                       error_text, hbox_with_message, message_html, png_bytes, set_message, widgets)
+from ..models.attach import set_backend
+from ..models.runner import Measure, attached_state, device_of, run, warm_up
 from .picker import BackendPicker
 from .running import RunControls
 
@@ -23,45 +23,10 @@ def generate_image(pipe, backend: str, *, prompt: str, seed: int, steps: int, he
     call); any pipeline runs inside ``fluxlab.use_backend``. A backend that cannot run is refused with its
     reasons, never replaced. ``control``: a ``StepControl`` that sees each step and can stop between steps.
     """
-    import torch
-
-    from ..dispatch import use_backend
-
-    if _attached_state(pipe) is not None:
-        from ..models.attach import set_backend
-
+    if attached_state(pipe) is not None:
         set_backend(pipe, backend)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    extra = {} if control is None else {"callback_on_step_end": control.callback()}
-    with use_backend(backend):
-        result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, generator=generator,
-                      **extra)
-    images = getattr(result, "images", result)
-    return images[0] if isinstance(images, (list, tuple)) else images
-
-
-def pipe_device(pipe):
-    """Where ``pipe`` computes (an offloaded pipeline's accelerator); the CPU for a stand-in without models."""
-    import torch
-
-    try:
-        from ..models.offload import execution_device
-
-        return execution_device(pipe)
-    except Exception:  # noqa: BLE001 - a pipeline-like object without diffusers' attributes
-        return torch.device("cpu")
-
-
-def _attached_state(pipe):
-    """fluxlab's state for an attached FLUX.2 pipeline, or None (not attached, not a FLUX.2 pipeline)."""
-    try:
-        from ..models.attach import is_attached, state_of
-    except ImportError:
-        return None
-    try:
-        return state_of(pipe) if is_attached(pipe) else None
-    except (TypeError, AttributeError, ImportError):
-        return None
+    return run(pipe, backend=backend, prompt=prompt, seed=seed, steps=steps, height=height, width=width,
+               output="pil", control=control, partial=True).image
 
 
 def model_statuses(pipe, statuses=None) -> list:
@@ -70,7 +35,7 @@ def model_statuses(pipe, statuses=None) -> list:
         from ..doctor import backends
 
         statuses = backends()
-    state = _attached_state(pipe)
+    state = attached_state(pipe)
     if state is None:
         return list(statuses)
     out = []
@@ -86,18 +51,6 @@ def model_statuses(pipe, statuses=None) -> list:
 def model_backends(pipe, exclude=()) -> list[str]:
     """Names of the backends that can run ``pipe``'s attention here (available, and in its allowed set)."""
     return [s.name for s in model_statuses(pipe) if s.available and s.name not in set(exclude)]
-
-
-def _route_counter(pipe):
-    """A ``fluxlab.capture`` that keeps shapes only (device "meta"): it tells which backend served each call."""
-    if _attached_state(pipe) is None:
-        return contextlib.nullcontext()
-    from ..models.capture import capture
-
-    try:
-        return capture(pipe, to="meta", lse=False)
-    except Exception:  # noqa: BLE001 - counting is a bonus; generation must not depend on it
-        return contextlib.nullcontext()
 
 
 class BackendToggleDemo(widgets.VBox):
@@ -128,10 +81,8 @@ class BackendToggleDemo(widgets.VBox):
 
         self.picker = BackendPicker(model_statuses(pipe, statuses), include=backends, description="attention backend")
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
-        self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
-        self.steps = widgets.IntText(value=steps, description="steps", layout=widgets.Layout(width="180px"))
-        self.height = widgets.IntText(value=height, description="height", layout=widgets.Layout(width="180px"))
-        self.width = widgets.IntText(value=width, description="width", layout=widgets.Layout(width="180px"))
+        for name, value in (("seed", seed), ("steps", steps), ("height", height), ("width", width)):
+            setattr(self, name, widgets.IntText(value=value, description=name, layout=widgets.Layout(width="180px")))
         for name in ("prompt", "seed", "steps", "height", "width"):
             getattr(self, name).add_class(f"fluxlab-{name}")  # stable hooks for browser tests
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
@@ -198,44 +149,38 @@ class BackendToggleDemo(widgets.VBox):
         if self.runner.busy:  # a click while a background run is going
             self.result.value = message_html("a generation is running: wait for it, or press Cancel", ERROR_STYLE)
             return None
-        from ..models.memory import PeakMemory
         from ..models.progress import GenerationCancelled
 
         self.button.disabled = True
         self.runner.begin()
         self.runner.control.start(settings["steps"])
-        outcome, ran, start = "failed", None, time.perf_counter()
+        outcome, measure = "failed", Measure(self.pipe, calls=True)  # which backend served how many calls
         try:
             warmed = self._warm_up(backend, settings)
             self.result.value = message_html(f"running on {backend} ...")
-            start = time.perf_counter()
-            with _route_counter(self.pipe) as watch, PeakMemory(pipe_device(self.pipe)) as peak:
+            with measure:
                 image = self._call_generate(backend, settings, self.runner.control)
             self.runner.control.check()
-            ran = watch.backends_used() if watch is not None else None
             self.image.value = png_bytes(image)
             outcome = "success"
-        except GenerationCancelled as exc:
-            elapsed_ms = (time.perf_counter() - start) * 1e3
-            outcome, self.last_error = "cancelled", None
-            self.history.append({"backend": backend, "ms": elapsed_ms, "ok": False, "cancelled": True, **settings})
-            self.result.value = message_html(f"{backend} {exc} ({elapsed_ms:.0f} ms); the last image stays",
-                                             MUTED_STYLE)
-            self._render_history()
-            return None
         except Exception as exc:  # noqa: BLE001 - a failing backend is shown, never raised into the kernel
-            elapsed_ms = (time.perf_counter() - start) * 1e3
-            self.last_error = error_text(exc)
-            self.history.append({"backend": backend, "ms": elapsed_ms, "ok": False, **settings})
-            self.result.value = message_html(f"{backend} failed after {elapsed_ms:.0f} ms", ERROR_STYLE)
-            self.error.value = (f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">'
-                                f"{html.escape(self.last_error)}</pre>")
+            elapsed_ms, cancelled = measure.total_s * 1e3, isinstance(exc, GenerationCancelled)
+            outcome, self.last_error = ("cancelled", None) if cancelled else ("failed", error_text(exc))
+            self.history.append({"backend": backend, "ms": elapsed_ms, "ok": False, **settings,
+                                 **({"cancelled": True} if cancelled else {})})
+            if cancelled:
+                self.result.value = message_html(f"{backend} {exc} ({elapsed_ms:.0f} ms); the last image stays",
+                                                 MUTED_STYLE)
+            else:
+                self.result.value = message_html(f"{backend} failed after {elapsed_ms:.0f} ms", ERROR_STYLE)
+                self.error.value = (f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">'
+                                    f"{html.escape(self.last_error)}</pre>")
             self._render_history()
             return None
         finally:
             self.button.disabled = False
             self.runner.end(outcome)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
+        elapsed_ms, ran, peak = measure.total_s * 1e3, measure.calls, measure.peak
         self.last_error = None
         self.history.append({"backend": backend, "ms": elapsed_ms, "ok": True, "ran": ran,
                              "peak_memory_bytes": peak.bytes, **settings})
@@ -263,20 +208,19 @@ class BackendToggleDemo(widgets.VBox):
     def _warm_up(self, backend: str, settings: dict) -> str:
         """One 1-step generation first if ``backend`` compiles on first use and is not warm at this size; the label
         the timing then carries ("" when nothing needed warming)."""
-        from ..models.warmup import is_warm, jit_reason, mark_warm, to_warm, warmup_note
+        from ..models.warmup import jit_reason, to_warm
 
-        device = pipe_device(self.pipe)
+        device = device_of(self.pipe)
         if not to_warm([backend], device, self.warmup):
             return ""
-        key, height, width = getattr(self.pipe, "transformer", self.pipe), settings["height"], settings["width"]
-        if is_warm(key, backend, device, height, width):
-            return warmup_note({}, [backend], height, width)
-        why = jit_reason(backend, device) or "asked for"
-        self.result.value = message_html(f"warming up {backend} before timing (1 step; {why}) ...")
-        start = time.perf_counter()
-        self._call_generate(backend, {**settings, "steps": 1}, None)
-        mark_warm(key, backend, device, height, width)
-        return warmup_note({backend: time.perf_counter() - start}, [], height, width)
+
+        def announce(name):
+            why = jit_reason(name, device) or "asked for"
+            self.result.value = message_html(f"warming up {name} before timing (1 step; {why}) ...")
+
+        return warm_up(self.pipe, {backend: (backend, backend)},
+                       lambda _: self._call_generate(backend, {**settings, "steps": 1}, None), self.warmup,
+                       settings["height"], settings["width"], announce=announce)[0]
 
     def _render_history(self, last: int = 8):
         rows = "".join(
