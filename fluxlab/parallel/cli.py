@@ -168,7 +168,7 @@ def _check(args) -> int:
         config = TRANSFORMER_CONFIGS[args.model]
         height, width, text = _shape(args.model, "forward", args.height, args.width, args.text_tokens)
         tokens = image_tokens(height, width)
-    dtype = DTYPES[args.dtype] if args.dtype else (DTYPES["bf16"] if platform.is_gpu else DTYPES["fp32"])
+    dtype = DTYPES[args.dtype or ("bf16" if platform.is_gpu else "fp32")]
     failed = False
     print(f"{args.parallel} on {platform.describe()}; FLUX.2 {args.model}: {config['num_attention_heads']} heads x "
           f"{config['attention_head_dim']}, {height}x{width} ({text} text + {tokens} image "
