@@ -117,7 +117,8 @@ class AutotunePlan(Result):
 
     def __repr__(self):
         chosen = ", ".join(f"{b} x{n}" for b, n in collections.Counter(self.choices.values()).items())
-        return f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: {sorted(self.reasons)})"
+        return (f"AutotunePlan({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: "
+                f"{sorted(self.reasons)})")
 
     @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:

@@ -166,19 +166,13 @@ def approximate(spec: str) -> bool:
     return is_approximate(registry.get_backend(BackendChoice.parse(spec).name))
 
 
-def _passing(plan) -> dict[str, set[str]]:
-    """layer -> the backends whose verdict there is pass with a finite time (exact ones, or the plan's own)."""
-    passing = collections.defaultdict(set)
-    for m in plan.measurements:
-        if m.verdict == "pass" and math.isfinite(m.time_ms):
-            passing[m.layer].add(m.backend)
-    return passing
-
-
 def _variants(plan, uniform: int | None) -> list[tuple[str, dict[str, str], bool, str]]:
     """(name, layer -> backend, eligible, note) for the per-layer plan, the automatic pick and uniform candidates."""
     layers = list(plan.automatic)
-    passing = _passing(plan)
+    passing = collections.defaultdict(set)  # layer -> the backends judged pass there with a finite time
+    for m in plan.measurements:
+        if m.verdict == "pass" and math.isfinite(m.time_ms):
+            passing[m.layer].add(m.backend)
     per_layer = {layer: plan.choices.get(layer, plan.automatic[layer]) for layer in layers}
     variants = [(PER_LAYER, per_layer, True, "")]
     bad = [f"{layer} ({backend})" for layer, backend in plan.automatic.items()
@@ -206,13 +200,9 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
                  uniform: int | None = 3, timer: Callable | None = None) -> Confirmation:
     """Time ``run_step`` (one real transformer step of ``model``) under the per-layer plan, the automatic pick and
     each candidate that passes on every layer applied uniformly (the ``uniform`` fastest by summed per-layer time;
-    None: all); keep the eligible variant with the lowest median ratio to the automatic pick, where an eligible
-    automatic pick is left only for a variant that beat it in every round (``_winner``).
-
-    Fair timing: ``warmup`` untimed calls per variant, then ``rounds`` rounds calling every variant once, the order
-    rotated each round; variants with the same kernel on every layer are timed once. ``timer(variant, run) -> ms``
-    replaces the wall clock (tests script it). Updates ``plan.choices``, ``plan.reasons``, ``plan.notes`` and sets
-    ``plan.confirmation``, which it returns.
+    None: all), and keep the winner (``_winner``): ``plan.choices``, ``reasons`` and ``notes`` follow it, and
+    ``plan.confirmation`` (returned) says why. ``warmup`` untimed calls per variant, then ``rounds`` rounds calling
+    every variant once, the order rotated; ``timer(variant, run) -> ms`` replaces the wall clock.
     """
     check_count(rounds, f"confirm_rounds={rounds!r} must be a positive number of rounds (or confirm=False)")
     check_count(warmup, f"warm-up calls {warmup!r} must be 0 or more", minimum=0)
@@ -223,14 +213,13 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
         timer = wall_clock(next(state.transformer.parameters()).device)
     timings, schedules = [], []
     for name, choices, eligible, note in _variants(plan, uniform):
-        kernels = dict(collections.Counter(choices.values()))
         twin = next((i for i, s in enumerate(schedules) if s[1] == choices), None)
         if twin is not None:
             timings[twin].same_as.append(name)
             timings[twin].eligible = timings[twin].eligible or eligible
             continue
-        timings.append(StepTiming(name, kernels, eligible=eligible, attention_ms=_attention_ms(plan, choices),
-                                  note=note))
+        timings.append(StepTiming(name, dict(collections.Counter(choices.values())), eligible=eligible,
+                                  attention_ms=_attention_ms(plan, choices), note=note))
         schedules.append((None if name == AUTOMATIC else Schedule.by_layer(choices), choices))
     per_layer_choices = dict(plan.choices)
     if len(timings) < 2:
