@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .results import markdown_table
 from .util import atomic_path, atomic_write, parse_dtype, provenance, rel_l2, time_calls
 
 FLUX_SHAPES = [  # (batch, seq, heads, head_dim): FLUX.2 [dev] at 1024^2 (S 4608) and 2048^2 (S 16896)
@@ -53,23 +54,20 @@ def gemm_tflops(dtype=torch.bfloat16, n=8192) -> float:
 
 def raw_calls() -> dict:
     """Each backend's library call with no fluxlab in between (same layout work the adapter must do)."""
+    import contextlib
+
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def sdpa_forced(kernel):
+    def sdpa(kernel=None):  # None: torch's own pick
         def call(q, k, v, scale):
-            with sdpa_kernel(kernel):
+            with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
                 return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                       scale=scale).transpose(1, 2)
         return call
 
-    def sdpa(q, k, v, scale):
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                              scale=scale).transpose(1, 2)
-
-    calls = {"sdpa": sdpa, "sdpa_cudnn": sdpa_forced(SDPBackend.CUDNN_ATTENTION),
-             "sdpa_flash": sdpa_forced(SDPBackend.FLASH_ATTENTION),
-             "sdpa_efficient": sdpa_forced(SDPBackend.EFFICIENT_ATTENTION)}
+    calls = {"sdpa": sdpa(), "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+             "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION), "sdpa_efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION)}
     try:  # imported once, as a fluxlab plan binds it: neither side pays an import per call
         from flash_attn.cute import flash_attn_func
     except ImportError:
@@ -97,8 +95,8 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000,
     """Wall-clock microseconds per call at a tiny shape, where the kernel is launch-bound.
 
     Rounds of ``calls`` back-to-back calls alternate raw / fluxlab (after one untimed round of each), and each side
-    keeps its best round: measured one after the other, whichever side ran first paid for clocks and caches
-    settling (an H200 run showed both sides 10-60 us apart in either direction that way).
+    keeps its best round: measured one after the other, whichever side ran first would pay for clocks and caches
+    settling.
     """
     from .dispatch import attention
 
@@ -124,28 +122,25 @@ def dispatch_overhead_us(backend: str, raw, *, shape=(1, 64, 2, 64), calls=2000,
             "added_us": ours_us - raw_us, "method": f"best of {rounds} alternating rounds of {calls} calls"}
 
 
-def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, error_for_all=False, progress=True) -> dict:
+def run(backends=None, shapes=None, dtypes=("bf16", "fp16"), *, progress=True) -> dict:
     from . import doctor
     from .backends.reference import reference_attention
     from .dispatch import attention, default_backend
     from .platform import current_platform
     from .registry import get_backend
-
-    available = [s.name for s in doctor.backends() if s.available and s.name not in ("reference", "fa")]
-    names = [b for b in (backends or available)]
-    raws = raw_calls()
-    shapes = shapes or FLUX_SHAPES
-    results = {"machine": machine_info(), "gemm_bf16_tflops": gemm_tflops(), "rows": [], "overhead": []}
-    configs = list(itertools.product(shapes, dtypes))
     from .terminal import progress_bar  # a bar on a terminal, log lines in pipes
 
-    configs = progress_bar(configs, desc="bench", disable=not progress)
-    for shape, dtype_name in configs:
+    available = [s.name for s in doctor.backends() if s.available and s.name not in ("reference", "fa")]
+    names = list(backends or available)
+    raws = raw_calls()
+    results = {"machine": machine_info(), "gemm_bf16_tflops": gemm_tflops(), "rows": [], "overhead": []}
+    configs = list(itertools.product(shapes or FLUX_SHAPES, dtypes))
+    for shape, dtype_name in progress_bar(configs, desc="bench", disable=not progress):
         dtype = parse_dtype(dtype_name)
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
         scale = shape[-1] ** -0.5
-        want_error = error_for_all or (shape[0] == 1 and dtype_name == "bf16")
+        want_error = shape[0] == 1 and dtype_name == "bf16"
         exact = reference_attention(q, k, v, scale=scale) if want_error else None
         flops = attention_flops(*shape)
         for name in names:
@@ -228,27 +223,19 @@ def targets(results: dict) -> list[dict]:
 
 
 def summary(results: dict) -> str:
-    lines = [f"card: {results['machine']['platform']['device_name']}; bf16 GEMM "
-             f"{results['gemm_bf16_tflops']:.0f} TFLOP/s; default pick: {results['default_pick']}",
-             "| backend | shape (B,S,H,D) | dtype | TFLOP/s | raw TFLOP/s | rel-L2 vs fp64 |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        if r.get("status") != "ran":
-            continue
-        raw = f"{r['raw_tflops']:.0f}" if "raw_tflops" in r else "-"
-        err = f"{r['rel_l2_vs_fp64']:.2e}" if "rel_l2_vs_fp64" in r else "-"
-        lines.append(f"| {r['backend']} | {tuple(r['shape'])} | {r['dtype']} | {r['tflops']:.0f} | {raw} | {err} |")
-    lines += ["", "| shape | dtype | default | fastest | default/fastest | default/GEMM | fluxlab/raw |",
-              "|---|---|---|---|---|---|---|"]
-    for t in targets(results):
-        tax = f"{t['dispatch_tax']:.3f}" if t["dispatch_tax"] else "-"
-        lines.append(f"| {tuple(t['shape'])} | {t['dtype']} | {t['default']} {t['default_tflops']:.0f} | "
-                     f"{t['fastest']} {t['fastest_tflops']:.0f} | {t['default_vs_fastest']:.3f} | "
-                     f"{t['default_vs_gemm']:.2f} | {tax} |")
-    for o in results["overhead"]:
-        if "added_us" in o:
-            lines.append(f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
-                         f"(+{o['added_us']:.1f} us) at {tuple(o['shape'])}")
-    return "\n".join(lines)
+    ran = [{"backend": r["backend"], "shape (B,S,H,D)": str(tuple(r["shape"])), "dtype": r["dtype"],
+            "TFLOP/s": r["tflops"], "raw TFLOP/s": r.get("raw_tflops"), "rel-L2 vs fp64": r.get("rel_l2_vs_fp64")}
+           for r in results["rows"] if r.get("status") == "ran"]
+    speed = [{"shape": str(tuple(t["shape"])), "dtype": t["dtype"],
+              "default": f"{t['default']} {t['default_tflops']:.0f}",
+              "fastest": f"{t['fastest']} {t['fastest_tflops']:.0f}",
+              "default/fastest": t["default_vs_fastest"], "default/GEMM": t["default_vs_gemm"],
+              "fluxlab/raw": t["dispatch_tax"]} for t in targets(results)]
+    taxes = [f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
+             f"(+{o['added_us']:.1f} us) at {tuple(o['shape'])}" for o in results["overhead"] if "added_us" in o]
+    return "\n".join([f"card: {results['machine']['platform']['device_name']}; bf16 GEMM "
+                      f"{results['gemm_bf16_tflops']:.0f} TFLOP/s; default pick: {results['default_pick']}",
+                      markdown_table(ran), markdown_table(speed).rstrip(), *taxes])
 
 
 def main(args) -> int:
@@ -266,9 +253,7 @@ def main(args) -> int:
     if not torch.cuda.is_available():  # main() prints it on stderr with its exit code (3)
         raise NoDeviceError("needs a CUDA or ROCm GPU (it times kernels on one) and this machine has none; run it on "
                             "a GPU machine, or `fluxlab compare` for the numerics on a CPU")
-    shapes = None
-    if args.quick:
-        shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)]
+    shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)] if args.quick else None
     results = run(backends, shapes, tuple(dtypes), progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,12 @@
 """``fluxlab.autotune``: per attention layer, the fastest kernel whose verdict on that layer's real inputs is pass.
 
-q/k/v are captured from a real generation at every layer; each candidate is timed on them and judged by
-``compare_attention`` (float64 answer, torch's own error as yardstick). Unlike a gate relative to the incumbent
-kernel, a wrong kernel cannot pass by being close to another wrong one. Quantised and emulated kernels take part
-only with ``allow_quantised=True``, and then the whole plan must also pass the image verdict. The chosen plan is
-then confirmed on the real transformer step (``confirm.py``): a uniform kernel or the automatic pick that runs the
-whole step faster replaces it.
+Candidates are judged against float64 (``compare_attention``), never against the incumbent kernel, so a wrong kernel
+cannot pass by being close to another wrong one; the plan is then confirmed on the whole step (``confirm.py``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -24,9 +21,10 @@ from ..errors import (FluxlabError, InvalidPlanError, PlanMismatchError, PlanNot
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Schedule
-from ..results import Result, model_of
+from ..results import Result, format_cell, markdown_table, model_of
 from ..util import json_safe
 from .confirm import Confirmation, approximate, confirm_plan, record_step
+from .files import check_count, finish_figure, new_figure, progress_bar
 from .runs import DecideInputError, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
@@ -85,18 +83,18 @@ class AutotuneResult(Result):
                       key=lambda m: (m.time_ms if math.isfinite(m.time_ms) else math.inf))
 
     def to_markdown(self) -> str:
-        lines = [self.headline(), ""]
+        """One row per layer: the chosen kernel, the automatic one and each candidate's time (ms) and verdict."""
         candidates = list(dict.fromkeys(m.backend for m in self.measurements))
-        lines += ["| layer | chosen | automatic | " + " | ".join(candidates) + " |",
-                  "|---|---|---|" + "---|" * len(candidates)]
+        rows = []
         for layer in dict.fromkeys(m.layer for m in self.measurements):
-            cells = {m.backend: m for m in self.measurements if m.layer == layer}
-            row = [f"{_ms(cells[c].time_ms)} {cells[c].verdict}" if c in cells else "" for c in candidates]
             chosen = self.choices.get(layer, "automatic")
             alone = (self.confirmation.per_layer_choices.get(layer, "automatic") if self.confirmation is not None
                      else chosen)
-            chosen = f"**{chosen}**" + (f" (alone: {alone})" if alone != chosen else "")
-            lines.append(f"| {layer} | {chosen} | {self.automatic.get(layer, '')} | " + " | ".join(row) + " |")
+            rows.append({"layer": layer, "chosen": f"**{chosen}**" + (f" (alone: {alone})" if alone != chosen else ""),
+                         "automatic": self.automatic.get(layer, ""),
+                         **{m.backend: f"{format_cell(m.time_ms)} {m.verdict}" for m in self.measurements
+                            if m.layer == layer}})
+        lines = [self.headline(), "", markdown_table(rows, ["layer", "chosen", "automatic", *candidates]).rstrip()]
         if self.reasons:
             lines += ["", "Never chosen:", ""] + [f"- `{b}`: {why}" for b, why in self.reasons.items()]
         if self.image_verdict is not None:
@@ -105,13 +103,12 @@ class AutotuneResult(Result):
         if self.confirmation is not None:  # its decision is written there; not twice
             lines += ["", self.confirmation.to_markdown().rstrip("\n")]
             notes = [n for n in notes if not n.startswith("step-level confirmation: ")]
-        lines += [f"- {note}" for note in notes]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + [f"- {note}" for note in notes]) + "\n"
 
     def __repr__(self):
-        chosen = ", ".join(f"{b} x{n}" for b, n in _count(self.choices.values()).items())
-        return (f"AutotuneResult({len(self.choices)} layers: {chosen or 'none chosen'}; "
-                f"never chosen: {sorted(self.reasons)})")
+        chosen = ", ".join(f"{b} x{n}" for b, n in collections.Counter(self.choices.values()).items())
+        return (f"AutotuneResult({len(self.choices)} layers: {chosen or 'none chosen'}; never chosen: "
+                f"{sorted(self.reasons)})")
 
     @diffusers_names
     def verify(self, pipe, *, prompt: str, steps: int, seeds=(0,), exact: str | None = None, **pipe_kwargs) -> str:
@@ -125,33 +122,23 @@ class AutotuneResult(Result):
 
     def figure(self, path=None):
         """Per layer, each candidate's time (ms, log) marked by its verdict; the chosen one ringed."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         layers = list(dict.fromkeys(m.layer for m in self.measurements))
-        candidates = list(dict.fromkeys(m.backend for m in self.measurements))
-        fig, ax = plt.subplots(figsize=(8, 0.32 * len(layers) + 1.8))
+        fig, ax = new_figure(path, figsize=(8, 0.32 * len(layers) + 1.8))
         markers = {"pass": "o", "warn": "s", "fail": "x", "skip": "."}
-        for j, name in enumerate(candidates):
-            for m in (m for m in self.measurements if m.backend == name and math.isfinite(m.time_ms)):
-                i = layers.index(m.layer)
-                ax.scatter(m.time_ms, i, marker=markers.get(m.verdict, "."), color=f"C{j % 10}",
-                           label=name if i == min(layers.index(x.layer) for x in self.measurements
-                                                  if x.backend == name and math.isfinite(x.time_ms)) else None)
+        for j, name in enumerate(dict.fromkeys(m.backend for m in self.measurements)):
+            timed = [m for m in self.measurements if m.backend == name and math.isfinite(m.time_ms)]
+            for k, m in enumerate(timed):
+                row = layers.index(m.layer)
+                ax.scatter(m.time_ms, row, marker=markers.get(m.verdict, "."), color=f"C{j % 10}",
+                           label=name if k == 0 else None)
                 if self.choices.get(m.layer) == name:
-                    ax.scatter(m.time_ms, i, s=160, facecolors="none", edgecolors="black")
+                    ax.scatter(m.time_ms, row, s=160, facecolors="none", edgecolors="black")
         ax.set_xscale("log")
         ax.set_yticks(range(len(layers)), [n.removesuffix(".attn") for n in layers], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("time per call (ms; o pass, s warn, x fail; ringed: chosen)")
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-        return fig
+        return finish_figure(fig, path)
 
     def as_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "choices": self.choices, "automatic": self.automatic,
@@ -161,14 +148,12 @@ class AutotuneResult(Result):
                 "confirmation": self.confirmation.as_dict() if self.confirmation is not None else None,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
-
     @classmethod
     def load(cls, path, *, allow_mismatch: bool = False) -> AutotuneResult:
-        """A saved plan, checked against its own evidence: every choice must be measured "pass" with a finite time
-        on its layer, a quantised/emulated choice needs ``allow_quantised`` and a passing image verdict
-        (``InvalidPlanError`` otherwise, always). A plan measured on another platform or with other versions
-        (fluxlab, torch, diffusers and every chosen backend's; missing ones count as different) is refused
-        unless ``allow_mismatch``."""
+        """A saved plan, checked against its own evidence (every choice measured "pass" with a finite time; a
+        quantised one needs ``allow_quantised`` and a passing image verdict: ``InvalidPlanError``). A plan measured
+        on another platform or with other versions (fluxlab, torch, diffusers, each chosen backend's) raises
+        ``PlanMismatchError`` unless ``allow_mismatch``."""
         path = Path(path).expanduser()
         if path.is_dir():
             raise InvalidPlanError(f"{path} is a folder, not a plan file; pass the plan.json inside it (e.g. "
@@ -225,7 +210,7 @@ class AutotuneResult(Result):
         measurements = [Measurement(**{k: (math.nan if v is None and k in _FLOAT_FIELDS else v)
                                        for k, v in m.items()}) for m in data["measurements"]]
         choices = dict(data["choices"])
-        for layer, backend in choices.items():
+        for backend in choices.values():
             BackendChoice.parse(backend)  # an unknown backend or option raises here, with a suggestion
         plan = cls(choices, measurements, dict(data["reasons"]), data["platform"], data["versions"],
                    data["settings"], dict(data.get("automatic") or {}), data.get("image_verdict"),
@@ -265,16 +250,6 @@ IDENTITY_VERSIONS = ("fluxlab", "torch", "diffusers")  # always compared: a plan
 PLATFORM_KEYS = ("vendor", "arch", "device_name", "torch_version", "cuda_version", "hip_version")
 
 
-def _count(values) -> dict:
-    import collections
-
-    return dict(collections.Counter(values))
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else "-"
-
-
 def _differences(kind: str, saved: dict, here: dict, keys) -> list[str]:
     return [f"{kind} {key} {saved.get(key)!r} there, {here.get(key)!r} here" for key in keys
             if saved.get(key) != here.get(key)]
@@ -296,26 +271,26 @@ def current_identity(backends=()) -> tuple[dict, dict]:
     return current_platform().as_dict(), versions
 
 
+def _names(candidates) -> list[str]:
+    names = [candidates] if isinstance(candidates, str) else list(candidates)
+    if not names:
+        raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names, e.g. "
+                               "candidates=['sdpa', 'flex'] (autotune: or None for every allowed one)")
+    return names
+
+
 def _candidates(state, candidates, allow_quantised: bool) -> tuple[list[str], dict[str, str]]:
     """Candidate names (checked now, before any generation) and reasons for those left out."""
     from ..doctor import backends as statuses
 
-    left_out = {}
     if candidates is None:
         names = [s.name for s in statuses() if s.available and s.name in state.allowed and s.name != "reference"]
-    else:
-        names = [candidates] if isinstance(candidates, str) else list(candidates)
-        if not names:
-            raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names, e.g. "
-                                   "candidates=['sdpa', 'flex'], or None for every allowed one")
-        # unknown / disallowed names and bad options raise here; a candidate is its whole spec, options included
-        names = [str(check_allowed(n, state.allowed)) for n in names]
-    chosen = []
-    for name in dict.fromkeys(names):
-        if approximate(name) and not allow_quantised:
-            left_out[name] = "quantised or emulated: taken only with allow_quantised=True"
-        else:
-            chosen.append(name)
+    else:  # unknown / disallowed names and bad options raise here; a candidate is its whole spec, options included
+        names = [str(check_allowed(n, state.allowed)) for n in _names(candidates)]
+    names = list(dict.fromkeys(names))
+    left_out = {name: "quantised or emulated: taken only with allow_quantised=True" for name in names
+                if approximate(name) and not allow_quantised}
+    chosen = [name for name in names if name not in left_out]
     if not chosen:
         raise DecideInputError(f"no candidate left to time: {left_out}")
     return chosen, left_out
@@ -328,37 +303,30 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
              progress: bool = False, **pipe_kwargs) -> AutotuneResult:
     """Choose per attention layer the fastest candidate whose verdict on that layer's captured inputs is pass.
 
-    ``candidates``: backend names (None: every backend the model allows that runs here, less the float64
-    reference). A candidate that raises, returns NaN/inf or fails the verdict on a layer is never chosen there,
-    and ``plan.reasons`` says why. ``capture_step``: the denoising step captured (default: the middle one; true
-    CFG gives two calls per layer). ``repeats``: timed calls per input after one warm-up call.
-    With ``allow_quantised`` quantised/emulated kernels compete too; the plan is then generated for every seed
-    and must pass the image verdict (in image bands, ``fluxlab.compare.bands``) against the automatic choice, or
-    its quantised choices
-    are dropped (``plan.notes`` says so).
-
-    ``confirm``: then time the real transformer step (the captured step's inputs) under the per-layer plan, the
-    automatic pick and each candidate passing on every layer applied uniformly (the ``confirm_uniform`` fastest by
-    summed per-layer time; None: all), interleaved over ``confirm_rounds`` rounds, and keep the fastest variant
-    that passes everywhere (``plan.confirmation``; ``confirm_plan`` says how). ``timer(variant, run) -> ms``
-    replaces the synchronised wall clock there.
+    ``candidates``: backend names (None: every allowed one that runs here, less the float64 reference); one that
+    raises, gives NaN/inf or fails on a layer is never chosen there (``plan.reasons`` says why). ``capture_step``:
+    the step captured (default: the middle one). ``repeats``: timed calls per input after a warm-up call. With
+    ``allow_quantised`` quantised/emulated kernels compete too, and the plan must then pass the image verdict (in image bands) for
+    every seed or loses them (``plan.notes``). ``confirm``: then time the real step under the per-layer plan, the
+    automatic pick and the ``confirm_uniform`` fastest uniform candidates (None: all) over ``confirm_rounds``
+    interleaved rounds and keep the fastest that passes everywhere (``confirm_plan``); ``timer(variant, run) -> ms``
+    replaces the wall clock there.
     """
     from ..models.capture import capture
     from ..models.runner import run
 
     check_generation_args(prompt, steps)
     seeds = seed_list(seeds)
-    if not isinstance(repeats, int) or repeats < 1:
-        raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed calls")
+    check_count(repeats, f"repeats={repeats!r} must be a positive number of timed calls")
     state = state_of(pipe)
     names, reasons = _candidates(state, candidates, allow_quantised)
     step = steps // 2 if capture_step is None else capture_step
     if not -steps <= step < steps:
         raise DecideInputError(f"capture_step={capture_step} is outside the {steps} steps (0..{steps - 1}, or "
                                "negative from the end)")
-    if confirm and (not isinstance(confirm_rounds, int) or confirm_rounds < 1):
-        raise DecideInputError(f"confirm_rounds={confirm_rounds!r} must be a positive number of rounds (or "
-                               "confirm=False)")
+    if confirm:
+        check_count(confirm_rounds, f"confirm_rounds={confirm_rounds!r} must be a positive number of rounds (or "
+                    "confirm=False)")
     with capture(pipe, steps=[step]) as cap, record_step(pipe, step, steps) as replay:
         run(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width, output="latent",
             **pipe_kwargs)
@@ -370,10 +338,8 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
                             settings=settings)
     plan.settings["allow_quantised"] = allow_quantised
     plan.reasons = {**reasons, **plan.reasons}
-    by_layer = {layer: None for layer in plan.automatic}
-    choices = plan.choices
-    if any(approximate(b) for b in choices.values()):
-        _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs)
+    if any(approximate(b) for b in plan.choices.values()):
+        _image_gate(pipe, plan, prompt=prompt, steps=steps, seeds=seeds, height=height, width=width, **pipe_kwargs)
     if confirm:
         confirm_plan(plan, pipe, replay, rounds=confirm_rounds, uniform=confirm_uniform, timer=timer)
     plan.model = model_of(pipe)
@@ -386,35 +352,26 @@ def autotune_records(records, *, candidates, allow_quantised: bool = False, repe
     transformer): each candidate timed and judged on each layer's records. No image gate (``autotune`` adds it)."""
     from ..compare.attention import compare_attention
 
-    names = [candidates] if isinstance(candidates, str) else list(candidates)
-    if not names:
-        raise DecideInputError("candidates=[] leaves nothing to choose from; pass backend names")
-    names = [str(BackendChoice.parse(name)) for name in names]  # unknown names and options raise here
+    names = [str(BackendChoice.parse(name)) for name in _names(candidates)]  # unknown names and options raise here
     by_layer: dict[str, list] = {}
     for record in records:
         by_layer.setdefault(record.layer, []).append(record)
     if not by_layer:
         raise DecideInputError("no captured attention calls to tune on: capture a generation first "
                                "(with fluxlab.capture(pipe) as cap: pipe(...))")
-    bar = _bar(progress, len(by_layer))
     measurements, automatic = [], {}
-    try:
+    with progress_bar(progress, "autotune", unit="layer", total=len(by_layer)) as bar:
         for layer, layer_records in by_layer.items():
             automatic[layer] = layer_records[0].backend
             report = compare_attention(layer_records, backends=names, progress=False, timing_repeats=repeats,
                                        error_maps=False)
             measurements += _measure(layer, report.rows, names)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    choices = _choose(by_layer, measurements, allow_quantised=allow_quantised)
+            bar.update(1)
+    choices = _choose(automatic, measurements, allow_quantised=allow_quantised)
     platform, versions = current_identity(sorted({BackendChoice.parse(n).name for n in names}))
     settings = {**(settings or {}), "repeats": repeats, "candidates": names, "allow_quantised": allow_quantised}
-    plan = AutotuneResult(choices, measurements, {}, platform, versions, settings, automatic)
-    plan.reasons = _never_chosen(measurements, choices)
-    return plan
+    return AutotuneResult(choices, measurements, _never_chosen(measurements, choices), platform, versions, settings,
+                          automatic)
 
 
 def _measure(layer: str, rows, names) -> list[Measurement]:
@@ -433,15 +390,15 @@ def _measure(layer: str, rows, names) -> list[Measurement]:
         ratios = [r.rel_l2_ratio for r in mine if r.rel_l2_ratio is not None]
         found.append(Measurement(
             layer, name, verdict, time_ms=sum(times) / len(times) if times else math.nan,
-            rel_l2=max(rels) if rels else math.nan, rel_l2_ratio=max(ratios) if ratios else math.nan,
+            rel_l2=max(rels, default=math.nan), rel_l2_ratio=max(ratios, default=math.nan),
             quantised=any(r.quantised for r in mine), error=errors[0] if errors else None,
             note=next((r.notes for r in mine if r.verdict == verdict and r.notes), "")))
     return found
 
 
-def _choose(by_layer, measurements, *, allow_quantised: bool) -> dict[str, str]:
+def _choose(layers, measurements, *, allow_quantised: bool) -> dict[str, str]:
     choices = {}
-    for layer in by_layer:
+    for layer in layers:
         passing = [m for m in measurements if m.layer == layer and m.verdict == "pass" and math.isfinite(m.time_ms)
                    and (allow_quantised or not approximate(m.backend))]
         if passing:
@@ -455,36 +412,25 @@ def _never_chosen(measurements, choices) -> dict[str, str]:
     for m in measurements:
         if m.backend in chosen or m.backend in reasons:
             continue
-        if m.error:
-            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.error}"
-        elif m.verdict != "pass":
-            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.note}"
+        if m.error or m.verdict != "pass":
+            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.error or m.note}"
         else:
             reasons[m.backend] = "passes, but slower than the chosen kernel on every layer"
     return reasons
 
 
-def _image_gate(pipe, plan, by_layer, prompt, steps, seeds, height, width, pipe_kwargs) -> None:
+def _image_gate(pipe, plan, **generation) -> None:
     """A plan with quantised layers must pass the image verdict against the automatic choice, else loses them."""
     from .fidelity import image_verdict
 
-    plan.image_verdict, plan.image_note = image_verdict(pipe, plan.schedule, prompt=prompt, steps=steps, seeds=seeds,
-                                                        height=height, width=width, **pipe_kwargs)
+    plan.image_verdict, plan.image_note = image_verdict(pipe, plan.schedule, **generation)
     if plan.image_verdict != "pass":
         dropped = sorted({b for b in plan.choices.values() if approximate(b)})
-        plan.choices = _choose(by_layer, plan.measurements, allow_quantised=False)
+        plan.choices = _choose(plan.automatic, plan.measurements, allow_quantised=False)
         for name in dropped:
             plan.reasons[name] = f"the plan with it failed the image verdict ({plan.image_verdict}): {plan.image_note}"
         plan.notes.append(f"quantised choices {dropped} dropped: the whole plan did not pass the image verdict; "
                           "exact kernels chosen instead")
-
-
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
-
-    return tqdm(total=total, desc="autotune", unit="layer", leave=False)
 
 
 __getattr__ = moved(__name__, {"AutotunePlan": "fluxlab.decide:AutotuneResult"})

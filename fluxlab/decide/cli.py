@@ -10,18 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..util import json_safe as _json_safe  # NaN and infinities as null: JSON has no NaN
 from .runs import DecideInputError, check_generation_args
-
-
-def _work(verb: str, fn):
-    """Run the work: a failure of the kernels (not of the command line) is one line on stderr and exit code 1."""
-    from ..errors import FluxlabError
-
-    try:
-        return fn()
-    except FluxlabError as exc:
-        print(f"fluxlab {verb}: failed: {' '.join(str(exc).split())}", file=sys.stderr)
-        return None
 
 
 def add_subcommand(subparsers) -> None:
@@ -106,12 +96,12 @@ def _common(parser, out: str) -> None:
 
 
 def _names(text: str | None, option: str) -> list[str]:
-    from ..command import check_distinct
+    from ..command import check_distinct, split_list
     from ..dispatch import BackendChoice
 
     if text is None:
         return []
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = split_list(text)
     if not names:
         raise DecideInputError(f"{option} is empty; pass backend names, e.g. {option} sdpa,flex")
     resolved = [str(BackendChoice.parse(n)) for n in names]  # unknown names raise with a suggestion
@@ -128,29 +118,12 @@ def _one_name(text: str, option: str) -> str:
     return names[0]
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DecideInputError(f"{option} {text!r} must be comma-separated integers, e.g. {option} 0,1") from None
-    if not values:
-        raise DecideInputError(f"{option} is empty; e.g. {option} 0")
-    return values
-
-
-def _size(args) -> tuple[int | None, int | None]:
-    """--size checked against the model's own multiple (before loading it), as ``fluxlab generate`` checks it: a
-    size the model would silently shrink is refused, so what the results record is what ran."""
+def _check(args) -> tuple[int | None, int | None]:
+    """What every verb takes, checked before the model loads; returns --size as (width, height), checked against the
+    model's own multiple as ``fluxlab generate`` checks it (a size it would silently shrink is refused)."""
+    from ..models.cli import check_device, check_model_source, check_offload_option
     from ..models.generate import parse_size
     from ..models.limits import size_multiple_for
-
-    if args.size is None:
-        return None, None
-    return parse_size(args.size, size_multiple_for(args.model))
-
-
-def _check(args) -> None:
-    from ..models.cli import check_device, check_model_source, check_offload_option
     from ..outputs import check_output_folder
 
     check_generation_args(args.prompt, args.steps)
@@ -161,13 +134,19 @@ def _check(args) -> None:
     check_device(args.device)
     check_offload_option(args.offload, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)
+    return (None, None) if args.size is None else parse_size(args.size, size_multiple_for(args.model))
 
 
 def _check_steps(text: str | None, steps: int, option: str) -> list[int] | None:
     """Step indices inside the generation (0..steps-1, or negative from the end); one outside would never run."""
     if text is None:
         return None
-    values = _ints(text, option)
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DecideInputError(f"{option} {text!r} must be comma-separated integers, e.g. {option} 0,1") from None
+    if not values:
+        raise DecideInputError(f"{option} is empty; e.g. {option} 0")
     outside = [v for v in values if not -steps <= v < steps]
     if outside:
         raise DecideInputError(f"{option} {text}: {outside} outside the {steps} steps (0..{steps - 1}, or -1 for the "
@@ -177,10 +156,9 @@ def _check_steps(text: str | None, steps: int, option: str) -> list[int] | None:
 
 def _check_exact(name: str | None) -> None:
     """--exact is the yardstick every schedule is judged against: a quantised or emulated kernel cannot be it."""
-    from ..compare.image_rule import is_approximate
-    from ..registry import get_backend
+    from .confirm import approximate
 
-    if name is not None and is_approximate(get_backend(name.split(":")[0])):
+    if name is not None and approximate(name):
         raise DecideInputError(f"--exact {name} is quantised or emulated, not exact: the frontier judges every "
                                "schedule against --exact; pass an exact kernel such as sdpa, sdpa_math or flex (or "
                                "leave it out for the automatic pick)")
@@ -188,10 +166,9 @@ def _check_exact(name: str | None) -> None:
 
 def _check_candidates(names: list[str] | None, allow_quantised: bool) -> None:
     """Candidates that autotune would leave out all the same, refused before the model loads."""
-    from ..compare.image_rule import is_approximate
-    from ..registry import get_backend
+    from .confirm import approximate
 
-    if names and not allow_quantised and all(is_approximate(get_backend(n.split(":")[0])) for n in names):
+    if names and not allow_quantised and all(approximate(n) for n in names):
         raise DecideInputError(f"--backends {','.join(names)}: all quantised or emulated, and those take part only "
                                "with --allow-quantised; add it, or name an exact kernel too")
 
@@ -215,38 +192,27 @@ def _pipe_kwargs(args) -> dict:
     return {} if args.max_sequence_length is None else {"max_sequence_length": args.max_sequence_length}
 
 
-def _write(args, verb: str, stem: str, markdown: str, figure, payload: dict) -> None:
-    """Into --out through fluxlab.outputs (an earlier run's own files replaced, nobody else's), atomically."""
+def _work_and_write(args, verb: str, stem: str, work):
+    """Run ``work``; where it succeeds, write its result (Markdown, PNG, and JSON with provenance as
+    ``result.save`` writes it) into --out through fluxlab.outputs and print its table. A failure of the kernels (not
+    of the command line) is one line on stderr: the result is then None (exit code 1)."""
+    from ..command import one_line
+    from ..errors import FluxlabError
     from ..outputs import output_folder
     from .files import write_atomic, write_figure, write_json
 
+    try:
+        result = work()
+    except FluxlabError as exc:
+        print(f"fluxlab {verb}: failed: {one_line(exc)}", file=sys.stderr)
+        return None
+    markdown = result.to_markdown()
     with output_folder(args.out, verb=verb, overwrite=args.overwrite) as out:
-        write_json(out / f"{stem}.json", _json_safe(payload))
-        write_figure(out / f"{stem}.png", figure)
+        write_json(out / f"{stem}.json", _json_safe(result.to_json_dict()))
+        write_figure(out / f"{stem}.png", result.figure())
         write_atomic(out / f"{stem}.md", markdown + f"\n![{stem}]({stem}.png)\n")
     print(f"wrote {Path(args.out) / stem}.md, .png, .json")
-
-
-def _json_safe(value):
-    """NaN and infinities as null: JSON has no NaN (the number's meaning is in the result's ``kind``/notes)."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _work_and_write(args, verb: str, stem: str, fn):
-    """``_work`` then, where it succeeded, ``_write`` its result and print its table; the result, or None."""
-    result = _work(verb, fn)
-    if result is not None:
-        # the result and its provenance (platform, versions, model, command), as result.save(path) writes it
-        _write(args, verb, stem, result.to_markdown(), result.figure(), result.to_json_dict())
-        print(result.to_markdown())
+    print(markdown)
     return result
 
 
@@ -257,7 +223,7 @@ def run_locate_drift(args) -> int:
     from ..models.schedule import Rule, Schedule
     from .drift import locate_drift
 
-    _check(args)
+    width, height = _check(args)
     good, bad = _one_name(args.good, "--good"), _one_name(args.bad, "--bad")
     if good == bad and args.bad_layers is None and args.bad_steps is None:
         raise DecideInputError(f"--good and --bad are both {good}: the same kernel gives no drift to locate; pass "
@@ -267,7 +233,6 @@ def run_locate_drift(args) -> int:
     if args.budget is not None and args.budget < 2:
         raise DecideInputError(f"--budget {args.budget}: locating drift needs at least 2 generations (all good and "
                                "all bad); leave it out for the search's own bound")
-    width, height = _size(args)
     pipe = _load(args, [good, bad])
     bad_plan = bad if layers is None and steps is None else Schedule(
         default=good, rules=[Rule(bad, layers=tuple(layers or ("*",)), steps=steps)])
@@ -280,34 +245,31 @@ def run_locate_drift(args) -> int:
 def run_frontier(args) -> int:
     from .frontier import frontier
 
-    _check(args)
+    width, height = _check(args)
     if args.backends is None:  # not argparse's required=: its old spelling --candidates must count too
         raise DecideInputError("frontier needs --backends, the fast kernels to place, e.g. --backends sage")
     candidates = _names(args.backends, "--backends")
     exact = _one_name(args.exact, "--exact") if args.exact else None
     _check_exact(exact)
-    seeds = args.seeds
-    width, height = _size(args)
     pipe = _load(args, candidates + ([exact] if exact else []))
     result = _work_and_write(args, "frontier", "frontier", lambda: frontier(
-        pipe, candidates, prompt=args.prompt, seeds=seeds, steps=args.steps, exact=exact, height=height, width=width,
-        repeats=args.repeats, locate=not args.no_locate, progress=not args.no_progress, **_pipe_kwargs(args)))
+        pipe, candidates, prompt=args.prompt, seeds=args.seeds, steps=args.steps, exact=exact, height=height,
+        width=width, repeats=args.repeats, locate=not args.no_locate, progress=not args.no_progress,
+        **_pipe_kwargs(args)))
     return 1 if result is None else 0
 
 
 def run_autotune(args) -> int:
     from .autotune import autotune
 
-    _check(args)
+    width, height = _check(args)
     candidates = _names(args.backends, "--backends") or None
     _check_candidates(candidates, args.allow_quantised)
-    seeds = args.seeds
-    width, height = _size(args)
     if args.confirm_rounds < 0:
         raise DecideInputError(f"--confirm-rounds {args.confirm_rounds} must be 0 (no step-level check) or more")
     pipe = _load(args, candidates or [])
     plan = _work_and_write(args, "autotune", "plan", lambda: autotune(
-        pipe, candidates=candidates, prompt=args.prompt, steps=args.steps, seeds=seeds,
+        pipe, candidates=candidates, prompt=args.prompt, steps=args.steps, seeds=args.seeds,
         allow_quantised=args.allow_quantised, repeats=args.repeats, height=height, width=width,
         confirm=args.confirm_rounds > 0, confirm_rounds=max(args.confirm_rounds, 1), progress=not args.no_progress,
         **_pipe_kwargs(args)))

@@ -1,9 +1,5 @@
-"""Step-level confirmation for autotune: the real transformer step timed under each plan variant, interleaved.
-
-Per-layer wins measured in isolation need not add up in a whole step (cache state, launch overlap, noise), so the
-per-layer plan competes with the automatic pick and with each candidate applied to every layer; the fastest that
-passes everywhere is kept, but the automatic pick gives way only to a variant faster in every round.
-"""
+"""Step-level confirmation for autotune: per-layer wins measured in isolation need not add up in a whole step, so
+the real transformer step is timed under each plan variant, interleaved, and the fastest that passes is kept."""
 
 from __future__ import annotations
 
@@ -20,7 +16,9 @@ from ..choice import BackendChoice
 from ..compare.image_rule import is_approximate
 from ..models.attach import set_schedule, state_of
 from ..models.schedule import Schedule
+from ..results import format_cell, markdown_table
 from ..util import json_safe
+from .files import check_count
 from .runs import DecideInputError
 
 PER_LAYER, AUTOMATIC = "per-layer plan", "automatic pick"
@@ -70,22 +68,21 @@ class Confirmation:
         return next(t for t in self.timings if variant == t.variant or variant in t.same_as)
 
     def to_markdown(self) -> str:
-        lines = [f"Step-level confirmation: the real transformer step (the captured inputs) under each variant, "
-                 f"{self.warmup} warm-up call(s) each, then {self.rounds} rounds with every variant once per round "
-                 "(order rotated each round); times in ms, median and [min, max]; ratio: median over rounds of the "
-                 "variant's time over the automatic pick's in the same round.", "",
-                 "| variant | kernels (layers) | per-layer times in isolation, summed (ms) | step median (ms) | "
-                 "[min, max] | vs automatic | eligible |", "|---|---|---|---|---|---|---|"]
+        rows = []
         for t in self.timings:
-            low, high = t.spread_ms
             name = t.variant + "".join(f" = {other}" for other in t.same_as)
-            if t.variant == self.kept or self.kept in t.same_as:
-                name = f"**{name}** (kept)"
-            kernels = ", ".join(f"{b} x{n}" for b, n in t.kernels.items())
-            eligible = "yes" if t.eligible else f"no: {t.note}"
-            lines.append(f"| {name} | {kernels} | {_f(t.attention_ms, '.3g')} | {_f(t.median_ms, '.2f')} | "
-                         f"[{_f(low, '.2f')}, {_f(high, '.2f')}] | {_f(t.median_ratio, '.4f')} | {eligible} |")
-        return "\n".join(lines + ["", f"Decision: {self.decision}"]) + "\n"
+            low, high = t.spread_ms
+            rows.append({
+                "variant": f"**{name}** (kept)" if self.kept in (t.variant, *t.same_as) else name,
+                "kernels (layers)": ", ".join(f"{b} x{n}" for b, n in t.kernels.items()),
+                "per-layer times in isolation, summed (ms)": t.attention_ms, "step median (ms)": t.median_ms,
+                "[min, max]": f"[{format_cell(low)}, {format_cell(high)}]", "vs automatic": t.median_ratio,
+                "eligible": "yes" if t.eligible else f"no: {t.note}"})
+        return (f"Step-level confirmation: the real transformer step (the captured inputs) under each variant, "
+                f"{self.warmup} warm-up call(s) each, then {self.rounds} rounds with every variant once per round "
+                "(order rotated each round); times in ms, median and [min, max]; ratio: median over rounds of the "
+                f"variant's time over the automatic pick's in the same round.\n\n{markdown_table(rows)}\n"
+                f"Decision: {self.decision}\n")
 
     def as_dict(self) -> dict:
         return {"timings": [json_safe(t.as_dict()) for t in self.timings], "kept": self.kept, "decision": self.decision,
@@ -98,10 +95,6 @@ class Confirmation:
                                  for k, v in t.items() if k in fields}) for t in data["timings"]]
         return cls(timings, data["kept"], data["decision"], dict(data["per_layer_choices"]), data["rounds"],
                    data["warmup"])
-
-
-def _f(value: float, spec: str) -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 # -- the step to time ----------------------------------------------------------------------------------------------
@@ -173,19 +166,13 @@ def approximate(spec: str) -> bool:
     return is_approximate(registry.get_backend(BackendChoice.parse(spec).name))
 
 
-def _passing(plan) -> dict[str, set[str]]:
-    """layer -> the backends whose verdict there is pass with a finite time (exact ones, or the plan's own)."""
-    passing = collections.defaultdict(set)
-    for m in plan.measurements:
-        if m.verdict == "pass" and math.isfinite(m.time_ms):
-            passing[m.layer].add(m.backend)
-    return passing
-
-
 def _variants(plan, uniform: int | None) -> list[tuple[str, dict[str, str], bool, str]]:
     """(name, layer -> backend, eligible, note) for the per-layer plan, the automatic pick and uniform candidates."""
     layers = list(plan.automatic)
-    passing = _passing(plan)
+    passing = collections.defaultdict(set)  # layer -> the backends judged pass there with a finite time
+    for m in plan.measurements:
+        if m.verdict == "pass" and math.isfinite(m.time_ms):
+            passing[m.layer].add(m.backend)
     per_layer = {layer: plan.choices.get(layer, plan.automatic[layer]) for layer in layers}
     variants = [(PER_LAYER, per_layer, True, "")]
     bad = [f"{layer} ({backend})" for layer, backend in plan.automatic.items()
@@ -213,33 +200,26 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
                  uniform: int | None = 3, timer: Callable | None = None) -> Confirmation:
     """Time ``run_step`` (one real transformer step of ``model``) under the per-layer plan, the automatic pick and
     each candidate that passes on every layer applied uniformly (the ``uniform`` fastest by summed per-layer time;
-    None: all); keep the eligible variant with the lowest median ratio to the automatic pick, where an eligible
-    automatic pick is left only for a variant that beat it in every round (``_winner``).
-
-    Fair timing: ``warmup`` untimed calls per variant, then ``rounds`` rounds calling every variant once, the order
-    rotated each round; variants with the same kernel on every layer are timed once. ``timer(variant, run) -> ms``
-    replaces the wall clock (tests script it). Updates ``plan.choices``, ``plan.reasons``, ``plan.notes`` and sets
-    ``plan.confirmation``, which it returns.
+    None: all), and keep the winner (``_winner``): ``plan.choices``, ``reasons`` and ``notes`` follow it, and
+    ``plan.confirmation`` (returned) says why. ``warmup`` untimed calls per variant, then ``rounds`` rounds calling
+    every variant once, the order rotated; ``timer(variant, run) -> ms`` replaces the wall clock.
     """
-    if not isinstance(rounds, int) or rounds < 1:
-        raise DecideInputError(f"confirm_rounds={rounds!r} must be a positive number of rounds (or confirm=False)")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise DecideInputError(f"warm-up calls {warmup!r} must be 0 or more")
-    if uniform is not None and (not isinstance(uniform, int) or uniform < 0):
-        raise DecideInputError(f"confirm_uniform={uniform!r} must be 0 or more candidates (None: every one)")
+    check_count(rounds, f"confirm_rounds={rounds!r} must be a positive number of rounds (or confirm=False)")
+    check_count(warmup, f"warm-up calls {warmup!r} must be 0 or more", minimum=0)
+    if uniform is not None:
+        check_count(uniform, f"confirm_uniform={uniform!r} must be 0 or more candidates (None: every one)", minimum=0)
     state = state_of(model)
     if timer is None:
         timer = wall_clock(next(state.transformer.parameters()).device)
     timings, schedules = [], []
     for name, choices, eligible, note in _variants(plan, uniform):
-        kernels = dict(collections.Counter(choices.values()))
         twin = next((i for i, s in enumerate(schedules) if s[1] == choices), None)
         if twin is not None:
             timings[twin].same_as.append(name)
             timings[twin].eligible = timings[twin].eligible or eligible
             continue
-        timings.append(StepTiming(name, kernels, eligible=eligible, attention_ms=_attention_ms(plan, choices),
-                                  note=note))
+        timings.append(StepTiming(name, dict(collections.Counter(choices.values())), eligible=eligible,
+                                  attention_ms=_attention_ms(plan, choices), note=note))
         schedules.append((None if name == AUTOMATIC else Schedule.by_layer(choices), choices))
     per_layer_choices = dict(plan.choices)
     if len(timings) < 2:

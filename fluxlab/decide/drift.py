@@ -1,9 +1,8 @@
 """``fluxlab.locate_drift``: which attention layers x denoising steps make an image drift, found coarse to fine.
 
-A region of the (layer x step) grid is scored by switching only it from ``good`` to ``bad`` and measuring how far
-the final latents move from the all-good run (rel-L2). Regions are halved (layers first, then steps) and only the
-``beam`` strongest of each level are split further, so a grid of N layers x T steps costs at most
-``2 + 2 * beam * (ceil(log2 N) + ceil(log2 T))`` generations instead of N * T.
+A region of the (layer x step) grid is scored by switching only it from ``good`` to ``bad`` (final-latent rel-L2
+against the all-good run); regions are halved, layers first, and only the ``beam`` strongest of each level are
+split further (``generation_bound``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ import math
 import numpy as np
 
 from ..models.names import diffusers_names
-from ..results import Result, model_of
+from ..results import Result, markdown_table, model_of
+from .files import check_count, finish_figure, new_figure, progress_bar
 from .runs import CellSchedule, Cells, DecideInputError, Run, Runner, as_schedule, describe, rel_l2
 
 # A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
@@ -136,15 +136,9 @@ class DriftMap(Result):
                 for i, c in enumerate(self.culprits, 1)]
 
     def to_markdown(self, n: int = 8) -> str:
-        lines = [self.headline(), ""]
-        if self.note:
-            lines += [self.note, ""]
-        lines += ["| rank | layer | steps | contribution (final-latent rel-L2) | share of all-bad |",
-                  "|---|---|---|---|---|"]
-        for i, c in enumerate(self.culprits[:n], 1):
-            share = c.contribution / self.all_bad_drift if self.all_bad_drift else math.nan
-            lines.append(f"| {i} | {c.layer} | {_steps_text(c.steps)} | {c.contribution:.3g} | {share:.0%} |")
-        return "\n".join(lines) + "\n"
+        """The ``n`` strongest culprits (contribution: final-latent rel-L2 with only that region bad)."""
+        note = f"{self.note}\n\n" if self.note else ""
+        return f"{self.headline()}\n\n{note}{markdown_table(self.table_rows()[:n])}"
 
     def as_dict(self) -> dict:
         return {"good": self.good, "bad": self.bad, "layers": self.layers, "steps": self.steps,
@@ -158,16 +152,10 @@ class DriftMap(Result):
 
     def figure(self, path=None):
         """Heatmap of single-cell contributions (layers x steps) beside the per-step drift of the latents."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, (heat, curve) = plt.subplots(1, 2, figsize=(11, 0.35 * len(self.layers) + 2.2),
-                                          gridspec_kw={"width_ratios": [1.2, 1]})
-        shown = np.ma.masked_invalid(self.grid)
-        image = heat.imshow(shown, aspect="auto", cmap="magma", interpolation="nearest", vmin=0)
+        fig, (heat, curve) = new_figure(path, ncols=2, figsize=(11, 0.35 * len(self.layers) + 2.2),
+                                        gridspec_kw={"width_ratios": [1.2, 1]})
+        image = heat.imshow(np.ma.masked_invalid(self.grid), aspect="auto", cmap="magma", interpolation="nearest",
+                            vmin=0)
         heat.set_yticks(range(len(self.layers)), [n.removesuffix(".attn") for n in self.layers], fontsize=8)
         heat.set_xticks(range(self.steps))
         heat.set_xlabel("denoising step")
@@ -181,10 +169,7 @@ class DriftMap(Result):
         curve.set_title(f"cumulative drift ({self.kind})", fontsize=9)
         curve.legend(fontsize=8)
         fig.suptitle(f"good: {self.good}   bad: {self.bad}", fontsize=9)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-        return fig
+        return finish_figure(fig, path)
 
     def replay(self, pipe) -> CellReplay:
         """Regenerate this map's runs on ``pipe`` (the pipeline it was located on): all good, all bad, or bad in
@@ -255,23 +240,20 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     quantised/emulated kernel); without one the map says so. Extra keyword arguments go to the pipeline call
     (e.g. ``max_sequence_length``).
     """
-    if not isinstance(beam, int) or beam < 1:
-        raise DecideInputError(f"beam={beam!r} must be a positive integer (regions split per level); e.g. beam=2")
+    check_count(beam, f"beam={beam!r} must be a positive integer (regions split per level); e.g. beam=2")
     good_schedule = as_schedule(pipe, good, "good")
     bad_schedule = as_schedule(pipe, bad, "bad")
     band_value, band_source = _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs)  # before generating
-    bar = _bar(progress, "locate-drift")
+    bar = progress_bar(progress, "locate-drift")
     runner = Runner(pipe, prompt=prompt, seed=seed, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs,
-                    progress=bar.update if bar is not None else None)
+                    progress=bar.update)
     layers = runner.layer_names
     bound = generation_bound(len(layers), steps, beam)
     budget = bound if budget is None else budget
-    if not isinstance(budget, int) or budget < 2:
-        raise DecideInputError(f"budget={budget!r}: locate_drift needs at least 2 generations (all-good and "
-                               f"all-bad); the full search here takes at most {bound}")
-    if bar is not None:
-        bar.total = min(budget, bound)
-    try:
+    check_count(budget, f"budget={budget!r}: locate_drift needs at least 2 generations (all-good and all-bad); the "
+                f"full search here takes at most {bound}", minimum=2)
+    bar.total = min(budget, bound)
+    with bar:
         good_run = runner.run(CellSchedule(good_schedule, bad_schedule, None))
         whole = Cells(tuple(layers), tuple(range(steps)))
         bad_run = runner.run(CellSchedule(good_schedule, bad_schedule, whole))
@@ -294,9 +276,6 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
                 scored[child], runs[child] = rel_l2(run.final, good_run.final), run
             strongest = sorted(children, key=lambda c: -_key(scored[c]))
             frontier = [c for c in strongest[:beam] if scored[c] > 0]
-    finally:
-        if bar is not None:
-            bar.close()
 
     # The culprits are the leaves of the search: regions scored but not split (single cells where it got there).
     culprits = sorted((Culprit(_group_label(r.layers), r.steps, v, r.layers) for r, v in scored.items()
@@ -315,8 +294,8 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
     complete = not note and bool(culprits) and len(culprits[0].layers) == 1 and len(culprits[0].steps) == 1
     settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
                 "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
-    return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count, bound,
-                    complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe),
+    return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count,
+                    bound, complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe),
                     band=band_value, band_source=band_source)
 
 
@@ -337,11 +316,3 @@ def _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs) -> tuple[
 
 def _key(value: float) -> float:
     return math.inf if math.isnan(value) else value  # NaN latents are the strongest drift there is
-
-
-def _bar(enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
-
-    return tqdm(total=None, desc=desc, unit="gen", leave=False)

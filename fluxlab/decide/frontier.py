@@ -1,9 +1,5 @@
-"""``fluxlab.frontier``: what each schedule of a fast kernel buys in step time and costs in fidelity, Pareto set marked.
-
-Per candidate the schedules are: the candidate everywhere, exact ends (``Schedule.exact_ends(exact, fast,
-first=k, last=k)``, k = 1..3 while steps remain in between) and, with ``locate``, the candidate everywhere except
-the culprit cells ``locate_drift`` finds. Step time: the transformer's time per denoising step, median of
-``repeats`` timed generations after a warm-up one. Fidelity: the image-verdict metrics against the exact kernel.
+"""``fluxlab.frontier``: what each schedule of a fast kernel buys in step time and costs in fidelity, Pareto set
+marked. Step time: the transformer's per denoising step; fidelity: the image-verdict metrics against the exact kernel.
 """
 
 from __future__ import annotations
@@ -18,10 +14,11 @@ from ..compare.tolerances import FAIL, PASS
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
-from ..results import Result, model_of
+from ..results import Result, markdown_table, model_of
 from ..util import json_safe
 from .confirm import approximate
 from .fidelity import fidelity
+from .files import check_count, finish_figure, new_figure, progress_bar
 from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
 
 CULPRIT_SHARE = 0.25  # culprit cells kept exact: those with at least this share of the strongest one's drift
@@ -68,14 +65,10 @@ class Frontier(Result):
         return sorted((r for r in self.rows if r.pareto), key=lambda r: r.step_ms)
 
     def to_markdown(self) -> str:
-        lines = [self.headline(), "",
-                 "| schedule | step (ms) | speed-up (x) | final-latent rel-L2 | SSIM | PSNR (dB) | verdict | Pareto | error |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            lines.append(f"| {r.name} | {_f(r.step_ms, '.2f')} | {_f(r.speedup, '.2f')} | "
-                         f"{_f(r.final_latent_rel_l2, '.3g')} | {_f(r.ssim, '.4f')} | {_f(r.psnr, '.1f')} | "
-                         f"{r.verdict} | {'P' if r.pareto else ''} | {r.error or ''} |")
-        return "\n".join(lines) + "\n"
+        rows = [{"schedule": r.name, "step (ms)": r.step_ms, "speed-up (x)": r.speedup,
+                 "final-latent rel-L2": r.final_latent_rel_l2, "SSIM": r.ssim, "PSNR (dB)": r.psnr,
+                 "verdict": r.verdict, "Pareto": "P" if r.pareto else "", "error": r.error} for r in self.rows]
+        return f"{self.headline()}\n\n{markdown_table(rows)}"
 
     def __repr__(self):
         return (f"Frontier({len(self.rows)} schedules against {self.exact}; Pareto: "
@@ -88,37 +81,24 @@ class Frontier(Result):
 
     def figure(self, path=None):
         """Step time against final-latent rel-L2 (log), the Pareto line through the best rows."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        fig, ax = new_figure(path, figsize=(7.5, 4.5))
         ok = [r for r in self.rows if r.error is None and math.isfinite(r.step_ms)]
         floor = min([r.final_latent_rel_l2 for r in ok if r.final_latent_rel_l2 > 0] or [1e-7]) / 10
-        y = lambda r: max(r.final_latent_rel_l2, floor)  # noqa: E731 - the exact row sits at 0: drawn at the floor
+
+        def height(row):  # the exact row sits at 0: drawn at the floor
+            return max(row.final_latent_rel_l2, floor)
+
         for r in ok:
             colour = {"pass": "tab:green", "warn": "tab:orange"}.get(r.verdict, "tab:red")
-            ax.scatter(r.step_ms, y(r), color=colour, s=40, zorder=3)
-            ax.annotate(r.name, (r.step_ms, y(r)), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        front = self.pareto
-        ax.plot([r.step_ms for r in front], [y(r) for r in front], "k--", lw=1, label="Pareto set")
+            ax.scatter(r.step_ms, height(r), color=colour, s=40, zorder=3)
+            ax.annotate(r.name, (r.step_ms, height(r)), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.plot([r.step_ms for r in self.pareto], [height(r) for r in self.pareto], "k--", lw=1, label="Pareto set")
         ax.set_yscale("log")
         ax.set_xlabel("transformer time per step (ms, median)")
         ax.set_ylabel(f"final-latent rel-L2 vs {self.exact} (worst seed)")
         ax.set_title("speed vs fidelity (green pass, orange warn, red fail)", fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-        return fig
-
-
-def _f(value, spec) -> str:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else ""
+        return finish_figure(fig, path)
 
 
 def exact_ends_label(exact: str, candidate: str, k: int) -> str:
@@ -163,8 +143,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
 
     check_generation_args(prompt, steps)
     seeds = seed_list(seeds)
-    if not isinstance(repeats, int) or repeats < 1:
-        raise DecideInputError(f"repeats={repeats!r} must be a positive number of timed generations")
+    check_count(repeats, f"repeats={repeats!r} must be a positive number of timed generations")
     state = state_of(pipe)
     exact = exact or default_backend() or "sdpa"
     check_allowed(exact, state.allowed)
@@ -181,39 +160,29 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     if not candidates and schedules is None:
         raise DecideInputError("frontier needs candidates (fast backend names) or schedules to measure")
 
-    bar = _bar(progress)
+    bar = progress_bar(progress, "frontier")
     runner = Runner(pipe, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width,
-                    pipe_kwargs=pipe_kwargs, progress=bar.update if bar is not None else None)
+                    pipe_kwargs=pipe_kwargs, progress=bar.update)
     known, drift_maps = dict(drift_maps or {}), {}
-    try:
-        if locate and schedules is None:
-            for name in candidates:
-                if name in known:
-                    drift_maps[name] = known[name]
-                    schedule = except_culprits(exact, name, known[name])
-                    if schedule is not None:
-                        plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
-                    continue
-                try:
-                    drift = locate_drift(pipe, exact, name, prompt=prompt, seed=seeds[0], steps=steps, height=height,
-                                         width=width, beam=1, **pipe_kwargs)
-                except Exception as exc:  # noqa: BLE001 - a failing candidate is a row, the frontier goes on
-                    plans.append((f"{name} except culprits", name, None, ))
-                    drift_maps[name] = exc
-                    continue
-                drift_maps[name] = drift
-                schedule = except_culprits(exact, name, drift)
-                if schedule is not None:
-                    plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
+    with bar:
+        for name in candidates if locate and schedules is None else ():
+            try:
+                drift_maps[name] = known[name] if name in known else locate_drift(
+                    pipe, exact, name, prompt=prompt, seed=seeds[0], steps=steps, height=height, width=width, beam=1,
+                    **pipe_kwargs)
+            except Exception as exc:  # noqa: BLE001 - a failing candidate is a row, the frontier goes on
+                plans.append((f"{name} except culprits", name, None))
+                drift_maps[name] = exc
+                continue
+            schedule = except_culprits(exact, name, drift_maps[name])
+            if schedule is not None:
+                plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
         references = {seed: runner.run(plans[0][2], seed=seed, image=True) for seed in seeds}
         low = any(approximate(n) for _, _, sch in plans if sch is not None for n in sch.backend_names())
         band = band_for(pipe, band, prompt=prompt, seeds=seeds, steps=steps, height=height, width=width,
                         pipe_kwargs=pipe_kwargs, classes=(EXACT, LOW_PRECISION) if low else (EXACT,))
         rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps, band)
                 for label, candidate, schedule in plans]
-    finally:
-        if bar is not None:
-            bar.close()
     exact_ms = rows[0].step_ms
     for row in rows:
         row.speedup = exact_ms / row.step_ms if row.step_ms else math.nan
@@ -259,11 +228,3 @@ def mark_pareto(rows) -> None:
 
 def _error_text(exc) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-
-
-def _bar(enabled: bool):
-    if not enabled:
-        return None
-    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
-
-    return tqdm(total=None, desc="frontier", unit="gen", leave=False)

@@ -1,11 +1,5 @@
-"""Before launch: can this backend serve Ulysses or ring attention for these shapes? Every refusal is a sentence.
-
-Rules (diffusers 0.42's context parallelism is the engine; fluxlab's backends are the per-rank kernel):
-ring merges per-hop results with the log-sum-exp, so the backend must return it (``caps.returns_lse``); Ulysses
-splits heads over ranks, so heads must divide by the Ulysses degree; diffusers splits every sequence input (FLUX.2:
-text and image tokens separately) evenly over all ranks and asserts instead of padding, so each length must divide
-by the total degree; its templates refuse causal attention, masks (fluxlab's kernels take none), dropout and GQA.
-"""
+"""Before launch: can this backend serve Ulysses or ring attention for these shapes? Every refusal is a sentence
+naming the fix (ring needs the LSE, Ulysses divides the heads, diffusers' sharder divides every sequence input)."""
 
 from __future__ import annotations
 
@@ -77,10 +71,6 @@ def lse_backends() -> list[str]:
     return [b.name for b in registry.all_backends() if b.caps.returns_lse]
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(2, n + 1) if n % d == 0]
-
-
 def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = None, heads: int | None = None, *,
                    head_dim: int | None = None, dtype: torch.dtype | None = None,
                    seq_lens: dict[str, int] | None = None, kv_heads: int | None = None, causal: bool = False,
@@ -111,10 +101,10 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
             + (f" (runnable on this machine: {', '.join(here)})" if here else "")
             + ". Ulysses needs no log-sum-exp, so 'ulysses=...' can use it.")
     if heads is not None and spec.ulysses > 1 and heads % spec.ulysses:
-        reasons.append(
-            f"Ulysses gives each rank heads/degree heads: {heads} heads do not divide by ulysses degree "
-            f"{spec.ulysses}; choose a Ulysses degree among {', '.join(map(str, _divisors(heads)))}, or ring "
-            "(which splits the sequence, not the heads)")
+        divisors = ", ".join(str(d) for d in range(2, heads + 1) if heads % d == 0)
+        reasons.append(f"Ulysses gives each rank heads/degree heads: {heads} heads do not divide by ulysses degree "
+                       f"{spec.ulysses}; choose a Ulysses degree among {divisors}, or ring (which splits the sequence, "
+                       "not the heads)")
     if kv_heads is not None and heads is not None and kv_heads != heads:
         reasons.append(f"diffusers' context-parallel templates do not support grouped-query attention "
                        f"({heads} query heads, {kv_heads} key/value heads)")
@@ -135,9 +125,17 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
     platform_reasons = chosen.platform_reasons(platform)
     reasons += [f"'{chosen.name}' cannot run here: {r}" for r in platform_reasons]
     if not platform_reasons and heads is not None and head_dim is not None and dtype is not None:
-        share = _share_text(spec, heads, head_dim, seq_lens, batch)
+        # the q each rank's kernel sees: Ulysses has all tokens and heads/u, ring tokens/r and its heads
+        rank_heads, total = max(1, heads // spec.ulysses), sum((seq_lens or {}).values())
+        q = torch.empty((batch, (total or 4608) // spec.ring, rank_heads, head_dim), dtype=dtype, device="meta")
+        if total:
+            seq = str(total // spec.ring)
+        else:
+            seq = f"seq/{spec.ring}" if spec.ring > 1 else "seq"
+        share = f"[{batch}, {seq}, {rank_heads}, {head_dim}]"
+        # the LSE rule is judged above with its own message; here only shape/dtype/arch reasons
         reasons += [f"'{chosen.name}' cannot run each rank's share (q {share}, {torch_dtype_name(dtype)}): {r}"
-                    for r in _rank_input_reasons(chosen, spec, heads, head_dim, dtype, seq_lens, batch, platform)]
+                    for r in chosen.input_reasons(q, q, platform, causal=False, return_lse=False)]
     return reasons
 
 
@@ -154,27 +152,6 @@ def sequence_reasons(spec: ParallelSpec, seq_lens: dict[str, int] | None) -> lis
                 f"input: {', '.join(map(str, common)) or 'none up to 64'}"
                 + (" — or change the image size / max_sequence_length" if name in ("text", "image") else ""))
     return reasons
-
-
-def _rank_shape(spec: ParallelSpec, heads: int, head_dim: int, seq_lens, batch: int) -> tuple[int, ...]:
-    """The q shape each rank's kernel sees: Ulysses has all tokens and heads/u; ring has tokens/r and its heads."""
-    total = sum((seq_lens or {}).values()) or 4608
-    return (batch, total // spec.ring, max(1, heads // spec.ulysses), head_dim)
-
-
-def _share_text(spec, heads, head_dim, seq_lens, batch) -> str:
-    """``[1, 2304, 48, 128]`` with the sequence known, ``[1, seq/2, 48, 128]`` without."""
-    if seq_lens:
-        seq = str(sum(seq_lens.values()) // spec.ring)
-    else:
-        seq = f"seq/{spec.ring}" if spec.ring > 1 else "seq"
-    return f"[{batch}, {seq}, {max(1, heads // spec.ulysses)}, {head_dim}]"
-
-
-def _rank_input_reasons(chosen, spec, heads, head_dim, dtype, seq_lens, batch, platform) -> list[str]:
-    q = torch.empty(_rank_shape(spec, heads, head_dim, seq_lens, batch), dtype=dtype, device="meta")
-    # The LSE rule was judged above with its own message; here only shape/dtype/arch reasons.
-    return chosen.input_reasons(q, q, platform, causal=False, return_lse=False)
 
 
 def require_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = None, heads: int | None = None,

@@ -9,8 +9,7 @@ from ..command import EXIT_TEXT, split_list as _csv
 
 EPILOG = ("Modes: 'ulysses=N' (all-to-all over heads; heads must divide by N), 'ring=N' (K/V passed around; the "
           "backend must return the log-sum-exp), 'ulysses=N,ring=M' (both, N*M ranks). " + EXIT_TEXT)
-# --model: the transformer architecture the checks and runs use (random weights of that shape). The embedded
-# model's is read from its shipped config; "dev" is FLUX.2 [dev]'s; "tiny" fluxlab's random-weight test model.
+# --model: the transformer architecture the checks and runs use (random weights of that shape).
 CHECK_MODELS = ("embedded", "tiny", "dev")
 RUN_MODELS = ("tiny", "dev")  # parallel compare builds the transformer on every rank: these two are built in
 
@@ -120,14 +119,10 @@ def _check_arguments(args) -> None:
     elif width is not None or height is not None:
         check_size(width or multiple, height or multiple, multiple)
     args.width, args.height = width, height
-    if args.text_tokens is not None and args.text_tokens < 1:
-        raise UsageError(f"--text-tokens must be >= 1, got {args.text_tokens}")
-    for name in ("gpus", "repeats", "steps"):
+    for name, minimum in (("text_tokens", 1), ("gpus", 1), ("repeats", 1), ("steps", 1), ("warmup", 0)):
         value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {value}")
-    if getattr(args, "warmup", None) is not None and args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     if getattr(args, "timeout", 1) <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
     setup = getattr(args, "setup", None)
@@ -153,7 +148,9 @@ def _check_arguments(args) -> None:
 
 def _check(args) -> int:
     import dataclasses
+    import json
 
+    from ..models.embedded import EMBEDDED_DIR
     from ..platform import PROFILES, current_platform
     from .checks import check_parallel
     from .compare import DTYPES, _shape
@@ -164,14 +161,14 @@ def _check(args) -> int:
     if args.gpus is not None:
         platform = dataclasses.replace(platform, device_count=args.gpus)
     if args.model == "embedded":
-        config = _embedded_transformer_config()
+        config = json.loads((EMBEDDED_DIR / "transformer" / "config.json").read_text())
         height, width, text = args.height or 64, args.width or 64, args.text_tokens or 512
         tokens = (height // 8) * (width // 8)  # its VAE scales by 4, then 2x2 patches
     else:
         config = TRANSFORMER_CONFIGS[args.model]
         height, width, text = _shape(args.model, "forward", args.height, args.width, args.text_tokens)
         tokens = image_tokens(height, width)
-    dtype = DTYPES[args.dtype] if args.dtype else (DTYPES["bf16"] if platform.is_gpu else DTYPES["fp32"])
+    dtype = DTYPES[args.dtype or ("bf16" if platform.is_gpu else "fp32")]
     failed = False
     print(f"{args.parallel} on {platform.describe()}; FLUX.2 {args.model}: {config['num_attention_heads']} heads x "
           f"{config['attention_head_dim']}, {height}x{width} ({text} text + {tokens} image "
@@ -183,14 +180,6 @@ def _check(args) -> int:
         failed |= bool(reasons)
         print(f"  {backend}: " + ("ok" if not reasons else "refused\n    - " + "\n    - ".join(reasons)))
     return 1 if failed else 0
-
-
-def _embedded_transformer_config() -> dict:
-    import json
-
-    from ..models.embedded import EMBEDDED_DIR
-
-    return json.loads((EMBEDDED_DIR / "transformer" / "config.json").read_text())
 
 
 def _compare(args) -> int:

@@ -1,17 +1,9 @@
 """N ranks vs 1 rank and vs one device's float64: the same FLUX.2 forward (or tiny generation), metrics, a verdict.
 
-Tolerance (``tolerance_for``): splitting the sequence changes only rounding, never the maths — Ulysses reorders the
-tokens each kernel sums over; ring rounds each hop's partial output to the model dtype and merges them with the
-log-sum-exp in float32. So the parallel output may differ from the single-rank output by about as much as a second,
-independent exact kernel would: at most ``FACTOR`` (2) x the backend's own end-to-end error, measured in the same run
-as the rel-L2 between the single-rank output and the single-rank output with float64 attention (``reference``);
-for ``reference`` itself, the error of the platform's default exact kernel. ``FLOOR`` keeps a near-zero yardstick
-(float32 on CPU) from demanding bit-identity.
-
-Against float64 too (``judge``): the N-rank output is also measured against the single-device output with float64
-attention and held to the same tolerance, and the backend's own 1-rank error is held to the single-device rule
-(``FACTOR`` x the default exact kernel's error). ``growth`` is the N-rank error vs float64 over the 1-rank one.
-Under ring each backend's LSE is probed (``lse.check_lse``) so a failed verdict says when the LSE is the cause.
+Splitting the sequence changes only rounding (Ulysses reorders the tokens each kernel sums over; ring merges per-hop
+partial outputs with the log-sum-exp), so N ranks may differ from 1 rank, and from the single-device float64 output,
+by about as much as a second exact kernel would: ``FACTOR`` x the backend's own 1-rank error vs float64
+(``tolerance_for``; ``FLOOR`` keeps a near-zero yardstick from demanding bit-identity). ``judge`` applies the rules.
 """
 
 from __future__ import annotations
@@ -29,7 +21,9 @@ import torch.distributed as dist
 from .. import util
 from ..compare.metrics import error_stats
 from ..platform import current_platform
+from ..results import markdown_table
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel
+from .launch import import_target, spawn
 from .lse import LseWarning, probe, ring_reason
 
 FACTOR = 2.0
@@ -107,50 +101,40 @@ class ParallelComparison:
     def to_json(self, path) -> None:
         util.atomic_write(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
-    def markdown(self) -> str:
-        """A section for a report: what ran, the rules, one table row per (backend, ulysses degree, ring degree)
-        with the error growth from 1 to N ranks, then every failed row's reasons."""
+    def _setup(self) -> str:
         m = self.meta
-        ms = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
-        lines = [f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
-                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
-                 f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.",
-                 "",
-                 f"Verdict: {RULE_TEXT.format(factor=FACTOR, floor=m['floor'], partner=m.get('exact_partner'))}",
-                 "",
-                 "| parallel | backend | ulysses | ring | 1 rank vs float64 | 1 rank | rel-L2 vs 1 rank | "
-                 "N ranks vs float64 | growth | tolerance | 1 rank ms | N ranks ms | speedup | verdict |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            lines.append(f"| {r.parallel} | {r.backend} | {_cell(r.ulysses, 'd')} | {_cell(r.ring, 'd')} | "
-                         f"{_cell(r.single_error)} | {r.single_verdict or '–'} | {r.rel_l2:.2e} | "
-                         f"{_cell(r.fp64_rel_l2)} | {_cell(r.growth, '.2f', '×')} | {r.tolerance:.2e} | "
-                         f"{ms(r.time_single_ms)} | {ms(r.time_parallel_ms)} | "
-                         f"{f'{r.speedup:.2f}' if r.speedup else '–'} | **{r.verdict}**"
-                         + ("" if r.ranks_agree else " (ranks disagree)") + " |")
-        failed = [r for r in self.rows if r.verdict != "pass" and r.why]
-        if failed:
-            lines += ["", "Why:"] + [f"- {r.parallel} / {r.backend}: {r.why}" for r in failed]
-        return "\n".join(lines)
+        return (f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
+                f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
+                f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.")
+
+    def _rule(self) -> str:
+        floor = self.meta.get("floor", FLOOR[DTYPES[self.meta["dtype"]]])
+        return RULE_TEXT.format(factor=FACTOR, floor=floor, partner=self.meta.get("exact_partner"))
+
+    def _table(self) -> str:
+        """One row per (backend, ulysses degree, ring degree), with the error growth from 1 to N ranks."""
+        rows = [{"parallel": r.parallel, "backend": r.backend, "ulysses": _cell(r.ulysses, "d"),
+                 "ring": _cell(r.ring, "d"), "1 rank vs float64": _cell(r.single_error),
+                 "1 rank": r.single_verdict or "–", "rel-L2 vs 1 rank": _cell(r.rel_l2),
+                 "N ranks vs float64": _cell(r.fp64_rel_l2), "growth": _cell(r.growth, ".2f", "×"),
+                 "tolerance": _cell(r.tolerance), "1 rank ms": _cell(r.time_single_ms, ".1f"),
+                 "N ranks ms": _cell(r.time_parallel_ms, ".1f"), "speedup": _cell(r.speedup, ".2f"),
+                 "verdict": f"**{r.verdict}**" + ("" if r.ranks_agree else " (ranks disagree)")} for r in self.rows]
+        return markdown_table(rows).rstrip()
+
+    def _failed(self) -> list[ParallelRow]:
+        return [r for r in self.rows if r.verdict != "pass" and r.why]
+
+    def markdown(self) -> str:
+        """A section for a report: what ran, the rules, the table, then every failed row's reasons."""
+        why = [f"- {r.parallel} / {r.backend}: {r.why}" for r in self._failed()]
+        return "\n".join([self._setup(), "", f"Verdict: {self._rule()}", "", self._table()]
+                         + (["", "Why:", *why] if why else []))
 
     def table(self) -> str:
-        """A plain-text table, one row per (backend, ulysses degree, ring degree), then the failed rows' reasons."""
-        m = self.meta
-        head = (f"{m['target']} of a {m['size']} FLUX.2 transformer, {m['height']}x{m['width']} "
-                f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, on {m['device']}\n"
-                "verdict: " + RULE_TEXT.format(factor=FACTOR, floor=FLOOR[DTYPES[m["dtype"]]],
-                                               partner=m.get("exact_partner")) + "\n")
-        lines = [f"{'parallel':<18}{'backend':<16}{'1r_vs_fp64':>11}{'vs_1rank':>10}{'Nr_vs_fp64':>11}{'growth':>9}"
-                 f"{'tol':>10}{'1 rank ms':>11}{'N ranks ms':>11}{'speedup':>9}  verdict"]
-        for r in self.rows:
-            ms = lambda v: f"{v:11.1f}" if v is not None else f"{'-':>11}"  # noqa: E731
-            lines.append(f"{r.parallel:<18}{r.backend:<16}{_cell(r.single_error):>11}{r.rel_l2:10.2e}"
-                         f"{_cell(r.fp64_rel_l2):>11}{_cell(r.growth, '.3g'):>9}{r.tolerance:10.2e}"
-                         f"{ms(r.time_single_ms)}{ms(r.time_parallel_ms)}"
-                         f"{(f'{r.speedup:9.2f}' if r.speedup else f'{chr(45):>9}')}  {r.verdict}"
-                         + ("" if r.ranks_agree else " (ranks disagree!)"))
-        lines += [f"why {r.parallel} / {r.backend} fails: {r.why}" for r in self.rows if r.verdict != "pass" and r.why]
-        return head + "\n".join(lines)
+        """What ``fluxlab parallel compare`` prints: the same table, each failed row's reasons below it."""
+        return "\n".join([self._setup(), f"verdict: {self._rule()}", self._table()]
+                         + [f"why {r.parallel} / {r.backend} fails: {r.why}" for r in self._failed()])
 
 
 RULE_TEXT = ("the backend on one device within max({factor:g} x the default exact kernel's ({partner}) error vs "
@@ -164,12 +148,6 @@ def _cell(value, fmt: str = ".2e", suffix: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------------ planning
-
-
-def _cases(parallel, backends) -> list[tuple[ParallelSpec, str]]:
-    specs = [ParallelSpec.parse(p) for p in ([parallel] if isinstance(parallel, (str, ParallelSpec)) else parallel)]
-    names = [backends] if isinstance(backends, str) else list(backends)
-    return [(spec, name) for spec in specs for name in names]
 
 
 def _shape(size: str, target: str, height, width, text_tokens):
@@ -205,17 +183,14 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
                      text_tokens: int | None = None, dtype=None, steps: int = 4, seed: int = 0,
                      repeats: int | None = None, warmup: int | None = None, setup: str | None = None,
                      timeout_s: float = 600) -> ParallelComparison:
-    """Run each (parallel mode, backend) on N ranks and on 1 rank, and judge the N-rank output against the 1-rank
-    output of the same backend and against one device's float64 output (``judge``; rows carry the error growth).
+    """Run each (parallel mode, backend) on N ranks and on 1 rank and ``judge`` the N-rank output.
 
-    ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list; ``backends``: a fluxlab backend
-    name or a list; every mode runs with every backend, unless ``cases`` lists the ``(mode, backend)`` pairs.
-    ``target``: ``"forward"`` (one transformer step with random weights; ``size`` "tiny" or "dev") or
-    ``"generate"`` (the tiny offline pipeline, ``steps`` steps; the decoded image is compared). ``setup``:
-    ``"module:function"`` each process calls first (e.g. to ``fluxlab.register_backend`` your kernel in the ranks
-    too); it must tolerate being called twice in one process.
-    Inside a torch.distributed job every rank calls this and it runs in place; otherwise it starts the ranks itself
-    (gloo on CPU, NCCL with one GPU per rank). Refusals raise :class:`ParallelRefusedError` before anything runs.
+    ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list, each run with every one of
+    ``backends`` unless ``cases`` lists the ``(mode, backend)`` pairs. ``target``: ``"forward"`` (one transformer
+    step with random weights of ``size`` "tiny" or "dev") or ``"generate"`` (the tiny offline pipeline; the decoded
+    image is compared). ``setup``: ``"module:function"`` every process calls first (e.g. to register your kernel in
+    the ranks too; it may run twice in one process). Inside a torch.distributed job it runs in place; otherwise it
+    starts the ranks itself. Refusals raise :class:`ParallelRefusedError` before anything runs.
     """
     payload = plan(parallel, backends, cases=cases, size=size, target=target, height=height, width=width,
                    text_tokens=text_tokens, dtype=dtype, steps=steps, seed=seed, repeats=repeats, warmup=warmup,
@@ -223,8 +198,6 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
     if dist.is_available() and dist.is_initialized():
         result = run_cases({**payload, "setup": None})  # plan() already ran it in this process
     else:
-        from .launch import spawn
-
         result = spawn("fluxlab.parallel.compare:run_cases", payload, payload["ranks"], timeout_s=timeout_s)[0]
     return ParallelComparison.from_dict(result)
 
@@ -235,8 +208,11 @@ def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", targ
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     if setup is not None:
-        _call(setup)
-    pairs = ([(ParallelSpec.parse(p), b) for p, b in cases] if cases is not None else _cases(parallel, backends))
+        import_target(setup)()
+    if cases is None:  # every mode with every backend
+        modes = [parallel] if isinstance(parallel, (str, ParallelSpec)) else parallel
+        cases = [(mode, name) for mode in modes for name in ([backends] if isinstance(backends, str) else backends)]
+    pairs = [(ParallelSpec.parse(mode), backend) for mode, backend in cases]
     gpu = torch.cuda.is_available()
     dtype = util.parse_dtype(dtype) if dtype is not None else (torch.bfloat16 if gpu else torch.float32)
     height, width, text_tokens = _shape(size, target, height, width, text_tokens)
@@ -253,13 +229,6 @@ def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", targ
             "target": target, "height": height, "width": width, "text_tokens": text_tokens,
             "dtype": str(dtype).split(".")[-1], "steps": steps, "seed": seed, "repeats": repeats, "warmup": warmup,
             "setup": setup}
-
-
-def _call(target: str):
-    import importlib
-
-    module_name, _, fn_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), fn_name)()
 
 
 # ------------------------------------------------------------------------------------------ on each rank
@@ -306,17 +275,14 @@ def run_cases(payload: dict) -> dict:
     repeats = payload["repeats"] if payload["repeats"] is not None else (3 if gpu else 1)
     warmup = payload["warmup"] if payload["warmup"] is not None else (1 if gpu else 0)
     if payload.get("setup"):
-        _call(payload["setup"])
+        import_target(payload["setup"])()
     cases = [(ParallelSpec.parse(p), b) for p, b in payload["cases"]]
     backends = list(dict.fromkeys([b for _, b in cases]))
     exact_partner = _default_exact(device)
     singles = list(dict.fromkeys(backends + [EXACT, exact_partner]))
 
     started = time.perf_counter()
-    if payload["target"] == "generate":
-        runner = _GenerateRunner(payload, device, dtype)
-    else:
-        runner = _ForwardRunner(payload, device, dtype)
+    runner = (_GenerateRunner if payload["target"] == "generate" else _ForwardRunner)(payload, device, dtype)
     transformer = runner.transformer
     _check_same_weights(transformer, device)
     build_s = time.perf_counter() - started
@@ -325,10 +291,8 @@ def run_cases(payload: dict) -> dict:
     for backend in singles:  # every rank runs the single-rank baseline on its own device, no collectives
         engine.set_model_backend(transformer, backend)
         timed = backend in backends
-        single[backend], single_ms[backend] = _timed(runner.run, device, repeats if timed else 1,
-                                                     warmup if timed else 0)
-        if not timed:
-            single_ms[backend] = None
+        single[backend], ms = _timed(runner.run, device, repeats if timed else 1, warmup if timed else 0)
+        single_ms[backend] = ms if timed else None
 
     head_dim = int(transformer.config.attention_head_dim)
     lse_checks = {backend: probe(backend, device, dtype, head_dim) for backend in backends
@@ -395,9 +359,7 @@ def judge(spec: ParallelSpec, backend: str, out: torch.Tensor, single: torch.Ten
 
 
 def _rank_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _meta(payload, device, world_size, runner, build_s, exact_partner) -> dict:

@@ -1,13 +1,7 @@
-"""fluxlab backends inside diffusers' context parallelism: registered into its attention registry, run by its
-Ulysses/ring templates.
-
-diffusers 0.42 splits the sequence across ranks (``enable_parallelism``) and runs the all-to-all (Ulysses) or the
-K/V all-gather + log-sum-exp merge (ring) in ``_templated_context_parallel_attention``; the per-rank kernel is a
-``forward_op`` it calls with ``return_lse=True`` under ring and expects ``lse`` as ``[B, S, H]``. Here that op is
-``fluxlab.attention(..., return_lse=True)`` with its ``[B, H, S]`` LSE transposed. Each fluxlab backend becomes one
-member of diffusers' (closed) ``AttentionBackendName`` enum, value ``"fluxlab:<backend>"``, registered with
-``supports_context_parallel=True``. This uses private diffusers API; ``engine_problems()`` checks every piece this
-module relies on, and the package pins ``diffusers>=0.42.1,<0.43``.
+"""fluxlab backends inside diffusers' context parallelism: each becomes a member ``"fluxlab:<backend>"`` of
+diffusers' (closed) ``AttentionBackendName`` enum, run per rank by its Ulysses/ring templates
+(``_templated_context_parallel_attention``, which wants the LSE as ``[B, S, H]``). This uses private diffusers API:
+``engine_problems()`` checks every piece of it, and the package pins ``diffusers>=0.42.1,<0.43``.
 """
 
 from __future__ import annotations
@@ -24,8 +18,10 @@ PREFIX = "fluxlab:"
 # Every private name of diffusers this module touches, with what it must look like (checked by engine_problems).
 _TEMPLATE_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
                   "return_lse", "forward_op", "backward_op", "_parallel_config")
-_REGISTRY_ATTRS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel")
-_ENUM_ATTRS = ("_member_map_", "_value2member_map_", "_member_names_")
+_REQUIRED = {"_AttentionBackendRegistry": ("_backends", "_constraints", "_supported_arg_names",
+                                           "_supports_context_parallel"),
+             "AttentionBackendName": ("_member_map_", "_value2member_map_", "_member_names_"),  # enum internals
+             "_templated_context_parallel_attention": ()}
 
 # The arguments diffusers' dispatcher may pass to a registered backend (it drops the others by name).
 _ENTRY_ARGS = frozenset({"query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
@@ -45,36 +41,21 @@ def engine_problems() -> list[str]:
     except ImportError as exc:
         return [f"diffusers is not importable ({exc}): pip install 'diffusers>=0.42.1,<0.43'"]
     problems = []
-    registry = getattr(ad, "_AttentionBackendRegistry", None)
-    if registry is None:
-        problems.append("diffusers.models.attention_dispatch._AttentionBackendRegistry is gone")
-    else:
-        problems += [f"_AttentionBackendRegistry.{a} is gone" for a in _REGISTRY_ATTRS if not hasattr(registry, a)]
-    enum_cls = getattr(ad, "AttentionBackendName", None)
-    if enum_cls is None:
-        problems.append("diffusers.models.attention_dispatch.AttentionBackendName is gone")
-    else:
-        problems += [f"AttentionBackendName.{a} is gone (Python enum internals)" for a in _ENUM_ATTRS
-                     if not hasattr(enum_cls, a)]
+    for name, attributes in _REQUIRED.items():
+        owner = getattr(ad, name, None)
+        if owner is None:
+            problems.append(f"diffusers.models.attention_dispatch.{name} is gone")
+        else:
+            problems += [f"{name}.{attribute} is gone" for attribute in attributes if not hasattr(owner, attribute)]
     template = getattr(ad, "_templated_context_parallel_attention", None)
-    if template is None:
-        problems.append("diffusers.models.attention_dispatch._templated_context_parallel_attention is gone")
-    else:
-        params = tuple(inspect.signature(template).parameters)
-        if params != _TEMPLATE_ARGS:
-            problems.append(f"_templated_context_parallel_attention takes {params}, expected {_TEMPLATE_ARGS}")
+    if template is not None and tuple(inspect.signature(template).parameters) != _TEMPLATE_ARGS:
+        problems.append(f"_templated_context_parallel_attention takes {tuple(inspect.signature(template).parameters)}"
+                        f", expected {_TEMPLATE_ARGS}")
     if problems:
         import diffusers
 
         problems.append(f"(diffusers {diffusers.__version__}; fluxlab.parallel is written against 0.42.x)")
     return problems
-
-
-def _require_engine() -> None:
-    problems = engine_problems()
-    if problems:
-        raise RuntimeError("fluxlab cannot plug its backends into diffusers' context parallelism:\n  - "
-                           + "\n  - ".join(problems))
 
 
 # ------------------------------------------------------------------------------------------ the per-rank op
@@ -91,11 +72,6 @@ def _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa) -> None:
         raise MaskNotSupportedError("diffusers' context-parallel templates do not support causal attention")
     if enable_gqa:
         raise MaskNotSupportedError("diffusers' context-parallel templates do not support grouped-query attention")
-
-
-def _lse_to_diffusers(lse: torch.Tensor) -> torch.Tensor:
-    """fluxlab's LSE is float32 ``[B, H, S]``; diffusers' templates want ``[B, S, H]``."""
-    return lse.transpose(1, 2).contiguous()
 
 
 def wait_collective(t: torch.Tensor) -> torch.Tensor:
@@ -119,7 +95,7 @@ def make_forward_op(choice: BackendChoice):
         if not return_lse:
             return attention(query, key, value, backend=backend, scale=scale)
         out, lse = attention(query, key, value, backend=backend, scale=scale, return_lse=True)
-        return out, _lse_to_diffusers(lse)
+        return out, lse.transpose(1, 2).contiguous()  # fluxlab's [B, H, S] as diffusers' [B, S, H]
 
     forward_op.__name__ = f"fluxlab_{choice.name}_forward_op"
     return forward_op
@@ -177,7 +153,10 @@ def _add_enum_member(enum_cls, value: str):
 def register_in_diffusers(backend: str | BackendChoice):
     """Make fluxlab backend ``backend`` a context-parallel-capable diffusers attention backend; returns its
     ``AttentionBackendName`` member (idempotent)."""
-    _require_engine()
+    problems = engine_problems()
+    if problems:
+        raise RuntimeError("fluxlab cannot plug its backends into diffusers' context parallelism:\n  - "
+                           + "\n  - ".join(problems))
     ad = _dispatch_module()
     choice = BackendChoice.parse(backend)
     member = _add_enum_member(ad.AttentionBackendName, diffusers_name(choice))
@@ -194,13 +173,8 @@ def attention_processors(model) -> list:
     """Every attention processor of a diffusers model that takes a backend (``_attention_backend``)."""
     from diffusers.models.attention import AttentionModuleMixin
 
-    found = []
-    for module in model.modules():
-        if isinstance(module, AttentionModuleMixin):
-            processor = getattr(module, "processor", None)
-            if processor is not None and hasattr(processor, "_attention_backend"):
-                found.append(processor)
-    return found
+    return [module.processor for module in model.modules() if isinstance(module, AttentionModuleMixin)
+            and hasattr(getattr(module, "processor", None), "_attention_backend")]
 
 
 def set_model_backend(model, backend: str | BackendChoice | None) -> None:

@@ -1,19 +1,18 @@
-"""Process groups and switching a FLUX.2 transformer in and out of diffusers' context parallelism.
-
-``init_distributed()`` joins the job torchrun started (NCCL on GPUs, gloo on CPU). ``enable_sequence_parallel``
-checks first (``checks.py``), then routes attention to the fluxlab backend and calls diffusers'
-``enable_parallelism``; ``disable_sequence_parallel`` undoes it so one model can run several modes. ``spawn`` starts
-N local ranks for tests and ``compare_parallel`` without torchrun (file rendezvous: no port to collide on).
-"""
+"""Process groups, switching a FLUX.2 transformer in and out of diffusers' context parallelism, and ``spawn``: N
+local ranks without torchrun (file rendezvous: no port to collide on)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
+import logging
 import os
 import tempfile
+import time
 import traceback
 import warnings
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -49,38 +48,6 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = DEFAULT_T
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def _heads(transformer) -> int:
-    return int(transformer.config.num_attention_heads)
-
-
-@contextlib.contextmanager
-def _cpu_only_device_count():
-    """diffusers 0.42.1's ``_resolve_parallel_config`` computes ``rank % torch.accelerator.device_count()``, which
-    divides by zero on a machine without an accelerator (gloo on CPU). Answer 1 there while it runs."""
-    if torch.accelerator.device_count() > 0:
-        yield
-        return
-    original = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1
-    try:
-        yield
-    finally:
-        torch.accelerator.device_count = original
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    import logging
-
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 _meshes: dict = {}
 
 
@@ -109,7 +76,7 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
                                     "fluxlab.parallel.init_distributed() first"], f"{spec}")
     from diffusers import ContextParallelConfig
 
-    reasons = check_parallel(backend, spec, heads=_heads(transformer), seq_lens=seq_lens,
+    reasons = check_parallel(backend, spec, heads=int(transformer.config.num_attention_heads), seq_lens=seq_lens,
                              head_dim=int(transformer.config.attention_head_dim),
                              dtype=dtype or next(transformer.parameters()).dtype,
                              world_size=dist.get_world_size())
@@ -125,8 +92,18 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     warnings.filterwarnings("ignore", message=".*all_gather_tensor.*is deprecated", category=FutureWarning)
     engine.set_model_backend(transformer, backend)
     config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=_mesh(spec))
-    with _cpu_only_device_count(), _quiet("diffusers.models.modeling_utils"):  # "experimental feature" warning
-        transformer.enable_parallelism(config=config)
+    # diffusers 0.42.1 computes ``rank % torch.accelerator.device_count()``, a division by zero without an
+    # accelerator (gloo on CPU): it counts 1 there while enable_parallelism runs.
+    no_accelerator = torch.accelerator.device_count() == 0
+    quiet = logging.getLogger("diffusers.models.modeling_utils")  # its "experimental feature" warning
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with mock.patch.object(torch.accelerator, "device_count", lambda: 1) if no_accelerator else \
+                contextlib.nullcontext():
+            transformer.enable_parallelism(config=config)
+    finally:
+        quiet.setLevel(level)
     install_sequence_guard(transformer, spec)
     if spec.ring > 1:
         _warn_if_lse_is_off(backend, spec, transformer)
@@ -167,12 +144,9 @@ def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
     """Refuse, with a sentence, inputs whose text or image length does not divide by the ranks (diffusers would
     stop at a bare assert inside its sharder)."""
     def guard(module, args, kwargs):
-        lens = {}
-        for name, label in (("encoder_hidden_states", "text"), ("hidden_states", "image")):
-            value = kwargs.get(name)
-            if isinstance(value, torch.Tensor) and value.dim() == 3:
-                lens[label] = value.shape[1]
-        reasons = sequence_reasons(spec, lens)
+        inputs = {"text": kwargs.get("encoder_hidden_states"), "image": kwargs.get("hidden_states")}
+        reasons = sequence_reasons(spec, {label: value.shape[1] for label, value in inputs.items()
+                                          if isinstance(value, torch.Tensor) and value.dim() == 3})
         if reasons:
             raise ParallelRefusedError(reasons, f"this forward under {spec}")
 
@@ -192,17 +166,18 @@ def _spawned_rank(rank: int, world_size: int, init_file: str, target: str, paylo
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         init_distributed(init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-        module_name, _, fn_name = target.partition(":")
-        import importlib
-
-        fn = getattr(importlib.import_module(module_name), fn_name)
-        result = fn(payload)
-        queue.put((rank, "ok", result))
+        queue.put((rank, "ok", import_target(target)(payload)))
     except BaseException as exc:  # every failure goes back to the parent, with its traceback
         queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def import_target(target: str):
+    """The function ``"module:function"`` names."""
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 # Imported once by the fork server (a fresh interpreter, no threads or CUDA yet), inherited by every rank.
@@ -235,9 +210,9 @@ def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:
                  for r in range(nprocs)]
         for p in procs:
             p.start()
-        deadline = _now() + timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
-            while len(results) + len(errors) < nprocs and _now() < deadline:
+            while len(results) + len(errors) < nprocs and time.monotonic() < deadline:
                 try:
                     rank, status, value = queue.get(timeout=0.5)
                 except queue_mod.Empty:
@@ -265,9 +240,3 @@ def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:
             detail += f"\nranks {missing} gave no result (exit codes {codes}; timeout {timeout_s} s)"
         raise SpawnError(f"{target} on {nprocs} ranks failed:\n{detail}")
     return [results[r] for r in range(nprocs)]
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()

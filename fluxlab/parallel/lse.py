@@ -1,11 +1,6 @@
-"""Is a backend's log-sum-exp the one ring attention merges with? A small probe against float64, with a diagnosis.
-
-Ring attention combines each hop's partial output with ``exp(lse_hop - lse_total)``; a kernel whose output is exact
-but whose LSE is in other units or for other rows is right on one device and wrong on N. fluxlab's contract is the
-natural log of ``sum_k exp(scale * q.k)``, float32, ``[B, H, S]``. ``check_lse`` runs the backend once on seeded
-``[1, 32, 3, head_dim]`` inputs and, when the LSE is off, names the closest known mistake: base-2 units, logits without
-the softmax scale, heads rolled, ``[B, S, H]`` layout.
-"""
+"""Is a backend's log-sum-exp the one ring attention merges with (natural log, float32, ``[B, H, S]``)? A kernel
+whose output is exact but whose LSE is off is right on one device and wrong on N; a small probe against float64
+names the closest known mistake (base 2, unscaled logits, heads rolled, ``[B, S, H]``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Random-weight FLUX.2 transformers and their inputs, identical on every rank: what parallel runs are checked on.
-
-``build_transformer("dev", device=...)`` is the [dev] architecture (8 + 48 blocks, 48 heads x 128, 32 B params)
-built on the meta device in the target dtype, materialised with ``to_empty`` on the device and initialised there
-(an fp32 copy first would not fit a GPU); ``"tiny"`` is fluxlab's tiny config built the same way.
-"""
+"""Random-weight FLUX.2 transformers ([dev]'s architecture or fluxlab's tiny one) and their inputs, identical on
+every rank: what parallel runs are checked on."""
 
 from __future__ import annotations
 
@@ -19,26 +15,12 @@ TEXT_TOKENS = 512  # FLUX.2 pipelines pad every prompt to max_sequence_length=51
 
 # FLUX.2 [dev]'s transformer config (= diffusers 0.42's Flux2Transformer2DModel defaults), written out so that
 # checks can read heads and head_dim without importing diffusers.
-DEV_TRANSFORMER = {
-    "patch_size": 1,
-    "in_channels": 128,
-    "num_layers": 8,
-    "num_single_layers": 48,
-    "attention_head_dim": 128,
-    "num_attention_heads": 48,
-    "joint_attention_dim": 15360,
-    "timestep_guidance_channels": 256,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": (32, 32, 32, 32),
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": True,
-}
+DEV_TRANSFORMER = {"patch_size": 1, "in_channels": 128, "num_layers": 8, "num_single_layers": 48,
+                   "attention_head_dim": 128, "num_attention_heads": 48, "joint_attention_dim": 15360,
+                   "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": (32, 32, 32, 32),
+                   "rope_theta": 2000, "eps": 1e-6, "guidance_embeds": True}
 
-TRANSFORMER_CONFIGS = {
-    "tiny": dict(TINY_CONFIGS["dev"]["transformer"]),
-    "dev": DEV_TRANSFORMER,
-}
+TRANSFORMER_CONFIGS = {"tiny": dict(TINY_CONFIGS["dev"]["transformer"]), "dev": DEV_TRANSFORMER}
 
 
 def build_transformer(size: str = "tiny", *, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
