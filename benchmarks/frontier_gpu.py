@@ -383,9 +383,7 @@ def summarise_dev(dev: dict, kernels: dict) -> None:
 
 def padded_backend(inner: str, head_dim: int) -> str:
     """``inner`` itself if it takes ``head_dim``; else a registered backend that zero-pads q/k/v to the smallest
-    head_dim ``inner`` takes, runs ``inner`` with the original softmax scale and drops the padded columns."""
-    import torch.nn.functional as F
-
+    head_dim ``inner`` takes (``fluxlab.registry.register_padded``)."""
     import fluxlab
 
     caps = fluxlab.registry.get_backend(inner).caps
@@ -395,19 +393,7 @@ def padded_backend(inner: str, head_dim: int) -> str:
     width = min((d for d in supported if d > head_dim), default=None)
     if width is None:
         raise ValueError(f"{inner} takes head_dim {supported}, none of them above {head_dim}: cannot pad")
-    name = f"{inner}_padded{width}"
-
-    def padded(q, k, v, *, scale, causal=False, return_lse=False):
-        d = q.shape[-1]
-        grow = (0, width - d)
-        out = fluxlab.attention(F.pad(q, grow), F.pad(k, grow), F.pad(v, grow), backend=inner, scale=scale,
-                                causal=causal)
-        return out[..., :d].contiguous()
-
-    fluxlab.register_backend(name, padded, replace=True, quantised=caps.quantised, dtypes=caps.dtypes,
-                             vendors=caps.vendors, arches=caps.arches,
-                             description=f"{inner} on q/k/v zero-padded from head_dim {head_dim} to {width}")
-    return name
+    return fluxlab.registry.register_padded(inner, width, name=f"{inner}_padded{width}")
 
 
 def embedded_phase(args, kernels: dict, device) -> dict:

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flux2_step import environment  # noqa: E402
@@ -26,25 +25,6 @@ from flux2_step import environment  # noqa: E402
 GPU_KERNELS = ("fa4", "sdpa_cudnn", "sdpa_flash", "fa3", "fa3_fp8", "sage", "sage2")
 DRY_RUN_KERNELS = ("sdpa", "sdpa_math", "emu_fa3_fp8", "emu_sage2")
 PAD_TO = 64  # the smallest head_dim every Hopper kernel here takes
-
-
-def padded(inner: str, head_dim: int) -> str:
-    """A registered backend that runs ``inner`` on q/k/v zero-padded from ``head_dim`` to ``PAD_TO``."""
-    import fluxlab
-
-    caps = fluxlab.registry.get_backend(inner).caps
-    name = f"{inner}_pad{PAD_TO}"
-
-    def run(q, k, v, *, scale, causal=False, return_lse=False):
-        grow = (0, PAD_TO - head_dim)
-        out = fluxlab.attention(F.pad(q, grow), F.pad(k, grow), F.pad(v, grow), backend=inner, scale=scale,
-                                causal=causal)
-        return out[..., :head_dim].contiguous()
-
-    fluxlab.register_backend(name, run, replace=True, quantised=caps.quantised, dtypes=caps.dtypes,
-                             vendors=caps.vendors, arches=caps.arches,
-                             description=f"{inner} on q/k/v zero-padded from head_dim {head_dim} to {PAD_TO}")
-    return name
 
 
 def main(argv=None) -> int:
@@ -73,7 +53,8 @@ def main(argv=None) -> int:
             continue
         takes = backend.caps.head_dims
         needs_pad = device.type == "cuda" and kernel not in ("sdpa_cudnn", "sdpa_flash", "sdpa", "sdpa_math")
-        names.append(padded(kernel, head_dim) if needs_pad or (takes and head_dim not in takes) else kernel)
+        pad = needs_pad or (takes and head_dim not in takes)
+        names.append(fluxlab.registry.register_padded(kernel, PAD_TO) if pad else kernel)
     pipe = fluxlab.load_flux2("embedded", device=device, dtype=dtype, allowed=None)
     try:
         comparison = fluxlab.compare_images(pipe, names, seeds=args.seeds, steps=args.steps)
