@@ -347,6 +347,25 @@ def hopper_frontier(results: Path) -> str:
     return "\n".join(lines).rstrip()
 
 
+AMD_QUANT_DEV = "h100/amd_quant_dev/amd_quant_dev.json"
+
+
+@block("amd-quant-dev", "docs/amd_quant.md")
+def amd_quant_dev(results: Path) -> str:
+    """Each MHA v4 format's (emulated) final-latent drift on the [dev]-size random-weight model, on a GPU."""
+    data = load(results, AMD_QUANT_DEV)
+    env = data["environment"]
+    lines = [prose(f"{env['card']}, {env['date'][:10]}, {data['size']}², {data['steps']} steps, random bf16 weights "
+                   f"(`benchmarks/results/{AMD_QUANT_DEV}`; a row the run's time budget left out says so):"), "",
+             "| kernel | kind | final-latent rel-L2 vs the exact kernel | × exact spread |", "|---|---|---:|---:|"]
+    for row in data["rows"]:
+        measured = row.get("final_latent_rel_l2")
+        lines.append(f"| `{row['name']}` | {row['kind']} | "
+                     + (f"{measured:.3g} | {row['over_exact_spread']:.2f} |" if measured is not None
+                        else f"not measured ({row.get('skipped') or row.get('error')}) | – |"))
+    return "\n".join(lines)
+
+
 @block("parallel-table", "docs/parallel.md")
 def parallel_table(results: Path) -> str:
     data = load(results, PARALLEL)
