@@ -91,7 +91,7 @@ EXPECTED = {
     "04_decide.ipynb": [
         ("result", "DriftMap(emu_bf16 vs sdpa"), ("result", "Frontier("), ("result", "AutotuneResult("),
         ("result", "never chosen: ["), ("result", "'planted_scale_bug'"), ("png", ""),
-        ("stream", "image verdict of the plan: pass"), ("stream", "exact-kernel spread"),
+        ("stream", "image verdict of the plan: pass"), ("stream", " bands (band "),
         ("widget", "DriftExplorer"), ("state", "nothing is generated until"),
     ],
 }

@@ -66,9 +66,15 @@ def test_default_compare_on_this_machine(tmp_path):
     """What `fluxlab compare` does with no options: the CPU set, then the embedded model's captures and images."""
     code = main(["compare", "--out", str(tmp_path), "--no-progress"])
     text = (tmp_path / "report.md").read_text()
-    assert code == 0, text
+    # Exit 1 means "a verdict is fail": emu_sage models SageAttention 1.0.6, whose kernel is biased toward zero on
+    # the default inputs' ragged key lengths; a quantised emulator may fail the same way on a captured layer.
+    # Every exact kernel passes; whatever fails is a quantised emulator, and it fails as biased.
+    assert code == 1, text
     for name in ("sdpa", "sdpa_math", "sdpa_flash", "flex"):
         assert f"| {name} | pass |" in text
+    failed = {line.split(" | ")[0].removeprefix("| ") for line in text.splitlines()
+              if line.startswith("| ") and " | fail | " in line}
+    assert "emu_sage" in failed and failed <= {"emu_sage", "emu_aiter_sage"}, failed
     if hasattr(fluxlab, "load_flux2") and hasattr(fluxlab, "capture"):
         assert "## Captured from the embedded FLUX.2 [klein] model" in text
         assert (tmp_path / "images.png").exists() and "PSNR" in text
