@@ -1,13 +1,6 @@
-"""Sequence-parallel FLUX.2 (Ulysses and ring) on diffusers' context parallelism, fluxlab's backends inside.
-
-``check_parallel`` says why a backend cannot serve a mode before anything launches; ``enable_sequence_parallel``
-splits a transformer over the ranks of a torch.distributed job; ``compare_parallel`` runs N ranks against 1 rank
-with the same backend and against one device's float64 output and gives a verdict; ``check_lse`` says whether a
-backend's LSE is the one ring merges with. Modules: ``checks`` (rules), ``engine`` (the bridge into diffusers'
-attention registry), ``launch`` (process groups, enable/disable, local spawning), ``model`` (random-weight
-transformers and inputs), ``compare`` (metrics and verdicts), ``lse`` (the LSE probe), ``cli``
-(``fluxlab parallel``).
-"""
+"""Sequence-parallel FLUX.2 (Ulysses and ring) on diffusers' context parallelism, fluxlab's backends inside:
+``check_parallel`` before launch, ``enable_sequence_parallel`` in a torch.distributed job, ``compare_parallel`` for
+N ranks vs 1 rank vs float64, ``check_lse`` for the LSE ring merges with. Guide: docs/parallel.md."""
 
 from .checks import MODES, ParallelRefusedError, ParallelSpec, check_parallel, lse_backends, require_parallel
 from .compare import ParallelComparison, ParallelRow, compare_parallel, tolerance_for

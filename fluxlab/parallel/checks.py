@@ -77,12 +77,9 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
                    mask: bool = False, dropout: float = 0.0, world_size: int | None = None,
                    platform: Platform | None = None, batch: int = 1) -> list[str]:
     """Every reason ``backend`` cannot serve ``mode`` (``"ulysses"``/``"ring"`` with ``degree``, or a spec such as
-    ``"ulysses=2,ring=2"``) for a model with ``heads`` attention heads; empty means it can.
-
-    ``seq_lens`` names each sequence input diffusers splits across ranks, e.g. ``{"text": 512, "image": 16384}``.
-    ``head_dim`` and ``dtype`` turn on the backend's own checks for the shape each rank will see, on
-    ``platform`` (default: this machine). ``world_size`` is the number of ranks launched, if known.
-    """
+    ``"ulysses=2,ring=2"``) for a model with ``heads`` heads; empty means it can. ``seq_lens``: each sequence input
+    diffusers splits, e.g. ``{"text": 512, "image": 16384}``; ``head_dim`` and ``dtype`` add the backend's own checks
+    on each rank's share, on ``platform`` (default: this machine). The rules: docs/parallel.md."""
     spec = _spec(mode, degree)
     platform = platform or current_platform()
     reasons: list[str] = []
@@ -109,13 +106,11 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
         reasons.append(f"diffusers' context-parallel templates do not support grouped-query attention "
                        f"({heads} query heads, {kv_heads} key/value heads)")
     reasons += sequence_reasons(spec, seq_lens)
-    if causal:
-        reasons.append("diffusers' Ulysses/ring templates refuse causal attention (FLUX.2 is non-causal)")
-    if mask:
-        reasons.append("fluxlab's backends take no attention mask (FLUX.2 pipelines pass none): drop "
-                       "attention_kwargs={'attention_mask': ...}")
-    if dropout:
-        reasons.append(f"fluxlab's parallel attention is inference-only: dropout {dropout} must be 0")
+    reasons += [text for refused, text in (
+        (causal, "diffusers' Ulysses/ring templates refuse causal attention (FLUX.2 is non-causal)"),
+        (mask, "fluxlab's backends take no attention mask (FLUX.2 pipelines pass none): drop "
+               "attention_kwargs={'attention_mask': ...}"),
+        (dropout, f"fluxlab's parallel attention is inference-only: dropout {dropout} must be 0")) if refused]
     if world_size is not None and world_size != spec.degree:
         reasons.append(f"{spec} needs exactly {spec.degree} ranks; this job has {world_size}: launch with "
                        f"torchrun --nproc_per_node {spec.degree}")
@@ -128,10 +123,7 @@ def check_parallel(backend: str, mode: str | ParallelSpec, degree: int | None = 
         # the q each rank's kernel sees: Ulysses has all tokens and heads/u, ring tokens/r and its heads
         rank_heads, total = max(1, heads // spec.ulysses), sum((seq_lens or {}).values())
         q = torch.empty((batch, (total or 4608) // spec.ring, rank_heads, head_dim), dtype=dtype, device="meta")
-        if total:
-            seq = str(total // spec.ring)
-        else:
-            seq = f"seq/{spec.ring}" if spec.ring > 1 else "seq"
+        seq = str(total // spec.ring) if total else ("seq" if spec.ring == 1 else f"seq/{spec.ring}")
         share = f"[{batch}, {seq}, {rank_heads}, {head_dim}]"
         # the LSE rule is judged above with its own message; here only shape/dtype/arch reasons
         reasons += [f"'{chosen.name}' cannot run each rank's share (q {share}, {torch_dtype_name(dtype)}): {r}"

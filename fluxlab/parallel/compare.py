@@ -1,9 +1,5 @@
 """N ranks vs 1 rank and vs one device's float64: the same FLUX.2 forward (or tiny generation), metrics, a verdict.
-
-Splitting the sequence changes only rounding (Ulysses reorders the tokens each kernel sums over; ring merges per-hop
-partial outputs with the log-sum-exp), so N ranks may differ from 1 rank, and from the single-device float64 output,
-by about as much as a second exact kernel would: ``FACTOR`` x the backend's own 1-rank error vs float64
-(``tolerance_for``; ``FLOOR`` keeps a near-zero yardstick from demanding bit-identity). ``judge`` applies the rules.
+N ranks may differ by about as much as a second exact kernel would (``tolerance_for``; the rule: docs/parallel.md).
 """
 
 from __future__ import annotations
@@ -13,13 +9,13 @@ import json
 import platform as _host
 import time
 import warnings
-from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 
 from .. import util
 from ..compare.metrics import error_stats
+from ..compare.tolerances import FAIL, PASS
 from ..platform import current_platform
 from ..results import markdown_table
 from .checks import ParallelRefusedError, ParallelSpec, check_parallel
@@ -31,16 +27,18 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-4, torch.b
 EXACT = "reference"  # float64 attention: the yardstick's other end
 TARGETS = ("forward", "generate")
 DTYPES = util.DTYPES  # "bf16" / "bfloat16" / ... -> torch dtype (one table for all of fluxlab)
+PROMPT = "a red fox in the snow"  # of target="generate"
 
 
 def tolerance_for(own_error: float, dtype: torch.dtype) -> float:
-    """rel-L2 the parallel run may differ from the single-rank run by (see the module docstring)."""
+    """rel-L2 a parallel run may differ by: ``FACTOR`` x the backend's own 1-rank error vs float64, at least
+    ``FLOOR`` (so a near-zero yardstick does not demand bit-identity)."""
     return max(FACTOR * own_error, FLOOR[dtype])
 
 
 @dataclasses.dataclass
 class ParallelRow:
-    """One (parallel mode, backend): its output against the single-rank output of the same backend."""
+    """One (parallel mode, backend): its N-rank output against its 1-rank output and against float64."""
 
     parallel: str
     backend: str
@@ -88,7 +86,7 @@ class ParallelComparison:
 
     @property
     def passed(self) -> bool:
-        return all(row.verdict == "pass" for row in self.rows)
+        return all(row.verdict == PASS for row in self.rows)
 
     def as_dict(self) -> dict:
         return {"meta": self.meta, "rows": [row.as_dict() for row in self.rows], "passed": self.passed}
@@ -101,18 +99,14 @@ class ParallelComparison:
     def to_json(self, path) -> None:
         util.atomic_write(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
-    def _setup(self) -> str:
+    def _sections(self) -> tuple[str, str, str, list[ParallelRow]]:
+        """What ran, the rule, the table (one row per backend and degrees) and the failed rows with reasons."""
         m = self.meta
-        return (f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
-                f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
-                f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.")
-
-    def _rule(self) -> str:
-        floor = self.meta.get("floor", FLOOR[DTYPES[self.meta["dtype"]]])
-        return RULE_TEXT.format(factor=FACTOR, floor=floor, partner=self.meta.get("exact_partner"))
-
-    def _table(self) -> str:
-        """One row per (backend, ulysses degree, ring degree), with the error growth from 1 to N ranks."""
+        setup = (f"{m['target']} of a {m['size']} FLUX.2 transformer at {m['height']}x{m['width']} "
+                 f"({m['text_tokens']} text + {m['image_tokens']} image tokens), {m['dtype']}, "
+                 f"{m['world_size']} ranks ({m['dist_backend']}) on {m['device']}.")
+        rule = RULE_TEXT.format(factor=FACTOR, floor=m.get("floor", FLOOR[DTYPES[m["dtype"]]]),
+                                partner=m.get("exact_partner"))
         rows = [{"parallel": r.parallel, "backend": r.backend, "ulysses": _cell(r.ulysses, "d"),
                  "ring": _cell(r.ring, "d"), "1 rank vs float64": _cell(r.single_error),
                  "1 rank": r.single_verdict or "–", "rel-L2 vs 1 rank": _cell(r.rel_l2),
@@ -120,21 +114,19 @@ class ParallelComparison:
                  "tolerance": _cell(r.tolerance), "1 rank ms": _cell(r.time_single_ms, ".1f"),
                  "N ranks ms": _cell(r.time_parallel_ms, ".1f"), "speedup": _cell(r.speedup, ".2f"),
                  "verdict": f"**{r.verdict}**" + ("" if r.ranks_agree else " (ranks disagree)")} for r in self.rows]
-        return markdown_table(rows).rstrip()
-
-    def _failed(self) -> list[ParallelRow]:
-        return [r for r in self.rows if r.verdict != "pass" and r.why]
+        return setup, rule, markdown_table(rows).rstrip(), [r for r in self.rows if r.verdict != PASS and r.why]
 
     def markdown(self) -> str:
         """A section for a report: what ran, the rules, the table, then every failed row's reasons."""
-        why = [f"- {r.parallel} / {r.backend}: {r.why}" for r in self._failed()]
-        return "\n".join([self._setup(), "", f"Verdict: {self._rule()}", "", self._table()]
-                         + (["", "Why:", *why] if why else []))
+        setup, rule, table, failed = self._sections()
+        why = [f"- {r.parallel} / {r.backend}: {r.why}" for r in failed]
+        return "\n".join([setup, "", f"Verdict: {rule}", "", table] + (["", "Why:", *why] if why else []))
 
     def table(self) -> str:
         """What ``fluxlab parallel compare`` prints: the same table, each failed row's reasons below it."""
-        return "\n".join([self._setup(), f"verdict: {self._rule()}", self._table()]
-                         + [f"why {r.parallel} / {r.backend} fails: {r.why}" for r in self._failed()])
+        setup, rule, table, failed = self._sections()
+        return "\n".join([setup, f"verdict: {rule}", table]
+                         + [f"why {r.parallel} / {r.backend} fails: {r.why}" for r in failed])
 
 
 RULE_TEXT = ("the backend on one device within max({factor:g} x the default exact kernel's ({partner}) error vs "
@@ -169,13 +161,10 @@ def plan_reasons(cases, *, size, height, width, text_tokens, dtype, world_size=N
 
     config = TRANSFORMER_CONFIGS[size]
     seq_lens = {"text": text_tokens, "image": image_tokens(height, width)}
-    reasons = []
-    for spec, backend in cases:
-        for reason in check_parallel(backend, spec, heads=config["num_attention_heads"],
-                                     head_dim=config["attention_head_dim"], dtype=dtype, seq_lens=seq_lens,
-                                     world_size=world_size, platform=platform):
-            reasons.append(f"{spec} / {backend}: {reason}")
-    return reasons
+    return [f"{spec} / {backend}: {reason}" for spec, backend in cases
+            for reason in check_parallel(backend, spec, heads=config["num_attention_heads"],
+                                         head_dim=config["attention_head_dim"], dtype=dtype, seq_lens=seq_lens,
+                                         world_size=world_size, platform=platform)]
 
 
 def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size: str = "tiny",
@@ -185,12 +174,11 @@ def compare_parallel(parallel="ulysses=2", backends="sdpa", *, cases=None, size:
                      timeout_s: float = 600) -> ParallelComparison:
     """Run each (parallel mode, backend) on N ranks and on 1 rank and ``judge`` the N-rank output.
 
-    ``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"`` or a list, each run with every one of
-    ``backends`` unless ``cases`` lists the ``(mode, backend)`` pairs. ``target``: ``"forward"`` (one transformer
-    step with random weights of ``size`` "tiny" or "dev") or ``"generate"`` (the tiny offline pipeline; the decoded
-    image is compared). ``setup``: ``"module:function"`` every process calls first (e.g. to register your kernel in
-    the ranks too; it may run twice in one process). Inside a torch.distributed job it runs in place; otherwise it
-    starts the ranks itself. Refusals raise :class:`ParallelRefusedError` before anything runs.
+    ``parallel``: a mode (``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"``) or a list, each with every one of
+    ``backends`` unless ``cases`` lists ``(mode, backend)`` pairs. ``target``: ``"forward"`` (one random-weight
+    transformer step of ``size`` "tiny" or "dev") or ``"generate"`` (the tiny offline pipeline's image). ``setup``:
+    ``"module:function"`` every process calls first (e.g. to register your kernel). Runs in place inside a
+    torch.distributed job, else spawns the ranks. Refusals raise :class:`ParallelRefusedError` before anything runs.
     """
     payload = plan(parallel, backends, cases=cases, size=size, target=target, height=height, width=width,
                    text_tokens=text_tokens, dtype=dtype, steps=steps, seed=seed, repeats=repeats, warmup=warmup,
@@ -213,8 +201,8 @@ def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", targ
         modes = [parallel] if isinstance(parallel, (str, ParallelSpec)) else parallel
         cases = [(mode, name) for mode in modes for name in ([backends] if isinstance(backends, str) else backends)]
     pairs = [(ParallelSpec.parse(mode), backend) for mode, backend in cases]
-    gpu = torch.cuda.is_available()
-    dtype = util.parse_dtype(dtype) if dtype is not None else (torch.bfloat16 if gpu else torch.float32)
+    dtype = util.parse_dtype(dtype) if dtype is not None else (
+        torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     height, width, text_tokens = _shape(size, target, height, width, text_tokens)
     inside = dist.is_available() and dist.is_initialized()
     reasons = plan_reasons(pairs, size=size, height=height, width=width, text_tokens=text_tokens, dtype=dtype,
@@ -227,8 +215,8 @@ def plan(parallel="ulysses=2", backends="sdpa", *, cases=None, size="tiny", targ
         raise ParallelRefusedError(reasons, "this parallel comparison")
     return {"cases": [(str(spec), backend) for spec, backend in pairs], "ranks": degrees[0], "size": size,
             "target": target, "height": height, "width": width, "text_tokens": text_tokens,
-            "dtype": str(dtype).split(".")[-1], "steps": steps, "seed": seed, "repeats": repeats, "warmup": warmup,
-            "setup": setup}
+            "dtype": util.torch_dtype_name(dtype), "steps": steps, "seed": seed, "repeats": repeats,
+            "warmup": warmup, "setup": setup}
 
 
 # ------------------------------------------------------------------------------------------ on each rank
@@ -264,14 +252,37 @@ def _default_exact(device) -> str:
         default_backend() or "sdpa")
 
 
+def _build(p: dict, device, dtype):
+    """(transformer, run() -> output, seq_lens): one random-weight transformer step, or a whole tiny FLUX.2 [dev]
+    generation (text encoder, denoising loop, VAE decode) whose image is compared."""
+    from . import model
+
+    if p["target"] == "forward":
+        transformer = model.build_transformer(p["size"], device=device, dtype=dtype, seed=p["seed"])
+        inputs = model.transformer_inputs(transformer, height=p["height"], width=p["width"],
+                                          text_tokens=p["text_tokens"], seed=p["seed"] + 1, device=device, dtype=dtype)
+        return transformer, lambda: model.run_transformer(transformer, inputs), inputs.seq_lens
+    from ..models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("dev", seed=p["seed"], dtype=dtype).to(device)
+
+    def generate() -> torch.Tensor:
+        with torch.no_grad():
+            return pipe(prompt=PROMPT, height=p["height"], width=p["width"], num_inference_steps=p["steps"],
+                        max_sequence_length=p["text_tokens"], generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                        output_type="pt").images
+
+    return pipe.transformer, generate, {"text": p["text_tokens"], "image": model.image_tokens(p["height"], p["width"])}
+
+
 def run_cases(payload: dict) -> dict:
     """Per-rank body of ``compare_parallel`` (and of benchmarks/parallel_flux2.py); every rank of the default
     process group calls it with the same payload. Returns rows and metadata (identical on every rank)."""
     from . import engine, launch
 
-    rank, world_size, device = dist.get_rank(), dist.get_world_size(), _rank_device()
-    dtype = DTYPES[payload["dtype"]]
-    gpu = device.type == "cuda"
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    dtype, gpu = DTYPES[payload["dtype"]], device.type == "cuda"
     repeats = payload["repeats"] if payload["repeats"] is not None else (3 if gpu else 1)
     warmup = payload["warmup"] if payload["warmup"] is not None else (1 if gpu else 0)
     if payload.get("setup"):
@@ -279,19 +290,17 @@ def run_cases(payload: dict) -> dict:
     cases = [(ParallelSpec.parse(p), b) for p, b in payload["cases"]]
     backends = list(dict.fromkeys([b for _, b in cases]))
     exact_partner = _default_exact(device)
-    singles = list(dict.fromkeys(backends + [EXACT, exact_partner]))
 
     started = time.perf_counter()
-    runner = (_GenerateRunner if payload["target"] == "generate" else _ForwardRunner)(payload, device, dtype)
-    transformer = runner.transformer
+    transformer, run, seq_lens = _build(payload, device, dtype)
     _check_same_weights(transformer, device)
     build_s = time.perf_counter() - started
 
     single, single_ms = {}, {}
-    for backend in singles:  # every rank runs the single-rank baseline on its own device, no collectives
+    for backend in dict.fromkeys(backends + [EXACT, exact_partner]):  # 1 rank on each rank's device: no collectives
         engine.set_model_backend(transformer, backend)
         timed = backend in backends
-        single[backend], ms = _timed(runner.run, device, repeats if timed else 1, warmup if timed else 0)
+        single[backend], ms = _timed(run, device, repeats if timed else 1, warmup if timed else 0)
         single_ms[backend] = ms if timed else None
 
     head_dim = int(transformer.config.attention_head_dim)
@@ -302,9 +311,9 @@ def run_cases(payload: dict) -> dict:
     for spec, backend in cases:
         with warnings.catch_warnings():  # the row carries the LSE diagnosis itself
             warnings.simplefilter("ignore", LseWarning)
-            launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=runner.seq_lens, dtype=dtype)
+            launch.enable_sequence_parallel(transformer, backend, spec, seq_lens=seq_lens, dtype=dtype)
         try:
-            out, ms = _timed(runner.run, device, repeats, warmup)
+            out, ms = _timed(run, device, repeats, warmup)
         finally:
             launch.disable_sequence_parallel(transformer)
         rows.append(dataclasses.asdict(judge(
@@ -312,28 +321,20 @@ def run_cases(payload: dict) -> dict:
             agree=_all_ranks_equal(out), lse=lse_checks.get(backend), time_single_ms=single_ms[backend],
             time_parallel_ms=ms)))
     engine.set_model_backend(transformer, None)
-    meta = _meta(payload, device, world_size, runner, build_s, exact_partner)
-    meta["engine_problems"] = engine.engine_problems()
-    return {"rows": rows, "meta": meta, "rank": rank}
+    meta = _meta(payload, device, world_size, seq_lens, build_s, exact_partner)
+    return {"rows": rows, "meta": meta | {"engine_problems": engine.engine_problems()}, "rank": rank}
 
 
 def judge(spec: ParallelSpec, backend: str, out: torch.Tensor, single: torch.Tensor, exact: torch.Tensor,
           partner_error: float, dtype: torch.dtype, ranks: int, *, agree: bool = True, lse=None,
           time_single_ms=None, time_parallel_ms=None) -> ParallelRow:
-    """The verdict of one case. ``out``: N ranks; ``single``: 1 rank, same backend; ``exact``: 1 rank, float64
-    attention; ``partner_error``: the platform's default exact kernel's 1-rank error vs ``exact``.
-
-    Three rules, all must hold (and every rank must get the same output): the backend on one device is within
-    ``tolerance_for(partner_error)`` of float64 (the single-device rule); N ranks are within ``tolerance_for(own)``
-    of 1 rank; and N ranks are within the same ``tolerance_for(own)`` of float64 — so a kernel whose error grows
-    when the sequence is split fails even if it agrees with itself. ``own`` is the backend's own 1-rank error vs
-    float64 (for ``reference``, ``partner_error``).
-    """
+    """The verdict of one case (rules 1-4 of docs/parallel.md). ``out``: N ranks; ``single``: 1 rank, same backend;
+    ``exact``: 1 rank, float64 attention; ``partner_error``: the platform's default exact kernel's 1-rank error vs
+    ``exact``, the yardstick of the single-device rule and of ``reference``'s own error."""
     stats = error_stats(out, single)
     single_error = error_stats(single, exact).rel_l2
     own = partner_error if backend == EXACT else single_error
-    tolerance = tolerance_for(own, dtype)
-    single_tolerance = tolerance_for(partner_error, dtype)
+    tolerance, single_tolerance = tolerance_for(own, dtype), tolerance_for(partner_error, dtype)
     fp64 = error_stats(out, exact).rel_l2
     why = []
     if single_error > single_tolerance:
@@ -350,74 +351,24 @@ def judge(spec: ParallelSpec, backend: str, out: torch.Tensor, single: torch.Ten
         why.append(ring_reason(lse))
     return ParallelRow(
         parallel=str(spec), backend=backend, ranks=ranks, rel_l2=stats.rel_l2, max_abs=stats.max_abs,
-        cosine=stats.cosine, own_error=own, tolerance=tolerance, verdict="fail" if why else "pass",
+        cosine=stats.cosine, own_error=own, tolerance=tolerance, verdict=FAIL if why else PASS,
         ranks_agree=agree, time_single_ms=time_single_ms, time_parallel_ms=time_parallel_ms, ulysses=spec.ulysses,
         ring=spec.ring, single_error=single_error, single_tolerance=single_tolerance,
-        single_verdict="pass" if single_error <= single_tolerance else "fail", fp64_rel_l2=fp64,
+        single_verdict=PASS if single_error <= single_tolerance else FAIL, fp64_rel_l2=fp64,
         growth=fp64 / own if own else None, lse_check=lse.describe() if lse is not None else None,
         why="; ".join(why) or None)
 
 
-def _rank_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _meta(payload, device, world_size, runner, build_s, exact_partner) -> dict:
+def _meta(payload, device, world_size, seq_lens, build_s, exact_partner) -> dict:
     versions = util.versions()
-    names = []
-    if device.type == "cuda":
-        names = [None] * world_size
+    names = [None] * world_size if device.type == "cuda" else []
+    if names:
         dist.all_gather_object(names, torch.cuda.get_device_name(device))
-    return {
-        "target": payload["target"], "size": payload["size"], "height": payload["height"],
-        "width": payload["width"], "text_tokens": runner.seq_lens["text"], "image_tokens": runner.seq_lens["image"],
-        "dtype": payload["dtype"], "steps": payload["steps"] if payload["target"] == "generate" else None,
-        "seed": payload["seed"], "world_size": world_size, "device": names[0] if names else f"cpu ({_host.machine()})",
-        "devices": names or ["cpu"] * world_size, "dist_backend": dist.get_backend(),
-        "torch": versions["torch"], "diffusers": versions["diffusers"], "platform": current_platform().describe(),
-        "versions": versions, "git": util.git_revision(),
-        "build_s": round(build_s, 2), "exact_partner": exact_partner, "factor": FACTOR,
-        "floor": FLOOR[DTYPES[payload["dtype"]]],
-    }
-
-
-class _ForwardRunner:
-    """One transformer step with random weights."""
-
-    def __init__(self, payload, device, dtype):
-        from . import model
-
-        self.transformer = model.build_transformer(payload["size"], device=device, dtype=dtype,
-                                                   seed=payload["seed"])
-        self.inputs = model.transformer_inputs(self.transformer, height=payload["height"], width=payload["width"],
-                                               text_tokens=payload["text_tokens"], seed=payload["seed"] + 1,
-                                               device=device, dtype=dtype)
-        self.seq_lens = self.inputs.seq_lens
-        self._run = model.run_transformer
-
-    def run(self) -> torch.Tensor:
-        return self._run(self.transformer, self.inputs)
-
-
-class _GenerateRunner:
-    """A whole tiny FLUX.2 [dev] generation (text encoder, denoising loop, VAE decode); the image is compared."""
-
-    PROMPT = "a red fox in the snow"
-
-    def __init__(self, payload, device, dtype):
-        from ..models.tiny import build_tiny_pipeline
-        from .model import image_tokens
-
-        self.pipe = build_tiny_pipeline("dev", seed=payload["seed"], dtype=dtype).to(device)
-        self.transformer = self.pipe.transformer
-        self.payload = payload
-        self.device = device
-        self.seq_lens = {"text": payload["text_tokens"], "image": image_tokens(payload["height"], payload["width"])}
-
-    def run(self) -> torch.Tensor:
-        p = self.payload
-        generator = torch.Generator("cpu").manual_seed(p["seed"])
-        with torch.no_grad():
-            return self.pipe(prompt=self.PROMPT, height=p["height"], width=p["width"],
-                             num_inference_steps=p["steps"], max_sequence_length=p["text_tokens"],
-                             generator=generator, output_type="pt").images
+    return {**{k: payload[k] for k in ("target", "size", "height", "width")}, "text_tokens": seq_lens["text"],
+            "image_tokens": seq_lens["image"], "dtype": payload["dtype"],
+            "steps": payload["steps"] if payload["target"] == "generate" else None, "seed": payload["seed"],
+            "world_size": world_size, "device": names[0] if names else f"cpu ({_host.machine()})",
+            "devices": names or ["cpu"] * world_size, "dist_backend": dist.get_backend(),
+            "torch": versions["torch"], "diffusers": versions["diffusers"], "platform": current_platform().describe(),
+            "versions": versions, "git": util.git_revision(), "build_s": round(build_s, 2),
+            "exact_partner": exact_partner, "factor": FACTOR, "floor": FLOOR[DTYPES[payload["dtype"]]]}

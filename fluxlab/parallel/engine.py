@@ -24,20 +24,13 @@ _REQUIRED = {"_AttentionBackendRegistry": ("_backends", "_constraints", "_suppor
              "_templated_context_parallel_attention": ()}
 
 # The arguments diffusers' dispatcher may pass to a registered backend (it drops the others by name).
-_ENTRY_ARGS = frozenset({"query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
-                         "return_lse", "_parallel_config"})
-
-
-def _dispatch_module():
-    from diffusers.models import attention_dispatch
-
-    return attention_dispatch
+_ENTRY_ARGS = frozenset(_TEMPLATE_ARGS) - {"forward_op", "backward_op"}
 
 
 def engine_problems() -> list[str]:
     """What is missing from the installed diffusers for this bridge (empty: it works). Each item names the API."""
     try:
-        ad = _dispatch_module()
+        from diffusers.models import attention_dispatch as ad
     except ImportError as exc:
         return [f"diffusers is not importable ({exc}): pip install 'diffusers>=0.42.1,<0.43'"]
     problems = []
@@ -62,16 +55,14 @@ def engine_problems() -> list[str]:
 
 
 def _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa) -> None:
-    if attn_mask is not None:
-        raise MaskNotSupportedError(
-            "fluxlab backends take no attention mask; FLUX.2 pipelines pass none. Drop attention_kwargs="
-            "{'attention_mask': ...} or use a diffusers backend that masks.")
-    if dropout_p:
-        raise MaskNotSupportedError(f"fluxlab backends run inference only; dropout_p={dropout_p} must be 0")
-    if is_causal:
-        raise MaskNotSupportedError("diffusers' context-parallel templates do not support causal attention")
-    if enable_gqa:
-        raise MaskNotSupportedError("diffusers' context-parallel templates do not support grouped-query attention")
+    for refused, message in (
+            (attn_mask is not None, "fluxlab backends take no attention mask; FLUX.2 pipelines pass none. Drop "
+                                    "attention_kwargs={'attention_mask': ...} or use a diffusers backend that masks."),
+            (dropout_p, f"fluxlab backends run inference only; dropout_p={dropout_p} must be 0"),
+            (is_causal, "diffusers' context-parallel templates do not support causal attention"),
+            (enable_gqa, "diffusers' context-parallel templates do not support grouped-query attention")):
+        if refused:
+            raise MaskNotSupportedError(message)
 
 
 def wait_collective(t: torch.Tensor) -> torch.Tensor:
@@ -109,6 +100,8 @@ def _backward_op(ctx, grad_out, *args, **kwargs):
 def make_entry(choice: BackendChoice):
     """The function registered in diffusers' attention registry for ``choice``: plain attention without a parallel
     config, diffusers' Ulysses/ring template with fluxlab's op inside when one is set."""
+    from diffusers.models import attention_dispatch as ad
+
     forward_op = make_forward_op(choice)
 
     def entry(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
@@ -117,7 +110,7 @@ def make_entry(choice: BackendChoice):
             return forward_op(None, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                               return_lse)
         _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa)
-        return _dispatch_module()._templated_context_parallel_attention(
+        return ad._templated_context_parallel_attention(
             query, key, value, None, 0.0, False, scale, False, return_lse,
             forward_op=forward_op, backward_op=_backward_op, _parallel_config=_parallel_config)
 
@@ -157,7 +150,8 @@ def register_in_diffusers(backend: str | BackendChoice):
     if problems:
         raise RuntimeError("fluxlab cannot plug its backends into diffusers' context parallelism:\n  - "
                            + "\n  - ".join(problems))
-    ad = _dispatch_module()
+    from diffusers.models import attention_dispatch as ad
+
     choice = BackendChoice.parse(backend)
     member = _add_enum_member(ad.AttentionBackendName, diffusers_name(choice))
     registry = ad._AttentionBackendRegistry
@@ -178,15 +172,11 @@ def attention_processors(model) -> list:
 
 
 def set_model_backend(model, backend: str | BackendChoice | None) -> None:
-    """Run every attention processor of ``model`` on fluxlab backend ``backend`` (None: diffusers' default again).
-
-    Sets each processor's backend, like ``AttentionModuleMixin.set_attention_backend``; unlike
-    ``ModelMixin.set_attention_backend`` it leaves diffusers' process-global active backend alone.
-    """
+    """Run every attention processor of ``model`` on fluxlab backend ``backend`` (None: diffusers' default again),
+    like ``AttentionModuleMixin.set_attention_backend`` per processor: diffusers' process-global backend stays."""
     member = register_in_diffusers(backend) if backend is not None else None
     processors = attention_processors(model)
     if not processors:
         raise ValueError(f"{type(model).__name__} has no diffusers attention processors to route")
     for processor in processors:
         processor._attention_backend = member
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib
 import logging
 import os
@@ -27,11 +28,8 @@ DEFAULT_TIMEOUT_S = 120
 def init_distributed(backend: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                      init_method: str | None = None, rank: int | None = None,
                      world_size: int | None = None) -> tuple[int, int, torch.device]:
-    """Join (or create) the default process group; returns ``(rank, world_size, device)``.
-
-    NCCL when CUDA GPUs are present (each rank on ``cuda:LOCAL_RANK``), gloo otherwise. Without arguments it
-    reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
-    """
+    """Join (or create) the default process group; returns ``(rank, world_size, device)``. NCCL when CUDA GPUs are
+    present (each rank on ``cuda:LOCAL_RANK``), gloo otherwise; without arguments, from torchrun's environment."""
     use_cuda = torch.cuda.is_available()
     backend = backend or ("nccl" if use_cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", rank if rank is not None else os.environ.get("RANK", 0)))
@@ -48,28 +46,20 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = DEFAULT_T
     return dist.get_rank(), dist.get_world_size(), device
 
 
-_meshes: dict = {}
-
-
-def _mesh(spec: ParallelSpec):
-    """One device mesh per (ring, ulysses) shape, reused: diffusers would build new process groups every time."""
+@functools.cache
+def _mesh(device_type: str, ring: int, ulysses: int, world_size: int):
+    """One device mesh per shape (and job size), reused: diffusers would build new process groups every time."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    key = (device_type, spec.ring, spec.ulysses, dist.get_world_size())
-    if key not in _meshes:
-        _meshes[key] = init_device_mesh(device_type, (spec.ring, spec.ulysses), mesh_dim_names=("ring", "ulysses"))
-    return _meshes[key]
+    return init_device_mesh(device_type, (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
 
 
 def enable_sequence_parallel(transformer, backend: str, parallel: str | ParallelSpec, *,
                              seq_lens: dict[str, int] | None = None, dtype: torch.dtype | None = None):
-    """Split ``transformer``'s sequence over the ranks of the default process group with diffusers' context
-    parallelism, attention served by fluxlab backend ``backend``. Raises :class:`ParallelRefusedError` first.
-
-    ``parallel``: ``"ulysses=2"``, ``"ring=2"`` or ``"ulysses=2,ring=2"``. Every rank calls this with the same
-    arguments, then runs the same forward on the same full inputs; the output comes back whole on every rank.
-    """
+    """Split ``transformer``'s sequence (``parallel``: ``"ulysses=2"``, ``"ring=2"``, ``"ulysses=2,ring=2"``) over the
+    ranks of the default process group with diffusers' context parallelism, attention served by fluxlab backend
+    ``backend``; raises :class:`ParallelRefusedError` first. Every rank calls it alike, then runs the same forward on
+    the same full inputs; the output comes back whole on every rank."""
     spec = ParallelSpec.parse(parallel)
     if not dist.is_initialized():
         raise ParallelRefusedError(["torch.distributed is not initialised: launch with torchrun and call "
@@ -91,7 +81,8 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     # diffusers 0.42's templates call a functional collective that torch 2.13 deprecates, once per layer and step
     warnings.filterwarnings("ignore", message=".*all_gather_tensor.*is deprecated", category=FutureWarning)
     engine.set_model_backend(transformer, backend)
-    config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=_mesh(spec))
+    mesh = _mesh("cuda" if dist.get_backend() == "nccl" else "cpu", spec.ring, spec.ulysses, dist.get_world_size())
+    config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=mesh)
     # diffusers 0.42.1 computes ``rank % torch.accelerator.device_count()``, a division by zero without an
     # accelerator (gloo on CPU): it counts 1 there while enable_parallelism runs.
     no_accelerator = torch.accelerator.device_count() == 0
@@ -105,20 +96,15 @@ def enable_sequence_parallel(transformer, backend: str, parallel: str | Parallel
     finally:
         quiet.setLevel(level)
     install_sequence_guard(transformer, spec)
-    if spec.ring > 1:
-        _warn_if_lse_is_off(backend, spec, transformer)
+    if spec.ring > 1:  # probe the backend's LSE once (a small attention call on this rank); warn with the reason
+        from .lse import LseWarning, probe, ring_reason
+
+        parameter = next(transformer.parameters())
+        check = probe(backend, parameter.device, parameter.dtype, int(transformer.config.attention_head_dim))
+        if check is not None and not check.ok:
+            warnings.warn(f"{spec} with '{backend}' will give wrong outputs: {ring_reason(check)}", LseWarning,
+                          stacklevel=2)
     return config
-
-
-def _warn_if_lse_is_off(backend, spec, transformer) -> None:
-    """Under ring, probe the backend's LSE once (a small attention call on this rank) and warn with the reason."""
-    from .lse import LseWarning, probe, ring_reason
-
-    parameter = next(transformer.parameters())
-    check = probe(backend, parameter.device, parameter.dtype, int(transformer.config.attention_head_dim))
-    if check is not None and not check.ok:
-        warnings.warn(f"{spec} with '{backend}' will give wrong outputs: {ring_reason(check)}", LseWarning,
-                      stacklevel=3)
 
 
 def disable_sequence_parallel(transformer) -> None:
@@ -134,10 +120,14 @@ def disable_sequence_parallel(transformer) -> None:
         if hasattr(processor, "_parallel_config"):
             processor._parallel_config = None
     transformer._parallel_config = None
+    _remove_guard(transformer)
+
+
+def _remove_guard(transformer) -> None:
     handle = getattr(transformer, "_fluxlab_sequence_guard", None)
     if handle is not None:
         handle.remove()
-        transformer._fluxlab_sequence_guard = None
+    transformer._fluxlab_sequence_guard = None
 
 
 def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
@@ -150,9 +140,7 @@ def install_sequence_guard(transformer, spec: ParallelSpec) -> None:
         if reasons:
             raise ParallelRefusedError(reasons, f"this forward under {spec}")
 
-    old = getattr(transformer, "_fluxlab_sequence_guard", None)
-    if old is not None:
-        old.remove()
+    _remove_guard(transformer)
     transformer._fluxlab_sequence_guard = transformer.register_forward_pre_hook(guard, with_kwargs=True)
 
 
@@ -186,52 +174,42 @@ FORKSERVER_PRELOAD = ("fluxlab.parallel.compare", "fluxlab.parallel.model",
 
 
 def spawn(target: str, payload, nprocs: int, *, timeout_s: float = 300) -> list:
-    """Run ``target(payload)`` (``"module:function"``) on ``nprocs`` local ranks; returns each rank's result.
-
-    Ranks rendezvous through a file (no TCP port to race for), use gloo on CPU or NCCL with one GPU each, and are
-    terminated if they outlive ``timeout_s`` or a peer fails. On Linux they fork from a fresh "forkserver" process
-    that has imported diffusers once (importing it takes seconds per process); elsewhere they are spawned.
-    """
+    """Run ``target(payload)`` (``"module:function"``) on ``nprocs`` local ranks; returns each rank's result. Ranks
+    rendezvous through a file (no TCP port to race for) and are terminated if they outlive ``timeout_s`` or a peer
+    fails; on Linux they fork from a "forkserver" that has imported diffusers once (seconds per process saved)."""
     import queue as queue_mod
 
     import torch.multiprocessing as mp
 
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # no effect once this process's server runs
-    else:
-        ctx = mp.get_context("spawn")
     results: dict[int, object] = {}
     errors: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="fluxlab-spawn-") as tmp:
-        init_file = os.path.join(tmp, "rendezvous")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_spawned_rank, args=(r, nprocs, init_file, target, payload, queue), daemon=True)
-                 for r in range(nprocs)]
+        procs = [ctx.Process(target=_spawned_rank, args=(r, nprocs, os.path.join(tmp, "rendezvous"), target, payload,
+                                                         queue), daemon=True) for r in range(nprocs)]
         for p in procs:
             p.start()
         deadline = time.monotonic() + timeout_s
         try:
-            while len(results) + len(errors) < nprocs and time.monotonic() < deadline:
+            while len(results) < nprocs and not errors and time.monotonic() < deadline:
                 try:
                     rank, status, value = queue.get(timeout=0.5)
                 except queue_mod.Empty:
-                    if errors or any(p.exitcode not in (None, 0) for p in procs):
+                    if any(p.exitcode not in (None, 0) for p in procs):
                         break  # a peer died: the others would wait on a collective until the timeout
                     continue
                 (results if status == "ok" else errors)[rank] = value
-                if errors:
-                    break
         finally:
             for p in procs:
                 p.join(timeout=5 if not errors and len(results) == nprocs else 0.1)
             for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                    p.join(timeout=5)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+                for stop in (p.terminate, p.kill):  # politely first
+                    if p.is_alive():
+                        stop()
+                        p.join(timeout=5)
     if errors or len(results) < nprocs:
         missing = [r for r in range(nprocs) if r not in results and r not in errors]
         detail = "\n".join(f"rank {r}: {text}" for r, text in sorted(errors.items()))

@@ -25,10 +25,8 @@ TRANSFORMER_CONFIGS = {"tiny": dict(TINY_CONFIGS["dev"]["transformer"]), "dev": 
 
 def build_transformer(size: str = "tiny", *, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
                       **overrides):
-    """A ``Flux2Transformer2DModel`` of ``size`` ("tiny" or "dev") with seeded random weights on ``device``.
-
-    Same ``seed``, device type and dtype give bit-identical weights on every rank (each rank builds its own copy).
-    """
+    """A ``Flux2Transformer2DModel`` of ``size`` ("tiny" or "dev") with seeded random weights on ``device``: the
+    same ``seed``, device type and dtype give bit-identical weights on every rank (each builds its own copy)."""
     if size not in TRANSFORMER_CONFIGS:
         raise ValueError(f"unknown transformer size {size!r}; choose one of {sorted(TRANSFORMER_CONFIGS)}")
     config = {**copy.deepcopy(TRANSFORMER_CONFIGS[size]), **overrides}
@@ -83,11 +81,8 @@ def transformer_inputs(transformer, *, height: int = 1024, width: int = 1024, te
 
 
 def run_transformer(transformer, inputs: TransformerInputs) -> torch.Tensor:
-    """One forward without autograd; the velocity prediction ``[batch, image_tokens, in_channels]``.
-
-    Under context parallelism diffusers returns the all-gathered output as an ``AsyncCollectiveTensor``; it is
-    waited for here, so a discarded output (timing loops) leaves no collective unwaited.
-    """
+    """One forward without autograd; the velocity prediction ``[batch, image_tokens, in_channels]``, waited for when
+    context parallelism gathers it (so a discarded output in a timing loop leaves no collective unwaited)."""
     from .engine import wait_collective
 
     with torch.no_grad():
