@@ -8,6 +8,8 @@ from .drift import Culprit, DriftMap, generation_bound, locate_drift
 from .frontier import Frontier, FrontierRow, frontier
 from .runs import DecideInputError
 
-__all__ = ["AutotuneResult", "InvalidPlanError", "Measurement", "PlanMismatchError", "PlanNotFoundError", "autotune", "autotune_records", "Confirmation", "StepTiming", "confirm_plan", "record_step", "Culprit", "DecideInputError", "DriftMap", "Frontier", "FrontierRow", "frontier", "generation_bound", "locate_drift"]
+__all__ = ["AutotuneResult", "InvalidPlanError", "Measurement", "PlanMismatchError", "PlanNotFoundError", "autotune",
+           "autotune_records", "Confirmation", "StepTiming", "confirm_plan", "record_step", "Culprit",
+           "DecideInputError", "DriftMap", "Frontier", "FrontierRow", "frontier", "generation_bound", "locate_drift"]
 
 __getattr__ = moved(__name__, {"AutotunePlan": "fluxlab.decide:AutotuneResult"})

@@ -1,8 +1,5 @@
-"""``fluxlab.autotune``: per attention layer, the fastest kernel whose verdict on that layer's real inputs is pass.
-
-Candidates are judged against float64 (``compare_attention``), never against the incumbent kernel, so a wrong kernel
-cannot pass by being close to another wrong one; the plan is then confirmed on the whole step (``confirm.py``).
-"""
+"""``fluxlab.autotune``: per attention layer, the fastest kernel whose verdict on that layer's real inputs (against
+float64, never against the incumbent kernel) is pass; then confirmed on the whole step (``confirm.py``)."""
 
 from __future__ import annotations
 
@@ -20,12 +17,13 @@ from ..errors import (FluxlabError, InvalidPlanError, PlanMismatchError, PlanNot
                       UnknownBackendError)
 from ..models.attach import check_allowed, state_of
 from ..models.names import diffusers_names
+from ..models.runner import run
 from ..models.schedule import Schedule
 from ..results import Result, format_cell, markdown_table, model_of
 from ..util import json_safe
-from .confirm import Confirmation, approximate, confirm_plan, record_step
+from .confirm import Confirmation, confirm_plan, record_step
 from .files import check_count, finish_figure, new_figure, progress_bar
-from .runs import DecideInputError, check_generation_args, seed_list
+from .runs import DecideInputError, approximate, check_generation_args, seed_list
 
 PLAN_FORMAT = "fluxlab-autotune/1"
 
@@ -77,10 +75,6 @@ class AutotuneResult(Result):
     @property
     def schedule(self) -> Schedule:
         return Schedule.by_layer(dict(self.choices))
-
-    def per_layer(self, layer: str) -> list[Measurement]:
-        return sorted((m for m in self.measurements if m.layer == layer),
-                      key=lambda m: (m.time_ms if math.isfinite(m.time_ms) else math.inf))
 
     def to_markdown(self) -> str:
         """One row per layer: the chosen kernel, the automatic one and each candidate's time (ms) and verdict."""
@@ -150,10 +144,8 @@ class AutotuneResult(Result):
 
     @classmethod
     def load(cls, path, *, allow_mismatch: bool = False) -> AutotuneResult:
-        """A saved plan, checked against its own evidence (every choice measured "pass" with a finite time; a
-        quantised one needs ``allow_quantised`` and a passing image verdict: ``InvalidPlanError``). A plan measured
-        on another platform or with other versions (fluxlab, torch, diffusers, each chosen backend's) raises
-        ``PlanMismatchError`` unless ``allow_mismatch``."""
+        """A saved plan, checked against its own evidence (``InvalidPlanError``) and, unless ``allow_mismatch``,
+        against this machine's platform and versions (``PlanMismatchError``)."""
         path = Path(path).expanduser()
         if path.is_dir():
             raise InvalidPlanError(f"{path} is a folder, not a plan file; pass the plan.json inside it (e.g. "
@@ -303,17 +295,12 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
              progress: bool = False, **pipe_kwargs) -> AutotuneResult:
     """Choose per attention layer the fastest candidate whose verdict on that layer's captured inputs is pass.
 
-    ``candidates``: backend names (None: every allowed one that runs here, less the float64 reference); one that
-    raises, gives NaN/inf or fails on a layer is never chosen there (``plan.reasons`` says why). ``capture_step``:
-    the step captured (default: the middle one). ``repeats``: timed calls per input after a warm-up call. With
-    ``allow_quantised`` quantised/emulated kernels compete too, and the plan must then pass the image verdict (in image bands) for
-    every seed or loses them (``plan.notes``). ``confirm``: then time the real step under the per-layer plan, the
-    automatic pick and the ``confirm_uniform`` fastest uniform candidates (None: all) over ``confirm_rounds``
-    interleaved rounds and keep the fastest that passes everywhere (``confirm_plan``); ``timer(variant, run) -> ms``
-    replaces the wall clock there.
+    ``candidates``: backend names (None: every allowed one that runs here, less the float64 reference). With
+    ``allow_quantised`` quantised/emulated kernels compete too, and the whole plan must then pass the image verdict.
+    ``confirm``: then time the real step under the plan's variants and keep the fastest that passes
+    (``confirm_plan``; ``timer(variant, run) -> ms`` replaces the wall clock). Every argument: docs/decide.md.
     """
     from ..models.capture import capture
-    from ..models.runner import run
 
     check_generation_args(prompt, steps)
     seeds = seed_list(seeds)
@@ -348,8 +335,8 @@ def autotune(pipe, *, candidates=None, prompt: str, steps: int, seeds=(0,), allo
 
 def autotune_records(records, *, candidates, allow_quantised: bool = False, repeats: int = 5, progress: bool = False,
                      settings: dict | None = None) -> AutotuneResult:
-    """The per-layer choice from captured ``AttentionRecord``s (``fluxlab.capture``; any model, e.g. a bare
-    transformer): each candidate timed and judged on each layer's records. No image gate (``autotune`` adds it)."""
+    """The per-layer choice from captured ``AttentionRecord``s (``fluxlab.capture``; any model): each candidate
+    timed and judged on each layer's records, without autotune's image gate."""
     from ..compare.attention import compare_attention
 
     names = [str(BackendChoice.parse(name)) for name in _names(candidates)]  # unknown names and options raise here
@@ -385,46 +372,36 @@ def _measure(layer: str, rows, names) -> list[Measurement]:
             continue
         verdict = worst(r.verdict for r in mine)
         times = [r.time_ms for r in mine if r.time_ms is not None and math.isfinite(r.time_ms)]
-        errors = [r.error for r in mine if r.error]
-        rels = [r.rel_l2 for r in mine if r.rel_l2 is not None]
-        ratios = [r.rel_l2_ratio for r in mine if r.rel_l2_ratio is not None]
         found.append(Measurement(
             layer, name, verdict, time_ms=sum(times) / len(times) if times else math.nan,
-            rel_l2=max(rels, default=math.nan), rel_l2_ratio=max(ratios, default=math.nan),
-            quantised=any(r.quantised for r in mine), error=errors[0] if errors else None,
+            rel_l2=max((r.rel_l2 for r in mine if r.rel_l2 is not None), default=math.nan),
+            rel_l2_ratio=max((r.rel_l2_ratio for r in mine if r.rel_l2_ratio is not None), default=math.nan),
+            quantised=any(r.quantised for r in mine), error=next((r.error for r in mine if r.error), None),
             note=next((r.notes for r in mine if r.verdict == verdict and r.notes), "")))
     return found
 
 
 def _choose(layers, measurements, *, allow_quantised: bool) -> dict[str, str]:
-    choices = {}
-    for layer in layers:
-        passing = [m for m in measurements if m.layer == layer and m.verdict == "pass" and math.isfinite(m.time_ms)
-                   and (allow_quantised or not approximate(m.backend))]
-        if passing:
-            choices[layer] = min(passing, key=lambda m: m.time_ms).backend
-    return choices
+    """Per layer, the fastest candidate judged pass with a finite time (quantised ones only if allowed)."""
+    passing = [m for m in measurements if m.verdict == "pass" and math.isfinite(m.time_ms)
+               and (allow_quantised or not approximate(m.backend))]
+    return {layer: min((m for m in passing if m.layer == layer), key=lambda m: m.time_ms).backend
+            for layer in layers if any(m.layer == layer for m in passing)}
 
 
 def _never_chosen(measurements, choices) -> dict[str, str]:
-    chosen = set(choices.values())
+    """Why each backend chosen on no layer lost: its first measurement's verdict and error, or its speed."""
     reasons = {}
     for m in measurements:
-        if m.backend in chosen or m.backend in reasons:
-            continue
-        if m.error or m.verdict != "pass":
-            reasons[m.backend] = f"{m.verdict} on {m.layer}: {m.error or m.note}"
-        else:
-            reasons[m.backend] = "passes, but slower than the chosen kernel on every layer"
+        if m.backend not in reasons and m.backend not in choices.values():
+            reasons[m.backend] = (f"{m.verdict} on {m.layer}: {m.error or m.note}" if m.error or m.verdict != "pass"
+                                  else "passes, but slower than the chosen kernel on every layer")
     return reasons
 
 
 def _image_gate(pipe, plan, **generation) -> None:
     """A plan with quantised layers must pass the image verdict against the automatic choice, else loses them."""
-    from .fidelity import image_verdict
-
-    plan.image_verdict, plan.image_note = image_verdict(pipe, plan.schedule, **generation)
-    if plan.image_verdict != "pass":
+    if plan.verify(pipe, **generation) != "pass":
         dropped = sorted({b for b in plan.choices.values() if approximate(b)})
         plan.choices = _choose(plan.automatic, plan.measurements, allow_quantised=False)
         for name in dropped:

@@ -4,22 +4,21 @@ the real transformer step is timed under each plan variant, interleaved, and the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import functools
 import math
 import statistics
 from typing import Callable
 
 import torch
 
-from .. import registry
-from ..choice import BackendChoice
-from ..compare.image_rule import is_approximate
 from ..models.attach import set_schedule, state_of
 from ..models.schedule import Schedule
 from ..results import format_cell, markdown_table
-from ..util import json_safe
+from ..util import json_safe, time_calls
 from .files import check_count
-from .runs import DecideInputError
+from .runs import DecideInputError, approximate
 
 PER_LAYER, AUTOMATIC = "per-layer plan", "automatic pick"
 
@@ -115,27 +114,22 @@ class StepReplay:
             return [self.transformer(*args, **kwargs) for args, kwargs in self.calls]
 
 
-class record_step:  # noqa: N801 (a context manager used like a function)
+@contextlib.contextmanager
+def record_step(pipe, step: int, steps: int):
     """``with record_step(pipe, step, steps) as replay: pipe(...)`` keeps (copies of) the transformer's inputs at
     denoising ``step`` (negative from the end); ``replay()`` then runs that step's forwards again."""
+    state = state_of(pipe)
+    replay = StepReplay(state.transformer)
 
-    def __init__(self, pipe, step: int, steps: int):
-        self._state = state_of(pipe)
-        self._step = step % steps
-        self.replay = StepReplay(self._state.transformer)
-        self._handle = None
+    def keep(module, args, kwargs):
+        if state.position.step == step % steps:  # fluxlab's own pre-hook (installed first) has just set it
+            replay.calls.append((_copied(args), _copied(kwargs)))
 
-    def _keep(self, module, args, kwargs):
-        if self._state.position.step == self._step:  # fluxlab's own pre-hook (installed first) has just set it
-            self.replay.calls.append((_copied(args), _copied(kwargs)))
-
-    def __enter__(self) -> StepReplay:
-        self._handle = self._state.transformer.register_forward_pre_hook(self._keep, with_kwargs=True)
-        return self.replay
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
+    handle = state.transformer.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        yield replay
+    finally:
+        handle.remove()
 
 
 def _copied(value):
@@ -148,22 +142,12 @@ def _copied(value):
     return value
 
 
-def wall_clock(device) -> Callable:
+def _wall_ms(variant, run: Callable[[], object], *, device) -> float:
     """The default timer: one call's wall time in ms, the device synchronised before and after."""
-    from ..util import time_calls
-
-    def timer(variant: StepTiming, run: Callable[[], object]) -> float:
-        return time_calls(run, warmup=0, repeats=1, device=device).times_ms[0]
-
-    return timer
+    return time_calls(run, warmup=0, repeats=1, device=device).times_ms[0]
 
 
 # -- variants, timing, decision ------------------------------------------------------------------------------------
-
-
-def approximate(spec: str) -> bool:
-    """Whether a backend spec (a name, or "name:option=value") names a quantised or emulated kernel."""
-    return is_approximate(registry.get_backend(BackendChoice.parse(spec).name))
 
 
 def _variants(plan, uniform: int | None) -> list[tuple[str, dict[str, str], bool, str]]:
@@ -199,18 +183,16 @@ def _attention_ms(plan, choices: dict[str, str]) -> float:
 def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5, warmup: int = 1,
                  uniform: int | None = 3, timer: Callable | None = None) -> Confirmation:
     """Time ``run_step`` (one real transformer step of ``model``) under the per-layer plan, the automatic pick and
-    each candidate that passes on every layer applied uniformly (the ``uniform`` fastest by summed per-layer time;
-    None: all), and keep the winner (``_winner``): ``plan.choices``, ``reasons`` and ``notes`` follow it, and
-    ``plan.confirmation`` (returned) says why. ``warmup`` untimed calls per variant, then ``rounds`` rounds calling
-    every variant once, the order rotated; ``timer(variant, run) -> ms`` replaces the wall clock.
-    """
+    the ``uniform`` fastest candidates that pass on every layer (None: all): ``warmup`` untimed calls each, then
+    ``rounds`` rounds calling every variant once, order rotated (``timer(variant, run) -> ms`` replaces the wall
+    clock). The winner (``_winner``) becomes the plan; ``plan.confirmation`` (returned) says why."""
     check_count(rounds, f"confirm_rounds={rounds!r} must be a positive number of rounds (or confirm=False)")
     check_count(warmup, f"warm-up calls {warmup!r} must be 0 or more", minimum=0)
     if uniform is not None:
         check_count(uniform, f"confirm_uniform={uniform!r} must be 0 or more candidates (None: every one)", minimum=0)
     state = state_of(model)
     if timer is None:
-        timer = wall_clock(next(state.transformer.parameters()).device)
+        timer = functools.partial(_wall_ms, device=next(state.transformer.parameters()).device)
     timings, schedules = [], []
     for name, choices, eligible, note in _variants(plan, uniform):
         twin = next((i for i, s in enumerate(schedules) if s[1] == choices), None)
@@ -252,9 +234,8 @@ def confirm_plan(plan, model, run_step: Callable[[], object], *, rounds: int = 5
 
 
 def _winner(timings: list[StepTiming], automatic: StepTiming) -> StepTiming:
-    """The eligible variant with the lowest median ratio to the automatic pick; but an eligible automatic pick is
-    left only for a variant that beat it in every round. A switch must be faster beyond run-to-run noise, not a
-    coin toss a fresh measurement reverses (the rounds of benchmarks/results/h200/decide show the step's spread)."""
+    """The eligible variant with the lowest median ratio to the automatic pick; an eligible automatic pick gives way
+    only to one that beat it in every round (run-to-run noise: benchmarks/results/h200/decide)."""
     eligible = [t for t in timings if t.eligible]
     if not automatic.eligible:
         return min(eligible, key=lambda t: t.median_ratio)

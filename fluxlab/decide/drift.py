@@ -1,9 +1,5 @@
-"""``fluxlab.locate_drift``: which attention layers x denoising steps make an image drift, found coarse to fine.
-
-A region of the (layer x step) grid is scored by switching only it from ``good`` to ``bad`` (final-latent rel-L2
-against the all-good run); regions are halved, layers first, and only the ``beam`` strongest of each level are
-split further (``generation_bound``).
-"""
+"""``fluxlab.locate_drift``: which attention layers x denoising steps make an image drift, found coarse to fine by
+halving regions of the grid and splitting only the ``beam`` strongest per level (docs/decide.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import numpy as np
 from ..models.names import diffusers_names
 from ..results import Result, markdown_table, model_of
 from .files import check_count, finish_figure, new_figure, progress_bar
-from .runs import CellSchedule, Cells, DecideInputError, Run, Runner, as_schedule, describe, rel_l2
+from .runs import Cells, DecideInputError, Run, Runner, as_schedule, band_kind, cell_schedule, describe, rel_l2
 
 # A drift is "localised" when the strongest single region found explains at least this share of the all-bad drift.
 LOCALISED_SHARE = 0.5
@@ -105,8 +101,7 @@ class DriftMap(Result):
 
     @property
     def kind(self) -> str:
-        """"localised" or "diffuse"; else why neither can be said: no drift at all, a kernel that gave NaN/Inf
-        latents, or a budget that ended before any region was scored."""
+        """"localised" or "diffuse"; else why neither can be said (no drift, NaN/Inf latents, no region scored)."""
         if not math.isfinite(self.all_bad_drift):
             return "not finite (bad gives NaN/Inf latents: a broken kernel, not drift)"
         if not self.all_bad_drift:
@@ -213,7 +208,7 @@ class CellReplay:
 
     def run(self, cells: Cells | None, *, control=None) -> Run:
         """One generation (with its image) with ``bad`` inside ``cells`` and ``good`` elsewhere."""
-        return self.runner.run(CellSchedule(self.good, self.bad, cells), image=True, control=control)
+        return self.runner.run(cell_schedule(self.good, self.bad, cells), image=True, control=control)
 
 
 def _halves(region: Cells) -> list[Cells]:
@@ -229,16 +224,10 @@ def _halves(region: Cells) -> list[Cells]:
 def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, height: int | None = None,
                  width: int | None = None, beam: int = DEFAULT_BEAM, budget: int | None = None,
                  progress: bool = False, band=None, **pipe_kwargs) -> DriftMap:
-    """Find the (attention layer x denoising steps) cells that, switched alone from ``good`` to ``bad``, move the
-    final latents most.
-
-    ``good`` / ``bad``: backend names or ``fluxlab.Schedule``s (checked against the model's allowed set before any
-    generation). ``beam``: regions split further per level. ``budget``: a cap on generations (the default is the
-    bound, :func:`generation_bound`); when it stops the search early, ``DriftMap.note`` says so and the culprits
-    are regions. ``band``: the image band the drift is counted in (an ``ImageBand`` or its file; default: the
-    committed band of this setting, ``fluxlab.compare.bands``; the low-precision class when ``bad`` uses a
-    quantised/emulated kernel); without one the map says so. Extra keyword arguments go to the pipeline call
-    (e.g. ``max_sequence_length``).
+    """Find the (attention layer x denoising steps) cells that, switched alone from ``good`` to ``bad`` (backend
+    names or Schedules), move the final latents most. ``beam``: regions split further per level; ``budget``: a cap
+    on generations (default :func:`generation_bound`); ``band``: the image band the drift is counted in (default:
+    the committed one of this setting). Extra keyword arguments go to the pipeline call. Details: docs/decide.md.
     """
     check_count(beam, f"beam={beam!r} must be a positive integer (regions split per level); e.g. beam=2")
     good_schedule = as_schedule(pipe, good, "good")
@@ -254,9 +243,9 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
                 f"full search here takes at most {bound}", minimum=2)
     bar.total = min(budget, bound)
     with bar:
-        good_run = runner.run(CellSchedule(good_schedule, bad_schedule, None))
+        good_run = runner.run(cell_schedule(good_schedule, bad_schedule, None))
         whole = Cells(tuple(layers), tuple(range(steps)))
-        bad_run = runner.run(CellSchedule(good_schedule, bad_schedule, whole))
+        bad_run = runner.run(cell_schedule(good_schedule, bad_schedule, whole))
         all_bad = rel_l2(bad_run.final, good_run.final)
         scored: dict[Cells, float] = {whole: all_bad}
         runs = {whole: bad_run}
@@ -272,45 +261,45 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
                 break
             split.update(r for r in frontier if r.size > 1)
             for child in children:
-                run = runner.run(CellSchedule(good_schedule, bad_schedule, child))
+                run = runner.run(cell_schedule(good_schedule, bad_schedule, child))
                 scored[child], runs[child] = rel_l2(run.final, good_run.final), run
             strongest = sorted(children, key=lambda c: -_key(scored[c]))
             frontier = [c for c in strongest[:beam] if scored[c] > 0]
 
+    def culprit(region: Cells) -> Culprit:
+        return Culprit(_group_label(region.layers), region.steps, scored[region], region.layers)
+
+    def drift_of(run: Run) -> list[float]:
+        return [rel_l2(a, b) for a, b in zip(run.latents, good_run.latents)]
+
     # The culprits are the leaves of the search: regions scored but not split (single cells where it got there).
-    culprits = sorted((Culprit(_group_label(r.layers), r.steps, v, r.layers) for r, v in scored.items()
-                       if r not in split), key=lambda c: (-_key(c.contribution), len(c.layers) * len(c.steps)))
-    regions = [Culprit(_group_label(r.layers), r.steps, v, r.layers) for r, v in scored.items()]
+    leaves = sorted((r for r in scored if r not in split), key=lambda r: (-_key(scored[r]), r.size))
+    culprits = [culprit(r) for r in leaves]
     grid = np.full((len(layers), steps), np.nan)
-    index = {name: i for i, name in enumerate(layers)}
     for region, value in scored.items():
         if region.size == 1:
-            grid[index[region.layers[0]], region.steps[0]] = value
-    per_step = {"bad everywhere": [rel_l2(a, b) for a, b in zip(bad_run.latents, good_run.latents)]}
-    if culprits:
-        top = next(r for r in scored if r.layers == culprits[0].layers and r.steps == culprits[0].steps)
-        per_step[f"only {culprits[0].layer.removesuffix('.attn')} @ {_steps_text(top.steps)}"] = [
-            rel_l2(a, b) for a, b in zip(runs[top].latents, good_run.latents)]
-    complete = not note and bool(culprits) and len(culprits[0].layers) == 1 and len(culprits[0].steps) == 1
+            grid[layers.index(region.layers[0]), region.steps[0]] = value
+    per_step = {"bad everywhere": drift_of(bad_run)}
+    if leaves:
+        per_step[f"only {culprits[0].layer.removesuffix('.attn')} @ {_steps_text(leaves[0].steps)}"] = drift_of(
+            runs[leaves[0]])
+    complete = not note and bool(leaves) and leaves[0].size == 1
     settings = {"prompt": prompt, "seed": seed, "steps": steps, "height": height, "width": width, "beam": beam,
                 "budget": budget, **{k: repr(v) for k, v in pipe_kwargs.items()}}
     return DriftMap(describe(good), describe(bad), layers, steps, culprits, grid, all_bad, per_step, runner.count,
-                    bound, complete, note, settings, regions, (good, bad), dict(pipe_kwargs), model=model_of(pipe),
-                    band=band_value, band_source=band_source)
+                    bound, complete, note, settings, [culprit(r) for r in scored], (good, bad), dict(pipe_kwargs),
+                    model=model_of(pipe), band=band_value, band_source=band_source)
 
 
 def _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs) -> tuple[float, str]:
     """(final-latent rel-L2 band, its source) for counting the drift in bands; (NaN, why not) without one."""
-    from .. import registry
-    from ..compare.bands import EXACT, LOW_PRECISION, resolve_band, setting_of
-    from ..compare.image_rule import is_approximate
+    from ..compare.bands import resolve_band, setting_of
 
     found = resolve_band(band, setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs))
     if found is None:
         return math.nan, ("no image band for this setting: measure one with fluxlab.compare.measure_image_band and "
                           "pass band=")
-    kind = LOW_PRECISION if any(is_approximate(registry.get_backend(n.split(":")[0]))
-                                for n in bad_schedule.backend_names()) else EXACT
+    kind = band_kind(bad_schedule)
     return found.band(kind, "final_latent_rel_l2"), found.source_text(kind)
 
 

@@ -1,6 +1,5 @@
-"""``fluxlab.frontier``: what each schedule of a fast kernel buys in step time and costs in fidelity, Pareto set
-marked. Step time: the transformer's per denoising step; fidelity: the image-verdict metrics against the exact kernel.
-"""
+"""``fluxlab.frontier``: what each schedule of a fast kernel buys in transformer time per step and costs in image
+fidelity against the exact kernel, Pareto set marked."""
 
 from __future__ import annotations
 
@@ -16,10 +15,9 @@ from ..models.names import diffusers_names
 from ..models.schedule import Rule, Schedule
 from ..results import Result, markdown_table, model_of
 from ..util import json_safe
-from .confirm import approximate
 from .fidelity import fidelity
 from .files import check_count, finish_figure, new_figure, progress_bar
-from .runs import DecideInputError, Runner, as_schedule, check_generation_args, describe, seed_list
+from .runs import DecideInputError, Runner, as_schedule, band_kind, check_generation_args, describe, seed_list
 
 CULPRIT_SHARE = 0.25  # culprit cells kept exact: those with at least this share of the strongest one's drift
 MAX_CULPRITS = 4
@@ -107,11 +105,9 @@ def exact_ends_label(exact: str, candidate: str, k: int) -> str:
 
 
 def default_schedules(exact: str, candidate: str, steps: int) -> dict[str, Schedule]:
-    found = {exact_ends_label(exact, candidate, 0): Schedule(default=candidate)}
-    for k in range(1, 4):
-        if 2 * k < steps:
-            found[exact_ends_label(exact, candidate, k)] = Schedule.exact_ends(exact, candidate, first=k, last=k)
-    return found
+    """The candidate everywhere, then with ``exact`` at the k = 1..3 first and last steps (where they fit)."""
+    return {exact_ends_label(exact, candidate, k): Schedule.exact_ends(exact, candidate, first=k, last=k) if k
+            else Schedule(default=candidate) for k in range(4) if 2 * k < steps}
 
 
 def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
@@ -119,8 +115,7 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
     cells = [c for c in drift.culprits if c.contribution > 0]
     if not cells:
         return None
-    strongest = cells[0].contribution
-    kept = [c for c in cells if c.contribution >= CULPRIT_SHARE * strongest][:MAX_CULPRITS]
+    kept = [c for c in cells if c.contribution >= CULPRIT_SHARE * cells[0].contribution][:MAX_CULPRITS]
     return Schedule(default=candidate, rules=tuple(Rule(exact, layers=c.layers, steps=c.steps) for c in kept))
 
 
@@ -128,15 +123,10 @@ def except_culprits(exact: str, candidate: str, drift) -> Schedule | None:
 def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps: int, exact: str | None = None,
              height: int | None = None, width: int | None = None, repeats: int = 3, locate: bool = True,
              drift_maps: dict | None = None, progress: bool = False, band=None, **pipe_kwargs) -> Frontier:
-    """Step time and fidelity of each candidate under each schedule, against the exact kernel; Pareto set marked.
-
-    ``candidates``: fast backend names. ``schedules``: None (per candidate: everywhere, exact ends k = 1..3, and
-    with ``locate`` everywhere-but-the-culprits from ``fluxlab.locate_drift``), or a dict name -> Schedule /
-    list of Schedules to measure as well. ``exact``: the reference kernel (default: the automatic pick).
-    ``drift_maps``: candidate -> a DriftMap already found (same exact kernel and settings): reused, not located again.
-    Names are checked before any generation; a schedule whose generation fails becomes a row with its error.
-    Verdicts count the worst seed's distance in image bands (``band``, else the committed band of this setting,
-    else one measured here: ``fluxlab.compare.band_measure.band_for``).
+    """Step time and fidelity of each candidate under each schedule, against ``exact`` (default: the automatic
+    pick); Pareto set marked. ``schedules``: None (per candidate: everywhere, exact ends k = 1..3 and, with
+    ``locate``, everywhere but the culprits of ``locate_drift`` or of ``drift_maps``), or Schedules to measure
+    instead (a list, or a dict by name). A failing schedule is a row with its error. Details: docs/decide.md.
     """
     from ..dispatch import default_backend
     from .drift import locate_drift
@@ -151,10 +141,10 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     for name in candidates:
         check_allowed(name, state.allowed)  # unknown or disallowed names raise here, before any generation
     plans: list[tuple[str, str | None, Schedule]] = [(f"{exact} (exact)", None, Schedule(default=exact))]
-    for name in candidates:
-        if schedules is None:
-            plans += [(label, name, s) for label, s in default_schedules(exact, name, steps).items()]
-    if schedules is not None:
+    if schedules is None:
+        plans += [(label, name, s) for name in candidates
+                  for label, s in default_schedules(exact, name, steps).items()]
+    else:
         named = schedules.items() if isinstance(schedules, dict) else ((describe(s), s) for s in schedules)
         plans += [(label, None, as_schedule(pipe, s, f"schedule {label!r}")) for label, s in named]
     if not candidates and schedules is None:
@@ -178,7 +168,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
             if schedule is not None:
                 plans.append((f"{name} except {len(schedule.rules)} culprit cell(s)", name, schedule))
         references = {seed: runner.run(plans[0][2], seed=seed, image=True) for seed in seeds}
-        low = any(approximate(n) for _, _, sch in plans if sch is not None for n in sch.backend_names())
+        low = any(band_kind(sch) == LOW_PRECISION for _, _, sch in plans if sch is not None)
         band = band_for(pipe, band, prompt=prompt, seeds=seeds, steps=steps, height=height, width=width,
                         pipe_kwargs=pipe_kwargs, classes=(EXACT, LOW_PRECISION) if low else (EXACT,))
         rows = [_measure(runner, label, candidate, schedule, seeds, references, repeats, drift_maps, band)
@@ -210,9 +200,8 @@ def _measure(runner, label, candidate, schedule, seeds, references, repeats, dri
     row.final_latent_rel_l2 = max(n["final_latent_rel_l2"] for n in numbers)
     row.ssim = min(n["ssim"] for n in numbers)
     row.psnr = min(n["psnr"] for n in numbers)
-    kind = LOW_PRECISION if any(approximate(n) for n in schedule.backend_names()) else EXACT
     verdict, row.verdict_note = judge_with_band(from_image_metrics(row.ssim, row.psnr, row.final_latent_rel_l2),
-                                                band, kind)
+                                                band, band_kind(schedule))
     row.verdict = PASS if row.final_latent_rel_l2 == 0 else verdict
     return row
 

@@ -1,17 +1,18 @@
-"""Generations the decide tools repeat: one pipeline, prompt, seed, size; a schedule per run; counted and checked.
-
-Arguments are checked before any generation (backend and schedule names against the model's allowed set, steps,
-prompt). Each run returns the latents after every step; images only when asked (the VAE decode is skipped
-otherwise). The pipeline's backend and schedule come back afterwards.
-"""
+"""Generations the decide tools repeat through the one pipeline runner (``models.runner.run``): one pipeline, prompt,
+seed, steps and size, a schedule per run, arguments checked before any generation, the generations counted."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import numbers
 
+from .. import registry
+from ..choice import BackendChoice
+from ..compare.bands import EXACT, LOW_PRECISION
+from ..compare.image_rule import is_approximate
 from ..errors import DecideInputError
 from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, state_of
@@ -35,10 +36,9 @@ def seed_list(seeds) -> list[int]:
         values = seed_values(seeds)
     except InvalidSettingError as exc:
         raise DecideInputError(str(exc)) from None
-    for value in values:
-        problem = seed_problem(value)
-        if problem:
-            raise DecideInputError(problem)
+    problem = next(filter(None, map(seed_problem, values)), None)
+    if problem:
+        raise DecideInputError(problem)
     return values
 
 
@@ -60,14 +60,24 @@ def describe(plan) -> str:
     """A short name: the backend, or "sdpa; planted at transformer_blocks.1 steps 1,2" for a Schedule."""
     if isinstance(plan, str):
         return plan
-    if isinstance(plan, Schedule):
-        parts = [plan.default or "automatic"]
-        for rule in plan.rules:
-            where = ",".join(p.removesuffix(".attn") for p in rule.layers) if rule.layers != ("*",) else ""
-            when = f"steps {','.join(map(str, sorted(rule.steps)))}" if rule.steps is not None else ""
-            parts.append(f"{rule.backend} at {' '.join(filter(None, (where, when))) or 'everything'}")
-        return "; ".join(parts)
-    return getattr(plan, "__name__", repr(plan))
+    if not isinstance(plan, Schedule):
+        return getattr(plan, "__name__", repr(plan))
+    parts = [plan.default or "automatic"]
+    for rule in plan.rules:
+        where = ",".join(p.removesuffix(".attn") for p in rule.layers) if rule.layers != ("*",) else ""
+        when = f"steps {','.join(map(str, sorted(rule.steps)))}" if rule.steps is not None else ""
+        parts.append(f"{rule.backend} at {' '.join(filter(None, (where, when))) or 'everything'}")
+    return "; ".join(parts)
+
+
+def approximate(spec: str) -> bool:
+    """Whether a backend spec (a name, or "name:option=value") names a quantised or emulated kernel."""
+    return is_approximate(registry.get_backend(BackendChoice.parse(spec).name))
+
+
+def band_kind(schedule: Schedule) -> str:
+    """The image-band class a schedule is judged in: low precision when any of its kernels is approximate."""
+    return LOW_PRECISION if any(approximate(name) for name in schedule.backend_names()) else EXACT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,21 +92,15 @@ class Cells:
         return len(self.layers) * len(self.steps)
 
 
-class CellSchedule:
-    """``bad``'s answer inside ``cells``, ``good``'s everywhere else (a schedule function for set_schedule)."""
-
-    def __init__(self, good: Schedule, bad: Schedule, cells: Cells | None):
-        self.good, self.bad, self.cells = good, bad, cells
-        self._layers = frozenset(cells.layers) if cells else frozenset()
-        self._steps = frozenset(cells.steps) if cells else frozenset()
-
-    def __call__(self, layer, step, num_steps):
-        inside = layer in self._layers and step in self._steps
-        return (self.bad if inside else self.good)(layer, step, num_steps)
+def cell_schedule(good: Schedule, bad: Schedule, cells: Cells | None):
+    """A schedule function for set_schedule: ``bad``'s answer inside ``cells``, ``good``'s everywhere else."""
+    inside = set(itertools.product(cells.layers, cells.steps)) if cells else set()
+    return lambda layer, step, num_steps: (bad if (layer, step) in inside else good)(layer, step, num_steps)
 
 
 class Runner:
-    """Generations of one pipeline with fixed prompt, seed, steps and size; ``count`` says how many ran."""
+    """Generations of one pipeline with fixed prompt, seed, steps and size; ``count`` says how many ran and
+    ``progress()`` (if given) is called after each."""
 
     def __init__(self, pipe, *, prompt: str, seed: int = 0, steps: int, height=None, width=None,
                  pipe_kwargs: dict | None = None, progress=None):
@@ -105,25 +109,22 @@ class Runner:
             raise DecideInputError(seed_problem(seed))
         check_pipe_kwargs(pipe_kwargs, "the decide tools", DecideInputError)
         self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, int(seed), int(steps)
-        self.height, self.width = height, width
-        self.pipe_kwargs = dict(pipe_kwargs or {})
-        self.state = state_of(pipe)
-        self.count = 0
-        self.progress = progress  # called with a short label after each generation
+        self.height, self.width, self.pipe_kwargs = height, width, dict(pipe_kwargs or {})
+        self.state, self.count, self.progress = state_of(pipe), 0, progress
 
     @property
     def layer_names(self) -> list[str]:
         return list(self.state.layer_names)
 
     def run(self, schedule, *, seed: int | None = None, image: bool = False, control=None) -> Run:
-        """One generation with ``schedule`` (a Schedule or a schedule function) installed. ``control``: a
-        ``StepControl`` that sees each step and can stop between steps (then GenerationCancelled is raised)."""
-        # The model's state now: after a detach and attach since this Runner was made it is a new one.
-        self.state = state_of(self.pipe)
+        """One generation with ``schedule`` (a Schedule or a schedule function): the latents after each step, the
+        image only with ``image``. ``control``: a ``StepControl`` that can stop it between steps (then
+        GenerationCancelled is raised and the run is not counted)."""
+        self.state = state_of(self.pipe)  # after a detach and attach since this Runner was made it is a new one
         ran = run(self.pipe, schedule=schedule, prompt=self.prompt, seed=self.seed if seed is None else seed,
                   steps=self.steps, height=self.height, width=self.width, output="np" if image else "latent",
                   latents=True, control=control, transformer_time=True, **self.pipe_kwargs)
-        self.count += 1  # a cancelled run raised above: its latents are no result, and it is not counted
+        self.count += 1
         if self.progress is not None:
             self.progress()
         return ran

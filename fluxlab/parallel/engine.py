@@ -1,8 +1,6 @@
 """fluxlab backends inside diffusers' context parallelism: each becomes a member ``"fluxlab:<backend>"`` of
-diffusers' (closed) ``AttentionBackendName`` enum, run per rank by its Ulysses/ring templates
-(``_templated_context_parallel_attention``, which wants the LSE as ``[B, S, H]``). This uses private diffusers API:
-``engine_problems()`` checks every piece of it, and the package pins ``diffusers>=0.42.1,<0.43``.
-"""
+diffusers' closed ``AttentionBackendName`` enum, run per rank by its Ulysses/ring templates (LSE as ``[B, S, H]``).
+Private diffusers API: ``engine_problems()`` checks every piece, and the package pins ``diffusers>=0.42.1,<0.43``."""
 
 from __future__ import annotations
 
