@@ -36,14 +36,12 @@ def _candidates(q, k, scale) -> dict[str, torch.Tensor]:
     """The float64 ``[B, H, S]`` LSE under the contract and under each known mistake."""
     logits = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double())
     right = torch.logsumexp(logits * scale, dim=-1)
-    found = {"": right,
-             "is in base 2 (log2 units); the contract is the natural log": right / math.log(2),
-             "is computed from the unscaled logits (the softmax scale is missing)": torch.logsumexp(logits, dim=-1)}
     heads = right.shape[1]
-    for shift in range(1, heads):
-        found[f"has the heads rolled by {shift} (head h carries head h-{shift}'s value, modulo {heads})"] = (
-            right.roll(shift, dims=1))
-    return found
+    return {"": right,
+            "is in base 2 (log2 units); the contract is the natural log": right / math.log(2),
+            "is computed from the unscaled logits (the softmax scale is missing)": torch.logsumexp(logits, dim=-1),
+            **{f"has the heads rolled by {shift} (head h carries head h-{shift}'s value, modulo {heads})":
+               right.roll(shift, dims=1) for shift in range(1, heads)}}
 
 
 def check_lse(backend: str, *, device="cpu", dtype: torch.dtype = torch.float32, head_dim: int | None = None,
