@@ -46,7 +46,7 @@ import dataclasses
 import torch
 
 from .. import mx, numerics
-from .aiter_mha_v4 import FORMAT_MEANINGS, MHA_V4_ARCH_FORMATS
+from .aiter import FORMAT_MEANINGS, MHA_V4_ARCH_FORMATS
 from .base import FLOAT_DTYPES, Backend, Capabilities
 from .emulated import (ALL_VENDORS, _add_matmul, _check_options, _exact_float32, _exp_shifted, _finish, _flash,
                        _row_max)

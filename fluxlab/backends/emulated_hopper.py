@@ -14,7 +14,7 @@ from .. import numerics
 from .base import Backend
 from .emulated import (EMULATED_MAX_HEAD_DIM, _add_matmul, _caps, _check_options, _exact_float32, _finish, _flash,
                        _heads_first, _repeat_heads, _work_dtype)
-from .fa3_fp8 import FP8_MAX, fp8_operands
+from .flash_attn import FP8_MAX, fp8_operands
 
 LOG2E_F32 = torch.tensor(math.log2(math.e), dtype=torch.float32).item()  # M_LOG2E as the float the kernels use
 FA3_FP8_MAX_OFFSET = 8.0  # softmax.h Max_offset for FP8: p in [0, 2**8]
