@@ -538,7 +538,8 @@ def emulators_cpu(results: Path) -> str:
     lines = [prose(f"Measured by `benchmarks/emulators.py` on this CPU (`benchmarks/results/{EMULATORS}`). Cost at S "
                    f"{shape['seq']}, {shape['heads']} heads, float32 inputs, median of {cost['rounds']} interleaved rounds "
                    f"on a shared 2-core machine, as a multiple of the float32 kernel each emulator wraps (its own loop "
-                   f"with no rounding point, `emulated.flash_float32`; target ≤ {cost['target_x_wrapped']:g}×), of "
+                   "with no rounding point, `flash_float32` in benchmarks/emulators.py; target ≤ "
+                   f"{cost['target_x_wrapped']:g}×), of "
                    "torch's float32 math kernel and of its float32 SDPA on the same inputs:"), "",
              "| emulator | wraps | × wrapped kernel | × float32 math | × float32 SDPA |", "|---|---|---|---|---|"]
     lines += [f"| `{name}` | `{cost['wraps'][name]}` | {cost['x_wrapped'][name]:.1f} ({met(cost['met'][name])}) | "

@@ -40,24 +40,16 @@ NVIDIA_MHA_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 64, "PRELOAD_V": False, "num_war
                      "num_ctas": 1}
 MHA_V4_HEAD_DIM = 128
 # format -> aiter AttentionFormat names for Q, K, V ("FP8" is the arch's native_fp8_format()).
-MHA_V4_FORMATS = {
-    "i8fp8": ("INT8", "INT8", "FP8"),
-    "fp8": ("FP8", "FP8", "FP8"),
-    "mxfp6": ("MXFP6", "MXFP6", "FP8"),
-    "mxfp4": ("MXFP4", "MXFP4", "FP8"),
-    "f6f4": ("MXFP6", "MXFP6", "MXFP4"),
-    "f4f4": ("MXFP4", "MXFP4", "MXFP4"),
-}
+MHA_V4_FORMATS = {"i8fp8": ("INT8", "INT8", "FP8"), "fp8": ("FP8", "FP8", "FP8"), "mxfp6": ("MXFP6", "MXFP6", "FP8"),
+                  "mxfp4": ("MXFP4", "MXFP4", "FP8"), "f6f4": ("MXFP6", "MXFP6", "MXFP4"),
+                  "f4f4": ("MXFP4", "MXFP4", "MXFP4")}
 # The formats each arch's kernel manifest (hsa/<arch>/fmha_v4_fwd/fmha_v4_fwd.csv) has a row for.
 MHA_V4_ARCH_FORMATS = {"gfx950": frozenset(MHA_V4_FORMATS), "gfx942": frozenset({"i8fp8"})}
-FORMAT_MEANINGS = {
-    "i8fp8": "INT8 Q/K + FP8 V, per-tensor scales (gfx950, gfx942)",
-    "fp8": "FP8 Q/K/V, per-tensor scales (gfx950)",
-    "mxfp6": "rotated MXFP6 Q/K + FP8 V per channel (gfx950)",
-    "mxfp4": "rotated MXFP4 Q/K + FP8 V per channel (gfx950)",
-    "f6f4": "rotated MXFP6 Q/K + MXFP4 V (gfx950)",
-    "f4f4": "rotated MXFP4 Q/K + MXFP4 V (gfx950)",
-}
+FORMAT_MEANINGS = {"i8fp8": "INT8 Q/K + FP8 V, per-tensor scales (gfx950, gfx942)",
+                   "fp8": "FP8 Q/K/V, per-tensor scales (gfx950)",
+                   "mxfp6": "rotated MXFP6 Q/K + FP8 V per channel (gfx950)",
+                   "mxfp4": "rotated MXFP4 Q/K + FP8 V per channel (gfx950)",
+                   "f6f4": "rotated MXFP6 Q/K + MXFP4 V (gfx950)", "f4f4": "rotated MXFP4 Q/K + MXFP4 V (gfx950)"}
 
 
 def bind_aiter():

@@ -158,8 +158,7 @@ class Backend:
         caps = self.caps
         reasons = []
         if platform.vendor not in caps.vendors:
-            where = ", ".join(sorted(caps.vendors))
-            reasons.append(f"{self.name} runs on {where}, not on {platform.vendor} "
+            reasons.append(f"{self.name} runs on {', '.join(sorted(caps.vendors))}, not on {platform.vendor} "
                            f"({platform.device_name})")
         elif platform.vendor in caps.arches and not arch_matches(platform, caps.arches[platform.vendor]):
             reasons.append(f"{self.name} needs arch {' or '.join(caps.arches[platform.vendor])} on "
@@ -183,8 +182,7 @@ class Backend:
             reasons.append(f"inputs are on {q.device.type} but the platform is {platform.vendor}")
         if q.dtype not in caps.dtypes:
             names = ", ".join(sorted(torch_dtype_name(d) for d in caps.dtypes))
-            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} "
-                           f"(supports {names})")
+            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} (supports {names})")
         head_dim = q.shape[-1]
         if caps.head_dims is not None and head_dim not in caps.head_dims:
             reasons.append(f"head_dim {head_dim} is not supported by {self.name} "
@@ -201,15 +199,13 @@ class Backend:
         elif return_lse and lse_grad and not caps.lse_grad:
             reasons.append(f"{self.name}'s log-sum-exp carries no gradient, and the inputs require grad: a loss "
                            "that uses the LSE would get a wrong q/k grad. Use backend='reference' (its LSE has a "
-                           "backward), "
-                           "or detach the inputs / run under torch.no_grad()")
+                           "backward), or detach the inputs / run under torch.no_grad()")
         if self.extra_checks is not None:
             reasons.extend(self.extra_checks(q, k, platform))
         return reasons
 
-    def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              platform: Platform, *, causal: bool = False, return_lse: bool = False,
-                              lse_grad: bool = False) -> list[str]:
+    def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, platform: Platform, *,
+                              causal: bool = False, return_lse: bool = False, lse_grad: bool = False) -> list[str]:
         """Every reason this backend cannot run these inputs on ``platform``; empty means it can.
         ``lse_grad``: the LSE is asked for and the inputs require grad (its backward must exist)."""
         return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
