@@ -217,18 +217,14 @@ def emu_aiter(q, k, v, *, scale, causal=False, return_lse=False, how_v3_bf16_cvt
                        block_n=block_n, probs_mode=mode if cvt_probs else numerics.RTNE, out_mode=mode)
 
 
-def _smoothed_k(k: torch.Tensor, work: torch.dtype) -> torch.Tensor:
-    """K minus its per-head token mean, computed in the kernel's input dtype as both Sage wrappers do."""
-    k_work = k.to(work)
-    return k_work - k_work.mean(dim=1, keepdim=True)
-
-
 def _int8_operands(q, k, *, scale, log2e, blocks, work):
     """Q (scaled by scale*log2e) and smoothed K as int8 blocks: integers (float32), per-token scales."""
     multiplier = torch.tensor(scale * log2e, dtype=torch.float32).item()  # the fp32 scalar the kernel gets
     q_ints, q_scales = numerics.quantise_int8_per_block(q.to(work).float().transpose(1, 2), blocks["q"],
                                                         multiplier=multiplier)
-    k_ints, k_scales = numerics.quantise_int8_per_block(_smoothed_k(k, work).float().transpose(1, 2), blocks["k"])
+    k_work = k.to(work)
+    k_smooth = k_work - k_work.mean(dim=1, keepdim=True)  # in the kernel's input dtype, as both Sage wrappers do
+    k_ints, k_scales = numerics.quantise_int8_per_block(k_smooth.float().transpose(1, 2), blocks["k"])
     return q_ints, q_scales, k_ints, k_scales
 
 

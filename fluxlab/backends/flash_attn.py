@@ -34,13 +34,12 @@ class FirstOf(Requirement):
         return next((r for r in self.alternatives if r.missing_reason() is None), None)
 
     def missing_reason(self) -> str | None:
-        if self.installed() is not None:
-            return None
-        return "none of its builds is installed: " + " | ".join(r.missing_reason() for r in self.alternatives)
+        if self.installed() is None:
+            return "none of its builds is installed: " + " | ".join(r.missing_reason() for r in self.alternatives)
+        return None
 
     def version(self) -> str | None:
-        found = self.installed()
-        return found.version() if found is not None else None
+        return found.version() if (found := self.installed()) is not None else None
 
 
 FA2 = Requirement("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation "
@@ -60,10 +59,9 @@ def fa3_module():
     """The FlashAttention-3 interface module that is installed: the official build of FA3's ``hopper/`` folder
     (``flash_attn_interface``) first, else PyPI's forward-only rebuild ``fa3-fwd`` (``fa3_fwd_interface``: the same
     ``flash_attn_func`` signature, bf16 and FP8 only)."""
-    for requirement in FA3_BUILDS:
-        if requirement.missing_reason() is None:
-            return importlib.import_module(requirement.module)
-    raise ImportError(FA3.missing_reason())
+    if (found := FA3.installed()) is None:
+        raise ImportError(FA3.missing_reason())
+    return importlib.import_module(found.module)
 
 
 # Binders: import the library once, when a plan is made, and return the adapter around its function.
