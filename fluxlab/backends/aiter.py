@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -91,10 +92,8 @@ def _load_triton_only(module_names, platform_vendor):
         # aiter's arch helper must return an AMD arch name: on CUDA Triton reports the int 90, and 0.1.7's
         # utils/types.py tests ``get_arch() in ("gfx950")`` (a string) at import. gfx950 selects the OCP fp8 dtypes
         # (float8_e4m3fn/e5m2), the ones NVIDIA uses.
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module("aiter.ops.triton.utils._triton.arch_info").get_arch = lambda: "gfx950"
-        except ImportError:
-            pass
     return import_first(*module_names)
 
 

@@ -58,7 +58,7 @@ _KERNEL_OPS = {  # (kernel, on CPU) -> op(q, k, v, causal, scale) -> (out, lse) 
 }
 
 
-def _torch_says_no(check, q, k) -> list[str]:
+def _torch_says_no(check, q, k, platform=None) -> list[str]:
     """Ask torch's own kernel-eligibility check on real CUDA tensors, keeping its explanation."""
     if q.device.type != "cuda":
         return []
@@ -78,14 +78,6 @@ def _flash_checks(q, k, platform: Platform):
     if platform.is_gpu and q.dtype not in HALF_DTYPES:
         return [f"sdpa_flash on GPU runs float16/bfloat16 only, got {torch_dtype_name(q.dtype)}"]
     return _torch_says_no(torch.backends.cuda.can_use_flash_attention, q, k)
-
-
-def _efficient_checks(q, k, platform):
-    return _torch_says_no(torch.backends.cuda.can_use_efficient_attention, q, k)
-
-
-def _cudnn_checks(q, k, platform):
-    return _torch_says_no(torch.backends.cuda.can_use_cudnn_attention, q, k)
 
 
 def _kernel(name: str, kernel, caps: Capabilities, description: str, **declared) -> Backend:
@@ -112,10 +104,12 @@ BACKENDS = [
                                                                                  torch.float32}),
                          gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
             "SDPA's memory-efficient (xformers/cutlass) kernel",
-            extra_checks=_efficient_checks, priority={"nvidia": 60, "amd": 60}),
+            extra_checks=functools.partial(_torch_says_no, torch.backends.cuda.can_use_efficient_attention),
+            priority={"nvidia": 60, "amd": 60}),
     _kernel("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION,
             Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
                          max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
             "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
-            extra_checks=_cudnn_checks, priority={"nvidia": 20}),
+            extra_checks=functools.partial(_torch_says_no, torch.backends.cuda.can_use_cudnn_attention),
+            priority={"nvidia": 20}),
 ]
