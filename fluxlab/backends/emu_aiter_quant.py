@@ -58,7 +58,7 @@ def _quantise_v(v: torch.Tensor, kind: str, fp8: str):
 
 def emu_aiter_quant(q, k, v, *, scale, causal=False, return_lse=False, format="i8fp8", arch="gfx950", p="fp8",
                     bf16_cvt=0, clip=1.0):
-    """aiter MHA v4 with quantised Q/K/V (``format``: see the module docstring) in float32, on any device."""
+    """aiter MHA v4 with quantised Q/K/V (``format``: one of ``FORMATS``, docs/amd_quant.md) in float32."""
     _check_options(format=(format, set(FORMATS)), arch=(arch, set(ARCHES)), p=(p, set(P_ROUNDING)),
                    bf16_cvt=(bf16_cvt, set(BF16_CVT)))
     if format not in ARCHES[arch]["formats"]:

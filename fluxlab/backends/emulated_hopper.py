@@ -40,7 +40,7 @@ def _offset_max(offset: float):
 
 
 def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None):
-    """FlashAttention-3's FP8 forward in float32 (algorithm: module docstring): e4m3 Q/K/V with per (batch, KV head)
+    """FlashAttention-3's FP8 forward in float32 (docs/hopper.md): e4m3 Q/K/V with per (batch, KV head)
     descales, float32 scores in log2 units, an online softmax over key blocks of ``block_n`` (None: FA3's tile for
     the head dim) taken from the last block to the first, ``p`` scaled by 2**8 and rounded to e4m3 before a float32
     P·V, ``acc * v_descale / sum`` rounded to bf16 (FA3's FP8 output dtype), returned in the input dtype."""
@@ -143,7 +143,7 @@ def sage2_operands(q, k, v, *, qk_quant_gran="per_thread", smooth_k=True):
 
 def emu_sage2(q, k, v, *, scale, causal=False, return_lse=False, qk_quant_gran="per_thread",
               pv_accum_dtype="fp32+fp32", smooth_k=True):
-    """SageAttention 2's sm90 kernel in float32 (algorithm: module docstring): INT8 Q·K exact, descaled as
+    """SageAttention 2's sm90 kernel in float32 (docs/hopper.md): INT8 Q·K exact, descaled as
     ``s * (sm_scale * log2e * (q_scale * k_scale))``; online softmax over blocks of 128 keys with ``m = max - 8.807``;
     ``p`` rounded to e4m3 before each block's float32 P·V (started from zero, added to the float32 accumulator);
     ``acc / sum * v_scale`` in the input's half dtype."""
