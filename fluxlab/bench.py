@@ -1,8 +1,5 @@
-"""``fluxlab bench``: TFLOP/s and error vs float64 of every available backend at FLUX.2 shapes (GPU).
-
-Median of many timed runs after warm-up (``triton.testing.do_bench``, CUDA events otherwise), fresh random
-inputs per shape, the card's measured bf16 GEMM rate as the ceiling, and each backend's raw library call
-beside ``fluxlab.attention`` to measure the dispatcher's tax.
+"""``fluxlab bench``: TFLOP/s and error vs float64 of every available backend at FLUX.2 shapes (GPU), with the
+card's measured bf16 GEMM rate as the ceiling and each backend's raw library call beside it (the dispatcher's tax).
 """
 
 from __future__ import annotations
@@ -240,21 +237,18 @@ def summary(results: dict) -> str:
 
 def main(args) -> int:
     from .command import NoDeviceError, UsageError, check_distinct, split_list
+    from .dispatch import BackendChoice
 
-    dtypes = split_list(args.dtypes)
+    dtypes, backends = split_list(args.dtypes), split_list(args.backends)
     if not dtypes:
         raise UsageError("--dtypes is empty; e.g. --dtypes bf16,fp16")
     check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes])  # unknown names raise here
-    backends = split_list(args.backends) or None
-    if backends:
-        from .dispatch import BackendChoice
-
-        check_distinct("--backends", backends, [str(BackendChoice.parse(b)) for b in backends])
+    check_distinct("--backends", backends, [str(BackendChoice.parse(b)) for b in backends])
     if not torch.cuda.is_available():  # main() prints it on stderr with its exit code (3)
         raise NoDeviceError("needs a CUDA or ROCm GPU (it times kernels on one) and this machine has none; run it on "
                             "a GPU machine, or `fluxlab compare` for the numerics on a CPU")
     shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)] if args.quick else None
-    results = run(backends, shapes, tuple(dtypes), progress=not args.no_progress)
+    results = run(backends or None, shapes, tuple(dtypes), progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "attention.json", json.dumps(results, indent=1))
@@ -269,12 +263,13 @@ def main(args) -> int:
 
 
 def add_subcommand(subparsers) -> None:
+    from .command import add_options
+
     parser = subparsers.add_parser("bench", description="Time every available attention backend at FLUX.2 shapes "
                                    "on this machine's GPU; without one it exits with code 3.")
     parser.add_argument("--backends", help="comma-separated names (default: every available backend)")
     parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated dtypes (bf16, fp16, fp32)")
     parser.add_argument("--quick", action="store_true", help="two shapes instead of the full FLUX set")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for attention.json/.png/.md")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
+    add_options(parser, "--out", "--no-progress",
+                out={"default": "benchmarks/results", "help": "folder for attention.json/.png/.md"})
     parser.set_defaults(func=main)
