@@ -200,39 +200,28 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def targets(results: dict) -> list[dict]:
-    """The speed targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
-    pick = results["default_pick"]
+def summary(results: dict) -> str:
+    """The rows that ran, and per shape/dtype the default pick against the fastest and the GEMM ceiling."""
     ran = [r for r in results["rows"] if r.get("status") == "ran"]
-    figures = []
-    for key in sorted({(tuple(r["shape"]), r["dtype"]) for r in ran}):
-        group = [r for r in ran if (tuple(r["shape"]), r["dtype"]) == key]
+    pick, gemm = results["default_pick"], results["gemm_bf16_tflops"]
+    table = [{"backend": r["backend"], "shape (B,S,H,D)": str(tuple(r["shape"])), "dtype": r["dtype"],
+              "TFLOP/s": r["tflops"], "raw TFLOP/s": r.get("raw_tflops"), "rel-L2 vs fp64": r.get("rel_l2_vs_fp64")}
+             for r in ran]
+    speed = []
+    for shape, dtype in sorted({(tuple(r["shape"]), r["dtype"]) for r in ran}):
+        group = [r for r in ran if (tuple(r["shape"]), r["dtype"]) == (shape, dtype)]
         fastest = max(group, key=lambda r: r["tflops"])
         chosen = next((r for r in group if r["backend"] == pick), None)
-        if chosen is None:
-            continue
-        figures.append({"shape": list(key[0]), "dtype": key[1], "default": pick, "default_tflops": chosen["tflops"],
-                        "fastest": fastest["backend"], "fastest_tflops": fastest["tflops"],
-                        "default_vs_fastest": chosen["tflops"] / fastest["tflops"],
-                        "default_vs_gemm": chosen["tflops"] / results["gemm_bf16_tflops"],
-                        "dispatch_tax": chosen["tflops"] / chosen["raw_tflops"] if "raw_tflops" in chosen else None})
-    return figures
-
-
-def summary(results: dict) -> str:
-    ran = [{"backend": r["backend"], "shape (B,S,H,D)": str(tuple(r["shape"])), "dtype": r["dtype"],
-            "TFLOP/s": r["tflops"], "raw TFLOP/s": r.get("raw_tflops"), "rel-L2 vs fp64": r.get("rel_l2_vs_fp64")}
-           for r in results["rows"] if r.get("status") == "ran"]
-    speed = [{"shape": str(tuple(t["shape"])), "dtype": t["dtype"],
-              "default": f"{t['default']} {t['default_tflops']:.0f}",
-              "fastest": f"{t['fastest']} {t['fastest_tflops']:.0f}",
-              "default/fastest": t["default_vs_fastest"], "default/GEMM": t["default_vs_gemm"],
-              "fluxlab/raw": t["dispatch_tax"]} for t in targets(results)]
+        if chosen is not None:
+            speed.append({"shape": str(shape), "dtype": dtype, "default": f"{pick} {chosen['tflops']:.0f}",
+                          "fastest": f"{fastest['backend']} {fastest['tflops']:.0f}",
+                          "default/fastest": chosen["tflops"] / fastest["tflops"],
+                          "default/GEMM": chosen["tflops"] / gemm,
+                          "fluxlab/raw": chosen["tflops"] / chosen["raw_tflops"] if "raw_tflops" in chosen else None})
     taxes = [f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
              f"(+{o['added_us']:.1f} us) at {tuple(o['shape'])}" for o in results["overhead"] if "added_us" in o]
-    return "\n".join([f"card: {results['machine']['platform']['device_name']}; bf16 GEMM "
-                      f"{results['gemm_bf16_tflops']:.0f} TFLOP/s; default pick: {results['default_pick']}",
-                      markdown_table(ran), markdown_table(speed).rstrip(), *taxes])
+    return "\n".join([f"card: {results['machine']['platform']['device_name']}; bf16 GEMM {gemm:.0f} TFLOP/s; default "
+                      f"pick: {pick}", markdown_table(table), markdown_table(speed).rstrip(), *taxes])
 
 
 def main(args) -> int:

@@ -1,7 +1,5 @@
 """What every ``fluxlab`` verb's command line shares: the parser, usage errors, exit codes, the common options.
-
 Imports nothing heavy (no torch): ``fluxlab --help`` and ``--version`` build their parser from this module alone.
-The verb modules (``fluxlab.models.cli``, ``fluxlab.compare.cli``, ...) import it; ``fluxlab.cli`` imports them.
 """
 
 from __future__ import annotations
@@ -125,22 +123,15 @@ def positive(text: str) -> int:
     return value
 
 
-def add_seed_arguments(parser, *, several: bool, default="0", help_text: str = "", alias: bool = True) -> None:
-    """``--seeds`` (comma-separated; ``--seed`` a deprecated spelling) or ``--seed`` alone, for every verb alike.
-
-    ``several``: the verb runs once per seed (``args.seeds`` is a list); else one seed (``args.seed``, an int), with
-    ``--seeds`` accepted when it names exactly one). ``alias``: False where the verb has the other option as well,
-    with a meaning of its own (compare: ``--seeds`` of the synthetic inputs, ``--seed`` of the image generation)."""
-    if several:
-        parser.add_argument("--seeds", type=seeds, default=default, metavar="SEEDS",
-                            help=help_text or f"comma-separated generator seeds ({SEED_RULE})")
-        if alias:
-            deprecated_alias(parser, "--seed", "--seeds", "seeds", type=seeds)
-    else:
-        parser.add_argument("--seed", type=seed, default=int(default),
-                            help=help_text or f"generator seed ({SEED_RULE})")
-        if alias:
-            deprecated_alias(parser, "--seeds", "--seed", "seed", type=seed)
+def add_seed_arguments(parser, *, several: bool, help_text: str = "", alias: bool = True) -> None:
+    """``--seeds`` (``several``: the verb runs once per seed, ``args.seeds`` a list) or ``--seed`` (one, an int), the
+    other spelling hidden and deprecated; ``alias`` False where the verb has both, each with its own meaning."""
+    flag, other, kind = ("--seeds", "--seed", seeds) if several else ("--seed", "--seeds", seed)
+    what = "comma-separated generator seeds" if several else "generator seed"
+    parser.add_argument(flag, type=kind, default="0" if several else 0, metavar=flag[2:].upper(),
+                        help=help_text or f"{what} ({SEED_RULE})")
+    if alias:
+        deprecated_alias(parser, other, flag, flag[2:], type=kind)
 
 
 # -- options several verbs share, declared once (``add_options``) --------------------------------------------------

@@ -9,7 +9,7 @@ from ..command import EXIT_TEXT, split_list as _csv
 
 
 def add_subcommand(subparsers) -> None:
-    from ..command import MODEL_HELP, add_options, add_seed_arguments, seeds
+    from ..command import MODEL_HELP, add_options, add_seed_arguments
     from .specs import KNOBS
 
     parser = subparsers.add_parser(
@@ -30,8 +30,8 @@ def add_subcommand(subparsers) -> None:
                              "or none")
     parser.add_argument("--dtypes", default="bf16", help="comma-separated dtypes for synthetic inputs "
                         "(bf16, fp16, fp32)")
-    parser.add_argument("--seeds", type=seeds, default="0", metavar="SEEDS",
-                        help="comma-separated seeds of the synthetic inputs (whole numbers from 0 to 2**63 - 1)")
+    add_seed_arguments(parser, several=True, alias=False, help_text="comma-separated seeds of the synthetic inputs "
+                       "(whole numbers from 0 to 2**63 - 1)")
     add_options(parser, "--model", "--variant", "--steps", "--prompt",
                 model={"help": f"model to capture attention from and generate images with: {MODEL_HELP}; or 'none' "
                                "to skip"},
