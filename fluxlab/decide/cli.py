@@ -119,20 +119,19 @@ def _check(args) -> tuple[int | None, int | None]:
     return (None, None) if args.size is None else parse_size(args.size, size_multiple_for(args.model))
 
 
-def _check_steps(text: str | None, steps: int, option: str) -> list[int] | None:
-    """Step indices inside the generation (0..steps-1, or negative from the end); one outside would never run."""
+def _bad_steps(text: str | None, steps: int) -> list[int] | None:
+    """--bad-steps: indices inside the generation (0..steps-1, or negative from the end); one outside never runs."""
     if text is None:
         return None
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DecideInputError(f"{option} {text!r} must be comma-separated integers, e.g. {option} 0,1") from None
+        raise DecideInputError(f"--bad-steps {text!r} must be comma-separated integers, e.g. --bad-steps 0,1") from None
     if not values:
-        raise DecideInputError(f"{option} is empty; e.g. {option} 0")
-    outside = [v for v in values if not -steps <= v < steps]
-    if outside:
-        raise DecideInputError(f"{option} {text}: {outside} outside the {steps} steps (0..{steps - 1}, or -1 for the "
-                               "last); --bad would never run there, so there would be no drift to locate")
+        raise DecideInputError("--bad-steps is empty; e.g. --bad-steps 0")
+    if outside := [v for v in values if not -steps <= v < steps]:
+        raise DecideInputError(f"--bad-steps {text}: {outside} outside the {steps} steps (0..{steps - 1}, or -1 for "
+                               "the last); --bad would never run there, so there would be no drift to locate")
     return values
 
 
@@ -190,7 +189,7 @@ def run_locate_drift(args) -> int:
         raise DecideInputError(f"--good and --bad are both {good}: the same kernel gives no drift to locate; pass "
                                "the kernel under suspicion as --bad")
     layers = [p.strip() for p in args.bad_layers.split(",")] if args.bad_layers else None
-    steps = _check_steps(args.bad_steps, args.steps, "--bad-steps")
+    steps = _bad_steps(args.bad_steps, args.steps)
     if args.budget is not None and args.budget < 2:
         raise DecideInputError(f"--budget {args.budget}: locating drift needs at least 2 generations (all good and "
                                "all bad); leave it out for the search's own bound")
