@@ -103,17 +103,13 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
              force: bool = False, on_step=None, **pipe_kwargs) -> list[Generated]:
     """Run ``pipe`` once per backend with the same prompt and seed; returns image and manifest per backend.
 
-    With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically). Each manifest
-    records which backend actually served the attention calls (``attention_calls``), seed, steps, size, timings,
-    platform and versions. The pipeline's backend is restored afterwards.
-
-    Requests beyond ``fluxlab.models.limits.BOUNDS`` (size, steps, ``max_sequence_length``) are refused before any
-    work unless ``force=True``; malformed ones (a side not a multiple of the model's 16, steps 0, seed -1, an empty
-    prompt) always.
-    ``on_step(backend, step_index)`` runs after every denoising step. Ctrl-C (or a KeyboardInterrupt raised by
-    ``on_step``) stops after the current step: that backend's image is written as ``image.partial.png`` with
-    ``"interrupted": true`` and ``completed_steps`` in its manifest, and ``GenerationInterrupted`` is raised with
-    the results so far.
+    With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically): which backend served
+    the attention calls, seed, steps, size, timings, platform and versions. The pipeline's backend comes back after.
+    Requests beyond ``fluxlab.models.limits.BOUNDS`` are refused before any work unless ``force=True``; malformed
+    ones (a side not a multiple of the model's 16, steps 0, seed -1, an empty prompt) always. ``on_step(backend,
+    step_index)`` runs after every step. Ctrl-C (or a KeyboardInterrupt from ``on_step``) stops after the current
+    step: that image is written as ``image.partial.png`` (``"interrupted": true``, ``completed_steps`` in its
+    manifest) and ``GenerationInterrupted`` is raised with the results so far.
     """
     from ..registry import get_backend
     from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes

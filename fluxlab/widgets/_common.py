@@ -111,12 +111,9 @@ def in_kernel() -> bool:
 
 
 class RunControls:
-    """``progress`` (an IntProgress driven by the pipeline's step callback) and ``cancel_button`` (stops after the
-    current denoising step), bound to one :class:`~fluxlab.models.progress.StepControl` (``control``).
-
-    ``launch(fn)`` runs ``fn`` in a background thread inside a Jupyter kernel (``threaded=None``), else directly:
-    a kernel handles one message at a time, so a generation run inside the click handler could never be cancelled.
-    """
+    """``progress`` (an IntProgress the pipeline's steps drive) and ``cancel_button`` (stops after the current step) of
+    one ``StepControl`` (``control``). ``launch(fn)`` runs ``fn`` in a thread inside a Jupyter kernel
+    (``threaded=None``), else directly: a kernel handles one message at a time (docs/notebooks.md)."""
 
     def __init__(self, threaded: bool | None = None):
         self.control = StepControl()

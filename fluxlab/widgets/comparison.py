@@ -44,13 +44,8 @@ def verdict_badges(verdicts: dict, skipped: dict | None = None) -> str:
 
 
 class ComparisonPanel(Panel):
-    """Compare the picked backends against float64 on one input: a synthetic FLUX-like shape or a captured layer.
-
-    Shows a verdict per backend, the metrics table of :func:`fluxlab.compare.compare_attention` and the error
-    heatmaps (per head and query token). ``records``: attention records from ``fluxlab.capture`` (or a folder
-    written by ``save_records``) to offer as inputs. Errors (bad settings, a failing comparison) are shown in
-    the panel; the last report is ``panel.report``.
-    """
+    """Compare the picked backends against float64 on a synthetic FLUX-like shape or a captured layer (``records``):
+    verdicts, metrics and error heatmaps; the last report is ``panel.report`` (docs/notebooks.md)."""
 
     def __init__(self, records=None, *, backends=None, statuses=None, seq: int = 512, heads: int = 4,
                  head_dim: int = 128, distribution: str = "normal", dtype: str = "bfloat16", seed: int = 0,

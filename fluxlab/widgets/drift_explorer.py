@@ -58,16 +58,9 @@ def cell_colours(value: float, vmax: float) -> tuple[str, str]:
 
 
 class DriftExplorer(Panel):
-    """Click a cell of ``drift_map`` (from ``fluxlab.locate_drift`` on ``pipe``): the image generated with ``bad``
-    in that attention layer at that step only and ``good`` everywhere else, beside the all-good and all-bad images,
-    with the cell's final-latent rel-L2 and PSNR against all good.
-
-    The runs are locate_drift's own (``DriftMap.replay``: same prompt, seed, steps, size, schedules). Nothing is
-    generated until a click; every cell, and the two end images, are kept, so clicking a cell again generates
-    nothing. In a Jupyter kernel the generation runs in the background (progress bar, Cancel); a failure is shown
-    here, never raised into the kernel. Grids of more than ``max_buttons`` cells are shown as the map's heatmap,
-    with cells picked from the two menus.
-    """
+    """Click a cell of ``drift_map`` (``fluxlab.locate_drift`` on ``pipe``): the image with ``bad`` in that layer at
+    that step only, beside the all-good and all-bad images, with its rel-L2 and PSNR against all good. Nothing is
+    generated until a click, and nothing twice (docs/notebooks.md)."""
 
     def __init__(self, pipe, drift_map, *, image_width: int = 160, threaded: bool | None = None,
                  max_buttons: int = MAX_CELL_BUTTONS):

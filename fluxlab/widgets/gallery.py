@@ -51,13 +51,8 @@ def drift_figure(comparison):
 
 
 class ImageGallery(Panel):
-    """Generate with ``pipe`` on every picked backend from identical noise and show the images side by side.
-
-    Under each image: its difference map to the reference backend's image (one colour scale for all), PSNR,
-    SSIM and the generation time; below, the per-step latent drift. Uses ``fluxlab.compare.compare_images``
-    (``compare=`` replaces it: same arguments, same result type). A backend that fails shows its error in its
-    place; invalid settings show a message next to their control.
-    """
+    """Generate with ``pipe`` on every picked backend from identical noise (``compare_images``, or ``compare=``) and
+    show the images side by side with difference maps, metrics and the latent drift (docs/notebooks.md)."""
 
     def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
                  prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,

@@ -35,13 +35,9 @@ def _names(value) -> tuple:
 
 
 class BackendPicker(widgets.VBox):
-    """Pick one backend (``multiple=False``, ``value`` is a name) or several (``value`` is a tuple of names).
-
-    Built from ``fluxlab.backends()`` (or the ``statuses`` given, e.g. ``fluxlab.backends(Platform.h100())``):
-    every backend gets a button; one that cannot run here is disabled and its tooltip gives the reasons; the
-    machine's default pick carries a star. ``on_change(fn)`` calls ``fn(value)`` after every change;
-    ``observe(fn, names="value")`` works as for any widget.
-    """
+    """Pick one backend (``multiple=False``: ``value`` is a name) or several (a tuple) of ``fluxlab.backends()`` or
+    the ``statuses`` given; those that cannot run here are disabled, their reasons as tooltips (docs/notebooks.md).
+    ``on_change(fn)`` calls ``fn(value)`` after every change."""
 
     value = traitlets.Any(allow_none=True)
 
@@ -91,45 +87,37 @@ class BackendPicker(widgets.VBox):
                            f"backend{'s are' if len(unavailable) > 1 else ' is'} greyed out</summary><ul>{items}</ul>"
                            "</details>") if unavailable else ""
         if value is None:  # the default pick, else the first that runs
-            runs = [s.name for s in statuses if s.available]
-            chosen = [s.name for s in statuses if s.default and s.available] or runs[:1]
+            chosen = [s.name for s in statuses if s.default and s.available] or self.available[:1]
             value = tuple(chosen) if self.multiple else (chosen or [None])[0]
-        with self.hold_trait_notifications():
-            self.value = self._validated(value)
+        self.value = value
         self._sync_buttons()
 
     def refresh(self) -> None:
         """Re-read the registry (e.g. after ``fluxlab.register_backend``), keeping the current choice if valid."""
         try:
             self._build(self.value)
-        except (ValueError, traitlets.TraitError):  # the chosen backend went away
+        except traitlets.TraitError:  # the chosen backend went away
             self._build(None)
 
     @property
     def available(self) -> list[str]:
         return [name for name, s in self.statuses.items() if s.available]
 
-    def _validated(self, value):
-        names = _names(value)
+    @traitlets.validate("value")
+    def _validate_value(self, proposal):
+        names = _names(proposal["value"])
         for name in names:
             if name not in self.statuses:
-                raise ValueError(f"backend {name!r} is not in this picker; choose from {', '.join(self.statuses)}")
+                raise traitlets.TraitError(f"backend {name!r} is not in this picker; choose from "
+                                           f"{', '.join(self.statuses)}")
             if not self.statuses[name].available:
-                raise ValueError(f"backend {name!r} cannot run here: {'; '.join(self.statuses[name].reasons)}")
+                raise traitlets.TraitError(f"backend {name!r} cannot run here: "
+                                           f"{'; '.join(self.statuses[name].reasons)}")
         if self.multiple:
             return tuple(name for name in self.statuses if name in names)
         if len(names) > 1:
-            raise ValueError(f"this picker holds one backend; got {names} (use multiple=True for several)")
+            raise traitlets.TraitError(f"this picker holds one backend; got {names} (use multiple=True for several)")
         return names[0] if names else None
-
-    @traitlets.validate("value")
-    def _validate_value(self, proposal):
-        if not self.statuses:
-            return proposal["value"]
-        try:
-            return self._validated(proposal["value"])
-        except ValueError as exc:
-            raise traitlets.TraitError(str(exc)) from None
 
     def _sync_buttons(self):
         self._syncing = True

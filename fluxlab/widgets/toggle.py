@@ -49,18 +49,8 @@ def model_backends(pipe, exclude=()) -> list[str]:
 
 
 class BackendToggleDemo(Panel):
-    """Generate with ``pipe`` on the picked backend; clicking another backend generates again.
-
-    Shows the image, which backend ran and how long the generation took, and a history of runs. A backend that
-    fails shows its error here (the kernel and the rest of the panel keep working); an invalid prompt, size,
-    seed or step count shows a message next to its control and nothing is generated.
-
-    ``generate(pipe, backend, prompt=, seed=, steps=, height=, width=)`` -> image replaces the default
-    :func:`generate_image` (e.g. to add pipeline arguments). When fluxlab is attached to ``pipe`` (as
-    ``fluxlab.load_flux2`` does), backends outside the model's allowed set are shown disabled, and every
-    generation is watched with a shapes-only ``fluxlab.capture``: the label says which backend served how many
-    attention calls, not only which one was asked for.
-    """
+    """Generate with ``pipe`` on the picked backend; clicking another backend generates again. Shows the image,
+    which backend served how many attention calls, the time and a history of runs (docs/notebooks.md)."""
 
     def __init__(self, pipe, *, prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, backends=None, statuses=None, auto_run: bool = True,
@@ -74,11 +64,10 @@ class BackendToggleDemo(Panel):
         self.history: list[dict] = []
 
         self.picker = BackendPicker(model_statuses(pipe, statuses), include=backends, description="attention backend")
-        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
+        self.prompt = tagged(widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px")),
+                             "fluxlab-prompt")  # the fluxlab-* classes: stable hooks for browser tests
         for name, value in (("seed", seed), ("steps", steps), ("height", height), ("width", width)):
-            setattr(self, name, int_box(value, name, "180px"))
-        for name in ("prompt", "seed", "steps", "height", "width"):
-            getattr(self, name).add_class(f"fluxlab-{name}")  # stable hooks for browser tests
+            setattr(self, name, tagged(int_box(value, name, "180px"), f"fluxlab-{name}"))
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
         seed_row, self.seed_message = hbox_with_message(self.seed)
         steps_row, self.steps_message = hbox_with_message(self.steps)
