@@ -23,7 +23,6 @@ from ..models.progress import GenerationCancelled, StepControl
 ERROR_STYLE = "color:#b71c1c"
 OK_STYLE = "color:#1b5e20"
 MUTED_STYLE = "color:#616161"
-BUSY = "a generation is running: wait for it, or press Cancel"
 
 
 def tagged(widget, *classes: str):
@@ -50,10 +49,6 @@ def error_text(exc: BaseException, limit: int = 600) -> str:
 
 def message_html(text: str, style: str = MUTED_STYLE) -> str:
     return f'<span style="{style}">{html.escape(text)}</span>' if text else ""
-
-
-def error_block(text: str) -> str:
-    return f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">{html.escape(text)}</pre>'
 
 
 def png_bytes(image) -> bytes:
@@ -184,7 +179,7 @@ class Panel(widgets.VBox):
         lock = self.runner.lock if self.runner is not None else threading.Lock()
         if not lock.acquire(blocking=False):
             self.outcome = "busy"
-            return self.refuse(BUSY)
+            return self.refuse("a generation is running: wait for it, or press Cancel")
         self.last_error, self.outcome = None, "failed"
         if self.error is not None:
             self.error.value = ""
@@ -204,7 +199,8 @@ class Panel(widgets.VBox):
                 self.say(f"{failed()}: {self.last_error}", ERROR_STYLE)
             else:
                 self.say(failed(), ERROR_STYLE)
-                self.error.value = error_block(self.last_error)
+                self.error.value = (f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">'
+                                    f"{html.escape(self.last_error)}</pre>")
         finally:
             self.button.disabled = False
             if self.runner is not None:
