@@ -132,6 +132,8 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     control = StepControl()  # Ctrl-C cancels after the current step
     control.listen(lambda done, _total: bar.update(done - bar.n) if done > bar.n else None)
     control.start(len(backends) * steps)
+    plan = getattr(pipe, "fluxlab_offload", None)
+    offload = {"offload": plan.as_dict()} if plan is not None else {}  # how the pipeline is offloaded, if it is
     results = []
     with contextlib.closing(bar):
         for index, name in enumerate(backends):
@@ -154,7 +156,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                 "prompt": prompt, "seed": seed, "steps": steps, "size": {"width": width, "height": height},
                 "guidance_scale": guidance_scale,
                 "model": {"pipeline": type(pipe).__name__, "dtype": torch_dtype_name(pipe.transformer.dtype),
-                          "device": str(ran.peak.device), **_offload_info(pipe), **(model_info or {})},
+                          "device": str(ran.peak.device), **offload, **(model_info or {})},
                 "memory": ran.peak.as_dict(),
                 "timings": {"generate_s": round(ran.total_s, 4), "steps_s": [round(s, 4) for s in ran.steps_s],
                             "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
@@ -173,11 +175,6 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                      "\"interrupted\": true in its manifest)" if ran.interrupted else f"interrupted after {name}")
                     + (f"; not run: {', '.join(left)}" if left else ""), results, name, ran.completed, steps)
     return results
-
-
-def _offload_info(pipe) -> dict:
-    plan = getattr(pipe, "fluxlab_offload", None)
-    return {"offload": plan.as_dict()} if plan is not None else {}
 
 
 def _write(folder: Path, image, manifest: dict, results: list) -> None:

@@ -41,12 +41,6 @@ def int_box(value: int, description: str, width: str = "170px") -> widgets.IntTe
     return widgets.IntText(value=value, description=description, layout=widgets.Layout(width=width))
 
 
-def error_text(exc: BaseException, limit: int = 600) -> str:
-    """One line a user can read: the exception type and message, shortened."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def message_html(text: str, style: str = MUTED_STYLE) -> str:
     return f'<span style="{style}">{html.escape(text)}</span>' if text else ""
 
@@ -194,7 +188,8 @@ class Panel(widgets.VBox):
             self.outcome = "cancelled"
             self.say(cancelled(exc))
         except Exception as exc:  # noqa: BLE001 - shown in the widget, never raised into the kernel
-            self.last_error = error_text(exc)
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, shortened
+            self.last_error = text if len(text) <= 600 else text[:597] + "..."
             if self.error is None:
                 self.say(f"{failed()}: {self.last_error}", ERROR_STYLE)
             else:

@@ -15,15 +15,6 @@ DTYPES = ("bfloat16", "float16", "float32")
 LIMITS = {"seq": 65536, "heads": 256, "head_dim": 512}  # the largest value each box takes
 
 
-def _records_list(records):
-    """``records``: None, a list of AttentionRecord (from ``fluxlab.capture``), or a folder saved by save_records."""
-    if isinstance(records, (str, os.PathLike)):
-        from ..compare.records import load_records
-
-        return list(load_records(records)[0])
-    return list(records or [])
-
-
 def _box_problem(value, name: str) -> str | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[name]:
         return f"{name} must be a whole number from 1 to {LIMITS[name]} (got {value!r})"
@@ -52,7 +43,11 @@ class ComparisonPanel(Panel):
                  run_on_start: bool = False, heatmaps: bool = True):
         from ..compare.inputs import DISTRIBUTIONS
 
-        self.records = _records_list(records)
+        if isinstance(records, (str, os.PathLike)):  # a folder saved by save_records
+            from ..compare.records import load_records
+
+            records = load_records(records)[0]
+        self.records = list(records or [])
         self.report = None
         self.heatmaps = heatmaps
         self.picker = BackendPicker(statuses, multiple=True, exclude=("reference",), description="backends")

@@ -9,14 +9,10 @@ import traitlets
 
 from ._common import MUTED_STYLE, tagged, widgets
 
-DEFAULT_MARK = " \u2605"  # shown after the default backend's name
-EMULATED_MARK = " (emulated)"  # shown after an emulator's name: float32 numerics of another kernel
-
-
 def button_label(status) -> str:
     """The backend's name, a star for the default pick, and a suffix for emulated kernels."""
-    return (status.name + (DEFAULT_MARK if status.default else "")
-            + (EMULATED_MARK if getattr(status, "emulated", False) else ""))
+    return (status.name + (" \u2605" if status.default else "")
+            + (" (emulated)" if getattr(status, "emulated", False) else ""))  # emulated: float32 numerics of a kernel
 
 
 def _status_tooltip(status) -> str:
