@@ -298,7 +298,7 @@ def test_flux2_router_passes_each_modules_head_count(monkeypatch):
 
 
 def test_widget_generation_thread_keeps_the_callers_backend_choice():
-    from fluxlab.widgets.running import RunControls
+    from fluxlab.widgets._common import RunControls
 
     seen, done = [], threading.Event()
 
