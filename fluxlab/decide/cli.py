@@ -176,7 +176,7 @@ def _check_candidates(names: list[str] | None, allow_quantised: bool) -> None:
 def _load(args, names):
     from ..models.cli import OFFLOAD_CHOICES
     from ..models.load import load_flux2
-    from ..models.supported import FLUX2_BACKENDS
+    from ..models import FLUX2_BACKENDS
     from ..util import parse_dtype
 
     dtype = parse_dtype(args.dtype) if args.dtype else None

@@ -9,11 +9,10 @@ import torch
 
 from .. import registry
 from ..dispatch import BackendChoice, plan
-from ..errors import FallbackWarning
+from ..errors import AttachError, CaptureError, CaptureLimitError, FallbackWarning
 from ..record import AttentionRecord
 from ..results import Result, model_of
 from .attach import state_of
-from .errors import AttachError, CaptureError, CaptureLimitError
 from .schedule import as_step_set, layer_matches, step_matches
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: Any) -> dict[str, Any]:
     """A dict, a diffusers ``FrozenDict`` or a transformers ``PretrainedConfig`` as a plain dict."""
     if config is None:
         return {}
@@ -21,9 +21,9 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 def text_model_config(text_config: Any) -> dict[str, Any]:
     """The language-model part of a text encoder config (Mistral3's ``text_config``, or the config itself)."""
-    config = _as_dict(text_config)
+    config = config_dict(text_config)
     inner = config.get("text_config")
-    return _as_dict(inner) if inner is not None else config
+    return config_dict(inner) if inner is not None else config
 
 
 def default_out_layers(pipeline_class) -> tuple[int, ...]:
@@ -38,7 +38,7 @@ def validate_flux2_config(transformer_config: Any, vae_config: Any, text_config:
     Accepts dicts, diffusers ``FrozenDict`` or transformers configs. ``text_encoder_out_layers`` is the pipeline
     call argument of that name: which hidden states of the text encoder are stacked into the prompt embedding.
     """
-    tf, vae, text = _as_dict(transformer_config), _as_dict(vae_config), text_model_config(text_config)
+    tf, vae, text = config_dict(transformer_config), config_dict(vae_config), text_model_config(text_config)
     out_layers = tuple(text_encoder_out_layers)
     reasons: list[str] = []
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from ..util import atomic_write, torch_dtype_name, utc_now
-from .errors import GenerationInterrupted, InvalidSizeError
+from ..errors import GenerationInterrupted, InvalidSizeError
 from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
-from .names import diffusers_names
+from .limits import diffusers_names
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
 # FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.

@@ -10,10 +10,9 @@ import warnings
 from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
-from .attach import attach, check_allowed
+from .attach import attach, check_allowed, resolve_allowed
 from .checkpoint import default_out_layers, realign_weights, validate_flux2_config
-from .errors import LoadArgumentError, ModelSourceError
-from .supported import resolve_allowed
+from ..errors import LoadArgumentError, ModelSourceError
 
 # Where the trained FLUX.2-architecture model fluxlab ships lives (diffusers layout, model_index.json at the top).
 EMBEDDED_DIR = Path(__file__).with_name("embedded")
@@ -142,7 +141,7 @@ def estimate_source(source: str, variant: str | None, dtype, height: int = 1024,
     None when ``source`` is no model (loading then says what is wrong)."""
     import torch
 
-    from .memory import estimate_folder, estimate_pipeline
+    from .offload import estimate_folder, estimate_pipeline
 
     if source == "tiny":
         from .tiny import build_tiny_pipeline

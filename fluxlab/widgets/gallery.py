@@ -10,7 +10,7 @@ from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_se
                       figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
                       tagged, widgets)
 from .picker import BackendPicker
-from ..models.memory import gib
+from ..models.offload import gib
 from ..results import format_cell, html_table
 from .running import RunControls
 
