@@ -27,9 +27,8 @@ from . import interop, router
 from .limits import required_multiple, side_problem
 from .schedule import Schedule
 
-# The built-in backends and groups a FLUX.2 model may use (derived from the adapters' ``flux2`` declarations). A
-# backend that cannot serve FLUX.2's calls (non-causal, no mask, [B, S, H, 128], H_q = H_kv, S_q != S_k in Klein KV's
-# cached steps) declares ``flux2=False``; every other one, registered or a plug-in, is allowed by default.
+# The built-in backends and groups a FLUX.2 model may use: every one whose adapter does not declare ``flux2=False``
+# (docs/flux2_internals.md, "The allowed set").
 FLUX2_BACKENDS: frozenset[str] = frozenset(
     [b.name for b in BUILTIN_BACKENDS if b.flux2] + [g.name for g in BUILTIN_GROUPS])
 _flux2_cached: list = [None, None]  # [registry generation, set]

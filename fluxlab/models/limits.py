@@ -54,10 +54,14 @@ def size_multiple_for(source: str) -> int:
     ``"tiny"`` and Hub ids: FLUX.2's 16."""
     folder = Path(__file__).with_name("embedded") if source == "embedded" else Path(str(source)).expanduser()
     try:
-        levels = len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return vae_multiple(json.loads((folder / "vae" / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return DEFAULT_MULTIPLE
-    return 2 ** (levels - 1) * 2
+
+
+def vae_multiple(vae_config: dict) -> int:
+    """The VAE's downscale x the 2x2 latent packing, from its config (FLUX.2's 4 levels where it says nothing)."""
+    return 2 ** (len(vae_config.get("block_out_channels", (0,) * 4)) - 1) * 2
 
 
 def _whole(value) -> bool:

@@ -1,9 +1,6 @@
-"""A FLUX.2 pipeline's memory: estimated before its weights load, placed (all on the accelerator, or offloaded to
-host memory with accelerate) and measured after a run.
-
-Weights come from safetensors headers (exact, nothing read but the header) or from the configs (components built
-on the meta device); activations are a documented margin at the image size (``activation_bytes``).
-"""
+"""A FLUX.2 pipeline's memory: estimated before its weights load (from safetensors headers or configs, plus an
+activation margin), placed (all on the accelerator, or offloaded to host memory with accelerate), measured after a
+run."""
 
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ from .._compat import moved
 from ..errors import MemoryBudgetError, OffloadError
 from ..util import torch_dtype_name
 from .checkpoint import config_dict
-from .limits import BOUNDS
+from .limits import BOUNDS, vae_multiple
 
 GIB = 1024**3
 # safetensors dtype names -> bytes per element; those starting with F or BF are floating.
@@ -103,8 +100,7 @@ def _itemsize(dtype: torch.dtype | None, stored_floating: bool, stored_size: int
 
 
 def _size_from_headers(name: str, files: list[Path], dtype: torch.dtype | None) -> ComponentSize:
-    """Read by hand, not with ``safetensors.safe_open``: that checks the file holds every tensor's bytes, and the
-    estimate must work from the header alone (tests/test_offload.py cuts the files to their headers)."""
+    """From the files' headers alone (read by hand: ``safetensors.safe_open`` wants every tensor's bytes there)."""
     elements, total, per_module = 0, 0, {}
     for path in files:
         with open(path, "rb") as fh:
@@ -197,18 +193,11 @@ def estimate_pipeline(pipe, *, dtype: torch.dtype | None = None, height: int = 1
 
 
 def activation_bytes(configs: dict, height: int, width: int, dtype: torch.dtype | None, text_tokens: int) -> int:
-    """Working memory of the largest stage at ``height`` x ``width``: a margin, not a measurement.
-
-    Transformer: every token (image + text) carries the single blocks' fused projection (3 x inner + 2 x MLP
-    hidden) plus ~8 residual-width tensors. VAE decode: ~8 full-resolution feature maps of its first block's
-    channels. Text encoder: every layer's hidden states (FLUX.2 keeps them) plus the MLP intermediate. Components
-    run one after another, so the largest counts, plus HEADROOM_BYTES. Attention is assumed to be a fused kernel
-    (no S x S scores), as fluxlab's defaults on a GPU are.
-    """
+    """Working memory of the largest stage at ``height`` x ``width``: a margin, not a measurement (how it is made:
+    docs/flux2_internals.md)."""
     item = 4 if dtype is None else dtype.itemsize
     vae = configs.get("vae", {})
-    levels = len(vae.get("block_out_channels", (128, 256, 512, 512)))
-    scale = 2 ** (levels - 1) * 2  # the VAE's downscale, then 2x2 latent patches
+    scale = vae_multiple(vae)
     image_tokens = (height // scale) * (width // scale)
     stages = [0]
     transformer = configs.get("transformer", {})

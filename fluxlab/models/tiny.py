@@ -30,32 +30,23 @@ def _check_variant(variant: str) -> str:
 # Mistral Small 3.1 style: [SYSTEM_PROMPT] ... [/SYSTEM_PROMPT][INST] ... [/INST]; content may be a string or the
 # list-of-parts form that Flux2Pipeline's ``format_input`` builds ({"type": "text", "text": ...}).
 _MISTRAL_CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
+    "{{- bos_token }}{%- for message in messages %}"
     "{%- if message['content'] is string %}{%- set text = message['content'] %}"
-    "{%- else %}"
-    "{%- for part in message['content'] if part['type'] != 'text' %}"
+    "{%- else %}{%- for part in message['content'] if part['type'] != 'text' %}"
     "{{- raise_exception('the tiny FLUX.2 tokenizer is text-only; got a ' ~ part['type'] ~ ' part') }}"
-    "{%- endfor %}"
-    "{%- set text = message['content'] | map(attribute='text') | join('') %}"
-    "{%- endif %}"
+    "{%- endfor %}{%- set text = message['content'] | map(attribute='text') | join('') %}{%- endif %}"
     "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' ~ text ~ '[/SYSTEM_PROMPT]' }}"
     "{%- elif message['role'] == 'user' %}{{- '[INST]' ~ text ~ '[/INST]' }}"
     "{%- elif message['role'] == 'assistant' %}{{- text ~ eos_token }}"
-    "{%- else %}{{- raise_exception('unknown chat role: ' ~ message['role']) }}"
-    "{%- endif %}"
-    "{%- endfor %}"
+    "{%- else %}{{- raise_exception('unknown chat role: ' ~ message['role']) }}{%- endif %}{%- endfor %}"
 )
 
 # Qwen3 style ChatML; ``enable_thinking=False`` (what Flux2KleinPipeline passes) writes an empty think block.
 _QWEN_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- for message in messages %}{%- if message['content'] is string %}{%- set text = message['content'] %}"
     "{%- else %}{%- set text = message['content'] | map(attribute='text') | join('') %}{%- endif %}"
-    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' ~ text ~ '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
+    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' ~ text ~ '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
