@@ -85,9 +85,8 @@ def to_warm(backends, device, requested="auto") -> list[str]:
     """The backends to warm up: ``"auto"`` the JIT ones on ``device``; True all; False none; or the names given."""
     if requested == "auto":
         return [b for b in backends if jit_reason(b, device)]
-    if requested is True or not requested:
-        return list(backends) if requested else []
-    return [b for b in backends if b in set(requested)]
+    wanted = set(backends) if requested is True else set(requested or ())
+    return [b for b in backends if b in wanted]
 
 
 def is_warm(transformer, backend: str, device, height: int, width: int, text_tokens=None) -> bool:
