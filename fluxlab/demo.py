@@ -36,7 +36,7 @@ def attention_smoke(seq: int = 512, heads: int = 4, head_dim: int = 128, dtype=t
 
 def exact_backends(device="cpu") -> list[str]:
     """FLUX.2 backends that run on ``device`` here and compute exact attention (no quantisation), sdpa first."""
-    from .models.supported import FLUX2_BACKENDS
+    from .models import FLUX2_BACKENDS
     from .platform import platform_for_device
 
     statuses = backends(platform_for_device(torch.device(device)))

@@ -2,9 +2,10 @@
 
 Dynamo never traces fluxlab's dispatcher (dictionaries keyed by shapes, environment reads, Python-side kernel
 choice): it sees ``fluxlab::attention`` (``fluxlab.attention`` under compile), with fake implementations that give
-the output's (and LSE's) shape; an attached FLUX.2 model's call is ``fluxlab::flux2_attention`` (models/op.py). The backend is
-chosen inside the op when it runs, so ``set_backend`` / ``use_backend`` / schedules change what runs without a
-recompile. Outputs are contiguous ``[B, S, H, D]`` (what the fake promises); nothing returned aliases an input.
+the output's (and LSE's) shape; an attached FLUX.2 model's call is ``fluxlab::flux2_attention`` (models/router.py).
+The backend is chosen inside the op when it runs, so ``set_backend`` / ``use_backend`` / schedules change what
+runs without a recompile. Outputs are contiguous ``[B, S, H, D]`` (what the fake promises); nothing returned aliases
+an input.
 """
 
 # No ``from __future__ import annotations``: torch.library reads the annotations to build the op schemas.

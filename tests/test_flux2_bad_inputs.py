@@ -10,7 +10,7 @@ import pytest
 import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
-from fluxlab.models.errors import AttachError  # noqa: E402
+from fluxlab.errors import AttachError  # noqa: E402
 from fluxlab.models.tiny import build_tiny_pipeline  # noqa: E402
 
 

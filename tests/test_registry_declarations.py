@@ -55,7 +55,7 @@ def test_groups_come_from_their_members():
 
 def test_diffusers_map_and_flux2_set_are_derived():
     from fluxlab.models import interop
-    from fluxlab.models.supported import FLUX2_BACKENDS
+    from fluxlab.models.attach import FLUX2_BACKENDS
 
     assert interop.SAME_KERNEL == {n: b.name for b in BUILTIN_BACKENDS for n in b.diffusers}
     assert interop.SAME_KERNEL["flash"] == "fa2" and interop.SAME_KERNEL["native"] == "sdpa"
@@ -70,7 +70,7 @@ def test_a_registered_backend_with_a_rank_takes_part_in_automatic_choice():
 
     fluxlab.register_backend("ranked_first", kernel, priority={"cpu": 1}, aliases=("rf",))
     try:
-        from fluxlab.models.supported import flux2_backends
+        from fluxlab.models.attach import flux2_backends
 
         assert priority.priority_for(Platform.cpu())[0] == "ranked_first"
         q = torch.randn(1, 8, 2, 16)

@@ -13,12 +13,11 @@ import torch
 
 from ..defaults import DEFAULT_PROMPT
 from .. import registry
-from ..errors import BadReferenceError
-from ..models.errors import InvalidSettingError
+from ..errors import BadReferenceError, InvalidSettingError
 from ..models.limits import check_pipe_generation, check_pipe_kwargs, seed_values
-from ..models.names import diffusers_names
+from ..models.limits import diffusers_names
 from ..models.progress import StepControl
-from ..models.memory import gib
+from ..models.offload import gib
 from ..models.runner import device_of, run, warm_up as run_warm_up
 from ..results import Result, markdown_table, model_of
 from ..util import rel_l2 as _rel_l2

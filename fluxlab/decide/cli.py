@@ -137,7 +137,7 @@ def _bad_steps(text: str | None, steps: int) -> list[int] | None:
 
 def _load(args, names):
     from ..models.load import load_flux2
-    from ..models.supported import FLUX2_BACKENDS
+    from ..models import FLUX2_BACKENDS
     from ..util import parse_dtype
 
     start = time.perf_counter()

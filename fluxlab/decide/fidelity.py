@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..models.names import diffusers_names
+from ..models.limits import diffusers_names
 from .runs import Run, rel_l2
 
 

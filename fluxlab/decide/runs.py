@@ -12,10 +12,9 @@ import functools
 import math
 import numbers
 
-from ..errors import DecideInputError
+from ..errors import DecideInputError, InvalidSettingError
 from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, state_of
-from ..models.errors import InvalidSettingError
 from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
 from ..models.runner import Run, run
 from ..models.schedule import Schedule

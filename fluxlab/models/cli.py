@@ -51,7 +51,7 @@ def add_subcommand(subparsers) -> None:
 
 def check_model_source(source: str) -> None:
     """Refuse a --model that names nothing loadable, without loading it."""
-    from .errors import ModelSourceError
+    from ..errors import ModelSourceError
     from .load import _HUB_ID, EMBEDDED_DIR
 
     if source in ("tiny", "embedded"):
@@ -119,7 +119,7 @@ def check_backends(text: str, device) -> list[str]:
     from ..command import check_distinct, split_list
     from ..errors import BackendNotAllowedError
     from .generate import parse_backends, unavailable_reasons
-    from .supported import flux2_backends
+    from .attach import flux2_backends
 
     backends = parse_backends(text)
     check_distinct("--backends", split_list(text), backends)

@@ -13,11 +13,10 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import GenerationInterrupted, InvalidSizeError
 from ..util import torch_dtype_name, utc_now
 from ..util import write_result_file as write_atomic  # the folder created; a failure names the path
-from .errors import GenerationInterrupted, InvalidSizeError
-from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
-from .names import diffusers_names
+from .limits import DEFAULT_MULTIPLE, check_pipe_generation, diffusers_names, side_problem
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
 

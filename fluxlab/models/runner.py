@@ -17,10 +17,8 @@ from ..choice import BackendChoice
 from ..dispatch import use_backend
 from .attach import is_attached, set_backend, set_schedule, state_of
 from .capture import capture
-from .memory import PeakMemory
-from .offload import execution_device
-from .progress import StepControl
-from .warmup import is_warm, mark_warm, to_warm, warmup_note
+from .offload import PeakMemory, execution_device
+from .progress import StepControl, is_warm, mark_warm, to_warm, warmup_note
 
 KEEP = object()  # run(backend=KEEP / schedule=KEEP): leave the pipeline's own setting
 

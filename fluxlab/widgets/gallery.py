@@ -6,7 +6,7 @@ import html
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_PROMPT
-from ..models.memory import gib
+from ..models.offload import gib
 from ..results import format_cell, html_table
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, Panel, RunControls, call_with, check_prompt, check_seed,
                       check_size, check_steps, figure_png, hbox_with_message, int_box, label, message_html, png_bytes,

@@ -151,7 +151,7 @@ class BackendToggleDemo(Panel):
     def _warm_up(self, backend: str, settings: dict) -> str:
         """One 1-step generation first if ``backend`` compiles on first use and is not warm at this size; the label
         the timing then carries ("" when nothing needed warming)."""
-        from ..models.warmup import jit_reason, to_warm
+        from ..models.progress import jit_reason, to_warm
 
         device = device_of(self.pipe)
         if not to_warm([backend], device, self.warmup):
