@@ -184,7 +184,7 @@ def _generation_invariance(args):
     from ..models.cli import OFFLOAD_CHOICES
     from ..models.load import load_flux2
     from .attention import parse_dtype
-    from .generation_invariance import PROMPTS, check_generation_invariance
+    from .invariance import PROMPTS, check_generation_invariance
 
     pipe = load_flux2(args.model, flux2_variant=args.variant, dtype=parse_dtype(_csv(args.dtypes)[0]),
                       device=args.device, offload=OFFLOAD_CHOICES[args.offload], height=64, width=64)
