@@ -198,8 +198,7 @@ class Yardstick:
         head_rms = (head_err2 / count_head).sqrt()
         per_head = torch.stack([head_sum / count_head, head_toward / count_head]) / head_rms.clamp_min(_TINY)
         per_head = torch.where(head_rms > 0, per_head, 0.0)
-        flat = per_head.abs().flatten()
-        worst = int(flat.argmax().item())
+        worst = int(per_head.abs().argmax().item())  # over [2 kinds, heads], flattened
         worst_head_bias = float(per_head.flatten()[worst].item())
         err2 = self._slice_sums(err2_rows)
         slices = []
