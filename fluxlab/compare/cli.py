@@ -156,7 +156,7 @@ def _generation_invariance(args):
     from ..models.attach import detach
     from ..models.load import load_flux2
     from .attention import parse_dtype
-    from .generation_invariance import PROMPTS, check_generation_invariance
+    from .invariance import PROMPTS, check_generation_invariance
 
     pipe = load_flux2(args.model, flux2_variant=args.variant, dtype=parse_dtype(_csv(args.dtypes)[0]),
                       device=args.device, offload=args.offload_value, height=64, width=64)
