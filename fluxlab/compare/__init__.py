@@ -3,10 +3,8 @@
 from .attention import compare_attention, parse_dtype
 from .captured import compare_captured
 from .gate import GateStats, Judgement, Yardstick, judge_attention
-from .band_measure import measure_image_band
-from .bands import ImageBand
-from .image_rule import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
-from .images import ImageComparison, ImageRow, compare_images
+from .bands import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS, ImageBand
+from .images import ImageComparison, ImageRow, compare_images, measure_image_band
 from .generation_invariance import GenerationInvarianceReport, check_generation_invariance
 from .invariance import InvarianceReport, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
