@@ -2,10 +2,8 @@
 
 from .attention import compare_attention, compare_captured, parse_dtype, replay
 from .gate import GateStats, Judgement, Yardstick, judge_attention
-from .band_measure import measure_image_band
-from .bands import ImageBand
-from .image_rule import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
-from .images import ImageComparison, ImageRow, compare_images
+from .bands import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS, ImageBand
+from .images import ImageComparison, ImageRow, compare_images, measure_image_band
 from .invariance import GenerationInvarianceReport, InvarianceReport, check_generation_invariance, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)

@@ -13,7 +13,7 @@ import torch
 
 from .. import registry
 from ..choice import BackendChoice
-from ..compare.image_rule import is_approximate
+from ..compare.bands import is_approximate
 from ..models.attach import set_schedule, state_of
 from ..models.schedule import Schedule
 from ..results import format_cell, markdown_table

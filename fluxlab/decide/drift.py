@@ -302,8 +302,7 @@ def locate_drift(pipe, good, bad, *, prompt: str, seed: int = 0, steps: int, hei
 def _band(pipe, band, bad_schedule, steps, height, width, pipe_kwargs) -> tuple[float, str]:
     """(final-latent rel-L2 band, its source) for counting the drift in bands; (NaN, why not) without one."""
     from .. import registry
-    from ..compare.bands import EXACT, LOW_PRECISION, resolve_band, setting_of
-    from ..compare.image_rule import is_approximate
+    from ..compare.bands import EXACT, LOW_PRECISION, is_approximate, resolve_band, setting_of
 
     found = resolve_band(band, setting_of(pipe, steps=steps, height=height, width=width, pipe_kwargs=pipe_kwargs))
     if found is None:

@@ -8,7 +8,7 @@ import dataclasses
 import math
 import statistics
 
-from ..compare.band_measure import band_for
+from ..compare.images import band_for
 from ..compare.bands import EXACT, LOW_PRECISION, from_image_metrics, judge_with_band
 from ..compare.tolerances import FAIL, PASS
 from ..models.attach import check_allowed, state_of
@@ -136,7 +136,7 @@ def frontier(pipe, candidates, *, schedules=None, prompt: str, seeds=(0,), steps
     ``drift_maps``: candidate -> a DriftMap already found (same exact kernel and settings): reused, not located again.
     Names are checked before any generation; a schedule whose generation fails becomes a row with its error.
     Verdicts count the worst seed's distance in image bands (``band``, else the committed band of this setting,
-    else one measured here: ``fluxlab.compare.band_measure.band_for``).
+    else one measured here: ``fluxlab.compare.images.band_for``).
     """
     from ..dispatch import default_backend
     from .drift import locate_drift
