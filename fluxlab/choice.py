@@ -1,9 +1,6 @@
-"""One grammar for backend specs, ``"name:option=value,knob=value"``, parsed and validated in one place for
-``fluxlab.attention``, ``use_backend``, ``$FLUXLAB_ATTENTION_BACKEND``, models and comparisons.
-
-Options go to the kernel (``aiter:how_v3_bf16_cvt=0``) and are checked against the backend's option table;
-knobs (``KNOBS``) are torch settings held around the call (``sdpa:cudnn=0``).
-"""
+"""One grammar for backend specs, ``"name:option=value,knob=value"``, parsed and validated in one place: kernel
+options (``aiter:how_v3_bf16_cvt=0``, checked against the backend's option table) and torch knobs held around the
+call (``sdpa:cudnn=0``, ``KNOBS``)."""
 
 from __future__ import annotations
 
@@ -82,16 +79,12 @@ class BackendChoice:
             raise InvalidBackendSpecError(f"backend '{backend.name}' has no option {sorted(unknown)}; its options: "
                                           f"{valid}; torch knobs: {', '.join(sorted(KNOBS))}")
         for key, value in opts.items():
-            valid_values = backend.option_values.get(key)
-            if callable(valid_values):  # an open set (e.g. any block size): the check says why a value is not in it
-                why = valid_values(value)
-                if why:
-                    raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid: "
-                                                  f"{why}")
-            elif valid_values is not None and value not in valid_values:
-                listed = ", ".join(f"{v!r} ({meaning})" for v, meaning in valid_values.items())
-                raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid; "
-                                              f"valid values: {listed}")
+            valid = backend.option_values.get(key)
+            why = valid(value) if callable(valid) else None  # an open set (e.g. any block size) says why not
+            if why or (valid is not None and not callable(valid) and value not in valid):
+                detail = f": {why}" if why else "; valid values: " + ", ".join(
+                    f"{v!r} ({meaning})" for v, meaning in valid.items())
+                raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid{detail}")
         return cls(backend.name, tuple(sorted(opts.items())), tuple(sorted(knobs.items())))
 
     def __str__(self):
@@ -120,10 +113,10 @@ def _literal(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
+_FLAGS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
 def _flag(value, key: str, spec) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "on", "yes"):
-        return True
-    if lowered in ("0", "false", "off", "no"):
-        return False
+    if str(value).lower() in _FLAGS:
+        return _FLAGS[str(value).lower()]
     raise InvalidBackendSpecError(f"knob '{key}={value}' in {str(spec)!r} takes 0 or 1, e.g. 'sdpa:cudnn=0'")

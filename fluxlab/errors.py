@@ -26,8 +26,7 @@ class FluxlabError(Exception):
 
 
 class InvalidInputError(FluxlabError, ValueError):
-    """An input fluxlab cannot use: tensors that break the [batch, seq, heads, head_dim] contract, a bad backend
-    spec, setting, size, dtype or argument."""
+    """An input fluxlab cannot use: tensors, a backend spec, a setting, a size, a dtype or an argument."""
 
 
 class UnknownBackendError(InvalidInputError, KeyError):
@@ -38,12 +37,11 @@ class UnknownBackendError(InvalidInputError, KeyError):
 
 
 class BackendRegistrationError(InvalidInputError, TypeError):
-    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""
+    """``register_backend`` was given a name, function or capability that cannot work."""
 
 
 class MemoryBudgetError(InvalidInputError, MemoryError):
-    """It cannot fit the memory it may use (a pipeline on this accelerator, a capture's ``max_bytes``); ``plan``
-    holds the offload decision behind it where there is one. Raised before the memory is used."""
+    """It cannot fit the memory it may use; ``plan`` holds the offload decision behind it where there is one."""
 
     def __init__(self, message: str, plan=None):
         super().__init__(message)
@@ -79,13 +77,11 @@ class NoDeviceError(BackendUnavailableError):
 
 
 class BackendOutputError(FluxlabError, RuntimeError):
-    """A backend returned something that breaks the contract (shape, dtype, NaN, missing LSE), or the backend a
-    comparison measures against is not exact and finite here."""
+    """A backend returned something that breaks the contract, or a comparison's reference is not exact here."""
 
 
 class InvalidFileError(FluxlabError, ValueError, OSError):
-    """A records folder, autotune plan, output folder or result file that is damaged, made on another machine, or
-    cannot be written where asked (a ValueError and an OSError, as its older names were)."""
+    """A records folder, plan, output folder or result file that is damaged, foreign, or cannot be written."""
 
 
 class FileMissingError(InvalidFileError, FileNotFoundError):
@@ -93,8 +89,7 @@ class FileMissingError(InvalidFileError, FileNotFoundError):
 
 
 class UsageError(FluxlabError, ValueError):
-    """A call that cannot work in this state (attached twice, a pipeline already generating), or a command-line
-    mistake (printed as one line, exit code 2)."""
+    """A call that cannot work in this state, or a command-line mistake (printed as one line, exit code 2)."""
 
 
 class GenerationCancelled(FluxlabError, RuntimeError):

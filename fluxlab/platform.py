@@ -1,8 +1,6 @@
-"""What machine are we on? One object answers vendor, arch, versions and attention features.
-
-Nothing else in fluxlab inspects ``torch.version`` or device names. The vendor is decided from
-``torch.version.hip`` and the device properties, never from ``device.type``: ROCm GPUs report "cuda".
-"""
+"""What machine are we on? One object answers vendor, arch, versions and attention features; nothing else in
+fluxlab inspects ``torch.version`` or device names. The vendor comes from ``torch.version.hip`` and the device
+properties, never from ``device.type``: ROCm GPUs report "cuda"."""
 
 from __future__ import annotations
 
@@ -14,8 +12,7 @@ import torch
 
 VENDORS = ("nvidia", "amd", "cpu", "other")
 
-# AMD arches with hardware fp8 (MI300 series = gfx942, MI350 = gfx950).
-_AMD_FP8_ARCHES = ("gfx942", "gfx950")
+_AMD_FP8_ARCHES = ("gfx942", "gfx950")  # AMD arches with hardware fp8 (MI300 series, MI350 series)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +52,9 @@ class Platform:
         return None
 
     def describe(self) -> str:
-        versions = [f"torch {self.torch_version}"]
-        if self.cuda_version:
-            versions.append(f"CUDA {self.cuda_version}")
-        if self.hip_version:
-            versions.append(f"HIP {self.hip_version}")
-        if self.cudnn_version:
-            versions.append(f"cuDNN {self.cudnn_version}")
+        labelled = (("torch", self.torch_version), ("CUDA", self.cuda_version), ("HIP", self.hip_version),
+                    ("cuDNN", self.cudnn_version))
+        versions = [f"{label} {version}" for label, version in labelled if version]
         arch = f" ({self.arch})" if self.arch else ""
         return f"{self.vendor} {self.device_name}{arch}; " + ", ".join(versions)
 
@@ -128,10 +121,8 @@ def current_platform() -> Platform:
 
 
 def platform_for_device(device: torch.device, machine: Platform | None = None) -> Platform:
-    """The platform a tensor on ``device`` runs on: the CPU profile for CPU tensors, else the machine's.
-
-    ``meta`` tensors describe inputs without data: they are judged as if on the machine's accelerator.
-    """
+    """The platform a tensor on ``device`` runs on: the CPU profile for CPU tensors, else the machine's (``meta``
+    tensors, inputs without data, are judged as if on the machine's accelerator)."""
     machine = machine or current_platform()
     if device.type == "cpu" and machine.vendor != "cpu":
         return Platform.cpu()
@@ -139,5 +130,4 @@ def platform_for_device(device: torch.device, machine: Platform | None = None) -
 
 
 PROFILES = {"h100": Platform.h100, "h200": Platform.h200, "a100": Platform.a100, "mi300x": Platform.mi300x,
-            "mi355x": Platform.mi355x,
-            "cpu": Platform.cpu}
+            "mi355x": Platform.mi355x, "cpu": Platform.cpu}

@@ -23,7 +23,7 @@ import warnings
 
 from ..dispatch import BackendChoice
 from ..backends import BUILTIN_BACKENDS
-from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
+from ..registry import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
 from ..errors import DiffusersBackendWarning
 
 DIFFUSERS_DEFAULT = "native"
