@@ -94,14 +94,10 @@ class BackendChoice:
     @contextlib.contextmanager
     def knob_context(self):
         """Hold this choice's torch knobs (none: nothing) and restore them afterwards."""
-        undo = []
-        try:
+        with contextlib.ExitStack() as undo:
             for key, value in self.knobs:
-                undo.append(KNOBS[key].apply(value))
+                undo.callback(KNOBS[key].apply(value))
             yield
-        finally:
-            for restore in reversed(undo):
-                restore()
 
 
 def _literal(text: str):

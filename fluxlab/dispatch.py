@@ -453,21 +453,16 @@ class Plan:
     def reasons_for_others(self) -> dict[str, list[str]]:
         """Every other backend with why it was not picked (the plan's reasons, for the planned call)."""
         order = registry.priority_for(self.platform)
-        rank = order.index(self.backend) if self.backend in order else None
-        answer = {}
-        for other in registry.all_backends():
-            if other.name == self.backend:
-                continue
-            reasons = list(self.reasons(other))
-            if not reasons:
-                if self.requested is not None:
-                    reasons = [f"could run, but '{self.requested}' was asked for"]
-                elif other.name in order and rank is not None and order.index(other.name) > rank:
-                    reasons = [f"could run, but ranked below {self.backend} (its declared priority)"]
-                else:
-                    reasons = ["could run, but is never picked automatically: choose it explicitly"]
-            answer[other.name] = reasons
-        return answer
+        below = order[order.index(self.backend) + 1:] if self.backend in order else ()
+
+        def passed_by(name: str) -> str:
+            if self.requested is not None:
+                return f"could run, but '{self.requested}' was asked for"
+            if name in below:
+                return f"could run, but ranked below {self.backend} (its declared priority)"
+            return "could run, but is never picked automatically: choose it explicitly"
+        return {other.name: list(self.reasons(other)) or [passed_by(other.name)]
+                for other in registry.all_backends() if other.name != self.backend}
 
     def describe(self) -> str:
         """A few lines a user can read: what runs, where, with what, and any warnings."""
@@ -579,29 +574,25 @@ def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, plat
 
 
 def check_output(result, q, v, *, return_lse: bool, backend_name: str) -> None:
-    if return_lse:
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise BackendOutputError(f"backend '{backend_name}' was asked for (out, lse) but returned "
-                                     f"{type(result).__name__}")
-        out, lse = result
-    else:
-        out, lse = result, None
+    """Raise BackendOutputError where ``result`` breaks the contract (shape, dtype, device, the LSE's form)."""
+    if return_lse and not (isinstance(result, tuple) and len(result) == 2):
+        raise BackendOutputError(f"backend '{backend_name}' was asked for (out, lse) but returned "
+                                 f"{type(result).__name__}")
+    out, lse = result if return_lse else (result, None)
     if not isinstance(out, torch.Tensor):
         raise BackendOutputError(f"backend '{backend_name}' returned {type(out).__name__}, not a tensor")
-    expected = (q.shape[0], q.shape[1], q.shape[2], v.shape[3])
-    if tuple(out.shape) != expected:
-        raise BackendOutputError(f"backend '{backend_name}' returned shape {tuple(out.shape)}; the contract is "
-                                 f"[batch, seq, heads, head_dim] = {expected}")
-    if out.dtype != q.dtype:
-        raise BackendOutputError(f"backend '{backend_name}' returned dtype {out.dtype} for {q.dtype} inputs")
-    if out.device != q.device:
-        raise BackendOutputError(f"backend '{backend_name}' returned its output on {out.device} for inputs on "
-                                 f"{q.device}; the contract is the inputs' device")
+    expected, lse_shape = (*q.shape[:3], v.shape[3]), (q.shape[0], q.shape[2], q.shape[1])
+    broken = [(tuple(out.shape) != expected, f"returned shape {tuple(out.shape)}; the contract is "
+                                             f"[batch, seq, heads, head_dim] = {expected}"),
+              (out.dtype != q.dtype, f"returned dtype {out.dtype} for {q.dtype} inputs"),
+              (out.device != q.device, f"returned its output on {out.device} for inputs on {q.device}; the contract "
+                                       "is the inputs' device")]
     if lse is not None:
-        want = (q.shape[0], q.shape[2], q.shape[1])
-        if tuple(lse.shape) != want or lse.dtype != torch.float32:
-            raise BackendOutputError(f"backend '{backend_name}' returned lse {tuple(lse.shape)} {lse.dtype}; the "
-                                     f"contract is float32 [batch, heads, seq] = {want}")
+        broken.append((tuple(lse.shape) != lse_shape or lse.dtype != torch.float32, f"returned lse "
+                       f"{tuple(lse.shape)} {lse.dtype}; the contract is float32 [batch, heads, seq] = {lse_shape}"))
+    for refused, message in broken:
+        if refused:
+            raise BackendOutputError(f"backend '{backend_name}' {message}")
 
 
 def flux_reasons(platform: Platform | None = None) -> Reasons:

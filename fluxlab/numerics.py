@@ -1,6 +1,5 @@
-"""Bit-exact low-precision arithmetic in float32: bf16 roundings (aiter's three ``how_v3_bf16_cvt`` modes),
-int8 per-block and fp8 per-channel quantisers as the Sage kernels define them. Used by the emulators.
-"""
+"""Bit-exact low-precision arithmetic in float32 for the emulators: bf16 roundings (aiter's three
+``how_v3_bf16_cvt`` modes), fp16 / fp8 roundings and the Sage kernels' int8 per-block quantiser."""
 
 from __future__ import annotations
 
@@ -141,17 +140,6 @@ def expand_block_scales(scales: torch.Tensor, block: int, seq: int) -> torch.Ten
     return scales.repeat_interleave(block, dim=-1)[..., :seq]
 
 
-def quantise_fp8_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
-    """``v`` [B, H, S, D] -> (``fp8(v / scale)`` as float32, scales [B, H, D]) with ``scale = amax over the
-    sequence / fp8_max`` per channel (1 for a channel of zeros)."""
-    v = v.float()
-    fp8_max = torch.finfo(fp8_dtype(fmt)).max
-    scales = v.abs().amax(dim=-2) / fp8_max
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    return round_fp8(v / safe[..., None, :], fmt), safe
-
-
-__all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode",
-           "expand_block_scales", "fp8_dtype", "quantise_fp8_per_channel", "quantise_int8_per_block",
-           "round_bf16", "round_bf16_", "round_fp16", "round_fp16_", "round_fp8", "round_fp8_", "round_half_away",
-           "to_bf16"]
+__all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode", "expand_block_scales",
+           "fp8_dtype", "quantise_int8_per_block", "round_bf16", "round_bf16_", "round_fp16", "round_fp16_", "round_fp8",
+           "round_fp8_", "round_half_away", "to_bf16"]

@@ -17,7 +17,7 @@ import torch
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Requirement
 from .errors import BackendRegistrationError, FluxlabError, UnknownBackendError
-from .platform import Platform
+from .platform import VENDORS, Platform
 from .util import parse_dtype
 
 
@@ -231,10 +231,8 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     if unknown:
         raise BackendRegistrationError(f"unknown capability {sorted(unknown)} for backend {name!r}; "
                                        f"valid: {sorted(_CAPABILITY_FIELDS)}")
-    if "vendors" in capabilities:
-        vendors = capabilities["vendors"]
-        capabilities["vendors"] = frozenset([vendors] if isinstance(vendors, str) else vendors)
-    capabilities.setdefault("vendors", frozenset({"nvidia", "amd", "cpu", "other"}))
+    vendors = capabilities.get("vendors", VENDORS)
+    capabilities["vendors"] = frozenset([vendors] if isinstance(vendors, str) else vendors)
     capabilities.setdefault("dtypes", FLOAT_DTYPES)
     backend = Backend(name, fn, Capabilities(**capabilities), description or f"user backend {name}",
                       requires=tuple(requires), options=dict(options or {}), builtin=False,
@@ -369,10 +367,7 @@ def _table(backends) -> dict[tuple[str, str | None], tuple[str, ...]]:
 # The built-in priority lists, for reading: (vendor, arch) -> backends, best first; (vendor, None) for its other arches.
 PRIORITY: dict[tuple[str, str | None], tuple[str, ...]] = _table(BUILTIN_BACKENDS)
 # The built-in priority groups -> their members, best first (on a given platform only those that fit it).
-GROUPS: dict[str, tuple[str, ...]] = {
-    group.name: tuple(b.name for b in sorted((b for b in BUILTIN_BACKENDS if group.name in b.groups),
-                                             key=lambda b: b.groups[group.name]))
-    for group in BUILTIN_GROUPS}
+GROUPS: dict[str, tuple[str, ...]] = {name: tuple(b.name for b in g.all_members()) for name, g in _groups.items()}
 _priority_cache: dict = {}
 
 
