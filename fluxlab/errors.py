@@ -1,22 +1,5 @@
-"""Every error and warning fluxlab raises, in one small hierarchy that says what to catch; each message names the
-problem and the fix.
-
-    FluxlabError
-    ├── InvalidInputError        bad input: tensors, a backend spec, a setting, a size, a dtype, an argument
-    │   ├── UnknownBackendError  (a KeyError too) no backend of that name; the message suggests the closest
-    │   ├── BackendRegistrationError  (a TypeError too) register_backend got something that cannot work
-    │   ├── MemoryBudgetError    (a MemoryError too) it cannot fit this machine's memory
-    │   └── ParallelRefusedError a parallel run cannot start; ``reasons`` lists why
-    ├── BackendUnavailableError  the backend cannot run these inputs here; ``reasons`` says why, per backend
-    │   ├── BackendNotAllowedError   outside the model's allowed set: refused, never replaced
-    │   ├── NoBackendError           nothing can run them
-    │   └── NoDeviceError            the work needs a GPU this machine lacks
-    ├── BackendOutputError       a backend returned something that breaks the contract (or is not exact)
-    ├── InvalidFileError         a records folder, plan or result file is damaged, foreign or cannot be written
-    │   └── FileMissingError     (a FileNotFoundError too) it is not there
-    ├── UsageError               a call or command that cannot work now (attached twice, busy, CLI flags)
-    └── GenerationCancelled      the Cancel button stopped a generation (not a mistake)
-"""
+"""Every error and warning fluxlab raises, in one small hierarchy that says what to catch (the table of what each
+means: docs/guide.md, "Errors"); each message names the problem and the fix."""
 
 from __future__ import annotations
 
