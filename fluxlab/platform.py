@@ -73,20 +73,17 @@ class Platform:
 
     @classmethod
     def a100(cls) -> Platform:
-        return cls("nvidia", "sm_80", "NVIDIA A100-SXM4-80GB", "2.11.0", cuda_version="13.0",
-                   cudnn_version=91900, cudnn_attention=True, fp8=False, device_count=1)
+        return dataclasses.replace(cls.h100(), arch="sm_80", device_name="NVIDIA A100-SXM4-80GB", fp8=False)
 
     @classmethod
     def mi300x(cls) -> Platform:
         # torch and HIP as environment-rocm.yml installs them (torch==2.11.0+rocm7.1); a test keeps the two in step.
-        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.1",
-                   cudnn_attention=False, fp8=True, device_count=1)
+        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.1", fp8=True, device_count=1)
 
     @classmethod
     def mi355x(cls) -> Platform:
-        # gfx950 (MI350 series): the arch of aiter's MHA v4 MX kernels; torch/HIP as for the MI300X profile.
-        return cls("amd", "gfx950", "AMD Instinct MI355X", "2.11.0", hip_version="7.1",
-                   cudnn_attention=False, fp8=True, device_count=1)
+        """gfx950 (MI350 series): the arch of aiter's MHA v4 MX kernels; torch/HIP as for the MI300X profile."""
+        return dataclasses.replace(cls.mi300x(), arch="gfx950", device_name="AMD Instinct MI355X")
 
     @classmethod
     def cpu(cls) -> Platform:
