@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -13,31 +14,23 @@ from . import registry
 from .errors import InvalidBackendSpecError
 
 
-def _torch_flag(get, set_):
-    """A knob's ``apply``: set a torch flag, return the callable that puts the previous value back."""
-    def apply(on):
-        before = get()
-        set_(bool(on))
-        return lambda: set_(before)
-    return apply
-
-
 @dataclasses.dataclass(frozen=True)
 class Knob:
+    """A torch flag held around the call; refused as a no-op outside ``backends`` (those whose kernel it changes)."""
+
     description: str
-    apply: object  # value -> undo callable
-    backends: frozenset = frozenset()  # the backends whose kernel it changes; elsewhere it is refused as a no-op
+    read: Callable[[], bool]
+    write: Callable[[bool], None]
+    backends: frozenset
 
 
 KNOBS = {
     "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
-                  _torch_flag(torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
-                  frozenset({"sdpa"})),
+                  torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp, frozenset({"sdpa"})),
     "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
                            "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)",
-                           _torch_flag(torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed,
-                                       torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp),
-                           frozenset({"sdpa", "sdpa_math"})),
+                           torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed,
+                           torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp, frozenset({"sdpa", "sdpa_math"})),
 }
 
 
@@ -68,7 +61,7 @@ class BackendChoice:
         backend = registry.get_backend(name)  # unknown names raise UnknownBackendError with a suggestion
         knobs = {k: _flag(v, k, spec) for k, v in items.items() if k in KNOBS and k not in backend.options}
         for key in knobs:
-            if KNOBS[key].backends and backend.name not in KNOBS[key].backends:
+            if backend.name not in KNOBS[key].backends:
                 raise InvalidBackendSpecError(
                     f"knob '{key}' in {str(spec)!r} changes nothing for '{backend.name}' (it acts on "
                     f"{', '.join(sorted(KNOBS[key].backends))} only); drop it, or use it with one of those")
@@ -96,7 +89,8 @@ class BackendChoice:
         """Hold this choice's torch knobs (none: nothing) and restore them afterwards."""
         with contextlib.ExitStack() as undo:
             for key, value in self.knobs:
-                undo.callback(KNOBS[key].apply(value))
+                undo.callback(KNOBS[key].write, KNOBS[key].read())
+                KNOBS[key].write(bool(value))
             yield
 
 
