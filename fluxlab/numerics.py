@@ -141,5 +141,5 @@ def expand_block_scales(scales: torch.Tensor, block: int, seq: int) -> torch.Ten
 
 
 __all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode", "expand_block_scales",
-           "fp8_dtype", "quantise_int8_per_block", "round_bf16", "round_bf16_", "round_fp16", "round_fp16_", "round_fp8",
-           "round_fp8_", "round_half_away", "to_bf16"]
+           "fp8_dtype", "quantise_int8_per_block", "round_bf16", "round_bf16_", "round_fp16", "round_fp16_",
+           "round_fp8", "round_fp8_", "round_half_away", "to_bf16"]
