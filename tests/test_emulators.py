@@ -15,7 +15,7 @@ from fluxlab.backends.reference import reference_attention
 from fluxlab.compare import compare_attention
 from fluxlab.compare.inputs import CPU_INPUTS, synthetic_qkv
 from fluxlab.platform import current_platform
-from fluxlab.priority import PRIORITY
+from fluxlab.registry import PRIORITY
 
 EMULATORS = ("emu_bf16", "emu_aiter", "emu_sage", "emu_aiter_sage")
 SCALE = 128**-0.5

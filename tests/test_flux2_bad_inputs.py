@@ -33,7 +33,7 @@ def test_public_names():
 
 def test_flux2_set_covers_the_seed_and_every_builtin():
     """The seed set, every built-in kernel, and the priority groups (``fa``: no kernel of its own)."""
-    from fluxlab.priority import GROUPS
+    from fluxlab.registry import GROUPS
     from fluxlab.registry import all_backends
 
     assert {"sdpa", "fa", "aiter", "aiter_sage"} <= fluxlab.models.FLUX2_BACKENDS

@@ -18,7 +18,7 @@ from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import synthetic_qkv
 from fluxlab.dispatch import run_backend
 from fluxlab.platform import Platform
-from fluxlab.priority import GROUPS, PRIORITY
+from fluxlab.registry import GROUPS, PRIORITY
 
 from _benchmarks import load_benchmark
 from _standins import forget as _forget_modules

@@ -11,9 +11,9 @@ import functools
 import warnings
 
 from ..backends import BUILTIN_BACKENDS
-from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
 from ..dispatch import BackendChoice
 from ..errors import DiffusersBackendWarning, UnknownBackendError
+from ..registry import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
 
 DIFFUSERS_DEFAULT = "native"
 # diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter's ``diffusers=``).
