@@ -209,7 +209,7 @@ def main(argv=None) -> int:
 
     import fluxlab
     from fluxlab.decide.files import write_atomic, write_json
-    from fluxlab.models.random_weights import random_transformer
+    from fluxlab.models.tiny import random_transformer
     from fluxlab.parallel.model import TRANSFORMER_CONFIGS
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -5,7 +5,7 @@
 
 Writes ``emulators.json`` and ``emulators.md``:
 - cost: each emulator on float32 inputs (S 1024, 4 heads, D 128) against the float32 kernel it wraps (the same loop
-  with no rounding point, ``emulated.flash_float32``: all keys at once for emu_bf16/emu_aiter, which is the float32
+  with no rounding point, ``flash_float32`` below: all keys at once for emu_bf16/emu_aiter, which is the float32
   math kernel; key blocks of 64 for emu_sage and tiled emu_bf16, 128 for emu_aiter_sage), and against torch's
   float32 SDPA and math kernel; every kernel once per round, rounds interleaved, medians.
 - attention: rel-L2 vs float64 and the mean signed error (bias toward zero shows as negative) of the three
@@ -52,6 +52,23 @@ MODES = (0, 1, 2)
 IMAGE_BACKENDS = ["reference", "sdpa", "emu_bf16"] + [f"emu_aiter:how_v3_bf16_cvt={m}" for m in MODES]
 
 
+def flash_float32(q, k, v, *, scale, causal=False, block_n=0):
+    """The float32 kernel the emulators wrap, with none of their rounding points: the inputs' values in float32,
+    ``exp``, a float32 ``P.V`` over key blocks of ``block_n`` (0: all keys at once). The yardstick of what emulation
+    costs; not a backend. Returns [B, S, H, D] float32."""
+    groups = q.shape[2] // k.shape[2]
+    qh = emulated._heads_first(q.float())
+    kh, vh = emulated._heads_first(k.float(), groups), emulated._heads_first(v.float(), groups)
+
+    def logits(rows):
+        return torch.matmul(qh[:, :, rows], kh.transpose(-1, -2)).mul_(scale)
+
+    acc, l, _ = emulated._flash(qh.shape[2], vh, logits=logits, block_n=int(block_n), exp=torch.exp, causal=causal,
+                                block_max=emulated._row_max, probs=emulated._exp_shifted(torch.exp),
+                                round_p=emulated._keep, add_pv=emulated._add_matmul)
+    return (acc / l[..., None]).transpose(1, 2)
+
+
 def measure_cost(rounds: int) -> dict:
     q, k, v = synthetic_qkv(1, COST_SHAPE["seq"], COST_SHAPE["heads"], COST_SHAPE["head_dim"], "normal", 0)
     scale = COST_SHAPE["head_dim"] ** -0.5
@@ -59,7 +76,7 @@ def measure_cost(rounds: int) -> dict:
     calls = {
         "sdpa float32": lambda: F.scaled_dot_product_attention(qh, kh, vh, scale=scale),
         "math float32": lambda: torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * scale, -1) @ vh,
-        **{name: (lambda n=n: emulated.flash_float32(q, k, v, scale=scale, block_n=n)) for name, n in WRAPPED.items()},
+        **{name: (lambda n=n: flash_float32(q, k, v, scale=scale, block_n=n)) for name, n in WRAPPED.items()},
         **{name: (lambda fn=fn, o=o: fn(q, k, v, scale=scale, **o)) for name, (fn, o, _) in EMULATORS.items()},
     }
     times = {name: [] for name in calls}

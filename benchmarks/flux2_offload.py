@@ -104,7 +104,7 @@ def random_pipeline(folder: Path, device: str, dtype: torch.dtype, text_layers: 
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    from fluxlab.models.random_weights import random_transformer
+    from fluxlab.models.tiny import random_transformer
     from fluxlab.models.tiny import build_tiny_tokenizer
 
     timings = {}
@@ -144,8 +144,7 @@ def run(args) -> dict:
 
     import fluxlab
     from fluxlab.models.load import estimate_source
-    from fluxlab.models.memory import gib
-    from fluxlab.models.offload import MemoryBudgetError, apply_offload, plan_offload
+    from fluxlab.models.offload import MemoryBudgetError, apply_offload, gib, plan_offload
     from fluxlab.util import provenance
 
     dtype = torch.bfloat16

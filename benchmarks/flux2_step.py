@@ -45,7 +45,7 @@ TINY_SIZES = (128, 256)
 
 def build_transformer(config: dict, device, dtype, seed: int = 0):
     """Random-weight Flux2Transformer2DModel built on meta, materialised on ``device`` and initialised there."""
-    from fluxlab.models.random_weights import random_transformer
+    from fluxlab.models.tiny import random_transformer
 
     return random_transformer(config, device=device, dtype=dtype, seed=seed)
 

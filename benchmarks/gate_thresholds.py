@@ -11,8 +11,8 @@ P.V) on synthetic inputs (three distributions, ragged lengths, batch > 1 with di
 split) in bf16/fp16/fp32. Per run: the error size over the yardstick, the bias (signed and toward zero) and bias x
 sqrt(rows), the worst head / batch element / segment ratio, and top-channel flips of clear rows at several margins.
 Kernels that are not exact (truncation, rounding up, quantised) are measured too, as "info": they show how far the
-gate separates them. ``exact_summary`` holds the worst exact numbers; ``fluxlab.compare.tolerances.derive_gate_rule``
-turns the committed files into the gate's limits (tests/test_gate.py checks that it does).
+gate separates them. ``exact_summary`` holds the worst exact numbers; ``derive_gate_rule`` below turns the committed
+files into the gate's limits, ``fluxlab.compare.tolerances.GATE_RULE`` (tests/test_gate.py checks that it does).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import torch
 import fluxlab
 from fluxlab import numerics, registry
 from fluxlab.backends.reference import reference_attention
-from fluxlab.compare.baseline import baseline_attention
-from fluxlab.compare.gate import Yardstick, comparable
+from fluxlab.compare.gate import Yardstick, baseline_attention, comparable
 from fluxlab.compare.inputs import DISTRIBUTIONS, InputSpec
 from fluxlab.compare.metrics import error_stats
-from fluxlab.compare.tolerances import FLIP_MARGIN_EPS, GATE_RULE, yardstick_ratios
+from fluxlab.compare.tolerances import (EXACT_RULE, FLIP_MARGIN_EPS, GATE_RULE, QUANTISED_BUDGET, GateRule,
+                                       yardstick_ratios)
 from fluxlab.dispatch import plan
 from fluxlab.platform import platform_for_device
 from fluxlab.util import atomic_write, parse_dtype, provenance, torch_dtype_name
@@ -55,6 +55,58 @@ CPU_DTYPES, CPU_SEEDS, CPU_LARGE_DTYPES = ("bf16", "fp16", "fp32"), (0,), ("bf16
 GPU_SHAPES = [(1, 4608, 24, 128, 512), (2, 3537, 24, 128, 512)]
 GPU_LARGE = [(1, 16896, 48, 128, 512)]  # normal distribution, one seed, exact kernels only: the largest FLUX.2 call
 GPU_DTYPES, GPU_SEEDS, GPU_LARGE_DTYPES = ("bf16", "fp16"), (0,), ("bf16",)
+
+
+# Where the gate's numbers come from (fluxlab.compare.tolerances.GATE_RULE), and the margins put on the worst measured
+# exact kernel.
+GATE_FILES = ("cpu/gate_thresholds.json", "h100/gate_thresholds.json", "h200/gate_thresholds.json")
+GATE_MARGINS = {"bias": 2.0, "slice_pass": 1.35, "slice_warn": 2.0, "flip_pass": 2.0, "flip_warn": 10.0}
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a limit never below what it was derived from)."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    exponent = math.floor(math.log10(value)) - digits + 1
+    return float(f"{math.ceil(value / 10**exponent - 1e-9) * 10**exponent:.{digits}g}")
+
+
+def small_input_bias_z(data: dict) -> float:
+    """The worst exact kernel's |bias| x sqrt(rows) over the measured means of fewer than ``large_rows`` rows (whole
+    output or one head): the noise the ``bias_z`` term is there for. A mean over more rows is judged by the floor,
+    so an exact kernel's tiny systematic bias on a huge input (sqrt(rows) ~ 900) cannot loosen the small-input
+    limit."""
+    small, worst = data["large_rows"], 0.0
+    for run in data["runs"]:
+        if run["group"] == "exact" and run["status"] == "ran":
+            for bias, rows in ((run["bias"], run["rows"]), (run["worst_head_bias"], run["head_rows"])):
+                if rows < small:
+                    worst = max(worst, abs(bias) * math.sqrt(rows))
+    return worst
+
+
+def derive_gate_rule(measurements) -> GateRule:
+    """The gate's limits from measurement files (dicts this script writes): the worst exact kernel's bias on large
+    inputs, bias x sqrt(rows) on small ones, worst-slice ratio and clear-flip rate, times ``GATE_MARGINS``. A measured
+    flip rate of 0 gives the measurement's resolution (one row of the largest input) instead."""
+    worst = {"bias": 0.0, "bias_z": 0.0, "slice_ratio": 0.0, "flip_rate": 0.0, "flip_resolution": 1.0}
+    for data in measurements:
+        summary = data["exact_summary"]
+        worst["bias"] = max(worst["bias"], summary["max_abs_bias_large"])
+        worst["bias_z"] = max(worst["bias_z"], small_input_bias_z(data))
+        worst["slice_ratio"] = max(worst["slice_ratio"], summary["max_slice_ratio"])
+        worst["flip_rate"] = max(worst["flip_rate"], summary["max_flip_rate"])
+        worst["flip_resolution"] = min(worst["flip_resolution"], 1.0 / summary["max_clear_rows"])
+    flip = max(worst["flip_rate"], worst["flip_resolution"])
+    slice_pass = _round_up(GATE_MARGINS["slice_pass"] * worst["slice_ratio"])
+    slice_warn = _round_up(GATE_MARGINS["slice_warn"] * slice_pass)
+    return GateRule(bias_floor=_round_up(GATE_MARGINS["bias"] * worst["bias"]),
+                    bias_z=_round_up(GATE_MARGINS["bias"] * worst["bias_z"]),
+                    slice_pass=slice_pass, slice_warn=slice_warn,
+                    flip_margin_eps=FLIP_MARGIN_EPS, flip_pass=_round_up(GATE_MARGINS["flip_pass"] * flip),
+                    flip_warn=_round_up(GATE_MARGINS["flip_warn"] * flip),
+                    quantised_slice_pass=_round_up(QUANTISED_BUDGET.pass_rel_l2 * slice_pass / EXACT_RULE.pass_rel_l2),
+                    quantised_slice_warn=_round_up(QUANTISED_BUDGET.warn_rel_l2 * slice_warn / EXACT_RULE.warn_rel_l2))
 
 
 # --------------------------------------------------------------------------------- reference variants (exact)

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 
 import fluxlab
-from fluxlab.backends.fa3_fp8 import bind_fa3_fp8, fp8_operands
-from fluxlab.backends.flash_attn import fa3_module
+from fluxlab.backends.flash_attn import bind_fa3_fp8, fa3_module, fp8_operands
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import DISTRIBUTIONS, synthetic_qkv
 from fluxlab.util import distribution_version, provenance, rel_l2, time_calls

@@ -26,7 +26,7 @@ import torch
 
 import fluxlab
 from fluxlab.compare import check_generation_invariance, check_invariance
-from fluxlab.compare.generation_invariance import PROMPTS
+from fluxlab.compare.invariance import PROMPTS
 from fluxlab.util import atomic_write, provenance
 
 DTYPES = {"cpu": ("bf16", "fp32"), "cuda": ("bf16", "fp16")}

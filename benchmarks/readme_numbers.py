@@ -499,7 +499,8 @@ EMULATORS = "cpu/emulators.json"  # benchmarks/emulators.py
 @block("gate-thresholds", "docs/compare.md")
 def gate_thresholds(results: Path) -> str:
     """The gate's limits (fluxlab.compare.tolerances.GATE_RULE) with the measurement each came from."""
-    from fluxlab.compare.tolerances import GATE_FILES, GATE_MARGINS, derive_gate_rule, small_input_bias_z
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gate_thresholds import GATE_FILES, GATE_MARGINS, derive_gate_rule, small_input_bias_z
 
     files = [name for name in GATE_FILES if (results / name).is_file()]
     data = [load(results, name) for name in files]
@@ -509,8 +510,8 @@ def gate_thresholds(results: Path) -> str:
     runs = sum(d["exact_summary"]["runs"] for d in data)
     kernels = sorted({k for d in data for k in d["exact_summary"]["kernels"]})
     clear = sum(d["exact_summary"]["clear_rows_by_margin"][f"{rule.flip_margin_eps:g}"] for d in data)
-    lines = [prose(f"The gate's limits, derived by `fluxlab.compare.tolerances.derive_gate_rule` from {sources} "
-                   f"({runs} runs of {len(kernels)} exact kernels and reduction orders; `python "
+    lines = [prose(f"The gate's limits, derived by `derive_gate_rule` of `benchmarks/gate_thresholds.py` from "
+                   f"{sources} ({runs} runs of {len(kernels)} exact kernels and reduction orders; `python "
                    "benchmarks/gate_thresholds.py [--device cuda]`):"), "",
              "| rule | limit | worst exact kernel measured | margin |", "|---|---|---|---|",
              f"| bias: \\|mean error\\| / RMS (signed, and toward zero) | ≤ max({rule.bias_floor:g}, "
@@ -538,7 +539,8 @@ def emulators_cpu(results: Path) -> str:
     lines = [prose(f"Measured by `benchmarks/emulators.py` on this CPU (`benchmarks/results/{EMULATORS}`). Cost at S "
                    f"{shape['seq']}, {shape['heads']} heads, float32 inputs, median of {cost['rounds']} interleaved rounds "
                    f"on a shared 2-core machine, as a multiple of the float32 kernel each emulator wraps (its own loop "
-                   f"with no rounding point, `emulated.flash_float32`; target ≤ {cost['target_x_wrapped']:g}×), of "
+                   "with no rounding point, `flash_float32` in benchmarks/emulators.py; target ≤ "
+                   f"{cost['target_x_wrapped']:g}×), of "
                    "torch's float32 math kernel and of its float32 SDPA on the same inputs:"), "",
              "| emulator | wraps | × wrapped kernel | × float32 math | × float32 SDPA |", "|---|---|---|---|---|"]
     lines += [f"| `{name}` | `{cost['wraps'][name]}` | {cost['x_wrapped'][name]:.1f} ({met(cost['met'][name])}) | "

@@ -54,8 +54,8 @@ def __getattr__(name):
         return _importlib.import_module(f"fluxlab.{name}")
     if name not in _PUBLIC:
         return _moved(name)  # an old name (with a DeprecationWarning), else AttributeError
-    value = globals()[name] = getattr(_importlib.import_module(_PUBLIC[name]), name)
-    return value
+    globals()[name] = getattr(_importlib.import_module(_PUBLIC[name]), name)
+    return globals()[name]
 
 
 class _Package(_types.ModuleType):

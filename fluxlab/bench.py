@@ -1,8 +1,5 @@
-"""``fluxlab bench``: TFLOP/s and error vs float64 of every available backend at FLUX.2 shapes (GPU).
-
-Median of many timed runs after warm-up (``triton.testing.do_bench``, CUDA events otherwise), fresh random
-inputs per shape, the card's measured bf16 GEMM rate as the ceiling, and each backend's raw library call
-beside ``fluxlab.attention`` to measure the dispatcher's tax.
+"""``fluxlab bench``: TFLOP/s and error vs float64 of every available backend at FLUX.2 shapes (GPU), with the
+card's measured bf16 GEMM rate as the ceiling and each backend's raw library call beside it (the dispatcher's tax).
 """
 
 from __future__ import annotations
@@ -203,58 +200,44 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def targets(results: dict) -> list[dict]:
-    """The speed targets per shape/dtype: default pick vs the fastest measured, and vs the GEMM ceiling."""
-    pick = results["default_pick"]
+def summary(results: dict) -> str:
+    """The rows that ran, and per shape/dtype the default pick against the fastest and the GEMM ceiling."""
     ran = [r for r in results["rows"] if r.get("status") == "ran"]
-    figures = []
-    for key in sorted({(tuple(r["shape"]), r["dtype"]) for r in ran}):
-        group = [r for r in ran if (tuple(r["shape"]), r["dtype"]) == key]
+    pick, gemm = results["default_pick"], results["gemm_bf16_tflops"]
+    table = [{"backend": r["backend"], "shape (B,S,H,D)": str(tuple(r["shape"])), "dtype": r["dtype"],
+              "TFLOP/s": r["tflops"], "raw TFLOP/s": r.get("raw_tflops"), "rel-L2 vs fp64": r.get("rel_l2_vs_fp64")}
+             for r in ran]
+    speed = []
+    for shape, dtype in sorted({(tuple(r["shape"]), r["dtype"]) for r in ran}):
+        group = [r for r in ran if (tuple(r["shape"]), r["dtype"]) == (shape, dtype)]
         fastest = max(group, key=lambda r: r["tflops"])
         chosen = next((r for r in group if r["backend"] == pick), None)
-        if chosen is None:
-            continue
-        figures.append({"shape": list(key[0]), "dtype": key[1], "default": pick, "default_tflops": chosen["tflops"],
-                        "fastest": fastest["backend"], "fastest_tflops": fastest["tflops"],
-                        "default_vs_fastest": chosen["tflops"] / fastest["tflops"],
-                        "default_vs_gemm": chosen["tflops"] / results["gemm_bf16_tflops"],
-                        "dispatch_tax": chosen["tflops"] / chosen["raw_tflops"] if "raw_tflops" in chosen else None})
-    return figures
-
-
-def summary(results: dict) -> str:
-    ran = [{"backend": r["backend"], "shape (B,S,H,D)": str(tuple(r["shape"])), "dtype": r["dtype"],
-            "TFLOP/s": r["tflops"], "raw TFLOP/s": r.get("raw_tflops"), "rel-L2 vs fp64": r.get("rel_l2_vs_fp64")}
-           for r in results["rows"] if r.get("status") == "ran"]
-    speed = [{"shape": str(tuple(t["shape"])), "dtype": t["dtype"],
-              "default": f"{t['default']} {t['default_tflops']:.0f}",
-              "fastest": f"{t['fastest']} {t['fastest_tflops']:.0f}",
-              "default/fastest": t["default_vs_fastest"], "default/GEMM": t["default_vs_gemm"],
-              "fluxlab/raw": t["dispatch_tax"]} for t in targets(results)]
+        if chosen is not None:
+            speed.append({"shape": str(shape), "dtype": dtype, "default": f"{pick} {chosen['tflops']:.0f}",
+                          "fastest": f"{fastest['backend']} {fastest['tflops']:.0f}",
+                          "default/fastest": chosen["tflops"] / fastest["tflops"],
+                          "default/GEMM": chosen["tflops"] / gemm,
+                          "fluxlab/raw": chosen["tflops"] / chosen["raw_tflops"] if "raw_tflops" in chosen else None})
     taxes = [f"dispatch tax {o['backend']}: raw {o['raw_us']:.1f} us, fluxlab {o['fluxlab_us']:.1f} us "
              f"(+{o['added_us']:.1f} us) at {tuple(o['shape'])}" for o in results["overhead"] if "added_us" in o]
-    return "\n".join([f"card: {results['machine']['platform']['device_name']}; bf16 GEMM "
-                      f"{results['gemm_bf16_tflops']:.0f} TFLOP/s; default pick: {results['default_pick']}",
-                      markdown_table(ran), markdown_table(speed).rstrip(), *taxes])
+    return "\n".join([f"card: {results['machine']['platform']['device_name']}; bf16 GEMM {gemm:.0f} TFLOP/s; default "
+                      f"pick: {pick}", markdown_table(table), markdown_table(speed).rstrip(), *taxes])
 
 
 def main(args) -> int:
     from .command import NoDeviceError, UsageError, check_distinct, split_list
+    from .dispatch import BackendChoice
 
-    dtypes = split_list(args.dtypes)
+    dtypes, backends = split_list(args.dtypes), split_list(args.backends)
     if not dtypes:
         raise UsageError("--dtypes is empty; e.g. --dtypes bf16,fp16")
     check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes])  # unknown names raise here
-    backends = split_list(args.backends) or None
-    if backends:
-        from .dispatch import BackendChoice
-
-        check_distinct("--backends", backends, [str(BackendChoice.parse(b)) for b in backends])
+    check_distinct("--backends", backends, [str(BackendChoice.parse(b)) for b in backends])
     if not torch.cuda.is_available():  # main() prints it on stderr with its exit code (3)
         raise NoDeviceError("needs a CUDA or ROCm GPU (it times kernels on one) and this machine has none; run it on "
                             "a GPU machine, or `fluxlab compare` for the numerics on a CPU")
     shapes = [(1, 4608, 24, 128), (1, 16896, 48, 128)] if args.quick else None
-    results = run(backends, shapes, tuple(dtypes), progress=not args.no_progress)
+    results = run(backends or None, shapes, tuple(dtypes), progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "attention.json", json.dumps(results, indent=1))
@@ -269,12 +252,13 @@ def main(args) -> int:
 
 
 def add_subcommand(subparsers) -> None:
+    from .command import add_options
+
     parser = subparsers.add_parser("bench", description="Time every available attention backend at FLUX.2 shapes "
                                    "on this machine's GPU; without one it exits with code 3.")
     parser.add_argument("--backends", help="comma-separated names (default: every available backend)")
     parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated dtypes (bf16, fp16, fp32)")
     parser.add_argument("--quick", action="store_true", help="two shapes instead of the full FLUX set")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for attention.json/.png/.md")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
+    add_options(parser, "--out", "--no-progress",
+                out={"default": "benchmarks/results", "help": "folder for attention.json/.png/.md"})
     parser.set_defaults(func=main)

@@ -1,14 +1,12 @@
-"""One grammar for backend specs, ``"name:option=value,knob=value"``, parsed and validated in one place for
-``fluxlab.attention``, ``use_backend``, ``$FLUXLAB_ATTENTION_BACKEND``, models and comparisons.
-
-Options go to the kernel (``aiter:how_v3_bf16_cvt=0``) and are checked against the backend's option table;
-knobs (``KNOBS``) are torch settings held around the call (``sdpa:cudnn=0``).
-"""
+"""One grammar for backend specs, ``"name:option=value,knob=value"``, parsed and validated in one place: kernel
+options (``aiter:how_v3_bf16_cvt=0``, checked against the backend's option table) and torch knobs held around the
+call (``sdpa:cudnn=0``, ``KNOBS``)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -16,31 +14,23 @@ from . import registry
 from .errors import InvalidBackendSpecError
 
 
-def _torch_flag(get, set_):
-    """A knob's ``apply``: set a torch flag, return the callable that puts the previous value back."""
-    def apply(on):
-        before = get()
-        set_(bool(on))
-        return lambda: set_(before)
-    return apply
-
-
 @dataclasses.dataclass(frozen=True)
 class Knob:
+    """A torch flag held around the call; refused as a no-op outside ``backends`` (those whose kernel it changes)."""
+
     description: str
-    apply: object  # value -> undo callable
-    backends: frozenset = frozenset()  # the backends whose kernel it changes; elsewhere it is refused as a no-op
+    read: Callable[[], bool]
+    write: Callable[[bool], None]
+    backends: frozenset
 
 
 KNOBS = {
     "cudnn": Knob("let torch's SDPA pick its cuDNN kernel (1) or not (0); matters for 'sdpa' on NVIDIA only",
-                  _torch_flag(torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
-                  frozenset({"sdpa"})),
+                  torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp, frozenset({"sdpa"})),
     "lowp_reduction": Knob("SDPA math reduces in fp16/bf16 instead of float32 "
                            "(torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp)",
-                           _torch_flag(torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed,
-                                       torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp),
-                           frozenset({"sdpa", "sdpa_math"})),
+                           torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed,
+                           torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp, frozenset({"sdpa", "sdpa_math"})),
 }
 
 
@@ -71,7 +61,7 @@ class BackendChoice:
         backend = registry.get_backend(name)  # unknown names raise UnknownBackendError with a suggestion
         knobs = {k: _flag(v, k, spec) for k, v in items.items() if k in KNOBS and k not in backend.options}
         for key in knobs:
-            if KNOBS[key].backends and backend.name not in KNOBS[key].backends:
+            if backend.name not in KNOBS[key].backends:
                 raise InvalidBackendSpecError(
                     f"knob '{key}' in {str(spec)!r} changes nothing for '{backend.name}' (it acts on "
                     f"{', '.join(sorted(KNOBS[key].backends))} only); drop it, or use it with one of those")
@@ -82,16 +72,12 @@ class BackendChoice:
             raise InvalidBackendSpecError(f"backend '{backend.name}' has no option {sorted(unknown)}; its options: "
                                           f"{valid}; torch knobs: {', '.join(sorted(KNOBS))}")
         for key, value in opts.items():
-            valid_values = backend.option_values.get(key)
-            if callable(valid_values):  # an open set (e.g. any block size): the check says why a value is not in it
-                why = valid_values(value)
-                if why:
-                    raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid: "
-                                                  f"{why}")
-            elif valid_values is not None and value not in valid_values:
-                listed = ", ".join(f"{v!r} ({meaning})" for v, meaning in valid_values.items())
-                raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid; "
-                                              f"valid values: {listed}")
+            valid = backend.option_values.get(key)
+            why = valid(value) if callable(valid) else None  # an open set (e.g. any block size) says why not
+            if why or (valid is not None and not callable(valid) and value not in valid):
+                detail = f": {why}" if why else "; valid values: " + ", ".join(
+                    f"{v!r} ({meaning})" for v, meaning in valid.items())
+                raise InvalidBackendSpecError(f"backend '{backend.name}' option {key}={value!r} is not valid{detail}")
         return cls(backend.name, tuple(sorted(opts.items())), tuple(sorted(knobs.items())))
 
     def __str__(self):
@@ -101,14 +87,11 @@ class BackendChoice:
     @contextlib.contextmanager
     def knob_context(self):
         """Hold this choice's torch knobs (none: nothing) and restore them afterwards."""
-        undo = []
-        try:
+        with contextlib.ExitStack() as undo:
             for key, value in self.knobs:
-                undo.append(KNOBS[key].apply(value))
+                undo.callback(KNOBS[key].write, KNOBS[key].read())
+                KNOBS[key].write(bool(value))
             yield
-        finally:
-            for restore in reversed(undo):
-                restore()
 
 
 def _literal(text: str):
@@ -120,10 +103,10 @@ def _literal(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
+_FLAGS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
 def _flag(value, key: str, spec) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "on", "yes"):
-        return True
-    if lowered in ("0", "false", "off", "no"):
-        return False
+    if str(value).lower() in _FLAGS:
+        return _FLAGS[str(value).lower()]
     raise InvalidBackendSpecError(f"knob '{key}={value}' in {str(spec)!r} takes 0 or 1, e.g. 'sdpa:cudnn=0'")

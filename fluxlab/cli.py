@@ -8,8 +8,8 @@ import importlib
 import os
 import sys
 
-from .command import (DEFAULT_MODEL, EXIT_INTERRUPTED, EXIT_NO_DEVICE, EXIT_TEXT, EXIT_USAGE, MODEL_HELP, VERBS,
-                      NoDeviceError, Parser, UsageError, deprecated_alias, one_line)
+from .command import (EXIT_INTERRUPTED, EXIT_NO_DEVICE, EXIT_TEXT, EXIT_USAGE, VERBS, NoDeviceError, Parser, UsageError,
+                      add_options, deprecated_alias, failed, one_line)
 from .errors import FluxlabError
 
 __all__ = ["UsageError", "build_parser", "deprecated_alias", "main", "one_line"]
@@ -60,8 +60,7 @@ def _demo(args) -> int:
         try:
             return run_demo(out_dir=str(out), source=args.model, progress=not args.no_progress)
         except FluxlabError as exc:
-            print(f"fluxlab demo: failed: {one_line(exc)}", file=sys.stderr)
-            return 1
+            return failed("demo", exc)
 
 
 def add_subcommand(sub) -> None:
@@ -74,19 +73,10 @@ def add_subcommand(sub) -> None:
                         help="machine-readable: platform and every backend (available, reasons, version, default)")
     doctor.set_defaults(func=_doctor)
     demo = sub.add_parser("demo")
-    demo.add_argument("--out", default="fluxlab-demo", help="folder for the demo's outputs")
-    demo.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    add_options(demo, "--out", "--model", "--overwrite", "--no-progress",
+                out={"default": "fluxlab-demo", "help": "folder for the demo's outputs"})
     deprecated_alias(demo, "--source", "--model", "model")
-    demo.add_argument("--overwrite", action="store_true",
-                      help="write into --out although it holds files fluxlab did not write")
-    demo.add_argument("--no-progress", action="store_true",
-                      help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
     demo.set_defaults(func=_demo)
-
-
-def _verb_of(argv: list[str]) -> str | None:
-    """The verb named on the command line (the first word that is not an option), or None."""
-    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def build_parser(verbs=None) -> Parser:
@@ -98,24 +88,17 @@ def build_parser(verbs=None) -> Parser:
                     "one is.", epilog=EXIT_TEXT)
     parser.add_argument("--version", action="version", version=f"fluxlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = set(VERBS) if verbs is None else set(verbs) & set(VERBS)
-    for module in dict.fromkeys(VERBS[name][0] for name in VERBS if name in wanted):
-        before = set(sub.choices)
-        _import_verb_module(module).add_subcommand(sub)
-        for other in set(sub.choices) - before - wanted:  # a module adds all its verbs; keep the wanted ones
-            del sub.choices[other]
-            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != other]
-    for name in VERBS:
-        if name not in sub.choices:  # a placeholder: its help line shows in `fluxlab --help`
+    modules = {VERBS[name][0] for name in (VERBS if verbs is None else verbs) if name in VERBS}
+    for name, (module, _) in VERBS.items():  # in the order of VERBS: `fluxlab --help` lists them so
+        if module in modules:  # the module adds all its verbs
+            modules.discard(module)
+            _import_verb_module(module).add_subcommand(sub)
+        elif name not in sub.choices:  # a placeholder: its help line shows in `fluxlab --help`
             sub.add_parser(name)
-    order = list(VERBS)  # one line per verb, in the order of VERBS, whichever module added it
-    sub._choices_actions.sort(key=lambda action: order.index(action.dest) if action.dest in order else len(order))
     return parser
 
 
 def _import_verb_module(module: str):
-    if module == __name__:
-        return sys.modules[__name__]
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -126,9 +109,9 @@ def _import_verb_module(module: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    verb = _verb_of(argv)
+    verb = next((word for word in argv if not word.startswith("-")), None)  # the first word that is no option
     try:
-        args = build_parser([verb] if verb in VERBS else ()).parse_args(argv)
+        args = build_parser([verb]).parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage mistake already printed in one line
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:

@@ -1,7 +1,5 @@
 """What every ``fluxlab`` verb's command line shares: the parser, usage errors, exit codes, the common options.
-
 Imports nothing heavy (no torch): ``fluxlab --help`` and ``--version`` build their parser from this module alone.
-The verb modules (``fluxlab.models.cli``, ``fluxlab.compare.cli``, ...) import it; ``fluxlab.cli`` imports them.
 """
 
 from __future__ import annotations
@@ -28,17 +26,13 @@ MODEL_HELP = ("'embedded' (trained, ships with fluxlab, draws captions like the 
               "weights: noise), a local pipeline folder, or a Hub id")
 
 
-def _unset(default) -> bool:
-    """No default worth showing: None, an off switch, an empty list (0 is a default worth showing)."""
-    return default is None or default is False or default == [] or default == argparse.SUPPRESS
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows each option's default, unless it is None/off or the help text already says it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if _unset(action.default) or "default:" in text.lower():  # "(default: ...)" written out by the verb
+        unset = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        if unset or "default:" in text.lower():  # "(default: ...)" written out by the verb
             return text
         return (text + " " if text else "") + "(default: %(default)s)"
 
@@ -85,6 +79,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def failed(verb: str, exc: BaseException) -> int:
+    """A failure of the work, not of the command line: one line on stderr, exit code 1."""
+    print(f"fluxlab {verb}: failed: {one_line(exc)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 # -- values every verb reads the same way --------------------------------------------------------------------------
 
 SEED_RULE = "whole numbers from 0 to 2**63 - 1"
@@ -123,22 +123,46 @@ def positive(text: str) -> int:
     return value
 
 
-def add_seed_arguments(parser, *, several: bool, default="0", help_text: str = "", alias: bool = True) -> None:
-    """``--seeds`` (comma-separated; ``--seed`` a deprecated spelling) or ``--seed`` alone, for every verb alike.
+def add_seed_arguments(parser, *, several: bool, help_text: str = "", alias: bool = True) -> None:
+    """``--seeds`` (``several``: the verb runs once per seed, ``args.seeds`` a list) or ``--seed`` (one, an int), the
+    other spelling hidden and deprecated; ``alias`` False where the verb has both, each with its own meaning."""
+    flag, other, kind = ("--seeds", "--seed", seeds) if several else ("--seed", "--seeds", seed)
+    what = "comma-separated generator seeds" if several else "generator seed"
+    parser.add_argument(flag, type=kind, default="0" if several else 0, metavar=flag[2:].upper(),
+                        help=help_text or f"{what} ({SEED_RULE})")
+    if alias:
+        deprecated_alias(parser, other, flag, flag[2:], type=kind)
 
-    ``several``: the verb runs once per seed (``args.seeds`` is a list); else one seed (``args.seed``, an int), with
-    ``--seeds`` accepted when it names exactly one). ``alias``: False where the verb has the other option as well,
-    with a meaning of its own (compare: ``--seeds`` of the synthetic inputs, ``--seed`` of the image generation)."""
-    if several:
-        parser.add_argument("--seeds", type=seeds, default=default, metavar="SEEDS",
-                            help=help_text or f"comma-separated generator seeds ({SEED_RULE})")
-        if alias:
-            deprecated_alias(parser, "--seed", "--seeds", "seeds", type=seeds)
-    else:
-        parser.add_argument("--seed", type=seed, default=int(default),
-                            help=help_text or f"generator seed ({SEED_RULE})")
-        if alias:
-            deprecated_alias(parser, "--seeds", "--seed", "seed", type=seed)
+
+# -- options several verbs share, declared once (``add_options``) --------------------------------------------------
+
+OPTIONS = {
+    "--out": {"help": "output folder"},
+    "--overwrite": {"action": "store_true", "help": "write into --out although it holds files fluxlab did not write"},
+    "--no-progress": {"action": "store_true",
+                      "help": "no progress bar (there is none anyway when stderr is not a terminal or a notebook)"},
+    "--model": {"default": DEFAULT_MODEL, "help": MODEL_HELP},
+    "--prompt": {"default": DEFAULT_PROMPT, "help": "what to draw"},
+    "--steps": {"type": int, "default": 4, "help": "denoising steps"},
+    "--device": {"help": "e.g. cuda (default: where the model loads)"},
+    "--dtype": {"choices": ("bf16", "bfloat16", "float16", "float32", "fp16", "fp32"), "metavar": "DTYPE",
+                "help": "bf16, fp16 or fp32 (or bfloat16, float16, float32) (default: as the model was saved)"},
+    "--offload": {"choices": ("none", "model", "sequential", "auto"), "default": "none",
+                  "help": "where the weights rest: none (all on --device), model (one component at a time on the GPU), "
+                          "sequential (one layer at a time: least memory, slowest), auto (the first that fits free GPU "
+                          "memory; none without a GPU). A pipeline that cannot fit is refused before loading, with the "
+                          "estimate"},
+    "--variant": {"choices": ("dev", "klein"),
+                  "help": "FLUX.2 variant (tiny: default dev; a saved or embedded model knows its own)"},
+}
+
+
+def add_options(parser, *flags: str, **changes) -> None:
+    """Add the shared ``OPTIONS`` named in ``flags``. ``changes``, by destination (``out=...``): a default, or a dict
+    of argparse keywords replacing the shared ones."""
+    for flag in flags:
+        change = changes.get(flag.lstrip("-").replace("-", "_"), {})
+        parser.add_argument(flag, **{**OPTIONS[flag], **(change if isinstance(change, dict) else {"default": change})})
 
 
 # -- the verbs, declared once: name -> (module that adds it, one-line help) ----------------------------------------

@@ -36,7 +36,7 @@ def attention_smoke(seq: int = 512, heads: int = 4, head_dim: int = 128, dtype=t
 
 def exact_backends(device="cpu") -> list[str]:
     """FLUX.2 backends that run on ``device`` here and compute exact attention (no quantisation), sdpa first."""
-    from .models.supported import FLUX2_BACKENDS
+    from .models import FLUX2_BACKENDS
     from .platform import platform_for_device
 
     statuses = backends(platform_for_device(torch.device(device)))
@@ -51,6 +51,8 @@ def flux2_side_by_side(out_dir=None, *, source: str = DEFAULT_MODEL, variant: st
 
     ``source="embedded"``: the small model trained in this repository (draws shapes); ``"tiny"``: random weights.
     """
+    import numpy as np
+
     from .models.generate import environment, generate, image_grid, write_json, write_png
     from .models.load import load_flux2
 
@@ -58,32 +60,24 @@ def flux2_side_by_side(out_dir=None, *, source: str = DEFAULT_MODEL, variant: st
     pipe = load_flux2(source, flux2_variant=variant)
     variant = "klein" if type(pipe).__name__.startswith("Flux2Klein") else "dev"
     load_s = time.perf_counter() - start
-    names = exact_backends(pipe.transformer.device)
-    results = generate(pipe, names, prompt=DEMO_PROMPT, seed=seed, steps=steps, width=size, height=size,
-                       out_dir=Path(out_dir) if out_dir else None, progress=progress,
+    results = generate(pipe, exact_backends(pipe.transformer.device), prompt=DEMO_PROMPT, seed=seed, steps=steps,
+                       width=size, height=size, out_dir=Path(out_dir) if out_dir else None, progress=progress,
                        model_info={"source": source, "variant": variant, "load_s": round(load_s, 3)})
-    first = torch.from_numpy(_pixels(results[0].image))
-    rows = []
-    for result in results:
-        pixels = torch.from_numpy(_pixels(result.image))
-        rows.append({"backend": result.backend, "generate_s": result.manifest["timings"]["generate_s"],
-                     "attention_calls": result.manifest["attention_calls"],
-                     "max_abs_diff_vs_first": (pixels - first).abs().max().item()})
+    first = np.asarray(results[0].image, dtype=np.int16)
+    rows = [{"backend": r.backend, "generate_s": r.manifest["timings"]["generate_s"],
+             "attention_calls": r.manifest["attention_calls"],
+             "max_abs_diff_vs_first": int(np.abs(np.asarray(r.image, dtype=np.int16) - first).max())}
+            for r in results]
     if out_dir:
         out = Path(out_dir)
         write_png(out / "grid.png", image_grid([r.image for r in results], [r.backend for r in results]))
-        write_json(out / "manifest.json", {"demo": f"FLUX.2 {source} side by side", "source": source, "variant": variant, "steps": steps,
-                                           "size": size, "seed": seed, "prompt": DEMO_PROMPT, "load_s": load_s,
-                                           "backends": rows, "reference_backend": results[0].backend,
+        write_json(out / "manifest.json", {"demo": f"FLUX.2 {source} side by side", "source": source,
+                                           "variant": variant, "steps": steps, "size": size, "seed": seed,
+                                           "prompt": DEMO_PROMPT, "load_s": load_s, "backends": rows,
+                                           "reference_backend": results[0].backend,
                                            "images": {r.backend: f"{r.backend}/image.png" for r in results},
                                            **environment()})
     return rows
-
-
-def _pixels(image):
-    import numpy as np
-
-    return np.asarray(image, dtype=np.int16)
 
 
 def run_demo(out_dir: str | None = None, source: str = DEFAULT_MODEL, progress: bool = True) -> int:

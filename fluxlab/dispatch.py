@@ -1,13 +1,6 @@
 """``fluxlab.plan`` and ``fluxlab.attention``: validate the inputs, decide what runs, run it.
 
-A ``Plan`` is the one answer to "what runs": the concrete backend (a group such as ``fa`` resolved to its
-member), its version, platform, options, scale, warnings and, on request, why the other backends were not
-picked. Its kernel is bound when the plan is made (libraries imported once), so calling it costs no lookups.
-
-Choice order: the ``backend=`` argument > ``use_backend(...)`` (context-local: per thread and per asyncio
-task) > ``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list. A model may restrict the set
-(``allowed=``): a choice outside it is refused, never replaced. Fallback to another backend happens only when
-the caller opts in, with a warning.
+How the choice is made, what a ``Plan`` holds and why each input check is as it is: docs/dispatch.md.
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ from .errors import (BackendNotAllowedError, BackendOutputError, BackendUnavaila
 from .ops import compiled_attention, use_dispatcher
 from .platform import Platform, current_platform, platform_for_device
 from .util import torch_dtype_name
-from .priority import priority_for
 
 ENV_BACKEND = "FLUXLAB_ATTENTION_BACKEND"
 ENV_CHECK_FINITE = "FLUXLAB_CHECK_FINITE"
@@ -53,14 +45,13 @@ def _check_finite(q, k, v) -> None:
     if q.device.type == "meta":
         return
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not torch.isfinite(t).all():
-            bad = (~torch.isfinite(t)).sum().item()
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
             raise InvalidInputError(f"{name} contains {bad} NaN/inf values; attention over them is "
                                     "meaningless. Find where they appear (e.g. fp16 overflow upstream).")
 
 
-# No model has more heads than this; a larger dim 2 means the tensor is [B, H, S, D].
-MAX_PLAUSIBLE_HEADS = 256
+MAX_PLAUSIBLE_HEADS = 256  # no model has more heads; a larger dim 2 means the tensor is [B, H, S, D]
 _LAYOUT_WARNED: set = set()  # q shapes already warned about (a head axis longer than the sequence axis)
 
 
@@ -91,13 +82,8 @@ class _Setting:
 
 def use_backend(name: str | BackendChoice | None, *, fallback: bool = False, **options) -> _Setting:
     """Choose the backend for ``fluxlab.attention`` calls in this thread / task: ``with use_backend("fa4"): ...``
-    or, as a plain setter, ``use_backend("fa4")``. ``use_backend(None)`` means automatic choice (it also
-    overrides the environment variable). Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``.
-
-    The setting is context-local (a ``contextvars.ContextVar``): another thread's ``with`` block never serves
-    this thread, and a new thread starts with no setting (the environment variable and priority list apply).
-    Each ``with`` block removes exactly its own entry on exit, so interleaved exits (two generators, two
-    tasks) restore correctly; a plain setter replaces the plain setter before it.
+    or, as a plain setter, ``use_backend("fa4")``; ``None``: automatic choice (overrides the environment
+    variable). Options go through: ``use_backend("aiter", how_v3_bf16_cvt=0)``. Context-local: docs/dispatch.md.
     """
     setting = _Setting(BackendChoice.parse(name, **options) if name is not None else None, bool(fallback))
     kept: list = []
@@ -143,10 +129,8 @@ def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
     """The choice that applies (argument > use_backend > environment) and whether fallback is allowed."""
     if backend is not None:
         return BackendChoice.parse(backend), bool(fallback)
-    stack = _SETTINGS.get()
-    if stack:
-        top = stack[-1]
-        return top.choice, top.fallback if fallback is None else bool(fallback)
+    if stack := _SETTINGS.get():
+        return stack[-1].choice, stack[-1].fallback if fallback is None else bool(fallback)
     return _env_choice(), bool(fallback)
 
 
@@ -155,14 +139,8 @@ def _requested(backend, fallback) -> tuple[BackendChoice | None, bool]:
 
 def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = None,
                     check_finite: bool | None = None) -> None:
-    """Raise InvalidInputError naming the problem and the fix, or return None.
-
-    The layout check cannot always tell ``[B, S, H, D]`` from ``[B, H, S, D]``: both are 4-D with the same
-    dims. Without ``heads=`` it refuses dim 2 above ``MAX_PLAUSIBLE_HEADS`` (256) and warns once per shape
-    (``LayoutWarning``) where dim 2 (heads) is larger than dim 1 (seq), the usual sign of a transposed tensor
-    with a short sequence (e.g. 1x4x128x64 read as 128 heads of 4 tokens). Pass ``heads=`` (the model's
-    query-head count; FLUX.2's router does): any mismatch is refused, and a confirmed layout is not warned about.
-    """
+    """Raise InvalidInputError naming the problem and the fix, or return None. ``heads`` (the model's query-head
+    count) lets the layout check catch a ``[B, H, S, D]`` tensor (docs/dispatch.md, "Input checks")."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -177,65 +155,52 @@ def validate_inputs(q, k, v, *, scale=None, causal=False, heads: int | None = No
                                     "(float16, bfloat16, float32 or float64)")
         if 0 in t.shape:
             raise InvalidInputError(f"{name} is empty (shape {_dims(t.shape)}); every dim must be >= 1")
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        raise InvalidInputError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one "
-                                "dtype, e.g. k = k.to(q.dtype)")
-    if q.device != k.device or q.device != v.device:
-        raise InvalidInputError(f"q, k, v are on different devices ({q.device}, {k.device}, {v.device}); "
-                                "move them to one device")
-    if heads is not None and q.shape[2] != heads:
-        hint = (" It looks like [batch, heads, seq, head_dim]: pass q.transpose(1, 2)."
-                if q.shape[1] == heads else "")
-        raise InvalidInputError(f"q has {q.shape[2]} heads in dim 2 (shape {_dims(q.shape)}) but the model "
-                                f"declares {heads} heads.{hint}")
-    for name, t in (("q", q), ("k", k)):
-        if t.shape[2] > MAX_PLAUSIBLE_HEADS:
-            raise InvalidInputError(
-                f"{name} has {t.shape[2]} in the heads dim (shape {_dims(t.shape)}); no model has that many heads, "
-                "so this is likely a [batch, heads, seq, head_dim] tensor. fluxlab takes "
-                "[batch, seq, heads, head_dim]: pass t.transpose(1, 2).")
-    if heads is None and q.shape[2] > q.shape[1] and q.shape not in _LAYOUT_WARNED:
+    (batch, seq, q_heads, dim), (k_batch, k_seq, k_heads, k_dim) = q.shape, k.shape
+    v_batch, v_seq, v_heads, _ = v.shape
+    transposed = " It looks like [batch, heads, seq, head_dim]: pass q.transpose(1, 2)." if seq == heads else ""
+    refusals = [
+        (q.dtype != k.dtype or q.dtype != v.dtype, f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast "
+                                                   "them to one dtype, e.g. k = k.to(q.dtype)"),
+        (q.device != k.device or q.device != v.device, f"q, k, v are on different devices ({q.device}, {k.device}, "
+                                                       f"{v.device}); move them to one device"),
+        (heads is not None and q_heads != heads, f"q has {q_heads} heads in dim 2 (shape {_dims(q.shape)}) but the "
+                                                 f"model declares {heads} heads.{transposed}"),
+        *((t.shape[2] > MAX_PLAUSIBLE_HEADS, f"{name} has {t.shape[2]} in the heads dim (shape {_dims(t.shape)}); no "
+           "model has that many heads, so this is likely a [batch, heads, seq, head_dim] tensor. fluxlab takes "
+           "[batch, seq, heads, head_dim]: pass t.transpose(1, 2).") for name, t in (("q", q), ("k", k))),
+        (batch != k_batch or batch != v_batch, f"batch sizes differ: q {_dims(q.shape)}, k {_dims(k.shape)}, "
+                                               f"v {_dims(v.shape)}"),
+        (k_seq != v_seq, f"k and v sequence lengths differ ({k_seq} vs {v_seq}); each key needs a value"),
+        (dim != k_dim, f"q and k head dims differ ({dim} vs {k_dim}); q.k needs equal head_dim (shapes "
+                       f"q {_dims(q.shape)}, k {_dims(k.shape)})"),
+        (k_heads != v_heads, f"k and v head counts differ ({k_heads} vs {v_heads})"),
+        (q_heads % k_heads != 0, f"{q_heads} query heads are not a multiple of {k_heads} key/value heads; "
+                                 "grouped-query attention needs q heads = n x kv heads"),
+        (causal and seq != k_seq, f"causal attention with seq_q {seq} != seq_k {k_seq} is ambiguous (kernels align "
+                                  "the mask top-left or bottom-right); fluxlab supports causal only for equal lengths"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise InvalidInputError(message)
+    if heads is None and q_heads > seq and q.shape not in _LAYOUT_WARNED:
         _LAYOUT_WARNED.add(q.shape)
         warnings.warn(
-            f"q has {q.shape[2]} in the heads dim but {q.shape[1]} in the sequence dim (shape {_dims(q.shape)}): if it "
-            f"is [batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q.shape[2]} heads is right, "
-            f"pass heads={q.shape[2]} to confirm the layout. fluxlab takes [batch, seq, heads, head_dim]; this "
-            "warning is shown once per shape.", LayoutWarning, stacklevel=4)
-    if q.shape[0] != k.shape[0] or q.shape[0] != v.shape[0]:
-        raise InvalidInputError(f"batch sizes differ: q {_dims(q.shape)}, k {_dims(k.shape)}, v {_dims(v.shape)}")
-    if k.shape[1] != v.shape[1]:
-        raise InvalidInputError(f"k and v sequence lengths differ ({k.shape[1]} vs {v.shape[1]}); "
-                                "each key needs a value")
-    if q.shape[3] != k.shape[3]:
-        raise InvalidInputError(f"q and k head dims differ ({q.shape[3]} vs {k.shape[3]}); q.k needs equal "
-                                f"head_dim (shapes q {_dims(q.shape)}, k {_dims(k.shape)})")
-    if k.shape[2] != v.shape[2]:
-        raise InvalidInputError(f"k and v head counts differ ({k.shape[2]} vs {v.shape[2]})")
-    if q.shape[2] % k.shape[2]:
-        raise InvalidInputError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} key/value heads; "
-                                "grouped-query attention needs q heads = n x kv heads")
+            f"q has {q_heads} in the heads dim but {seq} in the sequence dim (shape {_dims(q.shape)}): if it is "
+            f"[batch, heads, seq, head_dim], pass q.transpose(1, 2) (and k, v); if {q_heads} heads is right, pass "
+            f"heads={q_heads} to confirm the layout. fluxlab takes [batch, seq, heads, head_dim]; this warning is "
+            "shown once per shape.", LayoutWarning, stacklevel=4)
     if scale is not None:
         if isinstance(scale, (torch.Tensor, bool)) or not isinstance(scale, (int, float)):
             raise InvalidInputError(f"scale must be a Python float, got {type(scale).__name__}")
         if not math.isfinite(scale) or scale <= 0:
             raise InvalidInputError(f"scale must be a finite number > 0, got {scale}; the usual softmax "
                                     f"scale is head_dim ** -0.5 = {q.shape[-1] ** -0.5:.6g}")
-    if causal and q.shape[1] != k.shape[1]:
-        raise InvalidInputError(
-            f"causal attention with seq_q {q.shape[1]} != seq_k {k.shape[1]} is ambiguous (kernels align the "
-            "mask top-left or bottom-right); fluxlab supports causal only for equal lengths")
     if _finite_checks_on(check_finite):
         _check_finite(q, k, v)
 
 
 def check_scale_fits(q, k, scale: float) -> None:
-    """Refuse a scale with which the scores ``scale * q.k`` can overflow (the softmax of inf is NaN).
-
-    Rule (sound, one reduction per tensor, run when a plan is made): kernels hold scores in float32 (float64 for
-    float64 inputs), and ``|scale * q.k| <= scale * head_dim * max|q| * max|k|``; that bound must stay below the
-    accumulator's largest finite value. Kernels that pre-scale q and k by ``sqrt(scale)`` in the input dtype
-    (SDPA's math kernel) also need ``sqrt(scale) * max(max|q|, max|k|)`` to fit the input dtype.
-    """
+    """Refuse a scale with which the scores ``scale * q.k`` can overflow (the rule: docs/dispatch.md, "Scale")."""
     accumulator = torch.float64 if q.dtype == torch.float64 else torch.float32
     limit = torch.finfo(accumulator).max
     usual = f"the usual scale is head_dim ** -0.5 = {q.shape[-1] ** -0.5:.6g}"
@@ -295,10 +260,13 @@ class Call:
         shapes = (self.q_shape, self.k_shape, self.v_shape)
         return tuple(torch.empty(s, dtype=self.dtype, device="meta") for s in shapes)
 
+    def shapes(self) -> str:
+        return f"q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)}"
+
     def describe(self) -> str:
-        return (f"q {_dims(self.q_shape)}, k {_dims(self.k_shape)}, v {_dims(self.v_shape)} [batch, seq, heads, "
-                f"head_dim], dtype {torch_dtype_name(self.dtype)}, device {self.device}, causal={self.causal}, "
-                f"return_lse={self.return_lse}; platform: {self.platform.describe()}")
+        return (f"{self.shapes()} [batch, seq, heads, head_dim], dtype {torch_dtype_name(self.dtype)}, device "
+                f"{self.device}, causal={self.causal}, return_lse={self.return_lse}; platform: "
+                f"{self.platform.describe()}")
 
 
 _CALL_FIELDS = frozenset(f.name for f in dataclasses.fields(Call)) - {"allowed", "lse_grad"}
@@ -314,28 +282,25 @@ class Reasons:
         self.by_backend: dict[str, list[str]] = {}
 
     def __call__(self, backend) -> list[str]:
-        found = self.by_backend.get(backend.name)
-        if found is None:
+        if backend.name not in self.by_backend:
             call = self.call
             found = []
             if call.allowed is not None and backend.name not in call.allowed:
                 found.append(f"outside the model's allowed set ({', '.join(sorted(call.allowed))})")
-            q, k, v = self._tensors or call.meta()
-            found += backend.not_supported_reasons(q, k, v, call.platform, causal=call.causal,
+            found += backend.not_supported_reasons(*(self._tensors or call.meta()), call.platform, causal=call.causal,
                                                    return_lse=call.return_lse, lse_grad=call.lse_grad)
             self.by_backend[backend.name] = found
-        return found
+        return self.by_backend[backend.name]
 
     def release_inputs(self) -> None:
         self._tensors = None
 
     def automatic(self) -> Backend | None:
         """The first backend of the platform's priority list with no reason not to run."""
-        for name in priority_for(self.call.platform):
-            backend = registry.get_backend(name)
-            if not self(backend):
-                return backend
-        return None
+        return self.first(registry.get_backend(name) for name in registry.priority_for(self.call.platform))
+
+    def first(self, candidates) -> Backend | None:
+        return next((backend for backend in candidates if not self(backend)), None)
 
     def nothing_runs(self, headline: str) -> NoBackendError:
         reasons = {b.name: self(b) for b in registry.all_backends()}
@@ -350,10 +315,8 @@ def _canonical_allowed(allowed) -> frozenset[str] | None:
     if allowed is None:
         return None
     names = {registry.canonical_name(n) for n in allowed}
-    for group in registry.all_groups():
-        if group.name in names:
-            names.update(member.name for member in group.all_members())
-    return frozenset(names)
+    members = [m.name for g in registry.all_groups() if g.name in names for m in g.all_members()]
+    return frozenset(names.union(members))
 
 
 def _select(reasons: Reasons, choice: BackendChoice | None, fallback: bool):
@@ -392,9 +355,8 @@ def _concrete(backend, reasons: Reasons) -> Backend:
     if not hasattr(backend, "members"):
         return backend
     members = backend.members(reasons.call.platform)
-    for member in members:
-        if not reasons(member):
-            return member
+    if member := reasons.first(members):
+        return member
     raise BackendUnavailableError(f"group '{backend.name}' has no member that can run these inputs here: " +
                                   "; ".join(f"{m.name}: {'; '.join(reasons(m))}" for m in members),
                                   {backend.name: ["no runnable member"]})
@@ -421,13 +383,9 @@ def _bind(backend: Backend, choice: BackendChoice | None):
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class Plan:
-    """What runs for one kind of call: ``plan(q, k, v)`` runs it. Made by ``fluxlab.plan``.
-
-    ``backend`` is the concrete kernel that runs (a group such as ``fa`` resolved to its member), ``requested``
-    what the caller asked for (None: automatic), ``warnings`` what the caller must know (e.g. a fallback).
-    ``call`` describes the call; ``reasons`` holds each backend's reasons not to run it, computed once;
-    ``reasons_for_others()`` says why each other backend was not picked.
-    """
+    """What runs for one kind of call (made by ``fluxlab.plan``; ``plan(q, k, v)`` runs it): ``backend`` the
+    concrete kernel (a group resolved to its member), ``requested`` what was asked for (None: automatic),
+    ``warnings`` what the caller must know, ``reasons`` each backend's reasons not to run ``call``."""
 
     backend: str
     version: str | None
@@ -450,18 +408,17 @@ class Plan:
         return self.reasons.call
 
     def __call__(self, q, k, v, *, check_finite: bool | None = None):
-        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``. The scale was
-        checked against the inputs the plan was made with; ``check_finite`` (as for ``attention``; default
-        $FLUXLAB_CHECK_FINITE) checks every call's inputs for NaN/inf and their scores for overflow (a sync each)."""
+        """Run the bound kernel on inputs of the planned kind; returns ``out`` or ``(out, lse)``. ``check_finite``
+        as for ``attention`` (True also checks the scores for overflow: the scale was checked on the plan's inputs)."""
         call = self.call
         if ((q.shape, k.shape, v.shape) != (call.q_shape, call.k_shape, call.v_shape)
                 or {q.dtype, k.dtype, v.dtype} != {call.dtype} or {q.device, k.device, v.device} != {call.device}):
             got = ", ".join(f"{n} {_dims(t.shape)} {torch_dtype_name(t.dtype)} on {t.device}"
                             for n, t in (("q", q), ("k", k), ("v", v)))
             raise InvalidInputError(
-                f"this plan was made for q {_dims(call.q_shape)}, k {_dims(call.k_shape)}, v {_dims(call.v_shape)} "
-                f"{torch_dtype_name(call.dtype)} on {call.device}; got {got}. Make a plan for these inputs "
-                "(fluxlab.plan(q, k, v, ...)), or cast them to one dtype and device, e.g. k = k.to(q)")
+                f"this plan was made for {call.shapes()} {torch_dtype_name(call.dtype)} on {call.device}; got "
+                f"{got}. Make a plan for these inputs (fluxlab.plan(q, k, v, ...)), or cast them to one dtype and "
+                "device, e.g. k = k.to(q)")
         if call.return_lse and not call.lse_grad and _lse_grad(q, k, v) \
                 and not registry.get_backend(self.backend).caps.lse_grad:
             raise BackendUnavailableError(
@@ -475,8 +432,8 @@ class Plan:
     run = __call__
 
     def _run(self, q, k, v, check_finite, *, check_scale: bool):
-        """Run the kernel; the first output (or one of the wrong kind) is checked against the contract, and, unless
-        ``check_finite`` is False (the caller judges non-finite outputs itself: the compare engine), for NaN/inf."""
+        """Run the kernel; the first output (or one of the wrong kind) is checked against the contract and, unless
+        ``check_finite`` is False, for NaN/inf."""
         if _finite_checks_on(check_finite):  # data-dependent, so never part of a cached plan
             _check_finite(q, k, v)
             if check_scale:
@@ -495,22 +452,17 @@ class Plan:
 
     def reasons_for_others(self) -> dict[str, list[str]]:
         """Every other backend with why it was not picked (the plan's reasons, for the planned call)."""
-        order = priority_for(self.platform)
-        rank = order.index(self.backend) if self.backend in order else None
-        answer = {}
-        for other in registry.all_backends():
-            if other.name == self.backend:
-                continue
-            reasons = list(self.reasons(other))
-            if not reasons:
-                if self.requested is not None:
-                    reasons = [f"could run, but '{self.requested}' was asked for"]
-                elif other.name in order and rank is not None and order.index(other.name) > rank:
-                    reasons = [f"could run, but ranked below {self.backend} (its declared priority)"]
-                else:
-                    reasons = ["could run, but is never picked automatically: choose it explicitly"]
-            answer[other.name] = reasons
-        return answer
+        order = registry.priority_for(self.platform)
+        below = order[order.index(self.backend) + 1:] if self.backend in order else ()
+
+        def passed_by(name: str) -> str:
+            if self.requested is not None:
+                return f"could run, but '{self.requested}' was asked for"
+            if name in below:
+                return f"could run, but ranked below {self.backend} (its declared priority)"
+            return "could run, but is never picked automatically: choose it explicitly"
+        return {other.name: list(self.reasons(other)) or [passed_by(other.name)]
+                for other in registry.all_backends() if other.name != self.backend}
 
     def describe(self) -> str:
         """A few lines a user can read: what runs, where, with what, and any warnings."""
@@ -519,8 +471,7 @@ class Plan:
         call = self.call
         lines = [f"runs: {self.backend} {self.version or ''}".rstrip() +
                  f" (requested: {self.requested or 'automatic'}) on {call.platform.describe()}",
-                 f"inputs: q {_dims(call.q_shape)}, k {_dims(call.k_shape)}, v {_dims(call.v_shape)} "
-                 f"{torch_dtype_name(call.dtype)} on {call.device}",
+                 f"inputs: {call.shapes()} {torch_dtype_name(call.dtype)} on {call.device}",
                  f"scale {self.scale:.6g}, causal={call.causal}, return_lse={call.return_lse}; options: {options}"
                  + (f"; torch knobs: {knobs}" if knobs else "")]
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
@@ -537,25 +488,15 @@ def _lse_grad(q, k, v) -> bool:
 
 def plan(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None, fallback=None,
          heads=None, platform=None) -> Plan:
-    """Decide what runs these inputs, without running it: a ``Plan`` (call it with ``q, k, v`` to run).
-
-    Arguments as for ``attention``. Refusals raise with every reason (``BackendUnavailableError``,
-    ``BackendNotAllowedError``, ``NoBackendError``); bad inputs raise ``InvalidInputError``. ``heads``: the
-    model's query-head count, which lets the layout check catch a ``[B, H, S, D]`` tensor it cannot otherwise
-    tell apart (see ``validate_inputs``).
-    """
-    return _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
-                      fallback=fallback, heads=heads, platform=platform,
-                      lse_grad=bool(return_lse) and _lse_grad(q, k, v))
-
-
-def _make_plan(q, k, v, *, backend, scale, causal, return_lse, allowed, fallback, heads, platform, lse_grad) -> Plan:
+    """Decide what runs these inputs, without running it: a ``Plan`` (call it with ``q, k, v`` to run). Arguments
+    as for ``attention``. Refusals raise with every reason (``BackendUnavailableError``, ``BackendNotAllowedError``,
+    ``NoBackendError``); bad inputs raise ``InvalidInputError``."""
     validate_inputs(q, k, v, scale=scale, causal=causal, heads=heads, check_finite=False)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])  # the same double torch computes for scale=None
     check_scale_fits(q, k, float(scale))
-    call = Call.of(q, k, v, causal=causal, return_lse=return_lse, lse_grad=lse_grad, platform=platform,
-                   allowed=_canonical_allowed(allowed))
+    call = Call.of(q, k, v, causal=causal, return_lse=return_lse, lse_grad=bool(return_lse) and _lse_grad(q, k, v),
+                   platform=platform, allowed=_canonical_allowed(allowed))
     choice, fallback = _requested(backend, fallback)
     reasons = Reasons(call, (q, k, v))
     picked, options, warning = _select(reasons, choice, fallback)
@@ -585,15 +526,12 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
               fallback=None, heads=None, check_finite=None, platform=None):
     """Attention over ``[batch, seq, heads, head_dim]`` tensors; returns ``[batch, seq, heads, head_dim]``.
 
-    ``scale`` defaults to ``head_dim ** -0.5`` and is always passed to the kernel explicitly. With
-    ``return_lse=True`` returns ``(out, lse)``: natural-log log-sum-exp, float32, ``[batch, heads, seq]``;
-    where the inputs require grad, only a backend whose LSE carries a gradient is used (else refused).
-    ``heads``: the model's query-head count (strengthens the layout check). ``check_finite``: True checks the
-    inputs for NaN/inf on every call (a sync each); None (default, or $FLUXLAB_CHECK_FINITE) checks the output of
-    each new plan's first call once (NaN/inf out: the NaN inputs or the backend are named); False checks nothing.
-    ``backend`` takes a spec such as ``"aiter:how_v3_bf16_cvt=2"`` or ``"sdpa:cudnn=0"`` (``BackendChoice.parse``).
-    The decision is a ``Plan`` (``fluxlab.plan``) cached per call signature, so a model's repeated calls pay a
-    dictionary lookup. Under ``torch.compile`` the whole call is one ``fluxlab::attention`` op (``fluxlab/ops.py``).
+    ``scale`` defaults to ``head_dim ** -0.5``. With ``return_lse=True`` returns ``(out, lse)``: natural-log
+    log-sum-exp, float32, ``[batch, heads, seq]``. ``backend``: a spec such as ``"aiter:how_v3_bf16_cvt=2"`` or
+    ``"sdpa:cudnn=0"``; ``allowed``/``fallback``: the set a model allows, opting into another backend; ``heads``:
+    the model's query-head count (strengthens the layout check); ``check_finite``: True checks every call's inputs
+    for NaN/inf, None (default) each new plan's first output, False nothing. The decision is a cached ``Plan``;
+    all of it is described in docs/dispatch.md.
     """
     if _is_compiling():  # dynamo is tracing: give it one opaque op; this dispatcher runs inside it at run time
         return compiled_attention(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
@@ -603,18 +541,16 @@ def attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=Fal
         allowed = frozenset(allowed)
     stack = _SETTINGS.get()
     try:
-        lse_grad = return_lse and _lse_grad(q, k, v)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend,
-               scale, causal, return_lse, lse_grad, allowed, fallback, heads, platform,
+               scale, causal, return_lse, return_lse and _lse_grad(q, k, v), allowed, fallback, heads, platform,
                stack[-1].key if stack else None, _env_raw(_ENV_BACKEND_KEY, ENV_BACKEND), registry._generation)
         plan_ = _plans.get(key)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path explains
         key = plan_ = None
-        lse_grad = False
     first_call = plan_ is None
     if first_call:
-        plan_ = _make_plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
-                           allowed=allowed, fallback=fallback, heads=heads, platform=platform, lse_grad=lse_grad)
+        plan_ = plan(q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
+                     fallback=fallback, heads=heads, platform=platform)
         if key is not None:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
@@ -626,8 +562,8 @@ use_dispatcher(attention)  # the fluxlab::attention op (ops.py) runs this dispat
 
 
 def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, platform=None, **options):
-    """Call one backend's kernel directly, skipping selection and capability checks, and check what it returns
-    against the contract. For adapter authors and stand-in contract tests; everything else uses ``plan``."""
+    """Call one backend's kernel directly (no selection, no capability checks) and check what it returns against
+    the contract: for adapter authors and stand-in contract tests."""
     if isinstance(backend, str):
         backend = registry.get_backend(backend)
     backend = _concrete(backend, Reasons(Call.of(q, k, v, causal=causal, return_lse=return_lse, platform=platform),
@@ -638,29 +574,25 @@ def run_backend(backend, q, k, v, *, scale, causal=False, return_lse=False, plat
 
 
 def check_output(result, q, v, *, return_lse: bool, backend_name: str) -> None:
-    if return_lse:
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise BackendOutputError(f"backend '{backend_name}' was asked for (out, lse) but returned "
-                                     f"{type(result).__name__}")
-        out, lse = result
-    else:
-        out, lse = result, None
+    """Raise BackendOutputError where ``result`` breaks the contract (shape, dtype, device, the LSE's form)."""
+    if return_lse and not (isinstance(result, tuple) and len(result) == 2):
+        raise BackendOutputError(f"backend '{backend_name}' was asked for (out, lse) but returned "
+                                 f"{type(result).__name__}")
+    out, lse = result if return_lse else (result, None)
     if not isinstance(out, torch.Tensor):
         raise BackendOutputError(f"backend '{backend_name}' returned {type(out).__name__}, not a tensor")
-    expected = (q.shape[0], q.shape[1], q.shape[2], v.shape[3])
-    if tuple(out.shape) != expected:
-        raise BackendOutputError(f"backend '{backend_name}' returned shape {tuple(out.shape)}; the contract is "
-                                 f"[batch, seq, heads, head_dim] = {expected}")
-    if out.dtype != q.dtype:
-        raise BackendOutputError(f"backend '{backend_name}' returned dtype {out.dtype} for {q.dtype} inputs")
-    if out.device != q.device:
-        raise BackendOutputError(f"backend '{backend_name}' returned its output on {out.device} for inputs on "
-                                 f"{q.device}; the contract is the inputs' device")
+    expected, lse_shape = (*q.shape[:3], v.shape[3]), (q.shape[0], q.shape[2], q.shape[1])
+    broken = [(tuple(out.shape) != expected, f"returned shape {tuple(out.shape)}; the contract is "
+                                             f"[batch, seq, heads, head_dim] = {expected}"),
+              (out.dtype != q.dtype, f"returned dtype {out.dtype} for {q.dtype} inputs"),
+              (out.device != q.device, f"returned its output on {out.device} for inputs on {q.device}; the contract "
+                                       "is the inputs' device")]
     if lse is not None:
-        want = (q.shape[0], q.shape[2], q.shape[1])
-        if tuple(lse.shape) != want or lse.dtype != torch.float32:
-            raise BackendOutputError(f"backend '{backend_name}' returned lse {tuple(lse.shape)} {lse.dtype}; the "
-                                     f"contract is float32 [batch, heads, seq] = {want}")
+        broken.append((tuple(lse.shape) != lse_shape or lse.dtype != torch.float32, f"returned lse "
+                       f"{tuple(lse.shape)} {lse.dtype}; the contract is float32 [batch, heads, seq] = {lse_shape}"))
+    for refused, message in broken:
+        if refused:
+            raise BackendOutputError(f"backend '{backend_name}' {message}")
 
 
 def flux_reasons(platform: Platform | None = None) -> Reasons:
@@ -671,9 +603,8 @@ def flux_reasons(platform: Platform | None = None) -> Reasons:
 
 
 def check_output_finite(out, q, k, v, *, backend_name: str, scale: float) -> None:
-    """A plan's first output with NaN/inf is refused: NaN/inf inputs or scores that overflow with ``scale`` are
-    named as the cause (``InvalidInputError``), else the backend broke the contract (``BackendOutputError``). One
-    reduction per new plan, not per call."""
+    """Refuse a plan's first output with NaN/inf, naming NaN/inf inputs or overflowing scores as the cause
+    (``InvalidInputError``), else the backend (``BackendOutputError``)."""
     if out.device.type == "meta" or _is_compiling() or bool(torch.isfinite(out).all()):
         return
     _check_finite(q, k, v)  # NaN in: say so, with where to look

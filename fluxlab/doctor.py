@@ -7,7 +7,6 @@ import dataclasses
 from . import registry
 from .dispatch import Reasons, flux_reasons
 from .platform import Platform, current_platform
-from .priority import priority_for
 from .results import ResultList
 
 
@@ -43,11 +42,15 @@ class BackendStatus:
     plugin: str | None = None  # the distribution that declared it through the ``fluxlab.backends`` entry point
 
 
+def _status(row: BackendStatus) -> str:
+    return "DEFAULT" if row.default else "available" if row.available else "no"
+
+
 class BackendList(ResultList):
     """``fluxlab.backends()``: a list of ``BackendStatus`` with the result protocol (``fluxlab.results``)."""
 
     def __repr__(self) -> str:
-        lines = [f"{r.name}: {'DEFAULT' if r.default else 'available' if r.available else 'no'}" for r in self]
+        lines = [f"{r.name}: {_status(r)}" for r in self]
         return f"BackendList({self.headline()}:\n  " + "\n  ".join(lines) + ")"
 
 
@@ -57,16 +60,14 @@ def backends(platform: Platform | None = None) -> BackendList:
     reasons = flux_reasons(platform)  # each backend's reasons for FLUX-shaped inputs, computed once
     picked = reasons.automatic()
     pick = picked.name if picked else None
-    order = priority_for(platform)
+    order = registry.priority_for(platform)
     rows = []
     for backend in registry.all_backends():
-        why = backend.platform_reasons(platform)
-        caps = backend.caps
+        why, caps = backend.platform_reasons(platform), backend.caps
         not_default = None if why or backend.name == pick else _why_not_default(backend.name, pick, order, reasons)
-        rows.append(BackendStatus(backend.name, not why, tuple(why), backend.version,
-                                  backend.name == pick, backend.description, caps.returns_lse, caps.quantised,
-                                  caps.experimental, backend.builtin, not_default,
-                                  stand_in_only=caps.stand_in_only, emulated=caps.emulated,
+        rows.append(BackendStatus(backend.name, not why, tuple(why), backend.version, backend.name == pick,
+                                  backend.description, caps.returns_lse, caps.quantised, caps.experimental,
+                                  backend.builtin, not_default, caps.stand_in_only, emulated=caps.emulated,
                                   emulates=caps.emulates, plugin=backend.plugin))
     for group in registry.all_groups():
         reasons = group.platform_reasons(platform)
@@ -83,13 +84,11 @@ def doctor_text(platform: Platform | None = None) -> str:
     platform = platform or current_platform()
     rows = backends(platform)
     width = max(len(r.name) for r in rows) + 2
+    yes = {True: "yes", False: "no"}
     lines = [f"platform: {platform.describe()}",
-             f"features: cuDNN attention={'yes' if platform.cudnn_attention else 'no'}, "
-             f"bf16={'yes' if platform.bf16 else 'no'}, fp8={'yes' if platform.fp8 else 'no'}",
-             "",
-             f"{'backend':<{width}}{'status':<12}{'version':<14}notes"]
+             f"features: cuDNN attention={yes[platform.cudnn_attention]}, bf16={yes[platform.bf16]}, "
+             f"fp8={yes[platform.fp8]}", "", f"{'backend':<{width}}{'status':<12}{'version':<14}notes"]
     for r in rows:
-        status = "DEFAULT" if r.default else ("available" if r.available else "no")
         tags = [t for t, on in (("quantised", r.quantised), ("experimental", r.experimental),
                                 ("lse", r.returns_lse), ("user", not r.builtin and not r.plugin),
                                 (f"plug-in {r.plugin}", r.plugin is not None),
@@ -100,7 +99,7 @@ def doctor_text(platform: Platform | None = None) -> str:
             note += f" — not default: {r.not_default_because}"
         if tags:
             note = f"[{', '.join(tags)}] {note}"
-        lines.append(f"{r.name:<{width}}{status:<12}{(r.version or '-'):<14}{note}")
+        lines.append(f"{r.name:<{width}}{_status(r):<12}{(r.version or '-'):<14}{note}")
     problems = registry.plugin_problems()
     if problems:
         lines += ["", f"plug-ins that failed to load (entry point group {registry.PLUGIN_GROUP}):"]

@@ -1,22 +1,5 @@
-"""Every error and warning fluxlab raises, in one small hierarchy that says what to catch; each message names the
-problem and the fix.
-
-    FluxlabError
-    ├── InvalidInputError        bad input: tensors, a backend spec, a setting, a size, a dtype, an argument
-    │   ├── UnknownBackendError  (a KeyError too) no backend of that name; the message suggests the closest
-    │   ├── BackendRegistrationError  (a TypeError too) register_backend got something that cannot work
-    │   ├── MemoryBudgetError    (a MemoryError too) it cannot fit this machine's memory
-    │   └── ParallelRefusedError a parallel run cannot start; ``reasons`` lists why
-    ├── BackendUnavailableError  the backend cannot run these inputs here; ``reasons`` says why, per backend
-    │   ├── BackendNotAllowedError   outside the model's allowed set: refused, never replaced
-    │   ├── NoBackendError           nothing can run them
-    │   └── NoDeviceError            the work needs a GPU this machine lacks
-    ├── BackendOutputError       a backend returned something that breaks the contract (or is not exact)
-    ├── InvalidFileError         a records folder, plan or result file is damaged, foreign or cannot be written
-    │   └── FileMissingError     (a FileNotFoundError too) it is not there
-    ├── UsageError               a call or command that cannot work now (attached twice, busy, CLI flags)
-    └── GenerationCancelled      the Cancel button stopped a generation (not a mistake)
-"""
+"""Every error and warning fluxlab raises, in one small hierarchy that says what to catch (the table of what each
+means: docs/guide.md, "Errors"); each message names the problem and the fix."""
 
 from __future__ import annotations
 
@@ -26,8 +9,7 @@ class FluxlabError(Exception):
 
 
 class InvalidInputError(FluxlabError, ValueError):
-    """An input fluxlab cannot use: tensors that break the [batch, seq, heads, head_dim] contract, a bad backend
-    spec, setting, size, dtype or argument."""
+    """An input fluxlab cannot use: tensors, a backend spec, a setting, a size, a dtype or an argument."""
 
 
 class UnknownBackendError(InvalidInputError, KeyError):
@@ -38,12 +20,11 @@ class UnknownBackendError(InvalidInputError, KeyError):
 
 
 class BackendRegistrationError(InvalidInputError, TypeError):
-    """``register_backend`` was given a name, function or capability that cannot work (said before any call)."""
+    """``register_backend`` was given a name, function or capability that cannot work."""
 
 
 class MemoryBudgetError(InvalidInputError, MemoryError):
-    """It cannot fit the memory it may use (a pipeline on this accelerator, a capture's ``max_bytes``); ``plan``
-    holds the offload decision behind it where there is one. Raised before the memory is used."""
+    """It cannot fit the memory it may use; ``plan`` holds the offload decision behind it where there is one."""
 
     def __init__(self, message: str, plan=None):
         super().__init__(message)
@@ -79,13 +60,11 @@ class NoDeviceError(BackendUnavailableError):
 
 
 class BackendOutputError(FluxlabError, RuntimeError):
-    """A backend returned something that breaks the contract (shape, dtype, NaN, missing LSE), or the backend a
-    comparison measures against is not exact and finite here."""
+    """A backend returned something that breaks the contract, or a comparison's reference is not exact here."""
 
 
 class InvalidFileError(FluxlabError, ValueError, OSError):
-    """A records folder, autotune plan, output folder or result file that is damaged, made on another machine, or
-    cannot be written where asked (a ValueError and an OSError, as its older names were)."""
+    """A records folder, plan, output folder or result file that is damaged, foreign, or cannot be written."""
 
 
 class FileMissingError(InvalidFileError, FileNotFoundError):
@@ -93,8 +72,7 @@ class FileMissingError(InvalidFileError, FileNotFoundError):
 
 
 class UsageError(FluxlabError, ValueError):
-    """A call that cannot work in this state (attached twice, a pipeline already generating), or a command-line
-    mistake (printed as one line, exit code 2)."""
+    """A call that cannot work in this state, or a command-line mistake (printed as one line, exit code 2)."""
 
 
 class GenerationCancelled(FluxlabError, RuntimeError):

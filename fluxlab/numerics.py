@@ -1,6 +1,5 @@
-"""Bit-exact low-precision arithmetic in float32: bf16 roundings (aiter's three ``how_v3_bf16_cvt`` modes),
-int8 per-block and fp8 per-channel quantisers as the Sage kernels define them. Used by the emulators.
-"""
+"""Bit-exact low-precision arithmetic in float32 for the emulators: bf16 roundings (aiter's three
+``how_v3_bf16_cvt`` modes), fp16 / fp8 roundings and the Sage kernels' int8 per-block quantiser."""
 
 from __future__ import annotations
 
@@ -29,69 +28,59 @@ def bf16_mode(mode) -> int:
 
 
 def round_bf16(x: torch.Tensor, mode=RTNE, *, fast: bool = True) -> torch.Tensor:
-    """``x`` (float32) rounded to the nearest bf16 by ``mode``, returned as float32 holding bf16 values.
+    """``x`` (float32) rounded to bf16 by ``mode`` on the bit pattern, returned as float32 holding bf16 values.
 
-    Works on the bit pattern: the low 16 bits of the magnitude decide, the sign is kept, so every mode is
-    symmetric around zero; a carry out of the mantissa bumps the exponent (overflow to inf for 0 and 1,
-    never for RTZ); subnormals round like normals; inf stays inf and NaN stays a (quiet) NaN.
-    ``fast=False`` forces the bit path for RTNE too (otherwise torch's cast, which is the same rounding).
+    The sign is kept (every mode is symmetric around zero); a mantissa carry bumps the exponent (overflow to inf
+    for RTNE/RTNA, never for RTZ); subnormals round like normals; inf stays inf, NaN a quiet NaN. ``fast=False``
+    forces the bit path for RTNE too (otherwise torch's cast, the same rounding).
     """
     mode = bf16_mode(mode)
     if x.dtype != torch.float32:
         raise TypeError(f"round_bf16 takes float32 (got {x.dtype}); convert with .float() first")
     if mode == RTNE and fast:  # torch's own cast is RTNE (tests check it bit for bit against the bit path)
         return x.to(torch.bfloat16).to(torch.float32)
-    bits = x.contiguous().view(torch.int32)
-    # On the raw bits (sign-magnitude): adding to the low bits rounds the magnitude, and the carry can reach
-    # the sign bit only from a NaN pattern, which is replaced below.
-    if mode == RTNE:
-        # half of the dropped range minus one, plus the kept LSB: ties go to the even neighbour
-        rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    elif mode == RTNA:
-        rounded = bits + 0x8000  # ties (low bits == 0x8000) carry: away from zero
-    else:
-        rounded = bits.clone()
-    rounded.bitwise_and_(_KEEP_HIGH)
-    nan = torch.isnan(x)
-    if nan.any():  # truncating a NaN's bits could give inf
-        rounded = torch.where(nan, (bits & _SIGN) | _QUIET_NAN, rounded)
-    return rounded.view(torch.float32)
+    return _round_bits_(x.clone(memory_format=torch.contiguous_format), mode)
 
 
 def round_bf16_(x: torch.Tensor, mode=RTNE) -> torch.Tensor:
     """In place: ``x`` (contiguous float32) becomes ``round_bf16(x, mode)``, bit for bit, without a float32 copy
-    (the emulators round score-sized tensors, where every fresh tensor costs a pass over memory)."""
+    (the emulators round score-sized tensors)."""
     mode = bf16_mode(mode)
-    _check_in_place(x, torch.float32)
-    if mode == RTNE:
-        return x.copy_(x.to(torch.bfloat16))
+    _check_in_place(x)
+    return x.copy_(x.to(torch.bfloat16)) if mode == RTNE else _round_bits_(x, mode)
+
+
+def _round_bits_(x: torch.Tensor, mode: int) -> torch.Tensor:
+    """The bit path, in place on a contiguous float32 tensor. Adding to the low bits of the sign-magnitude pattern
+    rounds the magnitude; the carry reaches the sign bit only from a NaN pattern, which is replaced."""
     nan = torch.isnan(x)
-    has_nan = bool(nan.any())
-    signs = x.view(torch.int32) & _SIGN if has_nan else None
+    signs = x.view(torch.int32) & _SIGN if bool(nan.any()) else None
     bits = x.view(torch.int32)
-    if mode == RTNA:
+    if mode == RTNE:  # half of the dropped range minus one, plus the kept LSB: ties go to the even neighbour
+        bits.add_(0x7FFF + ((bits >> 16) & 1))
+    elif mode == RTNA:  # ties (low bits == 0x8000) carry: away from zero
         bits.add_(0x8000)
     bits.bitwise_and_(_KEEP_HIGH)
-    if has_nan:
+    if signs is not None:  # truncating a NaN's bits could give inf
         bits.copy_(torch.where(nan, signs | _QUIET_NAN, bits))
     return x
 
 
 def round_fp16_(x: torch.Tensor) -> torch.Tensor:
     """In place: ``x`` (contiguous float32) becomes ``round_fp16(x)``."""
-    _check_in_place(x, torch.float32)
+    _check_in_place(x)
     return x.copy_(x.to(torch.float16))
 
 
 def round_fp8_(x: torch.Tensor, fmt: str = "e4m3fn") -> torch.Tensor:
     """In place: ``x`` (contiguous float32) becomes ``round_fp8(x, fmt)``."""
-    _check_in_place(x, torch.float32)
+    _check_in_place(x)
     return x.copy_(x.to(fp8_dtype(fmt)))
 
 
-def _check_in_place(x: torch.Tensor, dtype: torch.dtype) -> None:
-    if x.dtype != dtype or not x.is_contiguous():
-        raise TypeError(f"in-place rounding takes a contiguous {dtype} tensor (got {x.dtype}, "
+def _check_in_place(x: torch.Tensor) -> None:
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        raise TypeError(f"in-place rounding takes a contiguous torch.float32 tensor (got {x.dtype}, "
                         f"contiguous={x.is_contiguous()}); use the copying version or .contiguous()")
 
 
@@ -119,38 +108,31 @@ def fp8_dtype(fmt: str) -> torch.dtype:
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """Nearest integer, ties away from zero: what ``x + 0.5 * sign(x)`` then truncation to int8 does in
-    both Sage kernels (SageAttention 1.0.6 ``quant_per_block.py``, aiter ``_general_quant_kernel``)."""
+    """Nearest integer, ties away from zero: ``x + 0.5 * sign(x)`` truncated, as both Sage kernels round to int8
+    (SageAttention 1.0.6 ``quant_per_block.py``, aiter ``_general_quant_kernel``)."""
     return torch.trunc(x + torch.where(x >= 0, 0.5, -0.5))
+
+
+_INT8_ROUNDINGS = {"half_away": round_half_away, "half_even": torch.round}
 
 
 def quantise_int8_per_block(x: torch.Tensor, block: int, *, multiplier: float = 1.0,
                             rounding: str = "half_away") -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per block of ``block`` tokens: ``x`` [B, H, S, D] -> (integers as float32, scales).
-
-    As the Sage kernels do it, in float32: ``x *= multiplier``; per block ``scale = amax(|x|) / 127``;
-    ``q = round(x / scale)`` (ties away from zero, or ``rounding="half_even"``). ``scales`` is
-    [B, H, ceil(S / block)]; a block of zeros gets scale 0 and integers 0 (the real kernels divide by zero
-    there). Returned integers are float32 so exact products can use float matmuls.
-    """
+    """Symmetric int8 per block of ``block`` tokens as the Sage kernels do it, in float32: ``x`` [B, H, S, D] times
+    ``multiplier``, ``scale = amax(|x|) / 127`` per block, ``round(x / scale)`` (``rounding``: "half_away" or
+    "half_even"). -> (integers as float32, scales [B, H, ceil(S / block)]); a zero block gets scale 0, integers 0."""
     if block < 1:
         raise ValueError(f"int8 block size must be >= 1, got {block}")
+    if rounding not in _INT8_ROUNDINGS:
+        raise ValueError(f"rounding {rounding!r} is not 'half_away' or 'half_even'")
     x = x.float() * multiplier if multiplier != 1.0 else x.float()
     batch, heads, seq, dim = x.shape
     blocks = -(-seq // block)
-    padded = torch.nn.functional.pad(x, (0, 0, 0, blocks * block - seq)) if blocks * block != seq else x
-    tiles = padded.reshape(batch, heads, blocks, block * dim)
+    tiles = torch.nn.functional.pad(x, (0, 0, 0, blocks * block - seq)).reshape(batch, heads, blocks, block * dim)
     scales = tiles.abs().amax(dim=-1) / 127.0
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    ratio = tiles / safe[..., None]
-    if rounding == "half_away":
-        ints = round_half_away(ratio)
-    elif rounding == "half_even":
-        ints = torch.round(ratio)
-    else:
-        raise ValueError(f"rounding {rounding!r} is not 'half_away' or 'half_even'")
-    ints = ints.reshape(batch, heads, blocks * block, dim)[:, :, :seq]
-    return ints, scales
+    ints = _INT8_ROUNDINGS[rounding](tiles / safe[..., None])
+    return ints.reshape(batch, heads, blocks * block, dim)[:, :, :seq], scales
 
 
 def expand_block_scales(scales: torch.Tensor, block: int, seq: int) -> torch.Tensor:
@@ -158,20 +140,6 @@ def expand_block_scales(scales: torch.Tensor, block: int, seq: int) -> torch.Ten
     return scales.repeat_interleave(block, dim=-1)[..., :seq]
 
 
-def quantise_fp8_per_channel(v: torch.Tensor, fmt: str = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
-    """aiter's V quantiser: ``v`` [B, H, S, D] -> (fp8 values as float32, scales [B, H, D]).
-
-    ``scale = amax over the sequence of |v| / fp8_max`` per channel; values ``fp8(v / scale)``. A channel of
-    zeros gets scale 1 (its values stay 0).
-    """
-    v = v.float()
-    fp8_max = torch.finfo(fp8_dtype(fmt)).max
-    scales = v.abs().amax(dim=-2) / fp8_max
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    return round_fp8(v / safe[..., None, :], fmt), safe
-
-
-__all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode",
-           "expand_block_scales", "fp8_dtype", "quantise_fp8_per_channel", "quantise_int8_per_block",
-           "round_bf16", "round_bf16_", "round_fp16", "round_fp16_", "round_fp8", "round_fp8_", "round_half_away",
-           "to_bf16"]
+__all__ = ["BF16_MODES", "BF16_MODE_NAMES", "FP8_FORMATS", "RTNA", "RTNE", "RTZ", "bf16_mode", "expand_block_scales",
+           "fp8_dtype", "quantise_int8_per_block", "round_bf16", "round_bf16_", "round_fp16", "round_fp16_",
+           "round_fp8", "round_fp8_", "round_half_away", "to_bf16"]

@@ -1,11 +1,7 @@
-"""fluxlab's attention as ``torch.library`` custom ops: one opaque node per call for ``torch.compile``.
-
-Dynamo never traces fluxlab's dispatcher (dictionaries keyed by shapes, environment reads, Python-side kernel
-choice): it sees ``fluxlab::attention`` (``fluxlab.attention`` under compile), with fake implementations that give
-the output's (and LSE's) shape; an attached FLUX.2 model's call is ``fluxlab::flux2_attention`` (models/op.py). The backend is
-chosen inside the op when it runs, so ``set_backend`` / ``use_backend`` / schedules change what runs without a
-recompile. Outputs are contiguous ``[B, S, H, D]`` (what the fake promises); nothing returned aliases an input.
-"""
+"""fluxlab's attention as ``torch.library`` custom ops: one opaque node per call for ``torch.compile``, so dynamo
+never traces the dispatcher and the backend is chosen when the op runs (docs/compile.md); an attached FLUX.2
+model's call is ``fluxlab::flux2_attention`` (models/router.py). Outputs are contiguous
+``[B, S, H, D]`` (what the fakes promise); nothing returned aliases an input."""
 
 # No ``from __future__ import annotations``: torch.library reads the annotations to build the op schemas.
 
@@ -30,13 +26,6 @@ def _out_like(q: Tensor, v: Tensor) -> Tensor:
     return q.new_empty((*q.shape[:3], v.shape[3]))
 
 
-def _lse_like(q: Tensor) -> Tensor:
-    return q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
-
-
-# -- fluxlab.attention -------------------------------------------------------------------------------------------
-
-
 # fluxlab.attention, handed over by fluxlab/dispatch.py when it loads (this module sits below the dispatcher).
 _dispatcher: list = [None]
 
@@ -47,8 +36,8 @@ def use_dispatcher(attention) -> None:
 
 def _eager(q, k, v, backend, scale, causal, return_lse, allowed, fallback, heads, check_finite):
     allowed = None if allowed is None else frozenset(filter(None, allowed.split(",")))
-    return _dispatcher[0](q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse, allowed=allowed,
-                     fallback=fallback, heads=heads, check_finite=check_finite)
+    return _dispatcher[0](q, k, v, backend=backend, scale=scale, causal=causal, return_lse=return_lse,
+                          allowed=allowed, fallback=fallback, heads=heads, check_finite=check_finite)
 
 
 @torch.library.custom_op("fluxlab::attention", mutates_args=())
@@ -76,7 +65,7 @@ def attention_lse_op(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str], sc
 
 @attention_lse_op.register_fake
 def _(q, k, v, backend, scale, causal, allowed, fallback, heads, check_finite):
-    return _out_like(q, v), _lse_like(q)
+    return _out_like(q, v), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
 
 def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, return_lse=False, allowed=None,
@@ -93,8 +82,6 @@ def compiled_attention(q, k, v, *, backend=None, scale=None, causal=False, retur
     return op(q, k, v, spec, scale, bool(causal), names, fallback, heads, check_finite)
 
 
-# -- no backward ------------------------------------------------------------------------------------------------------
-
 NO_BACKWARD = ("fluxlab's attention under torch.compile is an op without a backward, and a gradient was asked "
                "through it: call fluxlab.attention (or run the model) outside torch.compile for training, where the "
                "kernels' own autograd works, or run the compiled function under torch.no_grad() / detach its inputs")
@@ -102,8 +89,7 @@ NO_BACKWARD = ("fluxlab's attention under torch.compile is an op without a backw
 
 @torch.library.custom_op("fluxlab::no_backward", mutates_args=())
 def no_backward_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Stands for the ops' backward in a graph: compiling a graph with one is fine, running it refuses, saying
-    why (instead of torch's "no autograd formula was registered")."""
+    """The ops' backward: compiling a graph with it is fine, running it refuses, saying why."""
     raise InvalidInputError(NO_BACKWARD)
 
 

@@ -72,14 +72,14 @@ def _own_files(folder: Path) -> set[str]:
 def _links_out(folder: Path) -> list[str]:
     """Links in ``folder`` that resolve outside it: writing a file of that name would write outside the run."""
     root = folder.resolve()
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink() and not _inside(p, root))
 
-    def inside(link: Path) -> bool:
-        try:
-            return link.resolve().is_relative_to(root)
-        except (OSError, RuntimeError):  # a link loop
-            return False
 
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink() and not inside(p))
+def _inside(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
 
 
 def check_output_folder(out, *, overwrite: bool = False) -> Path:

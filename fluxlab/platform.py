@@ -1,8 +1,6 @@
-"""What machine are we on? One object answers vendor, arch, versions and attention features.
-
-Nothing else in fluxlab inspects ``torch.version`` or device names. The vendor is decided from
-``torch.version.hip`` and the device properties, never from ``device.type``: ROCm GPUs report "cuda".
-"""
+"""What machine are we on? One object answers vendor, arch, versions and attention features; nothing else in
+fluxlab inspects ``torch.version`` or device names. The vendor comes from ``torch.version.hip`` and the device
+properties, never from ``device.type``: ROCm GPUs report "cuda"."""
 
 from __future__ import annotations
 
@@ -14,8 +12,7 @@ import torch
 
 VENDORS = ("nvidia", "amd", "cpu", "other")
 
-# AMD arches with hardware fp8 (MI300 series = gfx942, MI350 = gfx950).
-_AMD_FP8_ARCHES = ("gfx942", "gfx950")
+_AMD_FP8_ARCHES = ("gfx942", "gfx950")  # AMD arches with hardware fp8 (MI300 series, MI350 series)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +52,9 @@ class Platform:
         return None
 
     def describe(self) -> str:
-        versions = [f"torch {self.torch_version}"]
-        if self.cuda_version:
-            versions.append(f"CUDA {self.cuda_version}")
-        if self.hip_version:
-            versions.append(f"HIP {self.hip_version}")
-        if self.cudnn_version:
-            versions.append(f"cuDNN {self.cudnn_version}")
+        labelled = (("torch", self.torch_version), ("CUDA", self.cuda_version), ("HIP", self.hip_version),
+                    ("cuDNN", self.cudnn_version))
+        versions = [f"{label} {version}" for label, version in labelled if version]
         arch = f" ({self.arch})" if self.arch else ""
         return f"{self.vendor} {self.device_name}{arch}; " + ", ".join(versions)
 
@@ -80,20 +73,17 @@ class Platform:
 
     @classmethod
     def a100(cls) -> Platform:
-        return cls("nvidia", "sm_80", "NVIDIA A100-SXM4-80GB", "2.11.0", cuda_version="13.0",
-                   cudnn_version=91900, cudnn_attention=True, fp8=False, device_count=1)
+        return dataclasses.replace(cls.h100(), arch="sm_80", device_name="NVIDIA A100-SXM4-80GB", fp8=False)
 
     @classmethod
     def mi300x(cls) -> Platform:
         # torch and HIP as environment-rocm.yml installs them (torch==2.11.0+rocm7.1); a test keeps the two in step.
-        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.1",
-                   cudnn_attention=False, fp8=True, device_count=1)
+        return cls("amd", "gfx942", "AMD Instinct MI300X", "2.11.0", hip_version="7.1", fp8=True, device_count=1)
 
     @classmethod
     def mi355x(cls) -> Platform:
-        # gfx950 (MI350 series): the arch of aiter's MHA v4 MX kernels; torch/HIP as for the MI300X profile.
-        return cls("amd", "gfx950", "AMD Instinct MI355X", "2.11.0", hip_version="7.1",
-                   cudnn_attention=False, fp8=True, device_count=1)
+        """gfx950 (MI350 series): the arch of aiter's MHA v4 MX kernels; torch/HIP as for the MI300X profile."""
+        return dataclasses.replace(cls.mi300x(), arch="gfx950", device_name="AMD Instinct MI355X")
 
     @classmethod
     def cpu(cls) -> Platform:
@@ -128,10 +118,8 @@ def current_platform() -> Platform:
 
 
 def platform_for_device(device: torch.device, machine: Platform | None = None) -> Platform:
-    """The platform a tensor on ``device`` runs on: the CPU profile for CPU tensors, else the machine's.
-
-    ``meta`` tensors describe inputs without data: they are judged as if on the machine's accelerator.
-    """
+    """The platform a tensor on ``device`` runs on: the CPU profile for CPU tensors, else the machine's (``meta``
+    tensors, inputs without data, are judged as if on the machine's accelerator)."""
     machine = machine or current_platform()
     if device.type == "cpu" and machine.vendor != "cpu":
         return Platform.cpu()
@@ -139,5 +127,4 @@ def platform_for_device(device: torch.device, machine: Platform | None = None) -
 
 
 PROFILES = {"h100": Platform.h100, "h200": Platform.h200, "a100": Platform.a100, "mi300x": Platform.mi300x,
-            "mi355x": Platform.mi355x,
-            "cpu": Platform.cpu}
+            "mi355x": Platform.mi355x, "cpu": Platform.cpu}

@@ -1,9 +1,5 @@
-"""AttentionRecord: one attention call's inputs and outputs, as capture produces and comparisons consume them.
-
-Three words, three things: an *AttentionRecord* is one call (this module); a *records folder* is a list of them
-saved to disk (``fluxlab.compare.save_records`` / ``load_records``); a *recorded output* is the ``out`` a backend
-produced when the call was captured, which replay judges as its own row (``recorded:<backend>@<machine>``).
-"""
+"""AttentionRecord: one attention call's inputs and outputs, as capture produces and comparisons consume them (a
+*records folder* is a list of them on disk; a *recorded output*, the ``out`` captured, is judged as its own row)."""
 
 from __future__ import annotations
 
@@ -11,6 +7,8 @@ import dataclasses
 
 import torch
 
+from .dispatch import validate_inputs
+from .errors import InvalidInputError
 from .results import Result, format_cell
 
 
@@ -46,27 +44,21 @@ class AttentionRecord(Result):
 
     @property
     def name(self) -> str:
-        parts = [self.layer or "attention"]
-        if self.step is not None:
-            parts.append(f"step{self.step}")
-        if self.branch:
-            parts.append(self.branch)
-        return "/".join(parts)
+        step = f"step{self.step}" if self.step is not None else None
+        return "/".join(filter(None, (self.layer or "attention", step, self.branch)))
 
     def validate(self) -> None:
         """Raise InvalidInputError unless this is a call ``fluxlab.attention`` would accept (the same checks: scale
         finite and > 0, shapes that fit), with ``out`` [B, S, H, D_v] and ``lse`` [B, H, S] where present."""
-        from .dispatch import validate_inputs
-        from .errors import InvalidInputError
-
         q, v = self.q, self.v
         validate_inputs(q, self.k, v, scale=self.scale, causal=self.causal)
-        if self.out is not None and tuple(self.out.shape) != (*q.shape[:3], v.shape[3]):
+        out_shape, lse_shape = (*q.shape[:3], v.shape[3]), (q.shape[0], q.shape[2], q.shape[1])
+        if self.out is not None and tuple(self.out.shape) != out_shape:
             raise InvalidInputError(f"out has shape {tuple(self.out.shape)}; for q {tuple(q.shape)} and v "
-                                    f"{tuple(v.shape)} it must be {(*q.shape[:3], v.shape[3])}")
-        if self.lse is not None and tuple(self.lse.shape) != (q.shape[0], q.shape[2], q.shape[1]):
+                                    f"{tuple(v.shape)} it must be {out_shape}")
+        if self.lse is not None and tuple(self.lse.shape) != lse_shape:
             raise InvalidInputError(f"lse has shape {tuple(self.lse.shape)}; for q {tuple(q.shape)} it must be "
-                                    f"[batch, heads, seq] = {(q.shape[0], q.shape[2], q.shape[1])}")
+                                    f"[batch, heads, seq] = {lse_shape}")
         if self.text_tokens is not None and not 0 <= self.text_tokens <= q.shape[1]:
             raise InvalidInputError(f"text_tokens is {self.text_tokens}; it must be between 0 and the sequence "
                                     f"length {q.shape[1]}")

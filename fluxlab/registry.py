@@ -1,5 +1,6 @@
 """The table of backends: the built-in adapters, the priority groups (``fa``), any a researcher registers, and
-third-party plug-ins (entry point group ``fluxlab.backends``, loaded on the table's first use)."""
+third-party plug-ins (entry point group ``fluxlab.backends``, loaded on the table's first use); the priority lists
+and the diffusers names derived from their declarations (docs/backends.md)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,46 @@ import torch
 
 from .backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from .backends.base import FLOAT_DTYPES, Backend, Capabilities, Requirement
-from .diffusers_names import refusal
 from .errors import BackendRegistrationError, FluxlabError, UnknownBackendError
-from .platform import Platform
+from .platform import VENDORS, Platform
 from .util import parse_dtype
+
+
+# diffusers' attention-backend names that fluxlab does not run, each with the fluxlab backend to use instead (the
+# names of the kernels fluxlab does run are declared by their adapters, ``Backend.diffusers``).
+# Kernels diffusers downloads from the Hugging Face Hub at run time -> (fluxlab backend to use, what it is).
+HUB_KERNELS: dict[str, tuple[str, str]] = {
+    "flash_hub": ("fa2", "FlashAttention-2"),
+    "flash_varlen_hub": ("fa2", "FlashAttention-2 (varlen)"),
+    "_flash_3_hub": ("fa3", "FlashAttention-3"),
+    "_flash_3_varlen_hub": ("fa3", "FlashAttention-3 (varlen)"),
+    "flash_4_hub": ("fa4", "FlashAttention-4"),
+    "aiter_fa2_hub": ("aiter", "AMD AITER's CK FlashAttention-2"),
+    "sage_hub": ("sage", "SageAttention"),
+    "sage_blackwell_hub": ("sage", "SageAttention 3 for Blackwell"),
+}
+# diffusers backends with no fluxlab backend of the same family -> (nearest fluxlab backend or None, what it is).
+NO_EQUIVALENT: dict[str, tuple[str | None, str]] = {
+    "_native_npu": (None, "Ascend NPU attention (torch_npu)"),
+    "_native_xla": (None, "XLA / TPU flash attention"),
+    "xformers": ("sdpa_efficient", "xFormers' memory-efficient kernel"),
+    "_sage_qk_int8_pv_fp8_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp8 PV)"),
+    "_sage_qk_int8_pv_fp16_cuda": ("sage", "SageAttention 2's CUDA kernel (int8 QK^T, fp16 PV)"),
+}
+
+
+def refusal(name: str) -> str | None:
+    """Why a diffusers backend name has no fluxlab backend here, naming the one to use; None if it maps."""
+    key = name.strip().lower()
+    if key in HUB_KERNELS:
+        use, what = HUB_KERNELS[key]
+        return (f"'{key}' is diffusers' Hugging Face Hub build of {what}, downloaded when it is first used; "
+                f"fluxlab runs installed kernels only. Use fluxlab's '{use}' (fluxlab doctor says how to install it).")
+    if key in NO_EQUIVALENT:
+        nearest, what = NO_EQUIVALENT[key]
+        use = f" The nearest fluxlab backend is '{nearest}'." if nearest else ""
+        return f"diffusers' '{key}' is {what}; fluxlab has no backend of that kernel family.{use}"
+    return None
 
 
 def _aliases(declared) -> dict[str, str]:
@@ -69,7 +106,7 @@ class BackendGroup:
     def _no_member(self, platform: Platform, what: str, reasons_of) -> list[str]:
         """No reasons if a member has none; else one reason quoting every member's."""
         per_member = [(m.name, reasons_of(m)) for m in self.members(platform)]
-        if any(not reasons for _, reasons in per_member):
+        if not all(reasons for _, reasons in per_member):
             return []
         return [f"no member of the '{self.name}' group {what} (" +
                 " | ".join(f"{name}: {'; '.join(r)}" for name, r in per_member) + ")"]
@@ -102,10 +139,8 @@ _plugins: dict = {"loaded": False, "problems": [], "loading": None}
 
 
 def load_plugins() -> None:
-    """Register the backends of every installed ``fluxlab.backends`` entry point, once per process.
-
-    An entry point's object is a ``fluxlab.Backend``, a list of them, or a module that calls
-    ``fluxlab.register_backend`` when imported. One that fails is kept in ``plugin_problems()``, never raised."""
+    """Register the backends of every installed ``fluxlab.backends`` entry point, once per process (a failure is kept
+    in ``plugin_problems()``, never raised; what an entry point may hold: docs/backends.md, "Plug-ins")."""
     if _plugins["loaded"]:
         return
     _plugins["loaded"] = True
@@ -114,13 +149,10 @@ def load_plugins() -> None:
         _plugins["loading"] = dist or entry.value  # what register_backend calls made while importing it record
         try:
             loaded = entry.load()
-            if isinstance(loaded, Backend):
-                declared = [loaded]
-            elif isinstance(loaded, types.ModuleType):
+            declared = [loaded] if isinstance(loaded, Backend) else loaded
+            if isinstance(loaded, types.ModuleType):
                 declared = []  # it registered its backends while being imported
-            elif isinstance(loaded, (list, tuple)) and all(isinstance(b, Backend) for b in loaded):
-                declared = list(loaded)
-            else:
+            elif not (isinstance(declared, (list, tuple)) and all(isinstance(b, Backend) for b in declared)):
                 raise TypeError(f"the entry point's object is a {type(loaded).__name__}; it must be a fluxlab.Backend, "
                                 "a list of them, or a module that calls fluxlab.register_backend when imported")
             for backend in declared:
@@ -186,14 +218,10 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
                      priority: dict[str, int] | None = None, **capabilities) -> Backend:
     """Add a kernel that then behaves like a built-in one: dispatch, doctor, comparisons, models.
 
-    ``fn(q, k, v, *, scale, causal, return_lse, **options)`` takes and returns ``[B, S, H, D]``; with
-    ``return_lse`` it returns ``(out, lse)``, lse natural-log float32 ``[B, H, S]``. Capabilities are the
-    fields of :class:`fluxlab.backends.base.Capabilities` (``vendors``, ``dtypes``, ``head_dims``,
-    ``gqa``, ``causal``, ``returns_lse``, ``quantised``, ...); unspecified ones default to permissive
-    values except ``returns_lse`` (False). ``options``: tunables and defaults; ``option_values``: for an
-    option, ``{valid value: meaning}`` (other values are refused when a spec is parsed). ``aliases``: other
-    names for it; ``priority``: its rank in the automatic choice per platform row (``Backend.priority``;
-    none: chosen only by name). A ready ``fluxlab.Backend`` may be passed instead of ``name, fn``.
+    ``fn(q, k, v, *, scale, causal, return_lse, **options)`` takes and returns ``[B, S, H, D]`` (with ``return_lse``:
+    ``(out, lse)``, lse natural-log float32 ``[B, H, S]``). ``capabilities`` are fields of ``Capabilities``
+    (permissive defaults, except ``returns_lse=False``); the other arguments are the ``Backend`` fields of the same
+    names (docs/backends.md). A ready ``fluxlab.Backend`` may be passed instead of ``name, fn``.
     """
     load_plugins()  # a plug-in's names are taken before the user's
     if isinstance(name, Backend):
@@ -203,10 +231,8 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
     if unknown:
         raise BackendRegistrationError(f"unknown capability {sorted(unknown)} for backend {name!r}; "
                                        f"valid: {sorted(_CAPABILITY_FIELDS)}")
-    if "vendors" in capabilities:
-        vendors = capabilities["vendors"]
-        capabilities["vendors"] = frozenset([vendors] if isinstance(vendors, str) else vendors)
-    capabilities.setdefault("vendors", frozenset({"nvidia", "amd", "cpu", "other"}))
+    vendors = capabilities.get("vendors", VENDORS)
+    capabilities["vendors"] = frozenset([vendors] if isinstance(vendors, str) else vendors)
     capabilities.setdefault("dtypes", FLOAT_DTYPES)
     backend = Backend(name, fn, Capabilities(**capabilities), description or f"user backend {name}",
                       requires=tuple(requires), options=dict(options or {}), builtin=False,
@@ -216,12 +242,9 @@ def register_backend(name: str | Backend, fn: Callable | None = None, *, descrip
 
 
 def register_padded(inner: str, width: int, *, name: str | None = None) -> str:
-    """Register (again) and name ``<inner>_pad<width>``: ``inner`` on q/k/v zero-padded to head_dim ``width``, for a
-    model whose head_dim is below what the kernel takes (e.g. the embedded model's 32 on a 64/128-only kernel).
-
-    Zero columns change neither Q·Kᵀ nor a quantised kernel's per-block scales; the original softmax scale is passed
-    and the padded output columns are dropped. Grouped-query inputs get their KV heads repeated where ``inner`` has
-    no GQA. The padded backend copies ``inner``'s capabilities (quantised, emulated, vendors, options, ...)."""
+    """Register (again) and name ``<inner>_pad<width>``: ``inner`` on q/k/v zero-padded to head_dim ``width`` (for a
+    model whose head_dim is below what the kernel takes), with ``inner``'s capabilities. Zero columns change neither
+    Q·Kᵀ nor a quantised kernel's per-block scales; the padded output columns are dropped."""
     backend = get_backend(inner)
     caps = backend.caps
     name = name or f"{inner}_pad{width}"
@@ -272,8 +295,8 @@ _CONTRACT_KEYWORDS = ("scale", "causal", "return_lse")  # dispatch passes these 
 
 
 def _check_definition(name, fn, options, capabilities) -> None:
-    """Refuse, at registration, what would only fail at the first call or be silently unreachable: a built-in
-    or alias name, a function that does not take the contract's keywords, dtypes given by name are resolved."""
+    """Refuse a built-in or alias name and a function without the contract's keywords (which would fail only at the
+    first call or be unreachable); resolve dtypes given by name."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key in ALIASES:
         raise BackendRegistrationError(f"{name!r} is an alias of the built-in '{ALIASES[key]}' (a backend of that "
@@ -285,15 +308,14 @@ def _check_definition(name, fn, options, capabilities) -> None:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C function without a signature: its first call will tell
         parameters = None
-    if parameters is not None:
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            takes = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-            missing = [k for k in (*_CONTRACT_KEYWORDS, *(options or {})) if k not in takes]
-            if missing:
-                raise BackendRegistrationError(
-                    f"register_backend({name!r}, fn): fn must take the keyword argument(s) {', '.join(missing)}; "
-                    "fluxlab calls fn(q, k, v, *, scale, causal, return_lse, **options). Define it as "
-                    "def fn(q, k, v, *, scale, causal=False, return_lse=False, **options)")
+    if parameters is not None and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        takes = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        missing = [k for k in (*_CONTRACT_KEYWORDS, *(options or {})) if k not in takes]
+        if missing:
+            raise BackendRegistrationError(
+                f"register_backend({name!r}, fn): fn must take the keyword argument(s) {', '.join(missing)}; "
+                "fluxlab calls fn(q, k, v, *, scale, causal, return_lse, **options). Define it as "
+                "def fn(q, k, v, *, scale, causal=False, return_lse=False, **options)")
     if "dtypes" in capabilities:  # given by name or as torch dtypes, one or several
         value = capabilities["dtypes"]
         values = [value] if isinstance(value, (str, torch.dtype)) else list(value)
@@ -301,13 +323,11 @@ def _check_definition(name, fn, options, capabilities) -> None:
 
 
 def _dtype_of(name, value) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
     try:
-        found = parse_dtype(value)
+        found = value if isinstance(value, torch.dtype) else parse_dtype(value)
     except FluxlabError:
         found = None
-    if found is not None and found.is_floating_point:
+    if isinstance(found, torch.dtype) and found.is_floating_point:
         return found
     raise BackendRegistrationError(f"register_backend({name!r}): dtypes has {value!r}, not a floating torch "
                                    "dtype; pass e.g. dtypes={torch.bfloat16, torch.float16} or "
@@ -323,3 +343,42 @@ def unregister_backend(name: str) -> None:
     for alias in [a for a, target in ALIASES.items() if target == key]:
         del ALIASES[alias]
     _changed()
+
+
+# ----------------------------------------------------------------------------------------------- priorities
+# Each backend declares its rank per platform row (``Backend.priority``, e.g. ``{"nvidia/sm_90": 10, "amd": 40}``):
+# a "vendor/arch" entry wins over the "vendor" entry; no entry: never picked automatically there.
+
+
+def _row(backends, vendor: str, arch: str | None) -> tuple[str, ...]:
+    ranked = [(b.priority.get(f"{vendor}/{arch}", b.priority.get(vendor)), b.name) for b in backends]
+    return tuple(name for rank, name in sorted((r, n) for r, n in ranked if r is not None))
+
+
+def _table(backends) -> dict[tuple[str, str | None], tuple[str, ...]]:
+    rows = set()
+    for backend in backends:
+        for key in backend.priority:
+            vendor, _, arch = key.partition("/")
+            rows.update({(vendor, arch or None), (vendor, None)})
+    return {row: _row(backends, *row) for row in sorted(rows, key=lambda r: (r[0], r[1] or "~"))}
+
+
+# The built-in priority lists, for reading: (vendor, arch) -> backends, best first; (vendor, None) for its other arches.
+PRIORITY: dict[tuple[str, str | None], tuple[str, ...]] = _table(BUILTIN_BACKENDS)
+# The built-in priority groups -> their members, best first (on a given platform only those that fit it).
+GROUPS: dict[str, tuple[str, ...]] = {name: tuple(b.name for b in g.all_members()) for name, g in _groups.items()}
+_priority_cache: dict = {}
+
+
+def priority_for(platform: Platform) -> tuple[str, ...]:
+    """The backends automatic choice tries on ``platform``, best first (registered and plug-in ones included)."""
+    key = (platform.vendor, platform.arch, generation())
+    if key not in _priority_cache:
+        _priority_cache[key] = _row(all_backends(), platform.vendor, platform.arch)
+    return _priority_cache[key]
+
+
+def group_members(group: str, platform: Platform) -> tuple[str, ...]:
+    """The backends a priority group tries on ``platform``, best first."""
+    return tuple(b.name for b in get_backend(group).members(platform))

@@ -1,14 +1,12 @@
-"""One protocol for every result object fluxlab hands back: a readable repr, ``_repr_html_``, ``to_dataframe()``,
-``to_markdown()``, ``figure()`` where a picture fits, and ``save()`` to JSON with provenance.
-
-A result class mixes in :class:`Result` and supplies its table (``table_rows()``: one dict per row) and one line
-(``headline()``); everything else has a default here, rendered by the one table renderer below
-(:func:`markdown_table`, :func:`html_table`). Classes with a richer rendering of their own keep it.
+"""One protocol for every result object (``Result``: repr, ``_repr_html_``, ``to_dataframe()``, ``to_markdown()``,
+``figure()``, ``save()`` to JSON with provenance) and the one table renderer (``markdown_table``, ``html_table``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html as _html
+import itertools
 import json
 import math
 import re
@@ -44,15 +42,9 @@ def format_cell(value, spec: str = ".4g") -> str:
     return str(value)
 
 
-def _columns(rows: list[dict], columns) -> list[str]:
-    if columns is not None:
-        return list(columns)
-    return list(dict.fromkeys(key for row in rows for key in row))
-
-
 def markdown_table(rows: list[dict], columns=None) -> str:
     """A GitHub markdown table of ``rows`` (dicts; missing keys blank)."""
-    keys = _columns(rows, columns)
+    keys = list(columns or dict.fromkeys(key for row in rows for key in row))
     if not keys:
         return "(no rows)\n"
 
@@ -64,9 +56,9 @@ def markdown_table(rows: list[dict], columns=None) -> str:
     return "\n".join(out) + "\n"
 
 
-def html_table(rows: list[dict], columns=None, *, cell_style=None) -> str:
+def html_table(rows: list[dict], *, cell_style=None) -> str:
     """The same table as HTML, for notebooks; ``cell_style(column, text)`` may return CSS for a cell."""
-    keys = _columns(rows, columns)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     if not keys:
         return "<p>(no rows)</p>"
     return _html_table(keys, [[format_cell(row.get(k)) for k in keys] for row in rows], cell_style=cell_style)
@@ -85,48 +77,29 @@ def _html_table(keys, body_rows, *, escape=_html.escape, cell_style=None) -> str
 
 def _inline(text: str) -> str:
     """Markdown inline marks fluxlab's tables use (``code``, **bold**) as HTML, everything else escaped."""
-    out = _html.escape(text)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", _html.escape(text))
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def _block(line: str) -> str:
+    return "table" if line.startswith("|") else "item" if line.startswith("- ") else "text" if line else "blank"
 
 
 def markdown_to_html(markdown: str) -> str:
     """fluxlab's own markdown (paragraphs, ``- `` lists, ``|`` tables, code, bold) as HTML: a result's notebook view
     is its ``to_markdown()``, rendered once here rather than written twice."""
-    blocks, table, items, paragraph = [], [], [], []
-
-    def flush():
-        if table:
-            rows = [[c.strip().replace("\\|", "|") for c in _split_row(line)] for line in table]
+    blocks = []
+    for kind, group in itertools.groupby((line.strip() for line in markdown.splitlines()), key=_block):
+        lines = list(group)
+        if kind == "table":  # escaped pipes stay inside their cell; the --- row goes
+            rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip("|"))] for line in lines]
             rows = [row for row in rows if not all(re.fullmatch(r":?-{3,}:?", c) for c in row)]
             blocks.append(_html_table(rows[0], rows[1:], escape=_inline))
-            table.clear()
-        if items:
-            blocks.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-        if paragraph:
-            blocks.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-            paragraph.clear()
-
-    for line in markdown.splitlines():
-        stripped = line.strip()
-        kind = "table" if stripped.startswith("|") else "item" if stripped.startswith("- ") else \
-            "blank" if not stripped else "text"
-        if (kind != "table" and table) or (kind != "item" and items) or (kind != "text" and paragraph):
-            flush()
-        if kind == "table":
-            table.append(stripped)
         elif kind == "item":
-            items.append(stripped[2:])
+            blocks.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in lines) + "</ul>")
         elif kind == "text":
-            paragraph.append(stripped)
-    flush()
+            blocks.append(f"<p>{_inline(' '.join(lines))}</p>")
     return "\n".join(blocks)
-
-
-def _split_row(line: str) -> list[str]:
-    """The cells of a markdown table row (escaped pipes stay inside their cell)."""
-    return re.split(r"(?<!\\)\|", line.strip().strip("|"))
 
 
 # -- the protocol ---------------------------------------------------------------------------------------------------
@@ -165,7 +138,6 @@ class Result:
     def headline(self) -> str:
         return type(self).__name__
 
-    # renderings
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.headline()})"
 
@@ -195,7 +167,6 @@ class Result:
     def figure(self, path=None):
         raise NotImplementedError(f"{type(self).__name__} has no picture; to_markdown() and to_dataframe() show it")
 
-    # files
     def as_dict(self) -> dict:
         return {"headline": self.headline(), "rows": self.table_rows()}
 
@@ -223,8 +194,6 @@ class ResultList(list, Result):
         return self._headline or f"{len(self)} rows"
 
     def table_rows(self) -> list[dict]:
-        import dataclasses
-
         return [dataclasses.asdict(item) if dataclasses.is_dataclass(item) else dict(item) for item in self]
 
     def __repr__(self) -> str:

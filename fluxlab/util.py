@@ -28,8 +28,7 @@ from .errors import FluxlabWarning, UnknownDtypeError
 
 
 def _umask() -> int:
-    """The process umask, read without changing it (os.umask can only be read by setting it, which would race
-    with other threads creating files); falls back to set-and-restore where /proc is missing."""
+    """The process umask, read from /proc (``os.umask`` reads it only by setting it: a race with other threads)."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -44,9 +43,8 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
-    """A temporary path beside ``path`` for writers that need a file name (``save_file``, ``Image.save``,
-    ``savefig``); when the block ends without an error the file gets the mode ``open(path, "w")`` would give, is
-    flushed and renamed onto ``path`` in one step. On an error it is removed: a reader never sees half a file."""
+    """A temporary path beside ``path`` for writers that need a file name (``Image.save``, ``savefig``); at the end
+    it gets ``open(path, "w")``'s mode and is renamed onto ``path`` in one step, or removed on an error."""
     final = Path(path)
     handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(handle)
@@ -107,12 +105,8 @@ def _git(*args: str, cwd: Path) -> str | None:
 
 
 def git_revision() -> dict | None:
-    """The fluxlab checkout's commit and whether it has local changes: ``{"commit": <hex>, "dirty": bool}``.
-
-    None when it cannot be known: no git, no commit, or fluxlab installed outside its own checkout (a repository
-    around site-packages is someone else's). ``$FLUXLAB_GIT_COMMIT=<hex>`` names the commit of a tree copied
-    without its history (or with a stale one) and wins over the checkout (``dirty`` is then None).
-    """
+    """The fluxlab checkout's ``{"commit": <hex>, "dirty": bool}``; None without git, a commit, or with fluxlab
+    installed outside its own checkout. ``$FLUXLAB_GIT_COMMIT=<hex>`` (a tree copied without its history) wins."""
     declared = os.environ.get(GIT_COMMIT_ENV, "").strip().lower()
     if _COMMIT.fullmatch(declared):
         return {"commit": declared, "dirty": None}
@@ -129,9 +123,8 @@ def git_revision() -> dict | None:
 
 
 def git_commit() -> str | None:
-    """Just the commit hash of ``git_revision()`` (a real 40/64-hex object name), or None."""
-    revision = git_revision()
-    return revision["commit"] if revision else None
+    """Just the commit hash of ``git_revision()``, or None."""
+    return (git_revision() or {}).get("commit")
 
 
 def distribution_version(dist: str) -> str | None:
@@ -147,16 +140,12 @@ def distribution_version(dist: str) -> str | None:
 def versions() -> dict:
     """Versions of Python, torch and the libraries fluxlab results depend on (None where not installed)."""
     found = {"python": _host.python_version(), "torch": torch.__version__}
-    for dist in ("diffusers", "transformers", "safetensors", "fluxlab"):
-        found[dist] = distribution_version(dist)
-    if found["fluxlab"] is None:
-        found["fluxlab"] = __version__
-    return found
+    found |= {dist: distribution_version(dist) for dist in ("diffusers", "transformers", "safetensors")}
+    return found | {"fluxlab": distribution_version("fluxlab") or __version__}
 
 
 def provenance() -> dict:
-    """Where and when a result was made: ``date`` (UTC), ``platform`` (fluxlab's view of the machine),
-    ``versions`` and ``git`` (``git_revision()``: a real commit or None). Every results file carries this."""
+    """Where and when a result was made (``date``, ``platform``, ``versions``, ``git``); every results file has it."""
     from .platform import current_platform
 
     return {"date": utc_now(), "platform": current_platform().as_dict(), "versions": versions(),
@@ -176,9 +165,7 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor, *, non_finite: float | None = N
     if non_finite is not None and not torch.isfinite(out64).all():
         return non_finite
     diff, norm = (out64 - ref64).norm().item(), ref64.norm().item()
-    if norm == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / norm
+    return diff / norm if norm else 0.0 if diff == 0.0 else float("inf")
 
 
 def jsonable(value, *, non_finite_as_text: bool = False):
@@ -221,19 +208,13 @@ class Timing:
         return min(self.times_ms)
 
 
-def _synchronizer(device) -> Callable[[], None]:
-    device = torch.device(device) if device is not None else None
-    if device is None:
-        on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
-        return torch.cuda.synchronize if on_gpu else (lambda: None)
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def synchronize(device=None) -> None:
     """Wait for the work queued on ``device`` (CUDA); nothing to wait for elsewhere. None: CUDA if in use."""
-    _synchronizer(device)()
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    elif torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, device=None,
@@ -243,7 +224,6 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, d
     before every timed call (e.g. a barrier so all ranks start together)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    sync = _synchronizer(device)
     result = None
     for _ in range(warmup):
         result = fn()
@@ -251,10 +231,10 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, d
     for _ in range(repeats):
         if before_each is not None:
             before_each()
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
-        sync()
+        synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return Timing(times, result)
 

@@ -5,8 +5,7 @@ bias, NaN/inf structure, worst head / batch element / segment, clear top-channel
 from __future__ import annotations
 
 from fluxlab.backends.reference import reference_attention
-from fluxlab.compare.baseline import baseline_attention
-from fluxlab.compare.gate import Yardstick, judge_attention
+from fluxlab.compare.gate import Yardstick, baseline_attention, judge_attention
 
 
 def judgement(out, q, k, v, *, scale, causal=False, quantised=False, text_tokens=None):

@@ -9,7 +9,7 @@ import torch
 
 import fluxlab
 from fluxlab.platform import Platform
-from fluxlab.backends import aiter_mha_v4
+from fluxlab.backends import aiter as aiter_mha_v4
 from fluxlab.cli import main
 from fluxlab.dispatch import plan, run_backend
 

@@ -111,7 +111,7 @@ def _scale_1_5(q, k, v, *, scale, **_):
 def tiny_pipe_with_bad_kernels():
     import fluxlab
     from fluxlab.models.attach import attach, detach
-    from fluxlab.models.supported import FLUX2_BACKENDS
+    from fluxlab.models import FLUX2_BACKENDS
 
     pipe = fluxlab.load_flux2("tiny", variant="dev")
     fluxlab.register_backend("attack_nan", _nan_kernel)
@@ -705,7 +705,7 @@ def test_an_attached_pipe_refuses_a_shrunk_size_and_a_second_thread():
     import threading
 
     import fluxlab
-    from fluxlab.models.errors import InvalidSizeError, PipelineBusyError
+    from fluxlab.errors import InvalidSizeError, PipelineBusyError
 
     pipe = fluxlab.load_flux2("tiny", variant="dev")
     with pytest.raises(InvalidSizeError, match="height 40 is not a multiple of 16.*use 32 or 48"):

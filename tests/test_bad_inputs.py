@@ -150,7 +150,7 @@ def tiny_pipe():
 
 @pytest.mark.parametrize("case", GENERATION_CASES, ids=[c[0] for c in GENERATION_CASES])
 def test_generate_refuses_before_any_step(case, tiny_pipe, tmp_path):
-    from fluxlab.models import errors
+    from fluxlab import errors
 
     _, overrides, error, fragments = case
     request = dict(prompt="a red circle", steps=2, width=64, height=64, seed=0, max_sequence_length=16)
@@ -165,7 +165,7 @@ def test_generate_refuses_before_any_step(case, tiny_pipe, tmp_path):
 
 
 def test_force_lifts_only_the_bounds():
-    from fluxlab.models.errors import InvalidSizeError
+    from fluxlab.errors import InvalidSizeError
     from fluxlab.models.limits import BOUNDS, check_generation
 
     huge = dict(width=16384, height=16384, steps=5000, seed=0, max_sequence_length=100000)
@@ -184,7 +184,7 @@ def test_size_multiple_follows_the_model(tiny_pipe):
 
 
 def test_widget_settings_share_the_bounds():
-    from fluxlab.models.errors import InvalidSizeError, LimitExceededError
+    from fluxlab.errors import InvalidSizeError, LimitExceededError
     from fluxlab.widgets import settings_for
     from fluxlab.widgets._common import check_seed, check_size, check_steps
 
@@ -203,7 +203,7 @@ def test_widget_settings_share_the_bounds():
 def test_keyboard_interrupt_between_steps_leaves_a_marked_partial_output(tiny_pipe, tmp_path):
     import json
 
-    from fluxlab.models.errors import GenerationInterrupted
+    from fluxlab.errors import GenerationInterrupted
 
     def interrupt_after_third_step(backend, index):
         if index == 2:
@@ -228,7 +228,7 @@ def test_keyboard_interrupt_between_steps_leaves_a_marked_partial_output(tiny_pi
 
 
 def test_keyboard_interrupt_inside_a_step_writes_nothing_for_it(tiny_pipe, tmp_path):
-    from fluxlab.models.errors import GenerationInterrupted
+    from fluxlab.errors import GenerationInterrupted
 
     calls = []
     original = tiny_pipe.transformer.forward

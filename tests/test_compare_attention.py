@@ -10,7 +10,7 @@ import fluxlab
 import fluxlab.compare as compare
 from fluxlab.compare import AttentionCase, InputSpec, compare_attention
 from fluxlab.compare import attention as attention_module
-from fluxlab.compare import baseline as baseline_module
+from fluxlab.compare import gate as gate_module
 
 from _compare_kernels import BROKEN, int8_qk_fp8_p, nan_output, raises, scores_in_low_precision, short_output
 
@@ -218,7 +218,7 @@ def test_comparison_at_2048_never_holds_an_s_by_s_matrix(monkeypatch, registered
 
     registered("chunked", chunked_kernel)
     monkeypatch.setattr(attention_module, "REFERENCE_BUDGET_ELEMENTS", 2**19)
-    monkeypatch.setattr(baseline_module, "BUDGET_ELEMENTS", 2**19)
+    monkeypatch.setattr(gate_module, "BASELINE_BUDGET_ELEMENTS", 2**19)
     case = InputSpec(seq, 2, 16).materialise(torch.bfloat16, seed=0)
     with _LargestTensor() as spy:
         report = compare_attention([case], backends=["chunked"], progress=False)

@@ -46,7 +46,7 @@ def test_identical_backends_give_psnr_inf_and_ssim_one(tiny_pipe):
 def broken_kernels_allowed(tiny_pipe):
     """Two user kernels registered and allowed on the tiny model (user backends need the model's opt-in)."""
     from fluxlab.models.attach import attach, detach, state_of
-    from fluxlab.models.supported import FLUX2_BACKENDS
+    from fluxlab.models import FLUX2_BACKENDS
 
     fluxlab.register_backend("image_broken_head", head_dropped)
     fluxlab.register_backend("image_raises", raises)
@@ -101,7 +101,7 @@ def test_same_noise_for_every_backend(tiny_pipe):
 
 def _bad_generation_cases(multiple: int):
     """(id, compare_images kwargs, the same request to fluxlab.generate or None, error class, message fragment)."""
-    from fluxlab.models.errors import InvalidSettingError, InvalidSizeError, LimitExceededError
+    from fluxlab.errors import InvalidSettingError, InvalidSizeError, LimitExceededError
 
     odd = multiple + multiple // 2
     return [

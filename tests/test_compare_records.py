@@ -17,7 +17,7 @@ from fluxlab.compare import records as records_module
 from fluxlab.compare.records import (RecordIntegrityError, RecordsFolderError, RecordsNotFoundError, load_records,
                                      save_records)
 from fluxlab.errors import FluxlabError, InvalidInputError
-from fluxlab.compare.replay import replay
+from fluxlab.compare import replay
 from fluxlab.record import AttentionRecord
 
 

@@ -188,7 +188,7 @@ def test_the_compile_benchmark_dry_run_writes_its_rows(tmp_path):
 def test_route_tokens_name_their_layer_by_address_and_keep_the_op_out_of_cuda_graphs():
     """The compiled op finds a layer from its token's address (no device read); a token fluxlab did not place is
     read by value; the op carries inductor's cudagraph_unsafe tag (a captured graph would freeze the kernel)."""
-    from fluxlab.models import op as ops
+    from fluxlab.models import router as ops
 
     token = ops.route_token(7, 3, "cpu")
     assert ops._route_of(token) == (7, 3)

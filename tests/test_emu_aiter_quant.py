@@ -148,7 +148,7 @@ def test_tagged_quantised_and_emulated_and_never_picked():
 
 
 def test_the_emulator_covers_exactly_the_formats_aiter_ships():
-    from fluxlab.backends import aiter_mha_v4
+    from fluxlab.backends import aiter as aiter_mha_v4
 
     assert set(emu.FORMATS) == set(aiter_mha_v4.MHA_V4_FORMATS)
     kinds = {"int8": "INT8", "fp8": "FP8", "mxfp6": "MXFP6", "mxfp4": "MXFP4"}

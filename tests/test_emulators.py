@@ -15,7 +15,7 @@ from fluxlab.backends.reference import reference_attention
 from fluxlab.compare import compare_attention
 from fluxlab.compare.inputs import CPU_INPUTS, synthetic_qkv
 from fluxlab.platform import current_platform
-from fluxlab.priority import PRIORITY
+from fluxlab.registry import PRIORITY
 
 EMULATORS = ("emu_bf16", "emu_aiter", "emu_sage", "emu_aiter_sage")
 SCALE = 128**-0.5
@@ -236,13 +236,16 @@ def test_fast_emulators_are_bit_identical_to_the_block_at_a_time_reference(shape
 
 
 def test_flash_float32_is_the_emulators_loop_without_rounding():
+    from _benchmarks import load_benchmark
+
+    flash_float32 = load_benchmark("emulators").flash_float32  # the yardstick of benchmarks/emulators.py
     q, k, v = qkv(200, 2, dtype=torch.float32)
     ref = reference_attention(q, k, v, scale=SCALE)
     for block_n in (0, 64, 128):
-        out = emulated.flash_float32(q, k, v, scale=SCALE, block_n=block_n)
+        out = flash_float32(q, k, v, scale=SCALE, block_n=block_n)
         assert out.dtype == torch.float32 and out.shape == q.shape
         assert rel_l2(out, ref) < 1e-5, block_n  # float32 accuracy, far below bf16's ~2e-3
-    causal = emulated.flash_float32(q, k, v, scale=SCALE, causal=True, block_n=64)
+    causal = flash_float32(q, k, v, scale=SCALE, causal=True, block_n=64)
     assert rel_l2(causal, reference_attention(q, k, v, scale=SCALE, causal=True)) < 1e-5
 
 

@@ -50,8 +50,7 @@ def test_benchmark_json_and_markdown_are_0644(tmp_path):
 
 def test_records_reports_and_results_are_0644(tmp_path):
     from fluxlab.compare import compare_attention, plot_error_maps, save_records
-    from fluxlab.compare.document import Section, write_document
-    from fluxlab.compare.sweep import _write_results
+    from fluxlab.compare.sweep import Section, _write_results, write_document
     from fluxlab.record import AttentionRecord
 
     q, k, v = (torch.randn(1, 16, 2, 8) for _ in range(3))

@@ -10,7 +10,7 @@ import pytest
 import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
-from fluxlab.models.errors import AttachError  # noqa: E402
+from fluxlab.errors import AttachError  # noqa: E402
 from fluxlab.models.tiny import build_tiny_pipeline  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def test_public_names():
 
 def test_flux2_set_covers_the_seed_and_every_builtin():
     """The seed set, every built-in kernel, and the priority groups (``fa``: no kernel of its own)."""
-    from fluxlab.priority import GROUPS
+    from fluxlab.registry import GROUPS
     from fluxlab.registry import all_backends
 
     assert {"sdpa", "fa", "aiter", "aiter_sage"} <= fluxlab.models.FLUX2_BACKENDS

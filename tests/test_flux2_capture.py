@@ -8,7 +8,7 @@ import torch
 import diffusers  # noqa: E402,F401
 
 import fluxlab  # noqa: E402
-from fluxlab.models.errors import AttachError, CaptureError, CaptureLimitError  # noqa: E402
+from fluxlab.errors import AttachError, CaptureError, CaptureLimitError  # noqa: E402
 from fluxlab.models.tiny import build_tiny_pipeline  # noqa: E402
 from fluxlab.record import AttentionRecord  # noqa: E402
 

@@ -10,7 +10,7 @@ from PIL import Image
 import diffusers  # noqa: E402,F401
 
 from fluxlab.cli import main  # noqa: E402
-from fluxlab.models.errors import InvalidSizeError  # noqa: E402
+from fluxlab.errors import InvalidSizeError  # noqa: E402
 from fluxlab.models.generate import parse_size  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import diffusers  # noqa: E402
 import fluxlab  # noqa: E402
 from fluxlab.models import load as load_module  # noqa: E402
 from fluxlab.models.attach import is_attached, state_of  # noqa: E402
-from fluxlab.models.errors import AttachError, LoadArgumentError, ModelSourceError  # noqa: E402
+from fluxlab.errors import AttachError, LoadArgumentError, ModelSourceError  # noqa: E402
 
 from _flux2 import generate  # noqa: E402
 
@@ -31,7 +31,7 @@ def saved(request, tmp_path_factory):
 def test_tiny_comes_back_attached():
     pipe = fluxlab.load_flux2("tiny", flux2_variant="klein", backend="reference")
     try:
-        # attached: the pipeline's call is guarded by a same-named subclass (models/guard.py), gone at detach
+        # attached: the pipeline's call is guarded by a same-named subclass (models/attach.py), gone at detach
         assert isinstance(pipe, diffusers.Flux2KleinPipeline) and type(pipe).__name__ == "Flux2KleinPipeline"
         assert is_attached(pipe)
         assert str(state_of(pipe).backend) == "reference"

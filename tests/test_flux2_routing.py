@@ -21,7 +21,7 @@ import diffusers  # noqa: E402
 import fluxlab  # noqa: E402
 from fluxlab.backends.sdpa import _sdpa  # noqa: E402
 from fluxlab.models import router  # noqa: E402
-from fluxlab.models.errors import UnsupportedAttentionCallError  # noqa: E402
+from fluxlab.errors import UnsupportedAttentionCallError  # noqa: E402
 from fluxlab.models.tiny import build_tiny_pipeline  # noqa: E402
 
 from _flux2 import attached, generate, rel_l2  # noqa: E402

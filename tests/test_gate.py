@@ -9,7 +9,7 @@ import torch
 import fluxlab
 from fluxlab.compare import AttentionCase, compare_attention
 from fluxlab.compare.gate import Yardstick, judge_gate
-from fluxlab.compare.tolerances import GATE_FILES, GATE_RULE, derive_gate_rule
+from fluxlab.compare.tolerances import GATE_RULE
 
 from _benchmarks import ROOT, load_benchmark
 from _compare_kernels import PLANTED, hides_nan
@@ -156,9 +156,10 @@ def test_flips_count_only_rows_where_float64_is_clear():
 
 
 def test_gate_limits_are_the_derivation_from_the_committed_measurements():
-    files = [RESULTS / name for name in GATE_FILES if (RESULTS / name).is_file()]
+    script = load_benchmark("gate_thresholds")
+    files = [RESULTS / name for name in script.GATE_FILES if (RESULTS / name).is_file()]
     assert RESULTS / "cpu" / "gate_thresholds.json" in files
-    derived = derive_gate_rule(json.loads(path.read_text()) for path in files)
+    derived = script.derive_gate_rule(json.loads(path.read_text()) for path in files)
     assert derived == GATE_RULE, f"update tolerances.GATE_RULE to {derived}"
 
 
@@ -173,7 +174,7 @@ def test_engine_and_test_helper_give_one_verdict(registered):
 
 
 def test_captured_activations_go_through_the_gate_and_the_report_names_the_closest_layers(registered):
-    from fluxlab.compare.captured import compare_captured
+    from fluxlab.compare import compare_captured
     from fluxlab.models.tiny import build_tiny_pipeline
 
     registered("planted_round_to_zero", PLANTED["planted_round_to_zero"][0])
@@ -216,5 +217,5 @@ def test_the_measurement_script_feeds_the_derivation():
     summary = script.summarise(runs)
     assert summary["exact_summary"]["runs"] == 2
     assert summary["info_summary"]["info_round_to_zero_bf16"]["max_abs_bias"] > 0.3
-    rule = derive_gate_rule([{**summary, "runs": runs, "large_rows": script.LARGE_ROWS}])  # as the file holds
+    rule = script.derive_gate_rule([{**summary, "runs": runs, "large_rows": script.LARGE_ROWS}])  # as the file holds
     assert rule.bias_z > 0 and rule.slice_pass >= 1 and rule.flip_pass > 0

@@ -13,12 +13,12 @@ import torch
 import fluxlab
 from fluxlab import registry
 from fluxlab.backends import emulated_hopper
-from fluxlab.backends.fa3_fp8 import FP8_MAX, fp8_descaled
+from fluxlab.backends.flash_attn import FP8_MAX, fp8_descaled
 from fluxlab.backends.reference import reference_attention
 from fluxlab.compare.inputs import synthetic_qkv
 from fluxlab.dispatch import run_backend
 from fluxlab.platform import Platform
-from fluxlab.priority import GROUPS, PRIORITY
+from fluxlab.registry import GROUPS, PRIORITY
 
 from _benchmarks import load_benchmark
 from _standins import forget as _forget_modules
@@ -194,7 +194,7 @@ def test_emulators_error_is_quantised_and_their_lse_is_natural_log(name):
 
 def _fa3_fp8_loop(q, k, v, scale, block):
     """FA3's FP8 algorithm written out one key block at a time, last block first (independent of _flash)."""
-    from fluxlab.backends.fa3_fp8 import fp8_operands
+    from fluxlab.backends.flash_attn import fp8_operands
 
     q8, k8, v8, dq, dk, dv = fp8_operands(q, k, v)
     qh, kh, vh = (t.float().transpose(1, 2) for t in (q8, k8, v8))

@@ -93,7 +93,7 @@ def generation_report():
     """Two exact kernels and the two planted ones that break the batch axes, through whole generations of the
     embedded model (1 step, 2 prompts: the smallest batch whose rotation moves every sample)."""
     from fluxlab.compare import check_generation_invariance
-    from fluxlab.compare.generation_invariance import PROMPTS
+    from fluxlab.compare.invariance import PROMPTS
 
     planted = {"gen_batch_dependent": batch_dependent, "gen_position_dependent": position_dependent}
     for name, fn in planted.items():

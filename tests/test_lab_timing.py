@@ -9,8 +9,7 @@ pytest.importorskip("skimage", reason="compare_images needs scikit-image (the co
 
 import fluxlab  # noqa: E402
 from fluxlab.compare import compare_images  # noqa: E402
-from fluxlab.models.progress import GenerationCancelled, StepControl  # noqa: E402
-from fluxlab.models.warmup import jit_reason, to_warm  # noqa: E402
+from fluxlab.models.progress import GenerationCancelled, StepControl, jit_reason, to_warm  # noqa: E402
 
 SMALL = dict(prompt="a red circle", height=32, width=32, steps=2, yardstick=False, max_sequence_length=16)
 

@@ -123,15 +123,10 @@ def test_int8_multiplier_ragged_last_block_and_zero_block():
     assert numerics.expand_block_scales(scales, 2, 3).shape == (1, 1, 3)
 
 
-def test_fp8_per_channel_on_a_hand_computed_example():
-    v = torch.tensor([[[[448.0, 1.0], [-224.0, 0.5], [100.0, 0.0]]]])  # [B, H, S, D]
-    values, scales = numerics.quantise_fp8_per_channel(v, "e4m3fn")
-    assert scales[0, 0].tolist() == [1.0, torch.tensor(1.0 / 448, dtype=torch.float32).item()]
-    # channel 0: scale 1, 100 is between fp8 neighbours 96 and 104 -> 96 (nearest)
-    assert values[0, 0, :, 0].tolist() == [448.0, -224.0, 96.0]
-    assert values[0, 0, :, 1].tolist() == [448.0, 224.0, 0.0]
-    fnuz, fnuz_scales = numerics.quantise_fp8_per_channel(v, "e4m3fnuz")
-    assert fnuz_scales[0, 0, 0].item() == torch.tensor(448.0 / 240.0).item() and fnuz[0, 0, 0, 0].item() == 240.0
+def test_fp8_rounding_on_a_hand_computed_example():
+    v = torch.tensor([448.0, -224.0, 100.0, 0.0])
+    assert numerics.round_fp8(v, "e4m3fn").tolist() == [448.0, -224.0, 96.0, 0.0]  # 100: between 96 and 104
+    assert numerics.fp8_dtype("e4m3fnuz") == torch.float8_e4m3fnuz
     with pytest.raises(ValueError, match="e4m3fn"):
         numerics.round_fp8(v, "e5m2x")
 

@@ -12,8 +12,8 @@ import torch
 
 import fluxlab
 from fluxlab.models.load import EMBEDDED_DIR, estimate_source
-from fluxlab.models.memory import PeakMemory, estimate_folder, estimate_pipeline
-from fluxlab.models.offload import MemoryBudgetError, OffloadError, plan_offload
+from fluxlab.models.offload import (MemoryBudgetError, OffloadError, PeakMemory, estimate_folder, estimate_pipeline,
+                                    plan_offload)
 
 
 def stored_tensors(module: torch.nn.Module) -> list[torch.Tensor]:

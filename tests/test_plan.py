@@ -259,7 +259,7 @@ def test_stand_in_only_backends_are_marked_in_doctor():
     assert "proven on a stand-in only" in lines["fa2"] and "proven on a stand-in only" not in lines["fa3"]
     ranks_doc = importlib.import_module("fluxlab.backends.flash_attn").__doc__  # where fa2/fa3 get their ranks
     assert "H200" not in ranks_doc and "stand-in" in ranks_doc
-    assert "see README" not in (ROOT / "fluxlab" / "backends" / "aiter_triton.py").read_text()
+    assert "see README" not in (ROOT / "fluxlab" / "backends" / "aiter.py").read_text()
 
 
 def test_every_error_and_warning_class_is_fluxlabs():
@@ -298,7 +298,7 @@ def test_flux2_router_passes_each_modules_head_count(monkeypatch):
 
 
 def test_widget_generation_thread_keeps_the_callers_backend_choice():
-    from fluxlab.widgets.running import RunControls
+    from fluxlab.widgets._common import RunControls
 
     seen, done = [], threading.Event()
 

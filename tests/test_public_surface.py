@@ -96,7 +96,8 @@ def test_older_error_names_import_from_where_they_were():
     from fluxlab.command import NoDeviceError, UsageError
     from fluxlab.compare.records import RecordIntegrityError, RecordsNotFoundError
     from fluxlab.decide import DecideInputError, InvalidPlanError, PlanMismatchError, PlanNotFoundError
-    from fluxlab.models.errors import AttachError, GenerationInterrupted, InvalidSizeError, ModelSourceError
+    with pytest.warns(DeprecationWarning, match="fluxlab.models.errors.AttachError is deprecated"):
+        from fluxlab.models.errors import AttachError, GenerationInterrupted, InvalidSizeError, ModelSourceError
     from fluxlab.models.offload import MemoryBudgetError, OffloadError
     from fluxlab.models.progress import GenerationCancelled
     from fluxlab.parallel import ParallelRefusedError

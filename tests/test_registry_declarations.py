@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 import fluxlab
-from fluxlab import priority, registry
+from fluxlab import registry
 from fluxlab.backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from fluxlab.backends.base import Backend, Group
 from fluxlab.platform import Platform
@@ -33,29 +33,29 @@ def test_aliases_are_the_declared_names():
 
 
 def test_priority_rows_follow_the_ranks():
-    assert priority.PRIORITY[("nvidia", "sm_90")] == ("fa4", "sdpa_cudnn", "fa3", "sdpa_flash", "fa2",
+    assert registry.PRIORITY[("nvidia", "sm_90")] == ("fa4", "sdpa_cudnn", "fa3", "sdpa_flash", "fa2",
                                                       "sdpa_efficient", "sdpa")
-    assert priority.PRIORITY[("amd", None)] == ("aiter", "sdpa_flash", "sdpa_efficient", "sdpa")
-    assert priority.priority_for(Platform.cpu()) == ("sdpa", "sdpa_flash", "sdpa_math")
-    for (vendor, arch), row in priority.PRIORITY.items():
+    assert registry.PRIORITY[("amd", None)] == ("aiter", "sdpa_flash", "sdpa_efficient", "sdpa")
+    assert registry.priority_for(Platform.cpu()) == ("sdpa", "sdpa_flash", "sdpa_math")
+    for (vendor, arch), row in registry.PRIORITY.items():
         ranks = [registry.get_backend(name).rank(Platform(vendor, arch, "test", "2")) for name in row]
         assert ranks == sorted(ranks) and None not in ranks, (vendor, arch)
     never = {b.name for b in BUILTIN_BACKENDS if not b.priority}
     assert {"sage", "emu_sage", "reference"} <= never
-    assert not never & {n for row in priority.PRIORITY.values() for n in row}
+    assert not never & {n for row in registry.PRIORITY.values() for n in row}
 
 
 def test_groups_come_from_their_members():
     fa = registry.get_backend("fa")
     assert [b.name for b in fa.all_members()] == ["fa4", "fa3", "fa2"]
-    assert priority.group_members("fa", Platform.h100()) == ("fa4", "fa3", "fa2")
-    assert priority.group_members("fa", Platform.a100()) == ("fa2",)  # fa3/fa4 need Hopper or newer
-    assert priority.group_members("fa", Platform.mi300x()) == ("fa2",)
+    assert registry.group_members("fa", Platform.h100()) == ("fa4", "fa3", "fa2")
+    assert registry.group_members("fa", Platform.a100()) == ("fa2",)  # fa3/fa4 need Hopper or newer
+    assert registry.group_members("fa", Platform.mi300x()) == ("fa2",)
 
 
 def test_diffusers_map_and_flux2_set_are_derived():
     from fluxlab.models import interop
-    from fluxlab.models.supported import FLUX2_BACKENDS
+    from fluxlab.models.attach import FLUX2_BACKENDS
 
     assert interop.SAME_KERNEL == {n: b.name for b in BUILTIN_BACKENDS for n in b.diffusers}
     assert interop.SAME_KERNEL["flash"] == "fa2" and interop.SAME_KERNEL["native"] == "sdpa"
@@ -70,16 +70,16 @@ def test_a_registered_backend_with_a_rank_takes_part_in_automatic_choice():
 
     fluxlab.register_backend("ranked_first", kernel, priority={"cpu": 1}, aliases=("rf",))
     try:
-        from fluxlab.models.supported import flux2_backends
+        from fluxlab.models.attach import flux2_backends
 
-        assert priority.priority_for(Platform.cpu())[0] == "ranked_first"
+        assert registry.priority_for(Platform.cpu())[0] == "ranked_first"
         q = torch.randn(1, 8, 2, 16)
         assert fluxlab.plan(q, q, q, platform=Platform.cpu()).backend == "ranked_first"
         assert registry.canonical_name("rf") == "ranked_first"
         assert "ranked_first" in flux2_backends()
     finally:
         fluxlab.registry.unregister_backend("ranked_first")
-    assert "ranked_first" not in priority.priority_for(Platform.cpu())
+    assert "ranked_first" not in registry.priority_for(Platform.cpu())
     assert "rf" not in registry.ALIASES
 
 
@@ -90,7 +90,7 @@ def test_no_selection_function_takes_more_than_five_positional_parameters():
 
     package = Path(fluxlab.__file__).parent
     too_many = []
-    for name in ("registry.py", "choice.py", "priority.py", "dispatch.py", "doctor.py", "backends/base.py"):
+    for name in ("registry.py", "choice.py", "dispatch.py", "doctor.py", "backends/base.py"):
         for node in ast.walk(ast.parse((package / name).read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]

@@ -418,7 +418,7 @@ def test_gallery_progress_cancel_and_timing_labels_on_the_tiny_pipeline(tiny_pip
 def test_run_controls_run_clicks_in_a_thread_inside_a_kernel():
     import threading
 
-    from fluxlab.widgets.running import RunControls, in_kernel
+    from fluxlab.widgets._common import RunControls, in_kernel
 
     assert not in_kernel()  # pytest is no Jupyter kernel: clicks run inline (what the tests above rely on)
     done, names = threading.Event(), []

@@ -13,15 +13,12 @@ import pkgutil
 from .base import Backend, Capabilities, Group, Requirement
 
 
-def _adapter_modules():
-    names = sorted(info.name for info in pkgutil.iter_modules(__path__)
-                   if not info.name.startswith("_") and info.name != "base")
-    return [importlib.import_module(f"{__name__}.{name}") for name in names]
-
-
 def _collect():
     backends, groups = [], []
-    for module in _adapter_modules():
+    for name in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if name.startswith("_") or name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{name}")
         backends.extend(getattr(module, "BACKENDS", ()))
         groups.extend(getattr(module, "GROUPS", ()))
     backends.sort(key=lambda b: (b.caps.emulated, b.name))  # listings: by name, emulations last

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from packaging.version import InvalidVersion, Version
 
+from ..errors import BackendUnavailableError
 from ..platform import Platform
 from ..util import torch_dtype_name
 
@@ -30,7 +31,7 @@ class Capabilities:
     """What a backend can run, as data a reader can scan."""
 
     vendors: frozenset[str] = frozenset({"nvidia", "amd", "cpu"})
-    # Arch requirement per vendor: a predicate name from ARCH_RULES or None for "any arch of that vendor".
+    # Arches per vendor, exact ("gfx942") or NVIDIA minimums ("sm_80+"); a vendor not listed: any arch.
     arches: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     dtypes: frozenset[torch.dtype] = FLOAT_DTYPES
     head_dims: tuple[int, ...] | None = None  # exact list, or None with max_head_dim
@@ -42,11 +43,8 @@ class Capabilities:
     quantised: bool = False  # low-precision arithmetic inside (int8/fp8): judged against its own budget
     needs_cudnn_attention: bool = False
     experimental: bool = False
-    # Proven only against a stand-in with the library's signature (tests/standins), never run on real hardware
-    # here: the call contract is tested, the kernel's numbers and speed are not.
-    stand_in_only: bool = False
-    # A float32 emulation of another kernel's rounding/quantisation points (fluxlab/backends/emulated.py):
-    # never picked automatically; ``emulates`` names the real backend it models, e.g. "sage".
+    stand_in_only: bool = False  # call contract proven on a stand-in (tests/standins) only, never run on hardware
+    # A float32 emulation of another kernel's rounding points, never picked automatically; ``emulates``: its name.
     emulated: bool = False
     emulates: str | None = None
 
@@ -59,20 +57,16 @@ class Requirement:
     distribution: str  # for the version, e.g. "flash-attn-4"
     install: str  # e.g. "pip install 'flash-attn-4==4.0.0b36'"
     min_version: str | None = None
-    # The one release the adapter (and the emulator modelling it) is written for: another installed release is
-    # refused, naming both. None: any release (at least min_version) will do. A build without package metadata
-    # (a source checkout) cannot be checked and is let through.
+    # The one release the adapter (and its emulator) is written for: another is refused. A build without package
+    # metadata (a source checkout) cannot be checked and is let through.
     exact_version: str | None = None
 
     def missing_reason(self) -> str | None:
         module = sys.modules.get(self.module)
-        if module is not None:
-            spec = getattr(module, "__spec__", None)
-        else:
-            try:
-                spec = importlib.util.find_spec(self.module)
-            except (ImportError, ValueError):  # a parent package missing or broken
-                spec = None
+        try:
+            spec = module.__spec__ if module is not None else importlib.util.find_spec(self.module)
+        except (ImportError, ValueError, AttributeError):  # a parent package missing or broken
+            spec = None
         if spec is None:
             return f"Python package '{self.distribution}' (module {self.module}) is not installed: {self.install}"
         if spec.origin in (None, "namespace") and "." not in self.module:
@@ -80,16 +74,12 @@ class Requirement:
             # exists as a namespace package (imported as soon as flash_attn.cute is), but FA2 is not there.
             return (f"only a namespace folder '{self.module}' exists (left by another package), not "
                     f"'{self.distribution}': {self.install}")
-        if self.exact_version:
-            have = self.version()
-            if have and have != self.exact_version:
-                return (f"'{self.distribution}' {have} is installed, but fluxlab's adapter is written for "
-                        f"{self.exact_version} exactly (its call contract and numerics): {self.install}")
-        if self.min_version:
-            have = self.version()
-            if have and _older(have, self.min_version):
-                return (f"'{self.distribution}' {have} is installed but >= {self.min_version} is needed: "
-                        f"{self.install}")
+        have = self.version() if self.exact_version or self.min_version else None
+        if have and self.exact_version and have != self.exact_version:
+            return (f"'{self.distribution}' {have} is installed, but fluxlab's adapter is written for "
+                    f"{self.exact_version} exactly (its call contract and numerics): {self.install}")
+        if have and self.min_version and _older(have, self.min_version):
+            return f"'{self.distribution}' {have} is installed but >= {self.min_version} is needed: {self.install}"
         return None
 
     def version(self) -> str | None:
@@ -100,7 +90,7 @@ class Requirement:
 
 
 def _older(have: str, need: str) -> bool:
-    """PEP 440 comparison (packaging.version); a version string that is not PEP 440 counts as not older."""
+    """PEP 440 comparison; a version string that is not PEP 440 counts as not older."""
     try:
         return Version(have) < Version(need)
     except InvalidVersion:
@@ -109,13 +99,8 @@ def _older(have: str, need: str) -> bool:
 
 def arch_matches(platform: Platform, allowed: tuple[str, ...]) -> bool:
     """Arch rules are exact names ("gfx942") or NVIDIA minimums written "sm_80+"."""
-    for rule in allowed:
-        if rule.endswith("+") and platform.sm is not None:
-            if platform.sm >= int(rule[3:-1]):
-                return True
-        elif platform.arch == rule:
-            return True
-    return False
+    return any(platform.sm >= int(rule[3:-1]) if rule.endswith("+") and platform.sm is not None
+               else platform.arch == rule for rule in allowed)
 
 
 @dataclasses.dataclass
@@ -161,10 +146,9 @@ class Backend:
 
     @property
     def version(self) -> str | None:
-        versions = [r.version() for r in self.requires]
-        if not self.requires:
-            return torch.__version__.split("+")[0] if self.builtin else None
-        return versions[0]
+        if self.requires:
+            return self.requires[0].version()
+        return torch.__version__.split("+")[0] if self.builtin else None
 
     def missing_packages(self) -> list[str]:
         return [reason for req in self.requires if (reason := req.missing_reason())]
@@ -174,8 +158,7 @@ class Backend:
         caps = self.caps
         reasons = []
         if platform.vendor not in caps.vendors:
-            where = ", ".join(sorted(caps.vendors))
-            reasons.append(f"{self.name} runs on {where}, not on {platform.vendor} "
+            reasons.append(f"{self.name} runs on {', '.join(sorted(caps.vendors))}, not on {platform.vendor} "
                            f"({platform.device_name})")
         elif platform.vendor in caps.arches and not arch_matches(platform, caps.arches[platform.vendor]):
             reasons.append(f"{self.name} needs arch {' or '.join(caps.arches[platform.vendor])} on "
@@ -199,8 +182,7 @@ class Backend:
             reasons.append(f"inputs are on {q.device.type} but the platform is {platform.vendor}")
         if q.dtype not in caps.dtypes:
             names = ", ".join(sorted(torch_dtype_name(d) for d in caps.dtypes))
-            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} "
-                           f"(supports {names})")
+            reasons.append(f"dtype {torch_dtype_name(q.dtype)} is not supported by {self.name} (supports {names})")
         head_dim = q.shape[-1]
         if caps.head_dims is not None and head_dim not in caps.head_dims:
             reasons.append(f"head_dim {head_dim} is not supported by {self.name} "
@@ -217,15 +199,13 @@ class Backend:
         elif return_lse and lse_grad and not caps.lse_grad:
             reasons.append(f"{self.name}'s log-sum-exp carries no gradient, and the inputs require grad: a loss "
                            "that uses the LSE would get a wrong q/k grad. Use backend='reference' (its LSE has a "
-                           "backward), "
-                           "or detach the inputs / run under torch.no_grad()")
+                           "backward), or detach the inputs / run under torch.no_grad()")
         if self.extra_checks is not None:
             reasons.extend(self.extra_checks(q, k, platform))
         return reasons
 
-    def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              platform: Platform, *, causal: bool = False, return_lse: bool = False,
-                              lse_grad: bool = False) -> list[str]:
+    def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, platform: Platform, *,
+                              causal: bool = False, return_lse: bool = False, lse_grad: bool = False) -> list[str]:
         """Every reason this backend cannot run these inputs on ``platform``; empty means it can.
         ``lse_grad``: the LSE is asked for and the inputs require grad (its backward must exist)."""
         return self.platform_reasons(platform) + self.input_reasons(q, k, platform, causal=causal,
@@ -243,9 +223,28 @@ class Group:
     aliases: tuple[str, ...] = ()
 
 
-def to_bhsd(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """[B, S, H, D] -> [B, H, S, D] views (no copy), for kernels that want heads first."""
-    return tuple(t.transpose(1, 2) for t in tensors)
+def unbound(binder: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """``Backend.fn`` for an adapter with a binder: binds on every call (a plan binds once, by ``kernel()``)."""
+    def call(q, k, v, **kwargs):
+        return binder()(q, k, v, **kwargs)
+    return call
+
+
+def split_lse(result, return_lse: bool, what: str = "the kernel"):
+    """A library's result (a tensor, or a tuple starting ``out, lse``) as ``out`` or ``(out, float32 lse)``."""
+    out, lse = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
+    if not return_lse:
+        return out
+    if lse is None:
+        raise RuntimeError(f"{what} returned no log-sum-exp although it was requested")
+    return out, lse.float()
+
+
+def refuse_other_scale(scale: float, q: torch.Tensor, why: str, fix: str = "use another backend") -> None:
+    """For kernels that always use ``head_dim ** -0.5``: another ``scale`` would be silently wrong."""
+    if abs(scale - q.shape[-1] ** -0.5) > 1e-12 * scale:
+        raise BackendUnavailableError(f"{why}: scale {scale:g} is not head_dim ** -0.5 = {q.shape[-1] ** -0.5:g} "
+                                      f"and would be silently wrong; {fix}")
 
 
 def import_first(*module_names: str):

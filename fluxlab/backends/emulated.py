@@ -12,6 +12,7 @@ Where each algorithm comes from (read, not copied) and how it is validated: docs
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -36,17 +37,11 @@ ALL_VENDORS = frozenset({"nvidia", "amd", "cpu", "other"})
 EMULATED_MAX_HEAD_DIM = 256
 
 
-# ------------------------------------------------------------------------------------------ shared pieces
-
-
 @contextlib.contextmanager
 def _exact_float32(device: torch.device):
     """float32 matmuls without TF32 on CUDA (a global torch setting a user may have switched on)."""
-    if device.type != "cuda":
-        yield
-        return
     before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = before and device.type != "cuda"
     try:
         yield
     finally:
@@ -77,19 +72,13 @@ def _chunk_rows(batch_heads: int, seq_q: int, width: int, multiple: int, device:
 def _flash_rows(logits: torch.Tensor, v: torch.Tensor, rows: slice, *, block: int, exp, block_max, probs, round_p,
                 add_pv):
     """A flash kernel's loop over key blocks for one chunk of query rows: running max ``m``, ``p = exp(s - m)``
-    (float32), ``l = l * alpha + rowsum(p)``, ``acc = acc * alpha + P.V`` with ``add_pv(acc, round_p(p), v_block)``
-    adding the block's ``P.V`` to ``acc`` in place.
+    (float32), ``l = l * alpha + rowsum(p)``, ``acc = acc * alpha + P.V`` with ``add_pv(acc, round_p(p), v_block)``.
 
-    The same float32 operations on the same values as one block at a time, so the same bits; only what no value
-    depends on is vectorised over the blocks: the scores, the block maxima (the running max is their ``cummax``),
-    ``p`` and its row sums. The sequential steps (``alpha``, ``l``, ``acc``) run block by block on arrays of the
-    shapes a block-at-a-time loop gives them (a vectorised ``exp`` and its scalar tail may differ in the last bit),
-    and a ragged last block is computed on its own, as it was.
-
-    ``logits`` [B, H, r, Sk] for the query ``rows``; ``block_max(x, rows, blocks)`` and ``probs(x, m_safe, rows,
-    blocks)`` get ``x`` with one block per slice of the last axis ([B, H, r, n, block] for the full blocks, ``blocks``
-    a slice; [B, H, r, keys] for a ragged last one, ``blocks`` its index) and return the block maxima and a fresh
-    contiguous ``p``; ``round_p(p)`` rounds in place. Returns float32 ``acc`` [B, H, r, Dv], ``l`` and ``m`` [B, H, r].
+    The bits of one block at a time; only what no value depends on (scores, block maxima, ``p``, its row sums) is
+    vectorised over the blocks, the sequential steps run block by block (docs/emulators.md, "Cost").
+    ``block_max(x, rows, blocks)`` and ``probs(x, m_safe, rows, blocks)`` get ``x`` [B, H, r, n, block] for the full
+    blocks (``blocks`` a slice) or [B, H, r, keys] for a ragged last one (``blocks`` its index) and return the block
+    maxima and a fresh ``p``; ``round_p(p)`` rounds in place. Returns float32 ``acc`` [B, H, r, Dv], ``l``, ``m``.
     """
     batch, heads, row_count, k_len = logits.shape
     full, ragged = divmod(k_len, block)
@@ -120,29 +109,34 @@ def _flash_rows(logits: torch.Tensor, v: torch.Tensor, rows: slice, *, block: in
     return acc, l, m
 
 
-def _flash(q_len: int, k_len: int, batch_heads: tuple[int, int], v: torch.Tensor, *, logits, block_n: int, exp,
-           causal: bool, row_multiple: int = 1, **loop):
-    """``_flash_rows`` over chunks of query rows; ``logits(rows)`` gives [B, H, r, Sk] float32 (masked here when
-    ``causal``), ``loop`` the rest of ``_flash_rows``' arguments. Returns ``acc`` [B, H, Sq, Dv], ``l``, ``m``."""
-    batch, heads = batch_heads
+def _flash(q_len: int, v: torch.Tensor, *, logits, block_n: int, exp, causal: bool, row_multiple: int = 1, **loop):
+    """``_flash_rows`` over chunks of query rows, without TF32; ``v`` [B, H, Sk, Dv]; ``logits(rows)`` gives
+    [B, H, r, Sk] float32 (masked here when ``causal``), ``loop`` the rest of ``_flash_rows``' arguments. Returns
+    ``acc`` [B, H, Sq, Dv], ``l``, ``m``."""
+    batch, heads, k_len, _ = v.shape
     rows = _chunk_rows(batch * heads, q_len, k_len, row_multiple, v.device)
     acc = torch.empty(batch, heads, q_len, v.shape[-1], dtype=torch.float32, device=v.device)
     l_all = torch.empty(batch, heads, q_len, dtype=torch.float32, device=v.device)
     m_all = torch.empty_like(l_all)
-    for r0 in range(0, q_len, rows):
-        r1 = min(q_len, r0 + rows)
-        s = logits(slice(r0, r1))
-        if causal:
-            keep = torch.arange(k_len, device=v.device)[None, :] <= torch.arange(r0, r1, device=v.device)[:, None]
-            s.masked_fill_(~keep, -math.inf)
-        block = block_n if block_n > 0 else k_len
-        acc[:, :, r0:r1], l_all[:, :, r0:r1], m_all[:, :, r0:r1] = _flash_rows(s, v, slice(r0, r1), block=block,
-                                                                               exp=exp, **loop)
+    block = block_n if block_n > 0 else k_len
+    with _exact_float32(v.device):
+        for r0 in range(0, q_len, rows):
+            r1 = min(q_len, r0 + rows)
+            s = logits(slice(r0, r1))
+            if causal:
+                keep = torch.arange(k_len, device=v.device)[None, :] <= torch.arange(r0, r1, device=v.device)[:, None]
+                s.masked_fill_(~keep, -math.inf)
+            acc[:, :, r0:r1], l_all[:, :, r0:r1], m_all[:, :, r0:r1] = _flash_rows(s, v, slice(r0, r1), block=block,
+                                                                                   exp=exp, **loop)
     return acc, l_all, m_all
 
 
 def _row_max(x, rows, blocks):
     return x.amax(dim=-1)
+
+
+def _keep(p):
+    return p
 
 
 def _exp_shifted(exp):
@@ -157,11 +151,6 @@ def _add_matmul(acc, p, v_block):
     acc.flatten(0, 1).baddbmm_(p.flatten(0, 1), v_block.flatten(0, 1))
 
 
-def _lse(m, l, base2: bool = False):
-    lse = m + torch.log2(l) if base2 else m + torch.log(l)
-    return lse * math.log(2) if base2 else lse
-
-
 def _finish(out_rounded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, H, S, D] float32 holding the kernel's output values -> [B, S, H, D] in the input dtype."""
     return out_rounded.transpose(1, 2).to(dtype)
@@ -172,26 +161,6 @@ def _check_options(**choices):
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise InvalidBackendSpecError(f"option {name}={value!r} is not one of {sorted(allowed, key=str)}")
-
-
-def flash_float32(q, k, v, *, scale, causal=False, block_n=0):
-    """The float32 kernel the emulators wrap, with none of their rounding points: the inputs' values in float32,
-    ``exp``, a float32 ``P.V`` over key blocks of ``block_n`` (0: all keys at once). The yardstick of what emulation
-    costs (``benchmarks/emulators.py``); not a registered backend. Returns [B, S, H, D] float32."""
-    groups = q.shape[2] // k.shape[2]
-    qh, kh, vh = _heads_first(q.float()), _heads_first(k.float(), groups), _heads_first(v.float(), groups)
-
-    def logits(rows):
-        return torch.matmul(qh[:, :, rows], kh.transpose(-1, -2)).mul_(scale)
-
-    with _exact_float32(q.device):
-        acc, l, _ = _flash(qh.shape[2], kh.shape[2], qh.shape[:2], vh, logits=logits, block_n=int(block_n),
-                           exp=torch.exp, causal=causal, block_max=_row_max, probs=_exp_shifted(torch.exp),
-                           round_p=lambda p: p, add_pv=_add_matmul)
-    return (acc / l[..., None]).transpose(1, 2)
-
-
-# ----------------------------------------------------------------------------------------- exact (bf16)
 
 
 def _half_operands(q, k, v):
@@ -209,29 +178,24 @@ def _half_result(acc, l, m, *, work, out_mode, dtype, return_lse):
     out = acc / l[..., None]
     out = numerics.round_bf16(out, out_mode) if work == torch.bfloat16 else numerics.round_fp16(out)
     result = _finish(out, dtype)
-    return (result, _lse(m, l)) if return_lse else result
+    return (result, m + torch.log(l)) if return_lse else result
 
 
 def _bf16_flash(q, k, v, *, scale, causal, return_lse, probs, block_n, probs_mode, out_mode):
     _check_options(probs=(probs, {"bf16", "fp32"}))
     work, qh, kh, vh = _half_operands(q, k, v)
-    batch, heads, q_len, _ = qh.shape
     if probs == "fp32":
-        def round_p(p):
-            return p
+        round_p = _keep
     elif work == torch.bfloat16:
-        def round_p(p):
-            return numerics.round_bf16_(p, probs_mode)
+        round_p = functools.partial(numerics.round_bf16_, mode=probs_mode)
     else:
         round_p = numerics.round_fp16_
 
     def logits(rows):
         return torch.matmul(qh[:, :, rows], kh.transpose(-1, -2)).mul_(scale)
 
-    with _exact_float32(q.device):
-        acc, l, m = _flash(q_len, kh.shape[2], (batch, heads), vh, logits=logits, block_n=int(block_n), exp=torch.exp,
-                           causal=causal, block_max=_row_max, probs=_exp_shifted(torch.exp), round_p=round_p,
-                           add_pv=_add_matmul)
+    acc, l, m = _flash(qh.shape[2], vh, logits=logits, block_n=int(block_n), exp=torch.exp, causal=causal,
+                       block_max=_row_max, probs=_exp_shifted(torch.exp), round_p=round_p, add_pv=_add_matmul)
     return _half_result(acc, l, m, work=work, out_mode=out_mode, dtype=q.dtype, return_lse=return_lse)
 
 
@@ -253,29 +217,21 @@ def emu_aiter(q, k, v, *, scale, causal=False, return_lse=False, how_v3_bf16_cvt
                        block_n=block_n, probs_mode=mode if cvt_probs else numerics.RTNE, out_mode=mode)
 
 
-# ------------------------------------------------------------------------------------------- quantised
-
-
-def _smoothed_k(k: torch.Tensor, work: torch.dtype) -> torch.Tensor:
-    """K minus its per-head token mean, computed in the kernel's input dtype as both Sage wrappers do."""
-    k_work = k.to(work)
-    return k_work - k_work.mean(dim=1, keepdim=True)
-
-
 def _int8_operands(q, k, *, scale, log2e, blocks, work):
     """Q (scaled by scale*log2e) and smoothed K as int8 blocks: integers (float32), per-token scales."""
     multiplier = torch.tensor(scale * log2e, dtype=torch.float32).item()  # the fp32 scalar the kernel gets
     q_ints, q_scales = numerics.quantise_int8_per_block(q.to(work).float().transpose(1, 2), blocks["q"],
                                                         multiplier=multiplier)
-    k_ints, k_scales = numerics.quantise_int8_per_block(_smoothed_k(k, work).float().transpose(1, 2), blocks["k"])
+    k_work = k.to(work)
+    k_smooth = k_work - k_work.mean(dim=1, keepdim=True)  # in the kernel's input dtype, as both Sage wrappers do
+    k_ints, k_scales = numerics.quantise_int8_per_block(k_smooth.float().transpose(1, 2), blocks["k"])
     return q_ints, q_scales, k_ints, k_scales
 
 
 def _fp16_accumulated_pv(pv_chunk: int):
-    """Sage's ``P.V`` for one key block with fp16-valued ``p``: the products of each chunk of ``pv_chunk`` keys summed
-    in float32, added to an fp16 accumulator in float32 and rounded to fp16 after each chunk. The add is fused into
-    the matrix product (``baddbmm``: BLAS sums the chunk's products from zero and adds the accumulator once, the same
-    rounding as a separate add; the tests check it bit for bit). The accumulator is reused from block to block."""
+    """Sage's ``P.V`` for one key block: each chunk of ``pv_chunk`` keys' products summed in float32 and added to an
+    fp16 accumulator, rounded to fp16 after each chunk (the add fused into ``baddbmm``, the same rounding as a
+    separate add: the tests check it bit for bit)."""
     buffers = {}
 
     def add_pv(acc, p, v_block):
@@ -316,17 +272,12 @@ def _sage_operands(q, k, v, *, scale):
 
 
 def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
-    """SageAttention 1.0.6's Triton kernel in float32 (algorithm: module docstring).
-
-    Q·K is exact (integers below 2^24: 128 x 127 x 127 = 2,064,512 at head_dim 128), descaled as
-    ``(qk * q_scale) * k_scale``; exp2 online softmax over blocks of 64 keys; ``p`` to fp16; each block's
-    ``P.V`` accumulated in fp16 (rounded after every ``pv_chunk`` keys: the fp16-accumulating MMA's k-step,
-    an assumed point) and added to a float32 accumulator; output in the input's half dtype.
-    """
+    """SageAttention 1.0.6's Triton kernel in float32 (docs/emulators.md): exact int8 Q·K (integers below 2^24),
+    descaled as ``(qk * q_scale) * k_scale``; exp2 online softmax over blocks of 64 keys; ``p`` to fp16; each block's
+    ``P.V`` accumulated in fp16, rounded after every ``pv_chunk`` keys (the fp16 MMA's k-step, an assumed point)."""
     _check_options(pv_chunk=(pv_chunk, {1, 2, 4, 8, 16, 32, 64}))
     work, q_ints, q_row_scale, k_ints, k_col_scale, vh = _sage_operands(q, k, v, scale=scale)
-    q_len, k_len = q.shape[1], k.shape[1]
-    tail = -k_len % SAGE_BLOCKS["k"]
+    tail = -k.shape[1] % SAGE_BLOCKS["k"]
     if tail and not causal:
         # The non-causal kernel loads the keys past the last one as zeros and never masks their scores: each scores
         # exactly 0, enters the softmax's sum and brings a zero value, so the output shrinks toward zero. Modelled as
@@ -334,17 +285,14 @@ def emu_sage(q, k, v, *, scale, causal=False, return_lse=False, pv_chunk=16):
         k_ints = torch.nn.functional.pad(k_ints, (0, 0, 0, tail))
         k_col_scale = torch.nn.functional.pad(k_col_scale, (0, tail), value=1.0)
         vh = torch.nn.functional.pad(vh, (0, 0, 0, tail))
-        k_len += tail
 
     def logits(rows):  # exact integer products, then (qk * q_scale) * k_scale in float32
         qk = torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))
         return qk.mul_(q_row_scale[:, :, rows, None]).mul_(k_col_scale[:, :, None, :])
 
-    with _exact_float32(q.device):
-        acc, l, _ = _flash(q_len, k_len, q_ints.shape[:2], vh, logits=logits, block_n=SAGE_BLOCKS["k"], exp=torch.exp2,
-                           causal=causal, row_multiple=SAGE_BLOCKS["q"], block_max=_row_max,
-                           probs=_exp_shifted(torch.exp2), round_p=numerics.round_fp16_,
-                           add_pv=_fp16_accumulated_pv(pv_chunk))
+    acc, l, _ = _flash(q.shape[1], vh, logits=logits, block_n=SAGE_BLOCKS["k"], exp=torch.exp2, causal=causal,
+                       row_multiple=SAGE_BLOCKS["q"], block_max=_row_max, probs=_exp_shifted(torch.exp2),
+                       round_p=numerics.round_fp16_, add_pv=_fp16_accumulated_pv(pv_chunk))
     out = (acc / l[..., None]).to(work).float()
     result = _finish(out, q.dtype)
     if return_lse:
@@ -371,17 +319,10 @@ def _aiter_sage_operands(q, k, v, *, scale, fp8):
 
 
 def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3fnuz"):
-    """aiter's fav3 Sage kernel (``fav3_sage_wrapper_func``) in float32 (algorithm: module docstring).
-
-    int8 Q (blocks of 256 tokens, ``sm_scale * log2e`` folded in) and mean-smoothed K (blocks of 128); V in
-    fp8 with one scale per channel over the whole sequence (``fp8``: ``e4m3fnuz`` on MI300/gfx942, ``e4m3fn``
-    on gfx950); ``fma(qk, q_descale * k_descale, -m)``, exp2, ``p`` cast to fp8 (unscaled) before a float32
-    ``P.V``; ``acc / l * v_descale`` rounded to bf16 (the kernel's output dtype, whatever the input's).
-    """
+    """aiter's fav3 Sage kernel (``fav3_sage_wrapper_func``) in float32 (docs/emulators.md): int8 Q (blocks of 256)
+    and smoothed K (128), fp8 V per channel (``fp8``: ``e4m3fnuz`` on gfx942, ``e4m3fn`` on gfx950),
+    ``fma(qk, q_descale * k_descale, -m)``, exp2, ``p`` to fp8 before a float32 ``P.V``, bf16 output."""
     q_ints, q_row_scale, k_ints, k_scales, v_q, v_scales = _aiter_sage_operands(q, k, v, scale=scale, fp8=fp8)
-    q_len, k_len = q.shape[1], k.shape[1]
-    block_n = AITER_SAGE_BLOCKS["k"]
-
     block_scale = q_row_scale[..., None] * k_scales[:, :, None, :]  # [B, H, Sq, key blocks]: q_descale * k_descale
 
     def logits(rows):  # the exact integer products; masked to -inf where causal
@@ -395,10 +336,9 @@ def emu_aiter_sage(q, k, v, *, scale, causal=False, return_lse=False, fp8="e4m3f
         shifted = qk.double().mul_(block_scale[:, :, rows, blocks].double()[..., None]).sub_(m_safe.double()[..., None])
         return shifted.float().exp2_()
 
-    with _exact_float32(q.device):
-        acc, l, _ = _flash(q_len, k_len, q_ints.shape[:2], v_q, logits=logits, block_n=block_n, exp=torch.exp2,
-                           causal=causal, row_multiple=AITER_SAGE_BLOCKS["q"], block_max=block_max, probs=probs,
-                           round_p=lambda p: numerics.round_fp8_(p, fp8), add_pv=_add_matmul)
+    acc, l, _ = _flash(q.shape[1], v_q, logits=logits, block_n=AITER_SAGE_BLOCKS["k"], exp=torch.exp2, causal=causal,
+                       row_multiple=AITER_SAGE_BLOCKS["q"], block_max=block_max, probs=probs,
+                       round_p=lambda p: numerics.round_fp8_(p, fp8), add_pv=_add_matmul)
     reciprocal = 1.0 / torch.clamp(l, min=AITER_MIN_L)
     out = numerics.round_bf16(acc * reciprocal[..., None] * v_scales[:, :, None, :])
     result = _finish(out, q.dtype)

@@ -12,9 +12,9 @@ import torch
 
 from .. import numerics
 from .base import Backend
-from .emulated import (EMULATED_MAX_HEAD_DIM, _add_matmul, _caps, _check_options, _exact_float32, _finish, _flash,
-                       _heads_first, _repeat_heads, _work_dtype)
-from .fa3_fp8 import FP8_MAX, fp8_operands
+from .emulated import (EMULATED_MAX_HEAD_DIM, _add_matmul, _caps, _check_options, _exp_shifted,
+                       _finish, _flash, _heads_first, _repeat_heads, _work_dtype)
+from .flash_attn import FP8_MAX, fp8_operands
 
 LOG2E_F32 = torch.tensor(math.log2(math.e), dtype=torch.float32).item()  # M_LOG2E as the float the kernels use
 FA3_FP8_MAX_OFFSET = 8.0  # softmax.h Max_offset for FP8: p in [0, 2**8]
@@ -25,10 +25,7 @@ SAGE2_BLOCKS = {"q": 64, "k": 128, "warp": 16}  # CTA_Q, CTA_K, a warp's query r
 
 def fa3_fp8_block_n(head_dim: int) -> int:
     """FA3's FP8 key-block size on Hopper (tile_size_fwd_sm90, no paged KV, no softcap)."""
-    for limit, block in ((64, 160), (96, 128), (128, 224), (192, 160)):
-        if head_dim <= limit:
-            return block
-    return 128
+    return next((block for limit, block in ((64, 160), (96, 128), (128, 224), (192, 160)) if head_dim <= limit), 128)
 
 
 def _round_e4m3_(p: torch.Tensor) -> torch.Tensor:
@@ -42,15 +39,8 @@ def _offset_max(offset: float):
     return block_max
 
 
-def _exp2_shifted(x, m_safe, rows, blocks):
-    return torch.exp2(x - m_safe[..., None])
-
-
-# --------------------------------------------------------------------------------------------- FA3 FP8
-
-
 def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None):
-    """FlashAttention-3's FP8 forward in float32 (algorithm: module docstring): e4m3 Q/K/V with per (batch, KV head)
+    """FlashAttention-3's FP8 forward in float32 (docs/hopper.md): e4m3 Q/K/V with per (batch, KV head)
     descales, float32 scores in log2 units, an online softmax over key blocks of ``block_n`` (None: FA3's tile for
     the head dim) taken from the last block to the first, ``p`` scaled by 2**8 and rounded to e4m3 before a float32
     P·V, ``acc * v_descale / sum`` rounded to bf16 (FA3's FP8 output dtype), returned in the input dtype."""
@@ -58,8 +48,7 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
     groups = q.shape[2] // k.shape[2]
     qh = _heads_first(q8.float())
     kh, vh = _heads_first(k8.float(), groups), _heads_first(v8.float(), groups)
-    batch, heads, q_len, _ = qh.shape
-    k_len = kh.shape[2]
+    q_len, k_len = qh.shape[2], kh.shape[2]
     block = int(block_n) if block_n else fa3_fp8_block_n(q.shape[-1])
     if block < 1:
         raise ValueError(f"block_n must be >= 1, got {block_n}")
@@ -82,10 +71,9 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
             keep = keep & (positions[None, :] <= query + (k_len - q_len))
         return s.masked_fill_(~keep, -math.inf)
 
-    with _exact_float32(q.device):
-        acc, l, m = _flash(q_len, k_rev.shape[2], (batch, heads), v_rev, logits=logits, block_n=block, exp=torch.exp2,
-                           causal=False, block_max=_offset_max(FA3_FP8_MAX_OFFSET), probs=_exp2_shifted,
-                           round_p=_round_e4m3_, add_pv=_add_matmul)
+    acc, l, m = _flash(q_len, v_rev, logits=logits, block_n=block, exp=torch.exp2, causal=False,
+                       block_max=_offset_max(FA3_FP8_MAX_OFFSET), probs=_exp_shifted(torch.exp2),
+                       round_p=_round_e4m3_, add_pv=_add_matmul)
     out = acc * (dv[:, :, None, None].to(q.device) / l[..., None])
     result = _finish(numerics.round_bf16(out), q.dtype)
     if not return_lse:
@@ -93,9 +81,6 @@ def emu_fa3_fp8(q, k, v, *, scale, causal=False, return_lse=False, block_n=None)
     # m holds max * scale_log2 - 8 and l the sum of 2**8-scaled p: undo both
     lse = ((m + FA3_FP8_MAX_OFFSET) + torch.log2(l / 2 ** FA3_FP8_MAX_OFFSET)) * math.log(2)
     return result, lse
-
-
-# ---------------------------------------------------------------------------------------------- Sage 2
 
 
 def _group_scales(x, group_of, groups, *, per_thread):
@@ -158,25 +143,22 @@ def sage2_operands(q, k, v, *, qk_quant_gran="per_thread", smooth_k=True):
 
 def emu_sage2(q, k, v, *, scale, causal=False, return_lse=False, qk_quant_gran="per_thread",
               pv_accum_dtype="fp32+fp32", smooth_k=True):
-    """SageAttention 2's sm90 kernel in float32 (algorithm: module docstring): INT8 Q·K exact, descaled as
+    """SageAttention 2's sm90 kernel in float32 (docs/hopper.md): INT8 Q·K exact, descaled as
     ``s * (sm_scale * log2e * (q_scale * k_scale))``; online softmax over blocks of 128 keys with ``m = max - 8.807``;
     ``p`` rounded to e4m3 before each block's float32 P·V (started from zero, added to the float32 accumulator);
     ``acc / sum * v_scale`` in the input's half dtype."""
     _check_options(pv_accum_dtype=(pv_accum_dtype, {"fp32+fp32"}))
     work, q_ints, q_scale, k_ints, k_scale, v8, v_scale, kmh = sage2_operands(q, k, v, qk_quant_gran=qk_quant_gran,
                                                                               smooth_k=smooth_k)
-    q_len, k_len = q.shape[1], k.shape[1]
     sm_log2 = torch.tensor(scale * LOG2E_F32, dtype=torch.float32).item()
 
     def logits(rows):  # exact integer products, then one float32 multiplier per (query, key)
         s = torch.matmul(q_ints[:, :, rows], k_ints.transpose(-1, -2))
         return s.mul_((q_scale[:, :, rows, None] * k_scale[:, :, None, :]).mul_(sm_log2))
 
-    with _exact_float32(q.device):
-        acc, l, m = _flash(q_len, k_len, q_ints.shape[:2], v8, logits=logits, block_n=SAGE2_BLOCKS["k"],
-                           exp=torch.exp2, causal=causal, row_multiple=SAGE2_BLOCKS["q"],
-                           block_max=_offset_max(SAGE2_FP8_OFFSET), probs=_exp2_shifted, round_p=_round_e4m3_,
-                           add_pv=_add_matmul)
+    acc, l, m = _flash(q.shape[1], v8, logits=logits, block_n=SAGE2_BLOCKS["k"], exp=torch.exp2, causal=causal,
+                       row_multiple=SAGE2_BLOCKS["q"], block_max=_offset_max(SAGE2_FP8_OFFSET),
+                       probs=_exp_shifted(torch.exp2), round_p=_round_e4m3_, add_pv=_add_matmul)
     out = (acc / l[..., None]) * v_scale[:, :, None, :]
     result = _finish(out.to(work).float(), q.dtype)
     if not return_lse:

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .base import FLOAT_DTYPES, Backend, Capabilities, to_bhsd
+from .base import FLOAT_DTYPES, Backend, Capabilities
 
 
 @functools.cache
@@ -33,23 +33,16 @@ def _flex_fn(compiled: bool):
     return eager
 
 
-def _causal_block_mask(q, k):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def causal(b, h, q_idx, kv_idx):
-        return q_idx >= kv_idx
-
-    return create_block_mask(causal, B=None, H=None, Q_LEN=q.shape[1], KV_LEN=k.shape[1], device=q.device)
-
-
 def flex(q, k, v, *, scale, causal=False, return_lse=False, compile="auto"):
     from torch.nn.attention import flex_attention as flex_module
 
     compiled = (q.device.type == "cuda") if compile == "auto" else bool(compile)
-    qh, kh, vh = to_bhsd(q, k, v)
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     kwargs = {"scale": scale, "enable_gqa": qh.shape[1] != kh.shape[1]}
     if causal:
-        kwargs["block_mask"] = _causal_block_mask(q, k)
+        kwargs["block_mask"] = flex_module.create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, B=None,
+                                                             H=None, Q_LEN=q.shape[1], KV_LEN=k.shape[1],
+                                                             device=q.device)
     if return_lse:
         if hasattr(flex_module, "AuxRequest"):  # torch >= 2.9; return_lse is deprecated there
             out, aux = _flex_fn(compiled)(qh, kh, vh, return_aux=flex_module.AuxRequest(lse=True), **kwargs)
@@ -68,12 +61,8 @@ def _flex_checks(q, k, platform):
 
 
 BACKENDS = [
-    Backend(
-        "flex",
-        flex,
-        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), dtypes=FLOAT_DTYPES, returns_lse=True),
-        "FlexAttention (torch.compile'd Triton kernel on GPU; eager reference path on CPU)",
-        options={"compile": "auto"},
-        extra_checks=_flex_checks, aliases=("flex_attention",), diffusers=("flex",),
-    ),
+    Backend("flex", flex, Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), dtypes=FLOAT_DTYPES,
+                                       returns_lse=True),
+            "FlexAttention (torch.compile'd Triton kernel on GPU; eager reference path on CPU)",
+            options={"compile": "auto"}, extra_checks=_flex_checks, aliases=("flex_attention",), diffusers=("flex",)),
 ]

@@ -19,11 +19,9 @@ def reference_attention(q, k, v, *, scale, causal=False, return_lse=False, out_d
     batch, seq_q, heads, _ = q.shape
     kv_heads, seq_k = k.shape[2], k.shape[1]
     groups = heads // kv_heads
-    k64 = k.to(torch.float64).transpose(1, 2)  # [B, Hkv, Sk, D]
-    v64 = v.to(torch.float64).transpose(1, 2)
+    k64, v64 = (t.to(torch.float64).transpose(1, 2) for t in (k, v))  # [B, Hkv, Sk, D]
     if groups > 1:
-        k64 = k64.repeat_interleave(groups, dim=1)
-        v64 = v64.repeat_interleave(groups, dim=1)
+        k64, v64 = k64.repeat_interleave(groups, dim=1), v64.repeat_interleave(groups, dim=1)
     chunk = max(1, min(seq_q, budget_elements // max(1, batch * heads * seq_k)))
     out = torch.empty(batch, seq_q, heads, v.shape[-1], dtype=out_dtype, device=q.device)
     lse = torch.empty(batch, heads, seq_q, dtype=torch.float32, device=q.device) if return_lse else None
@@ -49,12 +47,9 @@ def _reference_backend(q, k, v, *, scale, causal=False, return_lse=False):
 
 
 BACKENDS = [
-    Backend(
-        "reference",
-        _reference_backend,
-        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"}), dtypes=FLOAT_DTYPES,
-                     returns_lse=True, lse_grad=True),  # plain torch ops: autograd differentiates the LSE
-        "exact float64 attention, chunked over queries (slow; the yardstick for every comparison)",
-        aliases=("float64",),
-    ),
+    Backend("reference", _reference_backend,
+            Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"}), dtypes=FLOAT_DTYPES,
+                         returns_lse=True, lse_grad=True),  # plain torch ops: autograd differentiates the LSE
+            "exact float64 attention, chunked over queries (slow; the yardstick for every comparison)",
+            aliases=("float64",)),
 ]

@@ -17,16 +17,6 @@ from ..platform import Platform
 from ..util import torch_dtype_name
 from .base import FLOAT_DTYPES, HALF_DTYPES, Backend, Capabilities
 
-_GPU = frozenset({"nvidia", "amd"})
-
-
-def _expand_kv_heads(q, k, v):
-    """The private ATen ops take no ``enable_gqa``: repeat K/V heads (dim 1 in [B, H, S, D])."""
-    groups = q.shape[1] // k.shape[1]
-    if groups == 1:
-        return k, v
-    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-
 
 def _sdpa(q, k, v, *, scale, causal=False, return_lse=False, kernel=None):
     # This is the hot path of every FLUX.2 attention call: plain transposes, no helper calls.
@@ -44,7 +34,9 @@ def _sdpa(q, k, v, *, scale, causal=False, return_lse=False, kernel=None):
         return out.transpose(1, 2)
     # The kernel's ATen op, which SDPA itself calls once it has chosen: no per-call sdpa_kernel() context
     # switch, and the log-sum-exp is there for free.
-    kh, vh = _expand_kv_heads(qh, kh, vh)
+    if gqa:  # the private ATen ops take no ``enable_gqa``: repeat K/V heads
+        groups = qh.shape[1] // kh.shape[1]
+        kh, vh = kh.repeat_interleave(groups, dim=1), vh.repeat_interleave(groups, dim=1)
     out, lse = op(qh, kh, vh, causal, scale)
     if not return_lse:
         return out.transpose(1, 2)
@@ -66,7 +58,7 @@ _KERNEL_OPS = {  # (kernel, on CPU) -> op(q, k, v, causal, scale) -> (out, lse) 
 }
 
 
-def _torch_says_no(check, q, k) -> list[str]:
+def _torch_says_no(check, q, k, platform=None) -> list[str]:
     """Ask torch's own kernel-eligibility check on real CUDA tensors, keeping its explanation."""
     if q.device.type != "cuda":
         return []
@@ -82,66 +74,42 @@ def _torch_says_no(check, q, k) -> list[str]:
             + (f": {detail}" if detail else "")]
 
 
-def _half_only_on_gpu(name):
-    def check(q, k, platform: Platform):
-        if platform.is_gpu and q.dtype not in HALF_DTYPES:
-            return [f"{name} on GPU runs float16/bfloat16 only, got {torch_dtype_name(q.dtype)}"]
-        return []
-    return check
+def _flash_checks(q, k, platform: Platform):
+    if platform.is_gpu and q.dtype not in HALF_DTYPES:
+        return [f"sdpa_flash on GPU runs float16/bfloat16 only, got {torch_dtype_name(q.dtype)}"]
+    return _torch_says_no(torch.backends.cuda.can_use_flash_attention, q, k)
 
 
-def _flash_checks(q, k, platform):
-    reasons = _half_only_on_gpu("sdpa_flash")(q, k, platform)
-    return reasons or _torch_says_no(torch.backends.cuda.can_use_flash_attention, q, k)
+def _kernel(name: str, kernel, caps: Capabilities, description: str, **declared) -> Backend:
+    return Backend(name, functools.partial(_sdpa, kernel=kernel), caps, description,
+                   diffusers=(f"_native_{name[5:]}",), **declared)
 
 
-def _efficient_checks(q, k, platform):
-    return _torch_says_no(torch.backends.cuda.can_use_efficient_attention, q, k)
-
-
-def _cudnn_checks(q, k, platform):
-    return _torch_says_no(torch.backends.cuda.can_use_cudnn_attention, q, k)
-
-
+_ALL = frozenset({"nvidia", "amd", "cpu", "other"})
 BACKENDS = [
-    Backend(
-        "sdpa",
-        _sdpa,
-        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
-        "torch.nn.functional.scaled_dot_product_attention; torch picks the kernel (version-dependent)",
-        aliases=("torch_sdpa",), diffusers=("native",),
-        # On CPU torch's own pick is the fastest exact kernel, and bit-identical to diffusers' default.
-        priority={"nvidia": 90, "amd": 90, "cpu": 10, "other": 10},
-    ),
-    Backend(
-        "sdpa_math",
-        functools.partial(_sdpa, kernel=SDPBackend.MATH),
-        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu", "other"})),
-        "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)",
-        diffusers=("_native_math",), priority={"cpu": 30},
-    ),
-    Backend(
-        "sdpa_flash",
-        functools.partial(_sdpa, kernel=SDPBackend.FLASH_ATTENTION),
-        Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), arches={"nvidia": ("sm_80+",)},
-                     dtypes=FLOAT_DTYPES, max_head_dim=256, returns_lse=True),
-        "SDPA's FlashAttention-2 kernel (CUDA/ROCm) or its CPU flash kernel",
-        extra_checks=_flash_checks, diffusers=("_native_flash",), priority={"nvidia": 40, "amd": 40, "cpu": 20},
-    ),
-    Backend(
-        "sdpa_efficient",
-        functools.partial(_sdpa, kernel=SDPBackend.EFFICIENT_ATTENTION),
-        Capabilities(vendors=_GPU, dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
-                     gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
-        "SDPA's memory-efficient (xformers/cutlass) kernel",
-        extra_checks=_efficient_checks, diffusers=("_native_efficient",), priority={"nvidia": 60, "amd": 60},
-    ),
-    Backend(
-        "sdpa_cudnn",
-        functools.partial(_sdpa, kernel=SDPBackend.CUDNN_ATTENTION),
-        Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
-                     max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
-        "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
-        extra_checks=_cudnn_checks, diffusers=("_native_cudnn",), priority={"nvidia": 20},
-    ),
+    Backend("sdpa", _sdpa, Capabilities(vendors=_ALL),
+            "torch.nn.functional.scaled_dot_product_attention; torch picks the kernel (version-dependent)",
+            aliases=("torch_sdpa",), diffusers=("native",),
+            # On CPU torch's own pick is the fastest exact kernel, and bit-identical to diffusers' default.
+            priority={"nvidia": 90, "amd": 90, "cpu": 10, "other": 10}),
+    _kernel("sdpa_math", SDPBackend.MATH, Capabilities(vendors=_ALL),
+            "SDPA's unfused math kernel (materialises the S x S scores; slow, for debugging)", priority={"cpu": 30}),
+    _kernel("sdpa_flash", SDPBackend.FLASH_ATTENTION,
+            Capabilities(vendors=frozenset({"nvidia", "amd", "cpu"}), arches={"nvidia": ("sm_80+",)},
+                         dtypes=FLOAT_DTYPES, max_head_dim=256, returns_lse=True),
+            "SDPA's FlashAttention-2 kernel (CUDA/ROCm) or its CPU flash kernel",
+            extra_checks=_flash_checks, priority={"nvidia": 40, "amd": 40, "cpu": 20}),
+    _kernel("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION,
+            Capabilities(vendors=frozenset({"nvidia", "amd"}), dtypes=frozenset({torch.float16, torch.bfloat16,
+                                                                                 torch.float32}),
+                         gqa=False, returns_lse=True),  # torch 2.11 rejects enable_gqa for this kernel
+            "SDPA's memory-efficient (xformers/cutlass) kernel",
+            extra_checks=functools.partial(_torch_says_no, torch.backends.cuda.can_use_efficient_attention),
+            priority={"nvidia": 60, "amd": 60}),
+    _kernel("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION,
+            Capabilities(vendors=frozenset({"nvidia"}), arches={"nvidia": ("sm_80+",)}, dtypes=HALF_DTYPES,
+                         max_head_dim=128, returns_lse=True, needs_cudnn_attention=True),
+            "SDPA's cuDNN fused-attention kernel (NVIDIA only; ROCm has no cuDNN)",
+            extra_checks=functools.partial(_torch_says_no, torch.backends.cuda.can_use_cudnn_attention),
+            priority={"nvidia": 20}),
 ]

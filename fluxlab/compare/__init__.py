@@ -1,20 +1,15 @@
 """Numerical equivalence of attention backends: against float64, judged by torch's own error; images; records."""
 
-from .attention import compare_attention, parse_dtype
-from .captured import compare_captured
+from .attention import compare_attention, compare_captured, parse_dtype, replay
 from .gate import GateStats, Judgement, Yardstick, judge_attention
-from .band_measure import measure_image_band
-from .bands import ImageBand
-from .image_rule import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS
-from .images import ImageComparison, ImageRow, compare_images
-from .generation_invariance import GenerationInvarianceReport, check_generation_invariance
-from .invariance import InvarianceReport, check_invariance
+from .bands import IMAGE_RULE_TEXT, YARDSTICK_BACKENDS, ImageBand
+from .images import ImageComparison, ImageRow, compare_images, measure_image_band
+from .invariance import GenerationInvarianceReport, InvarianceReport, check_generation_invariance, check_invariance
 from .inputs import (CPU_INPUTS, DISTRIBUTIONS, FLUX_INPUTS, SMOKE_INPUTS, AttentionCase, InputSpec, default_inputs,
                      synthetic_qkv)
 from .metrics import ErrorMap, ErrorStats, error_map, error_stats
 from .plots import plot_error_maps, plot_image_comparison
 from .records import RecordIntegrityError, RecordsFolderError, RecordsNotFoundError, load_records, save_records
-from .replay import replay
 from .report import ComparisonReport, ComparisonRow
 from .specs import KNOBS, BackendSpec
 from .sweep import run_compare

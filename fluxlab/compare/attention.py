@@ -1,55 +1,55 @@
-"""``compare_attention``: every backend on every input against float64, judged against torch's own error.
+"""``compare_attention``: every backend on every input against float64, judged against torch's own error; records
+replayed from another machine (``replay``) and a pipeline's own captured calls (``compare_captured``) go through it.
 A kernel that raises or returns NaN/inf/wrong shapes is a failed row (out of memory: skipped); the sweep finishes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
+
 import torch
 
 from .. import registry
 from ..backends.reference import reference_attention
 from ..dispatch import plan
 from ..errors import BackendUnavailableError, InvalidInputError, UnknownBackendError
+from ..models.capture import capture
 from ..platform import platform_for_device
 from ..record import AttentionRecord
-from ..util import DTYPES, parse_dtype, time_calls, torch_dtype_name
-from .baseline import BASELINE_NAME, baseline_attention
+from ..util import parse_dtype, time_calls, torch_dtype_name
+from .gate import BASELINE_NAME, Yardstick, baseline_attention, comparable, judge_attention
 from .inputs import AttentionCase, InputSpec, count_cases, default_inputs, iter_cases, record_case
-from .gate import Yardstick, comparable, judge_attention
 from .metrics import error_map, error_stats
 from .report import ComparisonReport, ComparisonRow
 from .specs import BackendSpec, parse_backends
 from .tolerances import FAIL, SKIP, judge_lse, worst, yardstick_ratios
 
-DTYPE_NAMES = DTYPES  # the one name -> dtype table (fluxlab.util); parse_dtype below comes from there too
 GPU_TIMING_REPEATS = 5
 # float64 scores held at once by the reference (read at call time; tests shrink it to prove the chunking).
 REFERENCE_BUDGET_ELEMENTS = 2**26
+CAPTURE_PROMPT = "a red circle at the top left on a blue background"  # a caption the embedded model was trained on
+MANIFEST_KEYS = ("platform_description", "platform", "versions", "git", "backends", "created_utc")
 
 
 def compare_attention(inputs=None, backends=None, reference: str = "reference", *, dtype=torch.bfloat16,
                       dtypes: Iterable | None = None, seeds: Iterable[int] = (0,), device=None,
                       progress: bool = True, timing_repeats: int | None = None,
                       error_maps: bool = True) -> ComparisonReport:
-    """Compare attention backends with the exact (float64) answer, input by input.
+    """Compare attention backends with the exact (float64) answer, input by input (docs/compare.md).
 
-    inputs: None (the default synthetic set for this machine: ``inputs.default_inputs``), a list of
-        ``InputSpec`` / ``AttentionRecord`` / ``AttentionCase``, or a folder written by ``save_records``.
-        Records keep their own dtype; where a record holds the output of the run it was captured from, that
-        output is judged too (row "recorded:<backend>") and every backend's ``rel_l2_vs_recorded`` is filled.
-    backends: None (every backend that runs on this machine, except the reference), or specs such as
-        ``["sdpa", "flex", "aiter:how_v3_bf16_cvt=0", "sdpa:cudnn=0"]`` (see ``specs.KNOBS``).
+    inputs: None (``inputs.default_inputs`` for this machine), a list of ``InputSpec`` / ``AttentionRecord`` /
+        ``AttentionCase``, or a folder written by ``save_records`` (as ``replay``). A record's own output is
+        judged too (row "recorded:<backend>") and fills every backend's ``rel_l2_vs_recorded``.
+    backends: None (every backend that runs here, except the reference), or specs such as ``"sdpa:cudnn=0"``.
     reference: "reference" (fluxlab's chunked float64 attention) or another backend, run on float64 copies.
     dtype / dtypes: the dtype(s) synthetic inputs are drawn in (``dtypes=("bf16", "fp16")`` is an axis).
-
-    Each row carries max_abs, mean_abs, rel_l2 and cosine against float64, the same numbers for torch's
-    SDPA math kernel in the same dtype (the yardstick), their ratio, the LSE error where the backend returns
-    one, the time, the worst head and token, and a verdict (rules: ``tolerances.RULE_TEXT``).
     """
+    manifest = None
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if inputs is None:
-        inputs = default_inputs(_device_type(device))
+        inputs = default_inputs(device.type)
     elif isinstance(inputs, (str, os.PathLike)):
         from .records import load_records, recorded_on
 
@@ -60,13 +60,14 @@ def compare_attention(inputs=None, backends=None, reference: str = "reference", 
     inputs = list(inputs)
     dtypes = tuple(parse_dtype(d) for d in (dtypes if dtypes is not None else (dtype,)))
     seeds = tuple(seeds)
-    device = torch.device(device) if device is not None else torch.device(_device_type(None))
     platform = platform_for_device(device)
     specs = parse_backends(backends, platform)
     reference_fn = _reference_fn(reference)
 
-    total = count_cases(inputs, len(dtypes), len(seeds))
-    bar = _progress(total * (len(specs) + 1), progress)
+    from ..terminal import progress_bar  # a bar on a terminal or in a notebook, log lines in pipes
+
+    total = count_cases(inputs, len(dtypes), len(seeds)) * (len(specs) + 1)
+    bar = progress_bar(total=total, desc="compare_attention", unit="run", leave=False, disable=not progress)
     rows: list[ComparisonRow] = []
     try:
         for case in iter_cases(inputs, dtypes, seeds, device):
@@ -76,35 +77,53 @@ def compare_attention(inputs=None, backends=None, reference: str = "reference", 
             bar.update(1)
     finally:
         bar.close()
-    return ComparisonReport(rows, reference=reference if reference != "reference" else "fluxlab reference_attention",
-                            baseline=BASELINE_NAME, platform=platform.as_dict(),
-                            meta={"dtypes": [torch_dtype_name(d) for d in dtypes], "seeds": list(seeds),
-                                  "backends": [s.label for s in specs], "device": str(device)})
+    report = ComparisonReport(rows, reference=reference if reference != "reference" else "fluxlab reference_attention",
+                              baseline=BASELINE_NAME, platform=platform.as_dict(),
+                              meta={"dtypes": [torch_dtype_name(d) for d in dtypes], "seeds": list(seeds),
+                                    "backends": [s.label for s in specs], "device": str(device)})
+    if manifest is not None:  # the other machine's platform, versions and git revision
+        report.meta["recorded"] = {key: manifest.get(key) for key in MANIFEST_KEYS}
+        report.meta["recorded_results"] = manifest.get("results")
+    return report
 
 
-# --------------------------------------------------------------------------------------------------- helpers
+def replay(path, backends=None, **compare_kwargs) -> ComparisonReport:
+    """Compare ``backends`` (default: every backend that runs here) on the records saved at ``path`` (recorded on
+    another machine): each recorded output gets its own row ``recorded:<backend>@<machine>``, judged by the same
+    rule, and ``meta["recorded"]`` holds that machine's manifest. A missing, damaged or edited folder, or a record
+    ``fluxlab.attention`` would refuse, raises before anything runs (``load_records``, ``record_case``)."""
+    return compare_attention(os.fspath(path), backends, **compare_kwargs)
 
 
-def _device_type(device) -> str:
-    if device is not None:
-        return torch.device(device).type
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def compare_captured(pipe, backends=None, *, prompt: str = CAPTURE_PROMPT, steps: int = 4, seed: int = 0,
+                     layers=None, capture_steps=None, height: int = 64, width: int = 64, dtype=None,
+                     pipe_kwargs: dict | None = None, **compare_kwargs) -> ComparisonReport:
+    """Generate once with ``pipe`` while capturing every attention call (``layers`` / ``capture_steps``: as
+    ``fluxlab.capture``'s), then judge ``backends`` on each captured q/k/v (``compare_attention``). ``dtype``: cast
+    the captured q/k/v to it (the recorded outputs are then left out). ``report.closest_to_failing()`` lists the
+    layer/step inputs nearest a fail. ``pipe_kwargs``: more arguments for the pipeline call."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with capture(pipe, layers=layers, steps=capture_steps) as captured:
+        pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, output_type="np",
+             generator=generator, **(pipe_kwargs or {}))
+    records = list(captured)
+    if dtype is not None:
+        cast = parse_dtype(dtype)
+        records = [dataclasses.replace(r, q=r.q.to(cast), k=r.k.to(cast), v=r.v.to(cast), out=None, lse=None)
+                   for r in records]
+    report = compare_attention(records, backends, **compare_kwargs)
+    report.meta["captured"] = {"prompt": prompt, "steps": steps, "seed": seed, "height": height, "width": width,
+                               "calls": len(records),
+                               "dtype": torch_dtype_name(records[0].q.dtype) if records else None}
+    return report
 
 
 def _on_device(case: AttentionCase, device) -> AttentionCase:
     if case.q.device == device or (device.index is None and case.q.device.type == device.type):
         return case
-    import dataclasses
-
     moved = {name: getattr(case, name).to(device) for name in ("q", "k", "v", "recorded_out", "recorded_lse")
              if getattr(case, name) is not None}
     return dataclasses.replace(case, **moved)
-
-
-def _progress(total: int, enabled: bool):
-    from ..terminal import progress_bar  # a bar on a terminal or in a notebook, log lines in pipes
-
-    return progress_bar(total=total, desc="compare_attention", unit="run", leave=False, disable=not enabled)
 
 
 def _reference_fn(reference: str):
@@ -125,8 +144,7 @@ def _reference_fn(reference: str):
 
 
 def _yardstick(case, ref) -> Yardstick:
-    """The input's yardstick, once for every backend: torch's math kernel and float64 rounded to the dtype, with
-    their errors per head, batch element and text/image segment (``compare.gate``)."""
+    """The input's yardstick, once for every backend (``compare.gate``)."""
     baseline_out = baseline_attention(case.q, case.k, case.v, scale=case.scale, causal=case.causal)
     return Yardstick(ref, baseline_out, case.q.dtype, text_tokens=case.text_tokens)
 
@@ -158,8 +176,6 @@ def _judged_in_bf16(spec, case) -> bool:
 
 
 def _bf16_case(case, reference_fn):
-    import dataclasses
-
     half = dataclasses.replace(case, q=case.q.to(torch.bfloat16), k=case.k.to(torch.bfloat16),
                                v=case.v.to(torch.bfloat16))
     ref, ref_lse = reference_fn(half.q, half.k, half.v, scale=half.scale, causal=half.causal)
@@ -270,4 +286,4 @@ def _error_text(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["compare_attention", "parse_dtype"]
+__all__ = ["compare_attention", "compare_captured", "parse_dtype", "replay"]

@@ -1,24 +1,11 @@
-"""Image-level bands: how far apart legitimate changes put two generations, and verdicts counted in those bands.
-
-A *band* is, per metric (final-latent rel-L2, 1 - SSIM, pixel RMSE = 10^(-PSNR/20)), the largest distance between
-two generations that differ only by a legitimate change: another exact kernel, a rerun, another bf16 rounding
-(aiter's RTNE vs RTNA), another reduction order, another card. A kernel's distance from the reference divided by
-the band is how many bands away it is. Two classes of kernels have two bands, measured the same way:
-
-- ``exact``: exact kernels at the pipeline's dtype (the reference in float64, sdpa, sdpa_math, reruns);
-- ``low_precision``: what a correct bf16 kernel may do (bf16 inputs/output, RTNE or RTNA conversions, blockwise
-  online softmax), measured against the exact kernels and among themselves. Quantised and emulated kernels are
-  judged by it.
-
-``measure_image_band(pipe, ...)`` measures both for any pipeline; ``ImageBand.save`` / ``ImageBand.load`` keep
-it; the committed ``benchmarks/results/<card>/image_bands.json`` files (``benchmarks/image_bands.py``) are what the
-default verdicts use when their setting (model, dtype, device, steps, size, text length) is the pipeline's.
-``merge_bands`` joins files of the same setting from several cards into one band that covers the card change.
+"""Image verdicts in bands: how far apart legitimate changes put two generations (the band, per class and metric),
+and a kernel judged by how many bands it lies from the reference. docs/verdicts.md, "Image bands", explains both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
@@ -26,38 +13,41 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidFileError
+from ..util import jsonable, provenance, rel_l2, write_result_file
 from .tolerances import FAIL, PASS, WARN
 
 BAND_FORMAT = "fluxlab-image-band/1"
 EXACT, LOW_PRECISION = "exact", "low_precision"
 CLASSES = (EXACT, LOW_PRECISION)
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-# The committed bands the default verdicts look in (a GPU run adds h100/ or h200/ files; ``default_band`` merges
-# those of one setting).
+# The committed bands the default verdicts look in; ``default_band`` merges those of one setting.
 BAND_FILES = ("cpu/image_bands.json", "h100/image_bands.json", "h200/image_bands.json")
 
-# The legitimate changes a band is measured from: spec -> what it changes. Each class is measured against the
-# exact kernels and among its own members; "sdpa" twice is a rerun.
-EXACT_VARIANTS = {"reference": "float64 attention", "sdpa": "torch SDPA", "sdpa_math": "torch's math kernel",
-                  "sdpa#rerun": "a rerun of sdpa"}
-LOW_PRECISION_VARIANTS = {
-    "emu_aiter:how_v3_bf16_cvt=0": "aiter's bf16 conversions rounding to nearest, ties to even (RTNE)",
-    "emu_aiter:how_v3_bf16_cvt=1": "aiter's bf16 conversions rounding to nearest, ties away from zero (RTNA)",
-    "emu_bf16:probs=fp32": "attention inputs and output rounded to bf16, softmax and P.V in float32",
-    "emu_bf16:block_n=64": "a bf16 flash kernel with online softmax over 64-key blocks (another reduction order)",
+# The legitimate changes a band is measured from: class -> spec -> what it changes. Each class is measured against
+# the exact kernels and among its own members; "sdpa#rerun" is a rerun of sdpa. aiter's how_v3_bf16_cvt=2 rounds
+# toward zero: biased, so it is judged by the band, never part of it.
+VARIANTS = {
+    EXACT: {"reference": "float64 attention", "sdpa": "torch SDPA", "sdpa_math": "torch's math kernel",
+            "sdpa#rerun": "a rerun of sdpa"},
+    LOW_PRECISION: {
+        "emu_aiter:how_v3_bf16_cvt=0": "aiter's bf16 conversions rounding to nearest, ties to even (RTNE)",
+        "emu_aiter:how_v3_bf16_cvt=1": "aiter's bf16 conversions rounding to nearest, ties away from zero (RTNA)",
+        "emu_bf16:probs=fp32": "attention inputs and output rounded to bf16, softmax and P.V in float32",
+        "emu_bf16:block_n=64": "a bf16 flash kernel with online softmax over 64-key blocks (another reduction order)",
+    },
 }
-VARIANTS = {EXACT: EXACT_VARIANTS, LOW_PRECISION: LOW_PRECISION_VARIANTS}
 # How a verdict note names the changes behind a band: (variant names, words), in this order.
+_EXACT_KERNELS = (("sdpa", "sdpa_math", "reference"), "exact kernels")
 SHORT_NAMES = {
-    EXACT: [(("sdpa#rerun",), "rerun"), (("sdpa", "sdpa_math", "reference"), "exact kernels")],
+    EXACT: [(("sdpa#rerun",), "rerun"), _EXACT_KERNELS],
     LOW_PRECISION: [(("emu_aiter:how_v3_bf16_cvt=0", "emu_aiter:how_v3_bf16_cvt=1"), "RTNE vs RTNA"),
                     (("emu_bf16:probs=fp32",), "bf16 inputs/output"), (("emu_bf16:block_n=64",), "64-key blocks"),
-                    (("sdpa", "sdpa_math", "reference"), "exact kernels")],
+                    _EXACT_KERNELS],
 }
-# aiter's how_v3_bf16_cvt=2 rounds toward zero: biased, so it is judged by the band, never part of it.
+DEFAULT_BAND_PROMPTS = ("a red circle at the top left on a blue background",
+                        "a yellow square at the bottom right on a green background",
+                        "two white stripes across a black background")
 
-# 1 - SSIM grows with the square of a small perturbation (its variance term), rel-L2 and RMSE linearly: the SSIM
-# ratio is square-rooted so that every metric counts bands in the same units (twice the change: twice the bands).
 # Verdict limits in bands (docs/verdicts.md, "Image bands", says why these).
 PASS_BANDS = 2.0
 WARN_BANDS = 4.0
@@ -66,7 +56,32 @@ WARN_BANDS = 4.0
 FLOORS = {"final_latent_rel_l2": 1e-6, "one_minus_ssim": 1e-9, "pixel_rmse": 1e-7}
 METRICS = ("final_latent_rel_l2", "one_minus_ssim", "pixel_rmse")
 METRIC_TEXT = {"final_latent_rel_l2": "final-latent rel-L2", "one_minus_ssim": "1 - SSIM", "pixel_rmse": "pixel RMSE"}
+# The exact kernels whose spread is the exact band on the fly (same machine, model, dtype, prompt and seed): they run
+# on every platform, and none can be a user's kernel, so a broken kernel cannot widen its own band.
+YARDSTICK_BACKENDS = ("sdpa", "sdpa_math", "reference")
 
+IMAGE_RULE_TEXT = f"""\
+Image verdicts (per backend; with several seeds the worst seed decides), counted in bands of legitimate variation:
+
+| kernel | band (the spread legitimate changes produce) | pass | warn | fail |
+|---|---|---|---|---|
+| exact | final-latent rel-L2 between the exact kernels {', '.join(YARDSTICK_BACKENDS)}, measured here at the same \
+prompt and seeds | <= {PASS_BANDS:g} bands | <= {WARN_BANDS:g} bands | beyond |
+| quantised / emulated (caps.quantised, caps.emulated) | final-latent rel-L2, 1 - SSIM and pixel RMSE (PSNR) \
+between correct bf16 kernels (aiter RTNE vs RTNA, bf16 inputs/output, 64-key blocks) and the exact kernels, over \
+several prompts and seeds | <= {PASS_BANDS:g} bands in all three | <= {WARN_BANDS:g} | beyond |
+| any kernel | - | - | - | generation raised, or NaN/inf in the image or latents |
+
+bands = distance from the reference / the band. The low-precision band comes from the committed file of the
+pipeline's setting (benchmarks/results/<card>/image_bands.json, written by benchmarks/image_bands.py: model,
+dtype, device, steps, size and text length must match) or, where none matches, is measured on the fly for this
+pipeline at the same prompt and seeds (fluxlab.compare.measure_image_band; pass band= to reuse a saved one).
+Why {PASS_BANDS:g} and {WARN_BANDS:g}: a band is the largest distance between two legitimate variants, \
+so a kernel within one
+band of a legitimate variant lies within {PASS_BANDS:g} bands of the reference (triangle inequality); warn allows twice
+that for prompts and seeds the band was not measured on. Every verdict note says how many bands away, and where
+the band came from (docs/verdicts.md, "Image bands").
+"""
 
 # A band file that cannot be read, or a band that does not fit the pipeline it is asked to judge.
 ImageBandError = InvalidFileError
@@ -76,23 +91,20 @@ ImageBandError = InvalidFileError
 
 
 def distances(image, final_latent, ref_image, ref_final_latent) -> dict:
-    """The three band metrics of one generation against another (NaN/inf where the image or latents are not
-    finite): final-latent rel-L2, 1 - SSIM and the pixel RMSE (PSNR = -20 log10 RMSE)."""
-    from ..util import rel_l2
-
-    latent = rel_l2(final_latent, ref_final_latent)
-    out = {"final_latent_rel_l2": latent, "one_minus_ssim": math.nan, "pixel_rmse": math.nan}
+    """The band metrics of one generation against another: final-latent rel-L2, 1 - SSIM and the pixel RMSE
+    (PSNR = -20 log10 RMSE); NaN where an image is missing, inf where it is not finite."""
+    out = {"final_latent_rel_l2": rel_l2(final_latent, ref_final_latent), "one_minus_ssim": math.nan,
+           "pixel_rmse": math.nan}
     if image is None or ref_image is None:
         return out
     image, ref_image = np.asarray(image, dtype=np.float64), np.asarray(ref_image, dtype=np.float64)
     if not np.isfinite(image).all():
-        return {k: math.inf for k in out}
+        return dict.fromkeys(out, math.inf)
     from skimage.metrics import structural_similarity
 
-    out["one_minus_ssim"] = max(0.0, 1.0 - float(structural_similarity(ref_image, image, channel_axis=-1,
-                                                                        data_range=1.0)))
-    out["pixel_rmse"] = float(np.sqrt(np.mean((image - ref_image) ** 2)))
-    return out
+    ssim = float(structural_similarity(ref_image, image, channel_axis=-1, data_range=1.0))
+    rmse = float(np.sqrt(np.mean((image - ref_image) ** 2)))
+    return out | {"one_minus_ssim": max(0.0, 1.0 - ssim), "pixel_rmse": rmse}
 
 
 def from_image_metrics(ssim: float, psnr: float, final_latent_rel_l2: float) -> dict:
@@ -103,15 +115,20 @@ def from_image_metrics(ssim: float, psnr: float, final_latent_rel_l2: float) -> 
 
 
 def derive_bands(cells) -> dict:
-    """class -> metric -> the largest distance over every cell's pairs of that class (the band, before floors)."""
-    bands = {c: {m: 0.0 for m in METRICS} for c in CLASSES}
-    for cell in cells:
-        for pair in cell["pairs"]:
-            for metric in METRICS:
-                value = pair.get(metric)
-                if value is not None and math.isfinite(value):
-                    bands[pair["class"]][metric] = max(bands[pair["class"]][metric], value)
+    """class -> metric -> the largest finite distance over every cell's pairs of that class (before floors)."""
+    bands = {c: dict.fromkeys(METRICS, 0.0) for c in CLASSES}
+    for pair in (pair for cell in cells for pair in cell["pairs"]):
+        for metric in METRICS:
+            value = pair.get(metric)
+            if value is not None and math.isfinite(value):
+                bands[pair["class"]][metric] = max(bands[pair["class"]][metric], value)
     return bands
+
+
+def exact_spread(finals) -> float:
+    """The largest final-latent rel-L2 between two of ``finals`` (NaN with fewer than two)."""
+    finals = list(finals)
+    return max((rel_l2(a, b) for i, a in enumerate(finals) for b in finals[i + 1:]), default=math.nan)
 
 
 # -- the band --------------------------------------------------------------------------------------------------------
@@ -135,20 +152,10 @@ class ImageBand:
     outputs: dict = dataclasses.field(default_factory=dict)  # "prompt|seed" -> reference final latent (cross-card)
 
     def __post_init__(self):
-        if not self.bands:
-            self.bands = derive_bands(self.cells)
+        self.bands = self.bands or derive_bands(self.cells)
 
     def band(self, kind: str, metric: str) -> float:
         return max(self.bands[kind][metric], FLOORS[metric])
-
-    def changes(self, kind: str) -> list[str]:
-        """The legitimate changes behind a class's band, in words."""
-        own = [f"{spec.replace('#rerun', '')} ({what})" for spec, what in self.variants.get(kind, {}).items()]
-        if kind == LOW_PRECISION:
-            own.append("against the exact kernels")
-        if len(self.cards) > 1:
-            own.append(f"cards {' vs '.join(self.cards)}")
-        return own
 
     def source_text(self, kind: str) -> str:
         """Where the band of ``kind`` came from: the file, the legitimate changes that ran, prompts x seeds."""
@@ -166,13 +173,11 @@ class ImageBand:
                 for key in sorted(set(self.setting) | set(setting)) if self.setting.get(key) != setting.get(key)]
 
     def as_dict(self) -> dict:
-        from ..util import json_safe
-
-        return json_safe({"format": BAND_FORMAT, "provenance": self.provenance, "command": self.command,
-                          "setting": self.setting, "cards": self.cards, "prompts": self.prompts,
-                          "seeds": self.seeds, "variants": self.variants,
-                          "limits": {"pass_bands": PASS_BANDS, "warn_bands": WARN_BANDS, "floors": FLOORS},
-                          "bands": self.bands, "headroom": self.headroom(), "cells": self.cells})
+        return jsonable({"format": BAND_FORMAT, "provenance": self.provenance, "command": self.command,
+                         "setting": self.setting, "cards": self.cards, "prompts": self.prompts, "seeds": self.seeds,
+                         "variants": self.variants,
+                         "limits": {"pass_bands": PASS_BANDS, "warn_bands": WARN_BANDS, "floors": FLOORS},
+                         "bands": self.bands, "headroom": self.headroom(), "cells": self.cells})
 
     def headroom(self) -> dict:
         """class -> the band over the median of the per-cell largest final-latent rel-L2: how much the worst
@@ -187,12 +192,8 @@ class ImageBand:
 
     def save(self, path) -> Path:
         """Write the band as JSON (the format ``load`` reads; reference latents for merging go beside as .npz)."""
-        from ..util import write_result_file
-
         path = Path(path).expanduser()
         if self.outputs:
-            import io
-
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in self.outputs.items()})
             write_result_file(path.with_suffix(".npz"), buffer.getvalue())
@@ -225,18 +226,16 @@ class ImageBand:
 
 
 def _display(path: Path) -> str:
-    root = RESULTS.parents[1]
     try:
-        return str(path.resolve().relative_to(root))
+        return str(path.resolve().relative_to(RESULTS.parents[1]))
     except ValueError:
         return str(path)
 
 
 def merge_bands(bands, source: str | None = None) -> ImageBand:
-    """One band from several measured in the same setting on different cards (e.g. H100 and H200 files): every
-    cell of each, plus, where both kept their reference latents (``keep_outputs``), the reference on one card
-    against the reference on the other at each prompt x seed (class ``exact`` and ``low_precision``: a card
-    change is legitimate for both)."""
+    """One band from several measured in the same setting on different cards: every cell of each, plus, where both
+    kept their reference latents (``keep_outputs``), the reference on one card against the other's at each
+    prompt x seed (a card change is legitimate for both classes)."""
     bands = list(bands)
     if not bands:
         raise ImageBandError("merge_bands needs at least one band")
@@ -251,7 +250,7 @@ def merge_bands(bands, source: str | None = None) -> ImageBand:
         for b in bands[i + 1:]:
             for key in sorted(set(a.outputs) & set(b.outputs)):
                 prompt, seed = key.rsplit("|", 1)
-                rel = distances(None, a.outputs[key], None, b.outputs[key])["final_latent_rel_l2"]
+                rel = rel_l2(a.outputs[key], b.outputs[key])
                 pairs = [{"a": f"reference@{'+'.join(a.cards)}", "b": f"reference@{'+'.join(b.cards)}", "class": kind,
                           "final_latent_rel_l2": rel, "one_minus_ssim": None, "pixel_rmse": None} for kind in CLASSES]
                 cells.append({"prompt": prompt, "seed": int(seed), "card": "cross-card", "pairs": pairs})
@@ -277,12 +276,12 @@ def setting_of(pipe, *, steps: int, height, width, pipe_kwargs: dict | None = No
         source = "fluxlab/" + Path(source).resolve().relative_to(package).as_posix()
     kwargs = pipe_kwargs or {}
     return {"model": source, "pipeline": model.get("pipeline"), "dtype": model.get("dtype"),
-            "device": execution_device(pipe).type, "steps": int(steps), "height": _size(height, pipe, "height"),
-            "width": _size(width, pipe, "width"), "max_sequence_length": int(kwargs.get("max_sequence_length", 512)),
+            "device": execution_device(pipe).type, "steps": int(steps), "height": _size(height, pipe),
+            "width": _size(width, pipe), "max_sequence_length": int(kwargs.get("max_sequence_length", 512)),
             "guidance_scale": kwargs.get("guidance_scale")}
 
 
-def _size(value, pipe, which: str):
+def _size(value, pipe):
     """``value``, or the pipeline's default side (diffusers: default_sample_size x vae_scale_factor)."""
     if value is not None:
         return int(value)
@@ -290,13 +289,10 @@ def _size(value, pipe, which: str):
     return int(sample * factor) if isinstance(sample, int) and isinstance(factor, int) else None
 
 
-def committed_bands(results: Path = RESULTS) -> list[ImageBand]:
-    return [ImageBand.load(results / name) for name in BAND_FILES if (results / name).is_file()]
-
-
 def default_band(setting: dict, results: Path = RESULTS) -> ImageBand | None:
     """The committed band for ``setting`` (files of one setting from several cards merged), or None."""
-    matching = [band for band in committed_bands(results) if not band.mismatches(setting)]
+    found = [ImageBand.load(results / name) for name in BAND_FILES if (results / name).is_file()]
+    matching = [band for band in found if not band.mismatches(setting)]
     if not matching:
         return None
     return matching[0] if len(matching) == 1 else merge_bands(matching)
@@ -318,6 +314,11 @@ def resolve_band(band, setting: dict) -> ImageBand | None:
 
 
 # -- verdicts ------------------------------------------------------------------------------------------------------
+
+
+def is_approximate(backend) -> bool:
+    """Judged against the low-precision band rather than the exact-kernel spread (quantised or emulated)."""
+    return bool(backend.caps.quantised or getattr(backend.caps, "emulated", False))
 
 
 def judge_in_bands(numbers: dict, band_values: dict, source: str, *, metrics=METRICS) -> tuple[str, str, float]:
@@ -350,20 +351,17 @@ def judge_with_band(numbers: dict, band: ImageBand, kind: str) -> tuple[str, str
     return verdict, note
 
 
-def judge_exact_spread(latent_rel_l2: float, spread: float, source: str) -> tuple[str, str]:
-    """An exact kernel judged by the exact-kernel spread measured at the same prompt and seeds (the band of the
-    exact class measured on the fly), final-latent rel-L2 only."""
-    band = spread if math.isfinite(spread) else 0.0
-    verdict, note, _ = judge_in_bands({"final_latent_rel_l2": latent_rel_l2}, {"final_latent_rel_l2": band}, source,
-                                      metrics=("final_latent_rel_l2",))
+def judge_exact_image(latent_rel_l2: float, spread: float, source: str | None = None) -> tuple[str, str]:
+    """An exact kernel's final-latent rel-L2 in bands of the exact-kernel ``spread`` measured at the same prompt and
+    seeds (``source``: where it came from)."""
+    metric = "final_latent_rel_l2"
+    verdict, note, _ = judge_in_bands(
+        {metric: latent_rel_l2}, {metric: spread if math.isfinite(spread) else 0.0},
+        source or f"the exact kernels {', '.join(YARDSTICK_BACKENDS)} measured here", metrics=(metric,))
     return verdict, note
 
 
 # -- measuring -----------------------------------------------------------------------------------------------------
-
-DEFAULT_BAND_PROMPTS = ("a red circle at the top left on a blue background",
-                        "a yellow square at the bottom right on a green background",
-                        "two white stripes across a black background")
 
 
 def check_classes(classes) -> tuple:
@@ -376,12 +374,11 @@ def check_classes(classes) -> tuple:
 def band_from_outputs(outputs_of, *, setting: dict, prompts, seeds, classes=CLASSES, keep_outputs: bool = False,
                       card: str | None = None, progress=None) -> ImageBand:
     """The band from generations: ``outputs_of(prompt, seed, names)`` returns, per variant name (keys of
-    ``VARIANTS``), ``(image, final latent)`` or an error text. Every pair within a class is measured (low
-    precision: its members among themselves and against the exact kernels); a variant that did not run is listed
-    in the cell's ``missing``, and too few of them is an ``ImageBandError`` naming the fix."""
+    ``VARIANTS``), ``(image, final latent)`` or an error text. Every pair within a class is measured; a variant
+    that did not run is listed in the cell's ``missing``, and too few of them is an ``ImageBandError``."""
     classes = check_classes(classes)
-    exact = list(EXACT_VARIANTS)
-    low = list(LOW_PRECISION_VARIANTS) if LOW_PRECISION in classes else []
+    exact = list(VARIANTS[EXACT])
+    low = list(VARIANTS[LOW_PRECISION]) if LOW_PRECISION in classes else []
     names = exact + low
     cells, kept = [], {}
     for prompt in prompts:
@@ -400,14 +397,11 @@ def band_from_outputs(outputs_of, *, setting: dict, prompts, seeds, classes=CLAS
                 for b in names[i + 1:]:
                     kind = EXACT if a in exact and b in exact else LOW_PRECISION
                     if a in ran and b in ran and kind in classes:
-                        pairs.append({"a": a, "b": b, "class": kind, **distances(ran[b][0], ran[b][1], ran[a][0],
-                                                                                   ran[a][1])})
+                        pairs.append({"a": a, "b": b, "class": kind, **distances(*ran[b], *ran[a])})
             cells.append({"prompt": prompt, "seed": seed, "card": card, "pairs": pairs, "missing": missing})
             if keep_outputs and "reference" in ran:
                 kept[f"{prompt}|{seed}"] = np.asarray(ran["reference"][1])
             if progress is not None:
                 progress(prompt, seed)
-    from ..util import provenance
-
     return ImageBand(dict(setting), list(prompts), list(seeds), {kind: dict(VARIANTS[kind]) for kind in classes},
                      cells, provenance=provenance(), cards=[card or setting.get("device")], outputs=kept)

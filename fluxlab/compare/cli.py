@@ -8,26 +8,19 @@ import sys
 from ..command import EXIT_TEXT, split_list as _csv
 
 
-def _epilog() -> str:
-    from .specs import KNOBS
-
-    return ("Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', "
-            + ", ".join(f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items()) + ". " + EXIT_TEXT)
-
-
 def add_subcommand(subparsers) -> None:
-    from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, MODEL_HELP, add_seed_arguments
-    from ..models.cli import add_offload_argument
+    from ..command import MODEL_HELP, add_options, add_seed_arguments
+    from .specs import KNOBS
 
     parser = subparsers.add_parser(
         "compare",
         description="Judge every attention backend against float64, with torch's own error in the same dtype as "
                     "the yardstick; then attention captured from a FLUX.2 model and its images from identical "
                     "noise (--model none skips those).",
-        epilog=_epilog())
-    parser.add_argument("--out", default="fluxlab-compare", help="folder for report.md/.html and PNGs")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into --out although it holds files fluxlab did not write")
+        epilog="Backend specs take options and torch knobs: 'aiter:how_v3_bf16_cvt=0', " + ", ".join(
+            f"'sdpa:{k}=0' ({v.description})" for k, v in KNOBS.items()) + ". " + EXIT_TEXT)
+    add_options(parser, "--out", "--overwrite", out={"default": "fluxlab-compare",
+                                                     "help": "folder for report.md/.html and PNGs"})
     parser.add_argument("--format", choices=("md", "html"), default="md", help="report format")
     parser.add_argument("--backends", help="comma-separated backend specs (default: every backend that runs here; "
                         "on a CPU that includes the emulated kernels emu_*, labelled in the report)")
@@ -37,24 +30,22 @@ def add_subcommand(subparsers) -> None:
                              "or none")
     parser.add_argument("--dtypes", default="bf16", help="comma-separated dtypes for synthetic inputs "
                         "(bf16, fp16, fp32)")
-    parser.add_argument("--seeds", type=_seed_list, default="0", metavar="SEEDS",
-                        help="comma-separated seeds of the synthetic inputs (whole numbers from 0 to 2**63 - 1)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model to capture attention from and generate "
-                        f"images with: {MODEL_HELP}; or 'none' to skip")
-    parser.add_argument("--variant", choices=("dev", "klein"),
-                        help="for --model tiny (default dev); a saved or embedded model knows its own")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps of the image comparison")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the image comparison")
+    add_seed_arguments(parser, several=True, alias=False, help_text="comma-separated seeds of the synthetic inputs "
+                       "(whole numbers from 0 to 2**63 - 1)")
+    add_options(parser, "--model", "--variant", "--steps", "--prompt",
+                model={"help": f"model to capture attention from and generate images with: {MODEL_HELP}; or 'none' "
+                               "to skip"},
+                variant={"help": "for --model tiny (default dev); a saved or embedded model knows its own"},
+                steps={"help": "denoising steps of the image comparison"},
+                prompt={"help": "prompt of the image comparison"})
     add_seed_arguments(parser, several=False, alias=False, help_text="seed of the image generation (whole numbers "
                        "from 0 to 2**63 - 1)")
     parser.add_argument("--no-images", action="store_true", help="skip the image comparison")
     parser.add_argument("--records", action="append", default=[], metavar="DIR",
                         help="replay records saved elsewhere (repeatable)")
     parser.add_argument("--save-captures", action="store_true", help="save the captured records under OUT/records")
-    parser.add_argument("--device", help="where to compare (default: cuda if available, else cpu)")
-    add_offload_argument(parser)
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (there are none anyway when stderr is not a terminal or a notebook)")
+    add_options(parser, "--device", "--offload", "--no-progress",
+                device={"help": "where to compare (default: cuda if available, else cpu)"})
     parser.add_argument("--invariance", action="store_true",
                         help="instead of the sweep: per backend, are reruns bitwise identical, is a sample the same "
                              "alone and inside a batch of 4, and at any position in the batch: for the attention "
@@ -66,20 +57,15 @@ def add_subcommand(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _seed_list(text: str) -> list[int]:
-    from ..command import seeds
-
-    return seeds(text)
-
-
 def _check(args) -> None:
     """Every command-line mistake, found before any model loads or kernel runs (main() exits 2 with it)."""
     from pathlib import Path
 
     from ..command import UsageError, check_distinct
-    from ..models.cli import check_device, check_model_source, check_offload_option
+    from ..models.cli import check_device, check_model_options
     from ..models.limits import steps_problem
     from ..outputs import check_output_folder
+    from ..parallel.cli import parallel_modes
     from ..platform import current_platform
     from .attention import parse_dtype
     from .records import MANIFEST_FILE
@@ -88,11 +74,8 @@ def _check(args) -> None:
     if args.inputs is None:  # replaying records is the whole point of --records: no synthetic sweep unless asked
         args.inputs = "none" if args.records else "default"
     dtypes = _csv(args.dtypes)
-    for dtype in dtypes or [""]:
-        parse_dtype(dtype)
-    check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes])
-    problem = steps_problem(args.steps)
-    if problem:
+    check_distinct("--dtypes", dtypes, [str(parse_dtype(d)) for d in dtypes or [""]])
+    if problem := steps_problem(args.steps):
         raise UsageError(problem)
     if args.backends is not None:
         if not parse_backends(args.backends, current_platform()):
@@ -102,10 +85,7 @@ def _check(args) -> None:
     if not args.parallel and args.inputs == "none" and args.model == "none" and not args.records:
         raise UsageError("--inputs none with --model none and no --records compares nothing; drop one of them, or "
                          "pass --records DIR")
-    check_device(args.device)
-    if args.model != "none":
-        check_model_source(args.model)
-        check_offload_option(args.offload, args.device)
+    args.offload_value = check_model_options(args) if args.model != "none" else check_device(args.device)
     for folder in args.records:
         if not (Path(folder) / MANIFEST_FILE).is_file():
             raise UsageError(f"--records {folder}: no {MANIFEST_FILE} there, so it holds no records; pass the folder "
@@ -113,46 +93,39 @@ def _check(args) -> None:
     if args.invariance and args.model != "none" and not args.no_images and args.seed > 2**63 - 4:
         raise UsageError(f"--seed {args.seed}: --invariance generates with seeds --seed to --seed + 3, which must stay "
                          "at most 2**63 - 1; pass a smaller --seed")
-    if args.parallel:
-        from ..parallel.cli import parallel_modes
-
-        parallel_modes(args.parallel, "--parallel")
+    parallel_modes(args.parallel, "--parallel")
     check_output_folder(args.out, overwrite=args.overwrite)
 
 
+def _run(args) -> int:
+    from ..command import failed
+    from ..errors import FluxlabError
+    from ..outputs import output_folder
+
+    _check(args)  # every mistake of the command line: exit code 2 (main prints it)
+    work = _run_parallel if args.parallel else _run_invariance if args.invariance else _sweep
+    try:
+        with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
+            return work(args, out)
+    except FluxlabError as exc:  # the work failed, not the command line
+        return failed("compare", exc)
+
+
 def _run_parallel(args, out) -> int:
-    from ..models.generate import write_atomic
     from ..parallel import ParallelRefusedError, compare_parallel
+    from ..util import atomic_write
 
     try:
-        result = compare_parallel(args.parallel, _csv(args.backends) if args.backends else ["sdpa"],
-                                  seed=args.seed)
+        result = compare_parallel(args.parallel, _csv(args.backends) if args.backends else ["sdpa"], seed=args.seed)
     except ParallelRefusedError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    write_atomic(out / "parallel.md", (result.markdown() + "\n").encode())
+    atomic_write(out / "parallel.md", result.markdown() + "\n")
     print(result.markdown())
     print(f"report: {out / 'parallel.md'}")
     if not result.passed:
         print("some parallel run FAILED (exit code 1)")
     return 0 if result.passed else 1
-
-
-def _run(args) -> int:
-    from ..outputs import output_folder
-
-    from ..command import EXIT_FAILED, one_line
-    from ..errors import FluxlabError
-
-    _check(args)  # every mistake of the command line: exit code 2 (main prints it)
-    try:
-        with output_folder(args.out, verb="compare", overwrite=args.overwrite) as out:
-            if args.parallel:
-                return _run_parallel(args, out)
-            return _run_invariance(args, out) if args.invariance else _sweep(args, out)
-    except FluxlabError as exc:  # the work failed, not the command line
-        print(f"fluxlab compare: failed: {one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
 
 
 def _run_invariance(args, out) -> int:
@@ -181,13 +154,12 @@ def _run_invariance(args, out) -> int:
 
 def _generation_invariance(args):
     from ..models.attach import detach
-    from ..models.cli import OFFLOAD_CHOICES
     from ..models.load import load_flux2
     from .attention import parse_dtype
-    from .generation_invariance import PROMPTS, check_generation_invariance
+    from .invariance import PROMPTS, check_generation_invariance
 
     pipe = load_flux2(args.model, flux2_variant=args.variant, dtype=parse_dtype(_csv(args.dtypes)[0]),
-                      device=args.device, offload=OFFLOAD_CHOICES[args.offload], height=64, width=64)
+                      device=args.device, offload=args.offload_value, height=64, width=64)
     try:
         return check_generation_invariance(pipe, args.backends or None, prompts=(args.prompt, *PROMPTS[1:]),
                                            seed=args.seed, steps=args.steps)
@@ -196,21 +168,18 @@ def _generation_invariance(args):
 
 
 def _sweep(args, out) -> int:
-    from ..models.cli import OFFLOAD_CHOICES
     from .sweep import run_compare
 
+    command = sys.argv[1:] if sys.argv[1:2] == ["compare"] else ["compare"]
     run = run_compare(
-        out, backends=args.backends or None, inputs=args.inputs,
-        dtypes=_csv(args.dtypes), seeds=args.seeds, model=args.model,
-        variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format, steps=args.steps,
-        prompt=args.prompt, seed=args.seed, save_captures=args.save_captures, progress=not args.no_progress,
-        device=args.device, offload=OFFLOAD_CHOICES[args.offload],
-        command="fluxlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"]
-        else "fluxlab compare")
+        out, backends=args.backends or None, inputs=args.inputs, dtypes=_csv(args.dtypes), seeds=args.seeds,
+        model=args.model, variant=args.variant, images=not args.no_images, records=args.records, fmt=args.format,
+        steps=args.steps, prompt=args.prompt, seed=args.seed, save_captures=args.save_captures,
+        progress=not args.no_progress, device=args.device, offload=args.offload_value,
+        command="fluxlab " + " ".join(shlex.quote(a) for a in command))
     for title, report in run.reports.items():
-        verdicts = getattr(report, "verdicts", None)
-        if verdicts is not None:
-            print(f"{title}: " + ", ".join(f"{name} {verdict}" for name, verdict in verdicts.items()))
+        if getattr(report, "verdicts", None) is not None:
+            print(f"{title}: " + ", ".join(f"{name} {verdict}" for name, verdict in report.verdicts.items()))
     for note in run.notes:
         print(f"note: {note}")
     print(f"report: {run.report_path}")

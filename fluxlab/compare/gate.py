@@ -1,20 +1,26 @@
 """The sceptic's gate: what a wrong kernel cannot hide behind an average error size.
 Bias (signed, and toward or away from zero), NaN/inf structure, the worst head / batch element / text-or-image
 segment judged on its own, and a discrete measure (clear top-channel flips). Limits: ``tolerances.GATE_RULE``.
+The yardstick is torch's SDPA math kernel in the inputs' dtype (``baseline_attention``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .metrics import ErrorStats, error_stats
-from .tolerances import (EXACT_RULE, FAIL, GATE_RULE, PASS, QUANTISED_BUDGET, WARN, GateRule, judge_output, worst,
-                         yardstick_ratios)
+from .tolerances import (EXACT_RULE, FAIL, GATE_RULE, PASS, QUANTISED_BUDGET, WARN, grade, judge_output,
+                         worst, yardstick_ratios)
 
 _TINY = 1e-300
+BASELINE_NAME = "torch SDPA math, same dtype"
+BASELINE_BUDGET_ELEMENTS = 2**26  # float32 scores held per query chunk (256 MiB; read at call time)
 SLICE_KINDS = ("head", "batch", "segment")
 SEGMENT_NAMES = ("text", "image")
 
@@ -77,12 +83,38 @@ class GateStats:
         return max(finite or candidates, key=lambda s: s.ratio)
 
 
+def baseline_attention(q, k, v, *, scale, causal=False):
+    """``[B, S, H, D]`` attention by torch's math kernel in ``q.dtype`` (float32 inside, half-precision reductions
+    off), one query chunk at a time: queries are independent, so chunking changes nothing but memory."""
+    batch, seq_q, heads, _ = q.shape
+    seq_k = k.shape[1]
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = {"enable_gqa": True} if qh.shape[1] != kh.shape[1] else {}
+    chunk = max(1, min(seq_q, BASELINE_BUDGET_ELEMENTS // max(1, batch * heads * seq_k)))
+    out = torch.empty(batch, heads, seq_q, v.shape[-1], dtype=q.dtype, device=q.device)
+    allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            for start in range(0, seq_q, chunk):
+                stop = min(seq_q, start + chunk)
+                mask = None
+                if causal:
+                    rows = torch.arange(start, stop, device=q.device)[:, None]
+                    mask = torch.arange(seq_k, device=q.device)[None, :] <= rows
+                out[:, :, start:stop] = F.scaled_dot_product_attention(qh[:, :, start:stop], kh, vh, attn_mask=mask,
+                                                                       scale=scale, **gqa)
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
+    return out.transpose(1, 2)
+
+
 class Yardstick:
     """The float64 answer of one input and the yardstick's errors per slice, computed once and shared by every
-    backend judged on that input. ``baseline_out``: torch's math kernel in the dtype (``compare.baseline``)."""
+    backend judged on that input. ``baseline_out``: torch's math kernel in the dtype (``baseline_attention``)."""
 
     def __init__(self, ref: torch.Tensor, baseline_out: torch.Tensor | None, dtype: torch.dtype, *,
-                 text_tokens: int | None = None, rule: GateRule = GATE_RULE):
+                 text_tokens: int | None = None):
         ref = ref.to(torch.float64)
         finite = torch.isfinite(ref)
         self.reference_nonfinite = int((~finite).sum().item())
@@ -90,7 +122,6 @@ class Yardstick:
         self.ref = torch.where(finite, ref, 0.0) if self.reference_nonfinite else ref
         self.dtype = dtype
         self.text_tokens = text_tokens
-        self.rule = rule
         batch, seq, heads, _ = ref.shape
         self.shape = (batch, seq, heads)
         self.ref_sign = torch.sign(self.ref)
@@ -105,13 +136,13 @@ class Yardstick:
             self.baseline = error_stats(baseline64, self.ref)
             yard_err2.append(self._slice_sums((baseline64 - self.ref).square_().sum(dim=-1)))
             del baseline64
-        self.yardstick = {kind: torch.maximum(*[self._rel(e[kind], kind) for e in yard_err2])
-                          if len(yard_err2) > 1 else self._rel(yard_err2[0][kind], kind) for kind in self.ref2}
+        self.yardstick = {kind: functools.reduce(torch.maximum, [self._rel(e[kind], kind) for e in yard_err2])
+                          for kind in self.ref2}
         top = self.ref.topk(2, dim=-1) if self.ref.shape[-1] > 1 else None
         if top is not None:
             row_scale = self.ref.abs().amax(dim=-1)
             gap = top.values[..., 0] - top.values[..., 1]
-            self.clear = (gap > rule.flip_margin_eps * torch.finfo(dtype).eps * row_scale) & (row_scale > 0)
+            self.clear = (gap > GATE_RULE.flip_margin_eps * torch.finfo(dtype).eps * row_scale) & (row_scale > 0)
             if self.finite is not None:
                 self.clear &= self.finite.all(dim=-1)
             self.top_channel = top.indices[..., 0]
@@ -167,8 +198,7 @@ class Yardstick:
         head_rms = (head_err2 / count_head).sqrt()
         per_head = torch.stack([head_sum / count_head, head_toward / count_head]) / head_rms.clamp_min(_TINY)
         per_head = torch.where(head_rms > 0, per_head, 0.0)
-        flat = per_head.abs().flatten()
-        worst = int(flat.argmax().item())
+        worst = int(per_head.abs().argmax().item())  # over [2 kinds, heads], flattened
         worst_head_bias = float(per_head.flatten()[worst].item())
         err2 = self._slice_sums(err2_rows)
         slices = []
@@ -207,9 +237,9 @@ class Judgement:
     closest_rule: str | None = None  # which rule that is, e.g. "bias", "worst head", "rel_l2"
 
 
-def judge_gate(stats: GateStats, *, quantised: bool, rule: GateRule = GATE_RULE) -> tuple[list[str], list[str], bool]:
+def judge_gate(stats: GateStats, *, quantised: bool) -> tuple[list[str], list[str], bool]:
     """(verdicts, notes, biased) of the gate's statistics alone (the error size is ``judge_output``'s)."""
-    verdicts, notes, biased = [], [], False
+    rule, verdicts, notes, biased = GATE_RULE, [], [], False
     if stats.nonfinite_where_finite:
         verdicts.append(FAIL)
         notes.append(f"{stats.nonfinite_where_finite} NaN/inf values where float64 is finite")
@@ -233,29 +263,22 @@ def judge_gate(stats: GateStats, *, quantised: bool, rule: GateRule = GATE_RULE)
         if piece is None:
             continue
         if quantised:
-            verdict = _grade(piece.rel_l2, rule.quantised_slice_pass, rule.quantised_slice_warn)
-            if verdict != PASS:
-                notes.append(f"worst {piece.label}: rel_l2 {piece.rel_l2:.3g} (one slice, quantised budget "
-                             f"pass <= {rule.quantised_slice_pass:g})")
+            verdict = grade(piece.rel_l2, rule.quantised_slice_pass, rule.quantised_slice_warn)
+            why = f"rel_l2 {piece.rel_l2:.3g} (one slice, quantised budget pass <= {rule.quantised_slice_pass:g})"
         else:
-            verdict = _grade(piece.ratio, rule.slice_pass, rule.slice_warn)
-            if verdict != PASS:
-                notes.append(f"worst {piece.label}: {piece.ratio:.2f}x its yardstick (one slice: pass <= "
-                             f"{rule.slice_pass:g}x, warn <= {rule.slice_warn:g}x)")
+            verdict = grade(piece.ratio, rule.slice_pass, rule.slice_warn)
+            why = (f"{piece.ratio:.2f}x its yardstick (one slice: pass <= {rule.slice_pass:g}x, warn <= "
+                   f"{rule.slice_warn:g}x)")
+        if verdict != PASS:
+            notes.append(f"worst {piece.label}: {why}")
         verdicts.append(verdict)
     if stats.clear_rows and not quantised:  # quantised kernels: reported in the row, judged by their budget
-        verdict = _grade(stats.flip_rate, rule.flip_pass, rule.flip_warn)
+        verdict = grade(stats.flip_rate, rule.flip_pass, rule.flip_warn)
         if verdict != PASS:
             notes.append(f"top-channel flips: {stats.flipped_rows} of {stats.clear_rows} clear rows "
                          f"({stats.flip_rate:.2%}; pass <= {rule.flip_pass:.2%}, warn <= {rule.flip_warn:.2%})")
         verdicts.append(verdict)
     return verdicts, notes, biased
-
-
-def _grade(value: float, pass_limit: float, warn_limit: float) -> str:
-    if not math.isfinite(value):
-        return FAIL
-    return PASS if value <= pass_limit else WARN if value <= warn_limit else FAIL
 
 
 def judge_attention(out: torch.Tensor, yardstick: Yardstick, *, quantised: bool = False) -> Judgement:
@@ -272,13 +295,13 @@ def judge_attention(out: torch.Tensor, yardstick: Yardstick, *, quantised: bool 
     return Judgement(worst([size_verdict, *verdicts]), [size_note, *notes], stats, biased, size, fraction, closest)
 
 
-def closest_to_failing(stats: GateStats, size: ErrorStats, yardstick: Yardstick, *, quantised: bool,
-                       rule: GateRule = GATE_RULE) -> tuple[str, float]:
+def closest_to_failing(stats: GateStats, size: ErrorStats, yardstick: Yardstick, *,
+                       quantised: bool) -> tuple[str, float]:
     """(rule, value / its fail limit) of the rule closest to failing: how close an output is to a "fail", on one
     scale for every rule (the error size, bias, worst slice, flips). 1.0 or more: that rule fails."""
     if stats.nonfinite_where_finite:
         return "NaN/inf", math.inf
-    used = {}
+    rule, used = GATE_RULE, {}
     if quantised:
         used["rel_l2"] = size.rel_l2 / QUANTISED_BUDGET.warn_rel_l2
     else:
@@ -308,4 +331,5 @@ def comparable(out: torch.Tensor, yardstick: Yardstick) -> tuple[torch.Tensor, t
     return torch.where(use, out.to(torch.float64), 0.0), torch.where(use, yardstick.ref, 0.0)
 
 
-__all__ = ["GateStats", "Judgement", "SliceResult", "Yardstick", "closest_to_failing", "comparable", "judge_attention", "judge_gate"]
+__all__ = ["GateStats", "Judgement", "SliceResult", "Yardstick", "baseline_attention", "closest_to_failing",
+           "comparable", "judge_attention", "judge_gate"]

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ..errors import InvalidInputError
 from ..record import AttentionRecord
 from ..util import torch_dtype_name
 
@@ -134,8 +135,6 @@ def default_inputs(device_type: str | None = None) -> tuple[InputSpec, ...]:
 def record_case(record: AttentionRecord, index: int = 0, recorded_on: str | None = None) -> AttentionCase:
     """A record as a comparison case, validated as a live ``fluxlab.attention`` call would be (InvalidInputError):
     a scale of -5 or NaN, or shapes that do not fit, are refused instead of compared and judged "pass"."""
-    from ..errors import InvalidInputError
-
     name = record.name if record.layer else f"record{index}"
     try:
         record.validate()

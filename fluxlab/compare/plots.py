@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -21,17 +22,11 @@ def _figure(width, height):
 def _rows_with_maps(source, backends=None):
     """The rows to draw: for a report, each backend's worst row that has an error map."""
     if hasattr(source, "error_map"):  # one ComparisonRow
-        rows = [source]
-    elif hasattr(source, "rows_for"):  # a ComparisonReport
-        names = backends or list(source.verdicts)
-        rows = []
-        for name in names:
-            candidates = [r for r in source.rows_for(name) if r.error_map is not None]
-            if candidates:
-                rows.append(max(candidates, key=lambda r: (r.rel_l2_ratio if not math.isnan(r.rel_l2_ratio) else 0)))
-    else:
-        rows = [r for r in source if r.error_map is not None]
-    return rows
+        return [source]
+    if not hasattr(source, "rows_for"):  # a list of rows
+        return [r for r in source if r.error_map is not None]
+    mapped = ([r for r in source.rows_for(name) if r.error_map is not None] for name in backends or source.verdicts)
+    return [max(rows, key=lambda r: 0 if math.isnan(r.rel_l2_ratio) else r.rel_l2_ratio) for rows in mapped if rows]
 
 
 def plot_error_maps(source, backends=None, *, path=None, max_rows: int = 12):
@@ -127,11 +122,9 @@ def plot_image_comparison(comparison, *, path=None):
     return fig
 
 
-def figure_png(fig) -> bytes:
-    import io
-
+def figure_png(fig, dpi: int = 90) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 

@@ -1,14 +1,12 @@
-"""A records folder: a list of AttentionRecords (one attention call each, see ``fluxlab.record``) on disk.
-It holds ``manifest.json`` (machine, versions, git, SHA-256, one entry per record) and the one tensor file the
-manifest names (``attention-<16 hex>.safetensors``); nothing is ever pickled. Saves are atomic and locked
-against each other; loads verify the hash, refuse links and malformed manifests, and validate every record
-as a live ``fluxlab.attention`` call would.
-"""
+"""A records folder: AttentionRecords on disk as ``manifest.json`` (machine, versions, git, SHA-256, one entry per
+record) and the one ``attention-<16 hex>.safetensors`` it names; never pickled. Saves are atomic and locked; loads
+verify the hash, refuse links and malformed manifests, and validate each record as a live call would."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -39,12 +37,8 @@ _TENSOR_FIELDS = ("q", "k", "v", "out", "lse")
 _REQUIRED_TENSORS = ("q", "k", "v")
 
 
-# -- shared helpers ------------------------------------------------------------------------------------------------
-
-
-def _jsonable(value):
-    """Metadata as JSON (records' ``meta`` may hold anything): non-finite floats kept as text."""
-    return jsonable(value, non_finite_as_text=True)
+# Metadata as JSON (records' ``meta`` may hold anything): non-finite floats kept as text.
+_jsonable = functools.partial(jsonable, non_finite_as_text=True)
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -53,22 +47,6 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
     if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
         t = t.clone()
     return t
-
-
-def _sha256_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    for block in iter(lambda: os.read(fd, 1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _sha256_fd(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -199,7 +177,8 @@ def save_records(path, records, results=None, *, extra: dict | None = None) -> P
                 name = f"{TENSOR_PREFIX}-{secrets.token_hex(8)}.safetensors"
             with atomic_path(folder / name) as temporary:
                 save_file(tensors, str(temporary), metadata={"format": FORMAT})
-                digest = _sha256(temporary)
+                with open(temporary, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
             new_tensor_file = folder / name
             manifest["tensor_file"], manifest["tensor_sha256"] = name, digest
             atomic_write(folder / MANIFEST_FILE, json.dumps(manifest, indent=1, allow_nan=False))
@@ -334,12 +313,9 @@ def _load_tensors(tensor_path: Path, expected_sha256: str, manifest_path: Path) 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    fd = _open_regular(tensor_path, "tensor file")
-    try:
-        before = os.fstat(fd)
-        actual = _sha256_fd(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(_open_regular(tensor_path, "tensor file"), "rb") as fh:
+        before = os.fstat(fh.fileno())
+        actual = hashlib.file_digest(fh, "sha256").hexdigest()
     if actual != expected_sha256:
         raise RecordIntegrityError(
             f"{tensor_path} was changed after it was written: its SHA-256 is {actual}, but {manifest_path} "

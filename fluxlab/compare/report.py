@@ -228,9 +228,6 @@ class ComparisonReport(Result):
                          "</details>")
         return "\n".join(parts)
 
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
     def __repr__(self):
         verdicts = ", ".join(f"{k}: {v}" for k, v in self.verdicts.items())
         return f"<ComparisonReport {len(self.rows)} rows; {verdicts}>"

@@ -16,7 +16,7 @@ from ..choice import BackendChoice
 from ..errors import (FluxlabError, InvalidPlanError, PlanMismatchError, PlanNotFoundError,  # noqa: F401
                       UnknownBackendError)
 from ..models.attach import check_allowed, state_of
-from ..models.names import diffusers_names
+from ..models.limits import diffusers_names
 from ..models.runner import run
 from ..models.schedule import Schedule
 from ..results import Result, format_cell, markdown_table, model_of

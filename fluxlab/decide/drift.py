@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..models.names import diffusers_names
+from ..models.limits import diffusers_names
 from ..results import Result, markdown_table, model_of
 from .files import check_count, finish_figure, new_figure, progress_bar
 from .runs import Cells, DecideInputError, Run, Runner, as_schedule, band_kind, cell_schedule, describe, rel_l2

@@ -1,4 +1,4 @@
-"""Image-verdict metrics of one run against a reference run: SSIM, PSNR (scikit-image) and final-latent rel-L2."""
+"""Image-verdict metrics of one run against a reference run, and the image verdict of a whole schedule."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import math
 
 import numpy as np
 
-from ..models.names import diffusers_names
-from .runs import Run, rel_l2
+from .. import registry
+from ..compare.bands import (LOW_PRECISION, YARDSTICK_BACKENDS, exact_spread, from_image_metrics, is_approximate,
+                             judge_exact_image, judge_with_band)
+from ..compare.images import band_for, image_metrics
+from ..compare.tolerances import worst
+from ..models.limits import diffusers_names
+from ..models.schedule import Schedule
+from .runs import Run, Runner, as_schedule, rel_l2
 
 
 def fidelity(run: Run, reference: Run) -> dict:
@@ -18,16 +24,8 @@ def fidelity(run: Run, reference: Run) -> dict:
         return numbers
     if not np.isfinite(run.image).all():
         return numbers | {"final_latent_rel_l2": math.inf}
-    try:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    except ImportError as exc:
-        raise ImportError("image verdicts need scikit-image for PSNR/SSIM: pip install scikit-image "
-                          "(or fluxlab[compare])") from exc
-    with np.errstate(divide="ignore"):
-        numbers["psnr"] = float(peak_signal_noise_ratio(reference.image, run.image, data_range=1.0))
-    numbers["ssim"] = float(structural_similarity(reference.image, run.image, channel_axis=-1, data_range=1.0))
-    numbers["max_abs_pixel"] = float(np.abs(run.image - reference.image).max())
-    return numbers
+    measured = image_metrics(run.image, reference.image)
+    return numbers | {key: measured[key] for key in ("ssim", "psnr", "max_abs_pixel")}
 
 
 @diffusers_names
@@ -35,18 +33,8 @@ def image_verdict(pipe, schedule, *, prompt: str, steps: int, seeds=(0,), exact:
                   height=None, width=None, band=None, **pipe_kwargs) -> tuple[str, str]:
     """The image verdict of a whole schedule against ``exact`` everywhere (default: the pipeline's own choice),
     in bands (``IMAGE_RULE_TEXT``): a schedule with a quantised/emulated kernel by the low-precision band
-    (``band``, else the committed one of this setting, else one measured here:
-    ``fluxlab.compare.band_measure.band_for``);
-    an all-exact one by the spread between the exact kernels sdpa, sdpa_math and float64 at the same seeds.
-    """
-    from .. import registry
-    from ..compare.band_measure import band_for
-    from ..compare.bands import LOW_PRECISION, from_image_metrics, judge_with_band
-    from ..compare.image_rule import YARDSTICK_BACKENDS, is_approximate, judge_exact_image
-    from ..compare.tolerances import worst
-    from ..models.schedule import Schedule
-    from .runs import Runner, as_schedule
-
+    (``band``, else the committed one, else one measured here: ``fluxlab.compare.images.band_for``); an all-exact
+    one by the spread between the exact kernels sdpa, sdpa_math and float64 at the same seeds."""
     schedule = as_schedule(pipe, schedule, "schedule")
     reference = as_schedule(pipe, exact, "exact") if exact is not None else None
     approximate = any(is_approximate(registry.get_backend(name.split(":")[0])) for name in schedule.backend_names())
@@ -61,11 +49,9 @@ def image_verdict(pipe, schedule, *, prompt: str, steps: int, seeds=(0,), exact:
             verdict, note = judge_with_band(from_image_metrics(numbers["ssim"], numbers["psnr"],
                                                                numbers["final_latent_rel_l2"]), low_band, LOW_PRECISION)
         else:
-            finals = [runner.run(Schedule(default=name), seed=seed).final for name in YARDSTICK_BACKENDS
-                      if name in runner.state.allowed]
-            spread = max((rel_l2(a, b) for i, a in enumerate(finals) for b in finals[i + 1:]), default=math.nan)
-            verdict, note = judge_exact_image(numbers["final_latent_rel_l2"], spread,
-                                              f"the exact kernels {', '.join(YARDSTICK_BACKENDS)} measured here")
+            spread = exact_spread(runner.run(Schedule(default=name), seed=seed).final for name in YARDSTICK_BACKENDS
+                                  if name in runner.state.allowed)
+            verdict, note = judge_exact_image(numbers["final_latent_rel_l2"], spread)
         verdicts.append(verdict)
         notes.append(f"seed {seed}: {note}")
     return worst(verdicts), "; ".join(notes)

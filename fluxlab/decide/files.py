@@ -3,10 +3,10 @@ count checks."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
+from ..compare.plots import figure_png, save_figure
 from ..errors import ResultFileError  # noqa: F401  (raised by write_atomic; importable from here as before)
 from ..util import write_result_file as write_atomic
 from .runs import DecideInputError
@@ -17,12 +17,12 @@ def write_json(path, payload: dict) -> Path:
 
 
 def write_figure(path, figure) -> Path:
+    """``figure`` as a PNG file, written atomically; the figure is closed."""
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    png = figure_png(figure, dpi=110)
     plt.close(figure)
-    return write_atomic(path, buffer.getvalue())
+    return write_atomic(path, png)
 
 
 def new_figure(path, **subplots):
@@ -39,7 +39,7 @@ def new_figure(path, **subplots):
 def finish_figure(figure, path):
     figure.tight_layout()
     if path is not None:
-        figure.savefig(path, dpi=110)
+        save_figure(figure, path, dpi=110)
     return figure
 
 

@@ -7,11 +7,11 @@ import dataclasses
 import math
 import statistics
 
-from ..compare.band_measure import band_for
+from ..compare.images import band_for
 from ..compare.bands import EXACT, LOW_PRECISION, from_image_metrics, judge_with_band
 from ..compare.tolerances import FAIL, PASS
 from ..models.attach import check_allowed, state_of
-from ..models.names import diffusers_names
+from ..models.limits import diffusers_names
 from ..models.schedule import Rule, Schedule
 from ..results import Result, markdown_table, model_of
 from ..util import json_safe

@@ -11,12 +11,10 @@ import numbers
 
 from .. import registry
 from ..choice import BackendChoice
-from ..compare.bands import EXACT, LOW_PRECISION
-from ..compare.image_rule import is_approximate
-from ..errors import DecideInputError
+from ..compare.bands import EXACT, LOW_PRECISION, is_approximate
+from ..errors import DecideInputError, InvalidSettingError
 from ..util import rel_l2 as util_rel_l2
 from ..models.attach import check_allowed, check_schedule, state_of
-from ..models.errors import InvalidSettingError
 from ..models.limits import check_pipe_kwargs, seed_problem, seed_values
 from ..models.runner import Run, run
 from ..models.schedule import Schedule

@@ -1,34 +1,67 @@
 """``fluxlab.attach`` / ``detach`` / ``set_backend`` / ``set_schedule``: route a live FLUX.2 model's attention.
 
-Attaching puts a route (model, layer) in each attention processor as its ``_attention_backend``, adds one forward
-pre-hook to the transformer, shadows diffusers' setters (``interop.py``) and joins the router (``router.py``);
-detaching puts diffusers' settings back. Per call, the backend is: the schedule's answer > the model's
-``set_backend`` > diffusers' ``attention_backend()`` context > ``fluxlab.use_backend`` > ``$FLUXLAB_ATTENTION_BACKEND``
-> the platform's priority list, within the model's allowed set, decided when the call runs (also inside a compiled
-graph). How diffusers' own settings and processor swaps are handled: docs/guide.md. The VAE's and the text
-encoders' attention are not routed; one generation at a time per model.
+Per call, the backend is: the schedule's answer > the model's ``set_backend`` > diffusers' ``attention_backend()``
+context > ``fluxlab.use_backend`` > ``$FLUXLAB_ATTENTION_BACKEND`` > the platform's priority list, within the model's
+allowed set. How routes, hooks, the guard and step tracking work: docs/flux2_internals.md.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
+import inspect
+import threading
 import warnings
 import weakref
+from collections.abc import Iterable
 
 import torch
 
-from . import op as ops
+from .. import registry
+from ..backends import BUILTIN_BACKENDS, BUILTIN_GROUPS
 from ..dispatch import BackendChoice, attention
-from ..errors import BackendNotAllowedError
-from . import guard, interop, router
-from .errors import AttachError, UnsupportedAttentionCallError
+from ..errors import (AttachError, BackendNotAllowedError, InvalidSizeError, PipelineBusyError,
+                      UnsupportedAttentionCallError)
+from . import interop, router
+from .limits import required_multiple, side_problem
 from .schedule import Schedule
-from .steps import OUTSIDE_LOOP, StepTracker
-from .supported import flux2_backends, resolve_allowed
+
+# The built-in backends and groups a FLUX.2 model may use: every one whose adapter does not declare ``flux2=False``
+# (docs/flux2_internals.md, "The allowed set").
+FLUX2_BACKENDS: frozenset[str] = frozenset(
+    [b.name for b in BUILTIN_BACKENDS if b.flux2] + [g.name for g in BUILTIN_GROUPS])
+_flux2_cached: list = [None, None]  # [registry generation, set]
 
 # transformer -> its AttachedModel. Weak keys: a model dropped by the user is not kept alive by fluxlab.
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GUARDED: dict[type, type] = {}  # a pipeline class -> its guarded subclass (same name)
+_LOCK = "_fluxlab_generation_lock"
+_UNPOSITIONED = object()
+_CLASS_DEFAULT = object()  # the processor had no _attention_backend of its own (its class's None applied)
+
+# Where a transformer forward sits in the denoising loop (all None outside a pipeline's loop); branch: "cond" or
+# "uncond" under Klein's true CFG.
+Position = collections.namedtuple("Position", "step num_steps branch text_tokens", defaults=(None,) * 4)
+
+
+def flux2_backends() -> frozenset[str]:
+    """Every backend and group registered now that a FLUX.2 model may use: the default allowed set."""
+    if _flux2_cached[0] != registry.generation():
+        names = [b.name for b in registry.all_backends() if b.flux2] + [g.name for g in registry.all_groups()]
+        _flux2_cached[:] = [registry.generation(), frozenset(names)]
+    return _flux2_cached[1]
+
+
+def resolve_allowed(allowed: Iterable[str] | None) -> frozenset[str] | None:
+    """The canonical backend names a model allows (None stays None: ``flux2_backends()`` when it runs)."""
+    if allowed is None:
+        return None
+    names = frozenset(registry.canonical_name(name) for name in ([allowed] if isinstance(allowed, str) else allowed))
+    if not names:
+        raise ValueError("allowed= is empty: a FLUX.2 model needs at least one attention backend, e.g. "
+                         "allowed={'sdpa'} or FLUX2_BACKENDS")
+    return names
 
 
 def _flux2_classes():
@@ -44,16 +77,13 @@ def _unwrapped(obj):
 
 
 def split_target(obj):
-    """``(transformer, pipeline or None)`` for a FLUX.2 pipeline or its ``Flux2Transformer2DModel``; either may
-    hold the transformer wrapped by ``torch.compile`` (routing lives in the wrapped module, which the wrapper runs).
-    """
+    """``(transformer, pipeline or None)`` for a FLUX.2 pipeline or its transformer (compiled or not)."""
     transformer_cls, _ = _flux2_classes()
     if isinstance(_unwrapped(obj), transformer_cls):
         return _unwrapped(obj), None
-    transformer = _unwrapped(getattr(obj, "transformer", None))
-    if isinstance(transformer, transformer_cls):
-        return transformer, obj
     inner = getattr(obj, "transformer", None)
+    if isinstance(_unwrapped(inner), transformer_cls):
+        return _unwrapped(inner), obj
     held = f" (its .transformer is a {type(inner).__name__})" if inner is not None else ""
     raise TypeError(f"expected a FLUX.2 pipeline (diffusers.Flux2Pipeline, Flux2KleinPipeline, Flux2KleinKVPipeline, "
                     f"...) or its Flux2Transformer2DModel (torch.compile'd or not), got {type(obj).__name__}{held}")
@@ -84,8 +114,8 @@ class AttachedModel:
         self.backend = backend
         self.schedule = None
         self.capture = None  # the active fluxlab.capture, if any
-        self.position = OUTSIDE_LOOP  # of the transformer forward now running
-        self._tracker = StepTracker()
+        self.position = Position()  # of the transformer forward now running
+        self._step_key, self._forwards_in_step = None, 0
         self._parsed: dict[str, BackendChoice] = {}  # schedule answers, parsed once
         self._handles: list = []
         self.calls_in_layer = 0  # attention calls in the running module (the KV extract step makes two)
@@ -93,11 +123,12 @@ class AttachedModel:
         _, attention_classes = _flux2_classes()
         self.layer_names = [name for name, module in transformer.named_modules()
                             if isinstance(module, attention_classes)]
-        # Each attention module's head count, passed as heads= so a [B, H, S, D] tensor is refused even at short
-        # sequences, where the layout check alone cannot decide (dispatch.validate_inputs).
+        # Each module's head count, passed as heads= so a [B, H, S, D] tensor is refused even at short sequences.
         self.heads = {name: getattr(transformer.get_submodule(name), "heads", None) for name in self.layer_names}
-        self.serial = ops.register_model(self)
-        self.token_device = _device_of(transformer)  # where the routes' tokens are (ops.route_token)
+        self.serial = router.register_model(self)
+        parameter = next(transformer.parameters(), None)
+        on_meta = parameter is None or parameter.device.type == "meta"
+        self.token_device = torch.device("cpu") if on_meta else parameter.device  # where the routes' tokens are
         self.routes = {name: router.Route(self, name, self.serial, index, self.token_device)
                        for index, name in enumerate(self.layer_names)}
         self._restore: dict[str, tuple] = {}  # layer -> (processor, its own _attention_backend before fluxlab)
@@ -123,16 +154,13 @@ class AttachedModel:
     def transformer(self):
         return self._transformer()
 
-    def set_backend(self, name) -> None:
-        """This model's backend from the next call on (None: ``use_backend`` / automatic); refused if not allowed."""
-        self.backend = check_allowed(name, self.allowed)
-
     @property
     def pipe(self):
         return self._pipe() if self._pipe is not None else None
 
-    def set_pipe(self, pipe) -> None:
-        self._pipe = weakref.ref(pipe)
+    def set_backend(self, name) -> None:
+        """This model's backend from the next call on (None: ``use_backend`` / automatic); refused if not allowed."""
+        self.backend = check_allowed(name, self.allowed)
 
     # -- routes and hooks ----------------------------------------------------------------------------------------
 
@@ -151,16 +179,19 @@ class AttachedModel:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        transformer = self.transformer
         interop.remove_setters(self)
         for name in self.layer_names:
-            module = transformer.get_submodule(name)
+            module = self.transformer.get_submodule(name)
             module.__dict__.pop("set_processor", None)
             processor = module.processor
             if processor.__dict__.get("_attention_backend") is self.routes[name]:
-                _restore_backend(processor, self._restore[name][1])
+                own = self._restore[name][1]
+                if own is _CLASS_DEFAULT:
+                    del processor._attention_backend
+                else:
+                    processor._attention_backend = own
         self._restore.clear()
-        ops.unregister_model(self.serial)
+        router.unregister_model(self.serial)
 
     def _route(self, name: str, module) -> None:
         """Put this layer's Route in the module's processor (a processor shared by layers is copied first)."""
@@ -190,12 +221,31 @@ class AttachedModel:
             return  # the whole transformer is compiled: run_attention locates the forward at its first call
         self._check_processors()
         context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        text_tokens = context.shape[1] if context is not None else None
-        self.position = self._tracker.position(self.pipe, text_tokens)
+        self.position = self._locate(context.shape[1] if context is not None else None)
         self._last_layer = None
         latents = kwargs.get("hidden_states", args[0] if args else None)
         if isinstance(latents, torch.Tensor) and latents.device != self.token_device:
             self.place_tokens(latents.device)  # moved or offloaded: compiled calls find their tokens beside them
+
+    def _locate(self, text_tokens: int | None) -> Position:
+        """The running forward's place in the pipeline's loop, read from the pipeline and its scheduler."""
+        pipe = self.pipe
+        timestep = getattr(pipe, "_current_timestep", None) if pipe is not None else None
+        if timestep is None:  # a bare transformer call, or a pipeline outside its loop
+            self._step_key = None
+            return Position(text_tokens=text_tokens)
+        scheduler = pipe.scheduler
+        index = getattr(scheduler, "step_index", None)  # None until the first scheduler.step()
+        step = 0 if index is None else index - (getattr(scheduler, "begin_index", None) or 0)
+        branch = None
+        if getattr(pipe, "do_classifier_free_guidance", False):
+            # Klein's true CFG: two forwards per step, conditional first. The loop's timestep is a fresh tensor
+            # per step: (its id, step) keys the step; ids can repeat across calls, so the order is taken modulo 2.
+            key = (id(timestep), step)
+            self._forwards_in_step = self._forwards_in_step + 1 if key == self._step_key else 0
+            self._step_key = key
+            branch = ("cond", "uncond")[self._forwards_in_step % 2]
+        return Position(step, getattr(pipe, "_num_timesteps", None), branch, text_tokens)
 
     def place_tokens(self, device) -> None:
         for route in self.routes.values():
@@ -212,16 +262,16 @@ class AttachedModel:
             return
         routed, unroutable, kinds, had = [], [], set(), set()
         for name in moved:
-            module = self._modules[name]
-            kinds.add(type(module.processor).__name__)
-            if hasattr(module.processor, "_attention_backend"):
-                own = module.processor.__dict__.get("_attention_backend")
+            processor = self._modules[name].processor
+            kinds.add(type(processor).__name__)
+            if hasattr(processor, "_attention_backend"):
+                own = processor.__dict__.get("_attention_backend")
                 if own is not None and type(own) is not router.Route:
                     had.add(getattr(own, "value", own))
-                self._route(name, module)
+                self._route(name, self._modules[name])
                 routed.append(name)
             else:
-                self._unrouted[name] = module.processor
+                self._unrouted[name] = processor
                 unroutable.append(name)
         assigned = f"attn.processor = {'/'.join(sorted(kinds))}(...)"
         if routed:
@@ -234,9 +284,8 @@ class AttachedModel:
         if unroutable:
             warnings.warn(f"{_names(unroutable)}: processor assigned directly ({assigned}) on a fluxlab-attached "
                           "FLUX.2 model, and it has no _attention_backend (not a diffusers FLUX.2 processor), so "
-                          "fluxlab no longer handles that attention: it runs the processor's own code, outside "
-                          "fluxlab's backend, schedule and capture. To keep fluxlab routing it, assign a diffusers "
-                          "FLUX.2 processor (or a subclass) with attn.set_processor(...).",
+                          "fluxlab no longer handles that attention: it runs the processor's own code. To keep "
+                          "fluxlab routing it, assign a diffusers FLUX.2 processor with attn.set_processor(...).",
                           interop.DiffusersBackendWarning, stacklevel=2)
 
     # -- per call ------------------------------------------------------------------------------------------------
@@ -257,7 +306,7 @@ class AttachedModel:
             if self._last_layer is not None and layer == self.layer_names[0]:
                 # A forward no eager hook announced (whole-model compile): locate it in the loop now. The text
                 # length is only known to the hook, so records of such forwards have text_tokens=None.
-                self.position = self._tracker.position(self.pipe, None)
+                self.position = self._locate(None)
             self.calls_in_layer = 0
             self._last_layer = layer
         self.calls_in_layer += 1
@@ -265,9 +314,8 @@ class AttachedModel:
             interop.note_active_change(self, self._diffusers._active_backend)
         backend = self.backend_for(layer)
         heads = self.heads.get(layer)
-        capture = self.capture
-        if capture is not None and capture.selects(layer, self.position):
-            return capture.record(self, layer, q, k, v, scale=scale, causal=causal, backend=backend, heads=heads)
+        if self.capture is not None and self.capture.selects(layer, self.position):
+            return self.capture.record(self, layer, q, k, v, scale=scale, causal=causal, backend=backend, heads=heads)
         return attention(q, k, v, backend=backend, scale=scale, causal=causal, allowed=self.allowed, heads=heads)
 
     def __repr__(self):
@@ -276,27 +324,45 @@ class AttachedModel:
                 f"allowed={sorted(self.allowed)}, layers={len(self.layer_names)}{schedule})")
 
 
-def _device_of(module) -> torch.device:
-    parameter = next(module.parameters(), None)
-    if parameter is None or parameter.device.type == "meta":
-        return torch.device("cpu")
-    return parameter.device
-
-
-_UNPOSITIONED = object()
-_CLASS_DEFAULT = object()  # the processor had no _attention_backend of its own (its class's None applied)
-
-
 def _names(layers: list[str], shown: int = 4) -> str:
     more = f" and {len(layers) - shown} more" if len(layers) > shown else ""
     return ", ".join(layers[:shown]) + more
 
 
-def _restore_backend(processor, value) -> None:
-    if value is _CLASS_DEFAULT:
-        del processor._attention_backend
-    else:
-        processor._attention_backend = value
+# -- the pipeline's call, guarded: one generation at a time, sizes diffusers would shrink refused -------------------
+
+
+def _guarded_class(cls: type) -> type:
+    if getattr(cls, "_fluxlab_unguarded", None) is not None:
+        return cls
+    if cls not in _GUARDED:
+        signature = inspect.signature(cls.__call__)
+
+        def __call__(self, *args, **kwargs):
+            lock = self.__dict__.get(_LOCK)
+            if lock is None or not lock.acquire(blocking=False):
+                raise PipelineBusyError(
+                    "this pipeline is already generating (in another thread, or a callback called it again): a "
+                    "pipeline serves one generation at a time. Wait for it, or load a second pipeline for the "
+                    "other thread")
+            try:
+                arguments = signature.bind_partial(self, *args, **kwargs).arguments
+                for side in ("height", "width"):
+                    if arguments.get(side) is not None:
+                        problem = side_problem(arguments[side], side, required_multiple(self), force=True)
+                        if problem:
+                            raise InvalidSizeError(problem)
+                return cls.__call__(self, *args, **kwargs)
+            finally:
+                lock.release()
+
+        __call__.__doc__ = cls.__call__.__doc__
+        _GUARDED[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                                    "__qualname__": cls.__qualname__, "_fluxlab_unguarded": cls})
+    return _GUARDED[cls]
+
+
+# -- the public functions ------------------------------------------------------------------------------------------
 
 
 def state_of(obj) -> AttachedModel:
@@ -306,25 +372,22 @@ def state_of(obj) -> AttachedModel:
     if state is None:
         raise AttachError("fluxlab is not attached to this FLUX.2 model; call fluxlab.attach(pipe) first "
                           "(fluxlab.load_flux2 returns pipelines already attached)")
-    if pipe is not None and state.pipe is not pipe and state.pipe is None:
-        state.set_pipe(pipe)  # attached through the bare transformer: now the pipeline is known, steps can be read
+    if pipe is not None and state.pipe is None:
+        state._pipe = weakref.ref(pipe)  # attached through the bare transformer: now steps can be read
     return state
 
 
 def is_attached(obj) -> bool:
-    transformer, _ = split_target(obj)
-    return transformer in _ATTACHED
+    return split_target(obj)[0] in _ATTACHED
 
 
 def attach(pipe_or_transformer, backend=None, allowed=None):
     """Route every FLUX.2 attention call of this pipeline (or transformer) through ``fluxlab.attention``.
 
     ``backend``: this model's backend (None: ``fluxlab.use_backend`` / automatic). ``allowed``: the backends the
-    model may use (None: every backend that can serve FLUX.2, registered ones included). A backend
-    outside the set raises ``BackendNotAllowedError`` here, not during generation. Returns its argument.
-    The transformer may be compiled, before or after attaching (``compile_repeated_blocks``, ``.compile()``, or
-    ``torch.compile(transformer)`` held by the pipeline); a diffusers backend it had is named in a
-    ``DiffusersBackendWarning`` (interop.py) and comes back at ``detach``.
+    model may use (None: every backend that can serve FLUX.2, registered ones included); a backend outside it raises
+    ``BackendNotAllowedError`` here. The transformer may be compiled, before or after attaching; a diffusers backend
+    it had is named in a ``DiffusersBackendWarning`` and comes back at ``detach``. Returns its argument.
     """
     transformer, pipe = split_target(pipe_or_transformer)
     if transformer in _ATTACHED:
@@ -351,8 +414,9 @@ def attach(pipe_or_transformer, backend=None, allowed=None):
     # If the user drops the model without detaching, its share of the router is released with it.
     state.finalizer = weakref.finalize(transformer, router.release)
     _ATTACHED[transformer] = state
-    if pipe is not None:
-        guard.guard(pipe)  # one generation at a time; sizes diffusers would shrink are refused
+    if pipe is not None:  # guard the pipeline's call until detach
+        pipe.__dict__[_LOCK] = threading.Lock()
+        pipe.__class__ = _guarded_class(type(pipe))
     return pipe_or_transformer
 
 
@@ -370,9 +434,10 @@ def detach(pipe_or_transformer):
     del _ATTACHED[transformer]
     state.finalizer.detach()
     router.release()
-    pipe = state._pipe() if state._pipe is not None else None
+    pipe = state.pipe
     if pipe is not None:
-        guard.unguard(pipe)
+        pipe.__class__ = getattr(type(pipe), "_fluxlab_unguarded", type(pipe))
+        pipe.__dict__.pop(_LOCK, None)
     return pipe_or_transformer
 
 
@@ -393,18 +458,12 @@ def check_schedule(schedule: Schedule, state: AttachedModel, *, what: str = "sch
 
 
 def set_schedule(pipe_or_transformer, schedule) -> None:
-    """A per-layer / per-step override: a :class:`Schedule` or ``fn(layer, step, num_steps) -> name or None``.
-
-    A ``Schedule``'s backends are checked against the allowed set now, and its layer patterns against the model's
-    layer names; a function's answers are checked by the dispatcher at each call. ``None`` removes the schedule.
-    """
+    """A per-layer / per-step override: a :class:`Schedule` (checked now against the allowed set and the model's
+    layers) or ``fn(layer, step, num_steps) -> name or None`` (checked at each call). ``None`` removes it."""
     state = state_of(pipe_or_transformer)
-    if schedule is None:
-        state.schedule = None
-        return
     if isinstance(schedule, Schedule):
         check_schedule(schedule, state)
-    elif not callable(schedule):
+    elif schedule is not None and not callable(schedule):
         raise TypeError(f"set_schedule takes a fluxlab.Schedule or a function (layer, step, num_steps) -> backend "
                         f"name or None; got {type(schedule).__name__}")
     state.schedule = schedule

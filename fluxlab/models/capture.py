@@ -9,16 +9,11 @@ import torch
 
 from .. import registry
 from ..dispatch import BackendChoice, plan
-from ..errors import FallbackWarning
+from ..errors import AttachError, CaptureError, CaptureLimitError, FallbackWarning
 from ..record import AttentionRecord
 from ..results import Result, model_of
 from .attach import state_of
-from .errors import AttachError, CaptureError, CaptureLimitError
 from .schedule import as_step_set, layer_matches, step_matches
-
-
-def _nbytes(*shapes_and_dtypes) -> int:
-    return sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in shapes_and_dtypes)
 
 
 class Capture(Result):
@@ -42,8 +37,6 @@ class Capture(Result):
         self.nbytes = 0
         self.model = model_of(state.pipe or state.transformer)  # now: the model may be gone when this is saved
 
-    # -- context manager -----------------------------------------------------------------------------------------
-
     def __enter__(self) -> Capture:
         if self._state.capture is not None:
             raise AttachError("another fluxlab.capture is already recording this model; nest no captures")
@@ -53,8 +46,6 @@ class Capture(Result):
     def __exit__(self, *exc):
         self._state.capture = None
         return False
-
-    # -- results -------------------------------------------------------------------------------------------------
 
     def __len__(self):
         return len(self.records)
@@ -78,8 +69,6 @@ class Capture(Result):
                  "v": r.v, "out": r.out, "lse": r.lse, "scale": r.scale, "text_tokens": r.text_tokens}
                 for r in self.records]
 
-    # -- called by the attached model ----------------------------------------------------------------------------
-
     def selects(self, layer: str, position) -> bool:
         return layer in self._layer_set and step_matches(position.step, position.num_steps, self.steps)
 
@@ -94,10 +83,8 @@ class Capture(Result):
         # Never ask a backend for what it cannot give (an LSE, or one with a gradient).
         want_lse = self.lse and caps.returns_lse and (caps.lse_grad or not grad)
 
-        out_shape = (*q.shape[:3], v.shape[3])
-        need = 0 if self.device.type == "meta" else _nbytes(
-            (q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype), (out_shape, q.dtype),
-            *([((q.shape[0], q.shape[2], q.shape[1]), torch.float32)] if want_lse else []))
+        row_bytes = v.shape[3] * q.itemsize + (4 if want_lse else 0)  # per (b, s, h): the output and the fp32 LSE
+        need = 0 if self.device.type == "meta" else q.nbytes + k.nbytes + v.nbytes + q[..., 0].numel() * row_bytes
         if self.max_bytes is not None and self.nbytes + need > self.max_bytes:
             raise CaptureLimitError(
                 f"capturing {layer} (step {state.position.step}) would take {need:,} more bytes, past max_bytes="
@@ -109,9 +96,7 @@ class Capture(Result):
             pinned = BackendChoice(run.backend, tuple(sorted(run.options.items())), run.knobs)
             run = plan(q, k, v, backend=pinned, scale=run.scale, causal=causal, return_lse=True,
                        allowed=state.allowed, heads=heads)
-        result = run(q, k, v)
-        out, lse = result if want_lse else (result, None)
-        name = run.backend
+        out, lse = run(q, k, v) if want_lse else (run(q, k, v), None)
 
         def keep(t):
             return None if t is None else t.detach().to(self.device, copy=True)
@@ -119,7 +104,7 @@ class Capture(Result):
         position = state.position
         self.records.append(AttentionRecord(
             q=keep(q), k=keep(k), v=keep(v), scale=scale, out=keep(out), lse=keep(lse), causal=causal,
-            layer=layer, step=position.step, branch=position.branch, backend=name,
+            layer=layer, step=position.step, branch=position.branch, backend=run.backend,
             text_tokens=position.text_tokens,
             meta={"num_steps": position.num_steps, "call_in_layer": state.calls_in_layer,
                   "requested": str(backend) if backend is not None else None}))

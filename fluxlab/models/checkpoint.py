@@ -10,20 +10,13 @@ from typing import Any
 import torch
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: Any) -> dict[str, Any]:
     """A dict, a diffusers ``FrozenDict`` or a transformers ``PretrainedConfig`` as a plain dict."""
     if config is None:
         return {}
     if not isinstance(config, Mapping) and hasattr(config, "to_dict"):
         return config.to_dict()
     return dict(config)
-
-
-def text_model_config(text_config: Any) -> dict[str, Any]:
-    """The language-model part of a text encoder config (Mistral3's ``text_config``, or the config itself)."""
-    config = _as_dict(text_config)
-    inner = config.get("text_config")
-    return _as_dict(inner) if inner is not None else config
 
 
 def default_out_layers(pipeline_class) -> tuple[int, ...]:
@@ -33,12 +26,10 @@ def default_out_layers(pipeline_class) -> tuple[int, ...]:
 
 def validate_flux2_config(transformer_config: Any, vae_config: Any, text_config: Any, *,
                           text_encoder_out_layers: Sequence[int] = (10, 20, 30)) -> None:
-    """Check that FLUX.2 component configs fit together; raise ``ValueError`` naming each broken rule and its fix.
-
-    Accepts dicts, diffusers ``FrozenDict`` or transformers configs. ``text_encoder_out_layers`` is the pipeline
-    call argument of that name: which hidden states of the text encoder are stacked into the prompt embedding.
-    """
-    tf, vae, text = _as_dict(transformer_config), _as_dict(vae_config), text_model_config(text_config)
+    """Check that FLUX.2 component configs (dicts, ``FrozenDict`` or transformers configs) fit together; raise
+    ``ValueError`` naming each broken rule and its fix. ``text_encoder_out_layers``: the pipeline call's argument."""
+    tf, vae, text = config_dict(transformer_config), config_dict(vae_config), config_dict(text_config)
+    text = config_dict(text.get("text_config")) or text  # Mistral3's language model, or the config itself
     out_layers = tuple(text_encoder_out_layers)
     reasons: list[str] = []
 

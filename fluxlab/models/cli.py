@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-# The dtype names every verb takes (compare and parallel use the short ones).
-DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-          "fp32": "float32", "float32": "float32"}
+# --offload's spellings -> load_flux2's offload=; "none" is load_flux2's default (None).
+OFFLOAD_CHOICES = {"none": None, "model": "model", "sequential": "sequential", "auto": "auto"}
 
 
 def add_subcommand(subparsers) -> None:
-    from ..command import DEFAULT_MODEL, DEFAULT_PROMPT, EXIT_TEXT, MODEL_HELP, add_seed_arguments, deprecated_alias
+    from ..command import EXIT_TEXT, add_options, add_seed_arguments, deprecated_alias
     from .limits import BOUNDS
 
     parser = subparsers.add_parser(
@@ -24,46 +22,28 @@ def add_subcommand(subparsers) -> None:
         epilog=f"Bounds (--force runs beyond them): image tokens <= {BOUNDS['image_tokens'].high} (2048x2048), sides "
                f"<= {BOUNDS['side'].high} px, steps <= {BOUNDS['steps'].high}, --max-sequence-length <= "
                f"{BOUNDS['max_sequence_length'].high}. " + EXIT_TEXT)
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to draw")
+    add_options(parser, "--prompt")
     add_seed_arguments(parser, several=False)
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps")
+    add_options(parser, "--steps")
     parser.add_argument("--size", default="64", help="N (square) or WIDTHxHEIGHT, multiples of 16 (8 for the "
                         "embedded model)")
     parser.add_argument("--backends", default="auto",
                         help="comma-separated backends, e.g. sdpa,reference; 'auto' = fluxlab's choice")
     deprecated_alias(parser, "--backend", "--backends", "backends")
-    parser.add_argument("--out", default="fluxlab-generate", help="output folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into --out although it holds files fluxlab did not write")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    add_options(parser, "--out", "--overwrite", "--model", out="fluxlab-generate")
     deprecated_alias(parser, "--source", "--model", "model")
-    parser.add_argument("--variant", choices=("dev", "klein"), default=None,
-                        help="FLUX.2 variant (tiny: default dev; folders: read from model_index.json)")
+    add_options(parser, "--variant", variant={"help": "FLUX.2 variant (tiny: default dev; folders: read from "
+                                                      "model_index.json)"})
     parser.add_argument("--max-sequence-length", type=int, default=512,
                         help="text tokens the prompt is padded to (the pipelines' default 512)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
-    parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads (cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, metavar="DTYPE",
-                        help="bf16, fp16 or fp32 (or bfloat16, float16, float32); default: float32 for tiny, else "
-                             "as saved")
-    add_offload_argument(parser)
+    add_options(parser, "--device", "--dtype", device={"help": "e.g. cuda; default: where the model loads (cpu)"},
+                dtype={"help": "bf16, fp16 or fp32 (or bfloat16, float16, float32); default: float32 for tiny, "
+                               "else as saved"})
+    add_options(parser, "--offload")
     parser.add_argument("--force", action="store_true", help="run beyond fluxlab's size/steps/text-length bounds")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (there is none anyway when stderr is not a terminal or a notebook)")
+    add_options(parser, "--no-progress")
     parser.set_defaults(func=run)
-
-
-# --offload's spellings -> load_flux2's offload=; "none" is load_flux2's default (None).
-OFFLOAD_CHOICES = {"none": None, "model": "model", "sequential": "sequential", "auto": "auto"}
-
-
-def add_offload_argument(parser) -> None:
-    """``--offload`` for a verb that loads a model with ``load_flux2`` (checked by ``check_offload_option``)."""
-    parser.add_argument("--offload", choices=tuple(OFFLOAD_CHOICES), default="none",
-                        help="where the weights rest: none (all on --device), model (one component at a time on the "
-                             "GPU), sequential (one layer at a time: least memory, slowest), auto (the first that "
-                             "fits free GPU memory; none without a GPU). A pipeline that cannot fit is refused "
-                             "before loading, with the estimate")
 
 
 # -- checks made before any model loads (shared with the other verbs) ---------------------------------------------
@@ -71,7 +51,7 @@ def add_offload_argument(parser) -> None:
 
 def check_model_source(source: str) -> None:
     """Refuse a --model that names nothing loadable, without loading it."""
-    from .errors import ModelSourceError
+    from ..errors import ModelSourceError
     from .load import _HUB_ID, EMBEDDED_DIR
 
     if source in ("tiny", "embedded"):
@@ -105,13 +85,12 @@ def check_device(device: str | None) -> None:
     if parsed.type not in ("cpu", "cuda"):  # meta holds no numbers; mps, xpu, ...: no fluxlab backend runs there
         raise UsageError(f"--device {device}: fluxlab runs on cpu or cuda (ROCm GPUs are cuda too); "
                          f"{parsed.type!r} is not one of them")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is "
-                             "here); use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered "
-                             f"from 0; use e.g. --device cuda:0")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA/ROCm device on this machine (fluxlab doctor shows what is "
+                         "here); use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0; "
+                         "use e.g. --device cuda:0")
 
 
 def check_offload_option(offload: str, device: str | None) -> str | None:
@@ -128,12 +107,19 @@ def check_offload_option(offload: str, device: str | None) -> str | None:
     return OFFLOAD_CHOICES[offload]
 
 
+def check_model_options(args) -> str | None:
+    """--model, --device and --offload checked without loading anything; returns load_flux2's ``offload=``."""
+    check_model_source(args.model)
+    check_device(args.device)
+    return check_offload_option(args.offload, args.device)
+
+
 def check_backends(text: str, device) -> list[str]:
     """Parsed --backends inside FLUX.2's set that can run on ``device``'s platform; else a usage error."""
     from ..command import check_distinct, split_list
     from ..errors import BackendNotAllowedError
     from .generate import parse_backends, unavailable_reasons
-    from .supported import flux2_backends
+    from .attach import flux2_backends
 
     backends = parse_backends(text)
     check_distinct("--backends", split_list(text), backends)
@@ -148,36 +134,28 @@ def check_backends(text: str, device) -> list[str]:
     return backends
 
 
-# -- the verb ------------------------------------------------------------------------------------------------------
-
-
 def run(args) -> int:
+    from ..command import failed
     from ..errors import FluxlabError
     from ..outputs import check_output_folder, output_folder
-    from .generate import parse_size
+    from ..util import parse_dtype
+    from .generate import generate, parse_size
     from .limits import check_generation, size_multiple_for
+    from .load import load_flux2
 
     # Every mistake is found here, before the model loads: main() prints it in one line with exit code 2.
-    check_model_source(args.model)
+    offload = check_model_options(args)
     multiple = size_multiple_for(args.model)
     width, height = parse_size(args.size, multiple)
     check_generation(width=width, height=height, steps=args.steps, seed=args.seed, multiple=multiple,
                      max_sequence_length=args.max_sequence_length, force=args.force,
                      guidance_scale=args.guidance_scale, prompt=args.prompt)
-    check_device(args.device)
-    offload = check_offload_option(args.offload, args.device)
     backends = check_backends(args.backends, args.device)
     check_output_folder(args.out, overwrite=args.overwrite)
-
-    import torch
-
-    from .generate import generate
-    from .load import load_flux2
-
     with output_folder(args.out, verb="generate", overwrite=args.overwrite) as out:
         start = time.perf_counter()
         pipe = load_flux2(args.model, flux2_variant=args.variant, device=args.device, offload=offload,
-                          dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None, height=height, width=width)
+                          dtype=parse_dtype(args.dtype) if args.dtype else None, height=height, width=width)
         load_s = time.perf_counter() - start
         print(f"{type(pipe).__name__} from {args.model!r}, loaded in {load_s:.1f} s; {width}x{height}, "
               f"{args.steps} steps, seed {args.seed}", flush=True)
@@ -187,11 +165,8 @@ def run(args) -> int:
                                progress=not args.no_progress, max_sequence_length=args.max_sequence_length,
                                force=args.force,
                                model_info={"source": args.model, "variant": args.variant, "load_s": round(load_s, 3)})
-        except FluxlabError as exc:  # the work failed, not the command line: exit code 1
-            from ..command import one_line
-
-            print(f"fluxlab generate: failed: {one_line(exc)}", file=sys.stderr)
-            return 1
+        except FluxlabError as exc:
+            return failed("generate", exc)
     for result in results:
         ran = ", ".join(f"{b} x{n}" for b, n in result.manifest["attention_calls"].items())
         print(f"  {result.backend:<16} {result.manifest['timings']['generate_s']:7.3f} s   attention: {ran}")

@@ -1,6 +1,9 @@
-"""The FLUX.2 integration's errors under their older names, kept importable from here: each is one of
-``fluxlab.errors``' classes (see its docstring for the hierarchy)."""
+"""Deprecated: the FLUX.2 integration's errors live in ``fluxlab.errors``; importing them from here still works for
+one release, with a ``DeprecationWarning``."""
 
-from ..errors import (AttachError, CaptureError, CaptureLimitError, GenerationInterrupted,  # noqa: F401
-                      InvalidSettingError, InvalidSizeError, LimitExceededError, LoadArgumentError, ModelSourceError,
-                      PipelineBusyError, UnsupportedAttentionCallError)
+from .._compat import moved
+
+__getattr__ = moved(__name__, {name: f"fluxlab.errors:{name}" for name in (
+    "AttachError", "CaptureError", "CaptureLimitError", "GenerationInterrupted", "InvalidSettingError",
+    "InvalidSizeError", "LimitExceededError", "LoadArgumentError", "ModelSourceError", "PipelineBusyError",
+    "UnsupportedAttentionCallError")})

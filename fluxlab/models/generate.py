@@ -13,17 +13,15 @@ import re
 import sys
 from pathlib import Path
 
-from ..util import atomic_write, torch_dtype_name, utc_now
-from .errors import GenerationInterrupted, InvalidSizeError
-from .limits import DEFAULT_MULTIPLE, check_pipe_generation, side_problem
-from .names import diffusers_names
+from ..errors import GenerationInterrupted, InvalidSizeError
+from ..util import torch_dtype_name, utc_now
+from ..util import write_result_file as write_atomic  # the folder created; a failure names the path
+from .limits import DEFAULT_MULTIPLE, check_pipe_generation, diffusers_names, side_problem
 
 AUTO = "auto"  # backend name meaning "fluxlab's automatic choice"
-# FLUX.2 latents are 1/8 of the image (VAE) and packed in 2x2 patches: both sides must be multiples of 16.
-SIZE_MULTIPLE = DEFAULT_MULTIPLE
 
 
-def parse_size(text: str | int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+def parse_size(text: str | int, multiple: int = DEFAULT_MULTIPLE) -> tuple[int, int]:
     """``"64"`` -> (64, 64); ``"64x96"`` -> width 64, height 96. Raises InvalidSizeError with the nearest sizes."""
     parts = str(text).lower().replace("×", "x").split("x")
     try:
@@ -36,12 +34,11 @@ def parse_size(text: str | int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int
     return width, height
 
 
-def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> None:
+def check_size(width: int, height: int, multiple: int = DEFAULT_MULTIPLE) -> None:
     """Raise InvalidSizeError naming the nearest valid sizes if a side is not a positive multiple of ``multiple``."""
-    for side, value in (("width", width), ("height", height)):
-        problem = side_problem(value, side, multiple, force=True)  # the shape only; bounds: limits.check_generation
-        if problem:
-            raise InvalidSizeError(problem)
+    problem = side_problem(width, "width", multiple, force=True) or side_problem(height, "height", multiple, force=True)
+    if problem:  # the shape only; the bounds: limits.check_generation
+        raise InvalidSizeError(problem)
 
 
 def parse_backends(text: str) -> list[str]:
@@ -63,39 +60,20 @@ def unavailable_reasons(backends: list[str], device) -> dict[str, list[str]]:
     from ..registry import get_backend
 
     platform = platform_for_device(torch.device(device or "cpu"))
-    found = {}
-    for name in backends:
-        if name != AUTO:
-            reasons = get_backend(BackendChoice.parse(name).name).platform_reasons(platform)
-            if reasons:
-                found[name] = reasons
-    return found
-
-
-# -- files ---------------------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``fluxlab.util.atomic_write`` into ``path``'s folder, created if missing (a reader never sees half a file;
-    the file gets the umask's mode, 0644 under 022)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, data)
+    found = {name: get_backend(BackendChoice.parse(name).name).platform_reasons(platform)
+             for name in backends if name != AUTO}
+    return {name: reasons for name, reasons in found.items() if reasons}
 
 
 def write_png(path: Path, image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    write_atomic(path, data)
-    return hashlib.sha256(data).hexdigest()
+    write_atomic(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def write_json(path: Path, payload: dict) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
-
-
-def folder_name(backend: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", backend)
 
 
 def environment() -> dict:
@@ -108,9 +86,6 @@ def environment() -> dict:
     info.pop("date")
     return {**info, "host": {"machine": host.machine(), "cpu_count": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}}
-
-
-# -- generation ----------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -127,21 +102,16 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
              force: bool = False, on_step=None, **pipe_kwargs) -> list[Generated]:
     """Run ``pipe`` once per backend with the same prompt and seed; returns image and manifest per backend.
 
-    With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically). Each manifest
-    records which backend actually served the attention calls (``attention_calls``), seed, steps, size, timings,
-    platform and versions. The pipeline's backend is restored afterwards.
-
-    Requests beyond ``fluxlab.models.limits.BOUNDS`` (size, steps, ``max_sequence_length``) are refused before any
-    work unless ``force=True``; malformed ones (a side not a multiple of the model's 16, steps 0, seed -1, an empty
-    prompt) always.
-    ``on_step(backend, step_index)`` runs after every denoising step. Ctrl-C (or a KeyboardInterrupt raised by
-    ``on_step``) stops after the current step: that backend's image is written as ``image.partial.png`` with
-    ``"interrupted": true`` and ``completed_steps`` in its manifest, and ``GenerationInterrupted`` is raised with
-    the results so far.
+    With ``out_dir``, writes ``out_dir/<backend>/image.png`` and ``manifest.json`` (atomically): which backend served
+    the attention calls, seed, steps, size, timings, platform and versions. The pipeline's backend comes back after.
+    Requests beyond ``fluxlab.models.limits.BOUNDS`` are refused before any work unless ``force=True``; malformed
+    ones (a side not a multiple of the model's 16, steps 0, seed -1, an empty prompt) always. ``on_step(backend,
+    step_index)`` runs after every step. Ctrl-C (or a KeyboardInterrupt from ``on_step``) stops after the current
+    step: that image is written as ``image.partial.png`` (``"interrupted": true``, ``completed_steps`` in its
+    manifest) and ``GenerationInterrupted`` is raised with the results so far.
     """
-    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
-
     from ..registry import get_backend
+    from ..terminal import progress_bar as tqdm  # a bar on a terminal or in a notebook, log lines in pipes
     from .attach import state_of
     from .progress import StepControl
     from .runner import run
@@ -161,9 +131,11 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
     control = StepControl()  # Ctrl-C cancels after the current step
     control.listen(lambda done, _total: bar.update(done - bar.n) if done > bar.n else None)
     control.start(len(backends) * steps)
+    plan = getattr(pipe, "fluxlab_offload", None)
+    offload = {"offload": plan.as_dict()} if plan is not None else {}  # how the pipeline is offloaded, if it is
     results = []
-    try:
-        for name in backends:
+    with contextlib.closing(bar):
+        for index, name in enumerate(backends):
             bar.set_postfix_str(name)
             before = control.done
             try:  # capturing to "meta" keeps no tensors, only which backend served each call
@@ -172,11 +144,10 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                           calls=True, on_step=None if on_step is None else (lambda i, n=name: on_step(n, i)),
                           **pipe_kwargs)
             except KeyboardInterrupt as exc:  # mid-step (a second Ctrl-C, or no handler of ours): nothing written
-                done = control.done - before
                 where = (f"again before {name}'s partial image was decoded" if control.cancel_requested else
-                         f"during step {done + 1} of {steps} on {name}")
+                         f"during step {control.done - before + 1} of {steps} on {name}")
                 raise GenerationInterrupted(f"interrupted {where}; nothing was written for it", results, name,
-                                            done, steps) from exc
+                                            control.done - before, steps) from exc
             manifest = {
                 "backend": name,
                 "attention_calls": ran.calls,
@@ -184,7 +155,7 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                 "prompt": prompt, "seed": seed, "steps": steps, "size": {"width": width, "height": height},
                 "guidance_scale": guidance_scale,
                 "model": {"pipeline": type(pipe).__name__, "dtype": torch_dtype_name(pipe.transformer.dtype),
-                          "device": str(ran.peak.device), **_offload_info(pipe), **(model_info or {})},
+                          "device": str(ran.peak.device), **offload, **(model_info or {})},
                 "memory": ran.peak.as_dict(),
                 "timings": {"generate_s": round(ran.total_s, 4), "steps_s": [round(s, 4) for s in ran.steps_s],
                             "note": "pipeline call incl. prompt encoding and VAE decode; steps_s per denoising step"},
@@ -194,29 +165,27 @@ def generate(pipe, backends, *, prompt: str, seed: int = 0, steps: int = 4, widt
                 "interrupted": ran.interrupted, "completed_steps": ran.completed,
             }
             if out_dir is not None:
-                _write(Path(out_dir) / folder_name(name), ran.image, manifest, results)
+                _write(Path(out_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name), ran.image, manifest, results)
             results.append(Generated(name, ran.image, manifest, ran.peak.bytes))
             if control.cancel_requested:
-                left = backends[backends.index(name) + 1:]
+                left = backends[index + 1:]
                 raise GenerationInterrupted(
                     (f"interrupted after step {ran.completed} of {steps} on {name} (its image is partial, marked "
                      "\"interrupted\": true in its manifest)" if ran.interrupted else f"interrupted after {name}")
                     + (f"; not run: {', '.join(left)}" if left else ""), results, name, ran.completed, steps)
-    finally:
-        bar.close()
     return results
 
 
 def _write(folder: Path, image, manifest: dict, results: list) -> None:
     """The image and its manifest into ``folder``; a Ctrl-C (again) while writing stops at once, leaving nothing."""
-    written = []
+    image_path, written = folder / manifest["image"], False
     try:
-        manifest["image_sha256"] = write_png(folder / manifest["image"], image)
-        written.append(folder / manifest["image"])
+        manifest["image_sha256"] = write_png(image_path, image)
+        written = True
         write_json(folder / "manifest.json", manifest)
     except KeyboardInterrupt as exc:
-        for path in written:
-            path.unlink(missing_ok=True)
+        if written:
+            image_path.unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty
         raise GenerationInterrupted(f"interrupted while writing {manifest['backend']}'s image; nothing was written "
@@ -224,19 +193,13 @@ def _write(folder: Path, image, manifest: dict, results: list) -> None:
                                     manifest["steps"]) from exc
 
 
-def _offload_info(pipe) -> dict:
-    plan = getattr(pipe, "fluxlab_offload", None)
-    return {"offload": plan.as_dict()} if plan is not None else {}
-
-
 def image_grid(images, labels, *, scale: int = 3, pad: int = 4, label_height: int = 14):
     """Side by side, each scaled up ``scale``x (nearest: no smoothing hides differences), labelled below."""
     from PIL import Image, ImageDraw
 
     tiles = [im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
-    width = sum(t.width for t in tiles) + pad * (len(tiles) + 1)
-    height = max(t.height for t in tiles) + label_height + 2 * pad
-    grid = Image.new("RGB", (width, height), "white")
+    grid = Image.new("RGB", (sum(t.width for t in tiles) + pad * (len(tiles) + 1),
+                             max(t.height for t in tiles) + label_height + 2 * pad), "white")
     draw = ImageDraw.Draw(grid)
     x = pad
     for tile, label in zip(tiles, labels):

@@ -1,19 +1,8 @@
 """diffusers' own attention settings next to fluxlab's: names mapped, hub kernels refused, nothing silently ignored.
 
-While fluxlab is attached to a FLUX.2 transformer, fluxlab decides its attention, and diffusers' idioms keep working
-through it, with the fluxlab backend of the same kernel family:
-
-- ``transformer.set_attention_backend(name)`` while attached becomes ``fluxlab.set_backend`` with the mapped name
-  (warned once per model, so the mapping is visible); ``reset_attention_backend()`` becomes ``set_backend(None)``.
-- diffusers' ``attention_backend(name)`` context (or any change of diffusers' process-wide backend while attached)
-  applies to an attached model that has no backend of its own, as in diffusers, where a model's
-  ``set_attention_backend`` beats the context: schedule > the model's backend > diffusers' context >
-  ``fluxlab.use_backend`` > ``$FLUXLAB_ATTENTION_BACKEND`` > the priority list. A name that cannot apply (a hub
-  kernel, no fluxlab equivalent, outside the model's allowed set, or overridden by the model's own backend) is
-  refused once per model and name, with the reason, and fluxlab's choice runs.
-- A diffusers choice made before attaching (``set_attention_backend``, ``DIFFUSERS_ATTN_BACKEND``) is named in a
-  warning at attach; a per-layer ``attn.set_attention_backend`` is warned about (use a fluxlab Schedule). Detaching
-  restores the diffusers settings the model had before.
+While attached, diffusers' setters and its ``attention_backend()`` context work through fluxlab with the fluxlab
+backend of the same kernel family; what cannot apply is refused with the reason (docs/guide.md "diffusers and
+fluxlab: who decides").
 """
 
 from __future__ import annotations
@@ -21,57 +10,27 @@ from __future__ import annotations
 import functools
 import warnings
 
-from ..dispatch import BackendChoice
 from ..backends import BUILTIN_BACKENDS
-from ..diffusers_names import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
-from ..errors import DiffusersBackendWarning
+from ..dispatch import BackendChoice
+from ..errors import DiffusersBackendWarning, UnknownBackendError
+from ..registry import HUB_KERNELS, NO_EQUIVALENT, refusal  # noqa: F401  (names kept here for callers)
 
 DIFFUSERS_DEFAULT = "native"
-
-# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter declares its
-# ``diffusers=`` names).
+# diffusers 0.42 backend name -> the fluxlab backend of the same kernel family (each adapter's ``diffusers=``).
 SAME_KERNEL: dict[str, str] = {name: b.name for b in BUILTIN_BACKENDS for name in b.diffusers}
+_SETTERS = ("set_attention_backend", "reset_attention_backend")
 
 
 def _name(backend) -> str:
-    return getattr(backend, "value", backend)  # AttentionBackendName members are str enums
+    return str(getattr(backend, "value", backend)).strip().lower()  # AttentionBackendName members are str enums
 
 
 def fluxlab_name(name) -> str:
     """The fluxlab backend of the same kernel family as diffusers' backend ``name``; refused names raise."""
-    from ..errors import UnknownBackendError
-
-    key = _name(name).strip().lower()
+    key = _name(name)
     if key in SAME_KERNEL:
         return SAME_KERNEL[key]
     raise UnknownBackendError(refusal(key) or f"'{key}' is not a diffusers 0.42 attention backend name")
-
-
-# -- what diffusers had chosen -----------------------------------------------------------------------------------
-
-
-def _registry():
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-    return _AttentionBackendRegistry
-
-
-def active_backend() -> str:
-    """diffusers' process-wide backend: ``attention_backend()``'s, the last ``set_attention_backend``'s, or
-    ``$DIFFUSERS_ATTN_BACKEND``'s."""
-    return _name(_registry()._active_backend)
-
-
-def diffusers_settings(state) -> dict[str, list[str]]:
-    """diffusers backend name -> the layers whose processors would run it, for settings other than the default."""
-    active = active_backend()
-    settings: dict[str, list[str]] = {}
-    for name in state.layer_names:
-        explicit = getattr(state.transformer.get_submodule(name).processor, "_attention_backend", None)
-        chosen = _name(explicit) if explicit is not None else active
-        if chosen != DIFFUSERS_DEFAULT:
-            settings.setdefault(chosen, []).append(name)
-    return settings
 
 
 def _runs_instead(state) -> str:
@@ -88,20 +47,23 @@ def _equivalent(name: str) -> str:
     return refusal(name) or "fluxlab has no backend of that name"
 
 
-def _layers(layers: list[str], total: int) -> str:
-    return "all its attention layers" if len(layers) == total else ", ".join(layers)
-
-
 def warn_at_attach(state) -> None:
-    """Name every diffusers setting that attaching overrides, and what fluxlab runs instead."""
-    for name, layers in diffusers_settings(state).items():
-        keep = (f" To keep it, attach with backend='{SAME_KERNEL[name]}'." if name in SAME_KERNEL else "")
+    """Name every diffusers setting other than the default that attaching overrides, and what fluxlab runs instead."""
+    active = _name(state._diffusers._active_backend)
+    settings: dict[str, list[str]] = {}  # diffusers backend name -> the layers whose processors would run it
+    for layer in state.layer_names:
+        explicit = getattr(state.transformer.get_submodule(layer).processor, "_attention_backend", None)
+        chosen = _name(explicit) if explicit is not None else active
+        if chosen != DIFFUSERS_DEFAULT:
+            settings.setdefault(chosen, []).append(layer)
+    for name, layers in settings.items():
+        where = "all its attention layers" if len(layers) == len(state.layer_names) else ", ".join(layers)
+        keep = f" To keep it, attach with backend='{SAME_KERNEL[name]}'." if name in SAME_KERNEL else ""
         warnings.warn(
-            f"fluxlab.attach: diffusers' attention backend '{name}' (set on {_layers(layers, len(state.layer_names))}"
-            f" or process-wide) is not used while fluxlab is attached; fluxlab runs {_runs_instead(state)} instead. "
-            f"{_equivalent(name)}.{keep} fluxlab.detach puts diffusers' setting back.",
-            DiffusersBackendWarning, stacklevel=3)
-    state.active_seen = state.active_at_attach = _registry()._active_backend
+            f"fluxlab.attach: diffusers' attention backend '{name}' (set on {where} or process-wide) is not used "
+            f"while fluxlab is attached; fluxlab runs {_runs_instead(state)} instead. {_equivalent(name)}.{keep} "
+            "fluxlab.detach puts diffusers' setting back.", DiffusersBackendWarning, stacklevel=3)
+    state.active_seen = state.active_at_attach = state._diffusers._active_backend
 
 
 def note_active_change(state, active) -> None:
@@ -128,33 +90,29 @@ def note_active_change(state, active) -> None:
                   f"allowed=fluxlab.models.FLUX2_BACKENDS | {{'{mapped}'}})")
     else:
         reason = refusal(name) or f"'{name}' is not a diffusers 0.42 attention backend name fluxlab knows"
-    if name in state.active_warned:
-        return
-    state.active_warned.add(name)
-    warnings.warn(
-        f"diffusers' active attention backend '{name}' (diffusers' attention_backend() context, or "
-        "set_attention_backend on another model) does not apply to this fluxlab-attached FLUX.2 model: "
-        f"{reason}. fluxlab runs {_runs_instead(state)}.", DiffusersBackendWarning, stacklevel=4)
+    if name not in state.active_warned:
+        state.active_warned.add(name)
+        warnings.warn(
+            f"diffusers' active attention backend '{name}' (diffusers' attention_backend() context, or "
+            "set_attention_backend on another model) does not apply to this fluxlab-attached FLUX.2 model: "
+            f"{reason}. fluxlab runs {_runs_instead(state)}.", DiffusersBackendWarning, stacklevel=4)
 
 
-# -- diffusers' setters while attached ------------------------------------------------------------------------------
+# -- diffusers' setters while attached: mapped silently after a model's first call, which says what the mapping is
 
 
 def _warn_setter_once(state, message: str) -> None:
-    """diffusers' setters map silently after the first call on a model: the first says what the mapping is."""
-    if state.setter_warned:
-        return
-    state.setter_warned = True
-    warnings.warn(message + " Further diffusers setter calls on this model are mapped the same way without a "
-                  "warning.", DiffusersBackendWarning, stacklevel=3)
+    if not state.setter_warned:
+        state.setter_warned = True
+        warnings.warn(message + " Further diffusers setter calls on this model are mapped the same way without a "
+                      "warning.", DiffusersBackendWarning, stacklevel=3)
 
 
 def _set_attention_backend(state, backend: str) -> None:
-    name = _name(backend).strip().lower()
-    mapped = fluxlab_name(name)  # hub and unmatched names raise, naming the fluxlab backend to use
+    mapped = fluxlab_name(backend)  # hub and unmatched names raise, naming the fluxlab backend to use
     state.set_backend(mapped)
-    _warn_setter_once(state, f"diffusers' set_attention_backend('{name}') on a fluxlab-attached FLUX.2 model: fluxlab "
-                             f"now runs '{mapped}' (the same kernel family) for it, as "
+    _warn_setter_once(state, f"diffusers' set_attention_backend('{_name(backend)}') on a fluxlab-attached FLUX.2 "
+                             f"model: fluxlab now runs '{mapped}' (the same kernel family) for it, as "
                              f"fluxlab.set_backend(pipe, '{mapped}') would.")
 
 
@@ -165,16 +123,13 @@ def _reset_attention_backend(state) -> None:
 
 
 def _set_layer_backend(state, layer: str, backend: str) -> None:
-    name = _name(backend).strip().lower()
+    name = _name(backend)
     fluxlab = SAME_KERNEL.get(name)
     how = (f"fluxlab.set_schedule(pipe, fluxlab.Schedule.by_layer({{'{layer}': '{fluxlab}'}}))" if fluxlab
            else _equivalent(name))
     warnings.warn(f"diffusers' set_attention_backend('{name}') on {layer} is not applied: this FLUX.2 model is "
                   f"attached to fluxlab, which runs {_runs_instead(state)} for it. Per layer, use {how}.",
                   DiffusersBackendWarning, stacklevel=2)
-
-
-_SETTERS = ("set_attention_backend", "reset_attention_backend")
 
 
 def install_setters(state) -> None:
@@ -187,8 +142,8 @@ def install_setters(state) -> None:
 
 
 def remove_setters(state) -> None:
-    transformer = state.transformer
-    for module, names in [(transformer, _SETTERS)] + [(transformer.get_submodule(layer), _SETTERS[:1])
-                                                      for layer in state.layer_names]:
+    modules = [(state.transformer, _SETTERS)]
+    modules += [(state.transformer.get_submodule(layer), _SETTERS[:1]) for layer in state.layer_names]
+    for module, names in modules:
         for name in names:
             module.__dict__.pop(name, None)

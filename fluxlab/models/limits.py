@@ -1,18 +1,17 @@
-"""How large a FLUX.2 generation fluxlab starts without ``force=True``: one table of bounds, and the checks.
-
-``fluxlab.generate``, ``fluxlab generate`` and the notebook widgets all ask these functions, so a 16384x16384
-request or ``max_sequence_length=100000`` is refused up front with the bound, an estimate and how to force it.
-"""
+"""How large a FLUX.2 generation fluxlab starts without ``force=True`` (one table of bounds, docs/guide.md "Limits"),
+the checks every generating entry point asks before any work, and diffusers' keyword names accepted beside ours."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import numbers
 from pathlib import Path
 
-from .errors import InvalidSettingError, InvalidSizeError, LimitExceededError
+from ..errors import InvalidSettingError, InvalidSizeError, LimitExceededError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +22,7 @@ class Bound:
     why: str
 
 
-# The documented bounds (docs/guide.md "Limits"). Image tokens are (height / m) x (width / m) for the model's multiple m.
+# Image tokens are (height / m) x (width / m) for the model's multiple m.
 BOUNDS = {
     "image_tokens": Bound(1, 16384, True, "2048x2048 on FLUX.2 [dev], about 4 MP, its largest documented size"),
     "side": Bound(1, 4096, True, "a side beyond 4096 px is outside what FLUX.2 was trained on"),
@@ -35,6 +34,13 @@ BOUNDS = {
 DEFAULT_MULTIPLE = 16  # FLUX.2's 8x VAE and 2x2 latent patches; tiny VAEs with fewer levels allow less
 DEFAULT_HEADS = 48  # FLUX.2 [dev], for the memory estimate when no model is at hand
 FORCE_HINT = "pass force=True (fluxlab generate --force) to run it anyway"
+# diffusers' pipeline-call name -> fluxlab's name for the same setting.
+DIFFUSERS_NAMES = {"num_inference_steps": "steps"}
+# What a generation of the decide tools or compare_images sets itself: passing one of them as a pipeline keyword
+# would clash (a TypeError deep in the call) or silently change what is compared; -> the argument to use instead.
+OWN_PIPE_KWARGS = {"prompt": "prompt=", "num_inference_steps": "steps=", "generator": "seed=", "output_type": None,
+                   "callback_on_step_end": None, "callback_on_step_end_tensor_inputs": None, "height": "height=",
+                   "width": "width=", "latents": None}
 
 
 def required_multiple(pipe=None) -> int:
@@ -44,14 +50,18 @@ def required_multiple(pipe=None) -> int:
 
 
 def size_multiple_for(source: str) -> int:
-    """``required_multiple`` of a model before loading it: read from its VAE config (``"embedded"``, a local
-    folder); ``"tiny"`` and Hub ids: FLUX.2's 16."""
+    """``required_multiple`` of a model before loading it, from its VAE config (``"embedded"``, a local folder);
+    ``"tiny"`` and Hub ids: FLUX.2's 16."""
     folder = Path(__file__).with_name("embedded") if source == "embedded" else Path(str(source)).expanduser()
     try:
-        levels = len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return vae_multiple(json.loads((folder / "vae" / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return DEFAULT_MULTIPLE
-    return 2 ** (levels - 1) * 2
+
+
+def vae_multiple(vae_config: dict) -> int:
+    """The VAE's downscale x the 2x2 latent packing, from its config (FLUX.2's 4 levels where it says nothing)."""
+    return 2 ** (len(vae_config.get("block_out_channels", (0,) * 4)) - 1) * 2
 
 
 def _whole(value) -> bool:
@@ -83,11 +93,10 @@ def tokens_problem(width: int, height: int, multiple: int = DEFAULT_MULTIPLE, te
     if tokens <= bound.high or force:
         return None
     seq = tokens + text_tokens
-    scores_gib = heads * seq * seq * 4 / 2**30
     return (f"{width}x{height} is {tokens:,} image tokens (+{text_tokens} text = {seq:,} per attention call), "
             f"above fluxlab's bound of {bound.high:,} ({bound.why}): attention work per step is "
             f"{(seq / (bound.high + 512)) ** 2:,.0f}x that of the bound, and an unfused kernel (reference, "
-            f"sdpa_math) would hold {scores_gib:,.0f} GiB of float32 scores per call; {FORCE_HINT}")
+            f"sdpa_math) would hold {heads * seq * seq * 4 / 2**30:,.0f} GiB of float32 scores per call; {FORCE_HINT}")
 
 
 def text_tokens_problem(value, force: bool = False) -> str | None:
@@ -118,23 +127,21 @@ def seed_problem(value) -> str | None:
 
 def seed_values(seeds) -> list:
     """``seeds=`` (one seed or several; numpy integers count) as a non-empty list; each seed is left for
-    ``seed_problem`` (or ``check_generation``) to judge, so a fractional one is refused, never rounded."""
-    import numpy as np
-
+    ``seed_problem`` to judge, so a fractional one is refused, never rounded."""
     values = [seeds] if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") else list(seeds)
     if not values:
         raise InvalidSettingError("seeds= is empty; pass at least one seed, e.g. seeds=(0, 1, 2)")
-    return [int(v) if isinstance(v, np.integer) else v for v in values]
+    return [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values]
 
 
-def prompt_problem(value) -> str | None:
+def _prompt_problem(value) -> str | None:
     """An empty prompt is almost always a mistake (an unset variable); None means prompt_embeds are passed."""
     if value is not None and (not isinstance(value, str) or not value.strip()):
         return f"prompt must be a non-empty text, got {value!r}; e.g. prompt='a red circle'"
     return None
 
 
-def guidance_problem(value) -> str | None:
+def _guidance_problem(value) -> str | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value) or value < 0):
         return f"guidance_scale must be a finite number >= 0 (or None for the pipeline's own), got {value!r}"
@@ -145,43 +152,56 @@ def check_generation(*, width, height, steps, seed, max_sequence_length=512, mul
                      heads: int = DEFAULT_HEADS, force: bool = False, guidance_scale=None, prompt=None) -> None:
     """Raise before any work if the request is malformed (always) or beyond ``BOUNDS`` (unless ``force``).
     ``prompt`` None is not checked (the pipeline gets ``prompt_embeds`` instead)."""
-    malformed = [side_problem(width, "width", multiple, force=True), side_problem(height, "height", multiple, force=True)]
-    if any(malformed):
-        raise InvalidSizeError(next(p for p in malformed if p))
-    malformed = [steps_problem(steps, force=True), seed_problem(seed), text_tokens_problem(max_sequence_length, True),
-                 guidance_problem(guidance_scale), prompt_problem(prompt)]
-    if any(malformed):
-        raise InvalidSettingError(next(p for p in malformed if p))
+    sides = [side_problem(width, "width", multiple, True), side_problem(height, "height", multiple, True)]
+    settings = [steps_problem(steps, True), seed_problem(seed), text_tokens_problem(max_sequence_length, True),
+                _guidance_problem(guidance_scale), _prompt_problem(prompt)]
     beyond = [tokens_problem(width, height, multiple, max_sequence_length, heads, force),
               side_problem(width, "width", multiple, force), side_problem(height, "height", multiple, force),
               steps_problem(steps, force), text_tokens_problem(max_sequence_length, force)]
-    if any(beyond):
-        raise LimitExceededError(next(p for p in beyond if p))
+    for problems, error in ((sides, InvalidSizeError), (settings, InvalidSettingError), (beyond, LimitExceededError)):
+        if any(problems):
+            raise error(next(p for p in problems if p))
 
 
 def check_pipe_generation(pipe, *, prompt, width, height, steps, seed, force: bool = False, guidance_scale=None,
                           max_sequence_length=512) -> None:
-    """``check_generation`` for a loaded ``pipe`` (its size multiple, its head count for the estimate): what
-    ``fluxlab.generate`` and ``compare_images`` ask before generating."""
+    """``check_generation`` for a loaded ``pipe`` (its size multiple, its head count for the estimate)."""
     config = getattr(getattr(pipe, "transformer", None), "config", None)
     check_generation(width=width, height=height, steps=steps, seed=seed, multiple=required_multiple(pipe),
                      max_sequence_length=max_sequence_length, force=force, guidance_scale=guidance_scale,
                      heads=getattr(config, "num_attention_heads", DEFAULT_HEADS), prompt=prompt)
 
 
-# What a generation of the decide tools or compare_images sets itself: passing one of them as a pipeline keyword
-# would clash (a TypeError deep in the call) or silently change what is compared.
-OWN_PIPE_KWARGS = ("prompt", "num_inference_steps", "generator", "output_type", "callback_on_step_end",
-                   "callback_on_step_end_tensor_inputs", "height", "width", "latents")
-
-
 def check_pipe_kwargs(pipe_kwargs, who: str, error=None) -> None:
     """Refuse extra pipeline keywords that the generation sets itself, naming the argument to use instead."""
     own = sorted(set(pipe_kwargs or ()) & set(OWN_PIPE_KWARGS))
     if own:
-        instead = {"num_inference_steps": "steps=", "generator": "seed=", "height": "height=", "width": "width=",
-                   "prompt": "prompt="}
-        hints = ", ".join(f"{instead[k]} instead of {k}" for k in own if k in instead)
+        hints = ", ".join(f"{OWN_PIPE_KWARGS[k]} instead of {k}" for k in own if OWN_PIPE_KWARGS[k])
         raise (error or InvalidSettingError)(
             f"{', '.join(own)} cannot be passed through to the pipeline: {who} set "
             f"{'it' if len(own) == 1 else 'them'} for every generation" + (f"; use {hints}" if hints else ""))
+
+
+def diffusers_names(fn):
+    """Let ``fn`` (a fluxlab function with a ``steps`` parameter) also take diffusers' ``num_inference_steps``;
+    both given and different is refused, naming both."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def accepting(*args, **kwargs):
+        for theirs, ours in DIFFUSERS_NAMES.items():
+            if theirs not in kwargs:
+                continue
+            value = kwargs.pop(theirs)
+            try:
+                given = signature.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                given = kwargs  # a call fn itself will refuse; let it say why
+            if ours in given and given[ours] != value:
+                raise InvalidSettingError(f"{ours}={given[ours]!r} and {theirs}={value!r} disagree; they are one "
+                                          f"setting (diffusers calls it {theirs}): pass one of them")
+            if ours not in given:
+                kwargs[ours] = value
+        return fn(*args, **kwargs)
+
+    return accepting

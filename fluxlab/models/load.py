@@ -10,21 +10,16 @@ import warnings
 from pathlib import Path
 
 from ..defaults import DEFAULT_MODEL
-from .attach import attach, check_allowed
+from ..errors import LoadArgumentError, ModelSourceError
+from .attach import attach, check_allowed, resolve_allowed
 from .checkpoint import default_out_layers, realign_weights, validate_flux2_config
-from .errors import LoadArgumentError, ModelSourceError
-from .supported import resolve_allowed
 
 # Where the trained FLUX.2-architecture model fluxlab ships lives (diffusers layout, model_index.json at the top).
 EMBEDDED_DIR = Path(__file__).with_name("embedded")
 
 # diffusers pipeline class -> variant; the variant picks the class when loading from the Hub.
-PIPELINE_VARIANTS = {
-    "Flux2Pipeline": "dev",
-    "Flux2KleinPipeline": "klein",
-    "Flux2KleinKVPipeline": "klein",
-    "Flux2KleinInpaintPipeline": "klein",
-}
+PIPELINE_VARIANTS = {"Flux2Pipeline": "dev", "Flux2KleinPipeline": "klein", "Flux2KleinKVPipeline": "klein",
+                     "Flux2KleinInpaintPipeline": "klein"}
 VARIANT_PIPELINES = {"dev": "Flux2Pipeline", "klein": "Flux2KleinPipeline"}
 
 log = logging.getLogger("fluxlab")
@@ -37,26 +32,17 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
                use_safetensors: bool | None = None):
     """A FLUX.2 pipeline with fluxlab attached.
 
-    ``source``: ``"embedded"`` (the default: the small trained model fluxlab ships, offline; it draws captions
-    such as "a red circle at the top left on a blue background"), ``"tiny"`` (random weights: noise, built offline
-    in well under a second; ``flux2_variant`` "dev" or "klein"), a local folder written by ``save_pretrained``
-    (model_index.json inside) or a Hugging Face Hub id. ``flux2_variant`` for folders and Hub ids is read from
-    model_index.json; passing one that disagrees raises. ``backend`` / ``allowed``: as for ``fluxlab.attach``,
-    checked before any weights load.
+    ``source``: ``"embedded"`` (the default: the small trained model fluxlab ships, offline), ``"tiny"`` (random
+    weights, built offline; ``flux2_variant`` "dev" or "klein"), a ``save_pretrained`` folder or a Hub id (their
+    variant is read from model_index.json; one that disagrees raises). ``backend`` / ``allowed``: as for
+    ``fluxlab.attach``, checked before any weights load. ``dtype``, ``variant`` (the weight files' variant, e.g.
+    ``"fp16"``; ``"dev"``/``"klein"`` still mean ``flux2_variant``, deprecated), ``torch_dtype``, ``revision``,
+    ``cache_dir``, ``use_safetensors``: as in diffusers' ``from_pretrained``, for folders and Hub ids.
 
-    diffusers' own keywords mean what they mean in ``DiffusionPipeline.from_pretrained``: ``dtype`` (diffusers 0.42's
-    name; its older ``torch_dtype`` is accepted too), ``variant`` (the weight files' variant, e.g. ``"fp16"`` for
-    ``diffusion_pytorch_model.fp16.safetensors``), ``revision``, ``cache_dir``, ``use_safetensors``; they apply to
-    folders and Hub ids (``tiny`` is built in memory, ``embedded`` ships one float32 set). ``variant="dev"`` /
-    ``"klein"`` (fluxlab's old name for ``flux2_variant``) still works, with a DeprecationWarning.
-
-    ``offload``: None (weights on ``device``), ``"model"`` (each component moves to the accelerator when it runs),
-    ``"sequential"`` (each layer does: least memory, slowest) or ``"auto"`` (the first of those that fits the free
-    accelerator memory; none on a machine without one; ``device`` defaults to the accelerator). Before any weight
-    loads, the pipeline's memory at ``height`` x ``width`` is estimated (safetensors headers or configs, plus
-    activations) and a run that cannot fit is refused with ``MemoryBudgetError``, naming the estimate.
-    ``memory_budget``: bytes (or a function of the device) to use instead of the accelerator's free memory.
-    What was chosen and why: ``pipe.fluxlab_offload`` (an ``OffloadDecision``; also logged).
+    ``offload``: None, ``"model"``, ``"sequential"`` or ``"auto"``; the memory at ``height`` x ``width`` is estimated
+    before any weight loads and a run that cannot fit ``memory_budget`` (default: the free accelerator memory) is
+    refused with ``MemoryBudgetError``. What was chosen and why: ``pipe.fluxlab_offload``. docs/guide.md ("FLUX.2",
+    "Memory") says more.
     """
     import torch
 
@@ -142,7 +128,7 @@ def estimate_source(source: str, variant: str | None, dtype, height: int = 1024,
     None when ``source`` is no model (loading then says what is wrong)."""
     import torch
 
-    from .memory import estimate_folder, estimate_pipeline
+    from .offload import estimate_folder, estimate_pipeline
 
     if source == "tiny":
         from .tiny import build_tiny_pipeline
@@ -150,30 +136,18 @@ def estimate_source(source: str, variant: str | None, dtype, height: int = 1024,
         with torch.device("meta"):  # the real classes at the tiny configs, allocating nothing
             pipe = build_tiny_pipeline(variant or "dev", dtype=dtype or torch.float32)
         return estimate_pipeline(pipe, dtype=dtype or torch.float32, height=height, width=width)
-    if source == "embedded":
-        return estimate_folder(EMBEDDED_DIR, dtype=dtype, height=height, width=width)
-    folder = Path(source).expanduser()
+    folder = EMBEDDED_DIR if source == "embedded" else Path(source).expanduser()
     if folder.is_dir() and (folder / "model_index.json").is_file():
         return estimate_folder(folder, dtype=dtype, height=height, width=width)
     if _HUB_ID.fullmatch(source) and not folder.exists() and not source.startswith((".", "~")):
-        return estimate_folder(_hub_configs(source), dtype=dtype, height=height, width=width)
+        from huggingface_hub import snapshot_download
+
+        try:  # the JSON configs only (safetensors headers are used if already cached)
+            configs = Path(snapshot_download(source, allow_patterns=["*.json"], local_files_only=_offline()))
+        except Exception as exc:  # noqa: BLE001 - the same advice as a failed load
+            raise _hub_error(source, exc) from exc
+        return estimate_folder(configs, dtype=dtype, height=height, width=width)
     return None
-
-
-def _hub_configs(repo_id: str) -> Path:
-    """A snapshot of a Hub repository's JSON configs only (safetensors headers are used if already cached)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json"], local_files_only=_offline()))
-    except Exception as exc:  # noqa: BLE001 - the same advice as a failed load
-        raise _hub_error(repo_id, exc) from exc
-
-
-def _pipeline_class(name: str):
-    import diffusers
-
-    return getattr(diffusers, name)
 
 
 def _check_variant(class_name: str, variant: str | None, where) -> None:
@@ -185,17 +159,9 @@ def _check_variant(class_name: str, variant: str | None, where) -> None:
                                 f"asked for; pass flux2_variant={found!r} or leave it out")
 
 
-def _validate_folder_configs(folder: Path, class_name: str) -> None:
-    """Check the component configs fit together before loading weights: a clear message, not a shape error."""
-    files = {name: folder / name / "config.json" for name in ("transformer", "vae", "text_encoder")}
-    if not all(f.is_file() for f in files.values()):
-        return  # diffusers will name the missing component itself
-    configs = {name: json.loads(f.read_text()) for name, f in files.items()}
-    validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
-                          text_encoder_out_layers=default_out_layers(_pipeline_class(class_name)))
-
-
 def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
+    import diffusers
+
     if not folder.is_dir():
         raise ModelSourceError(f"'{folder}' is a file; load_flux2 expects a diffusers pipeline folder containing "
                                "model_index.json (as pipe.save_pretrained(folder) writes)")
@@ -207,8 +173,14 @@ def _from_folder(folder: Path, variant: str | None, dtype, weights: dict):
                                "pipe.save_pretrained(folder) wrote, or at a downloaded FLUX.2 checkpoint.")
     class_name = json.loads(index.read_text()).get("_class_name", "?")
     _check_variant(class_name, variant, f"'{folder}'")
-    _validate_folder_configs(folder, class_name)
-    return _pipeline_class(class_name).from_pretrained(folder, dtype=dtype, local_files_only=True, **weights)
+    pipeline_class = getattr(diffusers, class_name)
+    files = {name: folder / name / "config.json" for name in ("transformer", "vae", "text_encoder")}
+    if all(f.is_file() for f in files.values()):  # else diffusers names the missing component itself
+        # The component configs must fit together before weights load: a clear message, not a shape error.
+        configs = {name: json.loads(f.read_text()) for name, f in files.items()}
+        validate_flux2_config(configs["transformer"], configs["vae"], configs["text_encoder"],
+                              text_encoder_out_layers=default_out_layers(pipeline_class))
+    return pipeline_class.from_pretrained(folder, dtype=dtype, local_files_only=True, **weights)
 
 
 def _offline() -> bool:
@@ -218,7 +190,7 @@ def _offline() -> bool:
 def _from_hub(repo_id: str, variant: str | None, dtype, weights: dict):
     import diffusers
 
-    cls = _pipeline_class(VARIANT_PIPELINES[variant]) if variant else diffusers.DiffusionPipeline
+    cls = getattr(diffusers, VARIANT_PIPELINES[variant]) if variant else diffusers.DiffusionPipeline
     try:
         # HF_HUB_OFFLINE is read here, per call, so setting it after import is honoured too.
         pipe = cls.from_pretrained(repo_id, dtype=dtype, local_files_only=_offline(), **weights)

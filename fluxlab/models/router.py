@@ -1,28 +1,18 @@
-"""The one hook into diffusers: FLUX.2's module-level ``dispatch_attention_fn``, swapped for a router.
-
-diffusers' FLUX.2 processors (double, single and both Klein KV ones) look ``dispatch_attention_fn`` up in
-``diffusers.models.transformers.transformer_flux2``'s namespace at call time and pass it their own
-``_attention_backend``, so replacing that one name reaches every FLUX.2 attention call without copying any
-processor code (processor subclasses would have to re-implement each ``__call__``; diffusers' backend registry is
-a closed enum). The swap is process-wide, but routing is per model: attaching puts a :class:`Route` (model, layer)
-in each of the model's processors as its ``_attention_backend``; a call carrying a Route goes to fluxlab, every
-other call to diffusers' original function unchanged. The router is installed with the first attached model and
-removed with the last.
-
-Under ``torch.compile`` the router is traced like the rest of the block: the Route's type is a guard, and the call
-becomes one ``fluxlab::flux2_attention`` op (``fluxlab/models/op.py``) whose route token is a graph input, so one compiled
-block serves every layer and the backend is chosen when the op runs (no recompile on a switch).
+"""The one hook into diffusers: FLUX.2's module-level ``dispatch_attention_fn``, swapped for a router, and the
+``fluxlab::flux2_attention`` custom op a compiled graph calls instead. How and why: docs/flux2_internals.md.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.library reads the annotations to build the op schema.
 
 import inspect
 import math
+import weakref
 
 import torch
+from torch import Tensor
 
-from . import op as ops  # registers the fluxlab::flux2_attention op the compiled path calls
-from .errors import AttachError, UnsupportedAttentionCallError
+from ..errors import AttachError, UnsupportedAttentionCallError
+from ..ops import _out_like, _owned
 
 # The parameters of diffusers 0.42's dispatch_attention_fn, which the router must accept exactly.
 _EXPECTED_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
@@ -32,29 +22,78 @@ _EXPECTED_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_c
 # in the chain as a pass-through.
 _state = {"original": None, "users": 0, "stuck": False}
 _is_compiling = torch.compiler.is_compiling  # bound once: checked on every call
+_models: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()  # serial -> AttachedModel
+_next_serial = [0]
+# A route token's data_ptr -> (serial, layer index, the token): the op finds its layer without a device sync.
+_tokens: "dict[int, tuple[int, int, weakref.ref]]" = {}
+# The op decides the kernel when it runs, so a CUDA graph must not freeze it: inductor keeps the op out of graphs
+# it captures. Torch without the tag: no capture.
+_TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag is not None)
+
+
+def register_model(state) -> int:
+    """Make an attached model reachable from compiled graphs; returns its serial (part of each layer's route)."""
+    _next_serial[0] += 1
+    _models[_next_serial[0]] = state
+    return _next_serial[0]
+
+
+def unregister_model(serial: int) -> None:
+    _models.pop(serial, None)
+
+
+def route_token(serial: int, layer_index: int, device) -> Tensor:
+    """A layer's token [serial, layer index] on ``device`` (on the model's device: inductor treats an op with a CPU
+    input as returning an unaligned buffer), registered so the op finds the layer without reading device memory."""
+    for pointer in [p for p, (_, _, ref) in _tokens.items() if ref() is None]:
+        del _tokens[pointer]
+    token = torch.tensor([serial, layer_index], dtype=torch.int64, device=device)
+    _tokens[token.data_ptr()] = (serial, layer_index, weakref.ref(token))
+    return token
+
+
+def _route_of(route: Tensor) -> tuple[int, int]:
+    entry = _tokens.get(route.data_ptr())
+    if entry is not None and entry[2]() is not None:
+        return entry[0], entry[1]
+    serial, layer_index = route.tolist()  # a token made elsewhere (e.g. inside a compiled graph): read it
+    return serial, layer_index
 
 
 class Route:
-    """What an attached model's processor carries as ``_attention_backend``: its model and layer.
-
-    ``token`` (``ops.route_token``, on the device the model runs on) is what compiled graphs pass to the op;
-    eager calls use ``model`` and ``layer`` directly.
-    """
+    """What an attached model's processor carries as ``_attention_backend``: its model and layer, and the layer's
+    ``token`` (``route_token``) that compiled graphs pass to the op."""
 
     __slots__ = ("model", "layer", "serial", "index", "token", "__weakref__")
 
     def __init__(self, model, layer: str, serial: int, layer_index: int, device="cpu"):
-        self.model = model
-        self.layer = layer
-        self.serial, self.index = serial, layer_index
+        self.model, self.layer, self.serial, self.index = model, layer, serial, layer_index
         self.place(device)
 
     def place(self, device) -> None:
         """Put the token on ``device`` (the model's inputs' device; the attach hook follows moves and offload)."""
-        self.token = ops.route_token(self.serial, self.index, device)
+        self.token = route_token(self.serial, self.index, device)
 
     def __repr__(self):
         return f"fluxlab.Route({self.layer!r})"
+
+
+@torch.library.custom_op("fluxlab::flux2_attention", mutates_args=(), tags=_TAGS)
+def flux2_attention_op(q: Tensor, k: Tensor, v: Tensor, route: Tensor, scale: float, causal: bool) -> Tensor:
+    """One attention call of an attached FLUX.2 model. ``route`` is the layer's token: a tensor, so one compiled
+    block serves every layer (an int constant would recompile per layer)."""
+    serial, layer_index = _route_of(route)
+    state = _models.get(serial)
+    if state is None:
+        raise AttachError("a compiled graph called fluxlab for a FLUX.2 model that is no longer attached; "
+                          "re-run the model (detaching restores diffusers' attention and recompiles)")
+    out = state.run_attention(state.layer_names[layer_index], q, k, v, scale=scale, causal=causal)
+    return _owned(out, q, k, v)
+
+
+@flux2_attention_op.register_fake
+def _(q, k, v, route, scale, causal):
+    return _out_like(q, v)
 
 
 def _module():
@@ -84,9 +123,8 @@ def router(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 def refuse_unsupported(route, *, attn_mask, dropout_p, attention_kwargs, parallel_config) -> None:
     """Raise for calls a fluxlab kernel would get wrong; stock FLUX.2 pipelines never make them.
 
-    ``route.layer`` is read only inside the raising branches: under torch.compile, dynamo (torch 2.11) guards on a
-    string it reads, so reading it on every call recompiled each block once per layer (an H200 run hit dynamo's
-    recompile limit at the 8th double-stream block); one compiled block must serve every layer.
+    ``route.layer`` is read only inside the raising branches: dynamo guards on a string it reads, which would
+    recompile each block once per layer; one compiled block must serve every layer.
     """
     detach_hint = "or call fluxlab.detach(pipe) to let diffusers' own attention handle it"
     if attn_mask is not None:
@@ -100,8 +138,8 @@ def refuse_unsupported(route, *, attn_mask, dropout_p, attention_kwargs, paralle
             f"without dropout. Put the model in eval mode ({detach_hint}).")
     if attention_kwargs:
         raise UnsupportedAttentionCallError(
-            f"{route.layer}: diffusers-specific attention_kwargs {sorted(attention_kwargs)} have no fluxlab equivalent; "
-            f"remove them ({detach_hint}).")
+            f"{route.layer}: diffusers-specific attention_kwargs {sorted(attention_kwargs)} have no fluxlab "
+            f"equivalent; remove them ({detach_hint}).")
     if parallel_config is not None:
         raise UnsupportedAttentionCallError(
             f"{route.layer}: the transformer runs context parallel (enable_parallelism), so each call sees a shard of "
@@ -135,12 +173,7 @@ def release() -> None:
         return
     _state["users"] -= 1
     if _state["users"] == 0:
-        module = _module()
-        if module.dispatch_attention_fn is router:
-            module.dispatch_attention_fn = _state["original"]
+        if _module().dispatch_attention_fn is router:
+            _module().dispatch_attention_fn = _state["original"]
         else:  # another library wrapped our router; restoring now would drop its patch. Ours then stays in
             _state["stuck"] = True  # the chain as a pass-through (no model attached: every call goes through)
-
-
-def installed() -> bool:
-    return _module().dispatch_attention_fn is router

@@ -17,10 +17,8 @@ from ..choice import BackendChoice
 from ..dispatch import use_backend
 from .attach import is_attached, set_backend, set_schedule, state_of
 from .capture import capture
-from .memory import PeakMemory
-from .offload import execution_device
-from .progress import StepControl
-from .warmup import is_warm, mark_warm, to_warm, warmup_note
+from .offload import PeakMemory, execution_device
+from .progress import StepControl, is_warm, mark_warm, to_warm, warmup_note
 
 KEEP = object()  # run(backend=KEEP / schedule=KEEP): leave the pipeline's own setting
 
@@ -77,7 +75,7 @@ class Measure:
         self.peak = PeakMemory(self.device)
         self.calls: dict[str, int] | None = None
         self.total_s, self.transformer_s = 0.0, (0.0 if transformer else None)
-        self._count, self._capture = calls and attached_state(pipe) is not None, None
+        self._count, self._capture, self._started = calls and attached_state(pipe) is not None, None, 0.0
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -87,8 +85,11 @@ class Measure:
         with contextlib.ExitStack() as stack:  # kept open only if everything is in place
             if self._count:
                 self._capture = stack.enter_context(capture(self.pipe, to="meta", lse=False))
-            if self.transformer_s is not None:
-                self._time_transformer(stack, self.pipe.transformer)
+            if self.transformer_s is not None:  # the seconds inside the transformer's forwards
+                model = self.pipe.transformer
+                for handle in (model.register_forward_pre_hook(self._before, with_kwargs=True),
+                               model.register_forward_hook(self._after, with_kwargs=True, always_call=True)):
+                    stack.callback(handle.remove)
             stack.enter_context(self.peak)
             self._stack = stack.pop_all()
         self.sync()
@@ -102,20 +103,13 @@ class Measure:
             self.calls = self._capture.backends_used()
         return self._stack.__exit__(*exc)
 
-    def _time_transformer(self, stack, transformer) -> None:
-        started = [time.perf_counter()]
+    def _before(self, module, args, kwargs):
+        self.sync()
+        self._started = time.perf_counter()
 
-        def before(module, args, kwargs):
-            self.sync()
-            started[0] = time.perf_counter()
-
-        def after(module, args, kwargs, output):
-            self.sync()
-            self.transformer_s += time.perf_counter() - started[0]
-
-        for handle in (transformer.register_forward_pre_hook(before, with_kwargs=True),
-                       transformer.register_forward_hook(after, with_kwargs=True, always_call=True)):
-            stack.callback(handle.remove)
+    def _after(self, module, args, kwargs, output):
+        self.sync()
+        self.transformer_s += time.perf_counter() - self._started
 
 
 @contextlib.contextmanager

@@ -1,9 +1,6 @@
-"""Hybrid schedules: which backend each attention call uses, by layer name and denoising step.
-
-A schedule is any ``fn(layer, step, num_steps) -> backend name or None`` (None: no override). :class:`Schedule`
-is the declarative form — rules checked in order, first match wins — whose backend names can be checked against
-the model's allowed set when it is installed, before any generation runs.
-"""
+"""Hybrid schedules: which backend each attention call uses, by layer name and denoising step. Any
+``fn(layer, step, num_steps) -> backend name or None`` is one; :class:`Schedule` is the declarative form, whose
+backend names are checked against the model's allowed set when it is installed, before any generation runs."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..command import EXIT_TEXT, split_list as _csv
 
@@ -14,19 +15,16 @@ CHECK_MODELS = ("embedded", "tiny", "dev")
 RUN_MODELS = ("tiny", "dev")  # parallel compare builds the transformer on every rank: these two are built in
 
 
-def parallel_modes(values, option: str = "--parallel") -> list:
-    """Each mode parsed, refused when it is not parallel (a degree of 0, or 1 rank in all): before any work."""
+def parallel_modes(values, option: str = "--parallel") -> None:
+    """Refuse a mode that does not parse or is not parallel (a degree of 0, or 1 rank in all): before any work."""
     from ..command import UsageError
     from .checks import ParallelSpec
 
-    specs = []
     for text in values if isinstance(values, list) else [values]:
         spec = ParallelSpec.parse(text)
         if min(spec.ulysses, spec.ring) < 1 or spec.degree < 2:
             raise UsageError(f"{option} {text}: a parallel mode splits over at least 2 ranks (degree 0 or 1 in "
                              "every part is no split); write e.g. ulysses=2, ring=2 or ulysses=2,ring=2")
-        specs.append(spec)
-    return specs
 
 
 class _SizeOrOldModel(argparse.Action):
@@ -41,6 +39,9 @@ class _SizeOrOldModel(argparse.Action):
 
 
 def add_subcommand(subparsers) -> None:
+    from ..command import add_seed_arguments
+    from ..platform import PROFILES
+
     parser = subparsers.add_parser(
         "parallel",
         description="Sequence parallelism on diffusers' context parallelism with fluxlab's backends inside.",
@@ -52,8 +53,6 @@ def add_subcommand(subparsers) -> None:
     check.add_argument("--parallel", required=True, help="mode, e.g. ulysses=2, ring=2, ulysses=2,ring=2")
     check.add_argument("--backends", required=True, help="comma-separated fluxlab backends")
     _shape_arguments(check, CHECK_MODELS)
-    from ..platform import PROFILES
-
     check.add_argument("--profile", choices=sorted(PROFILES), help="judge for another machine's profile")
     check.add_argument("--gpus", type=int, help="GPUs on that machine (a profile says 1)")
     check.set_defaults(func=_check)
@@ -67,8 +66,6 @@ def add_subcommand(subparsers) -> None:
     compare.add_argument("--target", choices=("forward", "generate"), default="forward",
                          help="one transformer step or a whole tiny generation")
     compare.add_argument("--steps", type=int, default=4, help="denoising steps of --target generate")
-    from ..command import add_seed_arguments
-
     add_seed_arguments(compare, several=False)
     compare.add_argument("--repeats", type=int, help="timed runs per case (default 3 on GPU, 1 on CPU)")
     compare.add_argument("--warmup", type=int, help="untimed runs first (default 1 on GPU, 0 on CPU)")
@@ -81,10 +78,10 @@ def add_subcommand(subparsers) -> None:
 def _shape_arguments(parser, models: tuple[str, ...]) -> None:
     from ..command import deprecated_alias
 
-    parser.add_argument("--model", choices=models, default=models[0],
-                        help="the transformer's architecture, with random weights: " + ", ".join(
-                            {"embedded": "the embedded model's (4 heads x 32)", "dev": "FLUX.2 [dev] (48 heads x 128)",
-                             "tiny": "fluxlab's tiny test model's"}[m] for m in models))
+    described = {"embedded": "the embedded model's (4 heads x 32)", "dev": "FLUX.2 [dev] (48 heads x 128)",
+                 "tiny": "fluxlab's tiny test model's"}
+    parser.add_argument("--model", choices=models, default=models[0], help="the transformer's architecture, with "
+                        "random weights: " + ", ".join(described[m] for m in models))
     parser.add_argument("--size", dest="image_size", action=_SizeOrOldModel, default=None, metavar="SIZE",
                         help="image size in pixels, N or WIDTHxHEIGHT (default: 128 for tiny, 64 for embedded, 1024 "
                              "for dev)")
@@ -96,10 +93,11 @@ def _shape_arguments(parser, models: tuple[str, ...]) -> None:
 
 def _check_arguments(args) -> None:
     """Command-line mistakes, before any rank starts (main() exits 2 with them)."""
+    import importlib.util
+
     from ..command import UsageError, check_distinct
     from ..dispatch import BackendChoice
     from ..models.generate import check_size, parse_size
-    from ..registry import get_backend
 
     models = CHECK_MODELS if args.parallel_command == "check" else RUN_MODELS
     if args.model not in models:  # --size MODEL (deprecated) is not checked by argparse's choices
@@ -108,9 +106,8 @@ def _check_arguments(args) -> None:
     names = _csv(args.backends)
     if not names:
         raise UsageError("--backends is empty; give comma-separated fluxlab backends, e.g. sdpa,sdpa_flash")
-    if not getattr(args, "setup", None):  # --setup may register them: compare_parallel checks after running it
-        for name in names:
-            get_backend(name)  # unknown names raise with the closest match
+    setup = getattr(args, "setup", None)
+    if not setup:  # --setup may register them: compare_parallel checks after running it
         check_distinct("--backends", names, [str(BackendChoice.parse(name)) for name in names])
     multiple = 8 if args.model == "embedded" else 16  # the embedded model's VAE has one level less
     width, height = getattr(args, "width", None), getattr(args, "height", None)
@@ -125,10 +122,7 @@ def _check_arguments(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     if getattr(args, "timeout", 1) <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    setup = getattr(args, "setup", None)
     if setup:
-        import importlib.util
-
         module, _, function = setup.partition(":")
         try:
             found = bool(module) and importlib.util.find_spec(module) is not None
@@ -137,13 +131,9 @@ def _check_arguments(args) -> None:
         if not function or not found:
             raise UsageError(f"--setup {setup!r}: give module:function of an importable module (here: "
                              f"{'no module ' + repr(module) if not found else 'no function after the colon'})")
-    json_path = getattr(args, "json", None)
-    if json_path:
-        from pathlib import Path
-
-        path = Path(json_path)
-        if path.is_dir() or (path.parent.exists() and not path.parent.is_dir()):
-            raise UsageError(f"--json {json_path}: needs a file path in an existing folder")
+    path = Path(getattr(args, "json", None) or "")
+    if path.name and (path.is_dir() or (path.parent.exists() and not path.parent.is_dir())):
+        raise UsageError(f"--json {args.json}: needs a file path in an existing folder")
 
 
 def _check(args) -> int:
@@ -185,6 +175,7 @@ def _check(args) -> int:
 def _compare(args) -> int:
     import warnings
 
+    from ..command import failed
     from ..errors import FluxlabError
     from .checks import ParallelRefusedError
     from .compare import compare_parallel
@@ -200,10 +191,7 @@ def _compare(args) -> int:
         print(exc, file=sys.stderr)
         return 1
     except FluxlabError as exc:  # the ranks' work failed, not the command line
-        from ..command import one_line
-
-        print(f"fluxlab parallel compare: failed: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return failed("parallel compare", exc)
     print(result.table())
     if args.json:
         result.to_json(args.json)

@@ -8,8 +8,7 @@ import dataclasses
 
 import torch
 
-from ..models.random_weights import random_transformer
-from ..models.tiny import TINY_CONFIGS
+from ..models.tiny import TINY_CONFIGS, random_transformer
 
 TEXT_TOKENS = 512  # FLUX.2 pipelines pad every prompt to max_sequence_length=512
 

@@ -1,8 +1,5 @@
 """Notebook widgets (ipywidgets 8 + matplotlib): backend picker, live backend toggle, comparison panel, gallery,
-drift-map explorer.
-
-Every handler catches what goes wrong and shows it in the widget: nothing here raises into the kernel.
-"""
+drift-map explorer. Every handler shows what goes wrong in the widget: nothing here raises into the kernel."""
 
 from .comparison import ComparisonPanel
 from .drift_explorer import DriftExplorer

@@ -1,9 +1,13 @@
-"""Shared pieces of the widgets: error text, PNG encoding, input checks and small HTML labels."""
+"""What the widgets share: messages, PNGs, input checks, the progress bar with Cancel, and the panel base class."""
 
 from __future__ import annotations
 
+import contextvars
 import html
+import inspect
 import io
+import threading
+from collections.abc import Callable
 
 try:
     import ipywidgets as widgets
@@ -14,6 +18,7 @@ from ..compare.plots import figure_png  # noqa: F401 - re-exported for the widge
 from ..models.limits import required_multiple, side_problem, tokens_problem
 from ..models.limits import seed_problem as check_seed  # noqa: F401 - why a seed is refused, or None
 from ..models.limits import steps_problem as check_steps  # noqa: F401 - why a step count is refused, or None
+from ..models.progress import GenerationCancelled, StepControl
 
 ERROR_STYLE = "color:#b71c1c"
 OK_STYLE = "color:#1b5e20"
@@ -27,33 +32,17 @@ def tagged(widget, *classes: str):
     return widget
 
 
-def error_text(exc: BaseException, limit: int = 600) -> str:
-    """One line a user can read: the exception type and message, shortened."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def label(*classes: str, value: str = "", **layout) -> widgets.HTML:
+    """An HTML label with CSS ``classes`` and ``layout`` settings."""
+    return tagged(widgets.HTML(value, layout=widgets.Layout(**layout)), *classes)
+
+
+def int_box(value: int, description: str, width: str = "170px") -> widgets.IntText:
+    return widgets.IntText(value=value, description=description, layout=widgets.Layout(width=width))
 
 
 def message_html(text: str, style: str = MUTED_STYLE) -> str:
     return f'<span style="{style}">{html.escape(text)}</span>' if text else ""
-
-
-def set_message(label: widgets.HTML, text: str = "", style: str = ERROR_STYLE) -> None:
-    label.value = message_html(text, style)
-
-
-def run_shown(panel, status: widgets.HTML, action: str, fn):
-    """Run ``fn()`` with ``panel.button`` disabled; a failure is shown in ``status`` ("<action> failed: ...")
-    and kept in ``panel.last_error``, never raised into the kernel. Returns ``fn()``'s result, or None."""
-    panel.last_error = None
-    panel.button.disabled = True
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the kernel
-        panel.last_error = error_text(exc)
-        status.value = message_html(f"{action} failed: {panel.last_error}", ERROR_STYLE)
-        return None
-    finally:
-        panel.button.disabled = False
 
 
 def png_bytes(image) -> bytes:
@@ -73,9 +62,7 @@ def png_bytes(image) -> bytes:
 
 def check_prompt(prompt) -> str | None:
     """Why ``prompt`` cannot be generated from, or None."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        return "enter a prompt (it is empty)"
-    return None
+    return None if isinstance(prompt, str) and prompt.strip() else "enter a prompt (it is empty)"
 
 
 def check_size(height, width, pipe=None) -> str | None:
@@ -88,5 +75,130 @@ def check_size(height, width, pipe=None) -> str | None:
 
 def hbox_with_message(control: widgets.Widget) -> tuple[widgets.HBox, widgets.HTML]:
     """``control`` with an (initially empty) message label next to it."""
-    label = tagged(widgets.HTML("", layout=widgets.Layout(margin="0 0 0 8px")), "fluxlab-message")
-    return widgets.HBox([control, label]), label
+    message = label("fluxlab-message", margin="0 0 0 8px")
+    return widgets.HBox([control, message]), message
+
+
+def call_with(fn: Callable, *args, optional: dict, **kwargs):
+    """``fn(*args, **kwargs)`` plus those ``optional`` keyword arguments that ``fn`` takes (a user's may not)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return fn(*args, **kwargs, **{k: v for k, v in optional.items() if takes_any or k in params})
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel, where a click handler must return for the next click (Cancel) to arrive."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class RunControls:
+    """``progress`` (an IntProgress the pipeline's steps drive) and ``cancel_button`` (stops after the current step) of
+    one ``StepControl`` (``control``). ``launch(fn)`` runs ``fn`` in a thread inside a Jupyter kernel
+    (``threaded=None``), else directly: a kernel handles one message at a time (docs/notebooks.md)."""
+
+    def __init__(self, threaded: bool | None = None):
+        self.control = StepControl()
+        self.threaded = threaded
+        self.lock = threading.Lock()  # one generation at a time, whichever thread a click arrives on
+        self.progress = tagged(widgets.IntProgress(value=0, min=0, max=1, description="steps",
+                                                   layout=widgets.Layout(width="300px")), "fluxlab-progress")
+        self.cancel_button = tagged(widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                                   tooltip="stop after the current denoising step"), "fluxlab-cancel")
+        self.cancel_button.on_click(lambda _: self.control.cancel())
+        self.box = widgets.HBox([self.progress, self.cancel_button])
+        self.control.listen(self._show)
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+    def _show(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, self.progress.max)
+        self.progress.description = f"{done}/{total} steps"
+
+    def begin(self) -> None:
+        self.progress.bar_style = "info"
+        self.cancel_button.disabled = False
+
+    def end(self, outcome: str = "success") -> None:
+        """``outcome``: "success", "cancelled" or "failed" (the bar's colour says which)."""
+        self.cancel_button.disabled = True
+        self.progress.bar_style = {"success": "success", "cancelled": "warning"}.get(outcome, "danger")
+
+    def launch(self, fn: Callable[[], object]) -> None:
+        if in_kernel() if self.threaded is None else self.threaded:
+            # The caller's context travels with the work: fluxlab.use_backend is context-local (dispatch.py).
+            threading.Thread(target=contextvars.copy_context().run, args=(fn,), name="fluxlab-generate",
+                             daemon=True).start()
+        else:
+            fn()
+
+
+class Panel(widgets.VBox):
+    """The widgets' base: a ``button`` that runs, a ``status`` line, an optional ``error`` block and ``runner``
+    (progress and Cancel), messages next to invalid controls, and ``attempt``, which never raises into the kernel."""
+
+    button: widgets.Button
+    status: widgets.HTML
+    error: widgets.HTML | None = None
+    runner: RunControls | None = None
+    last_error: str | None = None
+    outcome: str | None = None
+
+    def say(self, text: str, style: str = MUTED_STYLE) -> None:
+        self.status.value = message_html(text, style)
+
+    def refuse(self, text: str = "fix the marked settings, then generate again") -> None:
+        self.say(text, ERROR_STYLE)
+
+    def checked(self, problems: dict) -> bool:
+        """Show each problem (or nothing) in its message label; True when there is none."""
+        for message, problem in problems.items():
+            message.value = message_html(problem or "", ERROR_STYLE)
+        return not any(problems.values())
+
+    def attempt(self, fn: Callable, failed: Callable[[], str], cancelled: Callable[[Exception], str] = str):
+        """``fn()`` with the button disabled (and the runner's progress bar and Cancel live): its result, or None
+        with the reason shown, ``cancelled(exc)`` or ``failed()`` and the error (kept in ``last_error``).
+        ``outcome`` says how it ended: "success", "cancelled", "failed" or "busy" (another run is going)."""
+        lock = self.runner.lock if self.runner is not None else threading.Lock()
+        if not lock.acquire(blocking=False):
+            self.outcome = "busy"
+            return self.refuse("a generation is running: wait for it, or press Cancel")
+        self.last_error, self.outcome = None, "failed"
+        if self.error is not None:
+            self.error.value = ""
+        self.button.disabled = True
+        if self.runner is not None:
+            self.runner.begin()
+        try:
+            result = fn()
+            self.outcome = "success"
+            return result
+        except GenerationCancelled as exc:
+            self.outcome = "cancelled"
+            self.say(cancelled(exc))
+        except Exception as exc:  # noqa: BLE001 - shown in the widget, never raised into the kernel
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, shortened
+            self.last_error = text if len(text) <= 600 else text[:597] + "..."
+            if self.error is None:
+                self.say(f"{failed()}: {self.last_error}", ERROR_STYLE)
+            else:
+                self.say(failed(), ERROR_STYLE)
+                self.error.value = (f'<pre style="white-space:pre-wrap;{ERROR_STYLE};margin:0">'
+                                    f"{html.escape(self.last_error)}</pre>")
+        finally:
+            self.button.disabled = False
+            if self.runner is not None:
+                self.runner.end(self.outcome)
+            lock.release()
+        return None

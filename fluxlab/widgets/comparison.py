@@ -7,29 +7,17 @@ import os
 
 from ..compare.report import VERDICT_COLOURS
 from ..util import torch_dtype_name
-from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_seed, figure_png, hbox_with_message,
-                      message_html, run_shown, set_message, tagged, widgets)
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, Panel, check_seed, figure_png, hbox_with_message, int_box,
+                      label, message_html, tagged, widgets)
 from .picker import BackendPicker
 
 DTYPES = ("bfloat16", "float16", "float32")
-MAX_SEQ = 65536
-MAX_HEADS = 256
+LIMITS = {"seq": 65536, "heads": 256, "head_dim": 512}  # the largest value each box takes
 
 
-def _records_list(records):
-    """``records``: None, a list of AttentionRecord (from ``fluxlab.capture``), or a folder saved by save_records."""
-    if records is None:
-        return []
-    if isinstance(records, (str, os.PathLike)):
-        from ..compare.records import load_records
-
-        return list(load_records(records)[0])
-    return list(records)
-
-
-def _positive_int(value, name, upper) -> str | None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
-        return f"{name} must be a whole number from 1 to {upper} (got {value!r})"
+def _box_problem(value, name: str) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[name]:
+        return f"{name} must be a whole number from 1 to {LIMITS[name]} (got {value!r})"
     return None
 
 
@@ -46,44 +34,37 @@ def verdict_badges(verdicts: dict, skipped: dict | None = None) -> str:
     return '<div class="fluxlab-verdicts">' + "".join(badges) + "</div>"
 
 
-class ComparisonPanel(widgets.VBox):
-    """Compare the picked backends against float64 on one input: a synthetic FLUX-like shape or a captured layer.
-
-    Shows a verdict per backend, the metrics table of :func:`fluxlab.compare.compare_attention` and the error
-    heatmaps (per head and query token). ``records``: attention records from ``fluxlab.capture`` (or a folder
-    written by ``save_records``) to offer as inputs. Errors (bad settings, a failing comparison) are shown in
-    the panel; the last report is ``panel.report``.
-    """
+class ComparisonPanel(Panel):
+    """Compare the picked backends against float64 on a synthetic FLUX-like shape or a captured layer (``records``):
+    verdicts, metrics and error heatmaps; the last report is ``panel.report`` (docs/notebooks.md)."""
 
     def __init__(self, records=None, *, backends=None, statuses=None, seq: int = 512, heads: int = 4,
                  head_dim: int = 128, distribution: str = "normal", dtype: str = "bfloat16", seed: int = 0,
                  run_on_start: bool = False, heatmaps: bool = True):
         from ..compare.inputs import DISTRIBUTIONS
 
-        self.records = _records_list(records)
+        if isinstance(records, (str, os.PathLike)):  # a folder saved by save_records
+            from ..compare.records import load_records
+
+            records = load_records(records)[0]
+        self.records = list(records or [])
         self.report = None
-        self.last_error: str | None = None
         self.heatmaps = heatmaps
         self.picker = BackendPicker(statuses, multiple=True, exclude=("reference",), description="backends")
-        if backends is not None:
-            self.picker.value = tuple(backends)
-        else:  # every backend that runs here
-            self.picker.value = tuple(self.picker.available)
+        self.picker.value = tuple(self.picker.available if backends is None else backends)  # default: all that run
         picker_row, self.picker_message = hbox_with_message(self.picker)
 
         self.source = tagged(widgets.ToggleButtons(options=["synthetic shape", "captured layer"], description="input",
                                                    value="captured layer" if self.records else "synthetic shape"),
                              "fluxlab-input-source")
-        small = widgets.Layout(width="170px")
-        self.seq = widgets.IntText(value=seq, description="seq", layout=small)
-        self.heads = widgets.IntText(value=heads, description="heads", layout=small)
-        self.head_dim = widgets.IntText(value=head_dim, description="head_dim", layout=small)
+        self.seq, self.heads, self.head_dim = (int_box(v, name) for name, v in
+                                               (("seq", seq), ("heads", heads), ("head_dim", head_dim)))
         self.distribution = widgets.Dropdown(options=list(DISTRIBUTIONS), value=distribution,
                                              description="values", layout=widgets.Layout(width="220px"))
         self.dtype = widgets.Dropdown(options=DTYPES, value=dtype, description="dtype",
                                       layout=widgets.Layout(width="200px"))
-        self.seed = widgets.IntText(value=seed, description="seed", layout=small)
-        self.shape_message = tagged(widgets.HTML(""), "fluxlab-message")
+        self.seed = int_box(seed, "seed")
+        self.shape_message = label("fluxlab-message")
         self.layer = widgets.Dropdown(options=self._layer_options(), description="layer",
                                       layout=widgets.Layout(width="520px"))
         layer_row, self.layer_message = hbox_with_message(self.layer)
@@ -93,9 +74,9 @@ class ComparisonPanel(widgets.VBox):
 
         self.button = tagged(widgets.Button(description="Compare", button_style="primary", icon="balance-scale"),
                              "fluxlab-compare")
-        self.status = tagged(widgets.HTML(message_html("not run yet")), "fluxlab-result")
+        self.status = label("fluxlab-result", value=message_html("not run yet"))
         self.verdicts = widgets.HTML("")
-        self.table = tagged(widgets.HTML(""), "fluxlab-metrics")
+        self.table = label("fluxlab-metrics")
         self.heatmap = tagged(widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none")),
                               "fluxlab-heatmap")
 
@@ -119,23 +100,18 @@ class ComparisonPanel(widgets.VBox):
         self.shape_box.layout.display = None if synthetic else "none"
         self.layer_box.layout.display = "none" if synthetic else None
 
-    # --------------------------------------------------------------------------------------------- logic
-
     def _inputs(self):
         """(inputs, dtype) for compare_attention, or None after showing what is wrong."""
         from ..compare.inputs import InputSpec
 
         if self.source.value == "captured layer":
-            if not self.records or self.layer.value is None:
-                set_message(self.layer_message, "no captured layer to compare: capture some with fluxlab.capture, "
-                                                "or switch to a synthetic shape")
-                return None
-            set_message(self.layer_message, "")
-            return [self.records[self.layer.value]], None
-        problem = (_positive_int(self.seq.value, "seq", MAX_SEQ) or _positive_int(self.heads.value, "heads", MAX_HEADS)
-                   or _positive_int(self.head_dim.value, "head_dim", 512) or check_seed(self.seed.value))
-        set_message(self.shape_message, problem or "")
-        if problem:
+            missing = not self.records or self.layer.value is None
+            if self.checked({self.layer_message: "no captured layer to compare: capture some with fluxlab.capture, "
+                             "or switch to a synthetic shape" if missing else None}):
+                return [self.records[self.layer.value]], None
+            return None
+        problem = next(filter(None, (_box_problem(getattr(self, name).value, name) for name in LIMITS)), None)
+        if not self.checked({self.shape_message: problem or check_seed(self.seed.value)}):
             return None
         spec = InputSpec(self.seq.value, self.heads.value, self.head_dim.value, distribution=self.distribution.value)
         return [spec], self.dtype.value
@@ -145,37 +121,28 @@ class ComparisonPanel(widgets.VBox):
         from ..compare import compare_attention
 
         self.last_error = None
-        if not self.picker.value:
-            set_message(self.picker_message, "pick at least one backend")
-            self.status.value = message_html("nothing to compare", ERROR_STYLE)
-            return None
-        set_message(self.picker_message, "")
+        if not self.checked({self.picker_message: None if self.picker.value else "pick at least one backend"}):
+            return self.refuse("nothing to compare")
         prepared = self._inputs()
         if prepared is None:
-            self.status.value = message_html("fix the marked settings, then compare again", ERROR_STYLE)
-            return None
+            return self.refuse("fix the marked settings, then compare again")
         inputs, dtype = prepared
-        self.status.value = message_html(f"comparing {', '.join(self.picker.value)} against float64 ...")
+        self.say(f"comparing {', '.join(self.picker.value)} against float64 ...")
         kwargs = {"dtype": dtype, "seeds": (self.seed.value,)} if dtype else {}
-        report = run_shown(self, self.status, "comparison", lambda: compare_attention(
-            inputs=inputs, backends=list(self.picker.value), progress=False, **kwargs))
-        if report is None:
-            return None
-        self.report = report
-        self.show(report)
+        report = self.attempt(lambda: compare_attention(inputs=inputs, backends=list(self.picker.value),
+                                                        progress=False, **kwargs), lambda: "comparison failed")
+        if report is not None:
+            self.report = report
+            self.show(report)
         return report
 
     def show(self, report) -> None:
         """Render ``report`` (a ComparisonReport) in the panel."""
-        verdicts = report.verdicts
-        failed = [n for n, v in verdicts.items() if v == "fail"]
-        case = report.rows[0] if report.rows else None
-        where = f" on {case.input} {case.dtype}" if case else ""
-        style = ERROR_STYLE if failed else OK_STYLE
-        text = (f"{len(verdicts)} backend(s) compared{where}: "
-                + (f"FAIL for {', '.join(failed)}" if failed else "no failure"))
-        self.status.value = message_html(text, style)
-        self.verdicts.value = verdict_badges(verdicts, report.skipped)
+        failed = [n for n, v in report.verdicts.items() if v == "fail"]
+        where = f" on {report.rows[0].input} {report.rows[0].dtype}" if report.rows else ""
+        self.say(f"{len(report.verdicts)} backend(s) compared{where}: "
+                 + (f"FAIL for {', '.join(failed)}" if failed else "no failure"), ERROR_STYLE if failed else OK_STYLE)
+        self.verdicts.value = verdict_badges(report.verdicts, report.skipped)
         self.table.value = report.to_html(details=True)
         png = b""
         if self.heatmaps:

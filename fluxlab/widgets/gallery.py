@@ -6,13 +6,12 @@ import html
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_PROMPT
-from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, check_prompt, check_seed, check_size, check_steps,
-                      figure_png, hbox_with_message, message_html, png_bytes, run_shown, set_message,
+from ..models.offload import gib
+from ..results import format_cell, html_table
+from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, Panel, RunControls, call_with, check_prompt, check_seed,
+                      check_size, check_steps, figure_png, hbox_with_message, int_box, label, message_html, png_bytes,
                       tagged, widgets)
 from .picker import BackendPicker
-from ..models.memory import gib
-from ..results import format_cell, html_table
-from .running import RunControls
 
 
 def difference(image, reference):
@@ -38,15 +37,11 @@ def drift_figure(comparison):
 
     fig = Figure(figsize=(6.0, 2.6), layout="constrained")
     ax = fig.add_subplot()
-    drawn = False
-    for row in comparison.rows:
-        if row.latent_drift and row.backend != comparison.reference:
-            steps = range(1, len(row.latent_drift) + 1)
-            ax.plot(steps, np.maximum(row.latent_drift, 1e-12), marker="o", label=row.backend)
-            drawn = True
-    ax.set_yscale("log")
-    ax.set_xlabel("denoising step")
-    ax.set_ylabel("latent rel. L2")
+    drawn = [row for row in comparison.rows if row.latent_drift and row.backend != comparison.reference]
+    for row in drawn:
+        ax.plot(range(1, len(row.latent_drift) + 1), np.maximum(row.latent_drift, 1e-12), marker="o",
+                label=row.backend)
+    ax.set(yscale="log", xlabel="denoising step", ylabel="latent rel. L2")
     ax.set_title(f"latent drift vs {comparison.reference}", fontsize=9, loc="left")
     if drawn:
         ax.legend(fontsize=8)
@@ -55,14 +50,9 @@ def drift_figure(comparison):
     return fig
 
 
-class ImageGallery(widgets.VBox):
-    """Generate with ``pipe`` on every picked backend from identical noise and show the images side by side.
-
-    Under each image: its difference map to the reference backend's image (one colour scale for all), PSNR,
-    SSIM and the generation time; below, the per-step latent drift. Uses ``fluxlab.compare.compare_images``
-    (``compare=`` replaces it: same arguments, same result type). A backend that fails shows its error in its
-    place; invalid settings show a message next to their control.
-    """
+class ImageGallery(Panel):
+    """Generate with ``pipe`` on every picked backend from identical noise (``compare_images``, or ``compare=``) and
+    show the images side by side with difference maps, metrics and the latent drift (docs/notebooks.md)."""
 
     def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
                  prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
@@ -73,7 +63,6 @@ class ImageGallery(widgets.VBox):
         self.runner = RunControls(threaded)
         self._compare_override = compare
         self.comparison = None
-        self.last_error: str | None = None
         self.image_width = image_width
         self.picker = BackendPicker(statuses, multiple=True, description="backends")
         self.picker.value = tuple(backends) if backends is not None else tuple(self.picker.available)
@@ -81,19 +70,16 @@ class ImageGallery(widgets.VBox):
         self.reference = widgets.Dropdown(description="reference", layout=widgets.Layout(width="260px"))
         self._reference_wanted = reference
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
-        small = widgets.Layout(width="170px")
-        self.seed = widgets.IntText(value=seed, description="seed", layout=small)
-        self.steps = widgets.IntText(value=steps, description="steps", layout=small)
-        self.height = widgets.IntText(value=height, description="height", layout=small)
-        self.width = widgets.IntText(value=width, description="width", layout=small)
+        self.seed, self.steps, self.height, self.width = (int_box(value, name) for name, value in (
+            ("seed", seed), ("steps", steps), ("height", height), ("width", width)))
         prompt_row, self.prompt_message = hbox_with_message(self.prompt)
-        self.settings_message = tagged(widgets.HTML(""), "fluxlab-message")
+        self.settings_message = label("fluxlab-message")
         self.button = tagged(widgets.Button(description="Generate all", button_style="primary", icon="th"),
                              "fluxlab-generate")
-        self.status = tagged(widgets.HTML(message_html("not run yet")), "fluxlab-result")
+        self.status = label("fluxlab-result", value=message_html("not run yet"))
         self.cards = tagged(widgets.HBox(layout=widgets.Layout(flex_flow="row wrap")), "fluxlab-gallery")
         self.drift = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
-        self.table = tagged(widgets.HTML(""), "fluxlab-metrics")
+        self.table = label("fluxlab-metrics")
 
         self._update_reference_options()
         self.picker.on_change(lambda _: self._update_reference_options())
@@ -113,92 +99,39 @@ class ImageGallery(widgets.VBox):
         if options:
             self.reference.value = wanted if wanted in options else options[0]
 
-    def _run_compare(self, backends, cancelled: list):
-        """compare_images (or the override) with this panel's step control and warm-up, when it takes them."""
-        import inspect
-
-        from ..models.progress import GenerationCancelled
-
-        if self._compare_override is not None:
-            fn = self._compare_override
-        else:
-            from ..compare import compare_images as fn
-        params = inspect.signature(fn).parameters
-        takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        extra = {k: v for k, v in (("control", self.runner.control), ("warmup", self.warmup))
-                 if takes or k in params}
-        try:
-            return fn(self.pipe, backends, prompt=self.prompt.value, seed=self.seed.value, steps=self.steps.value,
-                      height=self.height.value, width=self.width.value, reference=self.reference.value, **extra)
-        except GenerationCancelled as exc:
-            cancelled.append(str(exc))
-            return None
-
     def check(self) -> bool:
-        problems = {
+        return self.checked({
             self.picker_message: None if self.picker.value else "pick at least one backend",
             self.prompt_message: check_prompt(self.prompt.value),
             self.settings_message: (check_seed(self.seed.value) or check_steps(self.steps.value)
                                     or check_size(self.height.value, self.width.value, self.pipe)),
-        }
-        for label, problem in problems.items():
-            set_message(label, problem or "")
-        return not any(problems.values())
+        })
 
     def run(self):
         """Generate on every picked backend and show the gallery; returns the comparison, or None."""
-        self.last_error = None
         if not self.check():
-            self.status.value = message_html("fix the marked settings, then generate again", ERROR_STYLE)
-            return None
+            return self.refuse()
+        from ..compare import compare_images
+
         self._reference_wanted = reference = self.reference.value
         backends = [reference] + [b for b in self.picker.value if b != reference]  # the reference's card first
-        if self.runner.busy:  # a click while a background run is going
-            self.status.value = message_html("a generation is running: wait for it, or press Cancel", ERROR_STYLE)
-            return None
-        self.status.value = message_html(f"generating on {', '.join(backends)} ...")
-        cancelled = []
-        self.runner.begin()
-        comparison = None
-        try:
-            comparison = run_shown(self, self.status, "generation", lambda: self._run_compare(backends, cancelled))
-        finally:
-            self.runner.end("cancelled" if cancelled else "success" if comparison is not None else "failed")
-        if cancelled:
-            self.status.value = message_html(f"{cancelled[0]}; the last gallery stays", MUTED_STYLE)
-        if comparison is None:
-            return None
-        self.comparison = comparison
-        self.show(comparison)
+        self.say(f"generating on {', '.join(backends)} ...")
+        comparison = self.attempt(lambda: call_with(
+            self._compare_override or compare_images, self.pipe, backends, prompt=self.prompt.value,
+            seed=self.seed.value, steps=self.steps.value, height=self.height.value, width=self.width.value,
+            reference=reference, optional={"control": self.runner.control, "warmup": self.warmup}),
+            lambda: "generation failed", lambda exc: f"{exc}; the last gallery stays")
+        if comparison is not None:
+            self.comparison = comparison
+            self.show(comparison)
         return comparison
 
     def show(self, comparison) -> None:
         ref_image = comparison.images.get(comparison.reference)
-        diffs = ({label: difference(image, ref_image) for label, image in comparison.images.items()}
+        diffs = ({name: difference(image, ref_image) for name, image in comparison.images.items()}
                  if ref_image is not None else {})
         vmax = max([float(d.max()) for d in diffs.values()] + [1e-6])
-        size = widgets.Layout(width=f"{self.image_width}px")
-        cards = []
-        for row in comparison.rows:
-            title = f"<b><code>{html.escape(row.backend)}</code></b>"
-            if row.error:
-                body = [widgets.HTML(f'{title}<br><span style="{ERROR_STYLE};font-size:85%">'
-                                     f"{html.escape(row.error)}</span>", layout=size)]
-            else:
-                timing = f"{row.time_s * 1e3:.0f} ms" if row.time_s is not None else ""
-                peak = getattr(row, "peak_memory_bytes", None)
-                timing += f", peak {gib(peak)}" if peak is not None else ""
-                metrics = ("reference" if row.backend == comparison.reference else
-                           f"PSNR {format_cell(row.psnr, '.1f')} dB, SSIM {format_cell(row.ssim, '.4f')}")
-                body = [widgets.HTML(f"{title} <span style='{MUTED_STYLE}'>{timing}</span><br>"
-                                     f"<span style='font-size:85%'>{metrics}</span>"),
-                        widgets.Image(value=png_bytes(comparison.images[row.backend]), format="png", layout=size),
-                        widgets.Image(value=difference_png(diffs[row.backend], vmax), format="png", layout=size),
-                        widgets.HTML(f"<span style='font-size:80%;{MUTED_STYLE}'>|diff| max "
-                                     f"{float(diffs[row.backend].max()):.3g} (scale 0-{vmax:.3g})</span>")]
-            cards.append(tagged(widgets.VBox(body, layout=widgets.Layout(margin="4px 10px 4px 0")),
-                                "fluxlab-gallery-card"))
-        self.cards.children = cards
+        self.cards.children = [self._card(row, comparison, diffs, vmax) for row in comparison.rows]
         self.table.value = html_table([
             {"backend": r.backend + (" (reference)" if r.backend == comparison.reference else ""),
              "PSNR dB": format_cell(r.psnr, ".2f"), "SSIM": format_cell(r.ssim, ".5f"),
@@ -209,9 +142,29 @@ class ImageGallery(widgets.VBox):
         self.drift.value = figure_png(drift_figure(comparison))
         self.drift.layout.display = None
         failed = [r.backend for r in comparison.rows if r.error]
-        ok = len(comparison.rows) - len(failed)
-        timing_notes = [comparison.settings.get(key) for key in ("warm_up", "peak_memory")]
-        notes = "; ".join(f"{label}: {note}" for label, note in zip(("times", "peak GPU memory"), timing_notes) if note)
-        self.status.value = message_html(
-            f"{ok} image(s) vs {comparison.reference}" + (f"; failed: {', '.join(failed)}" if failed else "")
-            + (f" ({notes})" if notes else ""), ERROR_STYLE if failed else OK_STYLE)
+        notes = "; ".join(f"{name}: {comparison.settings[key]}" for name, key in
+                          (("times", "warm_up"), ("peak GPU memory", "peak_memory")) if comparison.settings.get(key))
+        self.say(f"{len(comparison.rows) - len(failed)} image(s) vs {comparison.reference}"
+                 + (f"; failed: {', '.join(failed)}" if failed else "") + (f" ({notes})" if notes else ""),
+                 ERROR_STYLE if failed else OK_STYLE)
+
+    def _card(self, row, comparison, diffs, vmax) -> widgets.VBox:
+        """One backend's card: its name, time and metrics, image and difference map (or its error)."""
+        size = widgets.Layout(width=f"{self.image_width}px")
+        title = f"<b><code>{html.escape(row.backend)}</code></b>"
+        if row.error:
+            body = [widgets.HTML(f'{title}<br><span style="{ERROR_STYLE};font-size:85%">'
+                                 f"{html.escape(row.error)}</span>", layout=size)]
+        else:
+            peak = getattr(row, "peak_memory_bytes", None)
+            timing = (f"{row.time_s * 1e3:.0f} ms" if row.time_s is not None else "") + (
+                f", peak {gib(peak)}" if peak is not None else "")
+            metrics = ("reference" if row.backend == comparison.reference else
+                       f"PSNR {format_cell(row.psnr, '.1f')} dB, SSIM {format_cell(row.ssim, '.4f')}")
+            body = [widgets.HTML(f"{title} <span style='{MUTED_STYLE}'>{timing}</span><br>"
+                                 f"<span style='font-size:85%'>{metrics}</span>"),
+                    widgets.Image(value=png_bytes(comparison.images[row.backend]), format="png", layout=size),
+                    widgets.Image(value=difference_png(diffs[row.backend], vmax), format="png", layout=size),
+                    widgets.HTML(f"<span style='font-size:80%;{MUTED_STYLE}'>|diff| max "
+                                 f"{float(diffs[row.backend].max()):.3g} (scale 0-{vmax:.3g})</span>")]
+        return tagged(widgets.VBox(body, layout=widgets.Layout(margin="4px 10px 4px 0")), "fluxlab-gallery-card")

@@ -7,39 +7,33 @@ from collections.abc import Callable, Iterable
 
 import traitlets
 
-from ._common import tagged, widgets
-
-DEFAULT_MARK = " \u2605"  # shown after the default backend's name
-EMULATED_MARK = " (emulated)"  # shown after an emulator's name: float32 numerics of another kernel
-
+from ._common import MUTED_STYLE, tagged, widgets
 
 def button_label(status) -> str:
     """The backend's name, a star for the default pick, and a suffix for emulated kernels."""
-    return (status.name + (DEFAULT_MARK if status.default else "")
-            + (EMULATED_MARK if getattr(status, "emulated", False) else ""))
+    return (status.name + (" \u2605" if status.default else "")
+            + (" (emulated)" if getattr(status, "emulated", False) else ""))  # emulated: float32 numerics of a kernel
 
 
 def _status_tooltip(status) -> str:
     if not status.available:
         return "unavailable here: " + "; ".join(status.reasons)
-    text = status.description
-    if getattr(status, "emulated", False):
-        text = f"emulates {status.emulates} in float32 (not the real kernel). " + text
-    if status.version:
-        text += f" (version {status.version})"
-    if status.default:
-        text = "default pick on this machine. " + text
-    return text
+    emulated = getattr(status, "emulated", False)
+    return (("default pick on this machine. " if status.default else "")
+            + (f"emulates {status.emulates} in float32 (not the real kernel). " if emulated else "")
+            + status.description
+            + (f" (version {status.version})" if status.version else ""))
+
+
+def _names(value) -> tuple:
+    """A picker value (None, a name or names) as a tuple of names."""
+    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
 
 
 class BackendPicker(widgets.VBox):
-    """Pick one backend (``multiple=False``, ``value`` is a name) or several (``value`` is a tuple of names).
-
-    Built from ``fluxlab.backends()`` (or the ``statuses`` given, e.g. ``fluxlab.backends(Platform.h100())``):
-    every backend gets a button; one that cannot run here is disabled and its tooltip gives the reasons; the
-    machine's default pick carries a star. ``on_change(fn)`` calls ``fn(value)`` after every change;
-    ``observe(fn, names="value")`` works as for any widget.
-    """
+    """Pick one backend (``multiple=False``: ``value`` is a name) or several (a tuple) of ``fluxlab.backends()`` or
+    the ``statuses`` given; those that cannot run here are disabled, their reasons as tooltips (docs/notebooks.md).
+    ``on_change(fn)`` calls ``fn(value)`` after every change."""
 
     value = traitlets.Any(allow_none=True)
 
@@ -62,101 +56,69 @@ class BackendPicker(widgets.VBox):
         self._build(value)
         self.observe(self._on_value, names="value")
 
-    # ---------------------------------------------------------------------------------------- building
-
-    def _load_statuses(self):
-        if self._given_statuses is not None:
-            return self._given_statuses
-        from ..doctor import backends
-
-        return backends()
-
     def _build(self, value=None):
-        statuses = [s for s in self._load_statuses() if s.name not in self._exclude
+        statuses = self._given_statuses
+        if statuses is None:
+            from ..doctor import backends
+
+            statuses = backends()
+        statuses = [s for s in statuses if s.name not in self._exclude
                     and (self._include is None or s.name in self._include)]
         if self._include is not None:
-            order = {name: i for i, name in enumerate(self._include)}
-            statuses.sort(key=lambda s: order[s.name])
+            statuses.sort(key=lambda s: self._include.index(s.name))
         self.statuses = {s.name: s for s in statuses}
         self.buttons = {}
         for status in statuses:
-            button = widgets.ToggleButton(
-                value=False, description=button_label(status),
-                disabled=not status.available, tooltip=_status_tooltip(status),
-                layout=widgets.Layout(width="auto", margin="2px"))
-            tagged(button, "fluxlab-backend", f"fluxlab-backend-{status.name}")
+            button = tagged(widgets.ToggleButton(value=False, description=button_label(status),
+                                                 disabled=not status.available, tooltip=_status_tooltip(status),
+                                                 layout=widgets.Layout(width="auto", margin="2px")),
+                            "fluxlab-backend", f"fluxlab-backend-{status.name}")
             button.observe(self._on_button(status.name), names="value")
             self.buttons[status.name] = button
         self._row.children = [self._label, *self.buttons.values()]
         unavailable = [s for s in statuses if not s.available]
-        if unavailable:
-            items = "".join(f"<li><code>{html.escape(s.name)}</code>: {html.escape('; '.join(s.reasons))}</li>"
-                            for s in unavailable)
-            self._why.value = (f'<details style="font-size:85%;color:#616161"><summary>why {len(unavailable)} '
-                               f"backend{'s are' if len(unavailable) > 1 else ' is'} greyed out</summary>"
-                               f"<ul>{items}</ul></details>")
-        else:
-            self._why.value = ""
-        if value is None:
-            value = self._initial_value()
-        with self.hold_trait_notifications():
-            self.value = self._validated(value)
+        items = "".join(f"<li><code>{html.escape(s.name)}</code>: {html.escape('; '.join(s.reasons))}</li>"
+                        for s in unavailable)
+        self._why.value = (f'<details style="font-size:85%;{MUTED_STYLE}"><summary>why {len(unavailable)} '
+                           f"backend{'s are' if len(unavailable) > 1 else ' is'} greyed out</summary><ul>{items}</ul>"
+                           "</details>") if unavailable else ""
+        if value is None:  # the default pick, else the first that runs
+            chosen = [s.name for s in statuses if s.default and s.available] or self.available[:1]
+            value = tuple(chosen) if self.multiple else (chosen or [None])[0]
+        self.value = value
         self._sync_buttons()
-
-    def _initial_value(self):
-        available = [s.name for s in self.statuses.values() if s.available]
-        default = [s.name for s in self.statuses.values() if s.default and s.available]
-        if self.multiple:
-            return tuple(default or available[:1])
-        return (default or available or [None])[0]
 
     def refresh(self) -> None:
         """Re-read the registry (e.g. after ``fluxlab.register_backend``), keeping the current choice if valid."""
-        current = self.value
         try:
-            self._build(current)
-        except (ValueError, traitlets.TraitError):  # the chosen backend went away
+            self._build(self.value)
+        except traitlets.TraitError:  # the chosen backend went away
             self._build(None)
-
-    # ------------------------------------------------------------------------------------------ value
 
     @property
     def available(self) -> list[str]:
         return [name for name, s in self.statuses.items() if s.available]
 
-    def _validated(self, value):
-        names = () if value is None else ((value,) if isinstance(value, str) else tuple(value))
-        for name in names:
-            if name not in self.statuses:
-                raise ValueError(f"backend {name!r} is not in this picker; choose from {', '.join(self.statuses)}")
-            status = self.statuses[name]
-            if not status.available:
-                raise ValueError(f"backend {name!r} cannot run here: {'; '.join(status.reasons)}")
-        if self.multiple:
-            chosen = set(names)
-            return tuple(name for name in self.statuses if name in chosen)
-        if len(names) > 1:
-            raise ValueError(f"this picker holds one backend; got {names} (use multiple=True for several)")
-        return names[0] if names else None
-
     @traitlets.validate("value")
     def _validate_value(self, proposal):
-        if not self.statuses:
-            return proposal["value"]
-        try:
-            return self._validated(proposal["value"])
-        except ValueError as exc:
-            raise traitlets.TraitError(str(exc)) from None
-
-    def _selected(self) -> set[str]:
-        if self.value is None:
-            return set()
-        return {self.value} if isinstance(self.value, str) else set(self.value)
+        names = _names(proposal["value"])
+        for name in names:
+            if name not in self.statuses:
+                raise traitlets.TraitError(f"backend {name!r} is not in this picker; choose from "
+                                           f"{', '.join(self.statuses)}")
+            if not self.statuses[name].available:
+                raise traitlets.TraitError(f"backend {name!r} cannot run here: "
+                                           f"{'; '.join(self.statuses[name].reasons)}")
+        if self.multiple:
+            return tuple(name for name in self.statuses if name in names)
+        if len(names) > 1:
+            raise traitlets.TraitError(f"this picker holds one backend; got {names} (use multiple=True for several)")
+        return names[0] if names else None
 
     def _sync_buttons(self):
         self._syncing = True
         try:
-            chosen = self._selected()
+            chosen = _names(self.value)
             for name, button in self.buttons.items():
                 button.value = name in chosen
                 button.button_style = "info" if name in chosen else ""  # the choice stands out, not the default
@@ -168,7 +130,7 @@ class BackendPicker(widgets.VBox):
             if self._syncing:
                 return
             if self.multiple:
-                chosen = self._selected()
+                chosen = set(_names(self.value))
                 chosen = chosen | {name} if change["new"] else chosen - {name}
                 self.value = tuple(n for n in self.statuses if n in chosen)
             elif change["new"]:
@@ -192,6 +154,5 @@ class BackendPicker(widgets.VBox):
     def click(self, name: str) -> None:
         """What a user's click on ``name``'s button does (disabled buttons ignore clicks, as in the browser)."""
         button = self.buttons[name]
-        if button.disabled:
-            return
-        button.value = not button.value if self.multiple else True
+        if not button.disabled:
+            button.value = not button.value if self.multiple else True

@@ -26,11 +26,10 @@ class NotebookSettings:
 
     @property
     def device(self) -> str | None:
-        if self.small:
-            return None  # stays where it was built (CPU)
+        """None for a small model (it stays on the CPU it was built on); else the GPU where there is one."""
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return None if self.small else "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def dtype(self):
@@ -41,11 +40,9 @@ class NotebookSettings:
     @property
     def image_reference(self) -> str:
         """The backend images are compared against: exact float64 on small models, the default pick otherwise."""
-        if self.small:
-            return "reference"
         from ..dispatch import default_backend
 
-        return default_backend() or "sdpa"
+        return "reference" if self.small else default_backend() or "sdpa"
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of ``fluxlab.load_flux2(MODEL, ...)``; real weights get ``offload="auto"`` (decided from
@@ -72,14 +69,14 @@ def settings_for(model: str, variant: str | None = "dev", force: bool = False, *
     ``variant`` applies to ``"tiny"`` only (a folder or hub id says which pipeline it is). A size or step count
     beyond ``fluxlab.models.limits.BOUNDS`` is refused unless ``force=True``; malformed ones always.
     """
+    from ..models.limits import check_generation, size_multiple_for
+
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"MODEL must be 'tiny', 'embedded', a local folder or a hub id; got {model!r}")
     small = model in OFFLINE_MODELS
     values = dict(model=model, small=small, variant=variant if model == "tiny" else None,
                   **(OFFLINE_MODELS[model] if small else REAL_WEIGHTS))
     values.update(overrides)
-    from ..models.limits import check_generation, size_multiple_for
-
     check_generation(width=values["width"], height=values["height"], steps=values["steps"], seed=0, force=force,
                      multiple=size_multiple_for(model))
     return NotebookSettings(**values)
