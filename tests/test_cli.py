@@ -16,7 +16,7 @@ import fluxlab
 from fluxlab.cli import main
 from fluxlab.outputs import RUN_FILE
 
-from _child import Child
+from _child import SAFETY_CAP_S, Child
 
 FLUXLAB = Path(sys.executable).with_name("fluxlab")  # the installed entry point of this venv
 
@@ -224,7 +224,7 @@ def test_help_shows_defaults_and_one_vocabulary(verb, shown, capsys, monkeypatch
 
 def test_real_entry_point_mistake_is_one_line_exit_2(tmp_path):
     done = subprocess.run([str(FLUXLAB), "generate", "--model", "tiny", "--size", "40", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=SAFETY_CAP_S)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "fluxlab generate: error: width 40 is not a multiple of 16 (this model's VAE scale x 2x2 latent patches; "

@@ -16,6 +16,7 @@ import pytest
 
 from fluxlab.cli import build_parser, main
 from fluxlab.command import DEFAULT_MODEL, DEFAULT_PROMPT, EXIT_NO_DEVICE, EXIT_USAGE, VERBS
+from _child import SAFETY_CAP_S  # a hang guard, not a speed budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def test_old_spellings_reach_the_new_options(tmp_path, capsys, no_work):
 def test_help_and_version_import_no_torch(argv):
     code = ("import sys\nfrom fluxlab.cli import main\ncode = main(%r)\n"
             "assert code == 0, code\nprint('torch' in sys.modules)" % argv)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=SAFETY_CAP_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"  # no torch: the parser alone, as `fluxlab --help` runs it
 
@@ -286,7 +287,7 @@ def test_a_piped_run_writes_log_lines_not_bar_frames(tmp_path):
     # The embedded model loads through diffusers' from_pretrained, whose loading bars must stay quiet too.
     done = subprocess.run([sys.executable, "-m", "fluxlab.cli", "generate", "--backends", "sdpa,sdpa_math",
                            "--steps", "2", "--size", "32", "--max-sequence-length", "16", "--out",
-                           str(tmp_path / "o")], capture_output=True, cwd=ROOT, timeout=600)
+                           str(tmp_path / "o")], capture_output=True, cwd=ROOT, timeout=SAFETY_CAP_S)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"\r" not in done.stdout + done.stderr
     err = done.stderr.decode()
@@ -364,5 +365,5 @@ def test_lazy_package_keeps_fluxlab_backends_the_function():
     code = ("import sys, fluxlab\nassert 'torch' not in sys.modules\nimport fluxlab.backends.sdpa\n"
             "names = [s.name for s in fluxlab.backends()]\nassert 'sdpa' in names, names\n"
             "assert fluxlab.attention is fluxlab.dispatch.attention\nprint('ok')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=SAFETY_CAP_S)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

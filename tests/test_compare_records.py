@@ -19,6 +19,7 @@ from fluxlab.compare.records import (RecordIntegrityError, RecordsFolderError, R
 from fluxlab.errors import FluxlabError, InvalidInputError
 from fluxlab.compare import replay
 from fluxlab.record import AttentionRecord
+from _child import SAFETY_CAP_S  # a hang guard, not a speed budget
 
 
 def _records():
@@ -219,7 +220,7 @@ def test_two_processes_saving_into_one_folder_leave_one_complete_save(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(fluxlab.__file__).parents[1])}
     procs = [subprocess.Popen([sys.executable, str(script), str(which), str(folder), "12"], env=env,
                               stderr=subprocess.PIPE, text=True) for which in (1, 2)]
-    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    errors = [proc.communicate(timeout=SAFETY_CAP_S)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], errors
     loaded, manifest = load_records(folder)  # whichever save came last, complete and hash-verified
     writer = loaded[0].layer

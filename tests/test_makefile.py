@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _child import SAFETY_CAP_S  # a hang guard, not a speed budget
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -80,7 +81,7 @@ def test_probe_answers_yes_for_an_index_that_serves_torch_and_no_otherwise():
         base = f"http://127.0.0.1:{server.server_address[1]}"
 
         def probe(url):
-            return subprocess.run([sys.executable, "-c", probe_code(), url], capture_output=True, timeout=60).returncode
+            return subprocess.run([sys.executable, "-c", probe_code(), url], capture_output=True, timeout=SAFETY_CAP_S).returncode
 
         assert probe(f"{base}/whl/cpu") == 0
         assert probe(f"{base}/whl/cpu/") == 0
