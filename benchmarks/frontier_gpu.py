@@ -46,9 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flux2_step import build_transformer, environment, step_inputs  # noqa: E402
 
 KS = (0, 1, 2, 3)
-# Kernels whose capabilities name no head_dim list but whose builds take nothing below 64 (FA3's Hopper kernels,
-# SageAttention 2's sm90 one): the embedded model's head_dim 32 runs on them zero-padded.
-SMALLEST_HEAD_DIM = {"fa3": (64,), "fa3_fp8": (64,), "sage2": (64,)}
 STEPS = 28  # FLUX.2 [dev]'s default number of denoising steps
 SIZE = 1024
 PROMPT = "a red circle at the top left on a blue background"  # the embedded model's kind of caption
@@ -387,7 +384,7 @@ def padded_backend(inner: str, head_dim: int) -> str:
     import fluxlab
 
     caps = fluxlab.registry.get_backend(inner).caps
-    supported = caps.head_dims or SMALLEST_HEAD_DIM.get(inner)
+    supported = caps.head_dims or ((caps.min_head_dim,) if head_dim < caps.min_head_dim else None)
     if supported is None or head_dim in supported:
         return inner
     width = min((d for d in supported if d > head_dim), default=None)

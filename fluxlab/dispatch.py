@@ -292,6 +292,18 @@ class Reasons:
             self.by_backend[backend.name] = found
         return self.by_backend[backend.name]
 
+    def why_not(self, backend, picked: str | None, requested: str | None = None) -> list[str]:
+        """Why ``backend`` is not ``picked``: its reasons not to run, or why a backend that could run was passed
+        over (``requested``: the name the caller asked for, None for the automatic choice)."""
+        if self(backend):
+            return list(self(backend))
+        if requested is not None:
+            return [f"could run, but '{requested}' was asked for"]
+        order = registry.priority_for(self.call.platform)
+        if backend.name in order and picked in order and order.index(backend.name) > order.index(picked):
+            return [f"could run, but ranked below {picked} (its declared priority)"]
+        return ["could run, but is never picked automatically: choose it explicitly"]
+
     def release_inputs(self) -> None:
         self._tensors = None
 
@@ -452,16 +464,7 @@ class Plan:
 
     def reasons_for_others(self) -> dict[str, list[str]]:
         """Every other backend with why it was not picked (the plan's reasons, for the planned call)."""
-        order = registry.priority_for(self.platform)
-        below = order[order.index(self.backend) + 1:] if self.backend in order else ()
-
-        def passed_by(name: str) -> str:
-            if self.requested is not None:
-                return f"could run, but '{self.requested}' was asked for"
-            if name in below:
-                return f"could run, but ranked below {self.backend} (its declared priority)"
-            return "could run, but is never picked automatically: choose it explicitly"
-        return {other.name: list(self.reasons(other)) or [passed_by(other.name)]
+        return {other.name: self.reasons.why_not(other, self.backend, self.requested)
                 for other in registry.all_backends() if other.name != self.backend}
 
     def describe(self) -> str:

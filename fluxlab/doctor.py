@@ -10,15 +10,10 @@ from .platform import Platform, current_platform
 from .results import ResultList
 
 
-def _why_not_default(name: str, pick: str | None, order: tuple[str, ...], reasons: Reasons) -> str:
-    if name in order and pick in order and order.index(name) > order.index(pick):
-        return f"ranked below {pick} in this platform's priority list (the backends' declared ranks)"
-    if name in order:
-        refused = reasons(registry.get_backend(name))
-        return "in the priority list, but cannot run FLUX-shaped bf16 inputs here" + (
-            f": {'; '.join(refused)}" if refused else "")
-    return ("never picked automatically (quantised, experimental, emulated or for debugging): choose it "
-            "explicitly")
+def _why_not_default(backend, pick: str | None, reasons: Reasons) -> str:
+    if reasons(backend):
+        return f"cannot run FLUX-shaped inputs here: {'; '.join(reasons(backend))}"
+    return reasons.why_not(backend, pick)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +55,10 @@ def backends(platform: Platform | None = None) -> BackendList:
     reasons = flux_reasons(platform)  # each backend's reasons for FLUX-shaped inputs, computed once
     picked = reasons.automatic()
     pick = picked.name if picked else None
-    order = registry.priority_for(platform)
     rows = []
     for backend in registry.all_backends():
         why, caps = backend.platform_reasons(platform), backend.caps
-        not_default = None if why or backend.name == pick else _why_not_default(backend.name, pick, order, reasons)
+        not_default = None if why or backend.name == pick else _why_not_default(backend, pick, reasons)
         rows.append(BackendStatus(backend.name, not why, tuple(why), backend.version, backend.name == pick,
                                   backend.description, caps.returns_lse, caps.quantised, caps.experimental,
                                   backend.builtin, not_default, caps.stand_in_only, emulated=caps.emulated,

@@ -261,7 +261,7 @@ def register_padded(inner: str, width: int, *, name: str | None = None) -> str:
         return out[..., :d].contiguous()
 
     kept = {f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)
-            if f.name not in ("head_dims", "max_head_dim", "returns_lse", "lse_grad", "gqa")}
+            if f.name not in ("head_dims", "min_head_dim", "max_head_dim", "returns_lse", "lse_grad", "gqa")}
     register_backend(name, padded, replace=True, requires=backend.requires, options=dict(backend.options),
                      option_values=dict(backend.option_values), max_head_dim=width, gqa=True, **kept,
                      description=f"{inner} on q/k/v zero-padded to head_dim {width}")

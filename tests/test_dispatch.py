@@ -89,6 +89,22 @@ def test_fa3_needs_hopper():
     assert "fa3 needs arch sm_90 on nvidia; this device is sm_80" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["fa3", "fa3_fp8", "sage2"])
+def test_hopper_kernels_refuse_head_dims_below_their_builds(name):
+    # FA3's Hopper builds and SageAttention 2's sm90 kernel have no head_dim below 64: the embedded model's 32 is
+    # refused up front, with the padding that runs it, instead of failing inside the kernel.
+    with pytest.raises(BackendUnavailableError) as info:
+        plan(*meta((1, 256, 4, 32)), backend=name, platform=Platform.h100())
+    assert f"head_dim 32 is below {name}'s minimum of 64" in str(info.value)
+    assert f"register_padded('{name}', 64)" in str(info.value)
+    padded = fluxlab.registry.get_backend(fluxlab.registry.register_padded(name, 64, name="padded_for_test"))
+    try:  # the padded backend takes the small head_dim (only its package is missing here)
+        assert not [r for r in padded.input_reasons(*meta((1, 256, 4, 32))[:2], Platform.h100(), causal=False,
+                                                    return_lse=False) if "head_dim" in r]
+    finally:
+        fluxlab.registry.unregister_backend("padded_for_test")
+
+
 # --- selection order --------------------------------------------------------------------------------
 
 def test_order_explicit_beats_context_beats_env_beats_priority(monkeypatch, exact_user_backend):

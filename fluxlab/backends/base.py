@@ -34,8 +34,9 @@ class Capabilities:
     # Arches per vendor, exact ("gfx942") or NVIDIA minimums ("sm_80+"); a vendor not listed: any arch.
     arches: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     dtypes: frozenset[torch.dtype] = FLOAT_DTYPES
-    head_dims: tuple[int, ...] | None = None  # exact list, or None with max_head_dim
+    head_dims: tuple[int, ...] | None = None  # exact list, or None with min_head_dim..max_head_dim
     max_head_dim: int = 1024
+    min_head_dim: int = 1  # smaller head dims: pad q/k/v (fluxlab.registry.register_padded)
     gqa: bool = True
     causal: bool = True
     returns_lse: bool = False
@@ -189,6 +190,9 @@ class Backend:
                            f"(supports {', '.join(map(str, caps.head_dims))})")
         elif head_dim > caps.max_head_dim:
             reasons.append(f"head_dim {head_dim} exceeds {self.name}'s maximum of {caps.max_head_dim}")
+        elif head_dim < caps.min_head_dim:
+            reasons.append(f"head_dim {head_dim} is below {self.name}'s minimum of {caps.min_head_dim} (zero-pad "
+                           f"q/k/v: fluxlab.registry.register_padded('{self.name}', {caps.min_head_dim}))")
         if q.shape[2] != k.shape[2] and not caps.gqa:
             reasons.append(f"{self.name} does not support grouped-query attention "
                            f"({q.shape[2]} query heads, {k.shape[2]} key/value heads)")

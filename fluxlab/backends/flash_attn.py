@@ -163,11 +163,11 @@ BACKENDS = [
             "FlashAttention-2 (flash_attn.flash_attn_func)", requires=(FA2,), binder=bind_fa2,
             diffusers=("flash", "flash_varlen"),  # varlen: the same kernel over packed sequences (FLUX.2 has none)
             priority={"nvidia": 50, "amd/gfx942": 20, "amd/gfx950": 20}, groups={"fa": 3}),
-    Backend("fa3", unbound(bind_fa3), _nvidia("sm_90"),
+    Backend("fa3", unbound(bind_fa3), _nvidia("sm_90", min_head_dim=64),
             "FlashAttention-3, Hopper only (flash_attn_interface or fa3_fwd_interface .flash_attn_func)",
             requires=(FA3,), extra_checks=fa3_build_reasons, binder=bind_fa3,
             diffusers=("_flash_3", "_flash_varlen_3"), priority={"nvidia/sm_90": 30}, groups={"fa": 2}),
-    Backend("fa3_fp8", unbound(bind_fa3_fp8), _nvidia("sm_90", quantised=True),
+    Backend("fa3_fp8", unbound(bind_fa3_fp8), _nvidia("sm_90", min_head_dim=64, quantised=True),
             "FlashAttention-3 FP8 (e4m3 Q/K/V, per (batch, KV head) amax descales, P in e4m3; quantised)",
             # 16 fp8 values are one 16-byte TMA/WGMMA row: FA3 requires it for FP8
             requires=(FA3,), extra_checks=_head_dim_multiple_of("fa3_fp8", 16), binder=bind_fa3_fp8),

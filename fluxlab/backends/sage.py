@@ -78,7 +78,7 @@ BACKENDS = [
             extra_checks=_ragged_keys,
             # diffusers wants sageattention >= 2.1.1 for these; fluxlab's adapter runs 1.0.6's Triton kernel.
             aliases=("sage_attn",), diffusers=("sage", "sage_varlen", "_sage_qk_int8_pv_fp16_triton")),
-    Backend("sage2", unbound(bind_sage2), _nvidia("sm_90", max_head_dim=128, returns_lse=True),
+    Backend("sage2", unbound(bind_sage2), _nvidia("sm_90", min_head_dim=64, max_head_dim=128, returns_lse=True),
             "SageAttention 2, Hopper kernel (int8 Q·K with K smoothing, fp8 P·V; quantised)", requires=(SAGE2,),
             options={"qk_quant_gran": "per_thread", "pv_accum_dtype": "fp32+fp32", "smooth_k": True},
             option_values={"qk_quant_gran": QK_QUANT_GRAN, "pv_accum_dtype": PV_ACCUM,

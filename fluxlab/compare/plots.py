@@ -104,22 +104,28 @@ def plot_image_comparison(comparison, *, path=None):
         dx.set_axis_off()
         dx.set_title(f"|diff| max {diffs[label].max():.3g}", fontsize=8)
     fig.colorbar(shown, ax=[fig.axes[-1]], shrink=0.8, label="|pixel difference|")
-    drift = fig.add_subplot(grid[2, :])
-    for row in comparison.rows:
-        if row.latent_drift and row.backend != comparison.reference:
-            drift.plot(range(1, len(row.latent_drift) + 1), np.maximum(row.latent_drift, 1e-12), marker="o",
-                       label=row.backend)
-    from matplotlib.ticker import MaxNLocator
-
-    drift.set_yscale("log")
-    drift.xaxis.set_major_locator(MaxNLocator(integer=True))
-    drift.set_xlabel("denoising step")
-    drift.set_ylabel("latent rel. L2 vs reference\n(identical drawn at 1e-12)", fontsize=8)
-    if drift.get_legend_handles_labels()[0]:
-        drift.legend(fontsize=8)
+    plot_latent_drift(fig.add_subplot(grid[2, :]), comparison)
     if path is not None:
         save_figure(fig, path, dpi=110)
     return fig
+
+
+def plot_latent_drift(ax, comparison) -> None:
+    """On ``ax``: each backend's latent drift per denoising step against the reference backend's, log scale."""
+    from matplotlib.ticker import MaxNLocator
+
+    for row in comparison.rows:
+        if row.latent_drift and row.backend != comparison.reference:
+            ax.plot(range(1, len(row.latent_drift) + 1), np.maximum(row.latent_drift, 1e-12), marker="o",
+                    label=row.backend)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel(f"latent rel. L2 vs {comparison.reference}\n(identical drawn at 1e-12)", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no other backend to compare", ha="center", va="center", transform=ax.transAxes)
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:

@@ -96,8 +96,8 @@ def load_flux2(source: str = DEFAULT_MODEL, flux2_variant: str | None = None, de
             "model_index.json, as pipe.save_pretrained(folder) writes), a Hugging Face Hub id such as "
             "'black-forest-labs/FLUX.2-dev', or 'tiny' for the offline random-weight model.")
     apply_offload(pipe, plan)
-    if source != "tiny" and plan.mode is None and pipe.transformer.device.type == "cpu":
-        realign_weights(pipe)  # loaded weights stay views of the mmap'd file, where CPU kernels round differently
+    if source not in ("tiny", "embedded") and plan.mode is None and pipe.transformer.device.type == "cpu":
+        realign_weights(pipe)  # loaded weights stay views of the mmap'd file (load_embedded realigns its own)
     return attach(pipe, backend=backend, allowed=allowed_set)
 
 

@@ -6,6 +6,7 @@ import html
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_PROMPT
+from ..compare.plots import plot_latent_drift
 from ..models.offload import gib
 from ..results import format_cell, html_table
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, Panel, RunControls, call_with, check_prompt, check_seed,
@@ -32,21 +33,10 @@ def difference_png(diff, vmax: float) -> bytes:
 
 def drift_figure(comparison):
     """Latent drift per denoising step (relative L2 vs the reference backend's latents), log scale."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 2.6), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = [row for row in comparison.rows if row.latent_drift and row.backend != comparison.reference]
-    for row in drawn:
-        ax.plot(range(1, len(row.latent_drift) + 1), np.maximum(row.latent_drift, 1e-12), marker="o",
-                label=row.backend)
-    ax.set(yscale="log", xlabel="denoising step", ylabel="latent rel. L2")
-    ax.set_title(f"latent drift vs {comparison.reference}", fontsize=9, loc="left")
-    if drawn:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no other backend to compare", ha="center", va="center", transform=ax.transAxes)
+    plot_latent_drift(fig.add_subplot(), comparison)
     return fig
 
 
