@@ -84,9 +84,9 @@ def run_demo(out_dir: str | None = None, source: str = DEFAULT_MODEL, progress: 
     start = time.perf_counter()
     print(doctor_text())
     print("\nEvery available backend vs float64 (bf16, [1, 512, 4, 128]):")
-    for name, rel_l2, ms in attention_smoke():
+    for name, error, ms in attention_smoke():
         timing = f"{ms:8.1f} ms" if isinstance(ms, float) else ms
-        print(f"  {name:<14} rel-L2 {rel_l2:.2e}  {timing}")
+        print(f"  {name:<14} rel-L2 {error:.2e}  {timing}")
 
     described = {"embedded": "the embedded model trained in this repository", "tiny": "random weights"}
     steps = 8 if source == "embedded" else 4
