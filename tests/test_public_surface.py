@@ -92,6 +92,20 @@ def test_five_kinds_to_catch():
     assert str(errors.UnknownBackendError("no backend 'x'")) == "no backend 'x'"  # not KeyError's repr
 
 
+def test_documented_module_paths_that_moved_still_import_with_a_warning():
+    # Pages of the previous release told users to read these from their old modules.
+    from fluxlab import registry
+    from fluxlab.compare.attention import compare_captured
+
+    with pytest.warns(DeprecationWarning, match="fluxlab.priority.PRIORITY is deprecated.*fluxlab.registry.PRIORITY"):
+        from fluxlab.priority import PRIORITY
+    with pytest.warns(DeprecationWarning, match="use fluxlab.compare.attention.compare_captured"):
+        from fluxlab.compare.captured import compare_captured as old
+    assert PRIORITY is registry.PRIORITY and old is compare_captured
+    with pytest.raises(ImportError):
+        from fluxlab.priority import no_such_name  # noqa: F401
+
+
 def test_older_error_names_import_from_where_they_were():
     from fluxlab.command import NoDeviceError, UsageError
     from fluxlab.compare.records import RecordIntegrityError, RecordsNotFoundError
