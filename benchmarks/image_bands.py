@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--judge-seeds", default="0", help="seeds of the judged kernels (first prompt)")
     parser.add_argument("--max-sequence-length", type=int, default=32)
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--dtype", default="float32", help="the pipeline's dtype (float32, bfloat16)")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the reference latents (cross-card merge)")
     parser.add_argument("--judge-only", action="store_true",
                         help="keep the band file's measurement; judge the kernels that are not part of it again")
@@ -66,7 +67,9 @@ def main(argv=None) -> int:
     from fluxlab.compare.bands import DEFAULT_BAND_PROMPTS, LOW_PRECISION, ImageBand
 
     register_planted()
-    pipe = fluxlab.load_flux2(args.model)
+    from fluxlab.util import parse_dtype
+
+    pipe = fluxlab.load_flux2(args.model, dtype=parse_dtype(args.dtype))
     seeds = [int(s) for s in args.seeds.split(",")]
     judge_seeds = [int(s) for s in args.judge_seeds.split(",")]
     start = time.perf_counter()
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
                                   height=args.size, width=args.size, keep_outputs=args.keep_outputs, card=args.card,
                                   progress=progress, max_sequence_length=args.max_sequence_length)
         band.command = command
-        band.source = f"benchmarks/results/{args.card}/image_bands.json"
+        band.source = out.resolve().relative_to(ROOT).as_posix() if out.resolve().is_relative_to(ROOT) else str(out)
         band.save(out)  # the band first (and the reference latents beside it with --keep-outputs)
         measured_in = time.perf_counter() - start
     judged = {}

@@ -16,23 +16,35 @@ from fluxlab.compare.images import compare_images
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND_FILE = ROOT / "benchmarks" / "results" / "cpu" / "image_bands.json"
+# every committed CPU band: 32 text tokens (fast; the tests below use it), and the settings of compare_images'
+# defaults (4 steps, 512 text tokens), the README and notebook 03 (8 steps, 512) and notebook 03's AMD cell (144)
+CPU_BAND_FILES = sorted((ROOT / "benchmarks" / "results").glob(f"cpu/{B.BAND_GLOB.split('/')[-1]}"))
 # the setting the committed CPU band was measured in (benchmarks/image_bands.py defaults)
 STEPS, SIZE, FAST = 4, 64, {"max_sequence_length": 32}
 PROMPT = B.DEFAULT_BAND_PROMPTS[0]
 
 
-def data():
-    return json.loads(BAND_FILE.read_text())
+def data(path=BAND_FILE):
+    return json.loads(path.read_text())
 
 
 # -- the committed file ----------------------------------------------------------------------------------------------
 
 
-def test_band_file_agrees_with_its_derivation():
-    d = data()
+def test_the_default_settings_have_committed_cpu_bands():
+    settings = {(s["dtype"], s["steps"], s["max_sequence_length"])
+                for s in (data(path)["setting"] for path in CPU_BAND_FILES)}
+    assert settings == {("float32", 4, 32), ("float32", 4, 512), ("float32", 8, 512), ("float32", 8, 144)}
+    for path in CPU_BAND_FILES:  # each file says how to measure it again, and its own name is in that command
+        assert path.name == "image_bands.json" or f"--out benchmarks/results/cpu/{path.name}" in data(path)["command"]
+
+
+@pytest.mark.parametrize("path", CPU_BAND_FILES, ids=lambda p: p.name)
+def test_band_file_agrees_with_its_derivation(path):
+    d = data(path)
     assert d["format"] == B.BAND_FORMAT
     assert d["bands"] == B.derive_bands(d["cells"]), "bands are not the largest pair distances of the cells"
-    band = B.ImageBand.load(BAND_FILE)
+    band = B.ImageBand.load(path)
     assert band.headroom() == pytest.approx(d["headroom"])
     assert d["limits"] == {"pass_bands": B.PASS_BANDS, "warn_bands": B.WARN_BANDS, "floors": B.FLOORS}
     # where and how it was measured
@@ -55,10 +67,11 @@ def test_band_file_agrees_with_its_derivation():
     assert "even" in BF16_MODE_NAMES[RTNE] and "away" in BF16_MODE_NAMES[RTNA]
 
 
-def test_band_file_verdicts_of_the_judged_kernels_follow_the_rule():
-    d = data()
+@pytest.mark.parametrize("path", CPU_BAND_FILES, ids=lambda p: p.name)
+def test_band_file_verdicts_of_the_judged_kernels_follow_the_rule(path):
+    d = data(path)
     rows = next(iter(d["judged"].values()))
-    band = B.ImageBand.load(BAND_FILE)
+    band = B.ImageBand.load(path)
     for name, row in rows.items():
         if name in ("sdpa",):
             continue
@@ -141,7 +154,7 @@ def pipe():
     pipeline = fluxlab.load_flux2("embedded")
     yield pipeline
     fluxlab.detach(pipeline)
-    fluxlab.unregister_backend("bands_scale_1pct")
+    fluxlab.registry.unregister_backend("bands_scale_1pct")
 
 
 def test_committed_band_applies_to_its_setting_only(pipe):

@@ -105,7 +105,7 @@ def generation_report():
     finally:
         fluxlab.detach(pipe)  # a model left attached keeps the router installed for later tests
         for name in planted:
-            fluxlab.unregister_backend(name)
+            fluxlab.registry.unregister_backend(name)
 
 
 def test_exact_cpu_kernels_are_invariant_in_a_whole_generation(generation_report):

@@ -20,8 +20,9 @@ BAND_FORMAT = "fluxlab-image-band/1"
 EXACT, LOW_PRECISION = "exact", "low_precision"
 CLASSES = (EXACT, LOW_PRECISION)
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-# The committed bands the default verdicts look in; ``default_band`` merges those of one setting.
-BAND_FILES = ("cpu/image_bands.json", "h100/image_bands.json", "h200/image_bands.json")
+# The committed bands the default verdicts look in (benchmarks/image_bands.py writes them): one file per setting and
+# card, named image_bands*.json; ``default_band`` takes those of the generation's setting (several cards merged).
+BAND_GLOB = "*/image_bands*.json"
 
 # The legitimate changes a band is measured from: class -> spec -> what it changes. Each class is measured against
 # the exact kernels and among its own members; "sdpa#rerun" is a rerun of sdpa. aiter's how_v3_bf16_cvt=2 rounds
@@ -73,7 +74,7 @@ several prompts and seeds | <= {PASS_BANDS:g} bands in all three | <= {WARN_BAND
 | any kernel | - | - | - | generation raised, or NaN/inf in the image or latents |
 
 bands = distance from the reference / the band. The low-precision band comes from the committed file of the
-pipeline's setting (benchmarks/results/<card>/image_bands.json, written by benchmarks/image_bands.py: model,
+pipeline's setting (benchmarks/results/<card>/image_bands*.json, written by benchmarks/image_bands.py: model,
 dtype, device, steps, size and text length must match) or, where none matches, is measured on the fly for this
 pipeline at the same prompt and seeds (fluxlab.compare.measure_image_band; pass band= to reuse a saved one).
 Why {PASS_BANDS:g} and {WARN_BANDS:g}: a band is the largest distance between two legitimate variants, \
@@ -291,7 +292,7 @@ def _size(value, pipe):
 
 def default_band(setting: dict, results: Path = RESULTS) -> ImageBand | None:
     """The committed band for ``setting`` (files of one setting from several cards merged), or None."""
-    found = [ImageBand.load(results / name) for name in BAND_FILES if (results / name).is_file()]
+    found = [ImageBand.load(path) for path in sorted(results.glob(BAND_GLOB))]
     matching = [band for band in found if not band.mismatches(setting)]
     if not matching:
         return None
