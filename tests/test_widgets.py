@@ -308,6 +308,26 @@ def test_gallery_side_by_side_with_diffs(broken_backend):
     assert "(reference)" in gallery.table.value.split("</tr>")[1]
 
 
+def test_gallery_shows_a_given_comparison_without_generating():
+    pytest.importorskip("fluxlab.compare.images")
+    made = fake_compare_images(AttentionPipe(), ["sdpa", "reference"], "a red circle", 0, 2, 64, 64)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return fake_compare_images(*args[:2], **{k: v for k, v in kwargs.items() if k in
+                                                   ("prompt", "seed", "steps", "height", "width", "reference")})
+
+    gallery = ImageGallery(AttentionPipe(), backends=["sdpa", "reference"], comparison=made, compare=counting)
+    assert calls == [] and gallery.comparison is made  # shown, not generated again
+    assert len(gallery.cards.children) == 2 and "2 image(s) vs sdpa" in gallery.status.value
+    assert is_png(gallery.drift.value)
+    gallery.picker.value = ("sdpa",)  # the button still generates anew, with what is picked now
+    assert gallery.run() is not None and calls == [["sdpa"]] and len(gallery.cards.children) == 1
+    with pytest.raises(ValueError, match="not both"):
+        ImageGallery(AttentionPipe(), comparison=made, run_on_start=True)
+
+
 def test_gallery_bad_settings_and_errors():
     def exploding(*args, **kwargs):
         raise RuntimeError("the pipeline never called fluxlab")

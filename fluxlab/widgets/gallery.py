@@ -42,12 +42,14 @@ def drift_figure(comparison):
 
 class ImageGallery(Panel):
     """Generate with ``pipe`` on every picked backend from identical noise (``compare_images``, or ``compare=``) and
-    show the images side by side with difference maps, metrics and the latent drift (docs/notebooks.md)."""
+    show the images side by side with difference maps, metrics and the latent drift (docs/notebooks.md).
+    ``comparison``: an ``ImageComparison`` already made (e.g. by ``compare_images`` in a cell above) to show first,
+    without generating again; ``run_on_start``: generate at once instead."""
 
     def __init__(self, pipe, *, backends=None, reference: str | None = None, statuses=None,
                  prompt: str = DEFAULT_PROMPT, seed: int = 0, steps: int = 4,
                  height: int = 64, width: int = 64, run_on_start: bool = False, compare: Callable | None = None,
-                 image_width: int = 192, warmup="auto", threaded: bool | None = None):
+                 image_width: int = 192, warmup="auto", threaded: bool | None = None, comparison=None):
         self.pipe = pipe
         self.warmup = warmup  # compare_images' warm-up of backends that compile on first use
         self.runner = RunControls(threaded)
@@ -79,7 +81,12 @@ class ImageGallery(Panel):
                           widgets.HBox([self.button, self.status]), self.runner.box, self.cards, self.table,
                           self.drift])
         self.add_class("fluxlab-image-gallery")
-        if run_on_start:
+        if comparison is not None and run_on_start:
+            raise ValueError("ImageGallery: pass comparison= (show it) or run_on_start=True (generate), not both")
+        if comparison is not None:
+            self.comparison = comparison
+            self.show(comparison)
+        elif run_on_start:
             self.run()
 
     def _update_reference_options(self):
