@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
-# The model every notebook opens with; "embedded" (issue 8's trained model) once it ships: edit here, rerun.
+# The model every notebook opens with (the embedded model trained in this repository): edit here, rerun.
 DEFAULT_MODEL = "embedded"
 
 MODEL_CELL = '''\
@@ -232,8 +232,9 @@ def side_by_side() -> list:
         new_markdown_cell("## The gallery\n\nPick backends, change the prompt, seed or steps, and generate again. "
                           "Difference maps share one colour scale."),
         new_code_cell(
+            "# It opens on the comparison above (no second generation); the button generates again with what is picked.\n"
             "gallery = ImageGallery(pipe, backends=backends, reference=settings.image_reference, seed=SEED,\n"
-            "                       run_on_start=True, **settings.generation())\n"
+            "                       comparison=comparison, **settings.generation())\n"
             "gallery"),
     ]
 

@@ -396,7 +396,7 @@ def test_a_user_backend_breaking_the_output_contract_is_refused(fn, error, fragm
         for call in (lambda: fluxlab.attention(q, k, v, backend="attack_out"),
                      lambda: fluxlab.plan(q, k, v, backend="attack_out")(q, k, v)):
             fluxlab.clear_caches()
-            with pytest.raises(getattr(fluxlab, error), match=re.escape(fragment)):
+            with pytest.raises(getattr(fluxlab.errors, error), match=re.escape(fragment)):
                 call()
     finally:
         fluxlab.registry.unregister_backend("attack_out")
