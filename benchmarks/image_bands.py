@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import fluxlab
     from fluxlab.compare import compare_images
     from fluxlab.compare import measure_image_band
-    from fluxlab.compare.bands import DEFAULT_BAND_PROMPTS, LOW_PRECISION, ImageBand
+    from fluxlab.compare.bands import DEFAULT_BAND_PROMPTS, LOW_PRECISION, ImageBand, _display
 
     register_planted()
     from fluxlab.util import parse_dtype
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                                   height=args.size, width=args.size, keep_outputs=args.keep_outputs, card=args.card,
                                   progress=progress, max_sequence_length=args.max_sequence_length)
         band.command = command
-        band.source = out.resolve().relative_to(ROOT).as_posix() if out.resolve().is_relative_to(ROOT) else str(out)
+        band.source = _display(out)  # what ImageBand.load would name it
         band.save(out)  # the band first (and the reference latents beside it with --keep-outputs)
         measured_in = time.perf_counter() - start
     judged = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from ..defaults import DEFAULT_PROMPT
 from ..compare.plots import plot_latent_drift
+from ..defaults import DEFAULT_PROMPT
 from ..models.offload import gib
 from ..results import format_cell, html_table
 from ._common import (ERROR_STYLE, MUTED_STYLE, OK_STYLE, Panel, RunControls, call_with, check_prompt, check_seed,
